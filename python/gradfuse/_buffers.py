@@ -1,0 +1,213 @@
+"""Turn numpy arrays and torch tensors into raw views for ``gradfuse._core``.
+
+Every check on user data happens here, before any kernel runs, so that a call that fails leaves
+every array exactly as it was. Torch is imported only when a torch tensor is seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+# Integer codes shared with src/gradfuse/dtype.h (gf::DType).
+DTYPE_CODES: dict[str, int] = {"float32": 0, "float64": 1, "float16": 2, "bfloat16": 3}
+SUPPORTED_DTYPES = "float32, float64, float16 or bfloat16"
+
+
+@dataclass(frozen=True)
+class Buffer:
+    """A dense array as the native core sees it: an address, a size, a dtype, a device."""
+
+    obj: Any  # the array itself (keeps the memory alive, and is what users passed)
+    ptr: int
+    numel: int
+    itemsize: int
+    dtype: str  # one of DTYPE_CODES
+    device: int  # -1: host memory; otherwise the CUDA device index
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]  # in elements
+    is_torch: bool
+
+    @property
+    def dtype_code(self) -> int:
+        return DTYPE_CODES[self.dtype]
+
+    @property
+    def device_str(self) -> str:
+        return "cpu" if self.device < 0 else f"cuda:{self.device}"
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.itemsize
+
+    def describe(self) -> str:
+        return f"shape {self.shape}, dtype {self.dtype}, device {self.device_str}"
+
+
+def _is_torch_tensor(x: object) -> bool:
+    return type(x).__module__.startswith("torch") and hasattr(x, "data_ptr")
+
+
+def _is_dense(shape: Sequence[int], strides: Sequence[int]) -> bool:
+    """True when the elements fill one contiguous block, in some dimension order, each once."""
+    dims = sorted(
+        ((st, sz) for sz, st in zip(shape, strides, strict=True) if sz != 1),
+        reverse=True,
+    )
+    expected = 1
+    for st, sz in reversed(dims):
+        if st != expected:
+            return False
+        expected *= sz
+    return True
+
+
+def describe(x: object) -> str:
+    """A short description of any argument, for error messages."""
+    shape = getattr(x, "shape", None)
+    dtype = getattr(x, "dtype", None)
+    device = getattr(x, "device", "cpu" if shape is not None else None)
+    if shape is None:
+        return f"an object of type {type(x).__name__}"
+    return f"{type(x).__name__} of shape {tuple(shape)}, dtype {dtype}, device {device}"
+
+
+def as_buffer(x: object, name: str, *, writable: bool) -> Buffer:
+    """View ``x`` (a torch tensor or a numpy array) for the native core, or raise.
+
+    ``name`` is how the error message refers to the argument (e.g. ``"params[3]"``).
+    ``writable`` arrays must be writable in place; others are only read.
+    """
+    if _is_torch_tensor(x):
+        return _torch_buffer(x, name, writable=writable)
+    if type(x).__module__ == "numpy" and type(x).__name__ == "ndarray":
+        return _numpy_buffer(x, name, writable=writable)
+    raise TypeError(f"{name}: expected a torch.Tensor or numpy.ndarray, got {describe(x)}")
+
+
+def _torch_buffer(t: Any, name: str, *, writable: bool) -> Buffer:
+    import torch
+
+    if t.layout != torch.strided:
+        raise TypeError(
+            f"{name}: {t.layout} tensors are not supported (got a tensor of shape "
+            f"{tuple(t.shape)}, dtype {t.dtype}); expected a dense (strided) tensor"
+        )
+    dtype = str(t.dtype).removeprefix("torch.")
+    if dtype not in DTYPE_CODES:
+        raise TypeError(
+            f"{name}: dtype {t.dtype} is not supported (tensor of shape {tuple(t.shape)} on "
+            f"{t.device}); expected {SUPPORTED_DTYPES}"
+        )
+    if t.device.type == "cpu":
+        device = -1
+    elif t.device.type == "cuda":
+        device = t.device.index if t.device.index is not None else torch.cuda.current_device()
+    else:
+        raise TypeError(
+            f"{name}: device {t.device} is not supported (tensor of shape {tuple(t.shape)}, "
+            f"dtype {t.dtype}); expected a cpu or cuda tensor"
+        )
+    if t.is_neg():
+        raise ValueError(f"{name}: tensors with the negative bit set are not supported")
+    shape = tuple(int(s) for s in t.shape)
+    strides = tuple(int(s) for s in t.stride())
+    if not _is_dense(shape, strides):
+        raise ValueError(
+            f"{name}: expected a dense tensor (contiguous, or a permutation of a contiguous "
+            f"layout), got shape {shape} with strides {strides}, dtype {dtype}, device "
+            f"{t.device}; call .contiguous() first"
+        )
+    if writable and t.requires_grad and t.grad_fn is not None:
+        raise ValueError(
+            f"{name}: cannot update a non-leaf tensor that requires grad in place "
+            f"(shape {shape}, dtype {dtype})"
+        )
+    return Buffer(
+        obj=t,
+        ptr=int(t.data_ptr()),
+        numel=int(t.numel()),
+        itemsize=int(t.element_size()),
+        dtype=dtype,
+        device=device,
+        shape=shape,
+        strides=strides,
+        is_torch=True,
+    )
+
+
+def _numpy_buffer(a: Any, name: str, *, writable: bool) -> Buffer:
+    dtype = a.dtype.name
+    if dtype not in DTYPE_CODES:
+        raise TypeError(
+            f"{name}: dtype {a.dtype} is not supported (array of shape {a.shape}); expected "
+            f"{SUPPORTED_DTYPES}"
+        )
+    if not a.dtype.isnative:
+        raise ValueError(f"{name}: non-native byte order {a.dtype.str} is not supported")
+    if writable and not a.flags.writeable:
+        raise ValueError(
+            f"{name}: the array is read-only (shape {a.shape}, dtype {dtype}) but is updated "
+            f"in place; pass a writable array"
+        )
+    shape = tuple(int(s) for s in a.shape)
+    if any(s % a.itemsize for s in a.strides):
+        raise ValueError(f"{name}: strides {a.strides} are not multiples of the item size")
+    strides = tuple(int(s) // a.itemsize for s in a.strides)
+    if not _is_dense(shape, strides) or any(s < 0 for s in strides):
+        raise ValueError(
+            f"{name}: expected a dense array (C-contiguous, or a permutation of one), got shape "
+            f"{shape} with strides {a.strides} bytes, dtype {dtype}; use numpy.ascontiguousarray"
+        )
+    return Buffer(
+        obj=a,
+        ptr=int(a.__array_interface__["data"][0]),
+        numel=int(a.size),
+        itemsize=int(a.itemsize),
+        dtype=dtype,
+        device=-1,
+        shape=shape,
+        strides=strides,
+        is_torch=False,
+    )
+
+
+def check_same_layout(ref: Buffer, ref_name: str, other: Buffer, other_name: str) -> None:
+    """``other`` must match ``ref`` in shape, dtype, device and kind of array."""
+    if other.shape != ref.shape:
+        raise ValueError(
+            f"{other_name} has shape {other.shape} but {ref_name} has shape {ref.shape}"
+        )
+    if other.dtype != ref.dtype:
+        raise TypeError(
+            f"{other_name} has dtype {other.dtype} but {ref_name} has dtype {ref.dtype} "
+            f"(both {ref.shape} on {ref.device_str}); expected the same dtype"
+        )
+    if other.device != ref.device:
+        raise ValueError(
+            f"{other_name} is on {other.device_str} but {ref_name} is on {ref.device_str} "
+            f"(shape {ref.shape}, dtype {ref.dtype}); expected the same device"
+        )
+    if other.is_torch != ref.is_torch:
+        kinds = {True: "a torch.Tensor", False: "a numpy.ndarray"}
+        raise TypeError(
+            f"{other_name} is {kinds[other.is_torch]} but {ref_name} is {kinds[ref.is_torch]}; "
+            f"expected the same kind of array"
+        )
+
+
+def check_no_overlap(named: Sequence[tuple[str, Buffer]], written: set[str]) -> None:
+    """Refuse any written buffer that shares memory with another buffer of the same call."""
+    spans = sorted((b.device, b.ptr, b.ptr + b.nbytes, n) for n, b in named if b.nbytes > 0)
+    # After sorting by start address, an overlap always shows between neighbours in the sweep
+    # of the furthest end seen so far.
+    far_end, far_name, far_device = -1, "", None
+    for device, start, end, n in spans:
+        if device == far_device and start < far_end and (n in written or far_name in written):
+            raise ValueError(
+                f"{n} and {far_name} share memory; every tensor updated in place must be "
+                f"distinct from all other tensors in the call (pass each parameter once)"
+            )
+        if device != far_device or end > far_end:
+            far_end, far_name, far_device = end, n, device

@@ -1,0 +1,127 @@
+"""Validation and grouping shared by every multi-tensor (optimizer) call.
+
+A call names its lists in slot order (``params, grads, exp_avgs, ...``). Every element of every
+list is checked against the params entry at the same index, every in-place slot is checked for
+aliasing, and only then are the tensors grouped by (device, dtype) into native calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gradfuse import _buffers
+from gradfuse._buffers import Buffer
+
+
+@dataclass
+class Group:
+    """The tensors of one native call: one device, one dtype."""
+
+    device: int
+    dtype_code: int
+    indices: list[int] = field(default_factory=list)
+    slots: list[list[int]] = field(default_factory=list)  # slots[d][k]: pointer
+    numels: list[int] = field(default_factory=list)
+
+    @property
+    def stream(self) -> int:
+        if self.device < 0:
+            return 0
+        import torch
+
+        return int(torch.cuda.current_stream(self.device).cuda_stream)
+
+
+def _copy_like(ref: Buffer, src: Buffer) -> Any:
+    """A copy of ``src``'s values laid out like ``ref`` (for a read-only slot)."""
+    if ref.is_torch:
+        import torch
+
+        out = torch.empty_like(ref.obj)
+        out.copy_(src.obj)
+        return out
+    import numpy as np
+
+    out_np = np.empty_like(ref.obj)
+    np.copyto(out_np, src.obj)
+    return out_np
+
+
+def prepare(
+    op: str,
+    slots: Sequence[tuple[str, Sequence[Any]]],
+    written: Sequence[str],
+) -> list[Buffer | None]:
+    """Check every list; return nothing written yet. See :func:`group`.
+
+    Returns the flat list of buffers, slot-major: ``buffers[d * n + i]``.
+    """
+    names = [name for name, _ in slots]
+    n = len(slots[0][1])
+    for name, values in slots[1:]:
+        if len(values) != n:
+            raise ValueError(
+                f"{op}: expected one entry of {name} per entry of {names[0]}, got "
+                f"{len(values)} {name} for {n} {names[0]}"
+            )
+    written_set = set(written)
+    buffers: list[Buffer | None] = []
+    for name, values in slots:
+        for i, x in enumerate(values):
+            buffers.append(
+                None
+                if x is None
+                else _buffers.as_buffer(x, f"{op}: {name}[{i}]", writable=name in written_set)
+            )
+    for d, (name, _) in enumerate(slots[1:], start=1):
+        for i in range(n):
+            ref, other = buffers[i], buffers[d * n + i]
+            if other is None or ref is None:
+                continue
+            _buffers.check_same_layout(ref, f"{op}: {names[0]}[{i}]", other, f"{name}[{i}]")
+            if other.strides != ref.strides:
+                if name in written_set:
+                    raise ValueError(
+                        f"{op}: {name}[{i}] has strides {other.strides} but {names[0]}[{i}] "
+                        f"has strides {ref.strides}; tensors updated in place must share the "
+                        f"params' memory layout"
+                    )
+                buffers[d * n + i] = _buffers.as_buffer(
+                    _copy_like(ref, other), f"{op}: {name}[{i}]", writable=False
+                )
+    _buffers.check_no_overlap(
+        [
+            (f"{op}: {names[k // n]}[{k % n}]", b)
+            for k, b in enumerate(buffers)
+            if b is not None
+        ],
+        {f"{op}: {name}[{i}]" for name in written_set for i in range(n)},
+    )
+    return buffers
+
+
+def group(
+    buffers: Sequence[Buffer | None], depth: int, n: int, keys: Sequence[Any] | None = None
+) -> list[Group]:
+    """Group the tensors of a prepared call by (device, dtype[, key]): one native call each.
+
+    Every one of the first ``depth`` slots must be present (not None) for every tensor.
+    ``keys`` splits groups further (e.g. first momentum step or not).
+    """
+    groups: dict[tuple[Any, ...], Group] = {}
+    for i in range(n):
+        ref = buffers[i]
+        assert ref is not None
+        key = (ref.device, ref.dtype_code, None if keys is None else keys[i])
+        g = groups.get(key)
+        if g is None:
+            g = groups[key] = Group(ref.device, ref.dtype_code, slots=[[] for _ in range(depth)])
+        g.indices.append(i)
+        g.numels.append(ref.numel)
+        for d in range(depth):
+            b = buffers[d * n + i]
+            assert b is not None
+            g.slots[d].append(b.ptr)
+    return list(groups.values())

@@ -1,0 +1,104 @@
+"""Fused in-place optimizer updates over lists of arrays (numpy) or tensors (torch).
+
+These are the low-level layer under :mod:`gradfuse.optim`: no autograd, no optimizer state
+bookkeeping; the caller owns every buffer. Each function checks every argument first and only
+then writes, so a call that raises leaves every array as it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableSequence, Sequence
+from typing import Any
+
+from gradfuse import _buffers, _native
+from gradfuse.functional._multi_tensor import group, prepare
+
+
+def to_float(value: Any, name: str) -> float:
+    """A hyperparameter as a Python float (a 1-element tensor is read once, on the host)."""
+    if hasattr(value, "numel") and hasattr(value, "item"):
+        if value.numel() != 1:
+            raise ValueError(f"{name}: expected a number or a 1-element tensor, got "
+                             f"{_buffers.describe(value)}")
+        return float(value.item())
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected a number, got {value!r}") from None
+
+
+def _empty_like(x: Any) -> Any:
+    if _buffers._is_torch_tensor(x):
+        import torch
+
+        return torch.empty_like(x)
+    import numpy as np
+
+    return np.empty_like(x)
+
+
+def sgd_(
+    params: Sequence[Any],
+    grads: Sequence[Any],
+    momentum_buffers: MutableSequence[Any] | None = None,
+    *,
+    lr: float | Any,
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    weight_decay: float | Any = 0.0,
+    nesterov: bool = False,
+    maximize: bool = False,
+) -> None:
+    """One SGD step, in place, for every ``params[i]`` with gradient ``grads[i]``.
+
+    Follows ``torch.optim.SGD``: with ``momentum != 0`` a buffer per parameter is kept in
+    ``momentum_buffers``; an entry that is ``None`` is created here (in ``params[i]``'s dtype
+    and layout) and initialised from the gradient, as torch does on the first step.
+
+    Works on numpy arrays and on torch tensors (CPU, or CUDA when gradfuse was built with it);
+    all params of one call are grouped by (device, dtype) and each group is one native call.
+    """
+    lr_f = to_float(lr, "lr")
+    momentum_f = to_float(momentum, "momentum")
+    dampening_f = to_float(dampening, "dampening")
+    weight_decay_f = to_float(weight_decay, "weight_decay")
+    has_momentum = momentum_f != 0.0
+    n = len(params)
+    slots: list[tuple[str, Sequence[Any]]] = [("params", params), ("grads", grads)]
+    if has_momentum:
+        if momentum_buffers is None:
+            raise ValueError(
+                "sgd_: momentum != 0 needs momentum_buffers, a list with one entry per param "
+                "(None entries are created and initialised from the gradient)"
+            )
+        slots.append(("momentum_buffers", momentum_buffers))
+    buffers = prepare("sgd_", slots, written=("params", "momentum_buffers"))
+
+    first = [False] * n
+    if has_momentum:
+        assert momentum_buffers is not None
+        for i in range(n):
+            if buffers[2 * n + i] is None:
+                new = _empty_like(params[i])
+                buffers[2 * n + i] = _buffers.as_buffer(
+                    new, f"sgd_: momentum_buffers[{i}]", writable=True
+                )
+                momentum_buffers[i] = new
+                first[i] = True
+
+    core = _native.core()
+    for g in group(buffers, len(slots), n, first):
+        core.sgd(
+            g.slots,
+            g.numels,
+            g.dtype_code,
+            g.device,
+            g.stream,
+            lr=lr_f,
+            momentum=momentum_f,
+            dampening=dampening_f,
+            weight_decay=weight_decay_f,
+            nesterov=bool(nesterov),
+            maximize=bool(maximize),
+            first_step=first[g.indices[0]],
+        )

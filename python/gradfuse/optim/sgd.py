@@ -1,0 +1,126 @@
+"""gradfuse.optim.SGD: torch.optim.SGD with a fused multi-tensor step."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import Optimizer, ParamsT
+
+from gradfuse.functional._optim import sgd_
+from gradfuse.optim._base import check_fused_foreach, params_with_grad, refuse_differentiable
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent (optionally with momentum), fused.
+
+    A drop-in for :class:`torch.optim.SGD`: the same arguments, defaults, errors, param groups,
+    state (``momentum_buffer``) and ``state_dict`` layout; checkpoints load into either. Every
+    step updates all params of a (device, dtype) group in one native call.
+
+    ``foreach`` and ``fused`` are accepted for compatibility and change nothing: the step is
+    always fused. ``differentiable=True`` raises NotImplementedError. Groups with sparse
+    gradients take torch's own single-tensor path, which is what torch supports for them.
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | Tensor = 1e-3,
+        momentum: float = 0,
+        dampening: float = 0,
+        weight_decay: float | Tensor = 0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        differentiable: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        # Same checks, same order, same messages as torch.optim.SGD.
+        if isinstance(lr, Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if lr < 0.0:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if momentum < 0.0:
+            raise ValueError(f"Invalid momentum value: {momentum}")
+        if weight_decay < 0.0:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "dampening": dampening,
+            "weight_decay": weight_decay,
+            "nesterov": nesterov,
+            "maximize": maximize,
+            "foreach": foreach,
+            "differentiable": differentiable,
+            "fused": fused,
+        }
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        check_fused_foreach(fused, foreach, differentiable)
+        refuse_differentiable("SGD", differentiable)
+        super().__init__(params, defaults)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("nesterov", False)
+            group.setdefault("maximize", False)
+            group.setdefault("foreach", None)
+            group.setdefault("differentiable", False)
+            group.setdefault("fused", False)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """Perform a single optimization step.
+
+        Args:
+            closure: a closure that reevaluates the model and returns the loss (optional).
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        for group in self.param_groups:
+            params, grads, sparse = params_with_grad(group)
+            momentum = group["momentum"]
+            buffers: list[Tensor | None] = (
+                [self.state[p].get("momentum_buffer") for p in params] if momentum != 0 else []
+            )
+            if sparse:
+                # torch's single-tensor SGD is the path torch itself offers for sparse grads.
+                torch.optim.sgd.sgd(
+                    params,
+                    grads,
+                    buffers,
+                    weight_decay=group["weight_decay"],
+                    momentum=momentum,
+                    lr=group["lr"],
+                    dampening=group["dampening"],
+                    nesterov=group["nesterov"],
+                    maximize=group["maximize"],
+                    has_sparse_grad=True,
+                    foreach=False,
+                    fused=False,
+                )
+            else:
+                sgd_(
+                    params,
+                    grads,
+                    buffers if momentum != 0 else None,
+                    lr=group["lr"],
+                    momentum=momentum,
+                    dampening=group["dampening"],
+                    weight_decay=group["weight_decay"],
+                    nesterov=group["nesterov"],
+                    maximize=group["maximize"],
+                )
+            if momentum != 0:
+                for p, buf in zip(params, buffers, strict=True):
+                    self.state[p]["momentum_buffer"] = buf
+        return loss

@@ -1,0 +1,95 @@
+// The CPU multi-tensor engine (DESIGN.md §4), compiled into every ISA translation unit.
+//
+// One call covers all tensors of a (device, dtype) group: the concatenated element range of all
+// tensors is cut into one contiguous share per thread, in one parallel region, so a model of
+// many small tensors costs one region, not one per tensor. Shares are whole cache lines apart,
+// so threads never write the same line.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "cpu/parallel.h"
+#include "gradfuse/config.h"
+#include "gradfuse/math/convert.h"
+#include "gradfuse/tensor_list.h"
+
+namespace gf::cpu {
+
+// Below this many elements in a call, threads cost more than they save.
+constexpr std::int64_t kParallelGrain = std::int64_t{1} << 15;
+// Split points are multiples of this many elements (a cache line even for bfloat16 data).
+constexpr std::int64_t kSplitAlign = 64;
+
+// Calls fn(tensor, begin, end) exactly once for every element range, covering every element
+// of every tensor. The partition depends only on the sizes and the thread count.
+template <typename Fn>
+void for_each_span(const TensorList& tl, Fn&& fn) {
+  std::vector<std::int64_t> ends(static_cast<std::size_t>(tl.size));
+  std::int64_t total = 0;
+  for (std::int64_t i = 0; i < tl.size; ++i) ends[i] = (total += tl.numels[i]);
+  if (total == 0) return;
+
+  const std::int64_t by_size = (total + kParallelGrain - 1) / kParallelGrain;
+  const int threads = static_cast<int>(std::min<std::int64_t>(get_num_threads(), by_size));
+  auto share = [&](int t) {
+    const std::int64_t lo = t == 0 ? 0 : total / threads * t / kSplitAlign * kSplitAlign;
+    const std::int64_t hi =
+        t == threads - 1 ? total : total / threads * (t + 1) / kSplitAlign * kSplitAlign;
+    if (lo >= hi) return;
+    // First tensor whose range ends after lo.
+    std::int64_t i = std::upper_bound(ends.begin(), ends.end(), lo) - ends.begin();
+    for (; i < tl.size; ++i) {
+      const std::int64_t start = ends[i] - tl.numels[i];
+      if (start >= hi) break;
+      const std::int64_t b = std::max(lo, start) - start;
+      const std::int64_t e = std::min(hi, ends[i]) - start;
+      if (b < e) fn(i, b, e);
+    }
+  };
+  if (threads <= 1) {
+    share(0);
+  } else {
+    parallel_tasks(threads, share);
+  }
+}
+
+template <unsigned Mask, int Slot>
+constexpr bool kSlotBit = ((Mask >> Slot) & 1u) != 0;
+
+// Elementwise multi-tensor update: for every element, load the slots Op reads (converted to
+// opmath), apply the shared per-element rule, store the slots it writes (rounded to T).
+// Op provides kDepth (slots per tensor), kReads and kWrites (bit d = slot d) and
+// operator()(OpT* v).
+template <typename T, typename Op>
+void map_elements(const TensorList& tl, const Op& op) {
+  using OpT = OpMath<T>;
+  constexpr int kDepth = Op::kDepth;
+  static_assert(kDepth >= 1 && kDepth <= kMaxDepth, "too many slots");
+  for_each_span(tl, [&](std::int64_t t, std::int64_t b, std::int64_t e) {
+    // One restrict pointer per slot, so the compiler knows the slots do not alias (the Python
+    // layer refuses aliased tensors) and vectorizes without runtime overlap checks.
+    T* GF_RESTRICT p0 = tl.ptr<T>(0, t);
+    T* GF_RESTRICT p1 = kDepth > 1 ? tl.ptr<T>(1, t) : nullptr;
+    T* GF_RESTRICT p2 = kDepth > 2 ? tl.ptr<T>(2, t) : nullptr;
+    T* GF_RESTRICT p3 = kDepth > 3 ? tl.ptr<T>(3, t) : nullptr;
+    T* GF_RESTRICT p4 = kDepth > 4 ? tl.ptr<T>(4, t) : nullptr;
+    T* GF_RESTRICT p5 = kDepth > 5 ? tl.ptr<T>(5, t) : nullptr;
+    for (std::int64_t i = b; i < e; ++i) {
+      OpT v[kMaxDepth] = {};
+#define GF_LOAD_SLOT(d) \
+  if constexpr (kDepth > d && kSlotBit<Op::kReads, d>) v[d] = math::load(p##d, i);
+#define GF_STORE_SLOT(d) \
+  if constexpr (kDepth > d && kSlotBit<Op::kWrites, d>) math::store(p##d, i, v[d]);
+      GF_LOAD_SLOT(0) GF_LOAD_SLOT(1) GF_LOAD_SLOT(2) GF_LOAD_SLOT(3) GF_LOAD_SLOT(4) GF_LOAD_SLOT(5)
+      op(v);
+      GF_STORE_SLOT(0) GF_STORE_SLOT(1) GF_STORE_SLOT(2) GF_STORE_SLOT(3) GF_STORE_SLOT(4)
+      GF_STORE_SLOT(5)
+#undef GF_LOAD_SLOT
+#undef GF_STORE_SLOT
+    }
+  });
+}
+
+}  // namespace gf::cpu

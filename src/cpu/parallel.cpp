@@ -1,0 +1,152 @@
+#include "cpu/parallel.h"
+
+#include <pthread.h>
+#include <sched.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "gradfuse/check.h"
+#include "gradfuse/cpu.h"
+
+namespace gf::cpu {
+namespace {
+
+int default_num_threads() {
+  if (const char* env = std::getenv("GRADFUSE_NUM_THREADS")) {
+    const int n = std::atoi(env);
+    if (n > 0) return n;
+  }
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+    const int n = CPU_COUNT(&set);
+    if (n > 0) return n;
+  }
+  const unsigned hw = std::thread::hardware_concurrency();
+  return hw > 0 ? static_cast<int>(hw) : 1;
+}
+
+class Pool {
+ public:
+  explicit Pool(int threads) : threads_(threads < 1 ? 1 : threads) {}
+
+  int threads() const { return threads_; }
+
+  void run(int n_tasks, TaskFn fn, void* ctx) {
+    std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
+    if (!busy.owns_lock() || n_tasks <= 1) {
+      for (int t = 0; t < n_tasks; ++t) fn(ctx, t);
+      return;
+    }
+    start_workers();
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      fn_ = fn;
+      ctx_ = ctx;
+      n_tasks_ = n_tasks;
+      pending_ = n_tasks - 1;
+      ++generation_;
+    }
+    wake_.notify_all();
+    fn(ctx, 0);
+    std::unique_lock<std::mutex> lock(mutex_);
+    done_.wait(lock, [&] { return pending_ == 0; });
+  }
+
+ private:
+  void start_workers() {
+    // Workers are created on first use so that importing gradfuse starts no threads.
+    while (static_cast<int>(workers_.size()) < threads_ - 1) {
+      const int index = static_cast<int>(workers_.size()) + 1;
+      // Raw pointers on purpose: after fork() the child owns no threads and must be able to
+      // abandon these objects without std::thread's destructor terminating the process.
+      workers_.push_back(new std::thread([this, index] { worker(index); }));
+      workers_.back()->detach();
+    }
+  }
+
+  void worker(int index) {
+    std::uint64_t seen = 0;
+    for (;;) {
+      TaskFn fn;
+      void* ctx;
+      int n_tasks;
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        wake_.wait(lock, [&] { return generation_ != seen; });
+        seen = generation_;
+        fn = fn_;
+        ctx = ctx_;
+        n_tasks = n_tasks_;
+      }
+      if (index < n_tasks) {
+        fn(ctx, index);
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (--pending_ == 0) done_.notify_one();
+      }
+    }
+  }
+
+  const int threads_;
+  std::mutex busy_;  // held by the call that owns the pool
+  std::mutex mutex_;
+  std::condition_variable wake_, done_;
+  std::vector<std::thread*> workers_;
+  std::uint64_t generation_ = 0;
+  TaskFn fn_ = nullptr;
+  void* ctx_ = nullptr;
+  int n_tasks_ = 0;
+  int pending_ = 0;
+};
+
+// The active pool. Pools are never destroyed (their detached workers reference them): one is
+// kept per thread count ever asked for, and a forked child, which inherits no threads, starts
+// over with fresh ones.
+std::atomic<Pool*> g_pool{nullptr};
+std::mutex g_pool_mutex;
+std::map<int, Pool*>* g_pools = new std::map<int, Pool*>();
+
+Pool* pool_for(int threads) {  // g_pool_mutex held
+  Pool*& p = (*g_pools)[threads];
+  if (!p) p = new Pool(threads);
+  return p;
+}
+
+Pool& pool() {
+  Pool* p = g_pool.load(std::memory_order_acquire);
+  if (p) return *p;
+  std::lock_guard<std::mutex> lock(g_pool_mutex);
+  p = g_pool.load(std::memory_order_relaxed);
+  if (!p) {
+    static bool registered = [] {
+      pthread_atfork(nullptr, nullptr, [] {
+        g_pool.store(nullptr);
+        g_pools = new std::map<int, Pool*>();
+      });
+      return true;
+    }();
+    (void)registered;
+    p = pool_for(default_num_threads());
+    g_pool.store(p, std::memory_order_release);
+  }
+  return *p;
+}
+
+}  // namespace
+
+void run_tasks(int n_tasks, TaskFn fn, void* ctx) { pool().run(n_tasks, fn, ctx); }
+
+int get_num_threads() { return pool().threads(); }
+
+void set_num_threads(int n) {
+  GF_CHECK(n >= 1, "set_num_threads: expected a positive thread count, got ", n);
+  std::lock_guard<std::mutex> lock(g_pool_mutex);
+  g_pool.store(pool_for(n), std::memory_order_release);
+}
+
+}  // namespace gf::cpu
