@@ -4,24 +4,10 @@
 // (gradfuse/cuda.h); the bindings fill it from Python integers and floats.
 #pragma once
 
-#include "gradfuse/math/sgd.h"
-#include "gradfuse/tensor_list.h"
-
-namespace gf {
-
-// SGD: slots param, grad[, momentum_buffer].
-struct SgdArgs {
-  TensorList tensors;
-  math::SgdHyper hyper;
-  bool weight_decay;  // weight_decay != 0
-  bool momentum;      // momentum != 0 (a buffer slot is present)
-  bool nesterov;
-  bool first_step;    // momentum buffers are initialised from the gradient in this call
-  bool maximize;
-};
+#include "gradfuse/loss_kernels.h"
+#include "gradfuse/optim_kernels.h"
 
 // X-macro of every kernel entry point: X(name, ArgsType). Each backend defines
 // `void name(const ArgsType&)` for each entry; the CPU dispatcher picks an ISA at run time.
-#define GF_KERNELS(X) X(sgd, SgdArgs)
-
-}  // namespace gf
+// Each family lists its own kernels in its header.
+#define GF_KERNELS(X) GF_OPTIM_KERNELS(X) GF_LOSS_KERNELS(X)

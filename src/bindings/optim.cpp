@@ -1,0 +1,29 @@
+// Bindings of the optimizer kernels.
+#include "bindings/common.h"
+
+namespace gf {
+
+void register_optim(py::module_& m) {
+  m.def(
+      "sgd",
+      [](const std::vector<std::vector<std::uintptr_t>>& slots,
+         const std::vector<std::int64_t>& numels, int dtype, int device, std::uintptr_t stream,
+         double lr, double momentum, double dampening, double weight_decay, bool nesterov,
+         bool maximize, bool first_step) {
+        auto holder = make_list("sgd", slots, numels, dtype, device, stream);
+        const bool has_momentum = momentum != 0.0;
+        GF_CHECK(holder.view.depth == (has_momentum ? 3 : 2), "sgd: expected ",
+                 has_momentum ? 3 : 2, " pointer lists (param, grad",
+                 has_momentum ? ", momentum_buffer" : "", "), got ", holder.view.depth);
+        SgdArgs args{holder.view, {lr, momentum, dampening, weight_decay}, weight_decay != 0.0,
+                     has_momentum,  nesterov, first_step, maximize};
+        run(&cpu::sgd, GF_CUDA_FN(sgd), args);
+      },
+      py::arg("slots"), py::arg("numels"), py::arg("dtype"), py::arg("device"),
+      py::arg("stream"), py::kw_only(), py::arg("lr"), py::arg("momentum"),
+      py::arg("dampening"), py::arg("weight_decay"), py::arg("nesterov"), py::arg("maximize"),
+      py::arg("first_step"),
+      "In-place SGD over slots [params, grads(, momentum_buffers)] of one dtype and device.");
+}
+
+}  // namespace gf
