@@ -25,6 +25,7 @@ constexpr int kVecBytes = 16;
 
 template <int Depth>
 struct TensorTable {
+  GradScaling grad_scaling;
   void* ptrs[Depth][kMaxTensors];
   std::int64_t numels[kMaxTensors];
   std::uint16_t block_tensor[kMaxBlocks];  // which table entry a block works on
@@ -34,14 +35,27 @@ struct TensorTable {
 template <unsigned Mask, int Slot>
 constexpr bool kSlotBit = ((Mask >> Slot) & 1u) != 0;
 
+// The GradScaling factors of a call, read once per thread from device memory.
+template <typename OpT>
+struct GradFactors {
+  OpT inv_scale, clip_coef;
+};
+
+template <typename Op, typename OpT>
+__device__ GF_INLINE void scale_grad(OpT* v, const GradFactors<OpT>& f) {
+  if constexpr (Op::kGradSlot >= 0) v[Op::kGradSlot] = (v[Op::kGradSlot] * f.inv_scale) * f.clip_coef;
+}
+
 template <typename T, typename Op>
-__device__ GF_INLINE void apply_scalar(void* const* ptrs, std::int64_t i, const Op& op) {
+__device__ GF_INLINE void apply_scalar(void* const* ptrs, std::int64_t i, const Op& op,
+                                       const GradFactors<OpMath<T>>& f) {
   using OpT = OpMath<T>;
   OpT v[Op::kDepth];
 #pragma unroll
   for (int d = 0; d < Op::kDepth; ++d) {
     v[d] = ((Op::kReads >> d) & 1u) ? math::load(static_cast<const T*>(ptrs[d]), i) : OpT(0);
   }
+  scale_grad<Op>(v, f);
   op(v);
 #pragma unroll
   for (int d = 0; d < Op::kDepth; ++d) {
@@ -58,6 +72,12 @@ __global__ void __launch_bounds__(kBlockThreads)
   struct alignas(kVecBytes) Pack {
     T x[kVec];
   };
+
+  const GradScaling& gs = table.grad_scaling;
+  if (gs.found_inf && *gs.found_inf != 0.0f) return;  // AMP found inf/NaN: change nothing
+  const GradFactors<OpT> factors{
+      gs.grad_scale ? OpT(static_cast<float>(1.0 / static_cast<double>(*gs.grad_scale))) : OpT(1),
+      gs.clip_coef ? OpT(*gs.clip_coef) : OpT(1)};
 
   const int entry = table.block_tensor[blockIdx.x];
   const std::int64_t chunk_begin = static_cast<std::int64_t>(table.block_chunk[blockIdx.x]) *
@@ -90,6 +110,7 @@ __global__ void __launch_bounds__(kBlockThreads)
         for (int d = 0; d < kDepth; ++d) {
           v[d] = ((Op::kReads >> d) & 1u) ? math::load(packs[d].x, k) : OpT(0);
         }
+        scale_grad<Op>(v, factors);
         op(v);
 #pragma unroll
         for (int d = 0; d < kDepth; ++d) {
@@ -102,11 +123,11 @@ __global__ void __launch_bounds__(kBlockThreads)
       }
     }
     for (std::int64_t i = vec_end + threadIdx.x; i < chunk_end; i += blockDim.x) {
-      apply_scalar<T>(ptrs, i, op);
+      apply_scalar<T>(ptrs, i, op, factors);
     }
   } else {
     for (std::int64_t i = chunk_begin + threadIdx.x; i < chunk_end; i += blockDim.x) {
-      apply_scalar<T>(ptrs, i, op);
+      apply_scalar<T>(ptrs, i, op, factors);
     }
   }
 }
@@ -122,6 +143,7 @@ void multi_tensor_apply(const TensorList& tl, const Op& op) {
   const auto stream = reinterpret_cast<cudaStream_t>(tl.stream);
 
   TensorTable<kDepth> table;
+  table.grad_scaling = tl.grad_scaling;
   int tensors = 0;
   int blocks = 0;
   auto launch = [&] {

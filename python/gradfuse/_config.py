@@ -47,7 +47,9 @@ def config() -> dict[str, Any]:
     info["cpu_isa"] = c.cpu_isa()
     info["cpu_isas_available"] = c.cpu_isas()
     info["threads"] = int(c.get_num_threads())
-    info["cpus_available"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    info["cpus_available"] = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    )
     n = int(c.cuda_device_count()) if info["cuda_compiled"] else 0
     info["cuda_driver_version"] = int(c.cuda_driver_version()) if info["cuda_compiled"] else 0
     info["gpus"] = [str(c.cuda_device_description(i)) for i in range(n)]
@@ -79,7 +81,10 @@ def show_config() -> None:
         ("torch", info["torch"] or "not installed"),
         ("compiler", f"{info['cxx_compiler']} ({info['build_type']})"),
         ("cpu isa in use", info["cpu_isa"]),
-        ("cpu isas", f"available {info['cpu_isas_available']}; compiled {info['cpu_isas_compiled']}"),
+        (
+            "cpu isas",
+            f"available {info['cpu_isas_available']}; compiled {info['cpu_isas_compiled']}",
+        ),
         ("cpu threads", f"{info['threads']} (of {info['cpus_available']} available)"),
         ("cuda compiled", "yes" if info["cuda_compiled"] else "no"),
     ]

@@ -27,9 +27,13 @@ struct TensorListHolder {
   TensorList view;
 };
 
-inline TensorListHolder make_list(const char* op, const std::vector<std::vector<std::uintptr_t>>& slots,
-                           const std::vector<std::int64_t>& numels, int dtype, int device,
-                           std::uintptr_t stream) {
+// grad_scale / found_inf / clip_coef: addresses of float32 scalars (0: absent), see
+// GradScaling in gradfuse/tensor_list.h.
+inline TensorListHolder make_list(const char* op,
+                                  const std::vector<std::vector<std::uintptr_t>>& slots,
+                                  const std::vector<std::int64_t>& numels, int dtype, int device,
+                                  std::uintptr_t stream, std::uintptr_t grad_scale = 0,
+                                  std::uintptr_t found_inf = 0, std::uintptr_t clip_coef = 0) {
   GF_CHECK(!slots.empty() && slots.size() <= static_cast<std::size_t>(kMaxDepth), op,
            ": expected 1 to ", kMaxDepth, " pointer lists, got ", slots.size());
   GF_CHECK(dtype >= 0 && dtype <= 3, op, ": unknown dtype code ", dtype);
@@ -60,6 +64,9 @@ inline TensorListHolder make_list(const char* op, const std::vector<std::vector<
   h.view.dtype = static_cast<DType>(dtype);
   h.view.device = device;
   h.view.stream = stream;
+  h.view.grad_scaling.grad_scale = reinterpret_cast<const float*>(grad_scale);
+  h.view.grad_scaling.found_inf = reinterpret_cast<const float*>(found_inf);
+  h.view.grad_scaling.clip_coef = reinterpret_cast<const float*>(clip_coef);
   return h;
 }
 

@@ -60,13 +60,20 @@ constexpr bool kSlotBit = ((Mask >> Slot) & 1u) != 0;
 
 // Elementwise multi-tensor update: for every element, load the slots Op reads (converted to
 // opmath), apply the shared per-element rule, store the slots it writes (rounded to T).
-// Op provides kDepth (slots per tensor), kReads and kWrites (bit d = slot d) and
-// operator()(OpT* v).
+// Op provides kDepth (slots per tensor), kReads and kWrites (bit d = slot d), kGradSlot (the
+// slot that GradScaling applies to, or -1) and operator()(OpT* v).
 template <typename T, typename Op>
 void map_elements(const TensorList& tl, const Op& op) {
   using OpT = OpMath<T>;
   constexpr int kDepth = Op::kDepth;
+  constexpr int kGradSlot = Op::kGradSlot;
   static_assert(kDepth >= 1 && kDepth <= kMaxDepth, "too many slots");
+  static_assert(kGradSlot < kDepth, "kGradSlot must name a slot or be -1");
+  const GradScaling& gs = tl.grad_scaling;
+  if (gs.found_inf && *gs.found_inf != 0.0f) return;  // AMP found inf/NaN: change nothing
+  const OpT inv_scale =
+      gs.grad_scale ? OpT(static_cast<float>(1.0 / static_cast<double>(*gs.grad_scale))) : OpT(1);
+  const OpT clip_coef = gs.clip_coef ? OpT(*gs.clip_coef) : OpT(1);
   for_each_span(tl, [&](std::int64_t t, std::int64_t b, std::int64_t e) {
     // One restrict pointer per slot, so the compiler knows the slots do not alias (the Python
     // layer refuses aliased tensors) and vectorizes without runtime overlap checks.
@@ -83,6 +90,7 @@ void map_elements(const TensorList& tl, const Op& op) {
 #define GF_STORE_SLOT(d) \
   if constexpr (kDepth > d && kSlotBit<Op::kWrites, d>) math::store(p##d, i, v[d]);
       GF_LOAD_SLOT(0) GF_LOAD_SLOT(1) GF_LOAD_SLOT(2) GF_LOAD_SLOT(3) GF_LOAD_SLOT(4) GF_LOAD_SLOT(5)
+      if constexpr (kGradSlot >= 0) v[kGradSlot] = (v[kGradSlot] * inv_scale) * clip_coef;
       op(v);
       GF_STORE_SLOT(0) GF_STORE_SLOT(1) GF_STORE_SLOT(2) GF_STORE_SLOT(3) GF_STORE_SLOT(4)
       GF_STORE_SLOT(5)

@@ -11,6 +11,22 @@ namespace gf {
 // The most pointers per tensor a call carries (e.g. Adam with amsgrad: p, g, m, v, v_max).
 constexpr int kMaxDepth = 6;
 
+// Optional scaling of the gradient slot, shared by every optimizer: the engines compute
+//   g = (g * inv_scale) * clip_coef,   inv_scale = float(1.0 / double(*grad_scale))
+// before the rule runs, and write nothing at all when *found_inf != 0. Each pointer is to one
+// float32 in the tensors' memory space (host for CPU calls, device for CUDA calls, so CUDA
+// never synchronises with the host); nullptr means "absent" (1, 0, 1). Multiplying by an
+// absent factor's 1.0 is exact, so unscaled calls are unchanged bit for bit.
+//   grad_scale: torch.amp.GradScaler's scale (gradients arrive multiplied by it).
+//   found_inf:  GradScaler's verdict for this device (nonzero: skip the step).
+//   clip_coef:  global-norm clipping coefficient, already clamped to at most 1.
+// inv_scale is the float reciprocal computed in double, as GradScaler.unscale_ computes it.
+struct GradScaling {
+  const float* grad_scale = nullptr;
+  const float* found_inf = nullptr;
+  const float* clip_coef = nullptr;
+};
+
 struct TensorList {
   int depth = 0;                         // pointers per tensor (param, grad, state...)
   std::int64_t size = 0;                 // number of tensors
@@ -19,6 +35,7 @@ struct TensorList {
   DType dtype = DType::kFloat32;
   int device = -1;             // -1: host memory; otherwise the CUDA device index
   std::uintptr_t stream = 0;   // the caller's current cudaStream_t (CUDA only)
+  GradScaling grad_scaling;    // applied to the slot an op names as kGradSlot
 
   template <typename T>
   T* ptr(int slot, std::int64_t i) const {

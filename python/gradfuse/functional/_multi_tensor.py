@@ -92,11 +92,7 @@ def prepare(
                     _copy_like(ref, other), f"{op}: {name}[{i}]", writable=False
                 )
     _buffers.check_no_overlap(
-        [
-            (f"{op}: {names[k // n]}[{k % n}]", b)
-            for k, b in enumerate(buffers)
-            if b is not None
-        ],
+        [(f"{op}: {names[k // n]}[{k % n}]", b) for k, b in enumerate(buffers) if b is not None],
         {f"{op}: {name}[{i}]" for name in written_set for i in range(n)},
     )
     return buffers

@@ -18,8 +18,9 @@ def to_float(value: Any, name: str) -> float:
     """A hyperparameter as a Python float (a 1-element tensor is read once, on the host)."""
     if hasattr(value, "numel") and hasattr(value, "item"):
         if value.numel() != 1:
-            raise ValueError(f"{name}: expected a number or a 1-element tensor, got "
-                             f"{_buffers.describe(value)}")
+            raise ValueError(
+                f"{name}: expected a number or a 1-element tensor, got {_buffers.describe(value)}"
+            )
         return float(value.item())
     try:
         return float(value)

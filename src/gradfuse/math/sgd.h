@@ -53,11 +53,13 @@ GF_HD GF_INLINE void sgd_update(OpT& param, OpT grad, OpT& momentum_buffer,
 }
 
 // Binds the rule to the slots of a multi-tensor call: v[0] param, v[1] grad, v[2] buffer.
-// kReads / kWrites tell the loops which slots to load and store (bit d = slot d).
+// kReads / kWrites tell the loops which slots to load and store (bit d = slot d); kGradSlot
+// is the slot the engines scale (AMP unscaling, clipping), or -1 for none.
 template <bool kWeightDecay, bool kMomentum, bool kNesterov, bool kFirst, bool kMaximize,
           typename OpT>
 struct SgdOp {
   static constexpr int kDepth = kMomentum ? 3 : 2;
+  static constexpr int kGradSlot = 1;  // the engines apply GradScaling to this slot
   static constexpr unsigned kReads = kMomentum && !kFirst ? 0b111u : 0b011u;
   static constexpr unsigned kWrites = kMomentum ? 0b101u : 0b001u;
   SgdScalars<OpT> s;
