@@ -34,6 +34,52 @@ class Group:
         return int(torch.cuda.current_stream(self.device).cuda_stream)
 
 
+@dataclass
+class GradScaling:
+    """Scalars the kernels apply to the gradients (see GradScaling in gradfuse/tensor_list.h).
+
+    Each is None or a 1-element float32 tensor (or numpy array for CPU calls):
+    ``grad_scale`` (torch.amp.GradScaler's scale: gradients are divided by it), ``found_inf``
+    (nonzero: the call writes nothing) and ``clip_coef`` (gradients are multiplied by it; the
+    caller clamps it to at most 1). On CUDA they are read on the device: no host sync.
+    """
+
+    grad_scale: Any = None
+    found_inf: Any = None
+    clip_coef: Any = None
+    _on_device: dict[int, tuple[Any, Any, Any]] = field(default_factory=dict)
+
+    def check(self, op: str) -> None:
+        for name in ("grad_scale", "found_inf", "clip_coef"):
+            x = getattr(self, name)
+            if x is None:
+                continue
+            b = _buffers.as_buffer(x, f"{op}: {name}", writable=False)
+            if b.dtype != "float32" or b.numel != 1:
+                raise TypeError(
+                    f"{op}: {name} must be a 1-element float32 tensor, got {b.describe()}"
+                )
+
+    def pointers(self, device: int) -> tuple[int, int, int]:
+        """Addresses of the three scalars on ``device`` (-1: host), 0 for an absent one."""
+        if device not in self._on_device:
+            self._on_device[device] = tuple(  # type: ignore[assignment]
+                _to_device(getattr(self, n), device)
+                for n in ("grad_scale", "found_inf", "clip_coef")
+            )
+        return tuple(  # type: ignore[return-value]
+            0 if x is None else int(_buffers.as_buffer(x, "scalar", writable=False).ptr)
+            for x in self._on_device[device]
+        )
+
+
+def _to_device(x: Any, device: int) -> Any:
+    if x is None or not _buffers._is_torch_tensor(x):
+        return x
+    target = "cpu" if device < 0 else f"cuda:{device}"
+    return x.to(target, non_blocking=True).contiguous()
+
+
 def _copy_like(ref: Buffer, src: Buffer) -> Any:
     """A copy of ``src``'s values laid out like ``ref`` (for a read-only slot)."""
     if ref.is_torch:

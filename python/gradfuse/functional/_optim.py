@@ -11,7 +11,7 @@ from collections.abc import MutableSequence, Sequence
 from typing import Any
 
 from gradfuse import _buffers, _native
-from gradfuse.functional._multi_tensor import group, prepare
+from gradfuse.functional._multi_tensor import GradScaling, group, prepare
 
 
 def to_float(value: Any, name: str) -> float:
@@ -49,6 +49,9 @@ def sgd_(
     weight_decay: float | Any = 0.0,
     nesterov: bool = False,
     maximize: bool = False,
+    grad_scale: Any = None,
+    found_inf: Any = None,
+    clip_coef: Any = None,
 ) -> None:
     """One SGD step, in place, for every ``params[i]`` with gradient ``grads[i]``.
 
@@ -58,6 +61,11 @@ def sgd_(
 
     Works on numpy arrays and on torch tensors (CPU, or CUDA when gradfuse was built with it);
     all params of one call are grouped by (device, dtype) and each group is one native call.
+
+    ``grad_scale`` / ``found_inf`` (torch.amp.GradScaler's scale and verdict) and ``clip_coef``
+    (a global-norm clipping factor, at most 1) are optional 1-element float32 tensors applied to
+    the gradients inside the update: grads are divided by ``grad_scale`` and multiplied by
+    ``clip_coef``; a nonzero ``found_inf`` makes the call change nothing.
     """
     lr_f = to_float(lr, "lr")
     momentum_f = to_float(momentum, "momentum")
@@ -73,6 +81,8 @@ def sgd_(
                 "(None entries are created and initialised from the gradient)"
             )
         slots.append(("momentum_buffers", momentum_buffers))
+    scaling = GradScaling(grad_scale, found_inf, clip_coef)
+    scaling.check("sgd_")
     buffers = prepare("sgd_", slots, written=("params", "momentum_buffers"))
 
     first = [False] * n
@@ -102,4 +112,11 @@ def sgd_(
             nesterov=bool(nesterov),
             maximize=bool(maximize),
             first_step=first[g.indices[0]],
+            **dict(
+                zip(
+                    ("grad_scale", "found_inf", "clip_coef"),
+                    scaling.pointers(g.device),
+                    strict=True,
+                )
+            ),
         )
