@@ -103,17 +103,37 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: Tol, msg: st
     )
 
 
+def _error_vs(x: torch.Tensor, ref: torch.Tensor) -> float:
+    """Max |x - ref| over the elements where ``ref`` is a number; equal infinities count as
+    0, and a NaN where ``ref`` has none (or a number where ``ref`` is NaN) as infinite."""
+    x = x.detach().double().cpu()
+    ref_nan = torch.isnan(ref)
+    if bool((torch.isnan(x) != ref_nan).any()):
+        return float("inf")
+    keep = ~ref_nan
+    if not bool(keep.any()):
+        return 0.0
+    xs, rs = x[keep], ref[keep]
+    diff = torch.where(xs == rs, torch.zeros_like(xs), (xs - rs).abs())
+    return float(diff.max())
+
+
 def low_precision_bound(
     ours: torch.Tensor, theirs: torch.Tensor, reference: torch.Tensor
 ) -> tuple[float, float, float]:
     """(our error, torch's error, the bound our error must stay within) against the float64
-    ``reference``, as ``assert_low_precision`` judges them."""
+    ``reference``, as ``assert_low_precision`` judges them. Where torch itself produces a NaN
+    or an infinity that the float64 run does not (an fp16 underflow, say), torch's error is
+    infinite and so is the bound."""
     assert ours.dtype == theirs.dtype
     eps = torch.finfo(ours.dtype).eps
     ref = reference.detach().double().cpu()
-    our_err = (ours.detach().double().cpu() - ref).abs().max().item() if ref.numel() else 0.0
-    their_err = (theirs.detach().double().cpu() - ref).abs().max().item() if ref.numel() else 0.0
-    scale = ref.abs().max().item() if ref.numel() else 0.0
+    if ref.numel() == 0:
+        return 0.0, 0.0, 0.0
+    our_err = _error_vs(ours, ref)
+    their_err = _error_vs(theirs, ref)
+    finite = ref[torch.isfinite(ref)]
+    scale = float(finite.abs().max()) if finite.numel() else 0.0
     bound = LOW_PRECISION_FACTOR * their_err + LOW_PRECISION_ULPS * eps * scale
     return our_err, their_err, bound
 
@@ -124,7 +144,8 @@ def assert_low_precision(
     """``ours`` (16-bit) is at most LOW_PRECISION_FACTOR x as far from the float64
     ``reference`` as torch's own result ``theirs`` in the same dtype, elementwise-max."""
     our_err, their_err, bound = low_precision_bound(ours, theirs, reference)
-    scale = reference.double().abs().max().item() if reference.numel() else 0.0
+    finite = reference.double()[torch.isfinite(reference.double())]
+    scale = finite.abs().max().item() if finite.numel() else 0.0
     assert our_err <= bound, (
         f"{msg}: max error {our_err:.3g} vs float64 exceeds {LOW_PRECISION_FACTOR}x torch's "
         f"{their_err:.3g} (+{LOW_PRECISION_ULPS} eps x {scale:.3g})"

@@ -39,7 +39,7 @@ LOSSES = [
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, dict, Path, str]:
     out = tmp_path_factory.mktemp("bench")
-    js, png = out / "r.json", out / "r.png"
+    js, png, md = out / "r.json", out / "r.png", out / "r.md"
     import contextlib
     import io
 
@@ -63,6 +63,8 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, dict, Path
                 str(js),
                 "--plot",
                 str(png),
+                "--markdown",
+                str(md),
             ]
         )
     return rc, json.loads(js.read_text()), png, buf.getvalue()
@@ -117,6 +119,15 @@ def test_json_schema(quick_run: tuple[int, dict, Path, str]) -> None:
 def test_plot_is_a_png(quick_run: tuple[int, dict, Path, str]) -> None:
     _, _, png, _ = quick_run
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_markdown_page(quick_run: tuple[int, dict, Path, str]) -> None:
+    _, rep, png, _ = quick_run
+    text = (png.parent / "r.md").read_text()
+    assert rep["command"] in text
+    assert rep["machine"]["cpu_model"] in text
+    assert "| sgd_momentum_wd | 1M | gradfuse |" in text
+    assert f"torch {rep['versions']['torch']}" in text
 
 
 def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:

@@ -74,6 +74,7 @@ def machine(devices: list[str]) -> dict[str, Any]:
         "memory_bytes": memory_bytes(),
         "llc_bytes": llc,
         "llc_source": llc_src,
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "gpus": [],
     }
     if "cuda" in devices:

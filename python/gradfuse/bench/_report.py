@@ -172,3 +172,89 @@ def plot(report: dict[str, Any], path: str) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """A short results page: the command, machine, versions, ceiling and one table per
+    (device, dtype), for committing beside the JSON under benchmarks/."""
+    m, v = report["machine"], report["versions"]
+    mem = f"{m['memory_bytes'] / (1 << 30):.0f} GiB" if m.get("memory_bytes") else "?"
+    gpus = ", ".join(g["name"] for g in m["gpus"]) or "none"
+    lines = [
+        f"# gradfuse bench, {report['started'][:10]}",
+        "",
+        "```",
+        report["command"],
+        "```",
+        "",
+        (
+            f"- machine: {m['cpu_model']}, {m['cpus_available']} CPUs available "
+            f"({m['cpu_count']} online), {mem} memory, last-level cache {_bytes(m['llc_bytes'])}; "
+            f"GPUs: {gpus}"
+        ),
+        (
+            f"- versions: gradfuse {v['gradfuse']} ({v['compiler']}, {v['build_type']}, ISA "
+            f"{v['cpu_isa']}), torch {v['torch']}, numpy {v['numpy']}, python {v['python']}"
+        ),
+        f"- threads: gradfuse {v['gradfuse_threads']}, torch {v['torch_threads']}",
+        f"- load average when it started (1, 5, 15 min): {_load(m.get('load_average'))}",
+        (
+            f"- timing: {report['settings']['timing']}; {report['settings']['repeat']} samples "
+            f"after {report['settings']['warmup']} warm-up calls per provider"
+        ),
+    ]
+    for device, c in report["ceiling"].items():
+        lines.append(
+            f"- ceiling ({device}): {c['gbps']:.1f} GB/s median (best {c['best_gbps']:.1f}), "
+            f"{c['kernel']}, {c['bytes_per_element']} B/element over "
+            f"{_bytes(c['buffer_bytes'])}"
+        )
+    lines += [
+        "",
+        (
+            "GB/s counts each op's minimal traffic (cases/__init__.py: SGD 12 B/param, with "
+            "momentum 20, Adam 28, elementwise loss+grad 12, cross-entropy 8 per logit, float32); "
+            "'vs gradfuse' is that provider's median time over gradfuse's (> 1: gradfuse faster)."
+        ),
+    ]
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in report["results"]:
+        groups.setdefault((r["device"], r["dtype"]), []).append(r)
+    for (device, dtype), rows in groups.items():
+        lines += [
+            "",
+            f"## {device}, {dtype}",
+            "",
+            "| op | size | provider | median | min | max | GB/s | % ceiling | vs gradfuse |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in rows:
+            for prov, st in r["providers"].items():
+                sp = r["speedup"].get(prov)
+                pct = st["pct_ceiling"]
+                lines.append(
+                    f"| {r['op']} | {r['size']} | {prov} | {_time(st['median_s'])} | "
+                    f"{_time(st['min_s'])} | {_time(st['max_s'])} | {st['gbps']:.1f} | "
+                    f"{(f'{pct:.0f}%' if pct is not None else '-')} | "
+                    f"{(f'{sp:.2f}x' if sp is not None else '-')} |"
+                )
+            for prov, why in {**r["unavailable"], **r["errors"]}.items():
+                lines.append(f"| {r['op']} | {r['size']} | {prov} | n/a: {why} | | | | | |")
+    if report["skipped"]:
+        lines += [
+            "",
+            "Not available in this build: " + ", ".join(s["op"] for s in report["skipped"]),
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _load(avg: list[float] | None) -> str:
+    if not avg:
+        return "unknown"
+    return ", ".join(f"{x:.2f}" for x in avg)
+
+
+def write_markdown(report: dict[str, Any], path: str) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(markdown(report))

@@ -66,11 +66,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true", help="add torch.compile'd torch code")
     parser.add_argument("--repeat", type=int, default=None, help="timed samples per provider")
     parser.add_argument("--warmup", type=int, default=None, help="untimed calls per provider")
+    parser.add_argument(
+        "--warm-cache",
+        action="store_true",
+        help="do not rotate inputs past the cache (in-cache speed; default: cold, rotated)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (gradfuse, torch)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="PATH", default=None, help="write every figure as JSON")
     parser.add_argument(
         "--plot", metavar="PATH", default=None, help="write a PNG chart (needs matplotlib)"
+    )
+    parser.add_argument(
+        "--markdown", metavar="PATH", default=None, help="write a markdown results page"
     )
     parser.add_argument("--list", action="store_true", help="list ops and sizes, then exit")
 
@@ -210,10 +218,13 @@ def measure(
     inner: dict[str, int] = {}
     for prov in item.providers:
         bar.set(f"{label}: {'compiling' if prov == COMPILE_PROVIDER else 'preparing'} {prov}")
+        # torch.compile guards on the optimizer object: each rotation copy would be one more
+        # compilation (and past torch's recompile limit, eager code). One copy for it.
+        n_copies = 1 if prov == COMPILE_PROVIDER and case.kind != "loss" else copies
         try:
-            runner = case.build(prov, size, item.dtype, item.device, copies, seed)
+            runner = case.build(prov, size, item.dtype, item.device, n_copies, seed)
             # First call of each copy creates optimizer state (untimed), then warm-up.
-            for c in range(copies):
+            for c in range(n_copies):
                 runner(c)
             t0 = time.perf_counter()
             for k in range(warmup):
@@ -243,6 +254,7 @@ def measure(
     for prov in order:
         st = _stats(samples[prov], min_bytes, ceiling_gbps)
         st["calls_per_sample"] = inner[prov]
+        st["rotation_copies"] = len(runners[prov].calls)
         st["peak_extra_bytes"] = peak_extra_memory(runners[prov], item.device)
         res["providers"][prov] = st
     ours = res["providers"].get("gradfuse")
@@ -297,6 +309,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"gradfuse bench: no selected op has a size in --sizes {args.sizes}", file=sys.stderr)
         return 2
     llc, _ = _machine.last_level_cache()
+    machine_info = _machine.machine(devices)  # before the run: its load average is the others'
     started = datetime.datetime.now(datetime.timezone.utc)
     ceilings: dict[str, dict[str, Any]] = {}
     total = len(devices) + sum(len(i.providers) * (repeat + 1) for i in items)
@@ -310,7 +323,7 @@ def run(args: argparse.Namespace) -> int:
                 item,
                 repeat,
                 warmup,
-                cache_bytes(item.device, llc),
+                0 if args.warm_cache else cache_bytes(item.device, llc),
                 ceilings[item.device]["gbps"],
                 args.seed,
                 bar,
@@ -329,11 +342,12 @@ def run(args: argparse.Namespace) -> int:
             "compile": bool(args.compile),
             "repeat": repeat,
             "warmup": warmup,
+            "warm_cache": bool(args.warm_cache),
             "seed": args.seed,
             "timing": "median of interleaved samples after warm-up; CPU perf_counter, "
             "CUDA events; losses: forward + torch.autograd.grad w.r.t. the input",
         },
-        "machine": _machine.machine(devices),
+        "machine": machine_info,
         "versions": _machine.versions(),
         "min_accesses": _report.min_access_table(),
         "ceiling": ceilings,
@@ -344,6 +358,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         _report.write_json(report, args.json)
         print(f"\nwrote {args.json}")
+    if args.markdown:
+        _report.write_markdown(report, args.markdown)
+        print(f"wrote {args.markdown}")
     if args.plot:
         try:
             _report.plot(report, args.plot)
