@@ -225,11 +225,13 @@ def _make_optimizer_inputs(
     return params, grads
 
 
-def _leaves(params: Sequence[Any], grads: Sequence[Any]) -> list[Any]:
+def _leaves(params: Sequence[Any], grads: Sequence[Any], *, clone_grads: bool) -> list[Any]:
+    """The provider's own params (state is per provider). Optimizers only read gradients, so
+    their providers may share one set; a function that writes them (clip_grad_norm_) may not."""
     out = []
     for p, g in zip(params, grads, strict=True):
         q = p.detach().clone().requires_grad_(True)
-        q.grad = g.detach().clone()
+        q.grad = g.detach().clone() if clone_grads else g.detach()
         out.append(q)
     return out
 
@@ -313,7 +315,8 @@ class OptimizerCase(Case):
         calls: list[Step] = []
         for c in range(copies):
             params0, grads0 = _optimizer_inputs(size.shapes, dtype, device, seed + c)
-            params = _leaves(params0, grads0)
+            # torch-side clipping writes the grads: then each provider gets its own.
+            params = _leaves(params0, grads0, clone_grads=self.max_grad_norm is not None)
             if provider == "gradfuse":
                 calls.append(self.gradfuse_optimizer(params).step)
             elif provider in ("torch-forloop", "torch-foreach", "torch-fused"):
@@ -367,7 +370,7 @@ class FunctionCase(Case):
         calls: list[Step] = []
         for c in range(copies):
             params0, grads0 = _optimizer_inputs(size.shapes, dtype, device, seed + c)
-            params = _leaves(params0, grads0)
+            params = _leaves(params0, grads0, clone_grads=True)
             if provider == COMPILE_PROVIDER:
                 calls.append(torch.compile(functools.partial(self.call, "torch-forloop", params)))
             elif provider in self.providers(False):

@@ -50,8 +50,9 @@ def print_table(report: dict[str, Any]) -> None:
     for r in results:
         family = "losses" if r["kind"] == "loss" else "optimizers"
         groups.setdefault((r["device"], r["dtype"], family), []).append(r)
+    w = max([len("op"), *(len(r["op"]) for r in results)])
     head = (
-        f"{'op':<26} {'size':<12} {'provider':<14} {'median':>10} {'min':>10} {'max':>10} "
+        f"{'op':<{w}} {'size':<12} {'provider':<14} {'median':>10} {'min':>10} {'max':>10} "
         f"{'GB/s':>7} {'%ceil':>6} {'gradfuse is':>12}"
     )
     for (device, dtype, family), rows in groups.items():
@@ -73,7 +74,7 @@ def print_table(report: dict[str, Any]) -> None:
                 extra = f"  +{_bytes(mem)}" if mem else ""
                 pct = st["pct_ceiling"]
                 print(
-                    f"{(r['op'] if first else ''):<26} {(r['size'] if first else ''):<12} "
+                    f"{(r['op'] if first else ''):<{w}} {(r['size'] if first else ''):<12} "
                     f"{prov:<14} {_time(st['median_s']):>10} {_time(st['min_s']):>10} "
                     f"{_time(st['max_s']):>10} {st['gbps']:>7.1f} "
                     f"{(f'{pct:.0f}%' if pct is not None else '-'):>6} {rel:>12}{extra}"
@@ -81,7 +82,7 @@ def print_table(report: dict[str, Any]) -> None:
                 first = False
             for prov, why in {**r["unavailable"], **r["errors"]}.items():
                 tag = "FAILED" if prov in r["errors"] else "n/a"
-                print(f"{'':<26} {'':<12} {prov:<14} {tag}: {why}")
+                print(f"{'':<{w}} {'':<12} {prov:<14} {tag}: {why}")
     if results:
         r0 = results[0]
         print(
