@@ -153,7 +153,14 @@ def _run(
     fresh: list[int],
 ) -> None:
     """The op at run time: rebuild the call and run the eager function on the real tensors."""
+    if name not in _REGISTRY:
+        raise KeyError(f"{OP_NAME}: no gradfuse function named {name!r} is registered")
     fn, params, _, _ = _REGISTRY[name]
+    if len(layout) != 2 * len(params):
+        raise ValueError(
+            f"{OP_NAME}: layout has {len(layout)} entries; {name} takes {len(params)} "
+            f"arguments, expected two entries (kind, length) each"
+        )
     fresh_set = set(fresh)
     kwargs: dict[str, Any] = {}
     w = r = f = t = 0

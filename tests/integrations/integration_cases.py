@@ -28,8 +28,11 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("RMSprop", {"lr": 1e-3, "momentum": 0.5, "centered": True, "weight_decay": 1e-3}),
 ]
 
-# The distributed runs (one process launch for all) take the two the issue names.
+# The distributed runs (one process launch for all) take the two the issue names; so do the
+# torch.compile tests by default (several seconds of compilation per case: the others are
+# marked slow).
 DISTRIBUTED = ("SGD", "AdamW")
+COMPILE = ("SGD", "AdamW")
 
 
 def gradfuse_class(name: str) -> type[torch.optim.Optimizer] | None:
@@ -46,8 +49,9 @@ def available(names: tuple[str, ...] | None = None) -> list[tuple[str, dict[str,
     ]
 
 
-def params(names: tuple[str, ...] | None = None) -> list[Any]:
-    """pytest parameters (name, kwargs): missing gradfuse classes skip with the reason."""
+def params(names: tuple[str, ...] | None = None, fast: tuple[str, ...] | None = None) -> list[Any]:
+    """pytest parameters (name, kwargs): missing gradfuse classes skip with the reason; with
+    ``fast``, the other cases are marked ``slow`` (for tests that cost seconds per case)."""
     import pytest  # here: the distributed worker processes import this module without pytest
 
     out = []
@@ -64,6 +68,8 @@ def params(names: tuple[str, ...] | None = None) -> list[Any]:
                 )
             ]
         )
+        if fast is not None and n not in fast:
+            marks.append(pytest.mark.slow)
         out.append(pytest.param(n, kw, id=n, marks=marks))
     return out
 
