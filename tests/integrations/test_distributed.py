@@ -19,6 +19,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
+import gradfuse
 import tolerances
 
 WORLD = 2
@@ -46,6 +47,11 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
         "GLOO_SOCKET_IFNAME": "lo",  # gloo's own connections stay on the loopback device
         "OMP_NUM_THREADS": "1",
         "GRADFUSE_NUM_THREADS": "1",
+        # The gradfuse this test imported (a source tree on PYTHONPATH, or the installed one),
+        # whatever the working directory of the child.
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(gradfuse.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
+        ),
     }
     procs = [
         subprocess.Popen(
