@@ -116,3 +116,30 @@ def test_unregistered_name_is_an_error() -> None:
     assert gradfuse._compile.OP_NAME == "gradfuse::fused_update_"
     with pytest.raises(KeyError, match="no_such_op_"):
         torch.ops.gradfuse.fused_update_("no_such_op_", [], [], [], [], [], [])
+
+
+def test_tensor_lr_with_scheduler_does_not_recompile() -> None:
+    # The pattern torch documents for compiled optimizers with a scheduler: lr as a tensor
+    # (a graph input, not a constant), the step compiled inside a function.
+    from torch._dynamo.utils import counters
+
+    first = _model()
+    models = [first, copy.deepcopy(first)]
+    opts = [gradfuse.optim.SGD(m.parameters(), lr=torch.tensor(0.05), momentum=0.9) for m in models]
+    scheds = [torch.optim.lr_scheduler.ExponentialLR(o, gamma=0.7) for o in opts]
+
+    @torch.compile
+    def compiled_step() -> None:
+        opts[0].step()
+
+    counters.clear()
+    for s in range(5):
+        for m in models:
+            _grads(m, s)
+        compiled_step()
+        opts[1].step()
+        for sch in scheds:
+            sch.step()
+    assert counters["stats"]["unique_graphs"] <= 2  # first step (state creation) + the rest
+    for i, (a, b) in enumerate(zip(models[0].parameters(), models[1].parameters(), strict=True)):
+        assert torch.equal(a, b), f"param {i}: compiled with scheduler differs from eager"
