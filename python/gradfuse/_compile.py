@@ -10,7 +10,9 @@ function on the real tensors (same validation, same kernels, same results as eag
 The op is generic: its arguments are the name of the functional (``"sgd_"``, ``"adamw_"``, ...)
 and that function's arguments flattened into typed lists (tensors updated in place, tensors
 read, float scalars, tensor scalars) plus an integer ``layout`` saying how to put them back.
-A new optimizer needs one line: ``@traceable(written=(...))`` on its functional.
+A new optimizer needs one line: ``@traceable(written=(...))`` on its functional, naming every
+list the function updates in place (params, state, per-param step tensors if it keeps them);
+its first argument must be ``params`` (new state is allocated like it).
 
 State created on the first step (``momentum_buffers`` entries that are ``None``) is created
 by the traced code with ``torch.empty_like`` (so it lands in the optimizer's state, as in
@@ -21,7 +23,7 @@ Losses (hook for the loss functions): they are pure functions with outputs (loss
 in-place updates, so they want their own ops: ``torch.library.custom_op("gradfuse::<loss>",
 mutates_args=())`` returning the loss and the input gradient, a ``register_fake`` giving their
 shapes, and ``register_autograd`` scaling the saved gradient by ``grad_output``. Define them
-in this module, next to :func:`_op`, and register them from :func:`register_ops`.
+in this module, next to :func:`_define_ops`, and define them from :func:`register_ops`.
 
 Torch is imported only when a torch tensor is being traced; numpy users never load it.
 """

@@ -37,21 +37,33 @@ def mesh() -> Iterator[Any]:
         dist.destroy_process_group()
 
 
+@pytest.fixture
+def device_mesh(mesh: Any, device: str) -> Any:
+    """The CPU mesh, or a one-GPU mesh (gloo handles CUDA tensors for the one-rank group)."""
+    if device == "cpu":
+        return mesh
+    from torch.distributed.device_mesh import init_device_mesh
+
+    return init_device_mesh(device, (1,))
+
+
 def _dtensors(mesh: Any, tensors: list[torch.Tensor], placement: Any) -> list[Any]:
     from torch.distributed.tensor import distribute_tensor
 
     return [distribute_tensor(t, mesh, [placement]) for t in tensors]
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 @pytest.mark.parametrize(("name", "kwargs"), integration_cases.params())
 @pytest.mark.parametrize("placement", ["shard", "replicate"])
 def test_dtensor_params_match_torch(
-    mesh: Any, name: str, kwargs: dict[str, Any], placement: str
+    device_mesh: Any, name: str, kwargs: dict[str, Any], placement: str, device: str
 ) -> None:
+    mesh = device_mesh
     from torch.distributed.tensor import Replicate, Shard
 
     place = Shard(0) if placement == "shard" else Replicate()
-    start = optim_testing.make_params([(7, 3), (4097,), (1,)], torch.float64)
+    start = optim_testing.make_params([(7, 3), (4097,), (1,)], torch.float64, device)
     grads = optim_testing.random_grads(start, steps=5)
     runs = {}
     for kind in ("gradfuse", "torch"):
