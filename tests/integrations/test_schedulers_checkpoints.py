@@ -123,7 +123,10 @@ def _resume_case(
 ) -> None:
     """``first`` trains 4 steps with a OneCycle schedule, its optimizer + scheduler state goes
     through torch.save / torch.load(weights_only=True, map_location=load_device), ``second``
-    resumes on ``load_device`` for 4 more; the result equals ``first`` trained 8 steps."""
+    resumes on ``load_device`` for 4 more. The reference is the same with torch's optimizer
+    on both sides (not the uninterrupted run: torch's load_state_dict casts some scalar state
+    to the param dtype, e.g. NAdam's mu_product, so even torch's resumed run differs from its
+    uninterrupted run in the last bits)."""
     start = optim_testing.make_params(SHAPES, torch.float64, device)
     grads = optim_testing.random_grads(start, 8)
 
@@ -140,27 +143,29 @@ def _resume_case(
             opt.step()
             sched.step()
 
-    ps, opt, sched = setup(first, device, start)
-    train(ps, opt, sched, range(4))
-    ckpt = _save_load(
-        {"params": ps, "optim": opt.state_dict(), "sched": sched.state_dict()}, load_device
-    )
-    ps2, opt2, sched2 = setup(second, load_device, ckpt["params"])
-    opt2.load_state_dict(ckpt["optim"])
-    sched2.load_state_dict(ckpt["sched"])
-    for st in opt2.state.values():
-        for v in st.values():
-            if torch.is_tensor(v) and v.dim() > 0:
-                assert v.device.type == load_device
-    train(ps, opt, sched, range(4, 8))
-    train(ps2, opt2, sched2, range(4, 8))
-    assert _hyper(opt2) == _hyper(opt)
-    for i, (a, b) in enumerate(zip(ps2, ps, strict=True)):
+    def resumed(first: str, second: str) -> tuple[list[torch.Tensor], Any]:
+        ps, opt, sched = setup(first, device, start)
+        train(ps, opt, sched, range(4))
+        ckpt = _save_load(
+            {"params": ps, "optim": opt.state_dict(), "sched": sched.state_dict()}, load_device
+        )
+        ps2, opt2, sched2 = setup(second, load_device, ckpt["params"])
+        opt2.load_state_dict(ckpt["optim"])
+        sched2.load_state_dict(ckpt["sched"])
+        for st in opt2.state.values():
+            for v in st.values():
+                if torch.is_tensor(v) and v.dim() > 0:
+                    assert v.device.type == load_device
+        train(ps2, opt2, sched2, range(4, 8))
+        return ps2, opt2
+
+    got, got_opt = resumed(first, second)
+    want, want_opt = resumed("torch", "torch")
+    assert _hyper(got_opt) == _hyper(want_opt)
+    assert got_opt.state_dict()["state"].keys() == want_opt.state_dict()["state"].keys()
+    for i, (a, b) in enumerate(zip(got, want, strict=True)):
         msg = f"{name}: {first} on {device} -> {second} on {load_device}, param {i}"
-        if first == second and device == load_device:
-            assert torch.equal(a, b), msg  # a resumed run is the uninterrupted run, bit for bit
-        else:
-            tolerances.assert_close(a.detach().cpu(), b.detach().cpu(), TOL, msg)
+        tolerances.assert_close(a.detach().cpu(), b.detach().cpu(), TOL, msg)
 
 
 @pytest.mark.parametrize(
