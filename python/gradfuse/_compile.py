@@ -43,7 +43,19 @@ F = TypeVar("F", bound=Callable[..., None])
 _REGISTRY: dict[str, tuple[Callable[..., None], tuple[str, ...], frozenset[str], Any]] = {}
 
 # layout codes, one (code, length) pair per parameter of the functional, in signature order.
-_ABSENT, _WRITTEN, _READ, _FLOAT, _BOOL, _INT, _TENSOR = range(7)
+(
+    _ABSENT,
+    _NONE,
+    _NONE_LIST,
+    _WRITTEN,
+    _READ,
+    _FLOAT,
+    _BOOL,
+    _INT,
+    _TENSOR,
+    _NUM_LIST,
+    _NUM_TUPLE,
+) = range(11)
 
 OP_NAME = "gradfuse::fused_update_"
 _SCHEMA = (
@@ -103,15 +115,21 @@ def _record(name: str, bound: dict[str, Any]) -> None:
     fresh: list[int] = []
     for p in params:
         v = bound.get(p)
-        if v is None:
-            layout += [_ABSENT, 0]
+        if p not in bound:
+            layout += [_ABSENT, 0]  # left to its default
+        elif v is None:
+            layout += [_NONE, 0]
+        elif isinstance(v, list | tuple) and p not in written_names and _numbers(v):
+            # A list/tuple of numbers (e.g. betas): carried in `floats`, rebuilt as floats.
+            floats.extend(float(x) for x in v)
+            layout += [_NUM_TUPLE if isinstance(v, tuple) else _NUM_LIST, len(v)]
         elif isinstance(v, list | tuple):
             if p in written_names:
                 make = creates.get(p)
                 if make is not None and not make(bound) and any(t is None for t in v):
                     # The function does not use this slot for these arguments (e.g. SGD's
-                    # momentum_buffers when momentum == 0): run it with the default.
-                    layout += [_ABSENT, 0]
+                    # momentum_buffers when momentum == 0): it gets the same list of None.
+                    layout += [_NONE_LIST, len(v)]
                     continue
                 for i, entry in enumerate(v):
                     t = entry
@@ -145,6 +163,11 @@ def _record(name: str, bound: dict[str, Any]) -> None:
     torch.ops.gradfuse.fused_update_(name, written, read, floats, tensors, layout, fresh)
 
 
+def _numbers(v: Sequence[Any]) -> bool:
+    """A non-empty sequence of plain numbers (no tensors, no None)."""
+    return len(v) > 0 and all(isinstance(x, int | float) and not hasattr(x, "data_ptr") for x in v)
+
+
 def _run(
     name: str,
     written: list[Any],
@@ -168,7 +191,11 @@ def _run(
     w = r = f = t = 0
     for k, p in enumerate(params):
         code, n = layout[2 * k], layout[2 * k + 1]
-        if code == _WRITTEN:
+        if code == _NONE:
+            kwargs[p] = None
+        elif code == _NONE_LIST:
+            kwargs[p] = [None] * n
+        elif code == _WRITTEN:
             kwargs[p] = [None if w + i in fresh_set else written[w + i] for i in range(n)]
             w += n
         elif code == _READ:
@@ -177,6 +204,10 @@ def _run(
         elif code == _TENSOR:
             kwargs[p] = tensors[t]
             t += 1
+        elif code in (_NUM_LIST, _NUM_TUPLE):
+            values = [float(x) for x in floats[f : f + n]]
+            kwargs[p] = tuple(values) if code == _NUM_TUPLE else values
+            f += n
         elif code in (_FLOAT, _BOOL, _INT):
             kwargs[p] = {_FLOAT: float, _BOOL: bool, _INT: int}[code](floats[f])
             f += 1

@@ -99,9 +99,10 @@ def test_custom_op_passes_opcheck() -> None:
     p = [torch.randn(5, dtype=torch.float64), torch.randn(3, dtype=torch.float64)]
     g = [torch.randn(5, dtype=torch.float64), torch.randn(3, dtype=torch.float64)]
     floats = [0.1]  # lr
-    # (code, length) per parameter of sgd_: params written, grads read, no momentum_buffers,
-    # lr a float, the other 8 keyword arguments left at their defaults.
-    layout = [1, 2, 2, 2, 0, 0, 3, 1] + [0, 0] * 8
+    # (code, length) per parameter of sgd_: params written, grads read, momentum_buffers
+    # None, lr a float, the other 8 keyword arguments left at their defaults.
+    c = gradfuse._compile
+    layout = [c._WRITTEN, 2, c._READ, 2, c._NONE, 0, c._FLOAT, 1] + [c._ABSENT, 0] * 8
     before = [t.clone() for t in p]
     torch.library.opcheck(
         torch.ops.gradfuse.fused_update_.default, ("sgd_", p, g, floats, [], layout, [])
@@ -143,3 +144,69 @@ def test_tensor_lr_with_scheduler_does_not_recompile() -> None:
     assert counters["stats"]["unique_graphs"] <= 2  # first step (state creation) + the rest
     for i, (a, b) in enumerate(zip(models[0].parameters(), models[1].parameters(), strict=True)):
         assert torch.equal(a, b), f"param {i}: compiled with scheduler differs from eager"
+
+
+@gradfuse._compile.traceable(
+    written=("params", "bufs"), creates={"bufs": lambda kw: kw.get("use_bufs", True)}
+)
+def _toy_(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    bufs: list[torch.Tensor | None],
+    *,
+    betas: tuple[float, float],
+    steps: list[int],
+    scale: torch.Tensor | None = None,
+    use_bufs: bool = True,
+    count: int = 1,
+) -> None:
+    """Every kind of argument the generic op carries: written lists with state created on the
+    first call, a read list, a tuple and a list of numbers, an optional tensor, a bool, an int.
+    Plain torch code: it only ever runs eagerly, inside the op."""
+    assert isinstance(betas, tuple)
+    assert isinstance(steps, list)
+    assert isinstance(use_bufs, bool)
+    assert isinstance(count, int)
+    for i, (p, g) in enumerate(zip(params, grads, strict=True)):
+        d = g * (1.0 if scale is None else scale)
+        if use_bufs:
+            if bufs[i] is None:
+                bufs[i] = d.clone()
+            else:
+                bufs[i].mul_(betas[0]).add_(d)  # type: ignore[union-attr]
+            d = bufs[i]  # type: ignore[assignment]
+        p.sub_(betas[1] * steps[i] * count * d)
+
+
+@pytest.mark.parametrize("use_bufs", [True, False])
+@pytest.mark.parametrize("scale", [None, 0.5])
+def test_generic_op_carries_every_argument_kind(use_bufs: bool, scale: float | None) -> None:
+    params = optim_testing.make_params([(5,), (3, 2)], torch.float64)
+    grads = optim_testing.random_grads(params, steps=3)
+
+    def run(fn: Any) -> tuple[list[torch.Tensor], list[Any]]:
+        ps = [p.clone() for p in params]
+        bufs: list[Any] = [None] * len(ps)
+        for gs in grads:
+            fn(ps, gs, bufs)
+        return ps, bufs
+
+    def update(ps: list[torch.Tensor], gs: list[torch.Tensor], bufs: list[Any]) -> None:
+        _toy_(
+            ps,
+            gs,
+            bufs,
+            betas=(0.9, 0.1),
+            steps=[1, 2],
+            scale=None if scale is None else torch.tensor(scale, dtype=torch.float64),
+            use_bufs=use_bufs,
+            count=2,
+        )
+
+    want, want_bufs = run(update)
+    got, got_bufs = run(torch.compile(update, fullgraph=True))
+    for a, b in zip(got + got_bufs, want + want_bufs, strict=True):
+        if b is None:
+            assert a is None  # a slot the function does not use stays untouched
+        else:
+            assert torch.equal(a, b)
