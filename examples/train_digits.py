@@ -202,7 +202,10 @@ def plot(result: Result, path: str) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("training loss (batch)")
-    ax.set_title(f"digits MLP, {result.setup}: gradfuse vs torch, same seed and batches")
+    ax.set_title(
+        f"digits MLP, {result.setup}\ngradfuse vs torch: same initial weights and batches",
+        fontsize=10,
+    )
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
