@@ -1,6 +1,10 @@
 // Bindings of the loss kernels.
 #include "bindings/common.h"
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 namespace gf {
 namespace {
 
@@ -22,6 +26,26 @@ void run_on(const char* op, void (*cpu_fn)(const Args&), CudaFn cuda_fn, const A
 
 const void* as_ptr(std::uintptr_t p) {
   return reinterpret_cast<const void*>(p);
+}
+
+// The gradient (and a 'none' loss) usually lands in a buffer just allocated by the caller and
+// never touched: with 4 KiB pages, faulting in a fresh 64 MiB buffer costs about three times the
+// fused pass itself (measured: 16M floats, 170 ms to first-touch vs 55 ms with huge pages).
+// Advising transparent huge pages before the first write cuts that; on memory already touched
+// it changes nothing visible. Host buffers of at least kHugeAdviseBytes only; errors ignored
+// (an advice, not a requirement).
+constexpr std::size_t kHugeAdviseBytes = std::size_t{4} << 20;
+void advise_huge_pages(std::uintptr_t p, std::size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  if (p == 0 || bytes < kHugeAdviseBytes) return;
+  constexpr std::uintptr_t kHuge = std::uintptr_t{1} << 21;
+  const std::uintptr_t begin = (p + kHuge - 1) & ~(kHuge - 1);
+  const std::uintptr_t end = (p + bytes) & ~(kHuge - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#else
+  (void)p;
+  (void)bytes;
+#endif
 }
 
 }  // namespace
@@ -60,6 +84,13 @@ void register_losses(py::module_& m) {
         args.divisor = divisor;
         args.param = param;
         args.log_target = log_target;
+        if (device < 0) {
+          const std::size_t bytes = static_cast<std::size_t>(numel) * (dtype == 1   ? 8
+                                                                       : dtype == 0 ? 4
+                                                                                    : 2);
+          advise_huge_pages(grad, bytes);
+          if (reduction == 0) advise_huge_pages(loss, bytes);
+        }
         run_on(op, &cpu::elementwise_loss, GF_CUDA_FN(elementwise_loss), args);
       },
       py::arg("kind"), py::arg("dtype"), py::arg("device"), py::arg("stream"), py::arg("numel"),

@@ -397,3 +397,23 @@ def test_cuda_matches_cpu(case: Case) -> None:
             xc = x.cuda().requires_grad_(True)
             gpu = call(getattr(GF, case.name), case, xc, dev(y), dev(w), dev(pw), reduction)
             assert_close(gpu.cpu(), cpu, CPU_VS_CUDA[dtype], f"{case.id} {reduction} {dtype}")
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_backward_twice_and_accumulation(reduction: str) -> None:
+    """retain_graph: a second backward gives the same gradient again (accumulated), also after
+    the first one handed the saved buffer to autograd; the input is never modified."""
+    x, y = torch.randn(50, dtype=torch.float64), torch.randn(50, dtype=torch.float64)
+    res = []
+    go = torch.ones(()) if reduction != "none" else torch.rand(50, dtype=torch.float64)
+    for fn in (GF.huber_loss, TF.huber_loss):
+        xi = x.clone().requires_grad_(True)
+        loss = fn(xi, y, reduction=reduction)
+        loss.backward(go.to(loss.dtype), retain_graph=True)
+        assert xi.grad is not None
+        first = xi.grad.clone()
+        loss.backward(go.to(loss.dtype))
+        res.append((first, xi.grad.clone()))
+        assert torch.equal(xi.detach(), x)
+    for ours, theirs in zip(res[0], res[1], strict=True):
+        assert_close(ours, theirs, LOSS[torch.float64], reduction)

@@ -20,7 +20,7 @@ from gradfuse.functional import _losses_elementwise as _ew
 
 
 class _ElementwiseLossFunction(torch.autograd.Function):
-    """forward: loss and saved gradient from one native call; backward: a scaling."""
+    """forward: loss and gradient from one native call; backward: a scaling (or nothing)."""
 
     @staticmethod
     def forward(
@@ -33,7 +33,11 @@ class _ElementwiseLossFunction(torch.autograd.Function):
         options: dict[str, Any],
     ) -> Tensor:
         r = _ew.compute(op, input, target, weight=weight, pos_weight=pos_weight, **options)
-        ctx.save_for_backward(r.grad)
+        # The inputs are saved only to recompute the gradient if backward runs a second time
+        # (retain_graph=True) after the first one handed the buffer to autograd (see backward).
+        ctx.save_for_backward(input, target)
+        ctx.grad = r.grad
+        ctx.extra = (weight, pos_weight, op, options)
         ctx.op = op
         ctx.input_shape = r.input_shape
         ctx.target_shape = r.target_shape
@@ -52,13 +56,33 @@ class _ElementwiseLossFunction(torch.autograd.Function):
                 "gradgradcheck, Hessian-vector products) is not supported: the gradient is "
                 "computed in the forward pass; use torch.nn.functional for second derivatives"
             )
-        (grad,) = ctx.saved_tensors
-        g = grad * grad_output  # 0-dim grad_output for mean/sum, elementwise for 'none'
+        grad = ctx.grad
+        if grad is None:  # a second backward through the same graph
+            input, target = ctx.saved_tensors
+            weight, pos_weight, op, options = ctx.extra
+            grad = _ew.compute(
+                op, input, target, weight=weight, pos_weight=pos_weight, **options
+            ).grad
         grad_input = grad_target = None
-        if ctx.needs_input_grad[0]:
-            grad_input = _ew.sum_to_shape(g, ctx.input_shape).to(ctx.input_dtype)
         if ctx.needs_input_grad[1]:
-            grad_target = _ew.sum_to_shape(-g, ctx.target_shape).to(ctx.target_dtype)
+            grad_target = _ew.sum_to_shape(-(grad * grad_output), ctx.target_shape)
+            grad_target = grad_target.to(ctx.target_dtype)
+        if ctx.needs_input_grad[0]:
+            # On the CPU, reading a 0-dim grad_output costs no device sync; when it is exactly
+            # 1 (loss.backward() on a mean or sum), the saved buffer is the answer: hand it over
+            # (autograd may keep it as input.grad without a copy) instead of multiplying.
+            if (
+                grad_output.dim() == 0
+                and grad_output.device.type == "cpu"
+                and grad.dtype == ctx.input_dtype
+                and tuple(grad.shape) == ctx.input_shape
+                and bool(grad_output == 1)
+            ):
+                ctx.grad = None
+                grad_input = grad
+            else:
+                grad_input = _ew.sum_to_shape(grad * grad_output, ctx.input_shape)
+                grad_input = grad_input.to(ctx.input_dtype)
         return grad_input, grad_target, None, None, None, None
 
 

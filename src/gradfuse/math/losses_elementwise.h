@@ -10,6 +10,11 @@
 // PointwiseOpsKernel.cpp, BinaryOpsKernel.cpp) and its backward for the gradient.
 #pragma once
 
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
 #include "gradfuse/config.h"
 #include "gradfuse/math/fastmath.h"
 
@@ -26,6 +31,29 @@ enum class ElementwiseLoss : int {
   kKlDiv = 5,
 };
 
+// c ? a : b, with both operands already computed. On the CPU it is done on the bits: g++ will
+// not if-convert `c ? x * y : z` (-ftrapping-math forbids speculating the multiply), which
+// leaves a branch and stops vectorization; a blend of two computed values has no such issue.
+template <typename OpT>
+GF_HD GF_INLINE OpT blend(bool c, OpT a, OpT b) {
+#if defined(__CUDA_ARCH__)
+  return c ? a : b;
+#else
+  if constexpr (std::is_same_v<OpT, float>) {
+    return fastmath_detail::select(c, a, b);
+  } else {
+    std::uint64_t ua, ub;
+    std::memcpy(&ua, &a, sizeof ua);
+    std::memcpy(&ub, &b, sizeof ub);
+    const std::uint64_t mask = std::uint64_t{0} - static_cast<std::uint64_t>(c);
+    const std::uint64_t r = (ua & mask) | (ub & ~mask);
+    OpT out;
+    std::memcpy(&out, &r, sizeof out);
+    return out;
+  }
+#endif
+}
+
 template <typename OpT>
 struct LossGrad {
   OpT loss;
@@ -35,8 +63,19 @@ struct LossGrad {
 // sign(d) with torch's conventions: sign(0) = 0, sign(NaN) = NaN (d itself in both cases).
 template <typename OpT>
 GF_HD GF_INLINE OpT sign_of(OpT d) {
-  const OpT neg = d < OpT(0) ? OpT(-1) : d;
-  return d > OpT(0) ? OpT(1) : neg;
+  const OpT neg = blend(d < OpT(0), OpT(-1), d);
+  return blend(d > OpT(0), OpT(1), neg);
+}
+
+// |d| (a bit operation: g++ would otherwise thread `d < 0 ? -d : d` into the arithmetic that
+// follows and leave branches).
+template <typename OpT>
+GF_HD GF_INLINE OpT abs_of(OpT d) {
+#if defined(__CUDA_ARCH__)
+  return ::fabs(d);
+#else
+  return std::fabs(d);
+#endif
 }
 
 // MSE: l = d^2.  dl/dx = 2 d  (chain rule on d = x - y, dd/dx = 1).
@@ -52,7 +91,7 @@ GF_HD GF_INLINE LossGrad<OpT> mse_rule(OpT x, OpT y) {
 template <typename OpT>
 GF_HD GF_INLINE LossGrad<OpT> l1_rule(OpT x, OpT y) {
   const OpT d = x - y;
-  const OpT a = d < OpT(0) ? -d : d;
+  const OpT a = abs_of(d);
   return {a, sign_of(d)};
 }
 
@@ -65,13 +104,13 @@ GF_HD GF_INLINE LossGrad<OpT> l1_rule(OpT x, OpT y) {
 template <typename OpT>
 GF_HD GF_INLINE LossGrad<OpT> smooth_l1_rule(OpT x, OpT y, OpT beta) {
   const OpT d = x - y;
-  const OpT a = d < OpT(0) ? -d : d;
+  const OpT a = abs_of(d);
   const bool quad = a < beta;
   const OpT lq = OpT(0.5) * d * d / beta;
   const OpT ll = a - OpT(0.5) * beta;
   const OpT gq = d / beta;
   const OpT gl = sign_of(d);
-  return {quad ? lq : ll, quad ? gq : gl};
+  return {blend(quad, lq, ll), blend(quad, gq, gl)};
 }
 
 // Huber with threshold delta > 0:
@@ -80,12 +119,12 @@ GF_HD GF_INLINE LossGrad<OpT> smooth_l1_rule(OpT x, OpT y, OpT beta) {
 template <typename OpT>
 GF_HD GF_INLINE LossGrad<OpT> huber_rule(OpT x, OpT y, OpT delta) {
   const OpT d = x - y;
-  const OpT a = d < OpT(0) ? -d : d;
+  const OpT a = abs_of(d);
   const bool quad = a < delta;
   const OpT lq = OpT(0.5) * d * d;
   const OpT ll = delta * (a - OpT(0.5) * delta);
   const OpT gl = delta * sign_of(d);
-  return {quad ? lq : ll, quad ? d : gl};
+  return {blend(quad, lq, ll), blend(quad, d, gl)};
 }
 
 // Binary cross-entropy with logits, pos_weight p (p = 1 without pos_weight).
@@ -101,13 +140,24 @@ GF_HD GF_INLINE LossGrad<OpT> huber_rule(OpT x, OpT y, OpT delta) {
 // accurate (no 1 - tiny cancellation) on both sides and exp is evaluated once per element.
 template <bool kPosWeight, typename OpT>
 GF_HD GF_INLINE LossGrad<OpT> bce_with_logits_rule(OpT x, OpT y, OpT p) {
-  const OpT ax = x < OpT(0) ? -x : x;
+  const OpT ax = abs_of(x);
   const OpT e = vexp<OpT>(-ax);
   const OpT inv = OpT(1) / (OpT(1) + e);
   const OpT e_inv = e * inv;
-  const OpT s = x < OpT(0) ? e_inv : inv;
+  const OpT s = blend(x < OpT(0), e_inv, inv);
   const OpT negx = -x;
-  const OpT softplus_neg = vlog1p<OpT>(e) + (negx > OpT(0) ? negx : OpT(0));
+  OpT log1p_e;
+  if constexpr (std::is_same_v<OpT, float>) {
+    // vlog1p(e) with its division c / (1 + e) replaced by c * inv (inv = 1 / (1 + e) is
+    // already here): the same method as fastmath's log1p (see there), one division fewer.
+    // e is in [0, 1], so 1 + e is in [1, 2] and none of log1p's special cases can occur.
+    const float u = 1.0f + e;
+    const float c = e - (u - 1.0f);
+    log1p_e = fastmath_detail::log_f32_core(u, c * inv);
+  } else {
+    log1p_e = vlog1p<OpT>(e);
+  }
+  const OpT softplus_neg = log1p_e + blend(negx > OpT(0), negx, OpT(0));
   if constexpr (kPosWeight) {
     const OpT py = p * y;
     const OpT lw = (p - OpT(1)) * y + OpT(1);
@@ -131,7 +181,7 @@ GF_HD GF_INLINE LossGrad<OpT> kl_div_rule(OpT x, OpT t) {
     return {et * (t - x), -et};
   } else {
     const OpT tlogt = t * vlog<OpT>(t);
-    const OpT xlogy = t == OpT(0) ? OpT(0) : tlogt;
+    const OpT xlogy = blend(t == OpT(0), OpT(0), tlogt);
     return {xlogy - t * x, -t};
   }
 }
