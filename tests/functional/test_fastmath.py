@@ -124,3 +124,20 @@ def test_float64_is_libm(name: str) -> None:
         x = np.abs(x)
     # glibc's functions (what fp64 uses) and numpy's may differ in the last bit.
     np.testing.assert_allclose(evaluate(name, x), FUNCS[name][1](x), rtol=3e-16, atol=0)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", list(FUNCS))
+def test_dense_sweep_error_bound_cuda(name: str) -> None:
+    import torch
+
+    x = all_float32_sample(step=997)
+    xt = torch.from_numpy(x).cuda()
+    yt = torch.empty_like(xt)
+    stream = int(torch.cuda.current_stream().cuda_stream)
+    _native.core().fastmath_eval(
+        FUNCS[name][0], 0, xt.device.index, stream, xt.numel(), xt.data_ptr(), yt.data_ptr()
+    )
+    err = ulp_error(yt.cpu().numpy(), x, name)
+    worst = int(np.argmax(err))
+    assert err[worst] <= MAX_ULP, f"{name} on cuda: {err[worst]} ulp at x={x[worst]!r}"

@@ -384,19 +384,27 @@ def test_tutorial_linear_regression() -> None:
 @pytest.mark.cuda
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_cuda_matches_cpu(case: Case) -> None:
+    """Same inputs through the CPU and the CUDA kernels: loss and input gradient (one rule)."""
     from tolerances import CPU_VS_CUDA
+
+    def dev(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.cuda()
 
     for dtype in DTYPES:
         x, y, w, pw = make_inputs(case, (33, 129), dtype)
         for reduction in reductions(case):
-            cpu = call(getattr(GF, case.name), case, x, y, w, pw, reduction)
-
-            def dev(t: torch.Tensor | None) -> torch.Tensor | None:
-                return None if t is None else t.cuda()
-
-            xc = x.cuda().requires_grad_(True)
-            gpu = call(getattr(GF, case.name), case, xc, dev(y), dev(w), dev(pw), reduction)
-            assert_close(gpu.cpu(), cpu, CPU_VS_CUDA[dtype], f"{case.id} {reduction} {dtype}")
+            res = []
+            for xs, ys, ws, pws in ((x, y, w, pw), (dev(x), dev(y), dev(w), dev(pw))):
+                assert xs is not None
+                assert ys is not None
+                xi = xs.clone().requires_grad_(True)
+                loss = call(getattr(GF, case.name), case, xi, ys, ws, pws, reduction)
+                loss.backward(torch.ones_like(loss))
+                assert xi.grad is not None
+                res.append((loss.detach().cpu(), xi.grad.cpu()))
+            msg = f"{case.id} {reduction} {dtype}"
+            assert_close(res[1][0], res[0][0], CPU_VS_CUDA[dtype], msg)
+            assert_close(res[1][1], res[0][1], CPU_VS_CUDA[dtype], msg)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
