@@ -68,6 +68,11 @@ void register_losses(py::module_& m) {
         const auto k = static_cast<math::ElementwiseLoss>(kind);
         GF_CHECK(pos_weight == 0 || k == math::ElementwiseLoss::kBceWithLogits, op,
                  ": pos_weight is only for binary_cross_entropy_with_logits");
+        // The kernels have no weighted instance of smooth_l1 and kl_div (torch has no such
+        // option): refuse rather than skip the call.
+        GF_CHECK(weight == 0 ||
+                     (k != math::ElementwiseLoss::kSmoothL1 && k != math::ElementwiseLoss::kKlDiv),
+                 op, ": weight is not an option of smooth_l1_loss or kl_div");
         ElementwiseLossArgs args;
         args.kind = k;
         args.dtype = static_cast<DType>(dtype);

@@ -125,3 +125,37 @@ def test_errors_leave_out_untouched() -> None:
     assert (out == 7.0).all()
     with pytest.raises(RuntimeError, match="non-positive values for delta"):
         gf.huber_loss_with_grad(x, y, delta=-1.0)
+
+
+def test_native_refuses_options_a_loss_lacks() -> None:
+    """The kernel has no weighted smooth_l1 / kl_div and pos_weight is BCE's only: the binding
+    refuses such calls instead of silently computing something else."""
+    from gradfuse import _native
+
+    a = [np.random.default_rng(0).random(8, dtype=np.float32) + 0.1 for _ in range(4)]
+    grad, loss = np.empty(8, np.float32), np.full((), 7.0, np.float32)
+    ptr = [x.__array_interface__["data"][0] for x in (*a, grad, loss)]
+    for kind, weight, pos_weight, match in (
+        (5, ptr[2], 0, "weight is not an option"),
+        (2, ptr[2], 0, "weight is not an option"),
+        (0, 0, ptr[3], "pos_weight is only for"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            _native.core().elementwise_loss(
+                kind,
+                0,
+                -1,
+                0,
+                8,
+                input=ptr[0],
+                target=ptr[1],
+                weight=weight,
+                pos_weight=pos_weight,
+                grad=ptr[4],
+                loss=ptr[5],
+                reduction=1,
+                divisor=1.0,
+                param=1.0,
+                log_target=False,
+            )
+    assert loss == 7.0
