@@ -6,6 +6,7 @@ CUDA when gradfuse was built with CUDA).
 
 from __future__ import annotations
 
+from gradfuse.functional._adam import adam_, adamax_, adamw_, nadam_, radam_
 from gradfuse.functional._optim import sgd_
 
-__all__ = ["sgd_"]
+__all__ = ["adam_", "adamax_", "adamw_", "nadam_", "radam_", "sgd_"]

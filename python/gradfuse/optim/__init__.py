@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from gradfuse.optim.adam import Adam
+from gradfuse.optim.adamax import Adamax
+from gradfuse.optim.adamw import AdamW
+from gradfuse.optim.nadam import NAdam
+from gradfuse.optim.radam import RAdam
 from gradfuse.optim.sgd import SGD
 
-__all__ = ["SGD"]
+__all__ = ["SGD", "Adam", "AdamW", "Adamax", "NAdam", "RAdam"]
