@@ -10,7 +10,7 @@ namespace gf {
 namespace {
 
 // The leading positional arguments every kernel here takes, and GradScaling's three pointers.
-#define GF_LIST_ARGS                                                                     \
+#define GF_LIST_ARGS \
   py::arg("slots"), py::arg("numels"), py::arg("dtype"), py::arg("device"), py::arg("stream")
 #define GF_SCALING_ARGS \
   py::arg("grad_scale") = 0, py::arg("found_inf") = 0, py::arg("clip_coef") = 0
@@ -65,8 +65,8 @@ void register_optim_adam(py::module_& m) {
          double weight_decay, double exp_avg_weight, double beta2, double eps, double neg_clr,
          bool maximize, std::uintptr_t grad_scale, std::uintptr_t found_inf,
          std::uintptr_t clip_coef) {
-        auto h = make_list("adamax", slots, numels, dtype, device, stream, grad_scale,
-                           found_inf, clip_coef);
+        auto h = make_list("adamax", slots, numels, dtype, device, stream, grad_scale, found_inf,
+                           clip_coef);
         check_depth(h, "adamax", 4, "param, grad, exp_avg, exp_inf");
         AdamaxArgs args{h.view,
                         {weight_decay, exp_avg_weight, beta2, eps, neg_clr},
@@ -75,8 +75,7 @@ void register_optim_adam(py::module_& m) {
         run(&cpu::adamax, GF_CUDA_FN(adamax), args);
       },
       GF_LIST_ARGS, py::kw_only(), py::arg("weight_decay"), py::arg("exp_avg_weight"),
-      py::arg("beta2"), py::arg("eps"), py::arg("neg_clr"), py::arg("maximize"),
-      GF_SCALING_ARGS,
+      py::arg("beta2"), py::arg("eps"), py::arg("neg_clr"), py::arg("maximize"), GF_SCALING_ARGS,
       "In-place Adamax over slots [params, grads, exp_avgs, exp_infs] of one dtype and device.");
 
   m.def(
@@ -86,8 +85,8 @@ void register_optim_adam(py::module_& m) {
          double one_minus_beta2, double bias_correction2, double eps, double grad_coef,
          double exp_avg_coef, int weight_decay_mode, bool maximize, std::uintptr_t grad_scale,
          std::uintptr_t found_inf, std::uintptr_t clip_coef) {
-        auto h = make_list("nadam", slots, numels, dtype, device, stream, grad_scale,
-                           found_inf, clip_coef);
+        auto h = make_list("nadam", slots, numels, dtype, device, stream, grad_scale, found_inf,
+                           clip_coef);
         check_depth(h, "nadam", 4, "param, grad, exp_avg, exp_avg_sq");
         check_mode(weight_decay_mode, "nadam");
         NadamArgs args{h.view,
@@ -99,9 +98,8 @@ void register_optim_adam(py::module_& m) {
       },
       GF_LIST_ARGS, py::kw_only(), py::arg("weight_decay"), py::arg("lr_decay"),
       py::arg("exp_avg_weight"), py::arg("beta2"), py::arg("one_minus_beta2"),
-      py::arg("bias_correction2"), py::arg("eps"), py::arg("grad_coef"),
-      py::arg("exp_avg_coef"), py::arg("weight_decay_mode"), py::arg("maximize"),
-      GF_SCALING_ARGS,
+      py::arg("bias_correction2"), py::arg("eps"), py::arg("grad_coef"), py::arg("exp_avg_coef"),
+      py::arg("weight_decay_mode"), py::arg("maximize"), GF_SCALING_ARGS,
       "In-place NAdam over slots [params, grads, exp_avgs, exp_avg_sqs] of one dtype and "
       "device.");
 
@@ -109,11 +107,11 @@ void register_optim_adam(py::module_& m) {
       "radam",
       [](const Slots& slots, const Numels& numels, int dtype, int device, std::uintptr_t stream,
          double weight_decay, double lr_decay, double exp_avg_weight, double beta2,
-         double one_minus_beta2, double bias_correction1, double bias_correction2_sqrt,
-         double eps, double lr, double rect, int weight_decay_mode, bool maximize, bool rectify,
+         double one_minus_beta2, double bias_correction1, double bias_correction2_sqrt, double eps,
+         double lr, double rect, int weight_decay_mode, bool maximize, bool rectify,
          std::uintptr_t grad_scale, std::uintptr_t found_inf, std::uintptr_t clip_coef) {
-        auto h = make_list("radam", slots, numels, dtype, device, stream, grad_scale,
-                           found_inf, clip_coef);
+        auto h = make_list("radam", slots, numels, dtype, device, stream, grad_scale, found_inf,
+                           clip_coef);
         check_depth(h, "radam", 4, "param, grad, exp_avg, exp_avg_sq");
         check_mode(weight_decay_mode, "radam");
         RadamArgs args{h.view,
@@ -126,9 +124,9 @@ void register_optim_adam(py::module_& m) {
       },
       GF_LIST_ARGS, py::kw_only(), py::arg("weight_decay"), py::arg("lr_decay"),
       py::arg("exp_avg_weight"), py::arg("beta2"), py::arg("one_minus_beta2"),
-      py::arg("bias_correction1"), py::arg("bias_correction2_sqrt"), py::arg("eps"),
-      py::arg("lr"), py::arg("rect"), py::arg("weight_decay_mode"), py::arg("maximize"),
-      py::arg("rectify"), GF_SCALING_ARGS,
+      py::arg("bias_correction1"), py::arg("bias_correction2_sqrt"), py::arg("eps"), py::arg("lr"),
+      py::arg("rect"), py::arg("weight_decay_mode"), py::arg("maximize"), py::arg("rectify"),
+      GF_SCALING_ARGS,
       "In-place RAdam over slots [params, grads, exp_avgs, exp_avg_sqs] of one dtype and "
       "device.");
 }

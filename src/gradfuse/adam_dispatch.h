@@ -16,9 +16,12 @@ namespace gf {
 template <typename F>
 void visit_weight_decay_mode(int mode, const char* op, F&& f) {
   switch (mode) {
-    case math::kWdNone: return f(std::integral_constant<int, math::kWdNone>{});
-    case math::kWdL2: return f(std::integral_constant<int, math::kWdL2>{});
-    case math::kWdDecoupled: return f(std::integral_constant<int, math::kWdDecoupled>{});
+    case math::kWdNone:
+      return f(std::integral_constant<int, math::kWdNone>{});
+    case math::kWdL2:
+      return f(std::integral_constant<int, math::kWdL2>{});
+    case math::kWdDecoupled:
+      return f(std::integral_constant<int, math::kWdDecoupled>{});
   }
   GF_CHECK(false, op, ": unknown weight decay mode ", mode,
            " (expected 0 none, 1 L2, 2 decoupled)");
@@ -61,8 +64,7 @@ void dispatch_nadam(const NadamArgs& a, Apply&& apply) {
     visit_weight_decay_mode(a.weight_decay_mode, "nadam", [&](auto wd_c) {
       bool_switch(
           [&](auto maximize_c) {
-            apply(tag,
-                  math::NadamOp<decltype(wd_c)::value, decltype(maximize_c)::value, OpT>{s});
+            apply(tag, math::NadamOp<decltype(wd_c)::value, decltype(maximize_c)::value, OpT>{s});
           },
           a.maximize);
     });

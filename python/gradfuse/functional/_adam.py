@@ -426,8 +426,7 @@ def radam_(
         rho_t = rho_inf - 2 * step * (beta2_f**step) / bias_correction2
         rectify = rho_t > 5.0
         rect = (
-            ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
-            ** 0.5
+            ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
             if rectify
             else 1.0
         )

@@ -85,15 +85,19 @@ def check_capturable(
             )
 
 
-def scalar_state(value: float, device: Any, on_device: bool, *, fused: bool | None = None) -> Tensor:
+def scalar_state(
+    value: float, device: Any, on_device: bool, *, fused: bool | None = None
+) -> Tensor:
     """A 0-dim state scalar (``step``, ``mu_product``) placed and typed exactly as torch does:
     on the param's device when capturable (or fused), else on the CPU."""
     import torch
-    from torch.optim.optimizer import _get_scalar_dtype
 
+    # torch.optim.optimizer._get_scalar_dtype: float32 when fused, else float64 only under a
+    # float64 default dtype.
+    default = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
     if on_device:
-        return torch.full((), value, dtype=_get_scalar_dtype(is_fused=fused), device=device)
-    return torch.tensor(value, dtype=_get_scalar_dtype())
+        return torch.full((), value, dtype=torch.float32 if fused else default, device=device)
+    return torch.tensor(value, dtype=default)
 
 
 def upgrade_scalar_state(

@@ -16,9 +16,17 @@ struct MapElements {
 };
 }  // namespace
 
-void adam(const AdamArgs& a) { dispatch_adam(a, MapElements{a.tensors}); }
-void adamax(const AdamaxArgs& a) { dispatch_adamax(a, MapElements{a.tensors}); }
-void nadam(const NadamArgs& a) { dispatch_nadam(a, MapElements{a.tensors}); }
-void radam(const RadamArgs& a) { dispatch_radam(a, MapElements{a.tensors}); }
+void adam(const AdamArgs& a) {
+  dispatch_adam(a, MapElements{a.tensors});
+}
+void adamax(const AdamaxArgs& a) {
+  dispatch_adamax(a, MapElements{a.tensors});
+}
+void nadam(const NadamArgs& a) {
+  dispatch_nadam(a, MapElements{a.tensors});
+}
+void radam(const RadamArgs& a) {
+  dispatch_radam(a, MapElements{a.tensors});
+}
 
 }  // namespace gf::cpu::GF_ISA

@@ -89,8 +89,8 @@ GF_HD GF_INLINE OpT decayed_grad(OpT& param, OpT grad, OpT weight_decay, OpT lr_
 // The shared moment updates of Adam, NAdam and RAdam.
 template <typename OpT>
 struct MomentScalars {
-  OpT weight_decay;  // L2 coefficient
-  OpT lr_decay;      // 1 - lr * weight_decay (decoupled)
+  OpT weight_decay;                // L2 coefficient
+  OpT lr_decay;                    // 1 - lr * weight_decay (decoupled)
   LerpWeight<OpT> exp_avg_weight;  // 1 - beta1
   OpT beta2;
   OpT one_minus_beta2;  // 1 - beta2 (in double, as torch passes `value=1 - beta2`)
@@ -133,8 +133,8 @@ struct AdamScalars {
 template <int kWd, bool kAmsgrad, bool kMaximize, typename OpT>
 GF_HD GF_INLINE void adam_update(OpT& param, OpT grad, OpT& exp_avg, OpT& exp_avg_sq,
                                  OpT& max_exp_avg_sq, const AdamScalars<OpT>& s) {
-  const OpT g = decayed_grad<kWd, kMaximize>(param, grad, s.moments.weight_decay,
-                                             s.moments.lr_decay);
+  const OpT g =
+      decayed_grad<kWd, kMaximize>(param, grad, s.moments.weight_decay, s.moments.lr_decay);
   update_moments(g, exp_avg, exp_avg_sq, s.moments);
   OpT second = exp_avg_sq;
   if constexpr (kAmsgrad) {
@@ -187,8 +187,8 @@ struct AdamaxScalars {
 template <bool kWeightDecay, bool kMaximize, typename OpT>
 GF_HD GF_INLINE void adamax_update(OpT& param, OpT grad, OpT& exp_avg, OpT& exp_inf,
                                    const AdamaxScalars<OpT>& s) {
-  const OpT g = decayed_grad<kWeightDecay ? kWdL2 : kWdNone, kMaximize>(param, grad,
-                                                                        s.weight_decay, OpT(1));
+  const OpT g =
+      decayed_grad<kWeightDecay ? kWdL2 : kWdNone, kMaximize>(param, grad, s.weight_decay, OpT(1));
   exp_avg = torch_lerp(exp_avg, g, s.exp_avg_weight);
   exp_inf = torch_maximum(exp_inf * s.beta2, op_abs(g) + s.eps);
   param = param + (s.neg_clr * exp_avg) / exp_inf;
@@ -239,8 +239,8 @@ struct NadamScalars {
 template <int kWd, bool kMaximize, typename OpT>
 GF_HD GF_INLINE void nadam_update(OpT& param, OpT grad, OpT& exp_avg, OpT& exp_avg_sq,
                                   const NadamScalars<OpT>& s) {
-  const OpT g = decayed_grad<kWd, kMaximize>(param, grad, s.moments.weight_decay,
-                                             s.moments.lr_decay);
+  const OpT g =
+      decayed_grad<kWd, kMaximize>(param, grad, s.moments.weight_decay, s.moments.lr_decay);
   update_moments(g, exp_avg, exp_avg_sq, s.moments);
   const OpT denom = op_sqrt(exp_avg_sq / s.bias_correction2) + s.eps;
   param = param + (s.grad_coef * g) / denom;
@@ -294,8 +294,8 @@ struct RadamScalars {
 template <int kWd, bool kMaximize, bool kRectify, typename OpT>
 GF_HD GF_INLINE void radam_update(OpT& param, OpT grad, OpT& exp_avg, OpT& exp_avg_sq,
                                   const RadamScalars<OpT>& s) {
-  const OpT g = decayed_grad<kWd, kMaximize>(param, grad, s.moments.weight_decay,
-                                             s.moments.lr_decay);
+  const OpT g =
+      decayed_grad<kWd, kMaximize>(param, grad, s.moments.weight_decay, s.moments.lr_decay);
   update_moments(g, exp_avg, exp_avg_sq, s.moments);
   const OpT m_hat = exp_avg / s.bias_correction1;
   if constexpr (kRectify) {
