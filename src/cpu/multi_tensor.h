@@ -58,6 +58,36 @@ void for_each_span(const TensorList& tl, Fn&& fn) {
 template <unsigned Mask, int Slot>
 constexpr bool kSlotBit = ((Mask >> Slot) & 1u) != 0;
 
+// The element loop of one span of one tensor. The slot pointers are restrict-qualified
+// *parameters*: GCC honours restrict on parameters (also after inlining) but not on local
+// variables, and without it a rule with several written slots (Adam: param, exp_avg, exp_avg_sq)
+// needs more runtime overlap checks than the vectorizer allows and stays scalar. The Python layer
+// refuses aliased tensors, so the promise holds.
+template <typename T, typename Op>
+GF_INLINE void map_span(T* GF_RESTRICT p0, T* GF_RESTRICT p1, T* GF_RESTRICT p2, T* GF_RESTRICT p3,
+                        T* GF_RESTRICT p4, T* GF_RESTRICT p5, std::int64_t b, std::int64_t e,
+                        const Op& op, OpMath<T> inv_scale, OpMath<T> clip_coef) {
+  using OpT = OpMath<T>;
+  constexpr int kDepth = Op::kDepth;
+  constexpr int kGradSlot = Op::kGradSlot;
+  for (std::int64_t i = b; i < e; ++i) {
+    OpT v[kMaxDepth] = {};
+#define GF_LOAD_SLOT(d) \
+  if constexpr (kDepth > d && kSlotBit<Op::kReads, d>) v[d] = math::load(p##d, i);
+#define GF_STORE_SLOT(d) \
+  if constexpr (kDepth > d && kSlotBit<Op::kWrites, d>) math::store(p##d, i, v[d]);
+    GF_LOAD_SLOT(0)
+    GF_LOAD_SLOT(1) GF_LOAD_SLOT(2) GF_LOAD_SLOT(3) GF_LOAD_SLOT(4)
+        GF_LOAD_SLOT(5) if constexpr (kGradSlot >= 0) v[kGradSlot] =
+            (v[kGradSlot] * inv_scale) * clip_coef;
+    op(v);
+    GF_STORE_SLOT(0)
+    GF_STORE_SLOT(1) GF_STORE_SLOT(2) GF_STORE_SLOT(3) GF_STORE_SLOT(4) GF_STORE_SLOT(5)
+#undef GF_LOAD_SLOT
+#undef GF_STORE_SLOT
+  }
+}
+
 // Elementwise multi-tensor update: for every element, load the slots Op reads (converted to
 // opmath), apply the shared per-element rule, store the slots it writes (rounded to T).
 // Op provides kDepth (slots per tensor), kReads and kWrites (bit d = slot d), kGradSlot (the
@@ -75,28 +105,11 @@ void map_elements(const TensorList& tl, const Op& op) {
       gs.grad_scale ? OpT(static_cast<float>(1.0 / static_cast<double>(*gs.grad_scale))) : OpT(1);
   const OpT clip_coef = gs.clip_coef ? OpT(*gs.clip_coef) : OpT(1);
   for_each_span(tl, [&](std::int64_t t, std::int64_t b, std::int64_t e) {
-    // One restrict pointer per slot, so the compiler knows the slots do not alias (the Python
-    // layer refuses aliased tensors) and vectorizes without runtime overlap checks.
-    T* GF_RESTRICT p0 = tl.ptr<T>(0, t);
-    T* GF_RESTRICT p1 = kDepth > 1 ? tl.ptr<T>(1, t) : nullptr;
-    T* GF_RESTRICT p2 = kDepth > 2 ? tl.ptr<T>(2, t) : nullptr;
-    T* GF_RESTRICT p3 = kDepth > 3 ? tl.ptr<T>(3, t) : nullptr;
-    T* GF_RESTRICT p4 = kDepth > 4 ? tl.ptr<T>(4, t) : nullptr;
-    T* GF_RESTRICT p5 = kDepth > 5 ? tl.ptr<T>(5, t) : nullptr;
-    for (std::int64_t i = b; i < e; ++i) {
-      OpT v[kMaxDepth] = {};
-#define GF_LOAD_SLOT(d) \
-  if constexpr (kDepth > d && kSlotBit<Op::kReads, d>) v[d] = math::load(p##d, i);
-#define GF_STORE_SLOT(d) \
-  if constexpr (kDepth > d && kSlotBit<Op::kWrites, d>) math::store(p##d, i, v[d]);
-      GF_LOAD_SLOT(0) GF_LOAD_SLOT(1) GF_LOAD_SLOT(2) GF_LOAD_SLOT(3) GF_LOAD_SLOT(4) GF_LOAD_SLOT(5)
-      if constexpr (kGradSlot >= 0) v[kGradSlot] = (v[kGradSlot] * inv_scale) * clip_coef;
-      op(v);
-      GF_STORE_SLOT(0) GF_STORE_SLOT(1) GF_STORE_SLOT(2) GF_STORE_SLOT(3) GF_STORE_SLOT(4)
-      GF_STORE_SLOT(5)
-#undef GF_LOAD_SLOT
-#undef GF_STORE_SLOT
-    }
+    // Slots beyond kDepth are null and never dereferenced (kDepth guards every access).
+    map_span<T>(tl.ptr<T>(0, t), kDepth > 1 ? tl.ptr<T>(1, t) : nullptr,
+                kDepth > 2 ? tl.ptr<T>(2, t) : nullptr, kDepth > 3 ? tl.ptr<T>(3, t) : nullptr,
+                kDepth > 4 ? tl.ptr<T>(4, t) : nullptr, kDepth > 5 ? tl.ptr<T>(5, t) : nullptr, b,
+                e, op, inv_scale, clip_coef);
   });
 }
 

@@ -240,3 +240,38 @@ def test_complex_params_match_torch() -> None:
         ours.step()
         theirs.step()
     tolerances.assert_close(a.detach(), b.detach(), tolerances.TRAJECTORY[torch.float32])
+
+
+BITWISE_CASES = [
+    ("Adam", {"amsgrad": True, "weight_decay": 0.1}),
+    ("AdamW", {"betas": (0.3, 0.9)}),  # the other lerp branch
+    ("Adamax", {"weight_decay": 0.1}),
+    ("NAdam", {"weight_decay": 0.1, "decoupled_weight_decay": True}),
+    ("RAdam", {"weight_decay": 0.1}),
+]
+
+
+@pytest.mark.parametrize("case", BITWISE_CASES, ids=_ids)
+def test_isa_paths_and_thread_counts_agree_bitwise(case: tuple[str, dict[str, Any]]) -> None:
+    name, opts = case
+    # Every compiled ISA path and every thread count run the same rule without contraction:
+    # identical bits, every dtype.
+    core = gradfuse._native.core()
+    isas = core.cpu_isas().split(",")
+    active, threads = core.cpu_isa(), gradfuse.get_num_threads()
+    try:
+        for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+            params = make_params(((1 << 16) + 5, 33), dtype)
+            grads = random_grads(params, 8)
+            runs = []
+            for isa, n in [(isa, threads) for isa in isas] + [(isas[0], 1)]:
+                core.set_cpu_isa(isa)
+                gradfuse.set_num_threads(n)
+                got, opt = _run(_ours(name, lr=LR, **opts), params, list(grads))
+                runs.append((f"{isa}/{n} threads", got + [t for _, t in _state_tensors(opt)]))
+            for label, tensors in runs[1:]:
+                for a, b in zip(runs[0][1], tensors, strict=True):
+                    assert torch.equal(a, b), f"{dtype}: {label} differs from {runs[0][0]}"
+    finally:
+        core.set_cpu_isa(active)
+        gradfuse.set_num_threads(threads)

@@ -21,6 +21,9 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 #include "gradfuse/config.h"
 
@@ -50,30 +53,58 @@ GF_HD GF_INLINE OpT op_abs(OpT x) {
 #endif
 }
 
-// torch.maximum: NaN in either operand gives NaN.
+// torch.maximum: NaN in either operand gives NaN. Bitwise `|` (no short circuit) keeps the loop
+// free of control flow, so it vectorizes.
 template <typename OpT>
 GF_HD GF_INLINE OpT torch_maximum(OpT a, OpT b) {
-  return (a > b || a != a) ? a : b;
+  return ((a > b) | (a != a)) ? a : b;
 }
 
-// The first-moment EMA as torch's lerp_ with a scalar weight w = 1 - beta1 (ATen Lerp.h).
-// `small` (|w| < 0.5) is decided once on the host; the select is uniform over the call.
+// Picks `a` where `mask` is all ones and `b` where it is all zeros, bit by bit: exact, and the
+// host loops vectorize it with a loop-invariant mask, where a select on an invariant bool stops
+// the vectorizer for 16-bit data (too big a loop body for GCC to unswitch).
+template <typename OpT>
+using MaskBits = std::conditional_t<sizeof(OpT) == 8, std::uint64_t, std::uint32_t>;
+
+template <typename OpT>
+GF_HD GF_INLINE OpT select_bits(MaskBits<OpT> mask, OpT a, OpT b) {
+#if defined(__CUDA_ARCH__)
+  return mask ? a : b;
+#else
+  MaskBits<OpT> ua, ub;
+  std::memcpy(&ua, &a, sizeof a);
+  std::memcpy(&ub, &b, sizeof b);
+  const MaskBits<OpT> r = (ua & mask) | (ub & ~mask);
+  OpT out;
+  std::memcpy(&out, &r, sizeof out);
+  return out;
+#endif
+}
+
+// The first-moment EMA as torch's lerp_ with a scalar weight w = 1 - beta1 (ATen Lerp.h):
+//   |w| < 0.5 ? self + w * (end - self) : end - (end - self) * (1 - w)
+// The branch is decided once on the host (`small`, an all-ones or all-zeros mask).
 template <typename OpT>
 struct LerpWeight {
   OpT weight;            // OpT(w)
   OpT one_minus_weight;  // OpT(1) - OpT(w), computed in OpT as torch does
-  bool small;
+  MaskBits<OpT> small;
 
   static LerpWeight from(double w) {
     const OpT wt = static_cast<OpT>(w);
-    return {wt, OpT(1) - wt, std::fabs(static_cast<double>(wt)) < 0.5};
+    const bool small = std::fabs(static_cast<double>(wt)) < 0.5;
+    return {wt, OpT(1) - wt, small ? ~MaskBits<OpT>(0) : MaskBits<OpT>(0)};
   }
 };
 
+// Both branches are computed and one selected (a conditionally executed float operation may
+// trap, so the compiler would not if-convert, nor vectorize, the branches themselves).
 template <typename OpT>
 GF_HD GF_INLINE OpT torch_lerp(OpT self, OpT end, const LerpWeight<OpT>& w) {
   const OpT diff = end - self;
-  return w.small ? self + w.weight * diff : end - diff * w.one_minus_weight;
+  const OpT from_self = self + w.weight * diff;
+  const OpT from_end = end - diff * w.one_minus_weight;
+  return select_bits(w.small, from_self, from_end);
 }
 
 // The shared prologue: maximize, then weight decay (L2 into the gradient, or decoupled into the
