@@ -58,33 +58,43 @@ void for_each_span(const TensorList& tl, Fn&& fn) {
 template <unsigned Mask, int Slot>
 constexpr bool kSlotBit = ((Mask >> Slot) & 1u) != 0;
 
+// Slot D of element i: loaded if Op reads it, stored if Op writes it (no-ops otherwise).
+template <typename Op, int D, typename T, typename OpT>
+GF_INLINE void load_slot(OpT* v, const T* GF_RESTRICT p, std::int64_t i) {
+  if constexpr (Op::kDepth > D && kSlotBit<Op::kReads, D>) v[D] = math::load(p, i);
+}
+template <typename Op, int D, typename T, typename OpT>
+GF_INLINE void store_slot(const OpT* v, T* GF_RESTRICT p, std::int64_t i) {
+  if constexpr (Op::kDepth > D && kSlotBit<Op::kWrites, D>) math::store(p, i, v[D]);
+}
+
 // The element loop of one span of one tensor. The slot pointers are restrict-qualified
 // *parameters*: GCC honours restrict on parameters (also after inlining) but not on local
 // variables, and without it a rule with several written slots (Adam: param, exp_avg, exp_avg_sq)
 // needs more runtime overlap checks than the vectorizer allows and stays scalar. The Python layer
-// refuses aliased tensors, so the promise holds.
+// refuses aliased tensors, so the promise holds. Slots beyond Op::kDepth are null, never touched.
 template <typename T, typename Op>
 GF_INLINE void map_span(T* GF_RESTRICT p0, T* GF_RESTRICT p1, T* GF_RESTRICT p2, T* GF_RESTRICT p3,
                         T* GF_RESTRICT p4, T* GF_RESTRICT p5, std::int64_t b, std::int64_t e,
                         const Op& op, OpMath<T> inv_scale, OpMath<T> clip_coef) {
   using OpT = OpMath<T>;
-  constexpr int kDepth = Op::kDepth;
   constexpr int kGradSlot = Op::kGradSlot;
   for (std::int64_t i = b; i < e; ++i) {
     OpT v[kMaxDepth] = {};
-#define GF_LOAD_SLOT(d) \
-  if constexpr (kDepth > d && kSlotBit<Op::kReads, d>) v[d] = math::load(p##d, i);
-#define GF_STORE_SLOT(d) \
-  if constexpr (kDepth > d && kSlotBit<Op::kWrites, d>) math::store(p##d, i, v[d]);
-    GF_LOAD_SLOT(0)
-    GF_LOAD_SLOT(1) GF_LOAD_SLOT(2) GF_LOAD_SLOT(3) GF_LOAD_SLOT(4)
-        GF_LOAD_SLOT(5) if constexpr (kGradSlot >= 0) v[kGradSlot] =
-            (v[kGradSlot] * inv_scale) * clip_coef;
+    load_slot<Op, 0>(v, p0, i);
+    load_slot<Op, 1>(v, p1, i);
+    load_slot<Op, 2>(v, p2, i);
+    load_slot<Op, 3>(v, p3, i);
+    load_slot<Op, 4>(v, p4, i);
+    load_slot<Op, 5>(v, p5, i);
+    if constexpr (kGradSlot >= 0) v[kGradSlot] = (v[kGradSlot] * inv_scale) * clip_coef;
     op(v);
-    GF_STORE_SLOT(0)
-    GF_STORE_SLOT(1) GF_STORE_SLOT(2) GF_STORE_SLOT(3) GF_STORE_SLOT(4) GF_STORE_SLOT(5)
-#undef GF_LOAD_SLOT
-#undef GF_STORE_SLOT
+    store_slot<Op, 0>(v, p0, i);
+    store_slot<Op, 1>(v, p1, i);
+    store_slot<Op, 2>(v, p2, i);
+    store_slot<Op, 3>(v, p3, i);
+    store_slot<Op, 4>(v, p4, i);
+    store_slot<Op, 5>(v, p5, i);
   }
 }
 
@@ -105,11 +115,9 @@ void map_elements(const TensorList& tl, const Op& op) {
       gs.grad_scale ? OpT(static_cast<float>(1.0 / static_cast<double>(*gs.grad_scale))) : OpT(1);
   const OpT clip_coef = gs.clip_coef ? OpT(*gs.clip_coef) : OpT(1);
   for_each_span(tl, [&](std::int64_t t, std::int64_t b, std::int64_t e) {
-    // Slots beyond kDepth are null and never dereferenced (kDepth guards every access).
-    map_span<T>(tl.ptr<T>(0, t), kDepth > 1 ? tl.ptr<T>(1, t) : nullptr,
-                kDepth > 2 ? tl.ptr<T>(2, t) : nullptr, kDepth > 3 ? tl.ptr<T>(3, t) : nullptr,
-                kDepth > 4 ? tl.ptr<T>(4, t) : nullptr, kDepth > 5 ? tl.ptr<T>(5, t) : nullptr, b,
-                e, op, inv_scale, clip_coef);
+    auto slot = [&](int d) { return kDepth > d ? tl.ptr<T>(d, t) : nullptr; };
+    map_span<T>(slot(0), slot(1), slot(2), slot(3), slot(4), slot(5), b, e, op, inv_scale,
+                clip_coef);
   });
 }
 

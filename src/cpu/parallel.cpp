@@ -143,9 +143,13 @@ Pool& pool() {
 
 }  // namespace
 
-void run_tasks(int n_tasks, TaskFn fn, void* ctx) { pool().run(n_tasks, fn, ctx); }
+void run_tasks(int n_tasks, TaskFn fn, void* ctx) {
+  pool().run(n_tasks, fn, ctx);
+}
 
-int get_num_threads() { return pool().threads(); }
+int get_num_threads() {
+  return pool().threads();
+}
 
 void set_num_threads(int n) {
   GF_CHECK(n >= 1, "set_num_threads: expected a positive thread count, got ", n);

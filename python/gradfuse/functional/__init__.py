@@ -6,7 +6,13 @@ CUDA when gradfuse was built with CUDA).
 
 from __future__ import annotations
 
+import sys
+
+from gradfuse._compile import register_ops
 from gradfuse.functional._adam import adam_, adamax_, adamw_, nadam_, radam_
 from gradfuse.functional._optim import sgd_
+
+if "torch" in sys.modules:  # torch.compile support; numpy-only users never load torch
+    register_ops()
 
 __all__ = ["adam_", "adamax_", "adamw_", "nadam_", "radam_", "sgd_"]

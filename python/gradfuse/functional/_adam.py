@@ -19,6 +19,7 @@ from collections.abc import MutableSequence, Sequence
 from typing import Any
 
 from gradfuse import _native
+from gradfuse._compile import traceable
 from gradfuse.functional import _steps
 from gradfuse.functional._multi_tensor import GradScaling, Group, group, prepare
 from gradfuse.functional._optim import to_float
@@ -78,6 +79,7 @@ def _torch_dtype(g: Group) -> Any:
     return getattr(torch, name)
 
 
+@traceable(written=("params", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "state_steps"))
 def adam_(
     params: Sequence[Any],
     grads: Sequence[Any],
@@ -172,6 +174,7 @@ def adam_(
         )
 
 
+@traceable(written=("params", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "state_steps"))
 def adamw_(
     params: Sequence[Any],
     grads: Sequence[Any],
@@ -213,6 +216,7 @@ def adamw_(
     )
 
 
+@traceable(written=("params", "exp_avgs", "exp_infs", "state_steps"))
 def adamax_(
     params: Sequence[Any],
     grads: Sequence[Any],
@@ -282,6 +286,7 @@ def adamax_(
         )
 
 
+@traceable(written=("params", "exp_avgs", "exp_avg_sqs", "mu_products", "state_steps"))
 def nadam_(
     params: Sequence[Any],
     grads: Sequence[Any],
@@ -368,6 +373,7 @@ def nadam_(
         )
 
 
+@traceable(written=("params", "exp_avgs", "exp_avg_sqs", "state_steps"))
 def radam_(
     params: Sequence[Any],
     grads: Sequence[Any],
