@@ -275,3 +275,25 @@ def test_isa_paths_and_thread_counts_agree_bitwise(case: tuple[str, dict[str, An
     finally:
         core.set_cpu_isa(active)
         gradfuse.set_num_threads(threads)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", BITWISE_CASES, ids=_ids)
+def test_cuda_matches_cpu(case: tuple[str, dict[str, Any]], dtype: torch.dtype) -> None:
+    # The same shared rule on both backends: a few ulp apart (CUDA's division and sqrt are
+    # IEEE-rounded too; nvcc may contract multiply-adds).
+    name, opts = case
+    params = make_params((1, 7, 4097, 0, (1 << 17) + 3), dtype)
+    grads = random_grads(params, 20)
+    on_cpu, cpu_opt = _run(_ours(name, lr=LR, **opts), params, list(grads))
+    on_cuda, cuda_opt = _run(
+        _ours(name, lr=LR, **opts),
+        [p.cuda() for p in params],
+        [[g.cuda() for g in gs] for gs in grads],
+    )
+    tol = tolerances.CPU_VS_CUDA[dtype]
+    for i, (a, b) in enumerate(zip(on_cpu, on_cuda, strict=True)):
+        tolerances.assert_close(b.cpu(), a, tol, msg=f"{name} param {i}")
+    for (key, a), (_, b) in zip(_state_tensors(cpu_opt), _state_tensors(cuda_opt), strict=True):
+        tolerances.assert_close(b.cpu(), a, tol, msg=f"{name} {key}")

@@ -72,7 +72,11 @@ def check_capturable(
 ) -> None:
     """torch's check (and message) for capturable=True: params and their step tensors must live
     on a device that supports graph capture (not the CPU). Checked before anything changes."""
-    if not capturable:
+    import torch
+
+    # As torch: under torch.compile the compiler handles the cudagraph checks (dynamo may set
+    # capturable=True on the groups of an optimizer it compiles).
+    if not capturable or torch.compiler.is_compiling():
         return
     from torch.optim.optimizer import _get_capturable_supported_devices
 

@@ -123,7 +123,9 @@ class Adam(Optimizer):
             self, "step", lambda g: g["capturable"] or g["fused"], fused_key="fused"
         )
 
-    def _init_group(
+    # Not named _init_group: torch.compile (dynamo) intercepts that name on optimizers and
+    # expects torch's signature.
+    def _gather_group(
         self, group: dict[str, Any]
     ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
         params: list[Tensor] = []
@@ -178,7 +180,7 @@ class Adam(Optimizer):
 
         scaling = grad_scaling(self)
         for group in self.param_groups:
-            params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = self._init_group(group)
+            params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = self._gather_group(group)
             check_capturable(group["capturable"], params, steps, what="params and state_steps")
             beta1, beta2 = group["betas"]
             adam_(
