@@ -141,7 +141,7 @@ def adam_(
         return
     buffers, scaling = begun
     n = len(params)
-    steps = [_steps.increment(state_steps, i) for i in range(n)]
+    steps = _steps.increment_all(state_steps)
     core = _native.core()
     for g in group(buffers, len(slots), n, steps):
         step = steps[g.indices[0]]
@@ -263,7 +263,7 @@ def adamax_(
         return
     buffers, scaling = begun
     n = len(params)
-    steps = [_steps.increment(state_steps, i) for i in range(n)]
+    steps = _steps.increment_all(state_steps)
     core = _native.core()
     for g in group(buffers, len(slots), n, steps):
         step = steps[g.indices[0]]
@@ -421,7 +421,7 @@ def radam_(
         return
     buffers, scaling = begun
     n = len(params)
-    steps = [_steps.increment(state_steps, i) for i in range(n)]
+    steps = _steps.increment_all(state_steps)
     core = _native.core()
     for g in group(buffers, len(slots), n, steps):
         step = steps[g.indices[0]]
