@@ -62,5 +62,6 @@ PYBIND11_MODULE(_core, m) {
   });
 
   register_optim(m);
+  register_optim_adam(m);
   register_losses(m);
 }
