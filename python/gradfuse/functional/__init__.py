@@ -6,6 +6,7 @@ CUDA when gradfuse was built with CUDA).
 
 from __future__ import annotations
 
+from gradfuse.functional._losses_softmax import cross_entropy_with_grad, nll_loss_with_grad
 from gradfuse.functional._optim import sgd_
 
-__all__ = ["sgd_"]
+__all__ = ["cross_entropy_with_grad", "nll_loss_with_grad", "sgd_"]
