@@ -36,14 +36,14 @@ test: install
 	cd tests && ../$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 lint: venv
-	$(VENV)/bin/ruff check python tests examples
-	$(VENV)/bin/ruff format --check python tests examples
+	$(VENV)/bin/ruff check python tests $(wildcard examples)
+	$(VENV)/bin/ruff format --check python tests $(wildcard examples)
 	$(VENV)/bin/clang-format --dry-run -Werror $$(git ls-files 'src/*.h' 'src/*.cpp' 'cuda/*.cu' 'cuda/*.cuh')
 	$(VENV)/bin/mypy
 
 format: venv
-	$(VENV)/bin/ruff format python tests examples
-	$(VENV)/bin/ruff check --fix python tests examples
+	$(VENV)/bin/ruff format python tests $(wildcard examples)
+	$(VENV)/bin/ruff check --fix python tests $(wildcard examples)
 	$(VENV)/bin/clang-format -i $$(git ls-files 'src/*.h' 'src/*.cpp' 'cuda/*.cu' 'cuda/*.cuh')
 
 # Developer loop: CMake straight into build/dev, the module copied next to the Python sources.

@@ -51,6 +51,8 @@ def _is_torch_tensor(x: object) -> bool:
 
 def _is_dense(shape: Sequence[int], strides: Sequence[int]) -> bool:
     """True when the elements fill one contiguous block, in some dimension order, each once."""
+    if 0 in shape:
+        return True
     dims = sorted(
         ((st, sz) for sz, st in zip(shape, strides, strict=True) if sz != 1),
         reverse=True,

@@ -44,16 +44,20 @@ class Pool {
       return;
     }
     start_workers();
+    // Worker w runs task w (1 <= w < threads_). A caller that asks for more tasks than this
+    // pool has threads (set_num_threads() raced with it) runs the extra tasks itself.
+    const int pooled = n_tasks < threads_ ? n_tasks : threads_;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       fn_ = fn;
       ctx_ = ctx;
-      n_tasks_ = n_tasks;
-      pending_ = n_tasks - 1;
+      n_tasks_ = pooled;
+      pending_ = pooled - 1;
       ++generation_;
     }
     wake_.notify_all();
     fn(ctx, 0);
+    for (int t = pooled; t < n_tasks; ++t) fn(ctx, t);
     std::unique_lock<std::mutex> lock(mutex_);
     done_.wait(lock, [&] { return pending_ == 0; });
   }
@@ -139,9 +143,13 @@ Pool& pool() {
 
 }  // namespace
 
-void run_tasks(int n_tasks, TaskFn fn, void* ctx) { pool().run(n_tasks, fn, ctx); }
+void run_tasks(int n_tasks, TaskFn fn, void* ctx) {
+  pool().run(n_tasks, fn, ctx);
+}
 
-int get_num_threads() { return pool().threads(); }
+int get_num_threads() {
+  return pool().threads();
+}
 
 void set_num_threads(int n) {
   GF_CHECK(n >= 1, "set_num_threads: expected a positive thread count, got ", n);

@@ -19,8 +19,9 @@ void run_tasks(int n_tasks, TaskFn fn, void* ctx);
 template <typename F>
 void parallel_tasks(int n_tasks, F&& f) {
   using Fn = std::remove_reference_t<F>;
-  run_tasks(n_tasks, [](void* ctx, int t) { (*static_cast<Fn*>(ctx))(t); },
-            const_cast<void*>(static_cast<const void*>(&f)));
+  run_tasks(
+      n_tasks, [](void* ctx, int t) { (*static_cast<Fn*>(ctx))(t); },
+      const_cast<void*>(static_cast<const void*>(&f)));
 }
 
 int get_num_threads();

@@ -63,7 +63,7 @@ class GradScaling:
     def pointers(self, device: int) -> tuple[int, int, int]:
         """Addresses of the three scalars on ``device`` (-1: host), 0 for an absent one."""
         if device not in self._on_device:
-            self._on_device[device] = tuple(  # type: ignore[assignment]
+            self._on_device[device] = tuple(
                 _to_device(getattr(self, n), device)
                 for n in ("grad_scale", "found_inf", "clip_coef")
             )

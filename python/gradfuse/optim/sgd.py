@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim import sgd as torch_sgd
 from torch.optim.optimizer import Optimizer, ParamsT
 
 from gradfuse.functional._optim import sgd_
@@ -94,7 +95,7 @@ class SGD(Optimizer):
             )
             if sparse:
                 # torch's single-tensor SGD is the path torch itself offers for sparse grads.
-                torch.optim.sgd.sgd(
+                torch_sgd.sgd(
                     params,
                     grads,
                     buffers,
