@@ -53,7 +53,9 @@ __device__ double block_sum(double v, double* shared) {
   return total;  // valid in thread 0
 }
 
-__global__ void set_double_kernel(double* p, double v) { *p = v; }
+__global__ void set_double_kernel(double* p, double v) {
+  *p = v;
+}
 
 // W = sum_c w_c (label smoothing with class weights), fixed order.
 template <typename OpT>
@@ -70,8 +72,7 @@ __global__ void weight_sum_kernel(const OpT* weight, std::int64_t classes, doubl
 template <typename OpT>
 __global__ void check_targets_kernel(const std::int64_t* target, std::int64_t rows,
                                      std::int64_t classes, std::int64_t ignore_index,
-                                     const OpT* weight, double* denom,
-                                     unsigned long long* error) {
+                                     const OpT* weight, double* denom, unsigned long long* error) {
   __shared__ double shared[kCheckThreads / 32];
   double acc = 0.0;
   for (std::int64_t r = threadIdx.x; r < rows; r += blockDim.x) {
@@ -136,8 +137,8 @@ __device__ RowState<OpT> block_state(RowState<OpT> st, RowState<OpT>* shared) {
 }
 
 template <typename T, bool kGrad, bool kWeighted, bool kSmoothing, bool kProb>
-__global__ void ce_row_kernel(const T* x, const void* target_ptr, const OpMath<T>* weight,
-                              T* grad, OpMath<T>* row_loss, T* loss_none, std::int64_t classes,
+__global__ void ce_row_kernel(const T* x, const void* target_ptr, const OpMath<T>* weight, T* grad,
+                              OpMath<T>* row_loss, T* loss_none, std::int64_t classes,
                               std::int64_t inner, const double* denom, const double* wsum,
                               Consts<OpMath<T>> k) {
   using OpT = OpMath<T>;
@@ -165,7 +166,7 @@ __global__ void ce_row_kernel(const T* x, const void* target_ptr, const OpMath<T
     const OpT wc = kWeighted ? weight[c] : OpT(1);
     if constexpr (kProb) {
       return math::prob_target_weight<kWeighted, kSmoothing>(math::load(t, base + c * inner), wc,
-                                                            k.one_minus_eps, k.c_s);
+                                                             k.one_minus_eps, k.c_s);
     } else {
       return wc;
     }
@@ -312,17 +313,17 @@ void prepare_denominator(const SoftmaxLossArgs& a, const OpT* w, const Scratch& 
   // The flag starts as kNoError = 0x80 followed by zero bytes (little-endian: byte 7).
   GF_CUDA_CHECK(cudaMemsetAsync(sc.error(), 0, sizeof(unsigned long long), sc.stream));
   GF_CUDA_CHECK(cudaMemsetAsync(reinterpret_cast<char*>(sc.error()) + 7, 0x80, 1, sc.stream));
-  check_targets_kernel<OpT><<<1, kCheckThreads, 0, sc.stream>>>(
-      reinterpret_cast<const std::int64_t*>(a.target), rows, a.classes, a.ignore_index, w,
-      sc.denom(), sc.error());
+  check_targets_kernel<OpT>
+      <<<1, kCheckThreads, 0, sc.stream>>>(reinterpret_cast<const std::int64_t*>(a.target), rows,
+                                           a.classes, a.ignore_index, w, sc.denom(), sc.error());
   GF_CUDA_CHECK_LAUNCH();
   unsigned long long error = kNoError;
   GF_CUDA_CHECK(
       cudaMemcpyAsync(&error, sc.error(), sizeof error, cudaMemcpyDeviceToHost, sc.stream));
   GF_CUDA_CHECK(cudaStreamSynchronize(sc.stream));
   if (error != kNoError) {
-    detail::throw_error<std::out_of_range>("Target ", static_cast<std::int64_t>(error),
-                                           " is out of bounds.");
+    ::gf::detail::throw_error<std::out_of_range>("Target ", static_cast<std::int64_t>(error),
+                                                 " is out of bounds.");
   }
 }
 
@@ -364,8 +365,8 @@ void cross_entropy_typed(const SoftmaxLossArgs& a) {
           constexpr bool kProb = decltype(prob_c)::value;
           ce_row_kernel<T, kGrad, kWeighted, kSmoothing, kProb>
               <<<static_cast<unsigned>(rows), row_threads(a.classes), 0, stream>>>(
-                  reinterpret_cast<const T*>(a.input), reinterpret_cast<const void*>(a.target),
-                  w, reinterpret_cast<T*>(a.grad), none ? nullptr : sc.rows<OpT>(),
+                  reinterpret_cast<const T*>(a.input), reinterpret_cast<const void*>(a.target), w,
+                  reinterpret_cast<T*>(a.grad), none ? nullptr : sc.rows<OpT>(),
                   none ? reinterpret_cast<T*>(a.loss) : nullptr, a.classes, a.inner, sc.denom(),
                   sc.wsum(), k);
           GF_CUDA_CHECK_LAUNCH();
@@ -373,8 +374,8 @@ void cross_entropy_typed(const SoftmaxLossArgs& a) {
         a.grad != 0, w != nullptr, eps != 0.0, a.prob_target);
   }
   if (a.reduction != Reduction::kNone) {
-    finish_kernel<T><<<1, kCheckThreads, 0, stream>>>(sc.rows<OpT>(), rows, a.reduction,
-                                                       sc.denom(), reinterpret_cast<T*>(a.loss));
+    finish_kernel<T><<<1, kCheckThreads, 0, stream>>>(sc.rows<OpT>(), rows, a.reduction, sc.denom(),
+                                                      reinterpret_cast<T*>(a.loss));
     GF_CUDA_CHECK_LAUNCH();
   }
 }
@@ -404,14 +405,14 @@ void nll_loss_typed(const SoftmaxLossArgs& a) {
                                     static_cast<std::size_t>(rows * a.classes) * sizeof(T),
                                     stream));
       nll_grad_kernel<T><<<blocks, kThreads, 0, stream>>>(target, w, reinterpret_cast<T*>(a.grad),
-                                                          rows, a.classes, a.inner,
-                                                          a.ignore_index, a.reduction, sc.denom());
+                                                          rows, a.classes, a.inner, a.ignore_index,
+                                                          a.reduction, sc.denom());
       GF_CUDA_CHECK_LAUNCH();
     }
   }
   if (!none) {
-    finish_kernel<T><<<1, kCheckThreads, 0, stream>>>(sc.rows<OpT>(), rows, a.reduction,
-                                                       sc.denom(), reinterpret_cast<T*>(a.loss));
+    finish_kernel<T><<<1, kCheckThreads, 0, stream>>>(sc.rows<OpT>(), rows, a.reduction, sc.denom(),
+                                                      reinterpret_cast<T*>(a.loss));
     GF_CUDA_CHECK_LAUNCH();
   }
 }
@@ -419,9 +420,8 @@ void nll_loss_typed(const SoftmaxLossArgs& a) {
 }  // namespace
 
 void cross_entropy(const SoftmaxLossArgs& a) {
-  visit_dtype(a.dtype, "cross_entropy", [&](auto tag) {
-    cross_entropy_typed<typename decltype(tag)::type>(a);
-  });
+  visit_dtype(a.dtype, "cross_entropy",
+              [&](auto tag) { cross_entropy_typed<typename decltype(tag)::type>(a); });
 }
 
 void nll_loss(const SoftmaxLossArgs& a) {

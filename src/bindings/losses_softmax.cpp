@@ -15,8 +15,8 @@ void run_softmax_loss(const char* op, SoftmaxLossFn cpu_fn, SoftmaxLossFn cuda_f
                       double label_smoothing, bool prob_target) {
   GF_CHECK(dtype >= 0 && dtype <= 3, op, ": unknown dtype code ", dtype);
   GF_CHECK(reduction >= 0 && reduction <= 2, op, ": unknown reduction code ", reduction);
-  GF_CHECK(outer >= 0 && classes >= 0 && inner >= 1, op, ": invalid shape (", outer, ", ",
-           classes, ", ", inner, ")");
+  GF_CHECK(outer >= 0 && classes >= 0 && inner >= 1, op, ": invalid shape (", outer, ", ", classes,
+           ", ", inner, ")");
   GF_CHECK(label_smoothing >= 0.0 && label_smoothing <= 1.0, op,
            ": label_smoothing must be between 0.0 and 1.0. Got: ", label_smoothing);
   const bool empty = outer * classes * inner == 0;
@@ -55,10 +55,9 @@ void run_softmax_loss(const char* op, SoftmaxLossFn cpu_fn, SoftmaxLossFn cuda_f
 template <typename Fn>
 void def_softmax_loss(py::module_& m, const char* name, Fn fn, const char* doc) {
   m.def(name, fn, py::kw_only(), py::arg("input"), py::arg("target"), py::arg("weight"),
-        py::arg("grad"), py::arg("loss"), py::arg("outer"), py::arg("classes"),
-        py::arg("inner"), py::arg("dtype"), py::arg("device"), py::arg("stream"),
-        py::arg("reduction"), py::arg("ignore_index"), py::arg("label_smoothing"),
-        py::arg("prob_target"), doc);
+        py::arg("grad"), py::arg("loss"), py::arg("outer"), py::arg("classes"), py::arg("inner"),
+        py::arg("dtype"), py::arg("device"), py::arg("stream"), py::arg("reduction"),
+        py::arg("ignore_index"), py::arg("label_smoothing"), py::arg("prob_target"), doc);
 }
 
 }  // namespace
@@ -74,12 +73,11 @@ void register_losses_softmax(py::module_& m) {
   def_softmax_loss(
       m, "cross_entropy",
       [kCudaCe](std::uintptr_t input, std::uintptr_t target, std::uintptr_t weight,
-                std::uintptr_t grad, std::uintptr_t loss, std::int64_t outer,
-                std::int64_t classes, std::int64_t inner, int dtype, int device,
-                std::uintptr_t stream, int reduction, std::int64_t ignore_index,
-                double label_smoothing, bool prob_target) {
-        run_softmax_loss("cross_entropy", &cpu::cross_entropy, kCudaCe, input, target, weight,
-                         grad, loss, outer, classes, inner, dtype, device, stream, reduction,
+                std::uintptr_t grad, std::uintptr_t loss, std::int64_t outer, std::int64_t classes,
+                std::int64_t inner, int dtype, int device, std::uintptr_t stream, int reduction,
+                std::int64_t ignore_index, double label_smoothing, bool prob_target) {
+        run_softmax_loss("cross_entropy", &cpu::cross_entropy, kCudaCe, input, target, weight, grad,
+                         loss, outer, classes, inner, dtype, device, stream, reduction,
                          ignore_index, label_smoothing, prob_target);
       },
       "Loss and dL/dinput of softmax cross entropy over input viewed as (outer, classes, inner).\n"
@@ -89,15 +87,14 @@ void register_losses_softmax(py::module_& m) {
   def_softmax_loss(
       m, "nll_loss",
       [kCudaNll](std::uintptr_t input, std::uintptr_t target, std::uintptr_t weight,
-                 std::uintptr_t grad, std::uintptr_t loss, std::int64_t outer,
-                 std::int64_t classes, std::int64_t inner, int dtype, int device,
-                 std::uintptr_t stream, int reduction, std::int64_t ignore_index,
-                 double label_smoothing, bool prob_target) {
+                 std::uintptr_t grad, std::uintptr_t loss, std::int64_t outer, std::int64_t classes,
+                 std::int64_t inner, int dtype, int device, std::uintptr_t stream, int reduction,
+                 std::int64_t ignore_index, double label_smoothing, bool prob_target) {
         GF_CHECK(label_smoothing == 0.0 && !prob_target,
                  "nll_loss: no label smoothing or probability targets");
         run_softmax_loss("nll_loss", &cpu::nll_loss, kCudaNll, input, target, weight, grad, loss,
-                         outer, classes, inner, dtype, device, stream, reduction, ignore_index,
-                         0.0, false);
+                         outer, classes, inner, dtype, device, stream, reduction, ignore_index, 0.0,
+                         false);
       },
       "Loss and dL/dinput of nll_loss (input holds log-probabilities); arguments as "
       "cross_entropy.");

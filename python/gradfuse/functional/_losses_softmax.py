@@ -115,8 +115,7 @@ def _class_target_layout(
             )
         if t_shape[1:] != in_shape[2:]:
             raise RuntimeError(
-                f"size mismatch (got input: {_fmt_shape(in_shape)} , target: "
-                f"{_fmt_shape(t_shape)}"
+                f"size mismatch (got input: {_fmt_shape(in_shape)} , target: {_fmt_shape(t_shape)}"
             )
     else:
         out_size = (in_shape[0], *in_shape[2:])
@@ -241,8 +240,9 @@ def _index_buffer(t: Any, name: str) -> Buffer:
         ptr, numel, itemsize = int(t.__array_interface__["data"][0]), int(t.size), 8
         is_torch = False
     shape = _shape(t)
-    return Buffer(t, ptr, numel, itemsize, "int64", device, shape, _contiguous_strides(shape),
-                  is_torch)
+    return Buffer(
+        t, ptr, numel, itemsize, "int64", device, shape, _contiguous_strides(shape), is_torch
+    )
 
 
 def _contiguous(x: Any) -> Any:

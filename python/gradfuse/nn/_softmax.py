@@ -88,7 +88,7 @@ def _take_grad(ctx: Any, recompute: Any) -> Tensor:
 
 class _CrossEntropyFunction(torch.autograd.Function):
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         input: Tensor,
         target: Tensor,
@@ -159,12 +159,13 @@ def _prob_target_grad(
         if reduction == "mean":
             g = g / max(input.numel() // max(input.shape[cd], 1), 1)
         g = g * grad_output
-    return g.to(target.dtype)
+    out: Tensor = g.to(target.dtype)
+    return out
 
 
 class _NllLossFunction(torch.autograd.Function):
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         input: Tensor,
         target: Tensor,
@@ -242,7 +243,7 @@ def cross_entropy(
         input, target = input.to(common), target.to(common)
         if weight is not None:
             weight = weight.to(common)
-    out: Tensor = _CrossEntropyFunction.apply(
+    out: Tensor = _CrossEntropyFunction.apply(  # type: ignore[no-untyped-call]
         input, target, weight, ignore_index, reduction, label_smoothing
     )
     return out
@@ -266,7 +267,9 @@ def nll_loss(
         return torch.nn.functional.nll_loss(
             input, target, weight, ignore_index=ignore_index, reduction=reduction
         )
-    out: Tensor = _NllLossFunction.apply(input, target, weight, ignore_index, reduction)
+    out: Tensor = _NllLossFunction.apply(  # type: ignore[no-untyped-call]
+        input, target, weight, ignore_index, reduction
+    )
     return out
 
 
@@ -291,6 +294,9 @@ class NLLLoss(torch.nn.NLLLoss):
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return nll_loss(
-            input, target, weight=self.weight, ignore_index=self.ignore_index,
+            input,
+            target,
+            weight=self.weight,
+            ignore_index=self.ignore_index,
             reduction=self.reduction,
         )

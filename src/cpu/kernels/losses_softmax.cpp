@@ -33,9 +33,13 @@ namespace {
 
 using math::Reduction;
 
-constexpr int kLanes = 16;                // independent partial sums per row (one AVX-512 vector)
-constexpr std::int64_t kSumBlock = 256;   // rows per block of the final loss sum
-constexpr std::int64_t kTile = 64;        // positions per work unit when inner > 1
+constexpr int kLanes = 16;  // independent partial sums per row (one AVX-512 vector)
+// Keeps g++ from fully unrolling a loop over the kLanes partial results before vectorization:
+// unrolled, the partials become 16 scalar registers and stay scalar; kept, the loop over the row
+// is vectorized with the partials in one (AVX-512) or several vector registers.
+#define GF_LANES_LOOP _Pragma("GCC unroll 1")
+constexpr std::int64_t kSumBlock = 256;  // rows per block of the final loss sum
+constexpr std::int64_t kTile = 64;       // positions per work unit when inner > 1
 constexpr std::int64_t kMinWorkPerThread = std::int64_t{1} << 15;  // elements
 
 // The per-call constants in opmath.
@@ -73,6 +77,7 @@ OpMath<T> row_max(const T* GF_RESTRICT x, std::int64_t n) {
   for (int l = 0; l < kLanes; ++l) acc[l] = -OpT(INFINITY);
   std::int64_t j = 0;
   for (; j + kLanes <= n; j += kLanes) {
+    GF_LANES_LOOP
     for (int l = 0; l < kLanes; ++l) {
       const OpT v = math::load(x, j + l);
       acc[l] = v > acc[l] ? v : acc[l];
@@ -98,6 +103,10 @@ OpT lane_sum(const OpT* acc) {
   return s[0];
 }
 
+// The bodies of the lane loops below are written out in place (no lambdas): a captured
+// pointer loses GF_RESTRICT, and g++ then keeps the partial sums in memory, re-checks
+// aliasing on every iteration and runs at a fraction of the speed.
+
 // Pass B: e_j = exp(x_j - m) into e (when kStore), returns sum_j e_j; with kSmoothing also
 // sum_j w_j (x_j - m) into *wshift.
 template <typename T, bool kStore, bool kSmoothing, bool kWeighted>
@@ -107,17 +116,23 @@ OpMath<T> row_exp(const T* GF_RESTRICT x, OpMath<T>* GF_RESTRICT e, std::int64_t
   OpT acc[kLanes] = {};
   OpT accw[kLanes] = {};
   std::int64_t j = 0;
-  auto step = [&](std::int64_t i, int l) {
-    const OpT d = math::load(x, i) - m;
-    const OpT ex = math::vexp(d);
-    if constexpr (kStore) e[i] = ex;
-    acc[l] = acc[l] + ex;
-    if constexpr (kSmoothing) accw[l] = accw[l] + (kWeighted ? w[i] * d : d);
-  };
   for (; j + kLanes <= n; j += kLanes) {
-    for (int l = 0; l < kLanes; ++l) step(j + l, l);
+    GF_LANES_LOOP
+    for (int l = 0; l < kLanes; ++l) {
+      const OpT d = math::load(x, j + l) - m;
+      const OpT ex = math::vexp(d);
+      if constexpr (kStore) e[j + l] = ex;
+      acc[l] = acc[l] + ex;
+      if constexpr (kSmoothing) accw[l] = accw[l] + (kWeighted ? w[j + l] * d : d);
+    }
   }
-  for (; j < n; ++j) step(j, 0);
+  for (; j < n; ++j) {
+    const OpT d = math::load(x, j) - m;
+    const OpT ex = math::vexp(d);
+    if constexpr (kStore) e[j] = ex;
+    acc[0] = acc[0] + ex;
+    if constexpr (kSmoothing) accw[0] = accw[0] + (kWeighted ? w[j] * d : d);
+  }
   if constexpr (kSmoothing) *wshift = lane_sum(accw);
   return lane_sum(acc);
 }
@@ -126,24 +141,32 @@ OpMath<T> row_exp(const T* GF_RESTRICT x, OpMath<T>* GF_RESTRICT e, std::int64_t
 template <typename T, bool kStore, bool kWeighted, bool kSmoothing>
 OpMath<T> row_exp_prob(const T* GF_RESTRICT x, const T* GF_RESTRICT t, OpMath<T>* GF_RESTRICT e,
                        std::int64_t n, OpMath<T> m, const OpMath<T>* GF_RESTRICT w,
-                       const Consts<OpMath<T>>& k, OpMath<T>* wt_shift) {
+                       OpMath<T> one_minus_eps, OpMath<T> c_s, OpMath<T>* wt_shift) {
   using OpT = OpMath<T>;
   OpT acc[kLanes] = {};
   OpT accw[kLanes] = {};
   std::int64_t j = 0;
-  auto step = [&](std::int64_t i, int l) {
-    const OpT d = math::load(x, i) - m;
-    const OpT ex = math::vexp(d);
-    if constexpr (kStore) e[i] = ex;
-    acc[l] = acc[l] + ex;
-    const OpT wt = math::prob_target_weight<kWeighted, kSmoothing>(
-        math::load(t, i), kWeighted ? w[i] : OpT(1), k.one_minus_eps, k.c_s);
-    accw[l] = accw[l] + wt * d;
-  };
   for (; j + kLanes <= n; j += kLanes) {
-    for (int l = 0; l < kLanes; ++l) step(j + l, l);
+    GF_LANES_LOOP
+    for (int l = 0; l < kLanes; ++l) {
+      const OpT d = math::load(x, j + l) - m;
+      const OpT ex = math::vexp(d);
+      if constexpr (kStore) e[j + l] = ex;
+      acc[l] = acc[l] + ex;
+      const OpT wt = math::prob_target_weight<kWeighted, kSmoothing>(
+          math::load(t, j + l), kWeighted ? w[j + l] : OpT(1), one_minus_eps, c_s);
+      accw[l] = accw[l] + wt * d;
+    }
   }
-  for (; j < n; ++j) step(j, 0);
+  for (; j < n; ++j) {
+    const OpT d = math::load(x, j) - m;
+    const OpT ex = math::vexp(d);
+    if constexpr (kStore) e[j] = ex;
+    acc[0] = acc[0] + ex;
+    const OpT wt = math::prob_target_weight<kWeighted, kSmoothing>(
+        math::load(t, j), kWeighted ? w[j] : OpT(1), one_minus_eps, c_s);
+    accw[0] = accw[0] + wt * d;
+  }
   *wt_shift = lane_sum(accw);
   return lane_sum(acc);
 }
@@ -151,18 +174,22 @@ OpMath<T> row_exp_prob(const T* GF_RESTRICT x, const T* GF_RESTRICT t, OpMath<T>
 // sum_j w_j t'_j of a probability-target row.
 template <typename T, bool kWeighted, bool kSmoothing>
 OpMath<T> row_target_mass(const T* GF_RESTRICT t, std::int64_t n, const OpMath<T>* GF_RESTRICT w,
-                          const Consts<OpMath<T>>& k) {
+                          OpMath<T> one_minus_eps, OpMath<T> c_s) {
   using OpT = OpMath<T>;
   OpT acc[kLanes] = {};
   std::int64_t j = 0;
-  auto step = [&](std::int64_t i, int l) {
-    acc[l] = acc[l] + math::prob_target_weight<kWeighted, kSmoothing>(
-                          math::load(t, i), kWeighted ? w[i] : OpT(1), k.one_minus_eps, k.c_s);
-  };
   for (; j + kLanes <= n; j += kLanes) {
-    for (int l = 0; l < kLanes; ++l) step(j + l, l);
+    GF_LANES_LOOP
+    for (int l = 0; l < kLanes; ++l) {
+      acc[l] =
+          acc[l] + math::prob_target_weight<kWeighted, kSmoothing>(
+                       math::load(t, j + l), kWeighted ? w[j + l] : OpT(1), one_minus_eps, c_s);
+    }
   }
-  for (; j < n; ++j) step(j, 0);
+  for (; j < n; ++j) {
+    acc[0] = acc[0] + math::prob_target_weight<kWeighted, kSmoothing>(
+                          math::load(t, j), kWeighted ? w[j] : OpT(1), one_minus_eps, c_s);
+  }
   return lane_sum(acc);
 }
 
@@ -175,13 +202,14 @@ void fill_zero(T* GF_RESTRICT g, std::int64_t n) {
 template <typename T>
 struct RowBuffer {
   static constexpr bool kInGrad = std::is_same_v<T, OpMath<T>>;  // float32/float64: in place
-  std::vector<OpMath<T>> scratch;                                   // float16/bfloat16
+  std::vector<OpMath<T>> scratch;                                // float16/bfloat16
   OpMath<T>* get(T* g, std::int64_t n) {
     if constexpr (kInGrad) {
       (void)n;
       return g;
     } else {
-      if (static_cast<std::int64_t>(scratch.size()) < n) scratch.resize(static_cast<std::size_t>(n));
+      if (static_cast<std::int64_t>(scratch.size()) < n)
+        scratch.resize(static_cast<std::size_t>(n));
       return scratch.data();
     }
   }
@@ -212,8 +240,8 @@ OpMath<T> ce_class_row(const T* x, T* g, std::int64_t n, std::int64_t y,
     if constexpr (RowBuffer<T>::kInGrad) {
       T* GF_RESTRICT gg = g;
       for (std::int64_t j = 0; j < n; ++j) {
-        gg[j] = math::class_grad<kSmoothing>(gg[j], a_over_s, smooth_scaled,
-                                             kWeighted ? w[j] : OpT(1));
+        gg[j] =
+            math::class_grad<kSmoothing>(gg[j], a_over_s, smooth_scaled, kWeighted ? w[j] : OpT(1));
       }
     } else {
       const OpT* GF_RESTRICT ee = e;
@@ -231,30 +259,33 @@ OpMath<T> ce_class_row(const T* x, T* g, std::int64_t n, std::int64_t y,
 
 // One probability-target cross_entropy row; returns its loss.
 template <typename T, bool kGrad, bool kWeighted, bool kSmoothing>
-OpMath<T> ce_prob_row(const T* x, const T* t, T* g, std::int64_t n,
-                      const OpMath<T>* GF_RESTRICT w, const Consts<OpMath<T>>& k,
-                      RowBuffer<T>& buf) {
+OpMath<T> ce_prob_row(const T* x, const T* t, T* g, std::int64_t n, const OpMath<T>* GF_RESTRICT w,
+                      const Consts<OpMath<T>>& k, RowBuffer<T>& buf) {
   using OpT = OpMath<T>;
   const OpT m = row_max(x, n);
-  const OpT mass = row_target_mass<T, kWeighted, kSmoothing>(t, n, w, k);
+  const OpT mass = row_target_mass<T, kWeighted, kSmoothing>(t, n, w, k.one_minus_eps, k.c_s);
   OpT* e = kGrad ? buf.get(g, n) : nullptr;
   OpT wt_shift = OpT(0);
-  const OpT s = row_exp_prob<T, kGrad, kWeighted, kSmoothing>(x, t, e, n, m, w, k, &wt_shift);
+  const OpT s = row_exp_prob<T, kGrad, kWeighted, kSmoothing>(x, t, e, n, m, w, k.one_minus_eps,
+                                                              k.c_s, &wt_shift);
   const OpT log_s = math::vlog(s);
   if constexpr (kGrad) {
     const OpT a_over_s = mass * k.scale / s;
-    auto wt = [&](std::int64_t j) {
-      return math::prob_target_weight<kWeighted, kSmoothing>(
-          math::load(t, j), kWeighted ? w[j] : OpT(1), k.one_minus_eps, k.c_s);
-    };
+    const T* GF_RESTRICT tt = t;
     if constexpr (RowBuffer<T>::kInGrad) {
       T* GF_RESTRICT gg = g;
-      for (std::int64_t j = 0; j < n; ++j) gg[j] = math::prob_grad(gg[j], a_over_s, wt(j), k.scale);
+      for (std::int64_t j = 0; j < n; ++j) {
+        const OpT wt = math::prob_target_weight<kWeighted, kSmoothing>(
+            math::load(tt, j), kWeighted ? w[j] : OpT(1), k.one_minus_eps, k.c_s);
+        gg[j] = math::prob_grad(gg[j], a_over_s, wt, k.scale);
+      }
     } else {
       const OpT* GF_RESTRICT ee = e;
       T* GF_RESTRICT gg = g;
       for (std::int64_t j = 0; j < n; ++j) {
-        math::store(gg, j, math::prob_grad(ee[j], a_over_s, wt(j), k.scale));
+        const OpT wt = math::prob_target_weight<kWeighted, kSmoothing>(
+            math::load(tt, j), kWeighted ? w[j] : OpT(1), k.one_minus_eps, k.c_s);
+        math::store(gg, j, math::prob_grad(ee[j], a_over_s, wt, k.scale));
       }
     }
   }
@@ -294,8 +325,8 @@ void ce_tile(const SoftmaxLossArgs& a, std::int64_t n, std::int64_t s0, std::int
       const OpT d = math::load(x, c * S + i) - m[i];
       sum[i] = sum[i] + math::vexp(d);
       if constexpr (kProb) {
-        const OpT wt = math::prob_target_weight<kWeighted, kSmoothing>(
-            math::load(tp, c * S + i), wc, k.one_minus_eps, k.c_s);
+        const OpT wt = math::prob_target_weight<kWeighted, kSmoothing>(math::load(tp, c * S + i),
+                                                                       wc, k.one_minus_eps, k.c_s);
         mass[i] = mass[i] + wt;
         wshift[i] = wshift[i] + wt * d;
       } else if constexpr (kSmoothing) {
@@ -347,7 +378,8 @@ void ce_tile(const SoftmaxLossArgs& a, std::int64_t n, std::int64_t s0, std::int
         const OpT w_y = kWeighted ? w[y] : OpT(1);
         const auto coef = math::class_row_coef(w_y, k.one_minus_eps, k.c_s, k.weight_sum);
         const OpT p_y = math::vexp(shifted_y[i]) / sum[i];
-        math::store(g, y * S + i, math::class_grad_target<kSmoothing>(coef, p_y, w_y, k.weight_sum, k.scale));
+        math::store(g, y * S + i,
+                    math::class_grad_target<kSmoothing>(coef, p_y, w_y, k.weight_sum, k.scale));
       }
     }
   }
@@ -360,10 +392,9 @@ void ce_tile(const SoftmaxLossArgs& a, std::int64_t n, std::int64_t s0, std::int
 template <typename Fn>
 void for_units(std::int64_t units, std::int64_t work_per_unit, Fn&& unit) {
   if (units <= 0) return;
-  const std::int64_t by_work =
-      std::max<std::int64_t>(1, units * std::max<std::int64_t>(work_per_unit, 1) / kMinWorkPerThread);
-  const int threads =
-      static_cast<int>(std::min<std::int64_t>({get_num_threads(), units, by_work}));
+  const std::int64_t by_work = std::max<std::int64_t>(
+      1, units * std::max<std::int64_t>(work_per_unit, 1) / kMinWorkPerThread);
+  const int threads = static_cast<int>(std::min<std::int64_t>({get_num_threads(), units, by_work}));
   auto share = [&](int t) {
     const std::int64_t lo = units * t / threads, hi = units * (t + 1) / threads;
     for (std::int64_t u = lo; u < hi; ++u) unit(u);
@@ -445,8 +476,8 @@ void cross_entropy_typed(const SoftmaxLossArgs& a) {
           const std::int64_t tiles = (S + kTile - 1) / kTile;
           for_units(a.outer * tiles, 4 * C * kTile, [&](std::int64_t u) {
             const std::int64_t n = u / tiles, s0 = u % tiles * kTile;
-            ce_tile<T, kGrad, kWeighted, kSmoothing, kProb>(
-                a, n, s0, std::min(kTile, S - s0), w, k, row_loss.data() + n * S + s0);
+            ce_tile<T, kGrad, kWeighted, kSmoothing, kProb>(a, n, s0, std::min(kTile, S - s0), w, k,
+                                                            row_loss.data() + n * S + s0);
           });
         }
       },
@@ -470,9 +501,9 @@ void nll_loss_typed(const SoftmaxLossArgs& a) {
   for_units(a.outer, C * S, [&](std::int64_t n) {
     for (std::int64_t s = 0; s < S; ++s) {
       const std::int64_t r = n * S + s, y = ty[r];
-      row_loss[r] = y == a.ignore_index
-                        ? OpT(0)
-                        : math::nll_row_loss(w ? w[y] : OpT(1), math::load(x, n * C * S + y * S + s));
+      row_loss[r] = y == a.ignore_index ? OpT(0)
+                                        : math::nll_row_loss(w ? w[y] : OpT(1),
+                                                             math::load(x, n * C * S + y * S + s));
     }
     if (!g) return;
     fill_zero(g + n * C * S, C * S);
@@ -488,15 +519,13 @@ void nll_loss_typed(const SoftmaxLossArgs& a) {
 }  // namespace
 
 void cross_entropy(const SoftmaxLossArgs& a) {
-  visit_dtype(a.dtype, "cross_entropy", [&](auto tag) {
-    cross_entropy_typed<typename decltype(tag)::type>(a);
-  });
+  visit_dtype(a.dtype, "cross_entropy",
+              [&](auto tag) { cross_entropy_typed<typename decltype(tag)::type>(a); });
 }
 
 void nll_loss(const SoftmaxLossArgs& a) {
-  visit_dtype(a.dtype, "nll_loss", [&](auto tag) {
-    nll_loss_typed<typename decltype(tag)::type>(a);
-  });
+  visit_dtype(a.dtype, "nll_loss",
+              [&](auto tag) { nll_loss_typed<typename decltype(tag)::type>(a); });
 }
 
 }  // namespace gf::cpu::GF_ISA

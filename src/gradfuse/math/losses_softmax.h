@@ -85,9 +85,9 @@ struct SoftmaxLossHyper {
 // The coefficients of one class-index row (derivation step 1), for a non-ignored row.
 template <typename OpT>
 struct ClassRowCoef {
-  OpT c_y;    // (1 - eps) w_y
-  OpT a;      // c_y + c_s W
-  OpT c_s;    // eps / C
+  OpT c_y;  // (1 - eps) w_y
+  OpT a;    // c_y + c_s W
+  OpT c_s;  // eps / C
 };
 
 template <typename OpT>
@@ -119,8 +119,8 @@ GF_HD GF_INLINE OpT class_grad(OpT e_j, OpT a_over_s, OpT smooth_scaled, OpT w_j
 // (c_y (p_y - 1) + c_s (W p_y - w_y)) * scale, the same value as A p_y - c_s w_y - c_y but
 // exact where it should vanish (one class: p_y = 1, W = w_y).
 template <bool kSmoothing, typename OpT>
-GF_HD GF_INLINE OpT class_grad_target(const ClassRowCoef<OpT>& k, OpT p_y, OpT w_y,
-                                      OpT weight_sum, OpT scale) {
+GF_HD GF_INLINE OpT class_grad_target(const ClassRowCoef<OpT>& k, OpT p_y, OpT w_y, OpT weight_sum,
+                                      OpT scale) {
   OpT g = k.c_y * (p_y - OpT(1));
   if constexpr (kSmoothing) g = g + k.c_s * (weight_sum * p_y - w_y);
   return g * scale;
