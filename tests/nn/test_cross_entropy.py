@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import gradfuse.functional
 import gradfuse.nn
 import gradfuse.nn.functional as gnf
 import tolerances
@@ -296,8 +297,21 @@ def test_no_grad_input_and_eval() -> None:
     x = torch.randn(4, 7)
     t = torch.randint(0, 7, (4,))
     with torch.no_grad():
-        loss = gnf.cross_entropy(x, t)
+        loss = gnf.cross_entropy(x.requires_grad_(True), t)
+    assert loss.grad_fn is None
     tolerances.assert_close(loss, F.cross_entropy(x, t), tolerances.LOSS[torch.float32], "eval")
+    x = x.detach()
+    for ours, theirs in [
+        (gnf.cross_entropy(x, t, label_smoothing=0.1), F.cross_entropy(x, t, label_smoothing=0.1)),
+        (gnf.nll_loss(x, t, reduction="none"), F.nll_loss(x, t, reduction="none")),
+    ]:
+        assert ours.grad_fn is None
+        tolerances.assert_close(ours, theirs, tolerances.LOSS[torch.float32], "no grad")
+    np_t = t.numpy().astype("uint8")
+    loss_np, _ = gradfuse.functional.cross_entropy_with_grad(x.numpy(), np_t, compute_grad=False)
+    tolerances.assert_close(
+        torch.from_numpy(loss_np), F.cross_entropy(x, t), tolerances.LOSS[torch.float32], "uint8"
+    )
 
 
 def test_input_is_not_modified() -> None:

@@ -243,6 +243,14 @@ def cross_entropy(
         input, target = input.to(common), target.to(common)
         if weight is not None:
             weight = weight.to(common)
+    if not torch.is_grad_enabled() or not (
+        input.requires_grad or (target.requires_grad and target.is_floating_point())
+    ):
+        # Evaluation: the loss alone, one read of the logits, no gradient buffer.
+        loss: Tensor = cross_entropy_with_grad(
+            input, target, weight, ignore_index, reduction, label_smoothing, compute_grad=False
+        )[0]
+        return loss
     out: Tensor = _CrossEntropyFunction.apply(  # type: ignore[no-untyped-call]
         input, target, weight, ignore_index, reduction, label_smoothing
     )
@@ -267,6 +275,11 @@ def nll_loss(
         return torch.nn.functional.nll_loss(
             input, target, weight, ignore_index=ignore_index, reduction=reduction
         )
+    if not torch.is_grad_enabled() or not input.requires_grad:
+        loss: Tensor = nll_loss_with_grad(
+            input, target, weight, ignore_index, reduction, compute_grad=False
+        )[0]
+        return loss
     out: Tensor = _NllLossFunction.apply(  # type: ignore[no-untyped-call]
         input, target, weight, ignore_index, reduction
     )
