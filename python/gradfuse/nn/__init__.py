@@ -1,8 +1,29 @@
-"""Drop-in loss modules for :mod:`torch.nn`: same constructors and results, fused gradients."""
+"""Drop-ins for torch.nn's loss modules (same constructor arguments), with fused loss + gradient.
+
+The functional forms are in :mod:`gradfuse.nn.functional`.
+"""
 
 from __future__ import annotations
 
 from gradfuse.nn import functional
+from gradfuse.nn._elementwise import (
+    BCEWithLogitsLoss,
+    HuberLoss,
+    KLDivLoss,
+    L1Loss,
+    MSELoss,
+    SmoothL1Loss,
+)
 from gradfuse.nn._softmax import CrossEntropyLoss, NLLLoss
 
-__all__ = ["CrossEntropyLoss", "NLLLoss", "functional"]
+__all__ = [
+    "BCEWithLogitsLoss",
+    "CrossEntropyLoss",
+    "HuberLoss",
+    "KLDivLoss",
+    "L1Loss",
+    "MSELoss",
+    "NLLLoss",
+    "SmoothL1Loss",
+    "functional",
+]
