@@ -91,5 +91,6 @@ inline void run(void (*cpu_fn)(const Args&), CudaFn cuda_fn, const Args& args) {
 // Registration functions, one per binding file.
 void register_optim(py::module_& m);
 void register_losses(py::module_& m);
+void register_optim_more(py::module_& m);
 
 }  // namespace gf

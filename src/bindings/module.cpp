@@ -64,4 +64,5 @@ PYBIND11_MODULE(_core, m) {
 
   register_optim(m);
   register_losses(m);
+  register_optim_more(m);
 }

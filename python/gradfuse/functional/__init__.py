@@ -6,6 +6,7 @@ CUDA when gradfuse was built with CUDA).
 
 from __future__ import annotations
 
+from gradfuse.functional._more import adagrad_, lion_, rmsprop_
 from gradfuse.functional._optim import sgd_
 
-__all__ = ["sgd_"]
+__all__ = ["adagrad_", "lion_", "rmsprop_", "sgd_"]

@@ -10,10 +10,15 @@ from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT
 
 from gradfuse.functional._optim import sgd_
-from gradfuse.optim._base import check_fused_foreach, params_with_grad, refuse_differentiable
+from gradfuse.optim._base import (
+    MaxGradNormMixin,
+    check_fused_foreach,
+    params_with_grad,
+    refuse_differentiable,
+)
 
 
-class SGD(Optimizer):
+class SGD(MaxGradNormMixin, Optimizer):
     """Stochastic gradient descent (optionally with momentum), fused.
 
     A drop-in for :class:`torch.optim.SGD`: the same arguments, defaults, errors, param groups,
@@ -23,6 +28,7 @@ class SGD(Optimizer):
     ``foreach`` and ``fused`` are accepted for compatibility and change nothing: the step is
     always fused. ``differentiable=True`` raises NotImplementedError. Groups with sparse
     gradients take torch's own single-tensor path, which is what torch supports for them.
+    ``max_grad_norm`` (gradfuse extension, keyword-only): see :class:`MaxGradNormMixin`.
     """
 
     def __init__(
@@ -38,6 +44,7 @@ class SGD(Optimizer):
         foreach: bool | None = None,
         differentiable: bool = False,
         fused: bool | None = None,
+        max_grad_norm: float | None = None,
     ) -> None:
         # Same checks, same order, same messages as torch.optim.SGD.
         if isinstance(lr, Tensor) and lr.numel() != 1:
@@ -63,6 +70,7 @@ class SGD(Optimizer):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         check_fused_foreach(fused, foreach, differentiable)
         refuse_differentiable("SGD", differentiable)
+        self._init_max_grad_norm(max_grad_norm)
         super().__init__(params, defaults)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -86,6 +94,7 @@ class SGD(Optimizer):
             with torch.enable_grad():
                 loss = closure()
 
+        clip_coef = self._clip_coef()
         for group in self.param_groups:
             params, grads, sparse = params_with_grad(group)
             momentum = group["momentum"]
@@ -93,6 +102,10 @@ class SGD(Optimizer):
                 [self.state[p].get("momentum_buffer") for p in params] if momentum != 0 else []
             )
             if sparse:
+                if clip_coef is not None:
+                    raise RuntimeError(
+                        "gradfuse.optim.SGD: max_grad_norm does not support sparse gradients"
+                    )
                 # torch's single-tensor SGD is the path torch itself offers for sparse grads.
                 torch.optim.sgd.sgd(
                     params,
@@ -119,6 +132,7 @@ class SGD(Optimizer):
                     weight_decay=group["weight_decay"],
                     nesterov=group["nesterov"],
                     maximize=group["maximize"],
+                    clip_coef=clip_coef,
                 )
             if momentum != 0:
                 for p, buf in zip(params, buffers, strict=True):
