@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim.adagrad import adagrad as torch_adagrad
 from torch.optim.optimizer import Optimizer, ParamsT, _get_scalar_dtype
 
 from gradfuse.functional._more import adagrad_
@@ -161,7 +162,7 @@ class Adagrad(MaxGradNormMixin, Optimizer):
                         "gradfuse.optim.Adagrad: sparse gradients cannot be combined with "
                         "max_grad_norm or GradScaler"
                     )
-                torch.optim.adagrad.adagrad(
+                torch_adagrad(
                     params,
                     grads,
                     sums,
