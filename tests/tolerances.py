@@ -80,3 +80,28 @@ def assert_low_precision(
         f"{msg}: max error {our_err:.3g} vs float64 exceeds {LOW_PRECISION_FACTOR}x torch's "
         f"{their_err:.3g} (+{LOW_PRECISION_ULPS} eps x {scale:.3g})"
     )
+
+
+
+# Ill-conditioned trajectories, where the max error is a lottery for both runs: centered RMSprop
+# with a short memory (alpha=0.3) in float32, where sqrt(square_avg - grad_avg^2) cancels most
+# leading bits of a few elements, so ulp-level differences (torch fuses multiply-adds, gradfuse
+# does not) grow to ~1e-4 there while gradfuse and torch stay equally far from float64 on
+# average (measured: mean errors within 10% of each other, max errors up to 4x apart either
+# way). There the mean error against float64 must be at most MEAN_ERROR_FACTOR x torch's.
+MEAN_ERROR_FACTOR = 1.25
+
+
+def assert_mean_error(
+    ours: torch.Tensor, theirs: torch.Tensor, reference: torch.Tensor, msg: str = ""
+) -> None:
+    """``ours`` is on average at most MEAN_ERROR_FACTOR x as far from the float64
+    ``reference`` as torch's own result ``theirs`` in the same dtype."""
+    ref = reference.double()
+    assert torch.isfinite(ours).all(), f"{msg}: non-finite values"
+    our_err = (ours.double() - ref).abs().mean().item()
+    their_err = (theirs.double() - ref).abs().mean().item()
+    assert our_err <= MEAN_ERROR_FACTOR * their_err, (
+        f"{msg}: mean error {our_err:.3g} vs float64 exceeds {MEAN_ERROR_FACTOR}x torch's "
+        f"{their_err:.3g}"
+    )
