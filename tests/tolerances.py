@@ -105,3 +105,22 @@ def assert_mean_error(
         f"{msg}: mean error {our_err:.3g} vs float64 exceeds {MEAN_ERROR_FACTOR}x torch's "
         f"{their_err:.3g}"
     )
+
+
+# Gradient norms (gradfuse.grad_norms, clip_grad_norm_'s total) against the norm computed in
+# float64 from the same values. float32 accumulates in float32 over fixed blocks with 16 lanes
+# and a pairwise merge (measured <= 2e-7 relative; torch's own float32 norms are off by up to
+# ~6e-6 here, so comparing with torch's float32 result would test torch). 16-bit norms accumulate
+# in float32 and are returned rounded to the gradients' dtype: within one unit in the last
+# place (eps relative). float64: rounding.
+NORM: dict[torch.dtype, Tol] = {
+    torch.float64: Tol(rtol=1e-12, atol=0.0),
+    torch.float32: Tol(rtol=1e-6, atol=0.0),
+    torch.float16: Tol(rtol=float(torch.finfo(torch.float16).eps), atol=0.0),
+    torch.bfloat16: Tol(rtol=float(torch.finfo(torch.bfloat16).eps), atol=0.0),
+}
+
+# Optimizer with max_grad_norm against torch's clip_grad_norm_ + the torch optimizer, float64:
+# the clip coefficient reaches the kernels as a float32 scalar (GradScaling's clip_coef, as AMP's
+# scale), so each clipped gradient carries a relative error up to 2^-24 (6e-8).
+CLIPPED_FLOAT64 = Tol(rtol=2e-7, atol=1e-9)
