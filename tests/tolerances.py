@@ -122,5 +122,6 @@ NORM: dict[torch.dtype, Tol] = {
 
 # Optimizer with max_grad_norm against torch's clip_grad_norm_ + the torch optimizer, float64:
 # the clip coefficient reaches the kernels as a float32 scalar (GradScaling's clip_coef, as AMP's
-# scale), so each clipped gradient carries a relative error up to 2^-24 (6e-8).
-CLIPPED_FLOAT64 = Tol(rtol=2e-7, atol=1e-9)
+# scale), so each clipped gradient carries a relative error up to 2^-24 (6e-8). Over a 20-step
+# trajectory with updates of ~0.1 per step that is up to ~1e-7 absolute (measured 1.3e-8).
+CLIPPED_FLOAT64 = Tol(rtol=2e-7, atol=1e-7)
