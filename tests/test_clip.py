@@ -8,6 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+
+import gradfuse
 from conftest import DTYPES
 from tolerances import (
     CLIPPED_FLOAT64,
@@ -16,8 +18,6 @@ from tolerances import (
     assert_close,
     assert_low_precision,
 )
-
-import gradfuse
 
 NORM_TYPES = [2.0, 1.0, math.inf, -math.inf, 0.0, 3.0, 0.5, -1.0]
 # Orders whose reduction has no identity: torch refuses empty tensors for them.

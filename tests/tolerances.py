@@ -82,7 +82,6 @@ def assert_low_precision(
     )
 
 
-
 # Ill-conditioned trajectories, where the max error is a lottery for both runs: centered RMSprop
 # with a short memory (alpha=0.3) in float32, where sqrt(square_avg - grad_avg^2) cancels most
 # leading bits of a few elements, so ulp-level differences (torch fuses multiply-adds, gradfuse

@@ -50,10 +50,10 @@ def _group_norms(op: str, grads: Sequence[Tensor], norm_type: float) -> list[tup
     """
     import torch
 
-    for i, g in enumerate(grads):
-        if g.is_sparse:
+    for i, t in enumerate(grads):
+        if t.is_sparse:
             raise RuntimeError(
-                f"{op}: gradient {i} (shape {tuple(g.shape)}, dtype {g.dtype}) is sparse; "
+                f"{op}: gradient {i} (shape {tuple(t.shape)}, dtype {t.dtype}) is sparse; "
                 f"gradfuse norms need dense gradients"
             )
     _check_not_empty(op, grads, norm_type)
@@ -98,7 +98,8 @@ def total_norm(op: str, grads: Sequence[Tensor], norm_type: float) -> Tensor:
         return torch.tensor(0.0)
     groups = _group_norms(op, grads, norm_type)
     if len(groups) == 1:
-        return groups[0][1][-1]
+        last: Tensor = groups[0][1][-1]
+        return last
     first = grads[0].device
     dtype = torch.float64 if any(out.dtype == torch.float64 for _, out in groups) else torch.float32
     if norm_type == 0.0:
@@ -106,7 +107,8 @@ def total_norm(op: str, grads: Sequence[Tensor], norm_type: float) -> Tensor:
         parts = torch.cat([out[:-1].to(first, dtype) for _, out in groups])
     else:
         parts = torch.stack([out[-1].to(first, dtype) for _, out in groups])
-    return torch.linalg.vector_norm(parts, norm_type)
+    total: Tensor = torch.linalg.vector_norm(parts, norm_type)
+    return total
 
 
 def scale_grads_(grads: Sequence[Tensor], clip_coef: Tensor) -> None:
@@ -191,7 +193,8 @@ def grad_norms(parameters: Tensor | Iterable[Tensor], norm_type: float = 2.0) ->
     groups = _group_norms("grad_norms", grads, norm_type)
     dtype = _result_dtype(grads)
     if len(groups) == 1:
-        return groups[0][1][:-1].to(dtype)
+        norms: Tensor = groups[0][1][:-1].to(dtype)
+        return norms
     result = torch.empty(len(grads), dtype=dtype, device=grads[0].device)
     for indices, out in groups:
         result[torch.tensor(indices, device=result.device)] = out[:-1].to(result.device, dtype)

@@ -26,10 +26,9 @@ void register_optim_more(py::module_& m) {
         AdagradArgs args{holder.view, {clr, eps, weight_decay}, weight_decay != 0.0, maximize};
         run(&cpu::adagrad, GF_CUDA_FN(adagrad), args);
       },
-      py::arg("slots"), py::arg("numels"), py::arg("dtype"), py::arg("device"),
-      py::arg("stream"), py::kw_only(), py::arg("clr"), py::arg("eps"), py::arg("weight_decay"),
-      py::arg("maximize"), py::arg("grad_scale") = 0, py::arg("found_inf") = 0,
-      py::arg("clip_coef") = 0,
+      py::arg("slots"), py::arg("numels"), py::arg("dtype"), py::arg("device"), py::arg("stream"),
+      py::kw_only(), py::arg("clr"), py::arg("eps"), py::arg("weight_decay"), py::arg("maximize"),
+      py::arg("grad_scale") = 0, py::arg("found_inf") = 0, py::arg("clip_coef") = 0,
       "In-place Adagrad over slots [params, grads, sums] of one dtype and device.\n"
       "clr: this step's decayed learning rate lr / (1 + (step - 1) * lr_decay).");
 
@@ -49,18 +48,15 @@ void register_optim_more(py::module_& m) {
                                      : (has_momentum ? "param, grad, square_avg, momentum_buffer"
                                                      : "param, grad, square_avg");
         check_depth("rmsprop", holder.view, depth, names);
-        RmspropArgs args{holder.view,
-                         {lr, alpha, eps, weight_decay, momentum},
-                         weight_decay != 0.0,
-                         centered,
-                         has_momentum,
-                         maximize};
+        RmspropArgs args{holder.view,         {lr, alpha, eps, weight_decay, momentum},
+                         weight_decay != 0.0, centered,
+                         has_momentum,        maximize};
         run(&cpu::rmsprop, GF_CUDA_FN(rmsprop), args);
       },
-      py::arg("slots"), py::arg("numels"), py::arg("dtype"), py::arg("device"),
-      py::arg("stream"), py::kw_only(), py::arg("lr"), py::arg("alpha"), py::arg("eps"),
-      py::arg("weight_decay"), py::arg("momentum"), py::arg("centered"), py::arg("maximize"),
-      py::arg("grad_scale") = 0, py::arg("found_inf") = 0, py::arg("clip_coef") = 0,
+      py::arg("slots"), py::arg("numels"), py::arg("dtype"), py::arg("device"), py::arg("stream"),
+      py::kw_only(), py::arg("lr"), py::arg("alpha"), py::arg("eps"), py::arg("weight_decay"),
+      py::arg("momentum"), py::arg("centered"), py::arg("maximize"), py::arg("grad_scale") = 0,
+      py::arg("found_inf") = 0, py::arg("clip_coef") = 0,
       "In-place RMSprop over slots [params, grads, square_avgs(, grad_avgs)(, momentum_buffers)].");
 
   m.def(
@@ -68,17 +64,16 @@ void register_optim_more(py::module_& m) {
       [](const Slots& slots, const Numels& numels, int dtype, int device, std::uintptr_t stream,
          double lr, double beta1, double beta2, double weight_decay, bool maximize,
          std::uintptr_t grad_scale, std::uintptr_t found_inf, std::uintptr_t clip_coef) {
-        auto holder = make_list("lion", slots, numels, dtype, device, stream, grad_scale,
-                                found_inf, clip_coef);
+        auto holder = make_list("lion", slots, numels, dtype, device, stream, grad_scale, found_inf,
+                                clip_coef);
         check_depth("lion", holder.view, 3, "param, grad, exp_avg");
-        LionArgs args{holder.view, {lr, beta1, beta2, weight_decay}, weight_decay != 0.0,
-                      maximize};
+        LionArgs args{holder.view, {lr, beta1, beta2, weight_decay}, weight_decay != 0.0, maximize};
         run(&cpu::lion, GF_CUDA_FN(lion), args);
       },
-      py::arg("slots"), py::arg("numels"), py::arg("dtype"), py::arg("device"),
-      py::arg("stream"), py::kw_only(), py::arg("lr"), py::arg("beta1"), py::arg("beta2"),
-      py::arg("weight_decay"), py::arg("maximize"), py::arg("grad_scale") = 0,
-      py::arg("found_inf") = 0, py::arg("clip_coef") = 0,
+      py::arg("slots"), py::arg("numels"), py::arg("dtype"), py::arg("device"), py::arg("stream"),
+      py::kw_only(), py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("weight_decay"),
+      py::arg("maximize"), py::arg("grad_scale") = 0, py::arg("found_inf") = 0,
+      py::arg("clip_coef") = 0,
       "In-place Lion over slots [params, grads, exp_avgs] of one dtype and device.");
 
   m.def(
@@ -93,8 +88,8 @@ void register_optim_more(py::module_& m) {
         GradNormArgs args{holder.view, static_cast<math::NormKind>(kind), p, out};
         run(&cpu::grad_norm, GF_CUDA_FN(grad_norm), args);
       },
-      py::arg("slots"), py::arg("numels"), py::arg("dtype"), py::arg("device"),
-      py::arg("stream"), py::kw_only(), py::arg("kind"), py::arg("p"), py::arg("out"),
+      py::arg("slots"), py::arg("numels"), py::arg("dtype"), py::arg("device"), py::arg("stream"),
+      py::kw_only(), py::arg("kind"), py::arg("p"), py::arg("out"),
       "Norms of every tensor of slots [grads] and their total, written to out[0..n] (opmath\n"
       "type: float64 for float64 tensors, float32 otherwise). kind: 0 l2, 1 l1, 2 inf, 3 -inf,\n"
       "4 zero, 5 general p.");
@@ -108,9 +103,8 @@ void register_optim_more(py::module_& m) {
         check_depth("scale_grads", holder.view, 1, "grads");
         run(&cpu::scale_grads, GF_CUDA_FN(scale_grads), ScaleGradsArgs{holder.view});
       },
-      py::arg("slots"), py::arg("numels"), py::arg("dtype"), py::arg("device"),
-      py::arg("stream"), py::kw_only(), py::arg("grad_scale") = 0, py::arg("found_inf") = 0,
-      py::arg("clip_coef") = 0,
+      py::arg("slots"), py::arg("numels"), py::arg("dtype"), py::arg("device"), py::arg("stream"),
+      py::kw_only(), py::arg("grad_scale") = 0, py::arg("found_inf") = 0, py::arg("clip_coef") = 0,
       "grads = (grads / grad_scale) * clip_coef in place, one pass (nothing if found_inf != 0).");
 }
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+
 from tolerances import (
     LOW_PRECISION_DTYPES,
     TRAJECTORY,
@@ -92,6 +93,7 @@ def compare_trajectory(
     if low:
         ref = leaves(start, torch.float64)
         run_steps(make_ref(ref), ref, grads, before_step)
+
         # One comparison over all elements: a max over a 1-element tensor is a single sample of
         # the rounding noise, and either run can be luckier there (the mean errors match).
         def flat(xs: list[torch.Tensor]) -> torch.Tensor:

@@ -10,18 +10,18 @@ import pytest
 import torch
 from _more_helpers import (
     assert_same_errors,
-    one_torch_thread,
     compare_trajectory,
     leaves,
+    one_torch_thread,
     random_problem,
     run_steps,
     state_dict_round_trip,
 )
-from conftest import DTYPES
-from tolerances import STEP, assert_close
 
 import gradfuse
+from conftest import DTYPES
 from gradfuse.optim import Adagrad
+from tolerances import STEP, assert_close
 
 pytestmark = pytest.mark.usefixtures(one_torch_thread.__name__)
 

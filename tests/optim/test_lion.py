@@ -19,11 +19,11 @@ from _more_helpers import (
     random_problem,
     run_steps,
 )
-from conftest import DTYPES
-from tolerances import STEP, TRAJECTORY, assert_close
 
 import gradfuse
+from conftest import DTYPES
 from gradfuse.optim import Lion
+from tolerances import STEP, TRAJECTORY, assert_close
 
 pytestmark = pytest.mark.usefixtures(one_torch_thread.__name__)
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 from _more_helpers import leaves, one_torch_thread, random_problem, run_steps
 from test_lion import PaperLion
-from tolerances import CLIPPED_FLOAT64, STEP, TRAJECTORY, assert_close
 
 from gradfuse.optim import SGD, Adagrad, Lion, RMSprop
+from tolerances import CLIPPED_FLOAT64, STEP, TRAJECTORY, assert_close
 
 pytestmark = pytest.mark.usefixtures(one_torch_thread.__name__)
 
@@ -95,7 +95,10 @@ def test_below_the_threshold_changes_nothing() -> None:
     [
         (lambda ps: SGD(ps, lr=0.1, momentum=0.9, max_grad_norm=1.0), torch.optim.SGD),
         (lambda ps: Adagrad(ps, max_grad_norm=1.0), torch.optim.Adagrad),
-        (lambda ps: RMSprop(ps, momentum=0.5, centered=True, max_grad_norm=1.0), torch.optim.RMSprop),
+        (
+            lambda ps: RMSprop(ps, momentum=0.5, centered=True, max_grad_norm=1.0),
+            torch.optim.RMSprop,
+        ),
     ],
     ids=["sgd", "adagrad", "rmsprop"],
 )

@@ -14,11 +14,11 @@ from _more_helpers import (
     one_torch_thread,
     state_dict_round_trip,
 )
-from conftest import DTYPES
-from tolerances import STEP, assert_close
 
 import gradfuse
+from conftest import DTYPES
 from gradfuse.optim import RMSprop
+from tolerances import STEP, assert_close
 
 pytestmark = pytest.mark.usefixtures(one_torch_thread.__name__)
 

@@ -8,9 +8,16 @@ Subclasses keep torch's constructor signature, defaults, validation messages, st
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from torch import Tensor
+
+
+def scalar_dtype(is_fused: bool | None = None) -> Any:
+    """torch's dtype for ``step`` counters (torch.optim.optimizer._get_scalar_dtype)."""
+    from torch.optim.optimizer import _get_scalar_dtype
+
+    return _get_scalar_dtype(is_fused)  # type: ignore[no-untyped-call]
 
 
 def refuse_differentiable(name: str, differentiable: bool) -> None:
@@ -97,7 +104,7 @@ class MaxGradNormMixin:
         return coef.to(torch.float32).reshape(1)
 
     def __getstate__(self) -> dict[str, Any]:
-        state: dict[str, Any] = super().__getstate__()  # type: ignore[misc]
+        state = cast("dict[str, Any]", super().__getstate__())
         state["max_grad_norm"] = getattr(self, "max_grad_norm", None)
         return state
 

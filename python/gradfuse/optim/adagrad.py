@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.optim.adagrad import adagrad as torch_adagrad
-from torch.optim.optimizer import Optimizer, ParamsT, _get_scalar_dtype
+from torch.optim.optimizer import Optimizer, ParamsT
 
 from gradfuse.functional._more import adagrad_
 from gradfuse.optim._base import (
@@ -16,6 +16,7 @@ from gradfuse.optim._base import (
     amp_scaling,
     check_fused_foreach,
     refuse_differentiable,
+    scalar_dtype,
 )
 
 
@@ -52,17 +53,17 @@ class Adagrad(MaxGradNormMixin, Optimizer):
         # Same checks, same order, same messages as torch.optim.Adagrad.
         if isinstance(lr, Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
-        if not 0.0 <= lr:
+        if not lr >= 0.0:
             raise ValueError(f"Invalid learning rate: {lr}")
-        if not 0.0 <= lr_decay:
+        if not lr_decay >= 0.0:
             raise ValueError(f"Invalid lr_decay value: {lr_decay}")
-        if not 0.0 <= weight_decay:
+        if not weight_decay >= 0.0:
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        if not 0.0 <= initial_accumulator_value:
+        if not initial_accumulator_value >= 0.0:
             raise ValueError(
                 f"Invalid initial_accumulator_value value: {initial_accumulator_value}"
             )
-        if not 0.0 <= eps:
+        if not eps >= 0.0:
             raise ValueError(f"Invalid epsilon value: {eps}")
         defaults = {
             "lr": lr,
@@ -87,9 +88,9 @@ class Adagrad(MaxGradNormMixin, Optimizer):
     def _init_state(self, p: Tensor, group: dict[str, Any], initial: float) -> None:
         state = self.state[p]
         state["step"] = (
-            torch.zeros((), dtype=_get_scalar_dtype(is_fused=group["fused"]), device=p.device)
+            torch.zeros((), dtype=scalar_dtype(is_fused=group["fused"]), device=p.device)
             if group["fused"]
-            else torch.tensor(0.0, dtype=_get_scalar_dtype())
+            else torch.tensor(0.0, dtype=scalar_dtype())
         )
         init_value = complex(initial, initial) if torch.is_complex(p) else initial
         state["sum"] = torch.full_like(p, init_value, memory_format=torch.preserve_format)
@@ -107,17 +108,15 @@ class Adagrad(MaxGradNormMixin, Optimizer):
                 if len(p_state) != 0 and not torch.is_tensor(p_state["step"]):
                     step_val = float(p_state["step"])
                     p_state["step"] = (
-                        torch.tensor(
-                            step_val, dtype=_get_scalar_dtype(is_fused=fused), device=p.device
-                        )
+                        torch.tensor(step_val, dtype=scalar_dtype(is_fused=fused), device=p.device)
                         if group["fused"]
-                        else torch.tensor(step_val, dtype=_get_scalar_dtype())
+                        else torch.tensor(step_val, dtype=scalar_dtype())
                     )
         state_values = list(self.state.values())
         step_is_tensor = (len(state_values) != 0) and torch.is_tensor(state_values[0]["step"])
         if not step_is_tensor:
             for s in state_values:
-                s["step"] = torch.tensor(float(s["step"]), dtype=_get_scalar_dtype(is_fused=fused))
+                s["step"] = torch.tensor(float(s["step"]), dtype=scalar_dtype(is_fused=fused))
 
     def share_memory(self) -> None:
         """Calls tensor.share_memory_() on the state sum tensors."""

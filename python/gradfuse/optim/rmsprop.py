@@ -7,10 +7,15 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import Optimizer, ParamsT, _get_scalar_dtype
+from torch.optim.optimizer import Optimizer, ParamsT
 
 from gradfuse.functional._more import rmsprop_
-from gradfuse.optim._base import MaxGradNormMixin, amp_scaling, refuse_differentiable
+from gradfuse.optim._base import (
+    MaxGradNormMixin,
+    amp_scaling,
+    refuse_differentiable,
+    scalar_dtype,
+)
 
 
 class RMSprop(MaxGradNormMixin, Optimizer):
@@ -48,15 +53,15 @@ class RMSprop(MaxGradNormMixin, Optimizer):
         # Same checks, same order, same messages as torch.optim.RMSprop.
         if isinstance(lr, Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
-        if not 0.0 <= lr:
+        if not lr >= 0.0:
             raise ValueError(f"Invalid learning rate: {lr}")
-        if not 0.0 <= eps:
+        if not eps >= 0.0:
             raise ValueError(f"Invalid epsilon value: {eps}")
-        if not 0.0 <= momentum:
+        if not momentum >= 0.0:
             raise ValueError(f"Invalid momentum value: {momentum}")
-        if not 0.0 <= weight_decay:
+        if not weight_decay >= 0.0:
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        if not 0.0 <= alpha:
+        if not alpha >= 0.0:
             raise ValueError(f"Invalid alpha value: {alpha}")
         defaults = {
             "lr": lr,
@@ -89,9 +94,9 @@ class RMSprop(MaxGradNormMixin, Optimizer):
                 if len(p_state) != 0 and not torch.is_tensor(p_state["step"]):
                     step_val = float(p_state["step"])
                     p_state["step"] = (
-                        torch.tensor(step_val, dtype=_get_scalar_dtype(), device=p.device)
+                        torch.tensor(step_val, dtype=scalar_dtype(), device=p.device)
                         if group["capturable"]
-                        else torch.tensor(step_val, dtype=_get_scalar_dtype())
+                        else torch.tensor(step_val, dtype=scalar_dtype())
                     )
 
     @torch.no_grad()
@@ -125,9 +130,9 @@ class RMSprop(MaxGradNormMixin, Optimizer):
                 state = self.state[p]
                 if len(state) == 0:
                     state["step"] = (
-                        torch.zeros((), dtype=_get_scalar_dtype(), device=p.device)
+                        torch.zeros((), dtype=scalar_dtype(), device=p.device)
                         if group["capturable"]
-                        else torch.zeros((), dtype=_get_scalar_dtype())
+                        else torch.zeros((), dtype=scalar_dtype())
                     )
                     state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     if group["momentum"] > 0:
@@ -135,9 +140,7 @@ class RMSprop(MaxGradNormMixin, Optimizer):
                             p, memory_format=torch.preserve_format
                         )
                     if group["centered"]:
-                        state["grad_avg"] = torch.zeros_like(
-                            p, memory_format=torch.preserve_format
-                        )
+                        state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 square_avgs.append(state["square_avg"])
                 steps.append(state["step"])
                 if group["momentum"] > 0:

@@ -13,8 +13,9 @@ void adagrad(const AdagradArgs& a) {
     const auto scalars = math::AdagradScalars<OpT>::from(a.hyper);
     bool_switch(
         [&](auto wd_c, auto maximize_c) {
-          map_elements<T>(a.tensors, math::AdagradOp<decltype(wd_c)::value,
-                                                     decltype(maximize_c)::value, OpT>{scalars});
+          map_elements<T>(
+              a.tensors,
+              math::AdagradOp<decltype(wd_c)::value, decltype(maximize_c)::value, OpT>{scalars});
         },
         a.weight_decay, a.maximize);
   });
@@ -43,8 +44,9 @@ void lion(const LionArgs& a) {
     const auto scalars = math::LionScalars<OpT>::from(a.hyper);
     bool_switch(
         [&](auto wd_c, auto maximize_c) {
-          map_elements<T>(a.tensors, math::LionOp<decltype(wd_c)::value,
-                                                  decltype(maximize_c)::value, OpT>{scalars});
+          map_elements<T>(
+              a.tensors,
+              math::LionOp<decltype(wd_c)::value, decltype(maximize_c)::value, OpT>{scalars});
         },
         a.weight_decay, a.maximize);
   });
