@@ -68,6 +68,31 @@ def advance_steps(op: str, state_steps: MutableSequence[Any], n: int, skipped: b
     return values
 
 
+def advance_steps_on_device(
+    op: str, state_steps: MutableSequence[Any], n: int, found_inf: Any
+) -> None:
+    """Add ``1 - found_inf`` to every step counter without reading ``found_inf`` on the host
+    when the counters are tensors (no synchronisation when they live on found_inf's device, as
+    with ``capturable=True``; torch's non-capturable CPU counters need the copy anyway)."""
+    if len(state_steps) != n:
+        raise ValueError(
+            f"{op}: expected one entry of state_steps per param, got {len(state_steps)} for {n}"
+        )
+    tensors = [s for s in state_steps if _buffers._is_torch_tensor(s)]
+    if len(tensors) != n or found_inf is None or not _buffers._is_torch_tensor(found_inf):
+        advance_steps(op, state_steps, n, _is_skipped(found_inf))
+        return
+    import torch
+
+    torch._foreach_add_(tensors, 1)
+    by_device: dict[Any, list[Any]] = {}
+    for t in tensors:
+        by_device.setdefault(t.device, []).append(t)
+    for device, steps in by_device.items():
+        f = found_inf.to(device, torch.float32, non_blocking=True).reshape(())
+        torch._foreach_sub_(steps, [f.to(s.dtype) for s in steps])
+
+
 def adagrad_(
     params: Sequence[Any],
     grads: Sequence[Any],
@@ -179,11 +204,9 @@ def rmsprop_(
     scaling.check("rmsprop_")
     written = ("params", "square_avgs", "grad_avgs", "momentum_buffer_list")
     buffers = prepare("rmsprop_", slots, written=written)
-    skipped = _is_skipped(found_inf)
     if state_steps is not None:
-        advance_steps("rmsprop_", state_steps, n, skipped)
-    if skipped:
-        return
+        advance_steps_on_device("rmsprop_", state_steps, n, found_inf)
+    # A nonzero found_inf is read by the kernels themselves (on the device): nothing written.
     core = _native.core()
     for g in group(buffers, len(slots), n):
         core.rmsprop(
