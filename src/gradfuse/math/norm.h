@@ -34,8 +34,8 @@ struct NormRule {
     return OpT(0);
   }
 
-  GF_HD GF_INLINE static OpT nan_max(OpT m, OpT x) { return (x > m || x != x) ? x : m; }
-  GF_HD GF_INLINE static OpT nan_min(OpT m, OpT x) { return (x < m || x != x) ? x : m; }
+  GF_HD GF_INLINE static OpT nan_max(OpT m, OpT x) { return ((x > m) | (x != x)) ? x : m; }
+  GF_HD GF_INLINE static OpT nan_min(OpT m, OpT x) { return ((x < m) | (x != x)) ? x : m; }
 
   GF_HD GF_INLINE OpT accumulate(OpT acc, OpT x) const {
     if constexpr (K == NormKind::kL2) return acc + x * x;
