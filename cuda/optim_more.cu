@@ -27,13 +27,18 @@ void rmsprop(const RmspropArgs& a) {
     using OpT = OpMath<T>;
     const auto scalars = math::RmspropScalars<OpT>::from(a.hyper);
     bool_switch(
-        [&](auto wd_c, auto centered_c, auto mom_c, auto maximize_c) {
-          multi_tensor_apply<T>(
-              a.tensors,
-              math::RmspropOp<decltype(wd_c)::value, decltype(centered_c)::value,
-                              decltype(mom_c)::value, decltype(maximize_c)::value, OpT>{scalars});
+        [&](auto wd_c, auto centered_c, auto mom_c, auto maximize_c, auto small_c) {
+          constexpr bool centered = decltype(centered_c)::value;
+          constexpr bool small = decltype(small_c)::value;
+          // The lerp branch only exists for centered RMSprop: skip the other instances.
+          if constexpr (centered || small) {
+            multi_tensor_apply<T>(
+                a.tensors, math::RmspropOp<decltype(wd_c)::value, centered, decltype(mom_c)::value,
+                                           decltype(maximize_c)::value, small, OpT>{scalars});
+          }
         },
-        a.weight_decay, a.centered, a.momentum, a.maximize);
+        a.weight_decay, a.centered, a.momentum, a.maximize,
+        !a.centered || math::lerp_small(a.hyper));
   });
 }
 

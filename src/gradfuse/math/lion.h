@@ -29,9 +29,12 @@ struct LionScalars {
   }
 };
 
+// Written as a difference of comparisons plus one select, so the CPU loop if-converts and
+// vectorizes (a nested ?: leaves control flow in the loop and runs ~10x slower).
 template <typename OpT>
 GF_HD GF_INLINE OpT sign_of(OpT c) {
-  return c > OpT(0) ? OpT(1) : (c < OpT(0) ? OpT(-1) : c);
+  const OpT s = static_cast<OpT>(c > OpT(0)) - static_cast<OpT>(c < OpT(0));
+  return c != c ? c : s;
 }
 
 template <bool kWeightDecay, bool kMaximize, typename OpT>
