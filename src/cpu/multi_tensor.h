@@ -58,6 +58,33 @@ void for_each_span(const TensorList& tl, Fn&& fn) {
 template <unsigned Mask, int Slot>
 constexpr bool kSlotBit = ((Mask >> Slot) & 1u) != 0;
 
+// The loop over one span. The slot pointers are restrict-qualified *parameters*: GCC honours
+// restrict on parameters (and keeps it through inlining), but not on locals, and without it an
+// op of 4 or more slots needs more runtime overlap checks than GCC allows and stays scalar.
+template <typename T, typename Op, typename OpT = OpMath<T>>
+GF_INLINE void map_span(const Op& op, std::int64_t b, std::int64_t e, OpT inv_scale, OpT clip_coef,
+                        T* GF_RESTRICT p0, T* GF_RESTRICT p1, T* GF_RESTRICT p2, T* GF_RESTRICT p3,
+                        T* GF_RESTRICT p4, T* GF_RESTRICT p5) {
+  constexpr int kDepth = Op::kDepth;
+  constexpr int kGradSlot = Op::kGradSlot;
+  for (std::int64_t i = b; i < e; ++i) {
+    OpT v[kMaxDepth] = {};
+#define GF_LOAD_SLOT(d) \
+  if constexpr (kDepth > d && kSlotBit<Op::kReads, d>) v[d] = math::load(p##d, i);
+#define GF_STORE_SLOT(d) \
+  if constexpr (kDepth > d && kSlotBit<Op::kWrites, d>) math::store(p##d, i, v[d]);
+    GF_LOAD_SLOT(0)
+    GF_LOAD_SLOT(1) GF_LOAD_SLOT(2) GF_LOAD_SLOT(3) GF_LOAD_SLOT(4)
+        GF_LOAD_SLOT(5) if constexpr (kGradSlot >= 0) v[kGradSlot] =
+            (v[kGradSlot] * inv_scale) * clip_coef;
+    op(v);
+    GF_STORE_SLOT(0)
+    GF_STORE_SLOT(1) GF_STORE_SLOT(2) GF_STORE_SLOT(3) GF_STORE_SLOT(4) GF_STORE_SLOT(5)
+#undef GF_LOAD_SLOT
+#undef GF_STORE_SLOT
+  }
+}
+
 // Elementwise multi-tensor update: for every element, load the slots Op reads (converted to
 // opmath), apply the shared per-element rule, store the slots it writes (rounded to T).
 // Op provides kDepth (slots per tensor), kReads and kWrites (bit d = slot d), kGradSlot (the
@@ -75,28 +102,11 @@ void map_elements(const TensorList& tl, const Op& op) {
       gs.grad_scale ? OpT(static_cast<float>(1.0 / static_cast<double>(*gs.grad_scale))) : OpT(1);
   const OpT clip_coef = gs.clip_coef ? OpT(*gs.clip_coef) : OpT(1);
   for_each_span(tl, [&](std::int64_t t, std::int64_t b, std::int64_t e) {
-    // One restrict pointer per slot, so the compiler knows the slots do not alias (the Python
-    // layer refuses aliased tensors) and vectorizes without runtime overlap checks.
-    T* GF_RESTRICT p0 = tl.ptr<T>(0, t);
-    T* GF_RESTRICT p1 = kDepth > 1 ? tl.ptr<T>(1, t) : nullptr;
-    T* GF_RESTRICT p2 = kDepth > 2 ? tl.ptr<T>(2, t) : nullptr;
-    T* GF_RESTRICT p3 = kDepth > 3 ? tl.ptr<T>(3, t) : nullptr;
-    T* GF_RESTRICT p4 = kDepth > 4 ? tl.ptr<T>(4, t) : nullptr;
-    T* GF_RESTRICT p5 = kDepth > 5 ? tl.ptr<T>(5, t) : nullptr;
-    for (std::int64_t i = b; i < e; ++i) {
-      OpT v[kMaxDepth] = {};
-#define GF_LOAD_SLOT(d) \
-  if constexpr (kDepth > d && kSlotBit<Op::kReads, d>) v[d] = math::load(p##d, i);
-#define GF_STORE_SLOT(d) \
-  if constexpr (kDepth > d && kSlotBit<Op::kWrites, d>) math::store(p##d, i, v[d]);
-      GF_LOAD_SLOT(0) GF_LOAD_SLOT(1) GF_LOAD_SLOT(2) GF_LOAD_SLOT(3) GF_LOAD_SLOT(4) GF_LOAD_SLOT(5)
-      if constexpr (kGradSlot >= 0) v[kGradSlot] = (v[kGradSlot] * inv_scale) * clip_coef;
-      op(v);
-      GF_STORE_SLOT(0) GF_STORE_SLOT(1) GF_STORE_SLOT(2) GF_STORE_SLOT(3) GF_STORE_SLOT(4)
-      GF_STORE_SLOT(5)
-#undef GF_LOAD_SLOT
-#undef GF_STORE_SLOT
-    }
+    // Distinct pointers per slot (the Python layer refuses aliased tensors); unused slots get a
+    // null pointer that is never dereferenced.
+    auto slot = [&](int d) { return d < kDepth ? tl.ptr<T>(d, t) : nullptr; };
+    map_span<T>(op, b, e, inv_scale, clip_coef, slot(0), slot(1), slot(2), slot(3), slot(4),
+                slot(5));
   });
 }
 
