@@ -69,19 +69,19 @@ GF_INLINE void map_span(const Op& op, std::int64_t b, std::int64_t e, OpT inv_sc
   constexpr int kGradSlot = Op::kGradSlot;
   for (std::int64_t i = b; i < e; ++i) {
     OpT v[kMaxDepth] = {};
+    // clang-format off
 #define GF_LOAD_SLOT(d) \
   if constexpr (kDepth > d && kSlotBit<Op::kReads, d>) v[d] = math::load(p##d, i);
 #define GF_STORE_SLOT(d) \
   if constexpr (kDepth > d && kSlotBit<Op::kWrites, d>) math::store(p##d, i, v[d]);
-    GF_LOAD_SLOT(0)
-    GF_LOAD_SLOT(1) GF_LOAD_SLOT(2) GF_LOAD_SLOT(3) GF_LOAD_SLOT(4)
-        GF_LOAD_SLOT(5) if constexpr (kGradSlot >= 0) v[kGradSlot] =
-            (v[kGradSlot] * inv_scale) * clip_coef;
+    GF_LOAD_SLOT(0) GF_LOAD_SLOT(1) GF_LOAD_SLOT(2) GF_LOAD_SLOT(3) GF_LOAD_SLOT(4) GF_LOAD_SLOT(5)
+    if constexpr (kGradSlot >= 0) v[kGradSlot] = (v[kGradSlot] * inv_scale) * clip_coef;
     op(v);
-    GF_STORE_SLOT(0)
-    GF_STORE_SLOT(1) GF_STORE_SLOT(2) GF_STORE_SLOT(3) GF_STORE_SLOT(4) GF_STORE_SLOT(5)
+    GF_STORE_SLOT(0) GF_STORE_SLOT(1) GF_STORE_SLOT(2) GF_STORE_SLOT(3) GF_STORE_SLOT(4)
+    GF_STORE_SLOT(5)
 #undef GF_LOAD_SLOT
 #undef GF_STORE_SLOT
+    // clang-format on
   }
 }
 
