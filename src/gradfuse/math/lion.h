@@ -32,7 +32,7 @@ struct LionScalars {
 // Written as a difference of comparisons plus one select, so the CPU loop if-converts and
 // vectorizes (a nested ?: leaves control flow in the loop and runs ~10x slower).
 template <typename OpT>
-GF_HD GF_INLINE OpT sign_of(OpT c) {
+GF_HD GF_INLINE OpT lion_sign(OpT c) {
   const OpT s = static_cast<OpT>(c > OpT(0)) - static_cast<OpT>(c < OpT(0));
   return c != c ? c : s;
 }
@@ -42,7 +42,7 @@ GF_HD GF_INLINE void lion_update(OpT& param, OpT grad, OpT& exp_avg, const LionS
   const OpT g = kMaximize ? -grad : grad;
   const OpT c = s.beta1 * exp_avg + s.one_minus_beta1 * g;
   if constexpr (kWeightDecay) param = param * s.decay;
-  param = param - s.lr * sign_of(c);
+  param = param - s.lr * lion_sign(c);
   exp_avg = s.beta2 * exp_avg + s.one_minus_beta2 * g;
 }
 
