@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from gradfuse._clip import clip_grad_norm_, grad_norms
 from gradfuse._config import (
     cuda_available,
     cuda_compiled,
@@ -24,10 +25,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "__version__",
+    "clip_grad_norm_",
     "cuda_available",
     "cuda_compiled",
     "functional",
     "get_num_threads",
+    "grad_norms",
     "optim",
     "set_num_threads",
     "show_config",

@@ -65,4 +65,5 @@ PYBIND11_MODULE(_core, m) {
   register_optim_adam(m);
   register_losses(m);
   register_losses_softmax(m);
+  register_optim_more(m);
 }

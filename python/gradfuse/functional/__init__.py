@@ -19,12 +19,14 @@ from gradfuse.functional._losses_elementwise import (
     smooth_l1_loss_with_grad,
 )
 from gradfuse.functional._losses_softmax import cross_entropy_with_grad, nll_loss_with_grad
+from gradfuse.functional._more import adagrad_, lion_, rmsprop_
 from gradfuse.functional._optim import sgd_
 
 if "torch" in sys.modules:  # torch.compile support; numpy-only users never load torch
     register_ops()
 
 __all__ = [
+    "adagrad_",
     "adam_",
     "adamax_",
     "adamw_",
@@ -33,10 +35,12 @@ __all__ = [
     "huber_loss_with_grad",
     "kl_div_with_grad",
     "l1_loss_with_grad",
+    "lion_",
     "mse_loss_with_grad",
     "nadam_",
     "nll_loss_with_grad",
     "radam_",
+    "rmsprop_",
     "sgd_",
     "smooth_l1_loss_with_grad",
 ]

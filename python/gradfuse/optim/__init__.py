@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 from gradfuse._compile import register_ops
+from gradfuse.optim.adagrad import Adagrad
 from gradfuse.optim.adam import Adam
 from gradfuse.optim.adamax import Adamax
 from gradfuse.optim.adamw import AdamW
+from gradfuse.optim.lion import Lion
 from gradfuse.optim.nadam import NAdam
 from gradfuse.optim.radam import RAdam
+from gradfuse.optim.rmsprop import RMSprop
 from gradfuse.optim.sgd import SGD
 
 register_ops()  # torch.compile support: define the custom op before anything is traced
 
-__all__ = ["SGD", "Adam", "AdamW", "Adamax", "NAdam", "RAdam"]
+__all__ = [
+    "SGD",
+    "Adagrad",
+    "Adam",
+    "AdamW",
+    "Adamax",
+    "Lion",
+    "NAdam",
+    "RAdam",
+    "RMSprop",
+]

@@ -8,9 +8,16 @@ Subclasses keep torch's constructor signature, defaults, validation messages, st
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from torch import Tensor
+
+
+def scalar_dtype(is_fused: bool | None = None) -> Any:
+    """torch's dtype for ``step`` counters (torch.optim.optimizer._get_scalar_dtype)."""
+    from torch.optim.optimizer import _get_scalar_dtype
+
+    return _get_scalar_dtype(is_fused)  # type: ignore[no-untyped-call]
 
 
 def refuse_differentiable(name: str, differentiable: bool) -> None:
@@ -118,3 +125,70 @@ def upgrade_scalar_state(
                 p_state[key] = scalar_state(
                     float(p_state[key]), p.device, bool(on_device(group)), fused=fused
                 )
+
+
+class MaxGradNormMixin:
+    """The keyword-only ``max_grad_norm`` extension, shared by every gradfuse optimizer.
+
+    With ``max_grad_norm`` set, each step first computes the global 2-norm of all the
+    optimizer's gradients in one fused pass (of the unscaled gradients under AMP), then passes
+    ``clip_coef = min(max_grad_norm / (norm + 1e-6), 1)`` to the update, which multiplies each
+    gradient by it as it reads it: no pass rewrites the gradients, and on CUDA the coefficient
+    stays on the device (no host synchronisation). The result equals
+    ``torch.nn.utils.clip_grad_norm_(params, max_grad_norm)`` followed by the step, except that
+    ``p.grad`` is left unclipped.
+
+    The setting is an attribute of the optimizer, not a param-group option, so ``state_dict()``
+    keeps torch's layout exactly and loads into the torch class of the same name; it survives
+    pickling (``__getstate__``) but not ``state_dict()`` (pass it to the constructor again).
+
+    Use: call ``_init_max_grad_norm`` in ``__init__`` and pass ``clip_coef=self._clip_coef()``
+    to the functional update of every group.
+    """
+
+    max_grad_norm: float | None
+
+    def _init_max_grad_norm(self, max_grad_norm: float | None) -> None:
+        if max_grad_norm is not None:
+            value = float(max_grad_norm)
+            if not value >= 0.0:
+                raise ValueError(f"Invalid max_grad_norm value: {max_grad_norm}")
+            max_grad_norm = value
+        self.max_grad_norm = max_grad_norm
+
+    def _clip_coef(self, grad_scale: Tensor | None = None) -> Tensor | None:
+        """The clipping coefficient for this step (1-element float32 tensor), or None.
+
+        ``grad_scale``: GradScaler's scale when the gradients arrive scaled (in-kernel AMP
+        unscaling); the norm is then of the unscaled gradients.
+        """
+        if self.max_grad_norm is None:
+            return None
+        import torch
+
+        from gradfuse import _clip
+
+        param_groups: list[dict[str, Any]] = self.param_groups  # type: ignore[attr-defined]
+        grads = [p.grad for g in param_groups for p in g["params"] if p.grad is not None]
+        if not grads:
+            return None
+        norm = _clip.total_norm("max_grad_norm", grads, 2.0)
+        if grad_scale is not None:
+            norm = norm / grad_scale.to(norm.device, norm.dtype).reshape(())
+        coef = torch.clamp(self.max_grad_norm / (norm + 1e-6), max=1.0)
+        return coef.to(torch.float32).reshape(1)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = cast("dict[str, Any]", super().__getstate__())
+        state["max_grad_norm"] = getattr(self, "max_grad_norm", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)  # type: ignore[misc]
+        self.__dict__.setdefault("max_grad_norm", None)
+
+
+def amp_scaling(optimizer: object) -> tuple[Tensor | None, Tensor | None]:
+    """:func:`grad_scaling` as a (grad_scale, found_inf) pair."""
+    scaling = grad_scaling(optimizer)
+    return scaling["grad_scale"], scaling["found_inf"]

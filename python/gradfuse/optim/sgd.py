@@ -13,6 +13,7 @@ from torch.optim.optimizer import Optimizer, ParamsT
 from gradfuse.functional._optim import sgd_
 from gradfuse.functional._steps import found_inf_is_set
 from gradfuse.optim._base import (
+    MaxGradNormMixin,
     check_fused_foreach,
     grad_scaling,
     params_with_grad,
@@ -20,7 +21,7 @@ from gradfuse.optim._base import (
 )
 
 
-class SGD(Optimizer):
+class SGD(MaxGradNormMixin, Optimizer):
     """Stochastic gradient descent (optionally with momentum), fused.
 
     A drop-in for :class:`torch.optim.SGD`: the same arguments, defaults, errors, param groups,
@@ -31,6 +32,7 @@ class SGD(Optimizer):
     always fused. ``differentiable=True`` raises NotImplementedError. Groups with sparse
     gradients take torch's own single-tensor path, which is what torch supports for them.
     AMP: torch.amp.GradScaler unscales inside the update (``_step_supports_amp_scaling``).
+    ``max_grad_norm`` (gradfuse extension, keyword-only): see :class:`MaxGradNormMixin`.
     """
 
     _step_supports_amp_scaling = True
@@ -48,6 +50,7 @@ class SGD(Optimizer):
         foreach: bool | None = None,
         differentiable: bool = False,
         fused: bool | None = None,
+        max_grad_norm: float | None = None,
     ) -> None:
         # Same checks, same order, same messages as torch.optim.SGD.
         if isinstance(lr, Tensor) and lr.numel() != 1:
@@ -73,6 +76,7 @@ class SGD(Optimizer):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         check_fused_foreach(fused, foreach, differentiable)
         refuse_differentiable("SGD", differentiable)
+        self._init_max_grad_norm(max_grad_norm)
         super().__init__(params, defaults)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -97,6 +101,7 @@ class SGD(Optimizer):
                 loss = closure()
 
         scaling = grad_scaling(self)
+        clip_coef = self._clip_coef(scaling["grad_scale"])
         for group in self.param_groups:
             params, grads, sparse = params_with_grad(group)
             momentum = group["momentum"]
@@ -104,6 +109,10 @@ class SGD(Optimizer):
                 [self.state[p].get("momentum_buffer") for p in params] if momentum != 0 else []
             )
             if sparse:
+                if clip_coef is not None:
+                    raise RuntimeError(
+                        "gradfuse.optim.SGD: max_grad_norm does not support sparse gradients"
+                    )
                 # torch's single-tensor SGD is the path torch itself offers for sparse grads;
                 # AMP's unscale and skip are done here, as GradScaler would have done them.
                 if found_inf_is_set(scaling["found_inf"]):
@@ -137,6 +146,7 @@ class SGD(Optimizer):
                     nesterov=group["nesterov"],
                     maximize=group["maximize"],
                     **scaling,
+                    clip_coef=clip_coef,
                 )
             if momentum != 0:
                 for p, buf in zip(params, buffers, strict=True):

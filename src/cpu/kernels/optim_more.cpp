@@ -1,0 +1,60 @@
+// Adagrad, RMSprop and Lion on the CPU: the shared rules (gradfuse/math/{adagrad,rmsprop,lion}.h)
+// over the multi-tensor engine. Compiled once per ISA (CMakeLists.txt).
+#include "cpu/multi_tensor.h"
+#include "gradfuse/dispatch.h"
+#include "gradfuse/kernels.h"
+
+namespace gf::cpu::GF_ISA {
+
+void adagrad(const AdagradArgs& a) {
+  visit_dtype(a.tensors.dtype, "adagrad", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using OpT = OpMath<T>;
+    const auto scalars = math::AdagradScalars<OpT>::from(a.hyper);
+    bool_switch(
+        [&](auto wd_c, auto maximize_c) {
+          map_elements<T>(
+              a.tensors,
+              math::AdagradOp<decltype(wd_c)::value, decltype(maximize_c)::value, OpT>{scalars});
+        },
+        a.weight_decay, a.maximize);
+  });
+}
+
+void rmsprop(const RmspropArgs& a) {
+  visit_dtype(a.tensors.dtype, "rmsprop", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using OpT = OpMath<T>;
+    const auto scalars = math::RmspropScalars<OpT>::from(a.hyper);
+    bool_switch(
+        [&](auto wd_c, auto centered_c, auto mom_c, auto maximize_c, auto small_c) {
+          constexpr bool centered = decltype(centered_c)::value;
+          constexpr bool small = decltype(small_c)::value;
+          // The lerp branch only exists for centered RMSprop: skip the other instances.
+          if constexpr (centered || small) {
+            map_elements<T>(a.tensors,
+                            math::RmspropOp<decltype(wd_c)::value, centered, decltype(mom_c)::value,
+                                            decltype(maximize_c)::value, small, OpT>{scalars});
+          }
+        },
+        a.weight_decay, a.centered, a.momentum, a.maximize,
+        !a.centered || math::lerp_small(a.hyper));
+  });
+}
+
+void lion(const LionArgs& a) {
+  visit_dtype(a.tensors.dtype, "lion", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using OpT = OpMath<T>;
+    const auto scalars = math::LionScalars<OpT>::from(a.hyper);
+    bool_switch(
+        [&](auto wd_c, auto maximize_c) {
+          map_elements<T>(
+              a.tensors,
+              math::LionOp<decltype(wd_c)::value, decltype(maximize_c)::value, OpT>{scalars});
+        },
+        a.weight_decay, a.maximize);
+  });
+}
+
+}  // namespace gf::cpu::GF_ISA
