@@ -153,8 +153,8 @@ def prepare(
     written_slots = [name in written_set for name in names]
     clash = _buffers.find_overlap(buffers, lambda k: written_slots[k // n] if n else False)
     if clash is not None:
-        a, b = (f"{op}: {names[k // n]}[{k % n}]" for k in clash)
-        _buffers.raise_overlap(a, b)
+        first, second = (f"{op}: {names[k // n]}[{k % n}]" for k in clash)
+        _buffers.raise_overlap(first, second)
     return buffers
 
 
