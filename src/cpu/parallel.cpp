@@ -3,6 +3,7 @@
 #include <pthread.h>
 #include <sched.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstdlib>
@@ -37,23 +38,29 @@ class Pool {
 
   int threads() const { return threads_; }
 
+  // Any n_tasks works: thread k runs tasks k, k + threads, k + 2 * threads, ... A caller sizes
+  // n_tasks from get_num_threads(), but another Python thread may call set_num_threads() between
+  // that read and this call, so this pool may have fewer threads than tasks (the tasks, hence
+  // the results, are the same; only who runs them changes). Assuming n_tasks <= threads here
+  // would leave tasks unrun and the caller waiting forever.
   void run(int n_tasks, TaskFn fn, void* ctx) {
     std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
-    if (!busy.owns_lock() || n_tasks <= 1) {
+    if (!busy.owns_lock() || n_tasks <= 1 || threads_ == 1) {
       for (int t = 0; t < n_tasks; ++t) fn(ctx, t);
       return;
     }
     start_workers();
+    const int helpers = std::min(n_tasks, threads_) - 1;  // workers with at least one task
     {
       std::lock_guard<std::mutex> lock(mutex_);
       fn_ = fn;
       ctx_ = ctx;
       n_tasks_ = n_tasks;
-      pending_ = n_tasks - 1;
+      pending_ = helpers;
       ++generation_;
     }
     wake_.notify_all();
-    fn(ctx, 0);
+    for (int t = 0; t < n_tasks; t += threads_) fn(ctx, t);
     std::unique_lock<std::mutex> lock(mutex_);
     done_.wait(lock, [&] { return pending_ == 0; });
   }
@@ -85,7 +92,7 @@ class Pool {
         n_tasks = n_tasks_;
       }
       if (index < n_tasks) {
-        fn(ctx, index);
+        for (int t = index; t < n_tasks; t += threads_) fn(ctx, t);
         std::lock_guard<std::mutex> lock(mutex_);
         if (--pending_ == 0) done_.notify_one();
       }
@@ -117,20 +124,30 @@ Pool* pool_for(int threads) {  // g_pool_mutex held
   return p;
 }
 
+// A forked child inherits no threads: it must start over with fresh pools. The handler is
+// registered before any pool becomes active, whichever comes first (a kernel or
+// set_num_threads): a pool whose workers exist only in the parent would make the child's first
+// parallel call wait forever. g_pool_mutex is held across fork() so the child never inherits it
+// locked by a thread that does not exist there.
+void register_fork_handler() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    pthread_atfork([] { g_pool_mutex.lock(); }, [] { g_pool_mutex.unlock(); },
+                   [] {
+                     g_pool.store(nullptr);
+                     g_pools = new std::map<int, Pool*>();
+                     g_pool_mutex.unlock();
+                   });
+  });
+}
+
 Pool& pool() {
   Pool* p = g_pool.load(std::memory_order_acquire);
   if (p) return *p;
+  register_fork_handler();
   std::lock_guard<std::mutex> lock(g_pool_mutex);
   p = g_pool.load(std::memory_order_relaxed);
   if (!p) {
-    static bool registered = [] {
-      pthread_atfork(nullptr, nullptr, [] {
-        g_pool.store(nullptr);
-        g_pools = new std::map<int, Pool*>();
-      });
-      return true;
-    }();
-    (void)registered;
     p = pool_for(default_num_threads());
     g_pool.store(p, std::memory_order_release);
   }
@@ -139,12 +156,17 @@ Pool& pool() {
 
 }  // namespace
 
-void run_tasks(int n_tasks, TaskFn fn, void* ctx) { pool().run(n_tasks, fn, ctx); }
+void run_tasks(int n_tasks, TaskFn fn, void* ctx) {
+  pool().run(n_tasks, fn, ctx);
+}
 
-int get_num_threads() { return pool().threads(); }
+int get_num_threads() {
+  return pool().threads();
+}
 
 void set_num_threads(int n) {
   GF_CHECK(n >= 1, "set_num_threads: expected a positive thread count, got ", n);
+  register_fork_handler();
   std::lock_guard<std::mutex> lock(g_pool_mutex);
   g_pool.store(pool_for(n), std::memory_order_release);
 }

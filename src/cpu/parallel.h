@@ -13,14 +13,17 @@ namespace gf::cpu {
 
 using TaskFn = void (*)(void* ctx, int task);
 
-// Runs fn(ctx, t) for every t in [0, n_tasks), n_tasks <= get_num_threads().
+// Runs fn(ctx, t) exactly once for every t in [0, n_tasks). n_tasks is normally
+// get_num_threads(), but any count is correct (a pool with fewer threads runs several tasks per
+// thread).
 void run_tasks(int n_tasks, TaskFn fn, void* ctx);
 
 template <typename F>
 void parallel_tasks(int n_tasks, F&& f) {
   using Fn = std::remove_reference_t<F>;
-  run_tasks(n_tasks, [](void* ctx, int t) { (*static_cast<Fn*>(ctx))(t); },
-            const_cast<void*>(static_cast<const void*>(&f)));
+  run_tasks(
+      n_tasks, [](void* ctx, int t) { (*static_cast<Fn*>(ctx))(t); },
+      const_cast<void*>(static_cast<const void*>(&f)));
 }
 
 int get_num_threads();
