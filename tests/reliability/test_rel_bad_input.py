@@ -567,3 +567,42 @@ def test_loss_refuses_what_torch_refuses(spec: LossSpec, case: str, layer: str) 
         (ValueError, TypeError, IndexError, RuntimeError, NotImplementedError),
         "",
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# On a GPU machine: device mismatches, and out-of-range class targets on CUDA.
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("spec", OPTIMIZERS, ids=lambda s: s.id)
+def test_functional_refuses_device_mismatch(spec: OptimSpec) -> None:
+    require_functional(spec)
+    params: list[Any] = [torch.randn(6, device="cuda"), torch.randn(2, 3, device="cuda")]
+    grads: list[Any] = [torch.randn(6, device="cuda"), torch.randn(2, 3)]  # grads[1] on the CPU
+    state = {
+        n: [x.cuda() if x.dim() else x for x in v]
+        for n, v in tensor_lists(spec, [p.cpu() for p in params]).items()
+    }
+    assert_refused_unchanged(
+        functional_call(spec, params, grads, state),
+        [params, grads, state],
+        ValueError,
+        r"grads\[1\] is on cpu but params\[1\] is on cuda",
+    )
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("spec", [s for s in LOSSES if s.kind == "class"], ids=lambda s: s.id)
+def test_cuda_out_of_range_target_is_a_clear_error(spec: LossSpec) -> None:
+    fn = spec.require_with_grad()
+    x, t = spec.make((8, 5), torch.float32)
+    x, t = x.cuda(), t.cuda()
+    t[3] = 5
+    assert_refused_unchanged(
+        lambda: (fn(x, t), torch.cuda.synchronize()),
+        [x, t],
+        (ValueError, IndexError, RuntimeError),
+        "",
+    )
+    # The device is still usable afterwards (no sticky CUDA error).
+    torch.testing.assert_close((x + 1).cpu(), x.cpu() + 1)
