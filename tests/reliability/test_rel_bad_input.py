@@ -606,3 +606,42 @@ def test_cuda_out_of_range_target_is_a_clear_error(spec: LossSpec) -> None:
     )
     # The device is still usable afterwards (no sticky CUDA error).
     torch.testing.assert_close((x + 1).cpu(), x.cpu() + 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The overlap check itself, against a brute-force oracle.
+
+
+def test_check_no_overlap_agrees_with_brute_force() -> None:
+    # _buffers.check_no_overlap sweeps address ranges sorted by start; every pair of buffers that
+    # share a byte, one of them written, must be refused, and nothing else.
+    import random
+
+    from gradfuse._buffers import Buffer, check_no_overlap
+
+    def buf(start: int, size: int, device: int) -> Buffer:
+        return Buffer(None, start, size, 1, "float32", device, (size,), (1,), True)
+
+    rng = random.Random(0)
+    for _ in range(3000):
+        named = [
+            (f"b{j}", buf(rng.randint(0, 40), rng.randint(0, 12), rng.choice((-1, -1, 0))))
+            for j in range(rng.randint(2, 6))
+        ]
+        written = {n for n, _ in named if rng.random() < 0.4}
+        expected = any(
+            a.device == b.device
+            and a.nbytes > 0
+            and b.nbytes > 0
+            and a.ptr < b.ptr + b.nbytes
+            and b.ptr < a.ptr + a.nbytes
+            and (na in written or nb in written)
+            for i, (na, a) in enumerate(named)
+            for nb, b in named[i + 1 :]
+        )
+        try:
+            check_no_overlap(named, written)
+            refused = False
+        except ValueError:
+            refused = True
+        assert refused == expected, (named, written)

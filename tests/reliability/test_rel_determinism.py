@@ -121,6 +121,42 @@ def test_loss_bitwise_across_runs_and_thread_counts(spec: LossSpec, config: dict
     assert again == results[1], f"{spec.name}: a second run differs"
 
 
+@contextmanager
+def cpu_isa(isa: str) -> Iterator[None]:
+    core = gradfuse._native.core()
+    old = core.cpu_isa()
+    core.set_cpu_isa(isa)
+    try:
+        yield
+    finally:
+        core.set_cpu_isa(old)
+
+
+ISAS = gradfuse._native.core().cpu_isas().split(",")
+
+
+@pytest.mark.parametrize(("spec", "config"), optim_params())
+def test_optimizer_bitwise_across_isas(spec: OptimSpec, config: dict[str, Any]) -> None:
+    # Every compiled ISA path runs the same rule without contraction (DESIGN.md §4).
+    results = {}
+    for isa in ISAS:
+        with cpu_isa(isa):
+            results[isa] = _optimizer_run(spec, config, seed=13)
+    for isa, bits in results.items():
+        assert bits == results[ISAS[0]], f"{spec.name}: {isa} differs from {ISAS[0]}"
+
+
+@pytest.mark.parametrize(("spec", "config"), loss_params())
+def test_loss_bitwise_across_isas(spec: LossSpec, config: dict[str, Any]) -> None:
+    spec.require_with_grad()
+    results = {}
+    for isa in ISAS:
+        with cpu_isa(isa):
+            results[isa] = _loss_bits(spec, config, seed=17)
+    for isa, bits in results.items():
+        assert bits == results[ISAS[0]], f"{spec.name}: {isa} differs from {ISAS[0]}"
+
+
 def _norm_fns() -> list[Any]:
     def norms(ps: list[torch.Tensor]) -> Any:
         fn = require(getattr(gradfuse, "grad_norms", None), "gradfuse.grad_norms", "adagrad")

@@ -31,6 +31,13 @@ from reliability_registry import (
     tensor_lists,
 )
 
+# Under AddressSanitizer freed memory sits in a quarantine (up to 256 MB) before reuse, so
+# resident memory grows without any leak: this test is for the normal build.
+pytestmark = pytest.mark.skipif(
+    bool(os.environ.get("GRADFUSE_SANITIZED")),
+    reason="memory growth is not a leak signal under AddressSanitizer (quarantine)",
+)
+
 CALLS = 10_000
 WARMUP = 300
 PAGE = os.sysconf("SC_PAGE_SIZE")
