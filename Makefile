@@ -7,12 +7,13 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: help venv install bench test lint format dev dev-test sanitize gpu-check clean
+.PHONY: help venv install bench test lint stubtest format dev dev-test sanitize gpu-check clean
 
 help:
 	@echo "make bench   - set up, build, run 'gradfuse bench' on this machine"
 	@echo "make test    - set up, build, run the test suite"
 	@echo "make lint    - ruff, clang-format, mypy"
+	@echo "make stubtest - the _core stub (python/gradfuse/_core.pyi) against the built module"
 	@echo "make dev     - incremental CPU-only build into python/gradfuse (PYTHONPATH=python)"
 	@echo "make sanitize - CPU build with ASan+UBSan (build/asan), CPU tests run under it"
 
@@ -21,7 +22,7 @@ $(VENV)/.ready:
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q scikit-build-core pybind11 ninja cmake numpy pytest hypothesis \
-	    matplotlib ruff mypy clang-format
+	    matplotlib ruff mypy clang-format build
 	touch $@
 
 venv: $(VENV)/.ready
@@ -33,18 +34,23 @@ install: venv
 bench: install
 	$(VENV)/bin/gradfuse bench $(BENCH_ARGS)
 
-test: install
+# stubtest first: it needs the built module, so it runs after `install` (not in `lint`).
+test: install stubtest
 	cd tests && ../$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 lint: venv
-	$(VENV)/bin/ruff check python tests examples
-	$(VENV)/bin/ruff format --check python tests examples
+	$(VENV)/bin/ruff check python tests $(wildcard examples)
+	$(VENV)/bin/ruff format --check python tests $(wildcard examples)
 	$(VENV)/bin/clang-format --dry-run -Werror $$(git ls-files 'src/*.h' 'src/*.cpp' 'cuda/*.cu' 'cuda/*.cuh')
 	$(VENV)/bin/mypy
 
+# python/gradfuse/_core.pyi must describe the module the build produced (names, signatures).
+stubtest: install
+	cd tests && ../$(PY) -m mypy.stubtest gradfuse._core
+
 format: venv
-	$(VENV)/bin/ruff format python tests examples
-	$(VENV)/bin/ruff check --fix python tests examples
+	$(VENV)/bin/ruff format python tests $(wildcard examples)
+	$(VENV)/bin/ruff check --fix python tests $(wildcard examples)
 	$(VENV)/bin/clang-format -i $$(git ls-files 'src/*.h' 'src/*.cpp' 'cuda/*.cu' 'cuda/*.cuh')
 
 # Developer loop: CMake straight into build/dev, the module copied next to the Python sources.

@@ -8,19 +8,18 @@
 
 namespace gf::cuda::detail {
 
-[[noreturn]] inline void throw_cuda(cudaError_t err, const char* expr, const char* file,
-                                    int line) {
+[[noreturn]] inline void throw_cuda(cudaError_t err, const char* expr, const char* file, int line) {
   GF_FAIL("CUDA error ", cudaGetErrorName(err), " (", cudaGetErrorString(err), ") from ", expr,
           " at ", file, ":", line);
 }
 
 }  // namespace gf::cuda::detail
 
-#define GF_CUDA_CHECK(expr)                                                              \
-  do {                                                                                   \
-    const cudaError_t gf_err_ = (expr);                                                  \
-    if (gf_err_ != cudaSuccess) ::gf::cuda::detail::throw_cuda(gf_err_, #expr, __FILE__, \
-                                                              __LINE__);                 \
+#define GF_CUDA_CHECK(expr)                                               \
+  do {                                                                    \
+    const cudaError_t gf_err_ = (expr);                                   \
+    if (gf_err_ != cudaSuccess)                                           \
+      ::gf::cuda::detail::throw_cuda(gf_err_, #expr, __FILE__, __LINE__); \
   } while (0)
 
 #define GF_CUDA_CHECK_LAUNCH() GF_CUDA_CHECK(cudaGetLastError())

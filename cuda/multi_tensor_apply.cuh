@@ -17,7 +17,7 @@
 
 namespace gf::cuda {
 
-constexpr int kChunkSize = 65536;   // elements per (tensor, chunk) work item
+constexpr int kChunkSize = 65536;  // elements per (tensor, chunk) work item
 constexpr int kBlockThreads = 512;
 constexpr int kMaxTensors = 192;
 constexpr int kMaxBlocks = 768;
@@ -43,7 +43,8 @@ struct GradFactors {
 
 template <typename Op, typename OpT>
 __device__ GF_INLINE void scale_grad(OpT* v, const GradFactors<OpT>& f) {
-  if constexpr (Op::kGradSlot >= 0) v[Op::kGradSlot] = (v[Op::kGradSlot] * f.inv_scale) * f.clip_coef;
+  if constexpr (Op::kGradSlot >= 0)
+    v[Op::kGradSlot] = (v[Op::kGradSlot] * f.inv_scale) * f.clip_coef;
 }
 
 template <typename T, typename Op>
@@ -80,8 +81,8 @@ __global__ void __launch_bounds__(kBlockThreads)
       gs.clip_coef ? OpT(*gs.clip_coef) : OpT(1)};
 
   const int entry = table.block_tensor[blockIdx.x];
-  const std::int64_t chunk_begin = static_cast<std::int64_t>(table.block_chunk[blockIdx.x]) *
-                                   kChunkSize;
+  const std::int64_t chunk_begin =
+      static_cast<std::int64_t>(table.block_chunk[blockIdx.x]) * kChunkSize;
   const std::int64_t n = table.numels[entry];
   const std::int64_t chunk_end = min(n, chunk_begin + kChunkSize);
 
@@ -96,12 +97,13 @@ __global__ void __launch_bounds__(kBlockThreads)
   if (aligned) {
     // chunk_begin is a multiple of kVec (kChunkSize is), so every pack below is aligned.
     const std::int64_t vec_end = chunk_begin + (chunk_end - chunk_begin) / kVec * kVec;
-    for (std::int64_t i = chunk_begin + static_cast<std::int64_t>(threadIdx.x) * kVec;
-         i < vec_end; i += static_cast<std::int64_t>(blockDim.x) * kVec) {
+    for (std::int64_t i = chunk_begin + static_cast<std::int64_t>(threadIdx.x) * kVec; i < vec_end;
+         i += static_cast<std::int64_t>(blockDim.x) * kVec) {
       Pack packs[kDepth];
 #pragma unroll
       for (int d = 0; d < kDepth; ++d) {
-        if ((Op::kReads >> d) & 1u) packs[d] = *reinterpret_cast<const Pack*>(static_cast<T*>(ptrs[d]) + i);
+        if ((Op::kReads >> d) & 1u)
+          packs[d] = *reinterpret_cast<const Pack*>(static_cast<T*>(ptrs[d]) + i);
       }
 #pragma unroll
       for (int k = 0; k < kVec; ++k) {
@@ -119,7 +121,8 @@ __global__ void __launch_bounds__(kBlockThreads)
       }
 #pragma unroll
       for (int d = 0; d < kDepth; ++d) {
-        if ((Op::kWrites >> d) & 1u) *reinterpret_cast<Pack*>(static_cast<T*>(ptrs[d]) + i) = packs[d];
+        if ((Op::kWrites >> d) & 1u)
+          *reinterpret_cast<Pack*>(static_cast<T*>(ptrs[d]) + i) = packs[d];
       }
     }
     for (std::int64_t i = vec_end + threadIdx.x; i < chunk_end; i += blockDim.x) {

@@ -6,6 +6,7 @@ every array exactly as it was. Torch is imported only when a torch tensor is see
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ class Buffer:
     shape: tuple[int, ...]
     strides: tuple[int, ...]  # in elements
     is_torch: bool
+    # For a DTensor: its mesh and placements (the buffer is its local shard); None otherwise.
+    sharding: str | None = None
 
     @property
     def dtype_code(self) -> int:
@@ -90,10 +93,37 @@ def as_buffer(x: object, name: str, *, writable: bool) -> Buffer:
     ``writable`` arrays must be writable in place; others are only read.
     """
     if _is_torch_tensor(x):
+        if _is_dtensor(x):
+            local, sharding = _dtensor_local(x, name)
+            buf = _torch_buffer(local, name, writable=writable)
+            return dataclasses.replace(buf, sharding=sharding)
         return _torch_buffer(x, name, writable=writable)
     if type(x).__module__ == "numpy" and type(x).__name__ == "ndarray":
         return _numpy_buffer(x, name, writable=writable)
     raise TypeError(f"{name}: expected a torch.Tensor or numpy.ndarray, got {describe(x)}")
+
+
+def _is_dtensor(x: object) -> bool:
+    return type(x).__name__ == "DTensor" and type(x).__module__.startswith(
+        "torch.distributed.tensor"
+    )
+
+
+def _dtensor_local(t: Any, name: str) -> tuple[Any, str]:
+    """A DTensor (torch.distributed.tensor: FSDP2's sharded params and grads, tensor
+    parallelism) is updated through its local shard: every gradfuse update is elementwise, so
+    each rank updating the elements it holds is the whole update, with no communication.
+    A Partial placement holds unreduced partial sums, not values: refused (reduce it first).
+    Returns the local tensor and a description of the sharding, which every other tensor of
+    the same parameter must share (checked in check_same_layout)."""
+    placements = tuple(t.placements)
+    if any(p.is_partial() for p in placements):
+        raise ValueError(
+            f"{name}: DTensor with placements {placements} (global shape {tuple(t.shape)}, "
+            f"dtype {t.dtype}) holds partial sums; expected Shard or Replicate placements "
+            f"(call .redistribute() or .full_tensor() first)"
+        )
+    return t._local_tensor, f"DTensor {placements} on {t.device_mesh}"
 
 
 def _torch_buffer(t: Any, name: str, *, writable: bool) -> Buffer:
@@ -222,6 +252,11 @@ def check_same_layout(ref: Buffer, ref_name: str, other: Buffer, other_name: str
         raise ValueError(
             f"{other_name} is on {other.device_str} but {ref_name} is on {ref.device_str} "
             f"(shape {ref.shape}, dtype {ref.dtype}); expected the same device"
+        )
+    if other.sharding != ref.sharding:
+        raise ValueError(
+            f"{other_name} is a {other.sharding or 'plain tensor'} but {ref_name} is a "
+            f"{ref.sharding or 'plain tensor'}; expected the same distribution"
         )
     if other.is_torch != ref.is_torch:
         kinds = {True: "a torch.Tensor", False: "a numpy.ndarray"}

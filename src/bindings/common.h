@@ -87,7 +87,6 @@ inline void run(void (*cpu_fn)(const Args&), CudaFn cuda_fn, const Args& args) {
 #define GF_CUDA_FN(name) nullptr
 #endif
 
-
 // Registration functions, one per binding file.
 void register_optim(py::module_& m);
 void register_losses(py::module_& m);

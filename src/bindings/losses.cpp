@@ -3,6 +3,8 @@
 
 namespace gf {
 
-void register_losses(py::module_& m) { (void)m; }
+void register_losses(py::module_& m) {
+  (void)m;
+}
 
 }  // namespace gf

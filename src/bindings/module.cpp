@@ -10,7 +10,6 @@
 
 namespace gf {
 
-
 namespace {
 
 py::dict build_info() {

@@ -47,7 +47,8 @@ bool cpu_has(Isa isa) {
 #else
       return false;
 #endif
-    case Isa::kBaseline: return true;
+    case Isa::kBaseline:
+      return true;
   }
   return false;
 #else
@@ -57,9 +58,12 @@ bool cpu_has(Isa isa) {
 
 const char* isa_name(Isa isa) {
   switch (isa) {
-    case Isa::kAvx512: return "avx512";
-    case Isa::kAvx2: return "avx2";
-    case Isa::kBaseline: return "baseline";
+    case Isa::kAvx512:
+      return "avx512";
+    case Isa::kAvx2:
+      return "avx2";
+    case Isa::kBaseline:
+      return "baseline";
   }
   return "?";
 }
@@ -83,7 +87,9 @@ Isa current() {
 
 }  // namespace
 
-std::string active_isa() { return isa_name(current()); }
+std::string active_isa() {
+  return isa_name(current());
+}
 
 std::string supported_isas() {
   std::string out;
@@ -98,8 +104,8 @@ std::string supported_isas() {
 void set_isa(const std::string& name) {
   for (Isa isa : {Isa::kAvx512, Isa::kAvx2, Isa::kBaseline}) {
     if (name == isa_name(isa)) {
-      GF_CHECK(cpu_has(isa), "set_isa: '", name, "' is not available here (available: ",
-               supported_isas(), ")");
+      GF_CHECK(cpu_has(isa), "set_isa: '", name,
+               "' is not available here (available: ", supported_isas(), ")");
       g_isa.store(static_cast<int>(isa), std::memory_order_relaxed);
       return;
     }
@@ -109,13 +115,15 @@ void set_isa(const std::string& name) {
 
 #if GF_HAVE_ISA_avx512
 #define GF_CASE_AVX512(name) \
-  case Isa::kAvx512: return avx512::name(args);
+  case Isa::kAvx512:         \
+    return avx512::name(args);
 #else
 #define GF_CASE_AVX512(name)
 #endif
 #if GF_HAVE_ISA_avx2
 #define GF_CASE_AVX2(name) \
-  case Isa::kAvx2: return avx2::name(args);
+  case Isa::kAvx2:         \
+    return avx2::name(args);
 #else
 #define GF_CASE_AVX2(name)
 #endif
@@ -125,7 +133,8 @@ void set_isa(const std::string& name) {
     switch (current()) {               \
       GF_CASE_AVX512(name)             \
       GF_CASE_AVX2(name)               \
-      default: return baseline::name(args); \
+      default:                         \
+        return baseline::name(args);   \
     }                                  \
   }
 GF_KERNELS(GF_DISPATCH_KERNEL)

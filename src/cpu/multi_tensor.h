@@ -58,6 +58,16 @@ void for_each_span(const TensorList& tl, Fn&& fn) {
 template <unsigned Mask, int Slot>
 constexpr bool kSlotBit = ((Mask >> Slot) & 1u) != 0;
 
+// Slot D of element i: loaded if Op reads it, stored if Op writes it (no-ops otherwise).
+template <typename Op, int D, typename T, typename OpT>
+GF_INLINE void load_slot(OpT* v, const T* GF_RESTRICT p, std::int64_t i) {
+  if constexpr (Op::kDepth > D && kSlotBit<Op::kReads, D>) v[D] = math::load(p, i);
+}
+template <typename Op, int D, typename T, typename OpT>
+GF_INLINE void store_slot(const OpT* v, T* GF_RESTRICT p, std::int64_t i) {
+  if constexpr (Op::kDepth > D && kSlotBit<Op::kWrites, D>) math::store(p, i, v[D]);
+}
+
 // Elementwise multi-tensor update: for every element, load the slots Op reads (converted to
 // opmath), apply the shared per-element rule, store the slots it writes (rounded to T).
 // Op provides kDepth (slots per tensor), kReads and kWrites (bit d = slot d), kGradSlot (the
@@ -85,17 +95,20 @@ void map_elements(const TensorList& tl, const Op& op) {
     T* GF_RESTRICT p5 = kDepth > 5 ? tl.ptr<T>(5, t) : nullptr;
     for (std::int64_t i = b; i < e; ++i) {
       OpT v[kMaxDepth] = {};
-#define GF_LOAD_SLOT(d) \
-  if constexpr (kDepth > d && kSlotBit<Op::kReads, d>) v[d] = math::load(p##d, i);
-#define GF_STORE_SLOT(d) \
-  if constexpr (kDepth > d && kSlotBit<Op::kWrites, d>) math::store(p##d, i, v[d]);
-      GF_LOAD_SLOT(0) GF_LOAD_SLOT(1) GF_LOAD_SLOT(2) GF_LOAD_SLOT(3) GF_LOAD_SLOT(4) GF_LOAD_SLOT(5)
+      load_slot<Op, 0>(v, p0, i);
+      load_slot<Op, 1>(v, p1, i);
+      load_slot<Op, 2>(v, p2, i);
+      load_slot<Op, 3>(v, p3, i);
+      load_slot<Op, 4>(v, p4, i);
+      load_slot<Op, 5>(v, p5, i);
       if constexpr (kGradSlot >= 0) v[kGradSlot] = (v[kGradSlot] * inv_scale) * clip_coef;
       op(v);
-      GF_STORE_SLOT(0) GF_STORE_SLOT(1) GF_STORE_SLOT(2) GF_STORE_SLOT(3) GF_STORE_SLOT(4)
-      GF_STORE_SLOT(5)
-#undef GF_LOAD_SLOT
-#undef GF_STORE_SLOT
+      store_slot<Op, 0>(v, p0, i);
+      store_slot<Op, 1>(v, p1, i);
+      store_slot<Op, 2>(v, p2, i);
+      store_slot<Op, 3>(v, p3, i);
+      store_slot<Op, 4>(v, p4, i);
+      store_slot<Op, 5>(v, p5, i);
     }
   });
 }

@@ -3,7 +3,6 @@
 #include <pthread.h>
 #include <sched.h>
 
-#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstdlib>
@@ -38,29 +37,27 @@ class Pool {
 
   int threads() const { return threads_; }
 
-  // Any n_tasks works: thread k runs tasks k, k + threads, k + 2 * threads, ... A caller sizes
-  // n_tasks from get_num_threads(), but another Python thread may call set_num_threads() between
-  // that read and this call, so this pool may have fewer threads than tasks (the tasks, hence
-  // the results, are the same; only who runs them changes). Assuming n_tasks <= threads here
-  // would leave tasks unrun and the caller waiting forever.
   void run(int n_tasks, TaskFn fn, void* ctx) {
     std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
-    if (!busy.owns_lock() || n_tasks <= 1 || threads_ == 1) {
+    if (!busy.owns_lock() || n_tasks <= 1) {
       for (int t = 0; t < n_tasks; ++t) fn(ctx, t);
       return;
     }
     start_workers();
-    const int helpers = std::min(n_tasks, threads_) - 1;  // workers with at least one task
+    // Worker w runs task w (1 <= w < threads_). A caller that asks for more tasks than this
+    // pool has threads (set_num_threads() raced with it) runs the extra tasks itself.
+    const int pooled = n_tasks < threads_ ? n_tasks : threads_;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       fn_ = fn;
       ctx_ = ctx;
-      n_tasks_ = n_tasks;
-      pending_ = helpers;
+      n_tasks_ = pooled;
+      pending_ = pooled - 1;
       ++generation_;
     }
     wake_.notify_all();
-    for (int t = 0; t < n_tasks; t += threads_) fn(ctx, t);
+    fn(ctx, 0);
+    for (int t = pooled; t < n_tasks; ++t) fn(ctx, t);
     std::unique_lock<std::mutex> lock(mutex_);
     done_.wait(lock, [&] { return pending_ == 0; });
   }
@@ -92,7 +89,7 @@ class Pool {
         n_tasks = n_tasks_;
       }
       if (index < n_tasks) {
-        for (int t = index; t < n_tasks; t += threads_) fn(ctx, t);
+        fn(ctx, index);
         std::lock_guard<std::mutex> lock(mutex_);
         if (--pending_ == 0) done_.notify_one();
       }

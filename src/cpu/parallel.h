@@ -14,8 +14,7 @@ namespace gf::cpu {
 using TaskFn = void (*)(void* ctx, int task);
 
 // Runs fn(ctx, t) exactly once for every t in [0, n_tasks). n_tasks is normally
-// get_num_threads(), but any count is correct (a pool with fewer threads runs several tasks per
-// thread).
+// get_num_threads(); any count is correct (tasks beyond the pool's threads run on the caller).
 void run_tasks(int n_tasks, TaskFn fn, void* ctx);
 
 template <typename F>

@@ -23,8 +23,8 @@ template <typename Error, typename... Args>
 }  // namespace gf::detail
 
 // GF_CHECK(cond, "what", ...): throws std::invalid_argument (Python ValueError) with the message.
-#define GF_CHECK(cond, ...)                                                \
-  do {                                                                     \
+#define GF_CHECK(cond, ...)                                                     \
+  do {                                                                          \
     if (!(cond)) ::gf::detail::throw_error<std::invalid_argument>(__VA_ARGS__); \
   } while (0)
 

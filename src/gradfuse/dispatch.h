@@ -19,10 +19,14 @@ struct TypeTag {
 template <typename F>
 decltype(auto) visit_dtype(DType dt, const char* op, F&& f) {
   switch (dt) {
-    case DType::kFloat32: return f(TypeTag<float>{});
-    case DType::kFloat64: return f(TypeTag<double>{});
-    case DType::kFloat16: return f(TypeTag<Half>{});
-    case DType::kBFloat16: return f(TypeTag<BFloat16>{});
+    case DType::kFloat32:
+      return f(TypeTag<float>{});
+    case DType::kFloat64:
+      return f(TypeTag<double>{});
+    case DType::kFloat16:
+      return f(TypeTag<Half>{});
+    case DType::kBFloat16:
+      return f(TypeTag<BFloat16>{});
   }
   GF_CHECK(false, op, ": unsupported dtype code ", static_cast<int>(dt),
            " (expected float32, float64, float16 or bfloat16)");
@@ -37,8 +41,7 @@ decltype(auto) bool_switch(F&& f) {
 template <typename F, typename... Rest>
 decltype(auto) bool_switch(F&& f, bool first, Rest... rest) {
   if (first) {
-    return bool_switch(
-        [&](auto... tail) { return f(std::true_type{}, tail...); }, rest...);
+    return bool_switch([&](auto... tail) { return f(std::true_type{}, tail...); }, rest...);
   }
   return bool_switch([&](auto... tail) { return f(std::false_type{}, tail...); }, rest...);
 }

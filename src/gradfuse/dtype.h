@@ -16,10 +16,14 @@ enum class DType : std::int32_t { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFl
 
 inline const char* dtype_name(DType dt) {
   switch (dt) {
-    case DType::kFloat32: return "float32";
-    case DType::kFloat64: return "float64";
-    case DType::kFloat16: return "float16";
-    case DType::kBFloat16: return "bfloat16";
+    case DType::kFloat32:
+      return "float32";
+    case DType::kFloat64:
+      return "float64";
+    case DType::kFloat16:
+      return "float16";
+    case DType::kBFloat16:
+      return "bfloat16";
   }
   return "unknown";
 }

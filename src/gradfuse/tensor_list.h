@@ -33,9 +33,9 @@ struct TensorList {
   const std::uintptr_t* ptrs = nullptr;  // ptrs[d * size + i]: slot d of tensor i
   const std::int64_t* numels = nullptr;  // numels[i], shared by every slot of tensor i
   DType dtype = DType::kFloat32;
-  int device = -1;             // -1: host memory; otherwise the CUDA device index
-  std::uintptr_t stream = 0;   // the caller's current cudaStream_t (CUDA only)
-  GradScaling grad_scaling;    // applied to the slot an op names as kGradSlot
+  int device = -1;            // -1: host memory; otherwise the CUDA device index
+  std::uintptr_t stream = 0;  // the caller's current cudaStream_t (CUDA only)
+  GradScaling grad_scaling;   // applied to the slot an op names as kGradSlot
 
   template <typename T>
   T* ptr(int slot, std::int64_t i) const {

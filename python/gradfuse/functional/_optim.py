@@ -11,6 +11,7 @@ from collections.abc import MutableSequence, Sequence
 from typing import Any
 
 from gradfuse import _buffers, _native
+from gradfuse._compile import traceable
 from gradfuse.functional._multi_tensor import GradScaling, group, prepare
 
 
@@ -38,6 +39,10 @@ def _empty_like(x: Any) -> Any:
     return np.empty_like(x)
 
 
+@traceable(
+    written=("params", "momentum_buffers"),
+    creates={"momentum_buffers": lambda kw: kw.get("momentum", 0.0) != 0},
+)
 def sgd_(
     params: Sequence[Any],
     grads: Sequence[Any],

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from gradfuse._compile import register_ops
 from gradfuse.optim.sgd import SGD
+
+register_ops()  # torch.compile support: define the custom op before anything is traced
 
 __all__ = ["SGD"]

@@ -67,8 +67,8 @@ GF_HD GF_INLINE float half_to_float(std::uint16_t h) {
 // keeps into the low mantissa of a float, rounding the rest away with the hardware's
 // nearest-even. Subnormal halves fall out of the same addition with the bias clamped.
 GF_HD GF_INLINE std::uint16_t float_to_half(float f) {
-  const float scaled = (bits_float(float_bits(f) & 0x7fffffffu) * bits_float(0x77800000u)) *
-                       bits_float(0x08800000u);
+  const float scaled =
+      (bits_float(float_bits(f) & 0x7fffffffu) * bits_float(0x77800000u)) * bits_float(0x08800000u);
   const std::uint32_t w = float_bits(f);
   const std::uint32_t shl1_w = w + w;
   const std::uint32_t sign = w & 0x80000000u;
