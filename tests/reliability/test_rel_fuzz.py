@@ -32,7 +32,7 @@ from reliability_registry import (
 import tolerances
 
 FUZZ = settings(
-    max_examples=30,
+    max_examples=25,
     deadline=None,
     derandomize=True,
     database=None,
