@@ -369,6 +369,8 @@ def _hyper_cases() -> list[Any]:
 
     out = []
     for spec in OPTIMIZERS:
+        if spec.reference is not None:
+            continue  # torch has no class of that name: no message to compare with
         accepted = set(inspect.signature(spec.torch_class().__init__).parameters)
         for k, bad in enumerate(BAD_HYPERPARAMETERS):
             if set(bad) <= accepted:
@@ -379,8 +381,6 @@ def _hyper_cases() -> list[Any]:
 @pytest.mark.parametrize(("spec", "bad"), _hyper_cases())
 def test_constructor_errors_are_torchs(spec: OptimSpec, bad: dict[str, Any]) -> None:
     cls = require_class(spec)
-    if spec.reference is not None:
-        pytest.skip(f"torch has no {spec.name}: nothing to compare the message with")
     kwargs = {**spec.configs[0], **bad}
     want = _outcome(lambda: spec.torch_class()([torch.randn(3, requires_grad=True)], **kwargs))
     got = _outcome(lambda: cls([torch.randn(3, requires_grad=True)], **kwargs))
