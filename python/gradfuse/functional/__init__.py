@@ -9,9 +9,25 @@ from __future__ import annotations
 import sys
 
 from gradfuse._compile import register_ops
+from gradfuse.functional._losses_elementwise import (
+    binary_cross_entropy_with_logits_with_grad,
+    huber_loss_with_grad,
+    kl_div_with_grad,
+    l1_loss_with_grad,
+    mse_loss_with_grad,
+    smooth_l1_loss_with_grad,
+)
 from gradfuse.functional._optim import sgd_
 
 if "torch" in sys.modules:  # torch.compile support; numpy-only users never load torch
     register_ops()
 
-__all__ = ["sgd_"]
+__all__ = [
+    "binary_cross_entropy_with_logits_with_grad",
+    "huber_loss_with_grad",
+    "kl_div_with_grad",
+    "l1_loss_with_grad",
+    "mse_loss_with_grad",
+    "sgd_",
+    "smooth_l1_loss_with_grad",
+]
