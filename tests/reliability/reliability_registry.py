@@ -319,10 +319,18 @@ class LossSpec:
     kind: str  # "pointwise" (target like input), "logits" (BCE), "kl", "class" (CE/NLL)
     configs: tuple[dict[str, Any], ...]
     branch: str
+    # Known differences from torch, found by these tests and not fixed yet: test key ("fuzz",
+    # "bad:<case>") -> reason. Each becomes a strict xfail, so the test fails again (and the
+    # entry must go) as soon as the difference is fixed.
+    known: dict[str, str] = field(default_factory=dict)
 
     @property
     def id(self) -> str:
         return self.name
+
+    def marks(self, key: str) -> list[Any]:
+        reason = self.known.get(key)
+        return [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
 
     def torch_fn(self) -> Callable[..., torch.Tensor]:
         fn: Callable[..., torch.Tensor] = getattr(torch.nn.functional, self.name)
@@ -369,6 +377,17 @@ def _gf_submodule(name: str) -> Any:
         return None
 
 
+# Differences from torch these tests found in the elementwise losses (reported; see LossSpec.known).
+_NAN_TARGET_L1 = (
+    "a NaN target: torch's L1 gradient is 0 where input - target is NaN (its backward takes "
+    "sign(NaN) = 0); gradfuse's is NaN"
+)
+_ACCEPTS_INT = (
+    "gradfuse accepts an int64 input that torch refuses, and with_grad returns an int64 "
+    "gradient (all zeros)"
+)
+_ACCEPTS_BOOL = "gradfuse accepts a bool input that torch refuses"
+
 LOSSES: list[LossSpec] = [
     LossSpec(
         "mse_loss",
@@ -383,6 +402,10 @@ LOSSES: list[LossSpec] = [
         "pointwise",
         ({}, {"reduction": "sum"}, {"reduction": "none"}),
         "losses_ew",
+        known={
+            "fuzz": _NAN_TARGET_L1,
+            "bad:bool_input": _ACCEPTS_BOOL,
+        },
     ),
     LossSpec(
         "smooth_l1_loss",
@@ -390,6 +413,7 @@ LOSSES: list[LossSpec] = [
         "pointwise",
         ({}, {"beta": 0.5, "reduction": "sum"}, {"beta": 0.0}),
         "losses_ew",
+        known={"fuzz": _NAN_TARGET_L1},
     ),
     LossSpec(
         "huber_loss",
@@ -397,6 +421,10 @@ LOSSES: list[LossSpec] = [
         "pointwise",
         ({}, {"delta": 0.5, "reduction": "sum"}, {"delta": 2.0, "reduction": "none"}),
         "losses_ew",
+        known={
+            "bad:int_input": _ACCEPTS_INT,
+            "bad:bool_input": _ACCEPTS_BOOL,
+        },
     ),
     LossSpec(
         "binary_cross_entropy_with_logits",
@@ -404,6 +432,10 @@ LOSSES: list[LossSpec] = [
         "logits",
         ({}, {"reduction": "sum"}, {"reduction": "none"}),
         "losses_ew",
+        known={
+            "bad:int_input": _ACCEPTS_INT,
+            "bad:bool_input": _ACCEPTS_BOOL,
+        },
     ),
     LossSpec(
         "kl_div",
@@ -411,6 +443,10 @@ LOSSES: list[LossSpec] = [
         "kl",
         ({"reduction": "batchmean"}, {"reduction": "sum"}, {"reduction": "none"}),
         "losses_ew",
+        known={
+            "bad:int_input": _ACCEPTS_INT,
+            "bad:bool_input": _ACCEPTS_BOOL,
+        },
     ),
     LossSpec(
         "cross_entropy",

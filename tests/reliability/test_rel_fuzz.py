@@ -278,7 +278,7 @@ def _loss_test(spec: LossSpec) -> Any:
     return run
 
 
-@pytest.mark.parametrize("spec", LOSSES, ids=lambda s: s.id)
+@pytest.mark.parametrize("spec", [pytest.param(s, id=s.id, marks=s.marks("fuzz")) for s in LOSSES])
 def test_loss_matches_torch_on_random_input(spec: LossSpec) -> None:
     spec.require_with_grad()
     _loss_test(spec)()
