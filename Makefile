@@ -22,7 +22,7 @@ $(VENV)/.ready:
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q scikit-build-core pybind11 ninja cmake numpy pytest hypothesis \
-	    matplotlib ruff mypy clang-format build
+	    matplotlib scikit-learn ruff mypy clang-format build
 	touch $@
 
 venv: $(VENV)/.ready

@@ -6,19 +6,16 @@ every array exactly as it was. Torch is imported only when a torch tensor is see
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 # Integer codes shared with src/gradfuse/dtype.h (gf::DType).
 DTYPE_CODES: dict[str, int] = {"float32": 0, "float64": 1, "float16": 2, "bfloat16": 3}
 SUPPORTED_DTYPES = "float32, float64, float16 or bfloat16"
 
 
-@dataclass(frozen=True)
-class Buffer:
+class Buffer(NamedTuple):
     """A dense array as the native core sees it: an address, a size, a dtype, a device."""
 
     obj: Any  # the array itself (keeps the memory alive, and is what users passed)
@@ -46,14 +43,7 @@ class Buffer:
         return self.numel * self.itemsize
 
     def describe(self) -> str:
-        return f"shape {self.shape}, dtype {self.dtype}, device {self.device_str}"
-
-
-@functools.cache
-def _cuda_compiled() -> bool:
-    from gradfuse._native import core
-
-    return bool(core().build_info()["cuda_compiled"])
+        return f"shape {tuple(self.shape)}, dtype {self.dtype}, device {self.device_str}"
 
 
 def _is_torch_tensor(x: object) -> bool:
@@ -86,17 +76,64 @@ def describe(x: object) -> str:
     return f"{type(x).__name__} of shape {tuple(shape)}, dtype {dtype}, device {device}"
 
 
+# The common case of an optimizer step: a contiguous CPU or CUDA tensor of a supported dtype.
+# An optimizer over a model validates hundreds of tensors per step, so this path costs a handful
+# of attribute reads; anything unusual (or wrong) takes the full path below, which explains it.
+_plain_tensor_types: set[type] = set()
+_fast_dtypes: dict[Any, tuple[str, int]] = {}  # torch.dtype -> (name, itemsize)
+
+
+@functools.cache
+def _cuda_compiled() -> bool:
+    from gradfuse._native import core
+
+    return bool(core().build_info()["cuda_compiled"])
+
+
+def _fast_torch_buffer(t: Any, writable: bool) -> Buffer | None:
+    if type(t) not in _plain_tensor_types:
+        import torch
+
+        if type(t) is not torch.Tensor and type(t) is not torch.nn.Parameter:
+            return None
+        if not _fast_dtypes:
+            for name in DTYPE_CODES:
+                dt = getattr(torch, name)
+                _fast_dtypes[dt] = (name, torch.empty((), dtype=dt).element_size())
+        _plain_tensor_types.add(type(t))
+    info = _fast_dtypes.get(t.dtype)
+    if info is None or t.is_sparse or not t.is_contiguous() or t.is_neg():
+        return None  # the full path explains what is wrong (or handles the layout)
+    if t.is_cpu:
+        device = -1
+    elif t.is_cuda and _cuda_compiled():
+        device = t.get_device()
+    else:
+        return None
+    if writable and t.requires_grad and t.grad_fn is not None:
+        return None
+    ptr = t.data_ptr()
+    itemsize = info[1]
+    if ptr % itemsize:
+        return None
+    shape = t.shape
+    return Buffer(t, ptr, t.numel(), itemsize, info[0], device, shape, t.stride(), True)
+
+
 def as_buffer(x: object, name: str, *, writable: bool) -> Buffer:
     """View ``x`` (a torch tensor or a numpy array) for the native core, or raise.
 
     ``name`` is how the error message refers to the argument (e.g. ``"params[3]"``).
     ``writable`` arrays must be writable in place; others are only read.
     """
+    fast = _fast_torch_buffer(x, writable)
+    if fast is not None:
+        return fast
     if _is_torch_tensor(x):
         if _is_dtensor(x):
             local, sharding = _dtensor_local(x, name)
             buf = _torch_buffer(local, name, writable=writable)
-            return dataclasses.replace(buf, sharding=sharding)
+            return buf._replace(sharding=sharding)
         return _torch_buffer(x, name, writable=writable)
     if type(x).__module__ == "numpy" and type(x).__name__ == "ndarray":
         return _numpy_buffer(x, name, writable=writable)
@@ -239,6 +276,8 @@ def _check_aligned(name: str, ptr: int, itemsize: int, what: str) -> None:
 
 def check_same_layout(ref: Buffer, ref_name: str, other: Buffer, other_name: str) -> None:
     """``other`` must match ``ref`` in shape, dtype, device and kind of array."""
+    ref = ref._replace(shape=tuple(ref.shape))
+    other = other._replace(shape=tuple(other.shape))
     if other.shape != ref.shape:
         raise ValueError(
             f"{other_name} has shape {other.shape} but {ref_name} has shape {ref.shape}"
@@ -266,17 +305,35 @@ def check_same_layout(ref: Buffer, ref_name: str, other: Buffer, other_name: str
         )
 
 
+def find_overlap(
+    buffers: Sequence[Buffer | None], written: Callable[[int], bool]
+) -> tuple[int, int] | None:
+    """Indices of two buffers that share memory where at least one is ``written`` (by index),
+    or None. Sorted by (device, start address), an overlap always shows against the buffer
+    with the furthest end seen so far on the same device."""
+    spans = sorted(
+        (b.device, b.ptr, b.ptr + b.numel * b.itemsize, k)
+        for k, b in enumerate(buffers)
+        if b is not None and b.numel
+    )
+    far_end, far_k, far_device = -1, -1, None
+    for device, start, end, k in spans:
+        if device == far_device and start < far_end and (written(k) or written(far_k)):
+            return far_k, k
+        if device != far_device or end > far_end:
+            far_end, far_k, far_device = end, k, device
+    return None
+
+
+def raise_overlap(a: str, b: str) -> None:
+    raise ValueError(
+        f"{b} and {a} share memory; every tensor updated in place must be distinct from all "
+        f"other tensors in the call (pass each parameter once)"
+    )
+
+
 def check_no_overlap(named: Sequence[tuple[str, Buffer]], written: set[str]) -> None:
     """Refuse any written buffer that shares memory with another buffer of the same call."""
-    spans = sorted((b.device, b.ptr, b.ptr + b.nbytes, n) for n, b in named if b.nbytes > 0)
-    # After sorting by start address, an overlap always shows between neighbours in the sweep
-    # of the furthest end seen so far.
-    far_end, far_name, far_device = -1, "", None
-    for device, start, end, n in spans:
-        if device == far_device and start < far_end and (n in written or far_name in written):
-            raise ValueError(
-                f"{n} and {far_name} share memory; every tensor updated in place must be "
-                f"distinct from all other tensors in the call (pass each parameter once)"
-            )
-        if device != far_device or end > far_end:
-            far_end, far_name, far_device = end, n, device
+    clash = find_overlap([b for _, b in named], lambda k: named[k][0] in written)
+    if clash is not None:
+        raise_overlap(named[clash[0]][0], named[clash[1]][0])

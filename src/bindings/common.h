@@ -89,6 +89,8 @@ inline void run(void (*cpu_fn)(const Args&), CudaFn cuda_fn, const Args& args) {
 
 // Registration functions, one per binding file.
 void register_optim(py::module_& m);
+void register_optim_adam(py::module_& m);
 void register_losses(py::module_& m);
+void register_losses_softmax(py::module_& m);
 
 }  // namespace gf

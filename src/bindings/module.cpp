@@ -62,5 +62,7 @@ PYBIND11_MODULE(_core, m) {
   });
 
   register_optim(m);
+  register_optim_adam(m);
   register_losses(m);
+  register_losses_softmax(m);
 }

@@ -68,6 +68,36 @@ GF_INLINE void store_slot(const OpT* v, T* GF_RESTRICT p, std::int64_t i) {
   if constexpr (Op::kDepth > D && kSlotBit<Op::kWrites, D>) math::store(p, i, v[D]);
 }
 
+// The element loop of one span of one tensor. The slot pointers are restrict-qualified
+// *parameters*: GCC honours restrict on parameters (also after inlining) but not on local
+// variables, and without it a rule with several written slots (Adam: param, exp_avg, exp_avg_sq)
+// needs more runtime overlap checks than the vectorizer allows and stays scalar. The Python layer
+// refuses aliased tensors, so the promise holds. Slots beyond Op::kDepth are null, never touched.
+template <typename T, typename Op>
+GF_INLINE void map_span(T* GF_RESTRICT p0, T* GF_RESTRICT p1, T* GF_RESTRICT p2, T* GF_RESTRICT p3,
+                        T* GF_RESTRICT p4, T* GF_RESTRICT p5, std::int64_t b, std::int64_t e,
+                        const Op& op, OpMath<T> inv_scale, OpMath<T> clip_coef) {
+  using OpT = OpMath<T>;
+  constexpr int kGradSlot = Op::kGradSlot;
+  for (std::int64_t i = b; i < e; ++i) {
+    OpT v[kMaxDepth] = {};
+    load_slot<Op, 0>(v, p0, i);
+    load_slot<Op, 1>(v, p1, i);
+    load_slot<Op, 2>(v, p2, i);
+    load_slot<Op, 3>(v, p3, i);
+    load_slot<Op, 4>(v, p4, i);
+    load_slot<Op, 5>(v, p5, i);
+    if constexpr (kGradSlot >= 0) v[kGradSlot] = (v[kGradSlot] * inv_scale) * clip_coef;
+    op(v);
+    store_slot<Op, 0>(v, p0, i);
+    store_slot<Op, 1>(v, p1, i);
+    store_slot<Op, 2>(v, p2, i);
+    store_slot<Op, 3>(v, p3, i);
+    store_slot<Op, 4>(v, p4, i);
+    store_slot<Op, 5>(v, p5, i);
+  }
+}
+
 // Elementwise multi-tensor update: for every element, load the slots Op reads (converted to
 // opmath), apply the shared per-element rule, store the slots it writes (rounded to T).
 // Op provides kDepth (slots per tensor), kReads and kWrites (bit d = slot d), kGradSlot (the
@@ -85,31 +115,9 @@ void map_elements(const TensorList& tl, const Op& op) {
       gs.grad_scale ? OpT(static_cast<float>(1.0 / static_cast<double>(*gs.grad_scale))) : OpT(1);
   const OpT clip_coef = gs.clip_coef ? OpT(*gs.clip_coef) : OpT(1);
   for_each_span(tl, [&](std::int64_t t, std::int64_t b, std::int64_t e) {
-    // One restrict pointer per slot, so the compiler knows the slots do not alias (the Python
-    // layer refuses aliased tensors) and vectorizes without runtime overlap checks.
-    T* GF_RESTRICT p0 = tl.ptr<T>(0, t);
-    T* GF_RESTRICT p1 = kDepth > 1 ? tl.ptr<T>(1, t) : nullptr;
-    T* GF_RESTRICT p2 = kDepth > 2 ? tl.ptr<T>(2, t) : nullptr;
-    T* GF_RESTRICT p3 = kDepth > 3 ? tl.ptr<T>(3, t) : nullptr;
-    T* GF_RESTRICT p4 = kDepth > 4 ? tl.ptr<T>(4, t) : nullptr;
-    T* GF_RESTRICT p5 = kDepth > 5 ? tl.ptr<T>(5, t) : nullptr;
-    for (std::int64_t i = b; i < e; ++i) {
-      OpT v[kMaxDepth] = {};
-      load_slot<Op, 0>(v, p0, i);
-      load_slot<Op, 1>(v, p1, i);
-      load_slot<Op, 2>(v, p2, i);
-      load_slot<Op, 3>(v, p3, i);
-      load_slot<Op, 4>(v, p4, i);
-      load_slot<Op, 5>(v, p5, i);
-      if constexpr (kGradSlot >= 0) v[kGradSlot] = (v[kGradSlot] * inv_scale) * clip_coef;
-      op(v);
-      store_slot<Op, 0>(v, p0, i);
-      store_slot<Op, 1>(v, p1, i);
-      store_slot<Op, 2>(v, p2, i);
-      store_slot<Op, 3>(v, p3, i);
-      store_slot<Op, 4>(v, p4, i);
-      store_slot<Op, 5>(v, p5, i);
-    }
+    auto slot = [&](int d) { return kDepth > d ? tl.ptr<T>(d, t) : nullptr; };
+    map_span<T>(slot(0), slot(1), slot(2), slot(3), slot(4), slot(5), b, e, op, inv_scale,
+                clip_coef);
   });
 }
 

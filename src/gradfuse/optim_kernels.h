@@ -1,6 +1,7 @@
 // Arguments of the optimizer kernels, one plain struct each, and their X-macro list.
 #pragma once
 
+#include "gradfuse/math/adam.h"
 #include "gradfuse/math/sgd.h"
 #include "gradfuse/tensor_list.h"
 
@@ -17,6 +18,45 @@ struct SgdArgs {
   bool maximize;
 };
 
+// Adam / AdamW: slots param, grad, exp_avg, exp_avg_sq[, max_exp_avg_sq].
+struct AdamArgs {
+  TensorList tensors;
+  math::AdamHyper hyper;
+  int weight_decay_mode;  // math::WeightDecayMode
+  bool amsgrad;
+  bool maximize;
+};
+
+// Adamax: slots param, grad, exp_avg, exp_inf.
+struct AdamaxArgs {
+  TensorList tensors;
+  math::AdamaxHyper hyper;
+  bool weight_decay;  // weight_decay != 0
+  bool maximize;
+};
+
+// NAdam: slots param, grad, exp_avg, exp_avg_sq.
+struct NadamArgs {
+  TensorList tensors;
+  math::NadamHyper hyper;
+  int weight_decay_mode;  // math::WeightDecayMode
+  bool maximize;
+};
+
+// RAdam: slots param, grad, exp_avg, exp_avg_sq.
+struct RadamArgs {
+  TensorList tensors;
+  math::RadamHyper hyper;
+  int weight_decay_mode;  // math::WeightDecayMode
+  bool maximize;
+  bool rectify;  // rho_t > 5 this step
+};
+
 }  // namespace gf
 
-#define GF_OPTIM_KERNELS(X) X(sgd, SgdArgs)
+#define GF_OPTIM_KERNELS(X) \
+  X(sgd, SgdArgs)           \
+  X(adam, AdamArgs)         \
+  X(adamax, AdamaxArgs)     \
+  X(nadam, NadamArgs)       \
+  X(radam, RadamArgs)

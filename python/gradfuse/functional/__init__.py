@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 from gradfuse._compile import register_ops
+from gradfuse.functional._adam import adam_, adamax_, adamw_, nadam_, radam_
 from gradfuse.functional._losses_elementwise import (
     binary_cross_entropy_with_logits_with_grad,
     huber_loss_with_grad,
@@ -17,17 +18,25 @@ from gradfuse.functional._losses_elementwise import (
     mse_loss_with_grad,
     smooth_l1_loss_with_grad,
 )
+from gradfuse.functional._losses_softmax import cross_entropy_with_grad, nll_loss_with_grad
 from gradfuse.functional._optim import sgd_
 
 if "torch" in sys.modules:  # torch.compile support; numpy-only users never load torch
     register_ops()
 
 __all__ = [
+    "adam_",
+    "adamax_",
+    "adamw_",
     "binary_cross_entropy_with_logits_with_grad",
+    "cross_entropy_with_grad",
     "huber_loss_with_grad",
     "kl_div_with_grad",
     "l1_loss_with_grad",
     "mse_loss_with_grad",
+    "nadam_",
+    "nll_loss_with_grad",
+    "radam_",
     "sgd_",
     "smooth_l1_loss_with_grad",
 ]

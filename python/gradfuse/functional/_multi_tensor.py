@@ -113,20 +113,33 @@ def prepare(
                 f"{len(values)} {name} for {n} {names[0]}"
             )
     written_set = set(written)
+    fast = _buffers._fast_torch_buffer
     buffers: list[Buffer | None] = []
     for name, values in slots:
+        writable = name in written_set
         for i, x in enumerate(values):
-            buffers.append(
-                None
-                if x is None
-                else _buffers.as_buffer(x, f"{op}: {name}[{i}]", writable=name in written_set)
-            )
+            if x is None:
+                buffers.append(None)
+            else:  # the message is only formatted on the full (slow, or failing) path
+                b = fast(x, writable)
+                buffers.append(
+                    b
+                    if b is not None
+                    else _buffers.as_buffer(x, f"{op}: {name}[{i}]", writable=writable)
+                )
     for d, (name, _) in enumerate(slots[1:], start=1):
         for i in range(n):
             ref, other = buffers[i], buffers[d * n + i]
             if other is None or ref is None:
                 continue
-            _buffers.check_same_layout(ref, f"{op}: {names[0]}[{i}]", other, f"{name}[{i}]")
+            if not (
+                other.shape == ref.shape
+                and other.dtype == ref.dtype
+                and other.device == ref.device
+                and other.is_torch == ref.is_torch
+                and other.sharding == ref.sharding
+            ):
+                _buffers.check_same_layout(ref, f"{names[0]}[{i}]", other, f"{op}: {name}[{i}]")
             if other.strides != ref.strides:
                 if name in written_set:
                     raise ValueError(
@@ -137,10 +150,11 @@ def prepare(
                 buffers[d * n + i] = _buffers.as_buffer(
                     _copy_like(ref, other), f"{op}: {name}[{i}]", writable=False
                 )
-    _buffers.check_no_overlap(
-        [(f"{op}: {names[k // n]}[{k % n}]", b) for k, b in enumerate(buffers) if b is not None],
-        {f"{op}: {name}[{i}]" for name in written_set for i in range(n)},
-    )
+    written_slots = [name in written_set for name in names]
+    clash = _buffers.find_overlap(buffers, lambda k: written_slots[k // n] if n else False)
+    if clash is not None:
+        a, b = (f"{op}: {names[k // n]}[{k % n}]" for k in clash)
+        _buffers.raise_overlap(a, b)
     return buffers
 
 

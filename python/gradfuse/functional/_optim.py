@@ -13,6 +13,7 @@ from typing import Any
 from gradfuse import _buffers, _native
 from gradfuse._compile import traceable
 from gradfuse.functional._multi_tensor import GradScaling, group, prepare
+from gradfuse.functional._steps import found_inf_is_set
 
 
 def to_float(value: Any, name: str) -> float:
@@ -93,6 +94,10 @@ def sgd_(
     first = [False] * n
     if has_momentum:
         assert momentum_buffers is not None
+        if any(b is None for b in buffers[2 * n :]) and found_inf_is_set(found_inf):
+            # A new buffer is initialised from this step's gradient; with AMP's inf/NaN verdict
+            # there is none to take, so nothing is created (read on the host, first steps only).
+            return
         for i in range(n):
             if buffers[2 * n + i] is None:
                 new = _empty_like(params[i])

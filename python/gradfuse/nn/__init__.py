@@ -14,13 +14,16 @@ from gradfuse.nn._elementwise import (
     MSELoss,
     SmoothL1Loss,
 )
+from gradfuse.nn._softmax import CrossEntropyLoss, NLLLoss
 
 __all__ = [
     "BCEWithLogitsLoss",
+    "CrossEntropyLoss",
     "HuberLoss",
     "KLDivLoss",
     "L1Loss",
     "MSELoss",
+    "NLLLoss",
     "SmoothL1Loss",
     "functional",
 ]

@@ -10,12 +10,15 @@ from gradfuse.nn._elementwise import (
     mse_loss,
     smooth_l1_loss,
 )
+from gradfuse.nn._softmax import cross_entropy, nll_loss
 
 __all__ = [
     "binary_cross_entropy_with_logits",
+    "cross_entropy",
     "huber_loss",
     "kl_div",
     "l1_loss",
     "mse_loss",
+    "nll_loss",
     "smooth_l1_loss",
 ]

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from gradfuse._compile import register_ops
+from gradfuse.optim.adam import Adam
+from gradfuse.optim.adamax import Adamax
+from gradfuse.optim.adamw import AdamW
+from gradfuse.optim.nadam import NAdam
+from gradfuse.optim.radam import RAdam
 from gradfuse.optim.sgd import SGD
 
 register_ops()  # torch.compile support: define the custom op before anything is traced
 
-__all__ = ["SGD"]
+__all__ = ["SGD", "Adam", "AdamW", "Adamax", "NAdam", "RAdam"]

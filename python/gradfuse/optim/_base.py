@@ -43,3 +43,78 @@ def check_fused_foreach(fused: bool | None, foreach: bool | None, differentiable
             raise RuntimeError("`fused` does not support `differentiable`")
         if foreach:
             raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+
+
+def grad_scaling(optimizer: Any) -> dict[str, Any]:
+    """The GradScaling keyword arguments of one ``step()``, for the functional call.
+
+    torch.amp.GradScaler sees ``_step_supports_amp_scaling = True`` on every gradfuse optimizer
+    and, instead of unscaling the gradients itself, sets ``optimizer.grad_scale`` (None when the
+    user already called ``scaler.unscale_``) and ``optimizer.found_inf`` for the duration of
+    ``step()``. The kernels then divide the gradients by ``grad_scale`` inside the update pass,
+    and a nonzero ``found_inf`` makes the step change nothing (params, state and ``step``).
+    """
+    return {
+        "grad_scale": getattr(optimizer, "grad_scale", None),
+        "found_inf": getattr(optimizer, "found_inf", None),
+    }
+
+
+def real_view(t: Tensor) -> Tensor:
+    """Complex tensors are updated through their real view, as torch's for-loop does."""
+    import torch
+
+    return torch.view_as_real(t) if torch.is_complex(t) else t
+
+
+def check_capturable(
+    capturable: bool, params: list[Tensor], *counters: list[Tensor], what: str = "state_steps"
+) -> None:
+    """torch's check (and message) for capturable=True: params and their step tensors must live
+    on a device that supports graph capture (not the CPU). Checked before anything changes."""
+    import torch
+
+    # As torch: under torch.compile the compiler handles the cudagraph checks (dynamo may set
+    # capturable=True on the groups of an optimizer it compiles).
+    if not capturable or torch.compiler.is_compiling():
+        return
+    from torch.optim.optimizer import _get_capturable_supported_devices
+
+    supported = _get_capturable_supported_devices()
+    for i, p in enumerate(params):
+        devices = {p.device.type, *(c[i].device.type for c in counters)}
+        if len(devices) != 1 or p.device.type not in supported:
+            raise AssertionError(
+                f"If capturable=True, {what} must be on supported devices: {supported}."
+            )
+
+
+def scalar_state(
+    value: float, device: Any, on_device: bool, *, fused: bool | None = None
+) -> Tensor:
+    """A 0-dim state scalar (``step``, ``mu_product``) placed and typed exactly as torch does:
+    on the param's device when capturable (or fused), else on the CPU."""
+    import torch
+
+    # torch.optim.optimizer._get_scalar_dtype: float32 when fused, else float64 only under a
+    # float64 default dtype.
+    default = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+    if on_device:
+        return torch.full((), value, dtype=torch.float32 if fused else default, device=device)
+    return torch.tensor(value, dtype=default)
+
+
+def upgrade_scalar_state(
+    optimizer: Any, key: str, on_device: Any, *, fused_key: str | None = None
+) -> None:
+    """torch's ``__setstate__`` conversion of a Python-number state scalar to a tensor."""
+    import torch
+
+    for group in optimizer.param_groups:
+        fused = group.get(fused_key) if fused_key else None
+        for p in group["params"]:
+            p_state = optimizer.state.get(p, [])
+            if len(p_state) != 0 and not torch.is_tensor(p_state[key]):
+                p_state[key] = scalar_state(
+                    float(p_state[key]), p.device, bool(on_device(group)), fused=fused
+                )

@@ -11,7 +11,13 @@ from torch.optim import sgd as torch_sgd
 from torch.optim.optimizer import Optimizer, ParamsT
 
 from gradfuse.functional._optim import sgd_
-from gradfuse.optim._base import check_fused_foreach, params_with_grad, refuse_differentiable
+from gradfuse.functional._steps import found_inf_is_set
+from gradfuse.optim._base import (
+    check_fused_foreach,
+    grad_scaling,
+    params_with_grad,
+    refuse_differentiable,
+)
 
 
 class SGD(Optimizer):
@@ -24,7 +30,10 @@ class SGD(Optimizer):
     ``foreach`` and ``fused`` are accepted for compatibility and change nothing: the step is
     always fused. ``differentiable=True`` raises NotImplementedError. Groups with sparse
     gradients take torch's own single-tensor path, which is what torch supports for them.
+    AMP: torch.amp.GradScaler unscales inside the update (``_step_supports_amp_scaling``).
     """
+
+    _step_supports_amp_scaling = True
 
     def __init__(
         self,
@@ -87,6 +96,7 @@ class SGD(Optimizer):
             with torch.enable_grad():
                 loss = closure()
 
+        scaling = grad_scaling(self)
         for group in self.param_groups:
             params, grads, sparse = params_with_grad(group)
             momentum = group["momentum"]
@@ -94,7 +104,13 @@ class SGD(Optimizer):
                 [self.state[p].get("momentum_buffer") for p in params] if momentum != 0 else []
             )
             if sparse:
-                # torch's single-tensor SGD is the path torch itself offers for sparse grads.
+                # torch's single-tensor SGD is the path torch itself offers for sparse grads;
+                # AMP's unscale and skip are done here, as GradScaler would have done them.
+                if found_inf_is_set(scaling["found_inf"]):
+                    continue
+                if scaling["grad_scale"] is not None:
+                    inv_scale = scaling["grad_scale"].double().reciprocal().float()
+                    grads = [g * inv_scale.to(g.device) for g in grads]
                 torch_sgd.sgd(
                     params,
                     grads,
@@ -120,8 +136,10 @@ class SGD(Optimizer):
                     weight_decay=group["weight_decay"],
                     nesterov=group["nesterov"],
                     maximize=group["maximize"],
+                    **scaling,
                 )
             if momentum != 0:
                 for p, buf in zip(params, buffers, strict=True):
-                    self.state[p]["momentum_buffer"] = buf
+                    if buf is not None:  # None: an AMP-skipped first step created nothing
+                        self.state[p]["momentum_buffer"] = buf
         return loss

@@ -1,0 +1,152 @@
+"""Every numeric tolerance gradfuse is judged by, in one table (DESIGN.md §7).
+
+Shipped with the package so that ``gradfuse check`` applies on a user's machine exactly the
+numbers the test suite applies in CI; ``tests/tolerances.py`` re-exports this module. A looser
+number needs a row here with a comment saying why; nothing writes a tolerance inline.
+
+Imports torch: only ``gradfuse check`` and the tests load this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Tol:
+    rtol: float
+    atol: float
+
+    def __str__(self) -> str:
+        return f"rtol {self.rtol:.0e}, atol {self.atol:.0e}"
+
+
+# One optimizer step against torch's for-loop reference in the same dtype. float64 agrees to
+# rounding; float32 to an ulp or two (torch's CPU kernels fuse some multiply-adds, gradfuse's
+# CPU rule is compiled without contraction).
+STEP: dict[torch.dtype, Tol] = {
+    torch.float64: Tol(rtol=1e-12, atol=1e-14),
+    torch.float32: Tol(rtol=4e-7, atol=1e-7),
+}
+
+# Trajectories of many steps against torch's for-loop reference (foreach=False) in the same
+# dtype: per-step ulp differences accumulate (DESIGN.md §7: float32 within 1e-5 relative).
+TRAJECTORY: dict[torch.dtype, Tol] = {
+    torch.float64: Tol(rtol=1e-12, atol=1e-13),
+    torch.float32: Tol(rtol=1e-5, atol=1e-6),
+}
+
+# float16 / bfloat16: gradfuse computes in float32 and rounds once per stored value, torch's
+# for-loop rounds after every operation. Both are compared with a float64 run from the same
+# start; gradfuse's error may be at most LOW_PRECISION_FACTOR times torch's own error, plus
+# LOW_PRECISION_ULPS units of the dtype's epsilon times the reference magnitude (so that a
+# torch error that happens to be exactly zero does not demand perfection).
+LOW_PRECISION_FACTOR = 2.0
+LOW_PRECISION_ULPS = 2.0
+LOW_PRECISION_DTYPES = (torch.float16, torch.bfloat16)
+
+# Loss values and input gradients against torch.nn.functional + autograd, same dtype.
+LOSS: dict[torch.dtype, Tol] = {
+    torch.float64: Tol(rtol=1e-12, atol=1e-14),
+    torch.float32: Tol(rtol=2e-6, atol=1e-7),
+    torch.float16: Tol(rtol=1e-3, atol=1e-5),
+    torch.bfloat16: Tol(rtol=1.6e-2, atol=1e-5),
+}
+
+# The same inputs through the CPU and the CUDA kernels (one shared rule): a few ulp.
+CPU_VS_CUDA: dict[torch.dtype, Tol] = {
+    torch.float64: Tol(rtol=1e-13, atol=1e-15),
+    torch.float32: Tol(rtol=5e-6, atol=1e-7),
+    torch.float16: Tol(rtol=1e-3, atol=1e-5),
+    torch.bfloat16: Tol(rtol=8e-3, atol=1e-5),
+}
+
+# A whole training run (examples/train_digits.py: a float32 MLP, matmuls, a loss and an
+# optimizer) with gradfuse's optimizer and loss beside torch's, same seed and batches: the
+# per-step loss curves. Each step's ulp-level differences in the update feed back through the
+# next forward pass and its matmuls, so the curves drift further apart than a single kernel's
+# trajectory does; 1e-4 relative still fails on any real difference in the rule (a wrong
+# bias correction or weight decay moves the curve by percents within a few steps).
+TRAINING_CURVE = Tol(rtol=1e-4, atol=1e-6)
+
+
+def max_errors(actual: torch.Tensor, expected: torch.Tensor) -> tuple[float, float]:
+    """(max absolute, max relative) elementwise difference, computed in float64; NaNs in the
+    same places count as equal, a NaN in one of them only is an infinite error."""
+    if actual.numel() == 0:
+        return 0.0, 0.0
+    a = actual.detach().double().cpu()
+    e = expected.detach().double().cpu()
+    both_nan = torch.isnan(a) & torch.isnan(e)
+    diff = (a - e).abs()
+    diff = torch.where(both_nan, torch.zeros_like(diff), diff)
+    diff = torch.where(torch.isnan(diff), torch.full_like(diff, float("inf")), diff)
+    rel = diff / e.abs().clamp_min(torch.finfo(torch.float64).tiny)
+    rel = torch.where(diff == 0, torch.zeros_like(rel), rel)
+    return float(diff.max()), float(rel.max())
+
+
+def within(actual: torch.Tensor, expected: torch.Tensor, tol: Tol) -> bool:
+    """``torch.testing.assert_close``'s criterion (|a - e| <= atol + rtol |e|), as a bool."""
+    try:
+        assert_close(actual, expected, tol)
+    except AssertionError:
+        return False
+    return True
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: Tol, msg: str = "") -> None:
+    torch.testing.assert_close(
+        actual, expected, rtol=tol.rtol, atol=tol.atol, equal_nan=True, msg=lambda m: f"{msg}\n{m}"
+    )
+
+
+def _error_vs(x: torch.Tensor, ref: torch.Tensor) -> float:
+    """Max |x - ref| over the elements where ``ref`` is a number; equal infinities count as
+    0, and a NaN where ``ref`` has none (or a number where ``ref`` is NaN) as infinite."""
+    x = x.detach().double().cpu()
+    ref_nan = torch.isnan(ref)
+    if bool((torch.isnan(x) != ref_nan).any()):
+        return float("inf")
+    keep = ~ref_nan
+    if not bool(keep.any()):
+        return 0.0
+    xs, rs = x[keep], ref[keep]
+    diff = torch.where(xs == rs, torch.zeros_like(xs), (xs - rs).abs())
+    return float(diff.max())
+
+
+def low_precision_bound(
+    ours: torch.Tensor, theirs: torch.Tensor, reference: torch.Tensor
+) -> tuple[float, float, float]:
+    """(our error, torch's error, the bound our error must stay within) against the float64
+    ``reference``, as ``assert_low_precision`` judges them. Where torch itself produces a NaN
+    or an infinity that the float64 run does not (an fp16 underflow, say), torch's error is
+    infinite and so is the bound."""
+    assert ours.dtype == theirs.dtype
+    eps = torch.finfo(ours.dtype).eps
+    ref = reference.detach().double().cpu()
+    if ref.numel() == 0:
+        return 0.0, 0.0, 0.0
+    our_err = _error_vs(ours, ref)
+    their_err = _error_vs(theirs, ref)
+    finite = ref[torch.isfinite(ref)]
+    scale = float(finite.abs().max()) if finite.numel() else 0.0
+    bound = LOW_PRECISION_FACTOR * their_err + LOW_PRECISION_ULPS * eps * scale
+    return our_err, their_err, bound
+
+
+def assert_low_precision(
+    ours: torch.Tensor, theirs: torch.Tensor, reference: torch.Tensor, msg: str = ""
+) -> None:
+    """``ours`` (16-bit) is at most LOW_PRECISION_FACTOR x as far from the float64
+    ``reference`` as torch's own result ``theirs`` in the same dtype, elementwise-max."""
+    our_err, their_err, bound = low_precision_bound(ours, theirs, reference)
+    finite = reference.double()[torch.isfinite(reference.double())]
+    scale = finite.abs().max().item() if finite.numel() else 0.0
+    assert our_err <= bound, (
+        f"{msg}: max error {our_err:.3g} vs float64 exceeds {LOW_PRECISION_FACTOR}x torch's "
+        f"{their_err:.3g} (+{LOW_PRECISION_ULPS} eps x {scale:.3g})"
+    )

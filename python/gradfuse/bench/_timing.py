@@ -1,0 +1,109 @@
+"""Clocks and the bandwidth ceiling.
+
+CPU: ``time.perf_counter`` around one sample. CUDA: events recorded on the current stream,
+read after the end event completes. A sample is ``inner`` back-to-back calls (enough for a
+sample to last about ``MIN_SAMPLE_S``), each on the next rotation copy of the inputs.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+MIN_SAMPLE_S = 2e-3
+MAX_INNER = 1000
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def time_sample(call: Callable[[int], None], first: int, inner: int, device: str) -> float:
+    """Seconds per call over ``inner`` calls on copies ``first, first + 1, ...``."""
+    if device == "cuda":
+        import torch
+
+        start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+        end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+        start.record()
+        for k in range(inner):
+            call(first + k)
+        end.record()
+        end.synchronize()
+        return float(start.elapsed_time(end)) / 1e3 / inner
+    t0 = time.perf_counter()
+    for k in range(inner):
+        call(first + k)
+    return (time.perf_counter() - t0) / inner
+
+
+def inner_count(seconds_per_call: float) -> int:
+    if seconds_per_call <= 0:
+        return MAX_INNER
+    return max(1, min(MAX_INNER, int(MIN_SAMPLE_S / seconds_per_call + 0.999)))
+
+
+def peak_extra_memory(call: Callable[[int], None], device: str) -> int | None:
+    """CUDA only: bytes allocated beyond what was live before one call, at its peak."""
+    if device != "cuda":
+        return None
+    import torch
+
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    call(0)
+    torch.cuda.synchronize()
+    return int(torch.cuda.max_memory_allocated() - base)
+
+
+def cache_bytes(device: str, llc_bytes: int) -> int:
+    """The largest cache the data could hide in: the CPU's last level, or the GPU's L2."""
+    if device == "cuda":
+        import torch
+
+        l2 = int(getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 0) or 0)
+        return l2 or 64 << 20
+    return llc_bytes
+
+
+def ceiling(device: str, llc_bytes: int, quick: bool, repeat: int) -> dict[str, Any]:
+    """The machine's in-place stream bandwidth: ``a.mul_(s)`` (one read and one write of 4-byte
+    floats, 8 B/element) over a buffer 16x the last-level cache (at least 256 MiB; 4x and
+    128 MiB in ``--quick``), s alternating between 1.0001 and 1/1.0001 so the values stay put. Uses torch's
+    thread pool, set to the same thread count as gradfuse's."""
+    import torch
+
+    cache = cache_bytes(device, llc_bytes)
+    factor = 4 if quick else 16
+    nbytes = max(factor * cache, (128 if quick else 256) << 20)
+    n = nbytes // 4
+    a = torch.rand(n, device=device).add_(0.5)  # never zeros: values in [0.5, 1.5)
+    scales = (1.0001, 1.0 / 1.0001)
+    moved = 2 * 4 * n
+
+    def stream(k: int) -> None:
+        a.mul_(scales[k % 2])
+
+    for k in range(2):
+        stream(k)
+    samples = [time_sample(stream, k, 1, device) for k in range(max(repeat, 5))]
+    med = statistics.median(samples)
+    return {
+        "device": device,
+        "kernel": "in-place a.mul_(s), torch, float32",
+        "bytes_per_element": 8,
+        "buffer_bytes": int(4 * n),
+        "cache_bytes": int(cache),
+        "bytes_moved": int(moved),
+        "samples_s": samples,
+        "median_s": med,
+        "gbps": moved / med / 1e9,
+        "best_gbps": moved / min(samples) / 1e9,
+        "threads": torch.get_num_threads(),
+    }

@@ -1,0 +1,107 @@
+"""Per-parameter scalar counters (``step``, NAdam's ``mu_product``) and the AMP skip decision.
+
+torch keeps each parameter's ``step`` as a 0-dim tensor that the update increments in place
+and then reads on the host (``_get_value``) to compute bias corrections. The functional layer
+accepts the same tensors, 0-dim numpy arrays (updated in place too), or plain numbers in a
+mutable list (the entry is replaced).
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableSequence, Sequence
+from typing import Any
+
+from gradfuse import _buffers
+
+
+def check_counters(op: str, name: str, counters: Sequence[Any], n: int, params_name: str) -> None:
+    """Every entry is a number or a 1-element tensor/array; one entry per param."""
+    if len(counters) != n:
+        raise ValueError(
+            f"{op}: expected one entry of {name} per entry of {params_name}, got "
+            f"{len(counters)} {name} for {n} {params_name}"
+        )
+    for i, c in enumerate(counters):
+        if isinstance(c, bool) or not (
+            isinstance(c, (int, float)) or (_is_array(c) and _numel(c) == 1)
+        ):
+            raise TypeError(
+                f"{op}: {name}[{i}] must be a number or a 1-element tensor/array, got "
+                f"{_buffers.describe(c)}"
+            )
+    if any(not _is_array(c) for c in counters) and not isinstance(counters, MutableSequence):
+        raise TypeError(
+            f"{op}: {name} holds plain numbers, so it must be a mutable sequence (a list) to "
+            f"be updated in place"
+        )
+
+
+def _is_array(x: Any) -> bool:
+    return _buffers._is_torch_tensor(x) or type(x).__name__ == "ndarray"
+
+
+def _numel(x: Any) -> int:
+    n = x.numel() if _buffers._is_torch_tensor(x) else x.size
+    return int(n)
+
+
+def value(x: Any) -> float:
+    """The host value of a counter (torch's ``_get_value``: a device sync for CUDA tensors)."""
+    if _is_array(x):
+        return float(x.item())
+    return float(x)
+
+
+def increment(counters: MutableSequence[Any] | Sequence[Any], i: int) -> float:
+    """``counters[i] += 1`` in place, as torch's ``step_t += 1``; returns the new value."""
+    c = counters[i]
+    if _is_array(c):
+        c += 1
+        return value(c)
+    assert isinstance(counters, MutableSequence)
+    counters[i] = c + 1
+    return float(counters[i])
+
+
+def increment_all(counters: MutableSequence[Any] | Sequence[Any]) -> list[float]:
+    """:func:`increment` for every entry; returns the new values.
+
+    When every counter is a torch tensor of one device, dtype and shape (the optimizers' case),
+    this is one ``_foreach_add_`` and one host read for the whole list (a single device sync
+    for capturable CUDA steps) instead of a tensor op and a read per parameter.
+    """
+    if counters and all(_buffers._is_torch_tensor(c) for c in counters):
+        first = counters[0]
+        if all(
+            c.device == first.device and c.dtype == first.dtype and c.shape == first.shape
+            for c in counters
+        ):
+            import torch
+
+            torch._foreach_add_(list(counters), 1)
+            return [float(v) for v in torch.stack(list(counters)).reshape(-1).tolist()]
+    return [increment(counters, i) for i in range(len(counters))]
+
+
+def multiply(counters: MutableSequence[Any] | Sequence[Any], i: int, factor: float) -> float:
+    """``counters[i] *= factor`` in place (NAdam's ``mu_product *= mu``); returns the new value.
+
+    A float32 tensor keeps torch's rounding: the product is rounded to float32, and the value
+    read back is that float32 number, exactly what torch's NAdam uses next.
+    """
+    c = counters[i]
+    if _is_array(c):
+        c *= factor
+        return value(c)
+    assert isinstance(counters, MutableSequence)
+    counters[i] = c * factor
+    return float(counters[i])
+
+
+def found_inf_is_set(found_inf: Any) -> bool:
+    """Whether AMP found an inf/NaN gradient (read on the host: a device sync for CUDA).
+
+    Optimizers that count steps need the answer before they compute the step's bias
+    corrections, so a skipped step leaves every counter untouched.
+    """
+    return found_inf is not None and value(found_inf) != 0.0

@@ -1,0 +1,315 @@
+"""cross_entropy / nll_loss as differentiable torch functions and modules.
+
+The forward of each autograd Function is one native call that computes the loss and
+dloss/dinput together (gradfuse.functional); the backward only scales that saved gradient by
+``grad_output``, with no host synchronisation on CUDA. On the CPU a scalar ``grad_output``
+of exactly 1 (the usual ``loss.backward()``) is read directly and the saved gradient is handed
+over as is, without another pass over it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.nn import _reduction as _Reduction
+
+from gradfuse._config import cuda_compiled
+from gradfuse.functional._losses_softmax import (
+    cross_entropy_with_grad,
+    nll_loss_with_grad,
+)
+
+_NATIVE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _native_reason(input: Tensor) -> str | None:
+    """Why the native kernels cannot serve ``input`` (None when they can)."""
+    if input.device.type not in ("cpu", "cuda"):
+        return f"device {input.device} (gradfuse kernels run on cpu and cuda)"
+    if input.device.type == "cuda" and not cuda_compiled():
+        return "a CUDA tensor, but this gradfuse was built without CUDA"
+    if input.dtype not in _NATIVE_DTYPES:
+        return f"dtype {input.dtype} (supported: float32, float64, float16, bfloat16)"
+    if input.layout != torch.strided:
+        return f"layout {input.layout}"
+    return None
+
+
+_warned: set[str] = set()
+
+
+def _fallback_warning(op: str, reason: str) -> None:
+    key = f"{op}:{reason}"
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(
+            f"gradfuse.nn.functional.{op}: falling back to torch for {reason}",
+            stacklevel=3,
+        )
+
+
+def _class_dim(input: Tensor) -> int:
+    return 0 if input.dim() == 1 else 1
+
+
+def _scale_grad(ctx: Any, grad: Tensor, grad_output: Tensor) -> Tensor:
+    """``grad * grad_output`` (per row for reduction='none'), reusing ``grad``'s memory."""
+    if ctx.reduction == "none":
+        go = grad_output if ctx.class_dim == 0 else grad_output.unsqueeze(1)
+        return grad.mul_(go)
+    if grad_output.device.type == "cpu" and float(grad_output) == 1.0:
+        return grad  # reading a CPU scalar is no synchronisation; skip a full pass
+    return grad.mul_(grad_output)
+
+
+def _refuse_double_backward(op: str) -> None:
+    # Grad mode is on inside backward only under create_graph=True: the saved gradient is a
+    # constant, so a graph built from it would silently give wrong second derivatives.
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            f"gradfuse.nn.functional.{op}: double backward (create_graph=True) is not "
+            f"supported: the fused kernel gives first derivatives only; use "
+            f"torch.nn.functional.{op} where second derivatives are needed"
+        )
+
+
+def _take_grad(ctx: Any, recompute: Any) -> Tensor:
+    """The saved gradient the first time; recomputed when backward runs again
+    (retain_graph=True), because the first backward hands its memory to autograd."""
+    grad = ctx.grad
+    if grad is not None:
+        ctx.grad = None
+        return grad  # type: ignore[no-any-return]
+    return recompute()  # type: ignore[no-any-return]
+
+
+class _CrossEntropyFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any,
+        input: Tensor,
+        target: Tensor,
+        weight: Tensor | None,
+        ignore_index: int,
+        reduction: str,
+        label_smoothing: float,
+    ) -> Tensor:
+        need_grad = bool(ctx.needs_input_grad[0])
+        loss, grad = cross_entropy_with_grad(
+            input,
+            target,
+            weight,
+            ignore_index,
+            reduction,
+            label_smoothing,
+            compute_grad=need_grad,
+        )
+        ctx.grad = grad
+        ctx.reduction = reduction
+        ctx.class_dim = _class_dim(input)
+        ctx.args = (ignore_index, reduction, label_smoothing)
+        ctx.prob_target = target.shape == input.shape
+        ctx.save_for_backward(input, target, weight)
+        return loss  # type: ignore[no-any-return]
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        _refuse_double_backward("cross_entropy")
+        input, target, weight = ctx.saved_tensors
+        if ctx.needs_input_grad[2]:
+            raise RuntimeError(
+                "gradfuse.nn.functional.cross_entropy: the derivative for 'weight' is not "
+                "implemented (use torch.nn.functional.cross_entropy for it)"
+            )
+        ignore_index, reduction, label_smoothing = ctx.args
+        grad_input = None
+        if ctx.needs_input_grad[0]:
+            grad = _take_grad(
+                ctx,
+                lambda: cross_entropy_with_grad(
+                    input, target, weight, ignore_index, reduction, label_smoothing
+                )[1],
+            )
+            grad_input = _scale_grad(ctx, grad, grad_output)
+        grad_target = None
+        if ctx.needs_input_grad[1]:
+            grad_target = _prob_target_grad(ctx, input, target, weight, grad_output)
+        return grad_input, grad_target, None, None, None, None
+
+
+def _prob_target_grad(
+    ctx: Any, input: Tensor, target: Tensor, weight: Tensor | None, grad_output: Tensor
+) -> Tensor:
+    """dloss/dtarget_c = -(1 - eps) w_c log p_c, times the reduction's scale and grad_output
+    ([note: softmax loss derivation] in gradfuse/math/losses_softmax.h, step 2)."""
+    _, reduction, label_smoothing = ctx.args
+    cd = ctx.class_dim
+    logp = torch.log_softmax(input.detach(), dim=cd)
+    g = logp * (-(1.0 - label_smoothing))
+    if weight is not None:
+        shape = [1] * input.dim()
+        shape[cd] = weight.numel()
+        g = g * weight.view(shape)
+    if reduction == "none":
+        g = g * (grad_output if cd == 0 else grad_output.unsqueeze(1))
+    else:
+        if reduction == "mean":
+            g = g / max(input.numel() // max(input.shape[cd], 1), 1)
+        g = g * grad_output
+    out: Tensor = g.to(target.dtype)
+    return out
+
+
+class _NllLossFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any,
+        input: Tensor,
+        target: Tensor,
+        weight: Tensor | None,
+        ignore_index: int,
+        reduction: str,
+    ) -> Tensor:
+        loss, grad = nll_loss_with_grad(
+            input,
+            target,
+            weight,
+            ignore_index,
+            reduction,
+            compute_grad=bool(ctx.needs_input_grad[0]),
+        )
+        ctx.grad = grad
+        ctx.reduction = reduction
+        ctx.class_dim = _class_dim(input)
+        ctx.args = (ignore_index, reduction)
+        ctx.save_for_backward(input, target, weight)
+        return loss  # type: ignore[no-any-return]
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        _refuse_double_backward("nll_loss")
+        input, target, weight = ctx.saved_tensors
+        if ctx.needs_input_grad[2]:
+            raise RuntimeError(
+                "gradfuse.nn.functional.nll_loss: the derivative for 'weight' is not "
+                "implemented (use torch.nn.functional.nll_loss for it)"
+            )
+        ignore_index, reduction = ctx.args
+        grad_input = None
+        if ctx.needs_input_grad[0]:
+            grad = _take_grad(
+                ctx, lambda: nll_loss_with_grad(input, target, weight, ignore_index, reduction)[1]
+            )
+            grad_input = _scale_grad(ctx, grad, grad_output)
+        return grad_input, None, None, None, None
+
+
+def _legacy_reduction(size_average: bool | None, reduce: bool | None, reduction: str) -> str:
+    if size_average is not None or reduce is not None:
+        return str(_Reduction.legacy_get_string(size_average, reduce))
+    return reduction
+
+
+def cross_entropy(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    size_average: bool | None = None,
+    ignore_index: int = -100,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+) -> Tensor:
+    """Drop-in for :func:`torch.nn.functional.cross_entropy` (same signature and results);
+    the loss and its input gradient come from one fused native pass."""
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    reason = _native_reason(input)
+    if reason is not None:
+        _fallback_warning("cross_entropy", reason)
+        return torch.nn.functional.cross_entropy(
+            input,
+            target,
+            weight,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            label_smoothing=label_smoothing,
+        )
+    if target.shape == input.shape and target.is_floating_point() and target.dtype != input.dtype:
+        # torch promotes (input, target) for probability targets; so does this path.
+        common = torch.promote_types(input.dtype, target.dtype)
+        input, target = input.to(common), target.to(common)
+        if weight is not None:
+            weight = weight.to(common)
+    if not torch.is_grad_enabled() or not (
+        input.requires_grad or (target.requires_grad and target.is_floating_point())
+    ):
+        # Evaluation: the loss alone, one read of the logits, no gradient buffer.
+        loss: Tensor = cross_entropy_with_grad(
+            input, target, weight, ignore_index, reduction, label_smoothing, compute_grad=False
+        )[0]
+        return loss
+    out: Tensor = _CrossEntropyFunction.apply(  # type: ignore[no-untyped-call]
+        input, target, weight, ignore_index, reduction, label_smoothing
+    )
+    return out
+
+
+def nll_loss(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    size_average: bool | None = None,
+    ignore_index: int = -100,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """Drop-in for :func:`torch.nn.functional.nll_loss` (same signature and results); the loss
+    and its input gradient come from one fused native pass."""
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    reason = _native_reason(input)
+    if reason is not None:
+        _fallback_warning("nll_loss", reason)
+        return torch.nn.functional.nll_loss(
+            input, target, weight, ignore_index=ignore_index, reduction=reduction
+        )
+    if not torch.is_grad_enabled() or not input.requires_grad:
+        loss: Tensor = nll_loss_with_grad(
+            input, target, weight, ignore_index, reduction, compute_grad=False
+        )[0]
+        return loss
+    out: Tensor = _NllLossFunction.apply(  # type: ignore[no-untyped-call]
+        input, target, weight, ignore_index, reduction
+    )
+    return out
+
+
+class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
+    """Drop-in for :class:`torch.nn.CrossEntropyLoss` (it is one: same constructor, buffers,
+    state_dict and repr); ``forward`` uses :func:`gradfuse.nn.functional.cross_entropy`."""
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return cross_entropy(
+            input,
+            target,
+            weight=self.weight,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+            label_smoothing=self.label_smoothing,
+        )
+
+
+class NLLLoss(torch.nn.NLLLoss):
+    """Drop-in for :class:`torch.nn.NLLLoss` (it is one); ``forward`` uses
+    :func:`gradfuse.nn.functional.nll_loss`."""
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return nll_loss(
+            input,
+            target,
+            weight=self.weight,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+        )

@@ -1,0 +1,203 @@
+"""gradfuse.optim.Adam: torch.optim.Adam with a fused multi-tensor step."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import Optimizer, ParamsT
+
+from gradfuse.functional._adam import adam_
+from gradfuse.optim._base import (
+    check_capturable,
+    check_fused_foreach,
+    grad_scaling,
+    real_view,
+    refuse_differentiable,
+    scalar_state,
+    upgrade_scalar_state,
+)
+
+
+class Adam(Optimizer):
+    """Adam (and, with ``decoupled_weight_decay=True``, AdamW), fused.
+
+    A drop-in for :class:`torch.optim.Adam`: the same arguments, defaults, errors, param
+    groups, state (``step``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``) and
+    ``state_dict`` layout (``step`` is a 0-dim float tensor on the CPU, or on the param's
+    device with ``capturable``/``fused``); checkpoints load into either. Every step updates all
+    params of a (device, dtype) group in one native call, with the per-element rule of torch's
+    for-loop implementation.
+
+    ``foreach`` and ``fused`` are accepted for compatibility and change nothing: the step is
+    always fused. ``differentiable=True`` raises NotImplementedError. AMP: torch.amp.GradScaler
+    unscales inside the update (``_step_supports_amp_scaling``).
+    """
+
+    _step_supports_amp_scaling = True
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        amsgrad: bool = False,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        decoupled_weight_decay: bool = False,
+    ) -> None:
+        # Same checks, same order, same messages as torch.optim.Adam.
+        if isinstance(lr, Tensor):
+            if foreach and not capturable:
+                raise ValueError(
+                    "lr as a Tensor is not supported for capturable=False and foreach=True"
+                )
+            if lr.numel() != 1:
+                raise ValueError("Tensor lr must be 1-element")
+        if not lr >= 0.0:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not eps >= 0.0:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        if not 0.0 <= betas[0] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
+        if not 0.0 <= betas[1] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
+        if not weight_decay >= 0.0:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if not (
+            (isinstance(betas[0], float) and isinstance(betas[1], float))
+            or (isinstance(betas[0], Tensor) and isinstance(betas[1], Tensor))
+        ):
+            raise ValueError("betas must be either both floats or both Tensors")  # noqa: TRY004 (torch raises ValueError)
+        for i in (0, 1):
+            beta = betas[i]
+            if isinstance(beta, Tensor):
+                if not capturable and foreach:
+                    raise ValueError(
+                        f"betas[{i}] as a Tensor is not supported for capturable=False and "
+                        f"foreach=True"
+                    )
+                if beta.numel() != 1:
+                    raise ValueError(f"Tensor betas[{i}] must be 1-element")
+        # torch's _to_scalar: a 1-element tensor of any shape becomes 0-dim.
+        betas = tuple(  # type: ignore[assignment]
+            b.squeeze() if isinstance(b, Tensor) and b.dim() != 0 else b for b in betas
+        )
+
+        defaults = {
+            "lr": lr,
+            "betas": betas,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "amsgrad": amsgrad,
+            "maximize": maximize,
+            "foreach": foreach,
+            "capturable": capturable,
+            "differentiable": differentiable,
+            "fused": fused,
+            "decoupled_weight_decay": decoupled_weight_decay,
+        }
+        super().__init__(params, defaults)
+        check_fused_foreach(fused, foreach, differentiable)
+        refuse_differentiable(type(self).__name__, differentiable)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("amsgrad", False)
+            group.setdefault("maximize", False)
+            group.setdefault("foreach", None)
+            group.setdefault("capturable", False)
+            group.setdefault("differentiable", False)
+            group.setdefault("decoupled_weight_decay", False)
+            group.setdefault("fused", None)
+        upgrade_scalar_state(
+            self, "step", lambda g: g["capturable"] or g["fused"], fused_key="fused"
+        )
+
+    # Not named _init_group: torch.compile (dynamo) intercepts that name on optimizers and
+    # expects torch's signature.
+    def _gather_group(
+        self, group: dict[str, Any]
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
+        params: list[Tensor] = []
+        grads: list[Tensor] = []
+        exp_avgs: list[Tensor] = []
+        exp_avg_sqs: list[Tensor] = []
+        max_exp_avg_sqs: list[Tensor] = []
+        steps: list[Tensor] = []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            params.append(p)
+            if p.grad.is_sparse:
+                raise RuntimeError(
+                    "Adam does not support sparse gradients, please consider SparseAdam instead"
+                )
+            grads.append(p.grad)
+            state = self.state[p]
+            if len(state) == 0:
+                state["step"] = scalar_state(
+                    0.0, p.device, group["capturable"] or group["fused"], fused=group["fused"]
+                )
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                if group["amsgrad"]:
+                    state["max_exp_avg_sq"] = torch.zeros_like(
+                        p, memory_format=torch.preserve_format
+                    )
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+            if group["amsgrad"]:
+                max_exp_avg_sqs.append(state["max_exp_avg_sq"])
+            if group["foreach"] and torch.is_tensor(group["lr"]) and not group["capturable"]:
+                raise RuntimeError(
+                    "lr as a Tensor is not supported for capturable=False and foreach=True"
+                )
+            steps.append(state["step"])
+        return params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """Perform a single optimization step.
+
+        Args:
+            closure: a closure that reevaluates the model and returns the loss (optional).
+        """
+        self._accelerator_graph_capture_health_check()
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        scaling = grad_scaling(self)
+        for group in self.param_groups:
+            params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = self._gather_group(group)
+            check_capturable(group["capturable"], params, steps, what="params and state_steps")
+            beta1, beta2 = group["betas"]
+            adam_(
+                [real_view(t) for t in params],
+                [real_view(t) for t in grads],
+                [real_view(t) for t in exp_avgs],
+                [real_view(t) for t in exp_avg_sqs],
+                [real_view(t) for t in max_exp_avg_sqs] if group["amsgrad"] else None,
+                state_steps=steps,
+                lr=group["lr"],
+                beta1=beta1,
+                beta2=beta2,
+                eps=group["eps"],
+                weight_decay=group["weight_decay"],
+                amsgrad=group["amsgrad"],
+                maximize=group["maximize"],
+                decoupled_weight_decay=group["decoupled_weight_decay"],
+                **scaling,
+            )
+        return loss

@@ -1,0 +1,153 @@
+"""gradfuse.optim.NAdam: torch.optim.NAdam with a fused multi-tensor step."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import Optimizer, ParamsT
+
+from gradfuse.functional._adam import nadam_
+from gradfuse.optim._base import (
+    check_capturable,
+    grad_scaling,
+    real_view,
+    refuse_differentiable,
+    scalar_state,
+    upgrade_scalar_state,
+)
+
+
+class NAdam(Optimizer):
+    """NAdam (Adam with Nesterov momentum), fused: a drop-in for :class:`torch.optim.NAdam`.
+
+    Same arguments, defaults (``momentum_decay``, ``decoupled_weight_decay``), errors, state
+    (``step``, ``mu_product``, ``exp_avg``, ``exp_avg_sq``) and ``state_dict`` layout as torch;
+    ``foreach`` is accepted and changes nothing, ``differentiable=True`` raises
+    NotImplementedError; AMP unscaling happens in the update.
+    """
+
+    _step_supports_amp_scaling = True
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | Tensor = 2e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        momentum_decay: float = 4e-3,
+        decoupled_weight_decay: bool = False,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+    ) -> None:
+        # Same checks, same order, same messages as torch.optim.NAdam.
+        if isinstance(lr, Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if not lr >= 0.0:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not eps >= 0.0:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        if not 0.0 <= betas[0] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
+        if not 0.0 <= betas[1] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
+        if not weight_decay >= 0.0:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if not momentum_decay >= 0.0:
+            raise ValueError(f"Invalid momentum_decay value: {momentum_decay}")
+        defaults = {
+            "lr": lr,
+            "betas": betas,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "momentum_decay": momentum_decay,
+            "decoupled_weight_decay": decoupled_weight_decay,
+            "maximize": maximize,
+            "foreach": foreach,
+            "capturable": capturable,
+            "differentiable": differentiable,
+        }
+        super().__init__(params, defaults)
+        refuse_differentiable("NAdam", differentiable)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("maximize", False)
+            group.setdefault("foreach", None)
+            group.setdefault("capturable", False)
+            group.setdefault("differentiable", False)
+            group.setdefault("decoupled_weight_decay", False)
+        upgrade_scalar_state(self, "step", lambda g: g["capturable"])
+        upgrade_scalar_state(self, "mu_product", lambda g: g["capturable"])
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """Perform a single optimization step.
+
+        Args:
+            closure: a closure that reevaluates the model and returns the loss (optional).
+        """
+        self._accelerator_graph_capture_health_check()
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        scaling = grad_scaling(self)
+        for group in self.param_groups:
+            params: list[Tensor] = []
+            grads: list[Tensor] = []
+            exp_avgs: list[Tensor] = []
+            exp_avg_sqs: list[Tensor] = []
+            mu_products: list[Tensor] = []
+            steps: list[Tensor] = []
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                params.append(p)
+                if p.grad.is_sparse:
+                    raise RuntimeError("NAdam does not support sparse gradients")
+                grads.append(p.grad)
+                state = self.state[p]
+                if len(state) == 0:
+                    state["step"] = scalar_state(0.0, p.device, group["capturable"])
+                    state["mu_product"] = scalar_state(1.0, p.device, group["capturable"])
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                exp_avgs.append(state["exp_avg"])
+                exp_avg_sqs.append(state["exp_avg_sq"])
+                mu_products.append(state["mu_product"])
+                steps.append(state["step"])
+            check_capturable(
+                group["capturable"],
+                params,
+                mu_products,
+                steps,
+                what="params, mu_products and state_steps",
+            )
+            beta1, beta2 = group["betas"]
+            nadam_(
+                [real_view(t) for t in params],
+                [real_view(t) for t in grads],
+                [real_view(t) for t in exp_avgs],
+                [real_view(t) for t in exp_avg_sqs],
+                mu_products,
+                state_steps=steps,
+                lr=group["lr"],
+                beta1=beta1,
+                beta2=beta2,
+                eps=group["eps"],
+                weight_decay=group["weight_decay"],
+                momentum_decay=group["momentum_decay"],
+                decoupled_weight_decay=group["decoupled_weight_decay"],
+                maximize=group["maximize"],
+                **scaling,
+            )
+        return loss

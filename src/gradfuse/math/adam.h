@@ -1,0 +1,354 @@
+// The Adam family (Adam, AdamW, Adamax, NAdam, RAdam) per element, shared by the CPU loops and
+// the CUDA kernels.
+//
+// Each rule follows torch's for-loop implementation (torch/optim/<name>.py,
+// `_single_tensor_<name>`, capturable=False) operation by operation, in torch's evaluation order:
+//   grad.add(param, alpha=wd)          -> g + wd * p
+//   param.mul_(1 - lr * wd)            -> p * lr_decay            (lr_decay from the host)
+//   exp_avg.lerp_(grad, 1 - beta1)     -> torch's lerp: m + w * (g - m) when |w| < 0.5,
+//                                         else g - (g - m) * (1 - w)
+//   exp_avg_sq.mul_(b2).addcmul_(g, g, value=1 - b2)   -> v * b2 + ((1 - b2) * g) * g
+//   param.addcdiv_(t1, t2, value=c)    -> p + (c * t1) / t2
+//   scalar / tensor                    -> tensor.reciprocal() * scalar   (torch's __rtruediv__)
+// so float64 agrees with torch to rounding and float32 to an ulp or two per step (torch's
+// vectorized CPU kernels fuse some multiply-adds; these rules are compiled without contraction).
+// 16-bit params are computed in float and rounded once per stored value, where torch rounds
+// after every operation (DESIGN.md rule 3).
+//
+// Every per-step scalar (bias corrections, step sizes, NAdam's mu products, RAdam's
+// rectification) is computed once on the host in double, with torch's own Python expressions,
+// and narrowed once to OpT; the rules only see the results.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "gradfuse/config.h"
+
+namespace gf::math {
+
+// How weight decay enters the update (a template parameter of every rule here).
+//   kNone:      weight_decay == 0
+//   kL2:        the gradient gets wd * param added (Adam, Adamax, NAdam, RAdam by default)
+//   kDecoupled: the param is multiplied by (1 - lr * wd) first (AdamW, decoupled_weight_decay)
+enum WeightDecayMode : int { kWdNone = 0, kWdL2 = 1, kWdDecoupled = 2 };
+
+template <typename OpT>
+GF_HD GF_INLINE OpT op_sqrt(OpT x) {
+#if defined(__CUDA_ARCH__)
+  return ::sqrt(x);  // IEEE-rounded (no fast math)
+#else
+  return std::sqrt(x);
+#endif
+}
+
+template <typename OpT>
+GF_HD GF_INLINE OpT op_abs(OpT x) {
+#if defined(__CUDA_ARCH__)
+  return ::fabs(x);
+#else
+  return std::fabs(x);
+#endif
+}
+
+// torch.maximum: NaN in either operand gives NaN. Bitwise `|` (no short circuit) keeps the loop
+// free of control flow, so it vectorizes.
+template <typename OpT>
+GF_HD GF_INLINE OpT torch_maximum(OpT a, OpT b) {
+  return ((a > b) | (a != a)) ? a : b;
+}
+
+// Picks `a` where `mask` is all ones and `b` where it is all zeros, bit by bit: exact, and the
+// host loops vectorize it with a loop-invariant mask, where a select on an invariant bool stops
+// the vectorizer for 16-bit data (too big a loop body for GCC to unswitch).
+template <typename OpT>
+using MaskBits = std::conditional_t<sizeof(OpT) == 8, std::uint64_t, std::uint32_t>;
+
+template <typename OpT>
+GF_HD GF_INLINE OpT select_bits(MaskBits<OpT> mask, OpT a, OpT b) {
+#if defined(__CUDA_ARCH__)
+  return mask ? a : b;
+#else
+  MaskBits<OpT> ua, ub;
+  std::memcpy(&ua, &a, sizeof a);
+  std::memcpy(&ub, &b, sizeof b);
+  const MaskBits<OpT> r = (ua & mask) | (ub & ~mask);
+  OpT out;
+  std::memcpy(&out, &r, sizeof out);
+  return out;
+#endif
+}
+
+// The first-moment EMA as torch's lerp_ with a scalar weight w = 1 - beta1 (ATen Lerp.h):
+//   |w| < 0.5 ? self + w * (end - self) : end - (end - self) * (1 - w)
+// The branch is decided once on the host (`small`, an all-ones or all-zeros mask).
+template <typename OpT>
+struct LerpWeight {
+  OpT weight;            // OpT(w)
+  OpT one_minus_weight;  // OpT(1) - OpT(w), computed in OpT as torch does
+  MaskBits<OpT> small;
+
+  static LerpWeight from(double w) {
+    const OpT wt = static_cast<OpT>(w);
+    const bool small = std::fabs(static_cast<double>(wt)) < 0.5;
+    return {wt, OpT(1) - wt, small ? ~MaskBits<OpT>(0) : MaskBits<OpT>(0)};
+  }
+};
+
+// Both branches are computed and one selected (a conditionally executed float operation may
+// trap, so the compiler would not if-convert, nor vectorize, the branches themselves).
+template <typename OpT>
+GF_HD GF_INLINE OpT torch_lerp(OpT self, OpT end, const LerpWeight<OpT>& w) {
+  const OpT diff = end - self;
+  const OpT from_self = self + w.weight * diff;
+  const OpT from_end = end - diff * w.one_minus_weight;
+  return select_bits(w.small, from_self, from_end);
+}
+
+// The shared prologue: maximize, then weight decay (L2 into the gradient, or decoupled into the
+// param). Returns the gradient the moments see.
+template <int kWd, bool kMaximize, typename OpT>
+GF_HD GF_INLINE OpT decayed_grad(OpT& param, OpT grad, OpT weight_decay, OpT lr_decay) {
+  OpT g = kMaximize ? -grad : grad;
+  if constexpr (kWd == kWdL2) g = g + weight_decay * param;
+  if constexpr (kWd == kWdDecoupled) param = param * lr_decay;
+  return g;
+}
+
+// The shared moment updates of Adam, NAdam and RAdam.
+template <typename OpT>
+struct MomentScalars {
+  OpT weight_decay;                // L2 coefficient
+  OpT lr_decay;                    // 1 - lr * weight_decay (decoupled)
+  LerpWeight<OpT> exp_avg_weight;  // 1 - beta1
+  OpT beta2;
+  OpT one_minus_beta2;  // 1 - beta2 (in double, as torch passes `value=1 - beta2`)
+};
+
+template <typename OpT>
+GF_HD GF_INLINE void update_moments(OpT g, OpT& exp_avg, OpT& exp_avg_sq,
+                                    const MomentScalars<OpT>& s) {
+  exp_avg = torch_lerp(exp_avg, g, s.exp_avg_weight);
+  exp_avg_sq = exp_avg_sq * s.beta2 + (s.one_minus_beta2 * g) * g;
+}
+
+// ---- Adam / AdamW -----------------------------------------------------------------------------
+
+// Per-step scalars in double, filled by the Python layer from torch's expressions:
+//   lr_decay = 1 - lr * wd; exp_avg_weight = 1 - beta1; one_minus_beta2 = 1 - beta2;
+//   bias_correction2_sqrt = (1 - beta2**step) ** 0.5; neg_step_size = -(lr / (1 - beta1**step)).
+struct AdamHyper {
+  double weight_decay, lr_decay, exp_avg_weight, beta2, one_minus_beta2;
+  double bias_correction2_sqrt, neg_step_size, eps;
+};
+
+template <typename OpT>
+struct AdamScalars {
+  MomentScalars<OpT> moments;
+  OpT bias_correction2_sqrt, neg_step_size, eps;
+
+  static AdamScalars from(const AdamHyper& h) {
+    return {{static_cast<OpT>(h.weight_decay), static_cast<OpT>(h.lr_decay),
+             LerpWeight<OpT>::from(h.exp_avg_weight), static_cast<OpT>(h.beta2),
+             static_cast<OpT>(h.one_minus_beta2)},
+            static_cast<OpT>(h.bias_correction2_sqrt),
+            static_cast<OpT>(h.neg_step_size),
+            static_cast<OpT>(h.eps)};
+  }
+};
+
+//   denom = sqrt(v or max(v_max, v)) / bias_correction2_sqrt + eps
+//   p     = p + (-step_size * m) / denom
+template <int kWd, bool kAmsgrad, bool kMaximize, typename OpT>
+GF_HD GF_INLINE void adam_update(OpT& param, OpT grad, OpT& exp_avg, OpT& exp_avg_sq,
+                                 OpT& max_exp_avg_sq, const AdamScalars<OpT>& s) {
+  const OpT g =
+      decayed_grad<kWd, kMaximize>(param, grad, s.moments.weight_decay, s.moments.lr_decay);
+  update_moments(g, exp_avg, exp_avg_sq, s.moments);
+  OpT second = exp_avg_sq;
+  if constexpr (kAmsgrad) {
+    max_exp_avg_sq = torch_maximum(max_exp_avg_sq, exp_avg_sq);
+    second = max_exp_avg_sq;
+  }
+  const OpT denom = op_sqrt(second) / s.bias_correction2_sqrt + s.eps;
+  param = param + (s.neg_step_size * exp_avg) / denom;
+}
+
+// Slots: p, g, exp_avg, exp_avg_sq[, max_exp_avg_sq]. kReads / kWrites: bit d = slot d;
+// kGradSlot: the slot the engines apply GradScaling to.
+template <int kWd, bool kAmsgrad, bool kMaximize, typename OpT>
+struct AdamOp {
+  static constexpr int kDepth = kAmsgrad ? 5 : 4;
+  static constexpr int kGradSlot = 1;
+  static constexpr unsigned kReads = kAmsgrad ? 0b11111u : 0b1111u;
+  static constexpr unsigned kWrites = kAmsgrad ? 0b11101u : 0b1101u;
+  AdamScalars<OpT> s;
+
+  GF_HD GF_INLINE void operator()(OpT* v) const {
+    OpT unused = OpT(0);
+    OpT& vmax = kAmsgrad ? v[kDepth - 1] : unused;
+    adam_update<kWd, kAmsgrad, kMaximize>(v[0], v[1], v[2], v[3], vmax, s);
+  }
+};
+
+// ---- Adamax -----------------------------------------------------------------------------------
+
+// weight_decay is L2 only (torch.optim.Adamax has no decoupled mode);
+// neg_clr = -(lr / (1 - beta1**step)).
+struct AdamaxHyper {
+  double weight_decay, exp_avg_weight, beta2, eps, neg_clr;
+};
+
+template <typename OpT>
+struct AdamaxScalars {
+  OpT weight_decay;
+  LerpWeight<OpT> exp_avg_weight;
+  OpT beta2, eps, neg_clr;
+
+  static AdamaxScalars from(const AdamaxHyper& h) {
+    return {static_cast<OpT>(h.weight_decay), LerpWeight<OpT>::from(h.exp_avg_weight),
+            static_cast<OpT>(h.beta2), static_cast<OpT>(h.eps), static_cast<OpT>(h.neg_clr)};
+  }
+};
+
+//   exp_inf = maximum(exp_inf * beta2, |g| + eps)
+//   p       = p + (-clr * m) / exp_inf
+template <bool kWeightDecay, bool kMaximize, typename OpT>
+GF_HD GF_INLINE void adamax_update(OpT& param, OpT grad, OpT& exp_avg, OpT& exp_inf,
+                                   const AdamaxScalars<OpT>& s) {
+  const OpT g =
+      decayed_grad<kWeightDecay ? kWdL2 : kWdNone, kMaximize>(param, grad, s.weight_decay, OpT(1));
+  exp_avg = torch_lerp(exp_avg, g, s.exp_avg_weight);
+  exp_inf = torch_maximum(exp_inf * s.beta2, op_abs(g) + s.eps);
+  param = param + (s.neg_clr * exp_avg) / exp_inf;
+}
+
+// Slots: p, g, exp_avg, exp_inf.
+template <bool kWeightDecay, bool kMaximize, typename OpT>
+struct AdamaxOp {
+  static constexpr int kDepth = 4;
+  static constexpr int kGradSlot = 1;
+  static constexpr unsigned kReads = 0b1111u;
+  static constexpr unsigned kWrites = 0b1101u;
+  AdamaxScalars<OpT> s;
+
+  GF_HD GF_INLINE void operator()(OpT* v) const {
+    adamax_update<kWeightDecay, kMaximize>(v[0], v[1], v[2], v[3], s);
+  }
+};
+
+// ---- NAdam ------------------------------------------------------------------------------------
+
+// bias_correction2 = 1 - beta2**step;
+// grad_coef = -lr * (1 - mu) / (1 - mu_product);  exp_avg_coef = (-lr * mu_next) / (1 - mu_product
+// * mu_next), with mu, mu_next and the float32 mu_product exactly as torch computes them.
+struct NadamHyper {
+  double weight_decay, lr_decay, exp_avg_weight, beta2, one_minus_beta2;
+  double bias_correction2, eps, grad_coef, exp_avg_coef;
+};
+
+template <typename OpT>
+struct NadamScalars {
+  MomentScalars<OpT> moments;
+  OpT bias_correction2, eps, grad_coef, exp_avg_coef;
+
+  static NadamScalars from(const NadamHyper& h) {
+    return {{static_cast<OpT>(h.weight_decay), static_cast<OpT>(h.lr_decay),
+             LerpWeight<OpT>::from(h.exp_avg_weight), static_cast<OpT>(h.beta2),
+             static_cast<OpT>(h.one_minus_beta2)},
+            static_cast<OpT>(h.bias_correction2),
+            static_cast<OpT>(h.eps),
+            static_cast<OpT>(h.grad_coef),
+            static_cast<OpT>(h.exp_avg_coef)};
+  }
+};
+
+//   denom = sqrt(v / bias_correction2) + eps
+//   p     = p + (grad_coef * g) / denom;   p = p + (exp_avg_coef * m) / denom
+template <int kWd, bool kMaximize, typename OpT>
+GF_HD GF_INLINE void nadam_update(OpT& param, OpT grad, OpT& exp_avg, OpT& exp_avg_sq,
+                                  const NadamScalars<OpT>& s) {
+  const OpT g =
+      decayed_grad<kWd, kMaximize>(param, grad, s.moments.weight_decay, s.moments.lr_decay);
+  update_moments(g, exp_avg, exp_avg_sq, s.moments);
+  const OpT denom = op_sqrt(exp_avg_sq / s.bias_correction2) + s.eps;
+  param = param + (s.grad_coef * g) / denom;
+  param = param + (s.exp_avg_coef * exp_avg) / denom;
+}
+
+// Slots: p, g, exp_avg, exp_avg_sq.
+template <int kWd, bool kMaximize, typename OpT>
+struct NadamOp {
+  static constexpr int kDepth = 4;
+  static constexpr int kGradSlot = 1;
+  static constexpr unsigned kReads = 0b1111u;
+  static constexpr unsigned kWrites = 0b1101u;
+  NadamScalars<OpT> s;
+
+  GF_HD GF_INLINE void operator()(OpT* v) const {
+    nadam_update<kWd, kMaximize>(v[0], v[1], v[2], v[3], s);
+  }
+};
+
+// ---- RAdam ------------------------------------------------------------------------------------
+
+// bias_correction1 = 1 - beta1**step; bias_correction2_sqrt = (1 - beta2**step) ** 0.5;
+// rect = torch's rectification term (used only when rho_t > 5, which the host decides: kRectify).
+struct RadamHyper {
+  double weight_decay, lr_decay, exp_avg_weight, beta2, one_minus_beta2;
+  double bias_correction1, bias_correction2_sqrt, eps, lr, rect;
+};
+
+template <typename OpT>
+struct RadamScalars {
+  MomentScalars<OpT> moments;
+  OpT bias_correction1, bias_correction2_sqrt, eps, lr, rect;
+
+  static RadamScalars from(const RadamHyper& h) {
+    return {{static_cast<OpT>(h.weight_decay), static_cast<OpT>(h.lr_decay),
+             LerpWeight<OpT>::from(h.exp_avg_weight), static_cast<OpT>(h.beta2),
+             static_cast<OpT>(h.one_minus_beta2)},
+            static_cast<OpT>(h.bias_correction1),
+            static_cast<OpT>(h.bias_correction2_sqrt),
+            static_cast<OpT>(h.eps),
+            static_cast<OpT>(h.lr),
+            static_cast<OpT>(h.rect)};
+  }
+};
+
+//   m_hat = m / bias_correction1
+//   rectified:  adaptive = (1 / (sqrt(v) + eps)) * bias_correction2_sqrt
+//               p = p - ((m_hat * lr) * adaptive) * rect
+//   otherwise:  p = p - m_hat * lr
+template <int kWd, bool kMaximize, bool kRectify, typename OpT>
+GF_HD GF_INLINE void radam_update(OpT& param, OpT grad, OpT& exp_avg, OpT& exp_avg_sq,
+                                  const RadamScalars<OpT>& s) {
+  const OpT g =
+      decayed_grad<kWd, kMaximize>(param, grad, s.moments.weight_decay, s.moments.lr_decay);
+  update_moments(g, exp_avg, exp_avg_sq, s.moments);
+  const OpT m_hat = exp_avg / s.bias_correction1;
+  if constexpr (kRectify) {
+    const OpT adaptive = (OpT(1) / (op_sqrt(exp_avg_sq) + s.eps)) * s.bias_correction2_sqrt;
+    param = param - ((m_hat * s.lr) * adaptive) * s.rect;
+  } else {
+    param = param - m_hat * s.lr;
+  }
+}
+
+// Slots: p, g, exp_avg, exp_avg_sq.
+template <int kWd, bool kMaximize, bool kRectify, typename OpT>
+struct RadamOp {
+  static constexpr int kDepth = 4;
+  static constexpr int kGradSlot = 1;
+  static constexpr unsigned kReads = 0b1111u;
+  static constexpr unsigned kWrites = 0b1101u;
+  RadamScalars<OpT> s;
+
+  GF_HD GF_INLINE void operator()(OpT* v) const {
+    radam_update<kWd, kMaximize, kRectify>(v[0], v[1], v[2], v[3], s);
+  }
+};
+
+}  // namespace gf::math

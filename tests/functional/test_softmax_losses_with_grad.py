@@ -1,0 +1,187 @@
+"""gradfuse.functional.cross_entropy_with_grad / nll_loss_with_grad: numpy and torch paths,
+out= buffers, loss-only calls and bitwise determinism across thread counts and runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import gradfuse
+import tolerances
+from gradfuse.functional import cross_entropy_with_grad, nll_loss_with_grad
+
+
+def _torch_reference(
+    x: torch.Tensor, t: torch.Tensor, **kw: object
+) -> tuple[torch.Tensor, torch.Tensor]:
+    xr = x.clone().requires_grad_(True)
+    loss = F.cross_entropy(xr, t, **kw)  # type: ignore[arg-type]
+    loss.sum().backward()
+    return loss.detach(), xr.grad  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("prob", [False, True])
+def test_numpy_equals_torch_path(dtype: str, prob: bool) -> None:
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((9, 13, 2)).astype(dtype)
+    if prob:
+        t = rng.random((9, 13, 2)).astype(dtype)
+        w = None
+        kw: dict[str, object] = {"label_smoothing": 0.1}
+    else:
+        t = rng.integers(0, 13, (9, 2))
+        t[0, 0] = -100
+        w = rng.random(13).astype(dtype)
+        kw = {"label_smoothing": 0.1, "ignore_index": -100}
+    for reduction in ("none", "mean", "sum"):
+        loss_np, grad_np = cross_entropy_with_grad(x, t, w, reduction=reduction, **kw)  # type: ignore[arg-type]
+        loss_t, grad_t = cross_entropy_with_grad(
+            torch.from_numpy(x),
+            torch.from_numpy(t),
+            None if w is None else torch.from_numpy(w),
+            reduction=reduction,
+            **kw,  # type: ignore[arg-type]
+        )
+        assert isinstance(loss_np, np.ndarray)
+        assert isinstance(grad_np, np.ndarray)
+        assert loss_np.shape == tuple(loss_t.shape)
+        assert grad_np.dtype == x.dtype
+        np.testing.assert_array_equal(loss_np, loss_t.numpy())
+        np.testing.assert_array_equal(grad_np, grad_t.numpy())
+        ref_loss, ref_grad = _torch_reference(
+            torch.from_numpy(x),
+            torch.from_numpy(t),
+            weight=None if w is None else torch.from_numpy(w),
+            reduction=reduction,
+            **kw,
+        )
+        tol = tolerances.LOSS[getattr(torch, dtype)]
+        tolerances.assert_close(torch.from_numpy(loss_np), ref_loss, tol, "loss")
+        tolerances.assert_close(torch.from_numpy(grad_np), ref_grad, tol, "grad")
+    loss_np, grad_np = nll_loss_with_grad(np.log(np.abs(x) + 0.1), rng.integers(0, 13, (9, 2)))
+    assert loss_np.shape == ()
+    assert grad_np.shape == x.shape
+
+
+def test_out_buffer_and_in_place() -> None:
+    x = torch.randn(6, 33)
+    t = torch.randint(0, 33, (6,))
+    loss, grad = cross_entropy_with_grad(x, t, label_smoothing=0.2)
+    out = torch.full_like(x, float("nan"))
+    loss2, grad2 = cross_entropy_with_grad(x, t, label_smoothing=0.2, out=out)
+    assert grad2 is out
+    assert torch.equal(out, grad)
+    assert torch.equal(loss2, loss)
+    # Writing over the logits happens only when asked, and gives the same numbers.
+    xi = x.clone()
+    loss3, grad3 = cross_entropy_with_grad(xi, t, label_smoothing=0.2, out=xi)
+    assert grad3 is xi
+    assert torch.equal(xi, grad)
+    assert torch.equal(loss3, loss)
+    xk = torch.randn(3, 5, 4)
+    tk = torch.randint(0, 5, (3, 4))
+    _, gk = cross_entropy_with_grad(xk, tk, label_smoothing=0.2)
+    lk = nll_loss_with_grad(xk, tk)
+    xki = xk.clone()
+    cross_entropy_with_grad(xki, tk, label_smoothing=0.2, out=xki)
+    assert torch.equal(xki, gk)
+    xki = xk.clone()
+    lk2 = nll_loss_with_grad(xki, tk, out=xki)
+    assert torch.equal(xki, lk[1])
+    assert torch.equal(lk2[0], lk[0])
+
+
+def test_out_buffer_is_checked() -> None:
+    x = torch.randn(4, 5)
+    t = torch.randint(0, 5, (4,))
+    with pytest.raises(ValueError, match="shape"):
+        cross_entropy_with_grad(x, t, out=torch.empty(4, 6))
+    with pytest.raises(TypeError, match="dtype"):
+        cross_entropy_with_grad(x, t, out=torch.empty(4, 5, dtype=torch.float64))
+    big = torch.randn(40)
+    with pytest.raises(ValueError, match="share memory"):
+        cross_entropy_with_grad(big[:20].view(4, 5), t, out=big[10:30].view(4, 5))
+
+
+def test_loss_only() -> None:
+    x = torch.randn(5, 9)
+    t = torch.randint(0, 9, (5,))
+    loss, grad = cross_entropy_with_grad(x, t, compute_grad=False)
+    assert grad is None
+    tolerances.assert_close(loss, F.cross_entropy(x, t), tolerances.LOSS[torch.float32], "loss")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_deterministic_across_threads_and_runs(dtype: torch.dtype) -> None:
+    cases = [
+        (torch.randn(300, 4097).to(dtype), torch.randint(0, 4097, (300,)), {}),
+        (torch.randn(8, 40, 129).to(dtype), torch.randint(0, 40, (8, 129)), {}),
+        (torch.randn(300, 1000).to(dtype), torch.rand(300, 1000).to(dtype), {}),
+    ]
+    saved = gradfuse.get_num_threads()
+    try:
+        for x, t, kw in cases:
+            results = []
+            for threads in (1, 2, 2, 1):
+                gradfuse.set_num_threads(threads)
+                for red in ("mean", "sum"):
+                    results.append(
+                        (
+                            red,
+                            *cross_entropy_with_grad(
+                                x, t, reduction=red, label_smoothing=0.1, **kw
+                            ),
+                        )
+                    )
+            for red, loss, grad in results:
+                _, loss0, grad0 = next(r for r in results if r[0] == red)
+                assert torch.equal(loss, loss0), (red, loss, loss0)
+                assert torch.equal(grad, grad0), red
+    finally:
+        gradfuse.set_num_threads(saved)
+
+
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
+def test_every_isa_path(isa: str) -> None:
+    core = gradfuse._native.core()
+    if isa not in core.cpu_isas().split(","):
+        pytest.skip(f"{isa} not available on this CPU or not compiled")
+    saved = core.cpu_isa()
+    x = torch.randn(7, 515)
+    t = torch.randint(0, 515, (7,))
+    try:
+        core.set_cpu_isa(isa)
+        loss, grad = cross_entropy_with_grad(x, t, label_smoothing=0.05)
+    finally:
+        core.set_cpu_isa(saved)
+    ref_loss, ref_grad = _torch_reference(x, t, label_smoothing=0.05)
+    tolerances.assert_close(loss, ref_loss, tolerances.LOSS[torch.float32], isa)
+    tolerances.assert_close(grad, ref_grad, tolerances.LOSS[torch.float32], isa)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("prob", [False, True])
+def test_cuda_matches_cpu(dtype: torch.dtype, prob: bool) -> None:
+    x = torch.randn(37, 3001, dtype=torch.float64).to(dtype)
+    t = torch.rand(37, 3001).to(dtype) if prob else torch.randint(0, 3001, (37,))
+    w = torch.rand(3001).to(dtype)
+    for red in ("none", "mean", "sum"):
+        cpu = cross_entropy_with_grad(x, t, w, reduction=red, label_smoothing=0.1)
+        gpu = cross_entropy_with_grad(
+            x.cuda(), t.cuda(), w.cuda(), reduction=red, label_smoothing=0.1
+        )
+        for a, b in zip(cpu, gpu, strict=True):
+            tolerances.assert_close(b.cpu(), a, tolerances.CPU_VS_CUDA[dtype], f"cuda {red}")
+    if not prob:
+        bad = t.clone()
+        bad[3] = 3001
+        with pytest.raises(IndexError, match=r"Target 3001 is out of bounds\."):
+            cross_entropy_with_grad(x.cuda(), bad.cuda())
+        cpu = nll_loss_with_grad(x, t, w)
+        gpu = nll_loss_with_grad(x.cuda(), t.cuda(), w.cuda())
+        for a, b in zip(cpu, gpu, strict=True):
+            tolerances.assert_close(b.cpu(), a, tolerances.CPU_VS_CUDA[dtype], "cuda nll")
