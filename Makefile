@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: help venv install bench test lint stubtest format dev dev-test gpu-check clean
+.PHONY: help venv install bench test lint stubtest format dev dev-test sanitize gpu-check clean
 
 help:
 	@echo "make bench   - set up, build, run 'gradfuse bench' on this machine"
@@ -15,6 +15,7 @@ help:
 	@echo "make lint    - ruff, clang-format, mypy"
 	@echo "make stubtest - the _core stub (python/gradfuse/_core.pyi) against the built module"
 	@echo "make dev     - incremental CPU-only build into python/gradfuse (PYTHONPATH=python)"
+	@echo "make sanitize - CPU build with ASan+UBSan (build/asan), CPU tests run under it"
 
 $(VENV)/.ready:
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +63,31 @@ dev:
 
 dev-test: dev
 	cd tests && PYTHONPATH=../python $(PYTHON) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# AddressSanitizer + UndefinedBehaviorSanitizer: _core built into build/asan (CPU only), a copy of
+# the package with that module in build/asan/pkg, and the CPU tests run with the ASan runtime
+# preloaded (python itself is not instrumented, so the runtime must come first; libstdc++ is
+# preloaded too, or ASan cannot find the real __cxa_throw and aborts on the first C++ exception;
+# the leak checker would report the interpreter's own never-freed objects, hence detect_leaks=0).
+# Any ASan or UBSan finding aborts the run; its report is printed from build/asan/report.*.
+# SANITIZE_TESTS picks the tests (default: all but slow and cuda).
+SAN_DIR ?= build/asan
+SANITIZE_TESTS ?= -m "not slow and not cuda"
+SAN_REPORT = $(CURDIR)/$(SAN_DIR)/report
+SAN_ENV = LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so) $$($(CXX) -print-file-name=libstdc++.so)" \
+    ASAN_OPTIONS=detect_leaks=0:verify_asan_link_order=0:abort_on_error=1:detect_stack_use_after_return=1:log_path=$(SAN_REPORT) \
+    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$(SAN_REPORT) GRADFUSE_SANITIZED=1
+sanitize:
+	cmake -S . -B $(SAN_DIR) -G Ninja -DCMAKE_BUILD_TYPE=Release -DGRADFUSE_CUDA=OFF \
+	    -DGRADFUSE_SANITIZE=ON \
+	    -Dpybind11_DIR=$$($(PYTHON) -m pybind11 --cmakedir) -DPython_EXECUTABLE=$$(command -v $(PYTHON))
+	cmake --build $(SAN_DIR)
+	rm -rf $(SAN_DIR)/pkg $(SAN_REPORT).* && mkdir -p $(SAN_DIR)/pkg
+	cp -r python/gradfuse $(SAN_DIR)/pkg/ && rm -f $(SAN_DIR)/pkg/gradfuse/_core*.so
+	cp $(SAN_DIR)/_core*.so $(SAN_DIR)/pkg/gradfuse/
+	cd tests && $(SAN_ENV) PYTHONPATH=../$(SAN_DIR)/pkg $(PYTHON) -m pytest -q -p no:cacheprovider \
+	    $(SANITIZE_TESTS) $(PYTEST_ARGS) || { cat $(SAN_REPORT).* 2>/dev/null; exit 1; }
+	@if ls $(SAN_REPORT).* >/dev/null 2>&1; then cat $(SAN_REPORT).*; exit 1; fi
 
 # On a GPU machine (nothing is downloaded there): see benchmarks/gpu/README.md.
 gpu-check:

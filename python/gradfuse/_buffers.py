@@ -180,6 +180,12 @@ def _torch_buffer(t: Any, name: str, *, writable: bool) -> Buffer:
     if t.device.type == "cpu":
         device = -1
     elif t.device.type == "cuda":
+        if not _cuda_compiled():
+            raise ValueError(
+                f"{name}: is a CUDA tensor (shape {tuple(t.shape)}, dtype {t.dtype}, device "
+                f"{t.device}) but this gradfuse was built without CUDA (GRADFUSE_CUDA=OFF or no "
+                f"nvcc at build time); move the tensors to the CPU or install a CUDA build"
+            )
         device = t.device.index if t.device.index is not None else torch.cuda.current_device()
     else:
         raise TypeError(
@@ -201,9 +207,12 @@ def _torch_buffer(t: Any, name: str, *, writable: bool) -> Buffer:
             f"{name}: cannot update a non-leaf tensor that requires grad in place "
             f"(shape {shape}, dtype {dtype})"
         )
+    ptr = int(t.data_ptr())
+    if t.numel():  # an empty tensor is never read
+        _check_aligned(name, ptr, int(t.element_size()), f"tensor (shape {shape}, dtype {dtype})")
     return Buffer(
         obj=t,
-        ptr=int(t.data_ptr()),
+        ptr=ptr,
         numel=int(t.numel()),
         itemsize=int(t.element_size()),
         dtype=dtype,
@@ -237,9 +246,12 @@ def _numpy_buffer(a: Any, name: str, *, writable: bool) -> Buffer:
             f"{name}: expected a dense array (C-contiguous, or a permutation of one), got shape "
             f"{shape} with strides {a.strides} bytes, dtype {dtype}; use numpy.ascontiguousarray"
         )
+    ptr = int(a.__array_interface__["data"][0])
+    if a.size:  # an empty array is never read
+        _check_aligned(name, ptr, int(a.itemsize), f"array (shape {shape}, dtype {dtype})")
     return Buffer(
         obj=a,
-        ptr=int(a.__array_interface__["data"][0]),
+        ptr=ptr,
         numel=int(a.size),
         itemsize=int(a.itemsize),
         dtype=dtype,
@@ -248,6 +260,18 @@ def _numpy_buffer(a: Any, name: str, *, writable: bool) -> Buffer:
         strides=strides,
         is_torch=False,
     )
+
+
+def _check_aligned(name: str, ptr: int, itemsize: int, what: str) -> None:
+    """Kernels read and write whole elements (and vectors of them): an element at an address
+    that is not a multiple of its size is undefined behaviour in C++ and can fault in a vector
+    load. numpy (``frombuffer(..., offset=1)``, unaligned dtypes) and torch (``frombuffer``) can
+    both make such arrays."""
+    if ptr % itemsize:
+        raise ValueError(
+            f"{name}: the {what} starts at address {ptr:#x}, not a multiple of its item size "
+            f"{itemsize} (misaligned data); pass an aligned copy (e.g. .copy() / .clone())"
+        )
 
 
 def check_same_layout(ref: Buffer, ref_name: str, other: Buffer, other_name: str) -> None:

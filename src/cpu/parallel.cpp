@@ -121,20 +121,30 @@ Pool* pool_for(int threads) {  // g_pool_mutex held
   return p;
 }
 
+// A forked child inherits no threads: it must start over with fresh pools. The handler is
+// registered before any pool becomes active, whichever comes first (a kernel or
+// set_num_threads): a pool whose workers exist only in the parent would make the child's first
+// parallel call wait forever. g_pool_mutex is held across fork() so the child never inherits it
+// locked by a thread that does not exist there.
+void register_fork_handler() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    pthread_atfork([] { g_pool_mutex.lock(); }, [] { g_pool_mutex.unlock(); },
+                   [] {
+                     g_pool.store(nullptr);
+                     g_pools = new std::map<int, Pool*>();
+                     g_pool_mutex.unlock();
+                   });
+  });
+}
+
 Pool& pool() {
   Pool* p = g_pool.load(std::memory_order_acquire);
   if (p) return *p;
+  register_fork_handler();
   std::lock_guard<std::mutex> lock(g_pool_mutex);
   p = g_pool.load(std::memory_order_relaxed);
   if (!p) {
-    static bool registered = [] {
-      pthread_atfork(nullptr, nullptr, [] {
-        g_pool.store(nullptr);
-        g_pools = new std::map<int, Pool*>();
-      });
-      return true;
-    }();
-    (void)registered;
     p = pool_for(default_num_threads());
     g_pool.store(p, std::memory_order_release);
   }
@@ -153,6 +163,7 @@ int get_num_threads() {
 
 void set_num_threads(int n) {
   GF_CHECK(n >= 1, "set_num_threads: expected a positive thread count, got ", n);
+  register_fork_handler();
   std::lock_guard<std::mutex> lock(g_pool_mutex);
   g_pool.store(pool_for(n), std::memory_order_release);
 }

@@ -13,7 +13,8 @@ namespace gf::cpu {
 
 using TaskFn = void (*)(void* ctx, int task);
 
-// Runs fn(ctx, t) for every t in [0, n_tasks), n_tasks <= get_num_threads().
+// Runs fn(ctx, t) exactly once for every t in [0, n_tasks). n_tasks is normally
+// get_num_threads(); any count is correct (tasks beyond the pool's threads run on the caller).
 void run_tasks(int n_tasks, TaskFn fn, void* ctx);
 
 template <typename F>
