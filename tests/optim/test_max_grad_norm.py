@@ -12,7 +12,7 @@ import torch
 from _more_helpers import leaves, one_torch_thread, random_problem, run_steps
 from test_lion import PaperLion
 
-from gradfuse.optim import SGD, Adagrad, Lion, RMSprop
+from gradfuse.optim import SGD, Adagrad, Adam, Adamax, AdamW, Lion, NAdam, RAdam, RMSprop
 from tolerances import CLIPPED_FLOAT64, STEP, TRAJECTORY, assert_close
 
 pytestmark = pytest.mark.usefixtures(one_torch_thread.__name__)
@@ -40,6 +40,31 @@ CASES: list[tuple[str, Callable[..., Any], Callable[..., Any]]] = [
         "lion",
         lambda ps, **kw: Lion(ps, lr=1e-3, weight_decay=0.1, **kw),
         lambda ps: PaperLion(ps, lr=1e-3, weight_decay=0.1),
+    ),
+    (
+        "adam_amsgrad",
+        lambda ps, **kw: Adam(ps, lr=0.01, amsgrad=True, weight_decay=0.01, **kw),
+        lambda ps: torch.optim.Adam(ps, lr=0.01, amsgrad=True, weight_decay=0.01, foreach=False),
+    ),
+    (
+        "adamw",
+        lambda ps, **kw: AdamW(ps, lr=0.01, **kw),
+        lambda ps: torch.optim.AdamW(ps, lr=0.01, foreach=False),
+    ),
+    (
+        "adamax",
+        lambda ps, **kw: Adamax(ps, lr=0.01, **kw),
+        lambda ps: torch.optim.Adamax(ps, lr=0.01, foreach=False),
+    ),
+    (
+        "nadam",
+        lambda ps, **kw: NAdam(ps, lr=0.01, **kw),
+        lambda ps: torch.optim.NAdam(ps, lr=0.01, foreach=False),
+    ),
+    (
+        "radam",
+        lambda ps, **kw: RAdam(ps, lr=0.01, **kw),
+        lambda ps: torch.optim.RAdam(ps, lr=0.01, foreach=False),
     ),
 ]
 

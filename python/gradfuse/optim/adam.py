@@ -11,6 +11,7 @@ from torch.optim.optimizer import Optimizer, ParamsT
 
 from gradfuse.functional._adam import adam_
 from gradfuse.optim._base import (
+    MaxGradNormMixin,
     check_capturable,
     check_fused_foreach,
     grad_scaling,
@@ -21,7 +22,7 @@ from gradfuse.optim._base import (
 )
 
 
-class Adam(Optimizer):
+class Adam(MaxGradNormMixin, Optimizer):
     """Adam (and, with ``decoupled_weight_decay=True``, AdamW), fused.
 
     A drop-in for :class:`torch.optim.Adam`: the same arguments, defaults, errors, param
@@ -53,6 +54,7 @@ class Adam(Optimizer):
         differentiable: bool = False,
         fused: bool | None = None,
         decoupled_weight_decay: bool = False,
+        max_grad_norm: float | None = None,
     ) -> None:
         # Same checks, same order, same messages as torch.optim.Adam.
         if isinstance(lr, Tensor):
@@ -106,6 +108,7 @@ class Adam(Optimizer):
             "decoupled_weight_decay": decoupled_weight_decay,
         }
         super().__init__(params, defaults)
+        self._init_max_grad_norm(max_grad_norm)
         check_fused_foreach(fused, foreach, differentiable)
         refuse_differentiable(type(self).__name__, differentiable)
 
@@ -179,6 +182,7 @@ class Adam(Optimizer):
                 loss = closure()
 
         scaling = grad_scaling(self)
+        clip_coef = self._clip_coef(scaling["grad_scale"])
         for group in self.param_groups:
             params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = self._gather_group(group)
             check_capturable(group["capturable"], params, steps, what="params and state_steps")
@@ -199,5 +203,6 @@ class Adam(Optimizer):
                 maximize=group["maximize"],
                 decoupled_weight_decay=group["decoupled_weight_decay"],
                 **scaling,
+                clip_coef=clip_coef,
             )
         return loss

@@ -11,6 +11,7 @@ from torch.optim.optimizer import Optimizer, ParamsT
 
 from gradfuse.functional._adam import adamax_
 from gradfuse.optim._base import (
+    MaxGradNormMixin,
     check_capturable,
     grad_scaling,
     real_view,
@@ -20,7 +21,7 @@ from gradfuse.optim._base import (
 )
 
 
-class Adamax(Optimizer):
+class Adamax(MaxGradNormMixin, Optimizer):
     """Adamax (Adam with the infinity norm), fused: a drop-in for :class:`torch.optim.Adamax`.
 
     Same arguments, defaults, errors, state (``step``, ``exp_avg``, ``exp_inf``) and
@@ -42,6 +43,7 @@ class Adamax(Optimizer):
         maximize: bool = False,
         differentiable: bool = False,
         capturable: bool = False,
+        max_grad_norm: float | None = None,
     ) -> None:
         # Same checks, same order, same messages as torch.optim.Adamax.
         if isinstance(lr, Tensor) and lr.numel() != 1:
@@ -68,6 +70,7 @@ class Adamax(Optimizer):
             "capturable": capturable,
         }
         super().__init__(params, defaults)
+        self._init_max_grad_norm(max_grad_norm)
         refuse_differentiable("Adamax", differentiable)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -93,6 +96,7 @@ class Adamax(Optimizer):
                 loss = closure()
 
         scaling = grad_scaling(self)
+        clip_coef = self._clip_coef(scaling["grad_scale"])
         for group in self.param_groups:
             params: list[Tensor] = []
             grads: list[Tensor] = []
@@ -129,5 +133,6 @@ class Adamax(Optimizer):
                 weight_decay=group["weight_decay"],
                 maximize=group["maximize"],
                 **scaling,
+                clip_coef=clip_coef,
             )
         return loss

@@ -11,6 +11,7 @@ from torch.optim.optimizer import Optimizer, ParamsT
 
 from gradfuse.functional._adam import nadam_
 from gradfuse.optim._base import (
+    MaxGradNormMixin,
     check_capturable,
     grad_scaling,
     real_view,
@@ -20,7 +21,7 @@ from gradfuse.optim._base import (
 )
 
 
-class NAdam(Optimizer):
+class NAdam(MaxGradNormMixin, Optimizer):
     """NAdam (Adam with Nesterov momentum), fused: a drop-in for :class:`torch.optim.NAdam`.
 
     Same arguments, defaults (``momentum_decay``, ``decoupled_weight_decay``), errors, state
@@ -45,6 +46,7 @@ class NAdam(Optimizer):
         maximize: bool = False,
         capturable: bool = False,
         differentiable: bool = False,
+        max_grad_norm: float | None = None,
     ) -> None:
         # Same checks, same order, same messages as torch.optim.NAdam.
         if isinstance(lr, Tensor) and lr.numel() != 1:
@@ -74,6 +76,7 @@ class NAdam(Optimizer):
             "differentiable": differentiable,
         }
         super().__init__(params, defaults)
+        self._init_max_grad_norm(max_grad_norm)
         refuse_differentiable("NAdam", differentiable)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -101,6 +104,7 @@ class NAdam(Optimizer):
                 loss = closure()
 
         scaling = grad_scaling(self)
+        clip_coef = self._clip_coef(scaling["grad_scale"])
         for group in self.param_groups:
             params: list[Tensor] = []
             grads: list[Tensor] = []
@@ -149,5 +153,6 @@ class NAdam(Optimizer):
                 decoupled_weight_decay=group["decoupled_weight_decay"],
                 maximize=group["maximize"],
                 **scaling,
+                clip_coef=clip_coef,
             )
         return loss

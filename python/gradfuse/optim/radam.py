@@ -11,6 +11,7 @@ from torch.optim.optimizer import Optimizer, ParamsT
 
 from gradfuse.functional._adam import radam_
 from gradfuse.optim._base import (
+    MaxGradNormMixin,
     check_capturable,
     grad_scaling,
     real_view,
@@ -20,7 +21,7 @@ from gradfuse.optim._base import (
 )
 
 
-class RAdam(Optimizer):
+class RAdam(MaxGradNormMixin, Optimizer):
     """RAdam (rectified Adam), fused: a drop-in for :class:`torch.optim.RAdam`.
 
     Same arguments, defaults, errors, state (``step``, ``exp_avg``, ``exp_avg_sq``) and
@@ -43,6 +44,7 @@ class RAdam(Optimizer):
         maximize: bool = False,
         capturable: bool = False,
         differentiable: bool = False,
+        max_grad_norm: float | None = None,
     ) -> None:
         # Same checks, same order, same messages as torch.optim.RAdam.
         if isinstance(lr, Tensor) and lr.numel() != 1:
@@ -70,6 +72,7 @@ class RAdam(Optimizer):
             "differentiable": differentiable,
         }
         super().__init__(params, defaults)
+        self._init_max_grad_norm(max_grad_norm)
         refuse_differentiable("RAdam", differentiable)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -96,6 +99,7 @@ class RAdam(Optimizer):
                 loss = closure()
 
         scaling = grad_scaling(self)
+        clip_coef = self._clip_coef(scaling["grad_scale"])
         for group in self.param_groups:
             params: list[Tensor] = []
             grads: list[Tensor] = []
@@ -133,5 +137,6 @@ class RAdam(Optimizer):
                 decoupled_weight_decay=group["decoupled_weight_decay"],
                 maximize=group["maximize"],
                 **scaling,
+                clip_coef=clip_coef,
             )
         return loss
