@@ -1,4 +1,4 @@
-"""Every ```python block of docs/use_with.md (the README's "Use it with" section) runs as
+"""Every ```python block of the README's "Use it with" section runs as
 written: one subprocess (a one-rank gloo group on 127.0.0.1 for the distributed ones) executes
 the blocks in order, each in a fresh namespace, in a temporary directory."""
 
@@ -15,7 +15,17 @@ import pytest
 
 import gradfuse
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "use_with.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def _section() -> str:
+    """The README's "## Use it with" section, up to the next "## " heading."""
+    text = README.read_text()
+    start = text.index("\n## Use it with\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else len(text)]
+
+
 TIMEOUT_S = 300  # compiles one step with inductor; minutes only on a heavily loaded machine
 
 RUNNER = r"""
@@ -29,7 +39,7 @@ for i, path in enumerate(blocks):
 
 
 def _blocks() -> list[str]:
-    return re.findall(r"^```python\n(.*?)^```$", DOC.read_text(), re.MULTILINE | re.DOTALL)
+    return re.findall(r"^```python\n(.*?)^```$", _section(), re.MULTILINE | re.DOTALL)
 
 
 def _free_port() -> int:
@@ -39,7 +49,7 @@ def _free_port() -> int:
 
 
 def test_doc_has_every_section() -> None:
-    headings = re.findall(r"^### (.+)$", DOC.read_text(), re.MULTILINE)
+    headings = re.findall(r"^### (.+)$", _section(), re.MULTILINE)
     for topic in (
         "DistributedDataParallel",
         "ZeroRedundancyOptimizer",
@@ -91,6 +101,6 @@ def test_snippets_run(tmp_path: Path) -> None:
 @pytest.mark.parametrize("section", ["DistributedDataParallel", "torch.compile"])
 def test_snippets_use_gradfuse(section: str) -> None:
     # A snippet that silently used torch.optim would prove nothing.
-    text = DOC.read_text()
+    text = _section()
     part = text.split(f"### {section}", 1)[1].split("###", 1)[0]
     assert "gradfuse.optim." in part

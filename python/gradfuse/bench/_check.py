@@ -196,7 +196,12 @@ def _check_optimizer(
     if judge.low:
         judge.low_precision(ours, theirs, reference, what)
     else:
-        judge.same_dtype(ours, theirs, judge.tol.TRAJECTORY, what)
+        table = judge.tol.TRAJECTORY
+        if "clip" in case.name:
+            # Clipping reaches the kernels as a float32 coefficient (GradScaling's clip_coef), so
+            # float64 results carry its rounding: the CLIPPED_FLOAT64 row of the table says why.
+            table = {**table, torch.float64: judge.tol.CLIPPED_FLOAT64}
+        judge.same_dtype(ours, theirs, table, what)
     return row
 
 

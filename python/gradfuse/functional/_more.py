@@ -11,6 +11,7 @@ from collections.abc import MutableSequence, Sequence
 from typing import Any
 
 from gradfuse import _buffers, _native
+from gradfuse._compile import traceable
 from gradfuse.functional._multi_tensor import GradScaling, group, prepare
 from gradfuse.functional._optim import to_float
 
@@ -93,6 +94,7 @@ def advance_steps_on_device(
         torch._foreach_sub_(steps, [f.to(s.dtype) for s in steps])
 
 
+@traceable(written=("params", "state_sums", "state_steps"))
 def adagrad_(
     params: Sequence[Any],
     grads: Sequence[Any],
@@ -152,6 +154,7 @@ def adagrad_(
         )
 
 
+@traceable(written=("params", "square_avgs", "grad_avgs", "momentum_buffer_list", "state_steps"))
 def rmsprop_(
     params: Sequence[Any],
     grads: Sequence[Any],
@@ -226,6 +229,7 @@ def rmsprop_(
         )
 
 
+@traceable(written=("params", "exp_avgs"))
 def lion_(
     params: Sequence[Any],
     grads: Sequence[Any],

@@ -29,12 +29,13 @@ struct LionScalars {
   }
 };
 
-// Written as a difference of comparisons plus one select, so the CPU loop if-converts and
-// vectorizes (a nested ?: leaves control flow in the loop and runs ~10x slower).
+// sign(c) as a difference of comparisons, so the CPU loop vectorizes (a nested ?: leaves control
+// flow in the loop and runs ~10x slower). sign(0) = 0, and sign(NaN) = 0 as torch.sign gives on
+// the CPU: a NaN gradient leaves the param where it is (the momentum still becomes NaN, as in
+// torch-op implementations of Lion).
 template <typename OpT>
 GF_HD GF_INLINE OpT lion_sign(OpT c) {
-  const OpT s = static_cast<OpT>(c > OpT(0)) - static_cast<OpT>(c < OpT(0));
-  return c != c ? c : s;
+  return static_cast<OpT>(c > OpT(0)) - static_cast<OpT>(c < OpT(0));
 }
 
 template <bool kWeightDecay, bool kMaximize, typename OpT>

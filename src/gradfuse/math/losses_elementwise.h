@@ -87,12 +87,14 @@ GF_HD GF_INLINE LossGrad<OpT> mse_rule(OpT x, OpT y) {
 }
 
 // L1: l = |d|.  dl/dx = sign(d), with sign(0) = 0 (the subgradient torch picks: its backward is
-// sgn(x - y) * grad_output).
+// sgn(x - y) * grad_output) and sign(NaN) = 0 (torch's CPU sgn of a NaN difference is 0, so a
+// NaN target gives a NaN loss but a zero gradient there).
 template <typename OpT>
 GF_HD GF_INLINE LossGrad<OpT> l1_rule(OpT x, OpT y) {
   const OpT d = x - y;
   const OpT a = abs_of(d);
-  return {a, sign_of(d)};
+  const OpT g = blend(d > OpT(0), OpT(1), blend(d < OpT(0), OpT(-1), OpT(0)));
+  return {a, g};
 }
 
 // Smooth L1 with threshold beta > 0 (beta == 0 is L1: the Python layer routes it to l1_rule, as
