@@ -89,7 +89,7 @@ sanitize:
 	    $(SANITIZE_TESTS) $(PYTEST_ARGS) || { cat $(SAN_REPORT).* 2>/dev/null; exit 1; }
 	@if ls $(SAN_REPORT).* >/dev/null 2>&1; then cat $(SAN_REPORT).*; exit 1; fi
 
-# On a GPU machine (nothing is downloaded there): see benchmarks/gpu/README.md.
+# On a GPU machine (nothing is downloaded there): benchmarks/gpu/gpu_check.sh says what it runs.
 gpu-check:
 	bash benchmarks/gpu/gpu_check.sh
 
