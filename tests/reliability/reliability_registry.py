@@ -377,13 +377,6 @@ def _gf_submodule(name: str) -> Any:
         return None
 
 
-# Differences from torch these tests found in the elementwise losses (reported; see LossSpec.known).
-_ACCEPTS_INT = (
-    "gradfuse accepts an int64 input that torch refuses, and with_grad returns an int64 "
-    "gradient (all zeros)"
-)
-_ACCEPTS_BOOL = "gradfuse accepts a bool input that torch refuses"
-
 LOSSES: list[LossSpec] = [
     LossSpec(
         "mse_loss",
@@ -398,9 +391,6 @@ LOSSES: list[LossSpec] = [
         "pointwise",
         ({}, {"reduction": "sum"}, {"reduction": "none"}),
         "losses_ew",
-        known={
-            "bad:bool_input": _ACCEPTS_BOOL,
-        },
     ),
     LossSpec(
         "smooth_l1_loss",
@@ -415,10 +405,6 @@ LOSSES: list[LossSpec] = [
         "pointwise",
         ({}, {"delta": 0.5, "reduction": "sum"}, {"delta": 2.0, "reduction": "none"}),
         "losses_ew",
-        known={
-            "bad:int_input": _ACCEPTS_INT,
-            "bad:bool_input": _ACCEPTS_BOOL,
-        },
     ),
     LossSpec(
         "binary_cross_entropy_with_logits",
@@ -426,10 +412,6 @@ LOSSES: list[LossSpec] = [
         "logits",
         ({}, {"reduction": "sum"}, {"reduction": "none"}),
         "losses_ew",
-        known={
-            "bad:int_input": _ACCEPTS_INT,
-            "bad:bool_input": _ACCEPTS_BOOL,
-        },
     ),
     LossSpec(
         "kl_div",
@@ -437,10 +419,6 @@ LOSSES: list[LossSpec] = [
         "kl",
         ({"reduction": "batchmean"}, {"reduction": "sum"}, {"reduction": "none"}),
         "losses_ew",
-        known={
-            "bad:int_input": _ACCEPTS_INT,
-            "bad:bool_input": _ACCEPTS_BOOL,
-        },
     ),
     LossSpec(
         "cross_entropy",

@@ -112,8 +112,27 @@ def sum_to_shape(g: Any, shape: tuple[int, ...]) -> Any:
     return g.sum(axis=axes, keepdims=True).reshape(shape)
 
 
+# Input dtypes torch refuses for a loss although promotion with the target would give a float:
+# huber (its output cannot be cast back to an integer input), BCE with logits (no integer
+# log_sigmoid) and kl_div refuse integer and bool inputs; l1 refuses bool (no bool subtraction).
+_NO_INTEGRAL_INPUT = frozenset({"huber_loss", "binary_cross_entropy_with_logits", "kl_div"})
+_NO_BOOL_INPUT = frozenset({"l1_loss"}) | _NO_INTEGRAL_INPUT
+
+
+def _check_input_kind(op: str, input: Any) -> None:
+    name = str(input.dtype).removeprefix("torch.")
+    is_bool = name == "bool"
+    integral = is_bool or name.startswith(("int", "uint"))
+    if (op in _NO_BOOL_INPUT and is_bool) or (op in _NO_INTEGRAL_INPUT and integral):
+        raise TypeError(
+            f"{op}: input has dtype {input.dtype} ({_buffers.describe(input)}), which torch's "
+            f"{op} refuses too; expected a floating-point input"
+        )
+
+
 def _promote(op: str, input: Any, target: Any) -> Any:
     """The dtype both operands are computed in (torch's / numpy's type promotion)."""
+    _check_input_kind(op, input)
     dtype: Any
     if is_torch(input):
         import torch
