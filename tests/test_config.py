@@ -57,6 +57,20 @@ def test_isa_selection() -> None:
         core.set_cpu_isa("sse9")
 
 
+def test_each_isa_runs_its_own_engine_copy() -> None:
+    """The AVX-512 path must run code compiled for AVX-512: the per-ISA copies of the engine's
+    templates have the same names unless GF_ISA_BEGIN separates them, and the linker then keeps
+    one copy (the SSE one) for every ISA, which no correctness test can notice."""
+    core = gradfuse._native.core()
+    active = core.cpu_isa()
+    try:
+        for isa in core.cpu_isas().split(","):
+            core.set_cpu_isa(isa)
+            assert core.cpu_engine_isa() == isa
+    finally:
+        core.set_cpu_isa(active)
+
+
 def _console_script() -> list[str]:
     """The installed `gradfuse` command of this interpreter's environment, if any."""
     import sysconfig

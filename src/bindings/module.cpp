@@ -35,6 +35,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("cpu_isa", &cpu::active_isa, "The ISA the CPU kernels run on.");
   m.def("cpu_isas", &cpu::supported_isas, "ISAs compiled in and supported by this CPU.");
   m.def("set_cpu_isa", &cpu::set_isa, py::arg("isa"), "Force an ISA path (for tests).");
+  m.def("cpu_engine_isa", &cpu::engine_isa,
+        "The ISA the running CPU engine copy was compiled for (equals cpu_isa()).");
   m.def("get_num_threads", &cpu::get_num_threads);
   m.def("set_num_threads", &cpu::set_num_threads, py::arg("n"));
 

@@ -11,16 +11,19 @@
 #if GF_HAVE_ISA_avx512
 namespace gf::cpu::avx512 {
 GF_KERNELS(GF_DECLARE_KERNEL)
-}
+const char* compiled_engine_isa();
+}  // namespace gf::cpu::avx512
 #endif
 #if GF_HAVE_ISA_avx2
 namespace gf::cpu::avx2 {
 GF_KERNELS(GF_DECLARE_KERNEL)
-}
+const char* compiled_engine_isa();
+}  // namespace gf::cpu::avx2
 #endif
 namespace gf::cpu::baseline {
 GF_KERNELS(GF_DECLARE_KERNEL)
-}
+const char* compiled_engine_isa();
+}  // namespace gf::cpu::baseline
 #undef GF_DECLARE_KERNEL
 
 namespace gf::cpu {
@@ -138,5 +141,20 @@ void set_isa(const std::string& name) {
     }                                  \
   }
 GF_KERNELS(GF_DISPATCH_KERNEL)
+
+std::string engine_isa() {
+  switch (current()) {
+#if GF_HAVE_ISA_avx512
+    case Isa::kAvx512:
+      return avx512::compiled_engine_isa();
+#endif
+#if GF_HAVE_ISA_avx2
+    case Isa::kAvx2:
+      return avx2::compiled_engine_isa();
+#endif
+    default:
+      return baseline::compiled_engine_isa();
+  }
+}
 
 }  // namespace gf::cpu

@@ -16,6 +16,20 @@
 #include "gradfuse/tensor_list.h"
 
 namespace gf::cpu {
+GF_ISA_BEGIN  // one copy of the engine per ISA (config.h)
+
+// The ISA this copy of the engine was compiled for. Deliberately not inlined: it is a weak
+// symbol like the engine's templates, so were the copies ever merged again, every ISA would
+// report the same name (tests/test_config.py).
+__attribute__((noinline)) inline const char* engine_isa() {
+#if defined(__AVX512F__)
+  return "avx512";
+#elif defined(__AVX2__)
+  return "avx2";
+#else
+  return "baseline";
+#endif
+}
 
 // Below this many elements in a call, threads cost more than they save.
 constexpr std::int64_t kParallelGrain = std::int64_t{1} << 15;
@@ -121,4 +135,5 @@ void map_elements(const TensorList& tl, const Op& op) {
   });
 }
 
+GF_ISA_END
 }  // namespace gf::cpu

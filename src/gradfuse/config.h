@@ -10,3 +10,20 @@
 #endif
 
 #define GF_RESTRICT __restrict__
+
+// The CPU kernel sources are compiled once per ISA (GF_ISA = baseline, avx2, avx512; see
+// CMakeLists.txt) and linked into one module. Each instantiation of a template defined in a
+// header is a weak symbol, and the linker keeps one copy per name for the whole module: unless
+// every ISA's copy has its own name, map_elements<float, AdamOp> built for AVX-512 is silently
+// replaced by whichever object came first (this happened: every ISA ran the SSE loops). Headers
+// that hold kernel code wrap it in GF_ISA_BEGIN / GF_ISA_END, an inline namespace named after
+// the ISA, so each copy is distinct and callers never spell the name. Types that cross from the
+// bindings into the kernels (Args, TensorList, the *Hyper structs) stay outside it.
+#define GF_PASTE_IMPL(a, b) a##b
+#define GF_PASTE(a, b) GF_PASTE_IMPL(a, b)
+#if defined(GF_ISA)
+#define GF_ISA_BEGIN inline namespace GF_PASTE(isa_, GF_ISA) {
+#else
+#define GF_ISA_BEGIN inline namespace isa_host {
+#endif
+#define GF_ISA_END }

@@ -17,6 +17,9 @@ GF_KERNELS(GF_DECLARE_KERNEL)
 std::string active_isa();
 std::string supported_isas();  // comma-separated, widest first
 void set_isa(const std::string& isa);
+// The ISA the engine copy that active_isa() dispatches to was compiled for: equal to
+// active_isa() unless the per-ISA copies were merged at link time (config.h, GF_ISA_BEGIN).
+std::string engine_isa();
 
 // Threads: default = CPUs available to this process (its affinity mask).
 int get_num_threads();

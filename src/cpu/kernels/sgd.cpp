@@ -6,6 +6,10 @@
 
 namespace gf::cpu::GF_ISA {
 
+const char* compiled_engine_isa() {
+  return engine_isa();
+}
+
 void sgd(const SgdArgs& a) {
   visit_dtype(a.tensors.dtype, "sgd", [&](auto tag) {
     using T = typename decltype(tag)::type;
