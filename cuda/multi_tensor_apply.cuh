@@ -10,9 +10,12 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "common.cuh"
 #include "gradfuse/math/convert.h"
+#include "gradfuse/math/rounding.h"
+#include "gradfuse/storage.h"
 #include "gradfuse/tensor_list.h"
 
 namespace gf::cuda {
@@ -23,8 +26,18 @@ constexpr int kMaxTensors = 192;
 constexpr int kMaxBlocks = 768;
 constexpr int kVecBytes = 16;
 
-template <int Depth>
-struct TensorTable {
+// What a launch with a non-default storage policy (issue 8) carries besides the slots: per
+// entry the policy's extra array (master / compensation) and the tensor's index in the call (the
+// stochastic-rounding counter uses it, as the CPU engine does), and the call's seed.
+struct NoExtras {};
+struct PolicyExtras {
+  void* extra[kMaxTensors];
+  std::int64_t index[kMaxTensors];
+  std::uint64_t seed;
+};
+
+template <int Depth, typename Extras = NoExtras>
+struct TensorTable : Extras {
   GradScaling grad_scaling;
   void* ptrs[Depth][kMaxTensors];
   std::int64_t numels[kMaxTensors];
@@ -135,23 +148,91 @@ __global__ void __launch_bounds__(kBlockThreads)
   }
 }
 
+// The kernel of a call with a non-default storage policy (gradfuse/storage.h: params and grads in
+// St::Param, state in St::State, the param stored by St::kPolicy). One element per thread and
+// step, scalar loads (coalesced across the warp): the slots have different widths, so the
+// 16-byte packs of the default kernel do not line up. The same loads, rule and stores as the CPU
+// engine's map_span, element for element.
+template <typename St, typename Op>
+__global__ void __launch_bounds__(kBlockThreads)
+    multi_tensor_kernel_policy(const __grid_constant__ TensorTable<Op::kDepth, PolicyExtras> table,
+                               const Op op) {
+  using P = typename St::Param;
+  using S = typename St::State;
+  using X = typename St::Extra;
+  using OpT = OpMath<P>;
+  constexpr int kDepth = Op::kDepth;
+  constexpr int kPolicy = St::kPolicy;
+
+  const GradScaling& gs = table.grad_scaling;
+  if (gs.found_inf && *gs.found_inf != 0.0f) return;  // AMP found inf/NaN: change nothing
+  const GradFactors<OpT> factors{
+      gs.grad_scale ? OpT(static_cast<float>(1.0 / static_cast<double>(*gs.grad_scale))) : OpT(1),
+      gs.clip_coef ? OpT(*gs.clip_coef) : OpT(1)};
+
+  const int entry = table.block_tensor[blockIdx.x];
+  const std::int64_t chunk_begin =
+      static_cast<std::int64_t>(table.block_chunk[blockIdx.x]) * kChunkSize;
+  const std::int64_t n = table.numels[entry];
+  const std::int64_t chunk_end = min(n, chunk_begin + kChunkSize);
+  X* const x = static_cast<X*>(table.extra[entry]);
+  const math::RoundingKey key = math::rounding_key(table.seed, table.index[entry]);
+
+  for (std::int64_t i = chunk_begin + threadIdx.x; i < chunk_end; i += blockDim.x) {
+    OpT v[kDepth];
+#pragma unroll
+    for (int d = 0; d < kDepth; ++d) {
+      const bool read = ((Op::kReads >> d) & 1u) != 0;
+      if (d < 2) {
+        v[d] = read ? math::load(static_cast<const P*>(table.ptrs[d][entry]), i) : OpT(0);
+      } else {
+        v[d] = read ? math::load(static_cast<const S*>(table.ptrs[d][entry]), i) : OpT(0);
+      }
+    }
+    if constexpr (kPolicy == kParamMaster) v[0] = x[i];
+    const OpT p_old = v[0];
+    scale_grad<Op>(v, factors);
+    op(v);
+    P* const param = static_cast<P*>(table.ptrs[0][entry]);
+    if constexpr (kPolicy == kParamNearest) {
+      math::store(param, i, v[0]);
+    } else if constexpr (kPolicy == kParamStochastic) {
+      param[i].bits = math::float_to_bf16_stochastic(v[0], math::rounding_bits(key, i));
+    } else if constexpr (kPolicy == kParamMaster) {
+      x[i] = v[0];
+      math::store(param, i, v[0]);
+    } else {  // kParamKahan
+      math::kahan_bf16(p_old, v[0], math::load(x, i), param[i].bits, x[i].bits);
+    }
+#pragma unroll
+    for (int d = 1; d < kDepth; ++d) {
+      if ((Op::kWrites >> d) & 1u) {
+        if (d < 2) {
+          math::store(static_cast<P*>(table.ptrs[d][entry]), i, v[d]);
+        } else {
+          math::store(static_cast<S*>(table.ptrs[d][entry]), i, v[d]);
+        }
+      }
+    }
+  }
+}
+
 // Launches multi_tensor_kernel over every chunk of every tensor in `tl`, as few launches as the
 // table sizes allow, on the caller's stream and device.
-template <typename T, typename Op>
-void multi_tensor_apply(const TensorList& tl, const Op& op) {
+// The host side of one call: fills launch tables and launches Kernel over every chunk of every
+// tensor. Extras: NoExtras (the default storage) or PolicyExtras.
+template <typename Extras, typename Op, typename Launch>
+void fill_and_launch(const TensorList& tl, Launch&& launch_kernel) {
   constexpr int kDepth = Op::kDepth;
-  GF_CHECK(tl.depth == kDepth, "multi_tensor_apply: expected ", kDepth, " slots, got ", tl.depth);
-  if (tl.size == 0) return;
-  DeviceGuard guard(tl.device);
-  const auto stream = reinterpret_cast<cudaStream_t>(tl.stream);
-
-  TensorTable<kDepth> table;
+  constexpr bool kPolicy = std::is_same_v<Extras, PolicyExtras>;
+  TensorTable<kDepth, Extras> table;
   table.grad_scaling = tl.grad_scaling;
+  if constexpr (kPolicy) table.seed = tl.precision.seed;
   int tensors = 0;
   int blocks = 0;
   auto launch = [&] {
     if (blocks == 0) return;
-    multi_tensor_kernel<T, Op><<<blocks, kBlockThreads, 0, stream>>>(table, op);
+    launch_kernel(table, blocks);
     GF_CUDA_CHECK_LAUNCH();
   };
 
@@ -159,8 +240,13 @@ void multi_tensor_apply(const TensorList& tl, const Op& op) {
     const std::int64_t n = tl.numels[i];
     if (n == 0) continue;
     const std::int64_t chunks = (n + kChunkSize - 1) / kChunkSize;
-    for (int d = 0; d < kDepth; ++d) table.ptrs[d][tensors] = tl.ptr<T>(d, i);
+    for (int d = 0; d < kDepth; ++d) table.ptrs[d][tensors] = tl.ptr<char>(d, i);
     table.numels[tensors] = n;
+    if constexpr (kPolicy) {
+      table.extra[tensors] =
+          tl.precision.extra ? reinterpret_cast<void*>(tl.precision.extra[i]) : nullptr;
+      table.index[tensors] = i;
+    }
     for (std::int64_t c = 0; c < chunks; ++c) {
       table.block_tensor[blocks] = static_cast<std::uint16_t>(tensors);
       table.block_chunk[blocks] = static_cast<std::int32_t>(c);
@@ -173,6 +259,10 @@ void multi_tensor_apply(const TensorList& tl, const Op& op) {
         if (c + 1 < chunks) {
           for (int d = 0; d < kDepth; ++d) table.ptrs[d][0] = table.ptrs[d][tensors];
           table.numels[0] = n;
+          if constexpr (kPolicy) {
+            table.extra[0] = table.extra[tensors];
+            table.index[0] = table.index[tensors];
+          }
           tensors = 0;
         } else {
           tensors = -1;  // becomes 0 below
@@ -187,6 +277,31 @@ void multi_tensor_apply(const TensorList& tl, const Op& op) {
     }
   }
   launch();
+}
+
+// Launches the kernels over every chunk of every tensor in `tl`, as few launches as the table
+// sizes allow, on the caller's stream and device. The default storage runs the vectorized
+// multi_tensor_kernel; a storage policy (tl.precision) runs multi_tensor_kernel_policy.
+template <typename T, typename Op>
+void multi_tensor_apply(const TensorList& tl, const Op& op) {
+  constexpr int kDepth = Op::kDepth;
+  GF_CHECK(tl.depth == kDepth, "multi_tensor_apply: expected ", kDepth, " slots, got ", tl.depth);
+  if (tl.size == 0) return;
+  DeviceGuard guard(tl.device);
+  const auto stream = reinterpret_cast<cudaStream_t>(tl.stream);
+  constexpr bool kParamRule = Op::kGradSlot == 1 && (Op::kReads & 1u) && (Op::kWrites & 1u);
+  visit_storage<T, kParamRule>(tl, "multi_tensor_apply", [&](auto storage) {
+    using St = decltype(storage);
+    if constexpr (std::is_same_v<St, Storage<T, T, kParamNearest>>) {
+      fill_and_launch<NoExtras, Op>(tl, [&](const auto& table, int blocks) {
+        multi_tensor_kernel<T, Op><<<blocks, kBlockThreads, 0, stream>>>(table, op);
+      });
+    } else {
+      fill_and_launch<PolicyExtras, Op>(tl, [&](const auto& table, int blocks) {
+        multi_tensor_kernel_policy<St, Op><<<blocks, kBlockThreads, 0, stream>>>(table, op);
+      });
+    }
+  });
 }
 
 }  // namespace gf::cuda

@@ -28,6 +28,9 @@ def sgd(
     grad_scale: int = 0,
     found_inf: int = 0,
     clip_coef: int = 0,
+    state_dtype: int = -1,
+    policy: int = 0,
+    seed: int = 0,
 ) -> None: ...
 def adam(
     slots: list[list[int]],
@@ -50,6 +53,9 @@ def adam(
     grad_scale: int = 0,
     found_inf: int = 0,
     clip_coef: int = 0,
+    state_dtype: int = -1,
+    policy: int = 0,
+    seed: int = 0,
 ) -> None: ...
 def adamax(
     slots: list[list[int]],
@@ -67,6 +73,9 @@ def adamax(
     grad_scale: int = 0,
     found_inf: int = 0,
     clip_coef: int = 0,
+    state_dtype: int = -1,
+    policy: int = 0,
+    seed: int = 0,
 ) -> None: ...
 def nadam(
     slots: list[list[int]],
@@ -89,6 +98,9 @@ def nadam(
     grad_scale: int = 0,
     found_inf: int = 0,
     clip_coef: int = 0,
+    state_dtype: int = -1,
+    policy: int = 0,
+    seed: int = 0,
 ) -> None: ...
 def radam(
     slots: list[list[int]],
@@ -113,6 +125,9 @@ def radam(
     grad_scale: int = 0,
     found_inf: int = 0,
     clip_coef: int = 0,
+    state_dtype: int = -1,
+    policy: int = 0,
+    seed: int = 0,
 ) -> None: ...
 def adagrad(
     slots: list[list[int]],
@@ -128,6 +143,9 @@ def adagrad(
     grad_scale: int = 0,
     found_inf: int = 0,
     clip_coef: int = 0,
+    state_dtype: int = -1,
+    policy: int = 0,
+    seed: int = 0,
 ) -> None: ...
 def cross_entropy(
     *,
@@ -200,6 +218,9 @@ def lion(
     grad_scale: int = 0,
     found_inf: int = 0,
     clip_coef: int = 0,
+    state_dtype: int = -1,
+    policy: int = 0,
+    seed: int = 0,
 ) -> None: ...
 def nll_loss(
     *,
@@ -236,6 +257,9 @@ def rmsprop(
     grad_scale: int = 0,
     found_inf: int = 0,
     clip_coef: int = 0,
+    state_dtype: int = -1,
+    policy: int = 0,
+    seed: int = 0,
 ) -> None: ...
 def scale_grads(
     slots: list[list[int]],

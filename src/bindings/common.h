@@ -24,19 +24,61 @@ constexpr bool kWithCuda = GRADFUSE_WITH_CUDA != 0;
 struct TensorListHolder {
   std::vector<std::uintptr_t> ptrs;
   std::vector<std::int64_t> numels;
+  std::vector<std::uintptr_t> extra;  // Precision::extra (master or compensation pointers)
   TensorList view;
 };
 
+// The storage policy of a call (issue 8; Precision in gradfuse/tensor_list.h), as Python passes
+// it: state dtype code (-1: the params'), param policy (ParamPolicy), stochastic-rounding seed.
+struct PrecisionArgs {
+  int state_dtype = -1;
+  int policy = kParamNearest;
+  std::uint64_t seed = 0;
+};
+
+// Refuses a storage policy the engines do not have (the Python layer names the user's argument
+// first; this is the boundary's own check).
+inline void check_precision(const char* op, int dtype, const PrecisionArgs& pr) {
+  GF_CHECK(pr.policy >= kParamNearest && pr.policy <= kParamMaster, op, ": unknown param policy ",
+           pr.policy, " (expected 0 nearest, 1 stochastic, 2 kahan, 3 master)");
+  GF_CHECK(pr.state_dtype >= -1 && pr.state_dtype <= 3, op, ": unknown state dtype code ",
+           pr.state_dtype);
+  const auto dt = static_cast<DType>(dtype);
+  const bool half_width = dt == DType::kFloat16 || dt == DType::kBFloat16;
+  GF_CHECK(pr.policy != kParamMaster || half_width, op,
+           ": master weights need float16 or bfloat16 params, got ", dtype_name(dt));
+  GF_CHECK((pr.policy != kParamStochastic && pr.policy != kParamKahan) || dt == DType::kBFloat16,
+           op, ": stochastic rounding and Kahan compensation need bfloat16 params, got ",
+           dtype_name(dt));
+  if (pr.state_dtype >= 0 && pr.state_dtype != dtype) {
+    const auto sd = static_cast<DType>(pr.state_dtype);
+    GF_CHECK(
+        (half_width && sd == DType::kFloat32) || (dt == DType::kFloat32 && sd == DType::kBFloat16),
+        op, ": state dtype ", dtype_name(sd), " is not available for ", dtype_name(dt),
+        " params (float32 state for float16/bfloat16 params, bfloat16 state for float32 "
+        "params)");
+  }
+}
+
 // grad_scale / found_inf / clip_coef: addresses of float32 scalars (0: absent), see
-// GradScaling in gradfuse/tensor_list.h.
+// GradScaling in gradfuse/tensor_list.h. With a master or Kahan policy the last pointer list is
+// the policy's extra array per tensor (Precision::extra), not a slot of the rule.
 inline TensorListHolder make_list(const char* op,
-                                  const std::vector<std::vector<std::uintptr_t>>& slots,
+                                  const std::vector<std::vector<std::uintptr_t>>& all_slots,
                                   const std::vector<std::int64_t>& numels, int dtype, int device,
                                   std::uintptr_t stream, std::uintptr_t grad_scale = 0,
-                                  std::uintptr_t found_inf = 0, std::uintptr_t clip_coef = 0) {
-  GF_CHECK(!slots.empty() && slots.size() <= static_cast<std::size_t>(kMaxDepth), op,
-           ": expected 1 to ", kMaxDepth, " pointer lists, got ", slots.size());
+                                  std::uintptr_t found_inf = 0, std::uintptr_t clip_coef = 0,
+                                  const PrecisionArgs& precision = {}) {
   GF_CHECK(dtype >= 0 && dtype <= 3, op, ": unknown dtype code ", dtype);
+  check_precision(op, dtype, precision);
+  const bool has_extra = precision.policy == kParamMaster || precision.policy == kParamKahan;
+  GF_CHECK(!has_extra || all_slots.size() >= 3, op,
+           ": a master or Kahan policy needs param, grad and extra pointer lists, got ",
+           all_slots.size());
+  const std::size_t depth = all_slots.size() - (has_extra ? 1 : 0);
+  const auto& slots = all_slots;  // the first `depth` lists are the rule's slots
+  GF_CHECK(depth >= 1 && depth <= static_cast<std::size_t>(kMaxDepth), op, ": expected 1 to ",
+           kMaxDepth, " pointer lists, got ", depth);
   GF_CHECK(device >= -1, op, ": invalid device index ", device);
   if (device >= 0) {
     GF_CHECK(kWithCuda, op,
@@ -46,8 +88,8 @@ inline TensorListHolder make_list(const char* op,
   TensorListHolder h;
   const std::size_t n = numels.size();
   h.numels = numels;
-  h.ptrs.reserve(slots.size() * n);
-  for (std::size_t d = 0; d < slots.size(); ++d) {
+  h.ptrs.reserve(depth * n);
+  for (std::size_t d = 0; d < depth; ++d) {
     GF_CHECK(slots[d].size() == n, op, ": pointer list ", d, " has ", slots[d].size(),
              " entries but there are ", n, " tensors");
     for (std::size_t i = 0; i < n; ++i) {
@@ -57,7 +99,21 @@ inline TensorListHolder make_list(const char* op,
       h.ptrs.push_back(slots[d][i]);
     }
   }
-  h.view.depth = static_cast<int>(slots.size());
+  if (has_extra) {
+    const auto& extra = all_slots.back();
+    GF_CHECK(extra.size() == n, op, ": the extra pointer list has ", extra.size(),
+             " entries but there are ", n, " tensors");
+    for (std::size_t i = 0; i < n; ++i) {
+      GF_CHECK(numels[i] == 0 || extra[i] != 0, op, ": tensor ", i,
+               " extra (master/compensation) is a null pointer");
+    }
+    h.extra = extra;
+  }
+  h.view.precision.state_dtype = precision.state_dtype;
+  h.view.precision.policy = precision.policy;
+  h.view.precision.extra = has_extra ? h.extra.data() : nullptr;
+  h.view.precision.seed = precision.seed;
+  h.view.depth = static_cast<int>(depth);
   h.view.size = static_cast<std::int64_t>(n);
   h.view.ptrs = h.ptrs.data();
   h.view.numels = h.numels.data();
@@ -80,6 +136,10 @@ inline void run(void (*cpu_fn)(const Args&), CudaFn cuda_fn, const Args& args) {
   }
   cpu_fn(args);
 }
+
+// The keyword arguments of the storage policy, shared by every optimizer binding (defaults: the
+// params' dtype for the state, round to nearest).
+#define GF_PRECISION_ARGS py::arg("state_dtype") = -1, py::arg("policy") = 0, py::arg("seed") = 0
 
 #if GRADFUSE_WITH_CUDA
 #define GF_CUDA_FN(name) &cuda::name

@@ -10,9 +10,9 @@ void register_optim(py::module_& m) {
          const std::vector<std::int64_t>& numels, int dtype, int device, std::uintptr_t stream,
          double lr, double momentum, double dampening, double weight_decay, bool nesterov,
          bool maximize, bool first_step, std::uintptr_t grad_scale, std::uintptr_t found_inf,
-         std::uintptr_t clip_coef) {
+         std::uintptr_t clip_coef, int state_dtype, int policy, std::uint64_t seed) {
         auto holder = make_list("sgd", slots, numels, dtype, device, stream, grad_scale, found_inf,
-                                clip_coef);
+                                clip_coef, PrecisionArgs{state_dtype, policy, seed});
         const bool has_momentum = momentum != 0.0;
         GF_CHECK(holder.view.depth == (has_momentum ? 3 : 2), "sgd: expected ",
                  has_momentum ? 3 : 2, " pointer lists (param, grad",
@@ -30,6 +30,7 @@ void register_optim(py::module_& m) {
       py::kw_only(), py::arg("lr"), py::arg("momentum"), py::arg("dampening"),
       py::arg("weight_decay"), py::arg("nesterov"), py::arg("maximize"), py::arg("first_step"),
       py::arg("grad_scale") = 0, py::arg("found_inf") = 0, py::arg("clip_coef") = 0,
+      GF_PRECISION_ARGS,
       "In-place SGD over slots [params, grads(, momentum_buffers)] of one dtype and device.\n"
       "grad_scale/found_inf/clip_coef: addresses of float32 scalars, 0 for none.");
 }

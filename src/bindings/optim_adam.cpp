@@ -37,9 +37,10 @@ void register_optim_adam(py::module_& m) {
          double weight_decay, double lr_decay, double exp_avg_weight, double beta2,
          double one_minus_beta2, double bias_correction2_sqrt, double neg_step_size, double eps,
          int weight_decay_mode, bool amsgrad, bool maximize, std::uintptr_t grad_scale,
-         std::uintptr_t found_inf, std::uintptr_t clip_coef) {
+         std::uintptr_t found_inf, std::uintptr_t clip_coef, int state_dtype, int policy,
+         std::uint64_t seed) {
         auto h = make_list("adam", slots, numels, dtype, device, stream, grad_scale, found_inf,
-                           clip_coef);
+                           clip_coef, PrecisionArgs{state_dtype, policy, seed});
         check_depth(h, "adam", amsgrad ? 5 : 4,
                     amsgrad ? "param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq"
                             : "param, grad, exp_avg, exp_avg_sq");
@@ -56,6 +57,7 @@ void register_optim_adam(py::module_& m) {
       py::arg("exp_avg_weight"), py::arg("beta2"), py::arg("one_minus_beta2"),
       py::arg("bias_correction2_sqrt"), py::arg("neg_step_size"), py::arg("eps"),
       py::arg("weight_decay_mode"), py::arg("amsgrad"), py::arg("maximize"), GF_SCALING_ARGS,
+      GF_PRECISION_ARGS,
       "In-place Adam/AdamW over slots [params, grads, exp_avgs, exp_avg_sqs(, max_exp_avg_sqs)]\n"
       "of one dtype and device; per-step scalars precomputed (see gradfuse/math/adam.h).");
 
@@ -64,9 +66,9 @@ void register_optim_adam(py::module_& m) {
       [](const Slots& slots, const Numels& numels, int dtype, int device, std::uintptr_t stream,
          double weight_decay, double exp_avg_weight, double beta2, double eps, double neg_clr,
          bool maximize, std::uintptr_t grad_scale, std::uintptr_t found_inf,
-         std::uintptr_t clip_coef) {
+         std::uintptr_t clip_coef, int state_dtype, int policy, std::uint64_t seed) {
         auto h = make_list("adamax", slots, numels, dtype, device, stream, grad_scale, found_inf,
-                           clip_coef);
+                           clip_coef, PrecisionArgs{state_dtype, policy, seed});
         check_depth(h, "adamax", 4, "param, grad, exp_avg, exp_inf");
         AdamaxArgs args{h.view,
                         {weight_decay, exp_avg_weight, beta2, eps, neg_clr},
@@ -76,6 +78,7 @@ void register_optim_adam(py::module_& m) {
       },
       GF_LIST_ARGS, py::kw_only(), py::arg("weight_decay"), py::arg("exp_avg_weight"),
       py::arg("beta2"), py::arg("eps"), py::arg("neg_clr"), py::arg("maximize"), GF_SCALING_ARGS,
+      GF_PRECISION_ARGS,
       "In-place Adamax over slots [params, grads, exp_avgs, exp_infs] of one dtype and device.");
 
   m.def(
@@ -84,9 +87,10 @@ void register_optim_adam(py::module_& m) {
          double weight_decay, double lr_decay, double exp_avg_weight, double beta2,
          double one_minus_beta2, double bias_correction2, double eps, double grad_coef,
          double exp_avg_coef, int weight_decay_mode, bool maximize, std::uintptr_t grad_scale,
-         std::uintptr_t found_inf, std::uintptr_t clip_coef) {
+         std::uintptr_t found_inf, std::uintptr_t clip_coef, int state_dtype, int policy,
+         std::uint64_t seed) {
         auto h = make_list("nadam", slots, numels, dtype, device, stream, grad_scale, found_inf,
-                           clip_coef);
+                           clip_coef, PrecisionArgs{state_dtype, policy, seed});
         check_depth(h, "nadam", 4, "param, grad, exp_avg, exp_avg_sq");
         check_mode(weight_decay_mode, "nadam");
         NadamArgs args{h.view,
@@ -99,7 +103,7 @@ void register_optim_adam(py::module_& m) {
       GF_LIST_ARGS, py::kw_only(), py::arg("weight_decay"), py::arg("lr_decay"),
       py::arg("exp_avg_weight"), py::arg("beta2"), py::arg("one_minus_beta2"),
       py::arg("bias_correction2"), py::arg("eps"), py::arg("grad_coef"), py::arg("exp_avg_coef"),
-      py::arg("weight_decay_mode"), py::arg("maximize"), GF_SCALING_ARGS,
+      py::arg("weight_decay_mode"), py::arg("maximize"), GF_SCALING_ARGS, GF_PRECISION_ARGS,
       "In-place NAdam over slots [params, grads, exp_avgs, exp_avg_sqs] of one dtype and "
       "device.");
 
@@ -109,9 +113,10 @@ void register_optim_adam(py::module_& m) {
          double weight_decay, double lr_decay, double exp_avg_weight, double beta2,
          double one_minus_beta2, double bias_correction1, double bias_correction2_sqrt, double eps,
          double lr, double rect, int weight_decay_mode, bool maximize, bool rectify,
-         std::uintptr_t grad_scale, std::uintptr_t found_inf, std::uintptr_t clip_coef) {
+         std::uintptr_t grad_scale, std::uintptr_t found_inf, std::uintptr_t clip_coef,
+         int state_dtype, int policy, std::uint64_t seed) {
         auto h = make_list("radam", slots, numels, dtype, device, stream, grad_scale, found_inf,
-                           clip_coef);
+                           clip_coef, PrecisionArgs{state_dtype, policy, seed});
         check_depth(h, "radam", 4, "param, grad, exp_avg, exp_avg_sq");
         check_mode(weight_decay_mode, "radam");
         RadamArgs args{h.view,
@@ -126,7 +131,7 @@ void register_optim_adam(py::module_& m) {
       py::arg("exp_avg_weight"), py::arg("beta2"), py::arg("one_minus_beta2"),
       py::arg("bias_correction1"), py::arg("bias_correction2_sqrt"), py::arg("eps"), py::arg("lr"),
       py::arg("rect"), py::arg("weight_decay_mode"), py::arg("maximize"), py::arg("rectify"),
-      GF_SCALING_ARGS,
+      GF_SCALING_ARGS, GF_PRECISION_ARGS,
       "In-place RAdam over slots [params, grads, exp_avgs, exp_avg_sqs] of one dtype and "
       "device.");
 }

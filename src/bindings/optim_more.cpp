@@ -19,9 +19,10 @@ void register_optim_more(py::module_& m) {
       "adagrad",
       [](const Slots& slots, const Numels& numels, int dtype, int device, std::uintptr_t stream,
          double clr, double eps, double weight_decay, bool maximize, std::uintptr_t grad_scale,
-         std::uintptr_t found_inf, std::uintptr_t clip_coef) {
+         std::uintptr_t found_inf, std::uintptr_t clip_coef, int state_dtype, int policy,
+         std::uint64_t seed) {
         auto holder = make_list("adagrad", slots, numels, dtype, device, stream, grad_scale,
-                                found_inf, clip_coef);
+                                found_inf, clip_coef, PrecisionArgs{state_dtype, policy, seed});
         check_depth("adagrad", holder.view, 3, "param, grad, sum");
         AdagradArgs args{holder.view, {clr, eps, weight_decay}, weight_decay != 0.0, maximize};
         run(&cpu::adagrad, GF_CUDA_FN(adagrad), args);
@@ -29,6 +30,7 @@ void register_optim_more(py::module_& m) {
       py::arg("slots"), py::arg("numels"), py::arg("dtype"), py::arg("device"), py::arg("stream"),
       py::kw_only(), py::arg("clr"), py::arg("eps"), py::arg("weight_decay"), py::arg("maximize"),
       py::arg("grad_scale") = 0, py::arg("found_inf") = 0, py::arg("clip_coef") = 0,
+      GF_PRECISION_ARGS,
       "In-place Adagrad over slots [params, grads, sums] of one dtype and device.\n"
       "clr: this step's decayed learning rate lr / (1 + (step - 1) * lr_decay).");
 
@@ -37,9 +39,9 @@ void register_optim_more(py::module_& m) {
       [](const Slots& slots, const Numels& numels, int dtype, int device, std::uintptr_t stream,
          double lr, double alpha, double eps, double weight_decay, double momentum, bool centered,
          bool maximize, std::uintptr_t grad_scale, std::uintptr_t found_inf,
-         std::uintptr_t clip_coef) {
+         std::uintptr_t clip_coef, int state_dtype, int policy, std::uint64_t seed) {
         auto holder = make_list("rmsprop", slots, numels, dtype, device, stream, grad_scale,
-                                found_inf, clip_coef);
+                                found_inf, clip_coef, PrecisionArgs{state_dtype, policy, seed});
         const bool has_momentum = momentum > 0.0;
         const int depth = 3 + (centered ? 1 : 0) + (has_momentum ? 1 : 0);
         const char* names = centered ? (has_momentum ? "param, grad, square_avg, grad_avg, "
@@ -56,16 +58,17 @@ void register_optim_more(py::module_& m) {
       py::arg("slots"), py::arg("numels"), py::arg("dtype"), py::arg("device"), py::arg("stream"),
       py::kw_only(), py::arg("lr"), py::arg("alpha"), py::arg("eps"), py::arg("weight_decay"),
       py::arg("momentum"), py::arg("centered"), py::arg("maximize"), py::arg("grad_scale") = 0,
-      py::arg("found_inf") = 0, py::arg("clip_coef") = 0,
+      py::arg("found_inf") = 0, py::arg("clip_coef") = 0, GF_PRECISION_ARGS,
       "In-place RMSprop over slots [params, grads, square_avgs(, grad_avgs)(, momentum_buffers)].");
 
   m.def(
       "lion",
       [](const Slots& slots, const Numels& numels, int dtype, int device, std::uintptr_t stream,
          double lr, double beta1, double beta2, double weight_decay, bool maximize,
-         std::uintptr_t grad_scale, std::uintptr_t found_inf, std::uintptr_t clip_coef) {
+         std::uintptr_t grad_scale, std::uintptr_t found_inf, std::uintptr_t clip_coef,
+         int state_dtype, int policy, std::uint64_t seed) {
         auto holder = make_list("lion", slots, numels, dtype, device, stream, grad_scale, found_inf,
-                                clip_coef);
+                                clip_coef, PrecisionArgs{state_dtype, policy, seed});
         check_depth("lion", holder.view, 3, "param, grad, exp_avg");
         LionArgs args{holder.view, {lr, beta1, beta2, weight_decay}, weight_decay != 0.0, maximize};
         run(&cpu::lion, GF_CUDA_FN(lion), args);
@@ -73,7 +76,7 @@ void register_optim_more(py::module_& m) {
       py::arg("slots"), py::arg("numels"), py::arg("dtype"), py::arg("device"), py::arg("stream"),
       py::kw_only(), py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("weight_decay"),
       py::arg("maximize"), py::arg("grad_scale") = 0, py::arg("found_inf") = 0,
-      py::arg("clip_coef") = 0,
+      py::arg("clip_coef") = 0, GF_PRECISION_ARGS,
       "In-place Lion over slots [params, grads, exp_avgs] of one dtype and device.");
 
   m.def(

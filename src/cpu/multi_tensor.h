@@ -13,15 +13,17 @@
 #include "cpu/parallel.h"
 #include "gradfuse/config.h"
 #include "gradfuse/math/convert.h"
+#include "gradfuse/math/rounding.h"
+#include "gradfuse/storage.h"
 #include "gradfuse/tensor_list.h"
 
 namespace gf::cpu {
 GF_ISA_BEGIN  // one copy of the engine per ISA (config.h)
 
-// The ISA this copy of the engine was compiled for. Deliberately not inlined: it is a weak
-// symbol like the engine's templates, so were the copies ever merged again, every ISA would
-// report the same name (tests/test_config.py).
-__attribute__((noinline)) inline const char* engine_isa() {
+    // The ISA this copy of the engine was compiled for. Deliberately not inlined: it is a weak
+    // symbol like the engine's templates, so were the copies ever merged again, every ISA would
+    // report the same name (tests/test_config.py).
+    __attribute__((noinline)) inline const char* engine_isa() {
 #if defined(__AVX512F__)
   return "avx512";
 #elif defined(__AVX2__)
@@ -87,15 +89,28 @@ GF_INLINE void store_slot(const OpT* v, T* GF_RESTRICT p, std::int64_t i) {
 // variables, and without it a rule with several written slots (Adam: param, exp_avg, exp_avg_sq)
 // needs more runtime overlap checks than the vectorizer allows and stays scalar. The Python layer
 // refuses aliased tensors, so the promise holds. Slots beyond Op::kDepth are null, never touched.
-template <typename T, typename Op>
-GF_INLINE void map_span(T* GF_RESTRICT p0, T* GF_RESTRICT p1, T* GF_RESTRICT p2, T* GF_RESTRICT p3,
-                        T* GF_RESTRICT p4, T* GF_RESTRICT p5, std::int64_t b, std::int64_t e,
-                        const Op& op, OpMath<T> inv_scale, OpMath<T> clip_coef) {
-  using OpT = OpMath<T>;
+// St (gradfuse/storage.h) gives each slot its storage type: params and grads St::Param, state
+// St::State, and x the policy's extra array (master or compensation; null for the others). The
+// default storage compiles to the same loop as a single-dtype engine: the policy branches are
+// `if constexpr`.
+template <typename St, typename Op>
+GF_INLINE void map_span(typename St::Param* GF_RESTRICT p0, typename St::Param* GF_RESTRICT p1,
+                        typename St::State* GF_RESTRICT p2, typename St::State* GF_RESTRICT p3,
+                        typename St::State* GF_RESTRICT p4, typename St::State* GF_RESTRICT p5,
+                        typename St::Extra* GF_RESTRICT x, std::int64_t b, std::int64_t e,
+                        const Op& op, OpMath<typename St::Param> inv_scale,
+                        OpMath<typename St::Param> clip_coef, math::RoundingKey key) {
+  using OpT = OpMath<typename St::Param>;
   constexpr int kGradSlot = Op::kGradSlot;
+  constexpr int kPolicy = St::kPolicy;
   for (std::int64_t i = b; i < e; ++i) {
     OpT v[kMaxDepth] = {};
-    load_slot<Op, 0>(v, p0, i);
+    if constexpr (kPolicy == kParamMaster) {
+      v[0] = x[i];  // the float32 master, not its rounded copy
+    } else {
+      load_slot<Op, 0>(v, p0, i);
+    }
+    [[maybe_unused]] const OpT p_old = v[0];
     load_slot<Op, 1>(v, p1, i);
     load_slot<Op, 2>(v, p2, i);
     load_slot<Op, 3>(v, p3, i);
@@ -103,7 +118,16 @@ GF_INLINE void map_span(T* GF_RESTRICT p0, T* GF_RESTRICT p1, T* GF_RESTRICT p2,
     load_slot<Op, 5>(v, p5, i);
     if constexpr (kGradSlot >= 0) v[kGradSlot] = (v[kGradSlot] * inv_scale) * clip_coef;
     op(v);
-    store_slot<Op, 0>(v, p0, i);
+    if constexpr (kPolicy == kParamNearest) {
+      store_slot<Op, 0>(v, p0, i);
+    } else if constexpr (kPolicy == kParamStochastic) {
+      p0[i].bits = math::float_to_bf16_stochastic(v[0], math::rounding_bits(key, i));
+    } else if constexpr (kPolicy == kParamMaster) {
+      x[i] = v[0];
+      math::store(p0, i, v[0]);
+    } else {  // kParamKahan
+      math::kahan_bf16(p_old, v[0], math::load(x, i), p0[i].bits, x[i].bits);
+    }
     store_slot<Op, 1>(v, p1, i);
     store_slot<Op, 2>(v, p2, i);
     store_slot<Op, 3>(v, p3, i);
@@ -113,7 +137,8 @@ GF_INLINE void map_span(T* GF_RESTRICT p0, T* GF_RESTRICT p1, T* GF_RESTRICT p2,
 }
 
 // Elementwise multi-tensor update: for every element, load the slots Op reads (converted to
-// opmath), apply the shared per-element rule, store the slots it writes (rounded to T).
+// opmath), apply the shared per-element rule, store the slots it writes (rounded to their
+// storage type, the param by the list's policy; see Precision in gradfuse/tensor_list.h).
 // Op provides kDepth (slots per tensor), kReads and kWrites (bit d = slot d), kGradSlot (the
 // slot that GradScaling applies to, or -1) and operator()(OpT* v).
 template <typename T, typename Op>
@@ -124,14 +149,29 @@ void map_elements(const TensorList& tl, const Op& op) {
   static_assert(kDepth >= 1 && kDepth <= kMaxDepth, "too many slots");
   static_assert(kGradSlot < kDepth, "kGradSlot must name a slot or be -1");
   const GradScaling& gs = tl.grad_scaling;
-  if (gs.found_inf && *gs.found_inf != 0.0f) return;  // AMP found inf/NaN: change nothing
-  const OpT inv_scale =
-      gs.grad_scale ? OpT(static_cast<float>(1.0 / static_cast<double>(*gs.grad_scale))) : OpT(1);
-  const OpT clip_coef = gs.clip_coef ? OpT(*gs.clip_coef) : OpT(1);
-  for_each_span(tl, [&](std::int64_t t, std::int64_t b, std::int64_t e) {
-    auto slot = [&](int d) { return kDepth > d ? tl.ptr<T>(d, t) : nullptr; };
-    map_span<T>(slot(0), slot(1), slot(2), slot(3), slot(4), slot(5), b, e, op, inv_scale,
-                clip_coef);
+  constexpr bool kParamRule = kGradSlot == 1 && (Op::kReads & 1u) && (Op::kWrites & 1u);
+  visit_storage<T, kParamRule>(tl, "map_elements", [&](auto storage) {
+    using St = decltype(storage);
+    using P = typename St::Param;
+    using S = typename St::State;
+    if (gs.found_inf && *gs.found_inf != 0.0f) return;  // AMP found inf/NaN: change nothing
+    const OpT inv_scale =
+        gs.grad_scale ? OpT(static_cast<float>(1.0 / static_cast<double>(*gs.grad_scale))) : OpT(1);
+    const OpT clip_coef = gs.clip_coef ? OpT(*gs.clip_coef) : OpT(1);
+    const Precision& pr = tl.precision;
+    for_each_span(tl, [&](std::int64_t t, std::int64_t b, std::int64_t e) {
+      auto param = [&](int d) { return kDepth > d ? tl.ptr<P>(d, t) : nullptr; };
+      auto state = [&](int d) { return kDepth > d ? tl.ptr<S>(d, t) : nullptr; };
+      using X = typename St::Extra;
+      X* extra = nullptr;
+      math::RoundingKey key;
+      if constexpr (St::kPolicy == kParamMaster || St::kPolicy == kParamKahan) {
+        extra = reinterpret_cast<X*>(pr.extra[t]);
+      }
+      if constexpr (St::kPolicy == kParamStochastic) key = math::rounding_key(pr.seed, t);
+      map_span<St>(param(0), param(1), state(2), state(3), state(4), state(5), extra, b, e, op,
+                   inv_scale, clip_coef, key);
+    });
   });
 }
 

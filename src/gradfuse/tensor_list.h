@@ -27,6 +27,35 @@ struct GradScaling {
   const float* clip_coef = nullptr;
 };
 
+// How a call stores its slots (issue 8); the default (state in the params' dtype, round to
+// nearest) is what every call had before. The per-element rule never sees any of it: the
+// engines load each slot from its own storage type into opmath and apply the param policy when
+// they store slot 0 (the param of every optimizer rule).
+//   state_dtype: DType code of the state slots (2 and up), -1 for the list's dtype. Allowed:
+//     float32/float16/bfloat16 params with float32 state; float32 params with bfloat16 state.
+//   policy: how slot 0 is stored (ParamPolicy below; all but kParamNearest need 16-bit params).
+//   extra: per tensor, the float32 master copy (kParamMaster: loaded instead of the param,
+//     stored, then rounded to nearest into the param) or the bfloat16 Kahan compensation
+//     (kParamKahan, bfloat16 params); nullptr otherwise.
+//   seed: the stochastic-rounding seed of this call (gradfuse/math/rounding.h).
+enum ParamPolicy : int {
+  kParamNearest = 0,
+  kParamStochastic = 1,
+  kParamKahan = 2,
+  kParamMaster = 3,
+};
+
+struct Precision {
+  int state_dtype = -1;
+  int policy = kParamNearest;
+  const std::uintptr_t* extra = nullptr;
+  std::uint64_t seed = 0;
+
+  bool is_default(DType dtype) const {
+    return policy == kParamNearest && (state_dtype < 0 || state_dtype == static_cast<int>(dtype));
+  }
+};
+
 struct TensorList {
   int depth = 0;                         // pointers per tensor (param, grad, state...)
   std::int64_t size = 0;                 // number of tensors
@@ -36,6 +65,7 @@ struct TensorList {
   int device = -1;            // -1: host memory; otherwise the CUDA device index
   std::uintptr_t stream = 0;  // the caller's current cudaStream_t (CUDA only)
   GradScaling grad_scaling;   // applied to the slot an op names as kGradSlot
+  Precision precision;        // storage of the state slots and of the param (issue 8)
 
   template <typename T>
   T* ptr(int slot, std::int64_t i) const {

@@ -47,10 +47,18 @@ def test_signature_matches_torch(name: str) -> None:
         return [(p.name, p.kind, p.default) for p in sig.parameters.values()]
 
     ours = shape(getattr(gradfuse.optim, name))
-    # gradfuse's one extension (DESIGN.md §1: keyword-only, off by default), last of all.
-    extension = ("max_grad_norm", inspect.Parameter.KEYWORD_ONLY, None)
-    assert ours[-1] == extension
-    assert ours[:-1] == shape(getattr(torch.optim, name))
+    # gradfuse's extensions (DESIGN.md §1: keyword-only, off by default), last of all:
+    # clipping, then the low-precision policies (issue 8).
+    kw = inspect.Parameter.KEYWORD_ONLY
+    extensions = [
+        ("max_grad_norm", kw, None),
+        ("master_weights", kw, False),
+        ("state_dtype", kw, None),
+        ("rounding", kw, "nearest"),
+        ("kahan", kw, False),
+    ]
+    assert ours[-len(extensions) :] == extensions
+    assert ours[: -len(extensions)] == shape(getattr(torch.optim, name))
 
 
 @pytest.mark.parametrize("name", NAMES)

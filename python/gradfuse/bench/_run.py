@@ -244,7 +244,7 @@ def measure(
     order = list(runners)
     pos = dict.fromkeys(order, warmup)
     bar.set(f"{label}: timing {len(order)} providers interleaved")
-    for r in range(repeat):
+    for r in range(repeat if order else 0):  # no runner: every provider was unavailable
         # Interleave, rotating who goes first, so drift (other load, thermals) hits all alike.
         for prov in order[r % len(order) :] + order[: r % len(order)]:
             samples[prov].append(_time_sample(runners[prov], pos[prov], inner[prov], item.device))

@@ -21,7 +21,7 @@ from typing import Any
 from gradfuse import _native
 from gradfuse._compile import traceable
 from gradfuse.functional import _steps
-from gradfuse.functional._multi_tensor import GradScaling, Group, group, prepare
+from gradfuse.functional._multi_tensor import GradScaling, Group, LowPrecision, group, prepare
 from gradfuse.functional._optim import to_float
 
 # Weight decay modes of the native rules (gf::math::WeightDecayMode).
@@ -53,17 +53,29 @@ def _begin(
     grad_scale: Any,
     found_inf: Any,
     clip_coef: Any,
-) -> tuple[list[Any], GradScaling] | None:
-    """Validate everything; None when AMP says to skip the step (nothing is written)."""
+    lowprec: LowPrecision,
+) -> tuple[list[Any], GradScaling, int] | None:
+    """Validate everything; None when AMP says to skip the step (nothing is written).
+
+    Returns the buffers, the scaling, the number of pointer lists and the state slot (see
+    :class:`LowPrecision`)."""
     n = len(slots[0][1])
     _steps.check_counters(op, "state_steps", state_steps, n, slots[0][0])
     full = GradScaling(grad_scale, found_inf, clip_coef)
     full.check(op)
-    buffers = prepare(op, slots, written=written)
+    slots, free = lowprec.extend(op, slots)
+    buffers = prepare(
+        op,
+        slots,
+        written=(*written, *lowprec.written),
+        free_dtype=free,
+        mismatches=lowprec.mismatches,
+    )
+    lowprec.check(op, buffers, n)
     if _steps.found_inf_is_set(found_inf):
         return None
     # found_inf is known to be zero: the kernels need only the scale and the clip coefficient.
-    return buffers, GradScaling(grad_scale, None, clip_coef)
+    return buffers, GradScaling(grad_scale, None, clip_coef), len(slots)
 
 
 def _scaling_kwargs(scaling: GradScaling, g: Group) -> dict[str, int]:
@@ -79,7 +91,17 @@ def _torch_dtype(g: Group) -> Any:
     return getattr(torch, name)
 
 
-@traceable(written=("params", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "state_steps"))
+@traceable(
+    written=(
+        "master_params",
+        "kahan_comps",
+        "params",
+        "exp_avgs",
+        "exp_avg_sqs",
+        "max_exp_avg_sqs",
+        "state_steps",
+    )
+)
 def adam_(
     params: Sequence[Any],
     grads: Sequence[Any],
@@ -99,6 +121,10 @@ def adam_(
     grad_scale: Any = None,
     found_inf: Any = None,
     clip_coef: Any = None,
+    master_params: Sequence[Any] | None = None,
+    kahan_comps: Sequence[Any] | None = None,
+    rounding: str = "nearest",
+    seed: int | None = None,
 ) -> None:
     """One Adam step (AdamW with ``decoupled_weight_decay=True``), in place.
 
@@ -128,6 +154,7 @@ def adam_(
         if max_exp_avg_sqs is None:
             raise ValueError(f"{op}: amsgrad=True needs max_exp_avg_sqs, one per param")
         slots.append(("max_exp_avg_sqs", max_exp_avg_sqs))
+    lowprec = LowPrecision(master_params, kahan_comps, rounding, seed)
     begun = _begin(
         op,
         slots,
@@ -136,14 +163,15 @@ def adam_(
         grad_scale,
         found_inf,
         clip_coef,
+        lowprec,
     )
     if begun is None:
         return
-    buffers, scaling = begun
+    buffers, scaling, depth = begun
     n = len(params)
     steps = _steps.increment_all(state_steps)
     core = _native.core()
-    for g in group(buffers, len(slots), n, steps):
+    for k, g in enumerate(group(buffers, depth, n, steps, *lowprec.layout)):
         step = steps[g.indices[0]]
         # torch._single_tensor_adam (capturable=False), expression for expression.
         bias_correction1 = 1 - beta1**step
@@ -171,10 +199,21 @@ def adam_(
             amsgrad=bool(amsgrad),
             maximize=bool(maximize),
             **_scaling_kwargs(scaling, g),
+            **lowprec.kwargs(g, k),
         )
 
 
-@traceable(written=("params", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "state_steps"))
+@traceable(
+    written=(
+        "master_params",
+        "kahan_comps",
+        "params",
+        "exp_avgs",
+        "exp_avg_sqs",
+        "max_exp_avg_sqs",
+        "state_steps",
+    )
+)
 def adamw_(
     params: Sequence[Any],
     grads: Sequence[Any],
@@ -193,6 +232,10 @@ def adamw_(
     grad_scale: Any = None,
     found_inf: Any = None,
     clip_coef: Any = None,
+    master_params: Sequence[Any] | None = None,
+    kahan_comps: Sequence[Any] | None = None,
+    rounding: str = "nearest",
+    seed: int | None = None,
 ) -> None:
     """One AdamW step in place: :func:`adam_` with decoupled weight decay (torch.optim.AdamW)."""
     adam_(
@@ -213,10 +256,16 @@ def adamw_(
         grad_scale=grad_scale,
         found_inf=found_inf,
         clip_coef=clip_coef,
+        master_params=master_params,
+        kahan_comps=kahan_comps,
+        rounding=rounding,
+        seed=seed,
     )
 
 
-@traceable(written=("params", "exp_avgs", "exp_infs", "state_steps"))
+@traceable(
+    written=("master_params", "kahan_comps", "params", "exp_avgs", "exp_infs", "state_steps")
+)
 def adamax_(
     params: Sequence[Any],
     grads: Sequence[Any],
@@ -233,6 +282,10 @@ def adamax_(
     grad_scale: Any = None,
     found_inf: Any = None,
     clip_coef: Any = None,
+    master_params: Sequence[Any] | None = None,
+    kahan_comps: Sequence[Any] | None = None,
+    rounding: str = "nearest",
+    seed: int | None = None,
 ) -> None:
     """One Adamax step in place (torch.optim.Adamax, for-loop implementation).
 
@@ -250,6 +303,7 @@ def adamax_(
         ("exp_avgs", exp_avgs),
         ("exp_infs", exp_infs),
     ]
+    lowprec = LowPrecision(master_params, kahan_comps, rounding, seed)
     begun = _begin(
         "adamax_",
         slots,
@@ -258,14 +312,15 @@ def adamax_(
         grad_scale,
         found_inf,
         clip_coef,
+        lowprec,
     )
     if begun is None:
         return
-    buffers, scaling = begun
+    buffers, scaling, depth = begun
     n = len(params)
     steps = _steps.increment_all(state_steps)
     core = _native.core()
-    for g in group(buffers, len(slots), n, steps):
+    for k, g in enumerate(group(buffers, depth, n, steps, *lowprec.layout)):
         step = steps[g.indices[0]]
         # torch._single_tensor_adamax (capturable=False).
         bias_correction = 1 - beta1_f**step
@@ -283,10 +338,21 @@ def adamax_(
             neg_clr=float(-clr),
             maximize=bool(maximize),
             **_scaling_kwargs(scaling, g),
+            **lowprec.kwargs(g, k),
         )
 
 
-@traceable(written=("params", "exp_avgs", "exp_avg_sqs", "mu_products", "state_steps"))
+@traceable(
+    written=(
+        "master_params",
+        "kahan_comps",
+        "params",
+        "exp_avgs",
+        "exp_avg_sqs",
+        "mu_products",
+        "state_steps",
+    )
+)
 def nadam_(
     params: Sequence[Any],
     grads: Sequence[Any],
@@ -306,6 +372,10 @@ def nadam_(
     grad_scale: Any = None,
     found_inf: Any = None,
     clip_coef: Any = None,
+    master_params: Sequence[Any] | None = None,
+    kahan_comps: Sequence[Any] | None = None,
+    rounding: str = "nearest",
+    seed: int | None = None,
 ) -> None:
     """One NAdam step in place (torch.optim.NAdam, for-loop implementation).
 
@@ -327,6 +397,7 @@ def nadam_(
     ]
     n = len(params)
     _steps.check_counters("nadam_", "mu_products", mu_products, n, "params")
+    lowprec = LowPrecision(master_params, kahan_comps, rounding, seed)
     begun = _begin(
         "nadam_",
         slots,
@@ -335,10 +406,11 @@ def nadam_(
         grad_scale,
         found_inf,
         clip_coef,
+        lowprec,
     )
     if begun is None:
         return
-    buffers, scaling = begun
+    buffers, scaling, depth = begun
     keys: list[tuple[float, float, float, float]] = []
     for i in range(n):
         # torch._single_tensor_nadam (capturable=False), expression for expression.
@@ -348,7 +420,7 @@ def nadam_(
         mu_product = _steps.multiply(mu_products, i, mu)
         keys.append((step, mu, mu_next, mu_product))
     core = _native.core()
-    for g in group(buffers, len(slots), n, keys):
+    for k, g in enumerate(group(buffers, depth, n, keys, *lowprec.layout)):
         step, mu, mu_next, mu_product = keys[g.indices[0]]
         bias_correction2 = 1 - beta2_f**step
         mu_product_next = mu_product * mu_next
@@ -370,10 +442,13 @@ def nadam_(
             weight_decay_mode=_wd_mode(wd_f, decoupled_weight_decay),
             maximize=bool(maximize),
             **_scaling_kwargs(scaling, g),
+            **lowprec.kwargs(g, k),
         )
 
 
-@traceable(written=("params", "exp_avgs", "exp_avg_sqs", "state_steps"))
+@traceable(
+    written=("master_params", "kahan_comps", "params", "exp_avgs", "exp_avg_sqs", "state_steps")
+)
 def radam_(
     params: Sequence[Any],
     grads: Sequence[Any],
@@ -391,6 +466,10 @@ def radam_(
     grad_scale: Any = None,
     found_inf: Any = None,
     clip_coef: Any = None,
+    master_params: Sequence[Any] | None = None,
+    kahan_comps: Sequence[Any] | None = None,
+    rounding: str = "nearest",
+    seed: int | None = None,
 ) -> None:
     """One RAdam step in place (torch.optim.RAdam, for-loop implementation).
 
@@ -408,6 +487,7 @@ def radam_(
         ("exp_avgs", exp_avgs),
         ("exp_avg_sqs", exp_avg_sqs),
     ]
+    lowprec = LowPrecision(master_params, kahan_comps, rounding, seed)
     begun = _begin(
         "radam_",
         slots,
@@ -416,14 +496,15 @@ def radam_(
         grad_scale,
         found_inf,
         clip_coef,
+        lowprec,
     )
     if begun is None:
         return
-    buffers, scaling = begun
+    buffers, scaling, depth = begun
     n = len(params)
     steps = _steps.increment_all(state_steps)
     core = _native.core()
-    for g in group(buffers, len(slots), n, steps):
+    for k, g in enumerate(group(buffers, depth, n, steps, *lowprec.layout)):
         step = steps[g.indices[0]]
         # torch._single_tensor_radam (capturable=False), expression for expression.
         bias_correction1 = 1 - beta1_f**step
@@ -456,4 +537,5 @@ def radam_(
             maximize=bool(maximize),
             rectify=bool(rectify),
             **_scaling_kwargs(scaling, g),
+            **lowprec.kwargs(g, k),
         )

@@ -12,7 +12,7 @@ from typing import Any
 
 from gradfuse import _buffers, _native
 from gradfuse._compile import traceable
-from gradfuse.functional._multi_tensor import GradScaling, group, prepare
+from gradfuse.functional._multi_tensor import GradScaling, LowPrecision, group, prepare
 from gradfuse.functional._optim import to_float
 
 _SCALING_NAMES = ("grad_scale", "found_inf", "clip_coef")
@@ -94,7 +94,7 @@ def advance_steps_on_device(
         torch._foreach_sub_(steps, [f.to(s.dtype) for s in steps])
 
 
-@traceable(written=("params", "state_sums", "state_steps"))
+@traceable(written=("master_params", "kahan_comps", "params", "state_sums", "state_steps"))
 def adagrad_(
     params: Sequence[Any],
     grads: Sequence[Any],
@@ -109,6 +109,10 @@ def adagrad_(
     grad_scale: Any = None,
     found_inf: Any = None,
     clip_coef: Any = None,
+    master_params: Sequence[Any] | None = None,
+    kahan_comps: Sequence[Any] | None = None,
+    rounding: str = "nearest",
+    seed: int | None = None,
 ) -> None:
     """One Adagrad step, in place, following ``torch.optim.Adagrad`` (foreach=False).
 
@@ -132,13 +136,22 @@ def adagrad_(
     _require_entries("adagrad_", "state_sums", state_sums)
     scaling = GradScaling(grad_scale, found_inf, clip_coef)
     scaling.check("adagrad_")
-    buffers = prepare("adagrad_", slots, written=("params", "state_sums"))
+    lowprec = LowPrecision(master_params, kahan_comps, rounding, seed)
+    slots, free = lowprec.extend("adagrad_", slots)
+    buffers = prepare(
+        "adagrad_",
+        slots,
+        written=(*("params", "state_sums"), *lowprec.written),
+        free_dtype=free,
+        mismatches=lowprec.mismatches,
+    )
+    lowprec.check("adagrad_", buffers, n)
     skipped = _is_skipped(found_inf)
     steps = advance_steps("adagrad_", state_steps, n, skipped)
     if skipped:
         return
     core = _native.core()
-    for g in group(buffers, len(slots), n, steps):
+    for k, g in enumerate(group(buffers, len(slots), n, steps, *lowprec.layout)):
         step = steps[g.indices[0]]
         core.adagrad(
             g.slots,
@@ -151,10 +164,21 @@ def adagrad_(
             weight_decay=weight_decay_f,
             maximize=bool(maximize),
             **_scaling_kwargs(scaling, g.device),
+            **lowprec.kwargs(g, k),
         )
 
 
-@traceable(written=("params", "square_avgs", "grad_avgs", "momentum_buffer_list", "state_steps"))
+@traceable(
+    written=(
+        "master_params",
+        "kahan_comps",
+        "params",
+        "square_avgs",
+        "grad_avgs",
+        "momentum_buffer_list",
+        "state_steps",
+    )
+)
 def rmsprop_(
     params: Sequence[Any],
     grads: Sequence[Any],
@@ -173,6 +197,10 @@ def rmsprop_(
     grad_scale: Any = None,
     found_inf: Any = None,
     clip_coef: Any = None,
+    master_params: Sequence[Any] | None = None,
+    kahan_comps: Sequence[Any] | None = None,
+    rounding: str = "nearest",
+    seed: int | None = None,
 ) -> None:
     """One RMSprop step, in place, following ``torch.optim.RMSprop`` (foreach=False).
 
@@ -206,12 +234,21 @@ def rmsprop_(
     scaling = GradScaling(grad_scale, found_inf, clip_coef)
     scaling.check("rmsprop_")
     written = ("params", "square_avgs", "grad_avgs", "momentum_buffer_list")
-    buffers = prepare("rmsprop_", slots, written=written)
+    lowprec = LowPrecision(master_params, kahan_comps, rounding, seed)
+    slots, free = lowprec.extend("rmsprop_", slots)
+    buffers = prepare(
+        "rmsprop_",
+        slots,
+        written=(*written, *lowprec.written),
+        free_dtype=free,
+        mismatches=lowprec.mismatches,
+    )
+    lowprec.check("rmsprop_", buffers, n)
     if state_steps is not None:
         advance_steps_on_device("rmsprop_", state_steps, n, found_inf)
     # A nonzero found_inf is read by the kernels themselves (on the device): nothing written.
     core = _native.core()
-    for g in group(buffers, len(slots), n):
+    for k, g in enumerate(group(buffers, len(slots), n, None, *lowprec.layout)):
         core.rmsprop(
             g.slots,
             g.numels,
@@ -226,10 +263,11 @@ def rmsprop_(
             centered=bool(centered),
             maximize=bool(maximize),
             **_scaling_kwargs(scaling, g.device),
+            **lowprec.kwargs(g, k),
         )
 
 
-@traceable(written=("params", "exp_avgs"))
+@traceable(written=("master_params", "kahan_comps", "params", "exp_avgs"))
 def lion_(
     params: Sequence[Any],
     grads: Sequence[Any],
@@ -243,6 +281,10 @@ def lion_(
     grad_scale: Any = None,
     found_inf: Any = None,
     clip_coef: Any = None,
+    master_params: Sequence[Any] | None = None,
+    kahan_comps: Sequence[Any] | None = None,
+    rounding: str = "nearest",
+    seed: int | None = None,
 ) -> None:
     """One Lion step (Chen et al. 2023), in place, for every ``params[i]``.
 
@@ -263,9 +305,18 @@ def lion_(
     _require_entries("lion_", "exp_avgs", exp_avgs)
     scaling = GradScaling(grad_scale, found_inf, clip_coef)
     scaling.check("lion_")
-    buffers = prepare("lion_", slots, written=("params", "exp_avgs"))
+    lowprec = LowPrecision(master_params, kahan_comps, rounding, seed)
+    slots, free = lowprec.extend("lion_", slots)
+    buffers = prepare(
+        "lion_",
+        slots,
+        written=(*("params", "exp_avgs"), *lowprec.written),
+        free_dtype=free,
+        mismatches=lowprec.mismatches,
+    )
+    lowprec.check("lion_", buffers, n)
     core = _native.core()
-    for g in group(buffers, len(slots), n):
+    for k, g in enumerate(group(buffers, len(slots), n, None, *lowprec.layout)):
         core.lion(
             g.slots,
             g.numels,
@@ -278,4 +329,5 @@ def lion_(
             weight_decay=weight_decay_f,
             maximize=bool(maximize),
             **_scaling_kwargs(scaling, g.device),
+            **lowprec.kwargs(g, k),
         )

@@ -22,6 +22,8 @@ class Group:
     device: int
     dtype_code: int
     indices: list[int] = field(default_factory=list)
+    state_dtype_code: int = -1  # dtype code of the state slots; -1: the params' (see group)
+    has_extra: bool = False  # the last slot is the policy's extra list (see group)
     slots: list[list[int]] = field(default_factory=list)  # slots[d][k]: pointer
     numels: list[int] = field(default_factory=list)
 
@@ -99,9 +101,14 @@ def prepare(
     op: str,
     slots: Sequence[tuple[str, Sequence[Any]]],
     written: Sequence[str],
+    free_dtype: Sequence[str] = (),
+    mismatches: list[tuple[int, int]] | None = None,
 ) -> list[Buffer | None]:
     """Check every list; return nothing written yet. See :func:`group`.
 
+    ``free_dtype``: slots whose dtype may differ from the params' (state kept in another
+    dtype, master copies); :meth:`LowPrecision.check` says which dtypes they may have, from
+    the (slot, index) pairs whose dtype differs, appended to ``mismatches``.
     Returns the flat list of buffers, slot-major: ``buffers[d * n + i]``.
     """
     names = [name for name, _ in slots]
@@ -113,6 +120,7 @@ def prepare(
                 f"{len(values)} {name} for {n} {names[0]}"
             )
     written_set = set(written)
+    free_set = set(free_dtype)
     fast = _buffers._fast_torch_buffer
     buffers: list[Buffer | None] = []
     for name, values in slots:
@@ -134,12 +142,19 @@ def prepare(
                 continue
             if not (
                 other.shape == ref.shape
-                and other.dtype == ref.dtype
+                and (other.dtype == ref.dtype or name in free_set)
                 and other.device == ref.device
                 and other.is_torch == ref.is_torch
                 and other.sharding == ref.sharding
             ):
-                _buffers.check_same_layout(ref, f"{names[0]}[{i}]", other, f"{op}: {name}[{i}]")
+                _buffers.check_same_layout(
+                    ref._replace(dtype=other.dtype) if name in free_set else ref,
+                    f"{names[0]}[{i}]",
+                    other,
+                    f"{op}: {name}[{i}]",
+                )
+            if other.dtype != ref.dtype and mismatches is not None:
+                mismatches.append((d, i))
             if other.strides != ref.strides:
                 if name in written_set:
                     raise ValueError(
@@ -159,25 +174,221 @@ def prepare(
 
 
 def group(
-    buffers: Sequence[Buffer | None], depth: int, n: int, keys: Sequence[Any] | None = None
+    buffers: Sequence[Buffer | None],
+    depth: int,
+    n: int,
+    keys: Sequence[Any] | None = None,
+    state_slot: int | None = None,
+    extra_slot: int | None = None,
 ) -> list[Group]:
-    """Group the tensors of a prepared call by (device, dtype[, key]): one native call each.
+    """Group the tensors of a prepared call by (device, dtype[, state dtype][, key]): one
+    native call each.
 
     Every one of the first ``depth`` slots must be present (not None) for every tensor.
-    ``keys`` splits groups further (e.g. first momentum step or not).
+    ``keys`` splits groups further (e.g. first momentum step or not). ``state_slot``: the slot
+    whose dtype is the group's state dtype, or None. ``extra_slot``: the last slot, holding a
+    policy's extra list (master copies) whose entries may be None (float32/float64 params):
+    tensors without one form groups of their own, without that slot.
     """
     groups: dict[tuple[Any, ...], Group] = {}
     for i in range(n):
         ref = buffers[i]
         assert ref is not None
-        key = (ref.device, ref.dtype_code, None if keys is None else keys[i])
+        state_code = -1
+        if state_slot is not None:
+            state = buffers[state_slot * n + i]
+            assert state is not None
+            if state.dtype_code != ref.dtype_code:
+                state_code = state.dtype_code
+        has_extra = extra_slot is not None and buffers[extra_slot * n + i] is not None
+        key = (
+            ref.device,
+            ref.dtype_code,
+            state_code,
+            has_extra,
+            None if keys is None else keys[i],
+        )
         g = groups.get(key)
         if g is None:
-            g = groups[key] = Group(ref.device, ref.dtype_code, slots=[[] for _ in range(depth)])
+            used = depth if extra_slot is None or has_extra else depth - 1
+            g = groups[key] = Group(ref.device, ref.dtype_code, slots=[[] for _ in range(used)])
+            g.state_dtype_code = state_code
+            g.has_extra = has_extra
         g.indices.append(i)
         g.numels.append(ref.numel)
-        for d in range(depth):
+        for d in range(len(g.slots)):
             b = buffers[d * n + i]
             assert b is not None
             g.slots[d].append(b.ptr)
     return list(groups.values())
+
+
+# Param policies of the native calls (gf::ParamPolicy in gradfuse/tensor_list.h).
+_NEAREST, _STOCHASTIC, _KAHAN, _MASTER = 0, 1, 2, 3
+_MASK64 = (1 << 64) - 1
+
+
+def mix_seed(seed: int, salt: int) -> int:
+    """A 64-bit seed for one native call from a user seed and a salt (splitmix64)."""
+    z = (seed + (salt + 1) * 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+@dataclass
+class LowPrecision:
+    """How a functional update stores its tensors (issue 8): the keyword-only options every
+    functional optimizer takes, validated before anything is written.
+
+    ``master_params``: one float32 master copy per (float16/bfloat16) param. The rule reads and
+    updates the master in float32 and the param receives its round-to-nearest copy, in the
+    same pass. ``kahan_comps``: one bfloat16 compensation buffer per bfloat16 param (Kahan-
+    compensated update; zeros to start). ``rounding``: ``"nearest"`` or ``"stochastic"``
+    (bfloat16 params without master copies; ``seed``, an int in [0, 2**64), picks the random
+    bits, which depend only on (seed, tensor index, element index): change it every call).
+    State tensors (every list after ``grads``) may be float32 for float16/bfloat16 params, or
+    bfloat16 for float32 params: they are computed in float32 and stored in their own dtype.
+    """
+
+    master_params: Sequence[Any] | None = None
+    kahan_comps: Sequence[Any] | None = None
+    rounding: str = "nearest"
+    seed: int | None = None
+    _policy: int = field(default=_NEAREST, init=False)
+    _depth: int = field(default=0, init=False)
+    _state_slot: int | None = field(default=None, init=False)
+    _extra_slot: int | None = field(default=None, init=False)
+    _names: list[str] = field(default_factory=list, init=False)
+    mismatches: list[tuple[int, int]] = field(default_factory=list, init=False)
+
+    def policy(self, op: str) -> int:
+        """The native param policy; refuses contradictory options."""
+        if self.rounding not in ("nearest", "stochastic"):
+            raise ValueError(
+                f"{op}: rounding must be 'nearest' or 'stochastic', got {self.rounding!r}"
+            )
+        stochastic = self.rounding == "stochastic"
+        chosen = [
+            name
+            for name, on in (
+                ("master_params", self.master_params is not None),
+                ("kahan_comps", self.kahan_comps is not None),
+                ("rounding='stochastic'", stochastic),
+            )
+            if on
+        ]
+        if len(chosen) > 1:
+            raise ValueError(
+                f"{op}: {' and '.join(chosen)} cannot be combined; pick one way to keep "
+                f"low-precision updates (master copies, Kahan compensation or stochastic "
+                f"rounding)"
+            )
+        if stochastic:
+            if self.seed is None or not isinstance(self.seed, int) or not 0 <= self.seed <= _MASK64:
+                raise ValueError(
+                    f"{op}: rounding='stochastic' needs seed, an int in [0, 2**64), got "
+                    f"{self.seed!r}"
+                )
+            return _STOCHASTIC
+        if self.master_params is not None:
+            return _MASTER
+        if self.kahan_comps is not None:
+            return _KAHAN
+        return _NEAREST
+
+    def extend(
+        self, op: str, slots: list[tuple[str, Sequence[Any]]]
+    ) -> tuple[list[tuple[str, Sequence[Any]]], list[str]]:
+        """The slots with the policy's extra list appended, and the names whose dtype may
+        differ from the params' (for :func:`prepare`, with ``mismatches=self.mismatches``)."""
+        self._policy = self.policy(op)
+        self._state_slot = 2 if len(slots) > 2 else None
+        self._extra_slot = len(slots) if self._policy in (_MASTER, _KAHAN) else None
+        free = [name for name, _ in slots[2:]]
+        if self.master_params is not None:
+            slots = [*slots, ("master_params", self.master_params)]
+            free.append("master_params")
+        elif self.kahan_comps is not None:
+            slots = [*slots, ("kahan_comps", self.kahan_comps)]
+        self._depth = len(slots)
+        self._names = [name for name, _ in slots]
+        return slots, free
+
+    @property
+    def layout(self) -> tuple[int | None, int | None]:
+        """(state slot, extra slot) for :func:`group`: no state slot when every state tensor
+        has its param's dtype (grouping then looks at nothing more than before)."""
+        state_slot = (
+            self._state_slot if any(d != self._extra_slot for d, _ in self.mismatches) else None
+        )
+        return state_slot, self._extra_slot
+
+    @property
+    def written(self) -> tuple[str, ...]:
+        return ("master_params", "kahan_comps")
+
+    def check(self, op: str, buffers: Sequence[Buffer | None], n: int) -> None:
+        """Every dtype against the policy, before anything is written. Costs nothing more
+        than :func:`prepare` for a default call (no policy, state in the params' dtype)."""
+        extra = self._extra_slot
+        for d, i in self.mismatches:
+            if d == extra:
+                continue  # master copies: checked below
+            p, s = buffers[i], buffers[d * n + i]
+            assert p is not None
+            assert s is not None
+            ok = (p.dtype in ("float16", "bfloat16") and s.dtype == "float32") or (
+                p.dtype == "float32" and s.dtype == "bfloat16"
+            )
+            first = buffers[2 * n + i]
+            if not ok or (first is not None and first.dtype != s.dtype):
+                raise TypeError(
+                    f"{op}: {self._names[d]}[{i}] has dtype {s.dtype} but {self._names[0]}[{i}] "
+                    f"has dtype {p.dtype} (both {tuple(p.shape)} on {p.device_str}); expected "
+                    f"the same dtype, or float32 state for float16/bfloat16 params, or bfloat16 "
+                    f"state for float32 params (one state dtype per param)"
+                )
+        if self._policy == _NEAREST:
+            return
+        for i in range(n):
+            p = buffers[i]
+            if p is None:
+                continue
+            if self._policy == _MASTER:
+                assert extra is not None
+                m = buffers[extra * n + i]
+                if p.dtype not in ("float16", "bfloat16"):
+                    if m is not None:
+                        raise TypeError(
+                            f"{op}: master_params[{i}] must be None: params[{i}] "
+                            f"({p.describe()}) is updated in its own precision (master copies "
+                            f"are for float16/bfloat16 params)"
+                        )
+                    continue
+                if m is None or m.dtype != "float32":
+                    raise TypeError(
+                        f"{op}: master_params[{i}] must be a float32 tensor like params[{i}] "
+                        f"({p.describe()}), got {'None' if m is None else m.describe()}"
+                    )
+            elif p.dtype != "bfloat16":
+                what = "kahan_comps" if self._policy == _KAHAN else "rounding='stochastic'"
+                raise TypeError(
+                    f"{op}: {what} is for bfloat16 params; params[{i}] is {p.describe()}"
+                )
+            elif self._policy == _KAHAN:
+                assert extra is not None
+                if buffers[extra * n + i] is None:
+                    raise TypeError(f"{op}: kahan_comps[{i}] is None; expected a bfloat16 tensor")
+
+    def kwargs(self, g: Group, salt: int) -> dict[str, int]:
+        """The storage keyword arguments of one native call (``salt``: the call's ordinal, so
+        two calls of one step draw different random bits)."""
+        seed = 0
+        if self._policy == _STOCHASTIC:
+            assert self.seed is not None
+            seed = mix_seed(self.seed, salt)
+        policy = self._policy
+        if policy == _MASTER and not g.has_extra:
+            policy = _NEAREST  # float32/float64 params of a master-weights call
+        return {"state_dtype": g.state_dtype_code, "policy": policy, "seed": seed}

@@ -12,7 +12,7 @@ from typing import Any
 
 from gradfuse import _buffers, _native
 from gradfuse._compile import traceable
-from gradfuse.functional._multi_tensor import GradScaling, group, prepare
+from gradfuse.functional._multi_tensor import GradScaling, LowPrecision, group, prepare
 from gradfuse.functional._steps import found_inf_is_set
 
 
@@ -30,18 +30,18 @@ def to_float(value: Any, name: str) -> float:
         raise TypeError(f"{name}: expected a number, got {value!r}") from None
 
 
-def _empty_like(x: Any) -> Any:
+def _empty_like(x: Any, dtype: Any = None) -> Any:
     if _buffers._is_torch_tensor(x):
         import torch
 
-        return torch.empty_like(x)
+        return torch.empty_like(x, dtype=dtype)
     import numpy as np
 
-    return np.empty_like(x)
+    return np.empty_like(x, dtype=dtype)
 
 
 @traceable(
-    written=("params", "momentum_buffers"),
+    written=("master_params", "kahan_comps", "params", "momentum_buffers"),
     creates={"momentum_buffers": lambda kw: kw.get("momentum", 0.0) != 0},
 )
 def sgd_(
@@ -58,6 +58,11 @@ def sgd_(
     grad_scale: Any = None,
     found_inf: Any = None,
     clip_coef: Any = None,
+    master_params: Sequence[Any] | None = None,
+    kahan_comps: Sequence[Any] | None = None,
+    rounding: str = "nearest",
+    seed: int | None = None,
+    state_dtype: Any = None,
 ) -> None:
     """One SGD step, in place, for every ``params[i]`` with gradient ``grads[i]``.
 
@@ -72,6 +77,10 @@ def sgd_(
     (a global-norm clipping factor, at most 1) are optional 1-element float32 tensors applied to
     the gradients inside the update: grads are divided by ``grad_scale`` and multiplied by
     ``clip_coef``; a nonzero ``found_inf`` makes the call change nothing.
+
+    Low precision (keyword-only, off by default): ``master_params``, ``kahan_comps``,
+    ``rounding`` and ``seed`` as in :func:`gradfuse.functional.adam_`; ``state_dtype`` is the
+    dtype of the momentum buffers created here (None: the params').
     """
     lr_f = to_float(lr, "lr")
     momentum_f = to_float(momentum, "momentum")
@@ -89,26 +98,42 @@ def sgd_(
         slots.append(("momentum_buffers", momentum_buffers))
     scaling = GradScaling(grad_scale, found_inf, clip_coef)
     scaling.check("sgd_")
-    buffers = prepare("sgd_", slots, written=("params", "momentum_buffers"))
-
+    lowprec = LowPrecision(master_params, kahan_comps, rounding, seed)
+    slots, free = lowprec.extend("sgd_", slots)
+    buffers = prepare(
+        "sgd_",
+        slots,
+        written=(*("params", "momentum_buffers"), *lowprec.written),
+        free_dtype=free,
+        mismatches=lowprec.mismatches,
+    )
+    lowprec.check("sgd_", buffers, n)
     first = [False] * n
+    created: dict[int, Any] = {}
     if has_momentum:
         assert momentum_buffers is not None
-        if any(b is None for b in buffers[2 * n :]) and found_inf_is_set(found_inf):
+        if any(b is None for b in buffers[2 * n : 3 * n]) and found_inf_is_set(found_inf):
             # A new buffer is initialised from this step's gradient; with AMP's inf/NaN verdict
             # there is none to take, so nothing is created (read on the host, first steps only).
             return
         for i in range(n):
             if buffers[2 * n + i] is None:
-                new = _empty_like(params[i])
-                buffers[2 * n + i] = _buffers.as_buffer(
-                    new, f"sgd_: momentum_buffers[{i}]", writable=True
-                )
-                momentum_buffers[i] = new
+                new = _empty_like(params[i], state_dtype)
+                b = _buffers.as_buffer(new, f"sgd_: momentum_buffers[{i}]", writable=True)
+                buffers[2 * n + i] = b
+                ref = buffers[i]
+                if ref is not None and b.dtype != ref.dtype:
+                    lowprec.mismatches.append((2, i))
+                created[i] = new
                 first[i] = True
+    if created:
+        lowprec.check("sgd_", buffers, n)  # the new buffers' dtype, before any is handed out
+    for i, new in created.items():
+        assert momentum_buffers is not None
+        momentum_buffers[i] = new
 
     core = _native.core()
-    for g in group(buffers, len(slots), n, first):
+    for k, g in enumerate(group(buffers, len(slots), n, first, *lowprec.layout)):
         core.sgd(
             g.slots,
             g.numels,
@@ -129,4 +154,5 @@ def sgd_(
                     strict=True,
                 )
             ),
+            **lowprec.kwargs(g, k),
         )

@@ -192,3 +192,228 @@ def amp_scaling(optimizer: object) -> tuple[Tensor | None, Tensor | None]:
     """:func:`grad_scaling` as a (grad_scale, found_inf) pair."""
     scaling = grad_scaling(optimizer)
     return scaling["grad_scale"], scaling["found_inf"]
+
+
+_LOWPREC_KEY = "gradfuse_low_precision"  # the state_dict entry of the rounding seed and counter
+_NO_CAST_KEYS = ("step", "mu_product")
+
+
+class LowPrecisionMixin:
+    """The keyword-only low-precision options, shared by every gradfuse optimizer (issue 8).
+
+    All are off by default, so the optimizer is a drop-in for torch's:
+
+    - ``master_weights=True``: each float16/bfloat16 param gets a float32 copy in its state
+      (``state[p]["master_param"]``, saved in and restored from ``state_dict``). The update
+      reads and writes the copy in float32 and rounds it into the param in the same pass.
+      float32/float64 params are updated as usual (a documented no-op for them). A state
+      without the copy (a torch checkpoint) starts it from the param. The param must not be
+      changed outside the optimizer while master weights are on (the copy would not see it).
+    - ``state_dtype=None | torch.float32 | torch.bfloat16``: the dtype the state tensors
+      (``exp_avg``, ``momentum_buffer``, ...) are kept in; None is torch's rule (the param's
+      dtype). float32 state needs float16/bfloat16 params, bfloat16 state float32 params (or
+      bfloat16 ones, where it is the default). Computed in float32 either way.
+    - ``rounding="stochastic"`` (bfloat16 params, no master weights): the new param is rounded
+      up or down at random, with probability given by its distance to each neighbour, so tiny
+      updates survive on average. The bits come from a counter-based hash of (seed, call,
+      tensor, element): the same on CPU and CUDA and for any thread count. The seed is drawn
+      from torch's default generator when the optimizer is built (``torch.manual_seed`` makes
+      runs reproducible) and travels in ``state_dict()["gradfuse_low_precision"]`` with the
+      call counter.
+    - ``kahan=True`` (bfloat16 params, no master weights, nearest rounding): a bfloat16
+      compensation buffer per param (``state[p]["kahan_comp"]``) keeps what rounding dropped.
+
+    Use: call ``_init_low_precision`` in ``__init__``; create state with
+    ``_state_zeros``/``_state_full``; call ``_low_precision_state(p, state)`` for every param
+    gathered; pass ``**self._low_precision_kwargs(group, params)`` to the functional update.
+    """
+
+    master_weights: bool
+    state_dtype: Any
+    rounding: str
+    kahan: bool
+
+    def _init_low_precision(
+        self, master_weights: bool, state_dtype: Any, rounding: str, kahan: bool
+    ) -> None:
+        import torch
+
+        name = type(self).__name__
+        if state_dtype not in (None, torch.float32, torch.bfloat16):
+            raise ValueError(
+                f"{name}: state_dtype must be None, torch.float32 or torch.bfloat16, got "
+                f"{state_dtype!r}"
+            )
+        if rounding not in ("nearest", "stochastic"):
+            raise ValueError(
+                f"{name}: rounding must be 'nearest' or 'stochastic', got {rounding!r}"
+            )
+        master_weights, kahan = bool(master_weights), bool(kahan)
+        chosen = [
+            n
+            for n, on in (
+                ("master_weights=True", master_weights),
+                ("kahan=True", kahan),
+                ("rounding='stochastic'", rounding == "stochastic"),
+            )
+            if on
+        ]
+        if len(chosen) > 1:
+            raise ValueError(
+                f"{name}: {' and '.join(chosen)} cannot be combined; pick one (master weights, "
+                f"Kahan compensation or stochastic rounding)"
+            )
+        self.master_weights, self.state_dtype, self.rounding, self.kahan = (
+            master_weights,
+            state_dtype,
+            rounding,
+            kahan,
+        )
+        for group in self.param_groups:  # type: ignore[attr-defined]
+            for i, p in enumerate(group["params"]):
+                self._check_low_precision_param(p, i)
+        self._rounding_seed = 0
+        self._rounding_calls = 0
+        if rounding == "stochastic":
+            self._rounding_seed = int(torch.randint(0, 2**62, ()).item())
+
+    def _check_low_precision_param(self, p: Tensor, i: int) -> None:
+        import torch
+
+        name = type(self).__name__
+        what = f"{name}: param {i} (shape {tuple(p.shape)}, dtype {p.dtype}, device {p.device})"
+        if (self.kahan or self.rounding == "stochastic") and p.dtype != torch.bfloat16:
+            option = "kahan=True" if self.kahan else "rounding='stochastic'"
+            raise ValueError(f"{what}: {option} needs bfloat16 params")
+        sd = self.state_dtype
+        if sd is not None and sd != p.dtype:
+            ok = (p.dtype in (torch.float16, torch.bfloat16) and sd == torch.float32) or (
+                p.dtype == torch.float32 and sd == torch.bfloat16
+            )
+            if not ok:
+                raise ValueError(
+                    f"{what}: state_dtype={sd} is not available for it (float32 state for "
+                    f"float16/bfloat16 params, bfloat16 state for float32 params)"
+                )
+
+    def _state_dtype_for(self, p: Tensor) -> Any:
+        return p.dtype if self.state_dtype is None else self.state_dtype
+
+    def _state_zeros(self, p: Tensor) -> Tensor:
+        """A zero state tensor for ``p``: its layout, the state dtype."""
+        import torch
+
+        return torch.zeros_like(
+            p, dtype=self._state_dtype_for(p), memory_format=torch.preserve_format
+        )
+
+    def _state_full(self, p: Tensor, value: complex) -> Tensor:
+        import torch
+
+        return torch.full_like(
+            p, value, dtype=self._state_dtype_for(p), memory_format=torch.preserve_format
+        )
+
+    def _low_precision_state(self, p: Tensor, state: dict[str, Any]) -> None:
+        """Bring one param's state to the policy: master copy / compensation present, state
+        tensors in the state dtype (a torch checkpoint keeps them in the param's)."""
+        import torch
+
+        if (
+            self.master_weights
+            and p.dtype in (torch.float16, torch.bfloat16)
+            and "master_param" not in state
+        ):
+            master = torch.empty_like(p, dtype=torch.float32)
+            master.copy_(p.detach())
+            state["master_param"] = master
+        if self.kahan and "kahan_comp" not in state:
+            state["kahan_comp"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        if self.state_dtype is not None:
+            for key, value in state.items():
+                if (
+                    key in _NO_CAST_KEYS
+                    or key in ("master_param", "kahan_comp")
+                    or not torch.is_tensor(value)
+                    or value.shape != p.shape
+                    or not value.is_floating_point()
+                    or value.dtype == self.state_dtype
+                ):
+                    continue
+                state[key] = value.to(self.state_dtype)
+
+    def _low_precision_kwargs(self, params: list[Tensor]) -> dict[str, Any]:
+        """The functional's low-precision keyword arguments for one group's ``params``."""
+        import torch
+
+        kwargs: dict[str, Any] = {}
+        state = self.state  # type: ignore[attr-defined]
+        if self.master_weights:
+            kwargs["master_params"] = [
+                state[p]["master_param"] if p.dtype in (torch.float16, torch.bfloat16) else None
+                for p in params
+            ]
+        if self.kahan:
+            kwargs["kahan_comps"] = [state[p]["kahan_comp"] for p in params]
+        if self.rounding == "stochastic":
+            from gradfuse.functional._multi_tensor import mix_seed
+
+            kwargs["rounding"] = "stochastic"
+            kwargs["seed"] = mix_seed(self._rounding_seed, self._rounding_calls)
+            self._rounding_calls += 1
+        return kwargs
+
+    def state_dict(self) -> dict[str, Any]:
+        sd = cast("dict[str, Any]", super().state_dict())  # type: ignore[misc]
+        if getattr(self, "rounding", "nearest") == "stochastic":
+            sd[_LOWPREC_KEY] = {"seed": self._rounding_seed, "calls": self._rounding_calls}
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        import torch
+
+        super().load_state_dict(state_dict)  # type: ignore[misc]
+        # torch casts every floating state tensor to its param's dtype on load: put back the
+        # saved precision of the master copies and of state kept in another dtype.
+        saved_groups = state_dict["param_groups"]
+        ids = [i for g in saved_groups for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]  # type: ignore[attr-defined]
+        for pid, p in zip(ids, params, strict=True):
+            saved = state_dict["state"].get(pid)
+            if saved is None:
+                continue
+            current = self.state[p]  # type: ignore[attr-defined]
+            for key, value in saved.items():
+                if key in _NO_CAST_KEYS or not torch.is_tensor(value):
+                    continue
+                if not value.is_floating_point() or value.dtype == current[key].dtype:
+                    continue
+                if key == "master_param" or (
+                    self.state_dtype is not None and value.dtype == self.state_dtype
+                ):
+                    current[key] = value.to(device=p.device, copy=True)
+        extra = state_dict.get(_LOWPREC_KEY)
+        if extra is not None and self.rounding == "stochastic":
+            self._rounding_seed = int(extra["seed"])
+            self._rounding_calls = int(extra["calls"])
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = cast("dict[str, Any]", super().__getstate__())
+        for key in ("master_weights", "state_dtype", "rounding", "kahan"):
+            state[key] = getattr(self, key, None)
+        state["_rounding_seed"] = getattr(self, "_rounding_seed", 0)
+        state["_rounding_calls"] = getattr(self, "_rounding_calls", 0)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)  # type: ignore[misc]
+        for key, default in (
+            ("master_weights", False),
+            ("state_dtype", None),
+            ("rounding", "nearest"),
+            ("kahan", False),
+            ("_rounding_seed", 0),
+            ("_rounding_calls", 0),
+        ):
+            if self.__dict__.get(key) is None:
+                self.__dict__[key] = default

@@ -12,6 +12,7 @@ from torch.optim.optimizer import Optimizer, ParamsT
 
 from gradfuse.functional._more import adagrad_
 from gradfuse.optim._base import (
+    LowPrecisionMixin,
     MaxGradNormMixin,
     amp_scaling,
     check_fused_foreach,
@@ -20,7 +21,7 @@ from gradfuse.optim._base import (
 )
 
 
-class Adagrad(MaxGradNormMixin, Optimizer):
+class Adagrad(LowPrecisionMixin, MaxGradNormMixin, Optimizer):
     """Adagrad, fused.
 
     A drop-in for :class:`torch.optim.Adagrad`: the same arguments, defaults, errors, param
@@ -33,6 +34,8 @@ class Adagrad(MaxGradNormMixin, Optimizer):
     torch's single-tensor path. AMP: ``torch.amp.GradScaler`` unscales inside the update
     (``_step_supports_amp_scaling``); a step with inf/NaN gradients changes nothing.
     ``max_grad_norm`` (gradfuse extension, keyword-only): see :class:`MaxGradNormMixin`.
+    ``master_weights``, ``state_dtype``, ``rounding``, ``kahan`` (keyword-only, off by default):
+    see :class:`LowPrecisionMixin`.
     """
 
     def __init__(
@@ -49,6 +52,10 @@ class Adagrad(MaxGradNormMixin, Optimizer):
         differentiable: bool = False,
         fused: bool | None = None,
         max_grad_norm: float | None = None,
+        master_weights: bool = False,
+        state_dtype: torch.dtype | None = None,
+        rounding: str = "nearest",
+        kahan: bool = False,
     ) -> None:
         # Same checks, same order, same messages as torch.optim.Adagrad.
         if isinstance(lr, Tensor) and lr.numel() != 1:
@@ -78,6 +85,7 @@ class Adagrad(MaxGradNormMixin, Optimizer):
         }
         self._init_max_grad_norm(max_grad_norm)
         super().__init__(params, defaults)
+        self._init_low_precision(master_weights, state_dtype, rounding, kahan)
         check_fused_foreach(fused, foreach, differentiable)
         refuse_differentiable("Adagrad", differentiable)
         self._step_supports_amp_scaling = True
@@ -93,7 +101,7 @@ class Adagrad(MaxGradNormMixin, Optimizer):
             else torch.tensor(0.0, dtype=scalar_dtype())
         )
         init_value = complex(initial, initial) if torch.is_complex(p) else initial
-        state["sum"] = torch.full_like(p, init_value, memory_format=torch.preserve_format)
+        state["sum"] = self._state_full(p, init_value)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -153,6 +161,7 @@ class Adagrad(MaxGradNormMixin, Optimizer):
                 sparse = sparse or p.grad.is_sparse
                 params.append(p)
                 grads.append(p.grad)
+                self._low_precision_state(p, state)
                 sums.append(state["sum"])
                 steps.append(state["step"])
             if sparse:
@@ -190,5 +199,6 @@ class Adagrad(MaxGradNormMixin, Optimizer):
                 grad_scale=grad_scale,
                 found_inf=found_inf,
                 clip_coef=clip_coef,
+                **self._low_precision_kwargs(params),
             )
         return loss

@@ -11,6 +11,7 @@ from torch.optim.optimizer import Optimizer, ParamsT
 
 from gradfuse.functional._adam import adam_
 from gradfuse.optim._base import (
+    LowPrecisionMixin,
     MaxGradNormMixin,
     check_capturable,
     check_fused_foreach,
@@ -22,7 +23,7 @@ from gradfuse.optim._base import (
 )
 
 
-class Adam(MaxGradNormMixin, Optimizer):
+class Adam(LowPrecisionMixin, MaxGradNormMixin, Optimizer):
     """Adam (and, with ``decoupled_weight_decay=True``, AdamW), fused.
 
     A drop-in for :class:`torch.optim.Adam`: the same arguments, defaults, errors, param
@@ -35,6 +36,10 @@ class Adam(MaxGradNormMixin, Optimizer):
     ``foreach`` and ``fused`` are accepted for compatibility and change nothing: the step is
     always fused. ``differentiable=True`` raises NotImplementedError. AMP: torch.amp.GradScaler
     unscales inside the update (``_step_supports_amp_scaling``).
+
+    Low precision (gradfuse extension, keyword-only, off by default): ``master_weights``,
+    ``state_dtype``, ``rounding`` and ``kahan``, see :class:`LowPrecisionMixin` (every gradfuse
+    optimizer takes them).
     """
 
     _step_supports_amp_scaling = True
@@ -55,6 +60,10 @@ class Adam(MaxGradNormMixin, Optimizer):
         fused: bool | None = None,
         decoupled_weight_decay: bool = False,
         max_grad_norm: float | None = None,
+        master_weights: bool = False,
+        state_dtype: torch.dtype | None = None,
+        rounding: str = "nearest",
+        kahan: bool = False,
     ) -> None:
         # Same checks, same order, same messages as torch.optim.Adam.
         if isinstance(lr, Tensor):
@@ -108,6 +117,7 @@ class Adam(MaxGradNormMixin, Optimizer):
             "decoupled_weight_decay": decoupled_weight_decay,
         }
         super().__init__(params, defaults)
+        self._init_low_precision(master_weights, state_dtype, rounding, kahan)
         self._init_max_grad_norm(max_grad_norm)
         check_fused_foreach(fused, foreach, differentiable)
         refuse_differentiable(type(self).__name__, differentiable)
@@ -151,12 +161,11 @@ class Adam(MaxGradNormMixin, Optimizer):
                 state["step"] = scalar_state(
                     0.0, p.device, group["capturable"] or group["fused"], fused=group["fused"]
                 )
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg"] = self._state_zeros(p)
+                state["exp_avg_sq"] = self._state_zeros(p)
                 if group["amsgrad"]:
-                    state["max_exp_avg_sq"] = torch.zeros_like(
-                        p, memory_format=torch.preserve_format
-                    )
+                    state["max_exp_avg_sq"] = self._state_zeros(p)
+            self._low_precision_state(p, state)
             exp_avgs.append(state["exp_avg"])
             exp_avg_sqs.append(state["exp_avg_sq"])
             if group["amsgrad"]:
@@ -204,5 +213,6 @@ class Adam(MaxGradNormMixin, Optimizer):
                 decoupled_weight_decay=group["decoupled_weight_decay"],
                 **scaling,
                 clip_coef=clip_coef,
+                **self._low_precision_kwargs(params),
             )
         return loss

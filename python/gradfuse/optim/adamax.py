@@ -11,6 +11,7 @@ from torch.optim.optimizer import Optimizer, ParamsT
 
 from gradfuse.functional._adam import adamax_
 from gradfuse.optim._base import (
+    LowPrecisionMixin,
     MaxGradNormMixin,
     check_capturable,
     grad_scaling,
@@ -21,7 +22,7 @@ from gradfuse.optim._base import (
 )
 
 
-class Adamax(MaxGradNormMixin, Optimizer):
+class Adamax(LowPrecisionMixin, MaxGradNormMixin, Optimizer):
     """Adamax (Adam with the infinity norm), fused: a drop-in for :class:`torch.optim.Adamax`.
 
     Same arguments, defaults, errors, state (``step``, ``exp_avg``, ``exp_inf``) and
@@ -44,6 +45,10 @@ class Adamax(MaxGradNormMixin, Optimizer):
         differentiable: bool = False,
         capturable: bool = False,
         max_grad_norm: float | None = None,
+        master_weights: bool = False,
+        state_dtype: torch.dtype | None = None,
+        rounding: str = "nearest",
+        kahan: bool = False,
     ) -> None:
         # Same checks, same order, same messages as torch.optim.Adamax.
         if isinstance(lr, Tensor) and lr.numel() != 1:
@@ -70,6 +75,7 @@ class Adamax(MaxGradNormMixin, Optimizer):
             "capturable": capturable,
         }
         super().__init__(params, defaults)
+        self._init_low_precision(master_weights, state_dtype, rounding, kahan)
         self._init_max_grad_norm(max_grad_norm)
         refuse_differentiable("Adamax", differentiable)
 
@@ -113,8 +119,9 @@ class Adamax(MaxGradNormMixin, Optimizer):
                 state = self.state[p]
                 if len(state) == 0:
                     state["step"] = scalar_state(0.0, p.device, group["capturable"])
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_inf"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg"] = self._state_zeros(p)
+                    state["exp_inf"] = self._state_zeros(p)
+                self._low_precision_state(p, state)
                 exp_avgs.append(state["exp_avg"])
                 exp_infs.append(state["exp_inf"])
                 steps.append(state["step"])
@@ -134,5 +141,6 @@ class Adamax(MaxGradNormMixin, Optimizer):
                 maximize=group["maximize"],
                 **scaling,
                 clip_coef=clip_coef,
+                **self._low_precision_kwargs(params),
             )
         return loss

@@ -32,6 +32,10 @@ class AdamW(Adam):
         differentiable: bool = False,
         fused: bool | None = None,
         max_grad_norm: float | None = None,
+        master_weights: bool = False,
+        state_dtype: Any = None,
+        rounding: str = "nearest",
+        kahan: bool = False,
     ) -> None:
         super().__init__(
             params,
@@ -47,6 +51,10 @@ class AdamW(Adam):
             fused=fused,
             decoupled_weight_decay=True,
             max_grad_norm=max_grad_norm,
+            master_weights=master_weights,
+            state_dtype=state_dtype,
+            rounding=rounding,
+            kahan=kahan,
         )
 
     def __setstate__(self, state: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ from torch.optim.optimizer import Optimizer, ParamsT
 
 from gradfuse.functional._more import lion_
 from gradfuse.optim._base import (
+    LowPrecisionMixin,
     MaxGradNormMixin,
     amp_scaling,
     check_fused_foreach,
@@ -18,7 +19,7 @@ from gradfuse.optim._base import (
 )
 
 
-class Lion(MaxGradNormMixin, Optimizer):
+class Lion(LowPrecisionMixin, MaxGradNormMixin, Optimizer):
     """Lion ("Symbolic Discovery of Optimization Algorithms", Chen et al. 2023), fused.
 
     Per step, with ``m`` the state ``exp_avg`` (zeros at first)::
@@ -46,6 +47,10 @@ class Lion(MaxGradNormMixin, Optimizer):
         differentiable: bool = False,
         fused: bool | None = None,
         max_grad_norm: float | None = None,
+        master_weights: bool = False,
+        state_dtype: torch.dtype | None = None,
+        rounding: str = "nearest",
+        kahan: bool = False,
     ) -> None:
         if isinstance(lr, Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
@@ -70,6 +75,7 @@ class Lion(MaxGradNormMixin, Optimizer):
         refuse_differentiable("Lion", differentiable)
         self._init_max_grad_norm(max_grad_norm)
         super().__init__(params, defaults)
+        self._init_low_precision(master_weights, state_dtype, rounding, kahan)
         self._step_supports_amp_scaling = True
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -107,7 +113,8 @@ class Lion(MaxGradNormMixin, Optimizer):
                 grads.append(p.grad)
                 state = self.state[p]
                 if len(state) == 0:
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg"] = self._state_zeros(p)
+                self._low_precision_state(p, state)
                 exp_avgs.append(state["exp_avg"])
             beta1, beta2 = group["betas"]
             lion_(
@@ -122,5 +129,6 @@ class Lion(MaxGradNormMixin, Optimizer):
                 grad_scale=grad_scale,
                 found_inf=found_inf,
                 clip_coef=clip_coef,
+                **self._low_precision_kwargs(params),
             )
         return loss

@@ -11,6 +11,7 @@ from torch.optim.optimizer import Optimizer, ParamsT
 
 from gradfuse.functional._adam import nadam_
 from gradfuse.optim._base import (
+    LowPrecisionMixin,
     MaxGradNormMixin,
     check_capturable,
     grad_scaling,
@@ -21,7 +22,7 @@ from gradfuse.optim._base import (
 )
 
 
-class NAdam(MaxGradNormMixin, Optimizer):
+class NAdam(LowPrecisionMixin, MaxGradNormMixin, Optimizer):
     """NAdam (Adam with Nesterov momentum), fused: a drop-in for :class:`torch.optim.NAdam`.
 
     Same arguments, defaults (``momentum_decay``, ``decoupled_weight_decay``), errors, state
@@ -47,6 +48,10 @@ class NAdam(MaxGradNormMixin, Optimizer):
         capturable: bool = False,
         differentiable: bool = False,
         max_grad_norm: float | None = None,
+        master_weights: bool = False,
+        state_dtype: torch.dtype | None = None,
+        rounding: str = "nearest",
+        kahan: bool = False,
     ) -> None:
         # Same checks, same order, same messages as torch.optim.NAdam.
         if isinstance(lr, Tensor) and lr.numel() != 1:
@@ -76,6 +81,7 @@ class NAdam(MaxGradNormMixin, Optimizer):
             "differentiable": differentiable,
         }
         super().__init__(params, defaults)
+        self._init_low_precision(master_weights, state_dtype, rounding, kahan)
         self._init_max_grad_norm(max_grad_norm)
         refuse_differentiable("NAdam", differentiable)
 
@@ -123,8 +129,9 @@ class NAdam(MaxGradNormMixin, Optimizer):
                 if len(state) == 0:
                     state["step"] = scalar_state(0.0, p.device, group["capturable"])
                     state["mu_product"] = scalar_state(1.0, p.device, group["capturable"])
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg"] = self._state_zeros(p)
+                    state["exp_avg_sq"] = self._state_zeros(p)
+                self._low_precision_state(p, state)
                 exp_avgs.append(state["exp_avg"])
                 exp_avg_sqs.append(state["exp_avg_sq"])
                 mu_products.append(state["mu_product"])
@@ -154,5 +161,6 @@ class NAdam(MaxGradNormMixin, Optimizer):
                 maximize=group["maximize"],
                 **scaling,
                 clip_coef=clip_coef,
+                **self._low_precision_kwargs(params),
             )
         return loss

@@ -11,6 +11,7 @@ from torch.optim.optimizer import Optimizer, ParamsT
 
 from gradfuse.functional._adam import radam_
 from gradfuse.optim._base import (
+    LowPrecisionMixin,
     MaxGradNormMixin,
     check_capturable,
     grad_scaling,
@@ -21,7 +22,7 @@ from gradfuse.optim._base import (
 )
 
 
-class RAdam(MaxGradNormMixin, Optimizer):
+class RAdam(LowPrecisionMixin, MaxGradNormMixin, Optimizer):
     """RAdam (rectified Adam), fused: a drop-in for :class:`torch.optim.RAdam`.
 
     Same arguments, defaults, errors, state (``step``, ``exp_avg``, ``exp_avg_sq``) and
@@ -45,6 +46,10 @@ class RAdam(MaxGradNormMixin, Optimizer):
         capturable: bool = False,
         differentiable: bool = False,
         max_grad_norm: float | None = None,
+        master_weights: bool = False,
+        state_dtype: torch.dtype | None = None,
+        rounding: str = "nearest",
+        kahan: bool = False,
     ) -> None:
         # Same checks, same order, same messages as torch.optim.RAdam.
         if isinstance(lr, Tensor) and lr.numel() != 1:
@@ -72,6 +77,7 @@ class RAdam(MaxGradNormMixin, Optimizer):
             "differentiable": differentiable,
         }
         super().__init__(params, defaults)
+        self._init_low_precision(master_weights, state_dtype, rounding, kahan)
         self._init_max_grad_norm(max_grad_norm)
         refuse_differentiable("RAdam", differentiable)
 
@@ -116,8 +122,9 @@ class RAdam(MaxGradNormMixin, Optimizer):
                 state = self.state[p]
                 if len(state) == 0:
                     state["step"] = scalar_state(0.0, p.device, group["capturable"])
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg"] = self._state_zeros(p)
+                    state["exp_avg_sq"] = self._state_zeros(p)
+                self._low_precision_state(p, state)
                 exp_avgs.append(state["exp_avg"])
                 exp_avg_sqs.append(state["exp_avg_sq"])
                 steps.append(state["step"])
@@ -138,5 +145,6 @@ class RAdam(MaxGradNormMixin, Optimizer):
                 maximize=group["maximize"],
                 **scaling,
                 clip_coef=clip_coef,
+                **self._low_precision_kwargs(params),
             )
         return loss

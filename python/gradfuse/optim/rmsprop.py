@@ -11,6 +11,7 @@ from torch.optim.optimizer import Optimizer, ParamsT
 
 from gradfuse.functional._more import rmsprop_
 from gradfuse.optim._base import (
+    LowPrecisionMixin,
     MaxGradNormMixin,
     amp_scaling,
     refuse_differentiable,
@@ -18,7 +19,7 @@ from gradfuse.optim._base import (
 )
 
 
-class RMSprop(MaxGradNormMixin, Optimizer):
+class RMSprop(LowPrecisionMixin, MaxGradNormMixin, Optimizer):
     """RMSprop (optionally centered, with momentum), fused.
 
     A drop-in for :class:`torch.optim.RMSprop`: the same arguments (torch's RMSprop has no
@@ -49,6 +50,10 @@ class RMSprop(MaxGradNormMixin, Optimizer):
         differentiable: bool = False,
         *,
         max_grad_norm: float | None = None,
+        master_weights: bool = False,
+        state_dtype: torch.dtype | None = None,
+        rounding: str = "nearest",
+        kahan: bool = False,
     ) -> None:
         # Same checks, same order, same messages as torch.optim.RMSprop.
         if isinstance(lr, Tensor) and lr.numel() != 1:
@@ -78,6 +83,7 @@ class RMSprop(MaxGradNormMixin, Optimizer):
         refuse_differentiable("RMSprop", differentiable)
         self._init_max_grad_norm(max_grad_norm)
         super().__init__(params, defaults)
+        self._init_low_precision(master_weights, state_dtype, rounding, kahan)
         self._step_supports_amp_scaling = True
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -134,13 +140,12 @@ class RMSprop(MaxGradNormMixin, Optimizer):
                         if group["capturable"]
                         else torch.zeros((), dtype=scalar_dtype())
                     )
-                    state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["square_avg"] = self._state_zeros(p)
                     if group["momentum"] > 0:
-                        state["momentum_buffer"] = torch.zeros_like(
-                            p, memory_format=torch.preserve_format
-                        )
+                        state["momentum_buffer"] = self._state_zeros(p)
                     if group["centered"]:
-                        state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                        state["grad_avg"] = self._state_zeros(p)
+                self._low_precision_state(p, state)
                 square_avgs.append(state["square_avg"])
                 steps.append(state["step"])
                 if group["momentum"] > 0:
@@ -164,5 +169,6 @@ class RMSprop(MaxGradNormMixin, Optimizer):
                 grad_scale=grad_scale,
                 found_inf=found_inf,
                 clip_coef=clip_coef,
+                **self._low_precision_kwargs(params),
             )
         return loss

@@ -13,6 +13,7 @@ from torch.optim.optimizer import Optimizer, ParamsT
 from gradfuse.functional._optim import sgd_
 from gradfuse.functional._steps import found_inf_is_set
 from gradfuse.optim._base import (
+    LowPrecisionMixin,
     MaxGradNormMixin,
     check_fused_foreach,
     grad_scaling,
@@ -21,7 +22,7 @@ from gradfuse.optim._base import (
 )
 
 
-class SGD(MaxGradNormMixin, Optimizer):
+class SGD(LowPrecisionMixin, MaxGradNormMixin, Optimizer):
     """Stochastic gradient descent (optionally with momentum), fused.
 
     A drop-in for :class:`torch.optim.SGD`: the same arguments, defaults, errors, param groups,
@@ -33,6 +34,8 @@ class SGD(MaxGradNormMixin, Optimizer):
     gradients take torch's own single-tensor path, which is what torch supports for them.
     AMP: torch.amp.GradScaler unscales inside the update (``_step_supports_amp_scaling``).
     ``max_grad_norm`` (gradfuse extension, keyword-only): see :class:`MaxGradNormMixin`.
+    ``master_weights``, ``state_dtype``, ``rounding``, ``kahan`` (keyword-only, off by default):
+    see :class:`LowPrecisionMixin`.
     """
 
     _step_supports_amp_scaling = True
@@ -51,6 +54,10 @@ class SGD(MaxGradNormMixin, Optimizer):
         differentiable: bool = False,
         fused: bool | None = None,
         max_grad_norm: float | None = None,
+        master_weights: bool = False,
+        state_dtype: torch.dtype | None = None,
+        rounding: str = "nearest",
+        kahan: bool = False,
     ) -> None:
         # Same checks, same order, same messages as torch.optim.SGD.
         if isinstance(lr, Tensor) and lr.numel() != 1:
@@ -78,6 +85,7 @@ class SGD(MaxGradNormMixin, Optimizer):
         refuse_differentiable("SGD", differentiable)
         self._init_max_grad_norm(max_grad_norm)
         super().__init__(params, defaults)
+        self._init_low_precision(master_weights, state_dtype, rounding, kahan)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -105,6 +113,9 @@ class SGD(MaxGradNormMixin, Optimizer):
         for group in self.param_groups:
             params, grads, sparse = params_with_grad(group)
             momentum = group["momentum"]
+            if self.master_weights or self.kahan or self.state_dtype is not None:
+                for p in params:
+                    self._low_precision_state(p, self.state[p])
             buffers: list[Tensor | None] = (
                 [self.state[p].get("momentum_buffer") for p in params] if momentum != 0 else []
             )
@@ -147,6 +158,8 @@ class SGD(MaxGradNormMixin, Optimizer):
                     maximize=group["maximize"],
                     **scaling,
                     clip_coef=clip_coef,
+                    state_dtype=self.state_dtype,
+                    **self._low_precision_kwargs(params),
                 )
             if momentum != 0:
                 for p, buf in zip(params, buffers, strict=True):
