@@ -186,6 +186,11 @@ def _write(runs: dict[str, Run], steps: int, out_dir: Path) -> None:
             "copy; all three are computed in the same fused pass as the update."
         ),
         "",
+        (
+            "Train time is wall time of the whole loop (model forward/backward included) on a shared "
+            "machine: it is not a speed comparison of the optimizers (see lowprec_bench.md)."
+        ),
+        "",
     ]
     (out_dir / "lowprec_bf16.md").write_text("\n".join(lines))
 
