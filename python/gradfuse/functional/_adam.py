@@ -11,6 +11,11 @@ per (device, dtype, step) group that applies the shared per-element rule
 Every argument is checked before anything is written: a call that raises leaves every array
 and counter as it was. With AMP, a nonzero ``found_inf`` makes the call change nothing at all,
 counters included (the value is read on the host; see ``_steps.found_inf_is_set``).
+
+Every function also takes the low-precision keywords (off by default; see
+:class:`gradfuse.functional._multi_tensor.LowPrecision`): ``master_params``, ``kahan_comps``,
+``rounding`` and ``seed``; state lists may be float32 for float16/bfloat16 params, or
+bfloat16 for float32 params.
 """
 
 from __future__ import annotations

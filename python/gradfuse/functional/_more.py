@@ -3,6 +3,11 @@
 The pattern of :func:`gradfuse.functional.sgd_`: every argument is checked first, then the
 tensors are grouped by (device, dtype) into one native call each. State lists are the caller's
 (one entry per param, already initialised as the torch optimizer initialises them).
+
+Every function also takes the low-precision keywords (off by default; see
+:class:`gradfuse.functional._multi_tensor.LowPrecision`): ``master_params``, ``kahan_comps``,
+``rounding`` and ``seed``; state lists may be float32 for float16/bfloat16 params, or
+bfloat16 for float32 params.
 """
 
 from __future__ import annotations

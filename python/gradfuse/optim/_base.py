@@ -347,6 +347,12 @@ class LowPrecisionMixin:
         import torch
 
         kwargs: dict[str, Any] = {}
+        on = self.master_weights or self.kahan or self.rounding != "nearest"
+        if (on or self.state_dtype is not None) and torch.compiler.is_compiling():
+            raise NotImplementedError(
+                f"{type(self).__name__}: master_weights, state_dtype, rounding and kahan are not "
+                f"supported under torch.compile yet; step this optimizer eagerly"
+            )
         state = self.state  # type: ignore[attr-defined]
         if self.master_weights:
             kwargs["master_params"] = [
