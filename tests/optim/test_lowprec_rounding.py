@@ -158,3 +158,46 @@ def test_kahan_accumulates_updates_below_an_ulp() -> None:
     # the exact sum to a few percent of the drift, not to float32 accuracy.
     assert abs(float(p_kahan[0].float() + comp[0].float()) - exact) < 0.05 * 200 * 1e-4
     assert abs(float(p_kahan[0]) - exact) <= 2.0**-8
+
+
+_M64 = (1 << 64) - 1
+
+
+def _splitmix64(z: int) -> int:
+    z = (z + 0x9E3779B97F4A7C15) & _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    # 32-bit lanes held in int64 so that products do not overflow before the mask.
+    m = 0xFFFFFFFF
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & m
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & m
+    return x ^ (x >> 16)
+
+
+def test_stochastic_bits_follow_the_documented_hash() -> None:
+    # The random bits are a pure function of (seed, tensor, element) written in
+    # gradfuse/math/rounding.h; this Python transcription pins it, so any engine (CPU ISA,
+    # CUDA) that reproduces it rounds identically.
+    from gradfuse.functional._multi_tensor import mix_seed
+
+    n = 70_001
+    p = torch.randn(n).to(torch.bfloat16)
+    g = torch.randn(n).to(torch.bfloat16)
+    lr = 1e-3
+    seed = 424242
+    ours = _sgd_step(p, g, lr, rounding="stochastic", seed=seed)
+    call_seed = mix_seed(seed, 0)  # the first (only) native call of the functional
+    z = _splitmix64(call_seed ^ _splitmix64(0))  # tensor 0
+    k0, k1 = z & 0xFFFFFFFF, z >> 32
+    i = torch.arange(n, dtype=torch.int64)
+    r = _mix32(_mix32((i & 0xFFFFFFFF) ^ k0) ^ ((k1 + (i >> 32) * 0x9E3779B9) & 0xFFFFFFFF))
+    u = _x32(p, g, lr).view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    expected = (((u + (r >> 16)) >> 16) & 0xFFFF).to(torch.int32)
+    got = ours.view(torch.int16).to(torch.int32) & 0xFFFF
+    assert torch.equal(got, expected)
