@@ -20,10 +20,10 @@
 namespace gf::cpu {
 GF_ISA_BEGIN  // one copy of the engine per ISA (config.h)
 
-    // The ISA this copy of the engine was compiled for. Deliberately not inlined: it is a weak
-    // symbol like the engine's templates, so were the copies ever merged again, every ISA would
-    // report the same name (tests/test_config.py).
-    __attribute__((noinline)) inline const char* engine_isa() {
+// The ISA this copy of the engine was compiled for. Deliberately not inlined: it is a weak
+// symbol like the engine's templates, so were the copies ever merged again, every ISA would
+// report the same name (tests/test_config.py).
+__attribute__((noinline)) inline const char* engine_isa() {
 #if defined(__AVX512F__)
   return "avx512";
 #elif defined(__AVX2__)
