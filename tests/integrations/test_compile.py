@@ -5,6 +5,7 @@ give the same results as eager."""
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import Any
 
 import integration_cases
@@ -100,9 +101,10 @@ def test_custom_op_passes_opcheck() -> None:
     g = [torch.randn(5, dtype=torch.float64), torch.randn(3, dtype=torch.float64)]
     floats = [0.1]  # lr
     # (code, length) per parameter of sgd_: params written, grads read, momentum_buffers
-    # None, lr a float, the other 8 keyword arguments left at their defaults.
+    # None, lr a float, the other keyword arguments left at their defaults.
     c = gradfuse._compile
-    layout = [c._WRITTEN, 2, c._READ, 2, c._NONE, 0, c._FLOAT, 1] + [c._ABSENT, 0] * 8
+    rest = len(inspect.signature(gradfuse.functional.sgd_).parameters) - 4
+    layout = [c._WRITTEN, 2, c._READ, 2, c._NONE, 0, c._FLOAT, 1] + [c._ABSENT, 0] * rest
     before = [t.clone() for t in p]
     torch.library.opcheck(
         torch.ops.gradfuse.fused_update_.default, ("sgd_", p, g, floats, [], layout, [])
