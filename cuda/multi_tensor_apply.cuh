@@ -13,6 +13,7 @@
 
 #include "common.cuh"
 #include "gradfuse/math/convert.h"
+#include "gradfuse/math/per_tensor.h"
 #include "gradfuse/tensor_list.h"
 
 namespace gf::cuda {
@@ -28,6 +29,7 @@ struct TensorTable {
   GradScaling grad_scaling;
   void* ptrs[Depth][kMaxTensors];
   std::int64_t numels[kMaxTensors];
+  std::int32_t tensor_index[kMaxTensors];  // the entry's index in the TensorList (StepTable row)
   std::uint16_t block_tensor[kMaxBlocks];  // which table entry a block works on
   std::int32_t block_chunk[kMaxBlocks];    // which chunk of that tensor
 };
@@ -85,6 +87,8 @@ __global__ void __launch_bounds__(kBlockThreads)
       static_cast<std::int64_t>(table.block_chunk[blockIdx.x]) * kChunkSize;
   const std::int64_t n = table.numels[entry];
   const std::int64_t chunk_end = min(n, chunk_begin + kChunkSize);
+  // This tensor's op: per-tensor step scalars for capturable steps (math/per_tensor.h).
+  const auto& op_t = math::op_for_tensor(op, table.tensor_index[entry]);
 
   void* ptrs[kDepth];
   bool aligned = true;
@@ -113,7 +117,7 @@ __global__ void __launch_bounds__(kBlockThreads)
           v[d] = ((Op::kReads >> d) & 1u) ? math::load(packs[d].x, k) : OpT(0);
         }
         scale_grad<Op>(v, factors);
-        op(v);
+        op_t(v);
 #pragma unroll
         for (int d = 0; d < kDepth; ++d) {
           if ((Op::kWrites >> d) & 1u) math::store(packs[d].x, k, v[d]);
@@ -126,11 +130,11 @@ __global__ void __launch_bounds__(kBlockThreads)
       }
     }
     for (std::int64_t i = vec_end + threadIdx.x; i < chunk_end; i += blockDim.x) {
-      apply_scalar<T>(ptrs, i, op, factors);
+      apply_scalar<T>(ptrs, i, op_t, factors);
     }
   } else {
     for (std::int64_t i = chunk_begin + threadIdx.x; i < chunk_end; i += blockDim.x) {
-      apply_scalar<T>(ptrs, i, op, factors);
+      apply_scalar<T>(ptrs, i, op_t, factors);
     }
   }
 }
@@ -161,6 +165,7 @@ void multi_tensor_apply(const TensorList& tl, const Op& op) {
     const std::int64_t chunks = (n + kChunkSize - 1) / kChunkSize;
     for (int d = 0; d < kDepth; ++d) table.ptrs[d][tensors] = tl.ptr<T>(d, i);
     table.numels[tensors] = n;
+    table.tensor_index[tensors] = static_cast<std::int32_t>(i);
     for (std::int64_t c = 0; c < chunks; ++c) {
       table.block_tensor[blocks] = static_cast<std::uint16_t>(tensors);
       table.block_chunk[blocks] = static_cast<std::int32_t>(c);
@@ -173,6 +178,7 @@ void multi_tensor_apply(const TensorList& tl, const Op& op) {
         if (c + 1 < chunks) {
           for (int d = 0; d < kDepth; ++d) table.ptrs[d][0] = table.ptrs[d][tensors];
           table.numels[0] = n;
+          table.tensor_index[0] = static_cast<std::int32_t>(i);
           tensors = 0;
         } else {
           tensors = -1;  // becomes 0 below

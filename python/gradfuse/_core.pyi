@@ -28,6 +28,8 @@ def sgd(
     grad_scale: int = 0,
     found_inf: int = 0,
     clip_coef: int = 0,
+    step_table: int = 0,
+    step_table_stride: int = 0,
 ) -> None: ...
 def adam(
     slots: list[list[int]],
@@ -50,6 +52,8 @@ def adam(
     grad_scale: int = 0,
     found_inf: int = 0,
     clip_coef: int = 0,
+    step_table: int = 0,
+    step_table_stride: int = 0,
 ) -> None: ...
 def adamax(
     slots: list[list[int]],
@@ -67,6 +71,8 @@ def adamax(
     grad_scale: int = 0,
     found_inf: int = 0,
     clip_coef: int = 0,
+    step_table: int = 0,
+    step_table_stride: int = 0,
 ) -> None: ...
 def nadam(
     slots: list[list[int]],
@@ -89,6 +95,8 @@ def nadam(
     grad_scale: int = 0,
     found_inf: int = 0,
     clip_coef: int = 0,
+    step_table: int = 0,
+    step_table_stride: int = 0,
 ) -> None: ...
 def radam(
     slots: list[list[int]],
@@ -113,6 +121,8 @@ def radam(
     grad_scale: int = 0,
     found_inf: int = 0,
     clip_coef: int = 0,
+    step_table: int = 0,
+    step_table_stride: int = 0,
 ) -> None: ...
 def adagrad(
     slots: list[list[int]],
@@ -128,6 +138,8 @@ def adagrad(
     grad_scale: int = 0,
     found_inf: int = 0,
     clip_coef: int = 0,
+    step_table: int = 0,
+    step_table_stride: int = 0,
 ) -> None: ...
 def cross_entropy(
     *,
@@ -236,6 +248,8 @@ def rmsprop(
     grad_scale: int = 0,
     found_inf: int = 0,
     clip_coef: int = 0,
+    step_table: int = 0,
+    step_table_stride: int = 0,
 ) -> None: ...
 def scale_grads(
     slots: list[list[int]],

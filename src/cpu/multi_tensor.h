@@ -13,6 +13,7 @@
 #include "cpu/parallel.h"
 #include "gradfuse/config.h"
 #include "gradfuse/math/convert.h"
+#include "gradfuse/math/per_tensor.h"
 #include "gradfuse/tensor_list.h"
 
 namespace gf::cpu {
@@ -115,7 +116,8 @@ GF_INLINE void map_span(T* GF_RESTRICT p0, T* GF_RESTRICT p1, T* GF_RESTRICT p2,
 // Elementwise multi-tensor update: for every element, load the slots Op reads (converted to
 // opmath), apply the shared per-element rule, store the slots it writes (rounded to T).
 // Op provides kDepth (slots per tensor), kReads and kWrites (bit d = slot d), kGradSlot (the
-// slot that GradScaling applies to, or -1) and operator()(OpT* v).
+// slot that GradScaling applies to, or -1) and operator()(OpT* v). A math::PerTensorOp (capturable
+// steps) gives each tensor its own op (math/per_tensor.h).
 template <typename T, typename Op>
 void map_elements(const TensorList& tl, const Op& op) {
   using OpT = OpMath<T>;
@@ -130,8 +132,8 @@ void map_elements(const TensorList& tl, const Op& op) {
   const OpT clip_coef = gs.clip_coef ? OpT(*gs.clip_coef) : OpT(1);
   for_each_span(tl, [&](std::int64_t t, std::int64_t b, std::int64_t e) {
     auto slot = [&](int d) { return kDepth > d ? tl.ptr<T>(d, t) : nullptr; };
-    map_span<T>(slot(0), slot(1), slot(2), slot(3), slot(4), slot(5), b, e, op, inv_scale,
-                clip_coef);
+    map_span<T>(slot(0), slot(1), slot(2), slot(3), slot(4), slot(5), b, e,
+                math::op_for_tensor(op, t), inv_scale, clip_coef);
   });
 }
 

@@ -96,6 +96,23 @@ def check_capturable(
             )
 
 
+def capturable_step(group: dict[str, Any], params: list[Tensor]) -> bool:
+    """Whether this group's step takes the functional ``capturable=True`` path (step counters
+    and scalars on the device, no host reads).
+
+    torch.compile (dynamo) sets ``capturable=True`` on the groups of an optimizer it traces,
+    for its CUDA graphs; on the CPU there are none, and the host path keeps a compiled step
+    bitwise equal to the eager one (tests/integrations/test_compile.py).
+    """
+    import torch
+
+    if not group["capturable"]:
+        return False
+    if torch.compiler.is_compiling():
+        return any(not p.is_cpu for p in params)
+    return True
+
+
 def scalar_state(
     value: float, device: Any, on_device: bool, *, fused: bool | None = None
 ) -> Tensor:

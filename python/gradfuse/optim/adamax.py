@@ -12,6 +12,7 @@ from torch.optim.optimizer import Optimizer, ParamsT
 from gradfuse.functional._adam import adamax_
 from gradfuse.optim._base import (
     MaxGradNormMixin,
+    capturable_step,
     check_capturable,
     grad_scaling,
     real_view,
@@ -134,5 +135,6 @@ class Adamax(MaxGradNormMixin, Optimizer):
                 maximize=group["maximize"],
                 **scaling,
                 clip_coef=clip_coef,
+                capturable=capturable_step(group, params),
             )
         return loss

@@ -12,6 +12,7 @@ from torch.optim.optimizer import Optimizer, ParamsT
 from gradfuse.functional._adam import radam_
 from gradfuse.optim._base import (
     MaxGradNormMixin,
+    capturable_step,
     check_capturable,
     grad_scaling,
     real_view,
@@ -138,5 +139,6 @@ class RAdam(MaxGradNormMixin, Optimizer):
                 maximize=group["maximize"],
                 **scaling,
                 clip_coef=clip_coef,
+                capturable=capturable_step(group, params),
             )
         return loss

@@ -13,6 +13,8 @@ from gradfuse.functional._more import rmsprop_
 from gradfuse.optim._base import (
     MaxGradNormMixin,
     amp_scaling,
+    capturable_step,
+    check_capturable,
     refuse_differentiable,
     scalar_dtype,
 )
@@ -27,8 +29,9 @@ class RMSprop(MaxGradNormMixin, Optimizer):
     checkpoints load into either. Every step updates all params of a (device, dtype) group in
     one native call.
 
-    ``foreach`` and ``capturable`` are accepted (``capturable`` keeps ``step`` on the param's
-    device, as torch does); ``differentiable=True`` raises NotImplementedError. AMP:
+    ``foreach`` is accepted; ``capturable`` keeps ``step`` and a tensor ``lr`` on the param's
+    device and reads them there (no host synchronisation: ``step()`` can be captured in a CUDA
+    graph); ``differentiable=True`` raises NotImplementedError. AMP:
     ``torch.amp.GradScaler`` unscales inside the update; a step with inf/NaN gradients changes
     nothing. ``max_grad_norm`` (gradfuse extension, keyword-only): see
     :class:`MaxGradNormMixin`.
@@ -147,6 +150,7 @@ class RMSprop(MaxGradNormMixin, Optimizer):
                     buffers.append(state["momentum_buffer"])
                 if group["centered"]:
                     grad_avgs.append(state["grad_avg"])
+            check_capturable(group["capturable"], params, steps, what="params and state_steps")
             rmsprop_(
                 params,
                 grads,
@@ -164,5 +168,6 @@ class RMSprop(MaxGradNormMixin, Optimizer):
                 grad_scale=grad_scale,
                 found_inf=found_inf,
                 clip_coef=clip_coef,
+                capturable=capturable_step(group, params),
             )
         return loss
