@@ -8,6 +8,10 @@ tensor's dtype when ``lr``/``betas`` are tensors, as torch does), then handed to
 per (device, dtype, step) group that applies the shared per-element rule
 (``src/gradfuse/math/adam.h``).
 
+With ``capturable=True`` (CUDA graphs) nothing is read on the host instead: the counters are
+advanced and the same scalars computed on the params' device, one row per tensor of a table
+the kernel reads (see ``_capturable``).
+
 Every argument is checked before anything is written: a call that raises leaves every array
 and counter as it was. With AMP, a nonzero ``found_inf`` makes the call change nothing at all,
 counters included (the value is read on the host; see ``_steps.found_inf_is_set``).
