@@ -86,11 +86,16 @@ GF_HD GF_INLINE float exp_f32(float x) {
 // at the end in the common case. Subnormal x is first scaled by 2^23 (exact).
 // `f_corr` is an extra small term added before the final sum (used by log1p: the rounding
 // error of 1 + x divided by 1 + x); 0 for a plain log.
+// kGeneral = false drops the subnormal scaling and the special values (about a quarter of the
+// vector operations): only for callers whose x is a positive normal finite float or NaN that
+// does not need to propagate from here (the result then has the same bits as kGeneral = true;
+// for a NaN x it is an unspecified finite value).
+template <bool kGeneral = true>
 GF_HD GF_INLINE float log_f32_core(float x, float f_corr) {
   constexpr float kLn2Hi = 0.693359375f;
   constexpr float kLn2Lo = -2.12194440e-4f;
   constexpr float kSqrtHalf = 0.707106781186547524f;
-  const bool tiny = x < 1.17549435e-38f;  // subnormal (or zero / negative: fixed below)
+  const bool tiny = kGeneral && x < 1.17549435e-38f;  // subnormal (or zero / negative: below)
   const float scaled = x * 8388608.0f;
   const float xs = select(tiny, scaled, x);
   const std::uint32_t bits = float_bits(xs);
@@ -119,11 +124,13 @@ GF_HD GF_INLINE float log_f32_core(float x, float f_corr) {
   y = y + f_corr;
   float r = f + y;
   r = r + ef * kLn2Hi;
-  // Special values, by select: +inf -> inf, 0 -> -inf, negative or NaN -> NaN.
-  const float kInf = bits_float(0x7f800000u);
-  r = select(x == kInf, kInf, r);
-  r = select(x == 0.0f, -kInf, r);
-  r = select((x < 0.0f) | (x != x), bits_float(0x7fc00000u), r);
+  if constexpr (kGeneral) {
+    // Special values, by select: +inf -> inf, 0 -> -inf, negative or NaN -> NaN.
+    const float kInf = bits_float(0x7f800000u);
+    r = select(x == kInf, kInf, r);
+    r = select(x == 0.0f, -kInf, r);
+    r = select((x < 0.0f) | (x != x), bits_float(0x7fc00000u), r);
+  }
   return r;
 }
 
