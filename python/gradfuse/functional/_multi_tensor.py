@@ -166,6 +166,13 @@ def group(
     Every one of the first ``depth`` slots must be present (not None) for every tensor.
     ``keys`` splits groups further (e.g. first momentum step or not).
     """
+    present = [b for b in buffers[: depth * n] if b is not None]
+    if n and len(present) == depth * n and _one_group(present[:n], keys):
+        # The usual optimizer step: every tensor on one device, in one dtype.
+        ref0 = present[0]
+        slots = [[b.ptr for b in present[d * n : (d + 1) * n]] for d in range(depth)]
+        numels = [b.numel for b in present[:n]]
+        return [Group(ref0.device, ref0.dtype_code, list(range(n)), slots, numels)]
     groups: dict[tuple[Any, ...], Group] = {}
     for i in range(n):
         ref = buffers[i]
@@ -181,3 +188,11 @@ def group(
             assert b is not None
             g.slots[d].append(b.ptr)
     return list(groups.values())
+
+
+def _one_group(refs: Sequence[Buffer], keys: Sequence[Any] | None) -> bool:
+    """Whether the params' buffers share one device, one dtype and one key."""
+    device, dtype = refs[0].device, refs[0].dtype
+    if not all(b.device == device and b.dtype == dtype for b in refs):
+        return False
+    return keys is None or all(k == keys[0] for k in keys)

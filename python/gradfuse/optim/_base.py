@@ -69,9 +69,11 @@ def grad_scaling(optimizer: Any) -> dict[str, Any]:
 
 def real_view(t: Tensor) -> Tensor:
     """Complex tensors are updated through their real view, as torch's for-loop does."""
-    import torch
+    if t.is_complex():  # the method, not torch.is_complex: called for every tensor of a step
+        import torch
 
-    return torch.view_as_real(t) if torch.is_complex(t) else t
+        return torch.view_as_real(t)
+    return t
 
 
 def check_capturable(
