@@ -11,6 +11,7 @@
 #include "common.cuh"
 #include "gradfuse/cuda.h"
 #include "gradfuse/dispatch.h"
+#include "gradfuse/loss_dispatch.h"
 #include "gradfuse/math/convert.h"
 #include "gradfuse/math/fastmath.h"
 #include "gradfuse/math/losses_elementwise.h"
@@ -138,40 +139,10 @@ __global__ void fastmath_kernel(FastmathFn fn, std::int64_t n, const T* __restri
 }  // namespace
 
 void elementwise_loss(const ElementwiseLossArgs& a) {
-  using K = math::ElementwiseLoss;
   DeviceGuard guard(a.device);
-  visit_dtype(a.dtype, "elementwise_loss", [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    const bool option = (a.kind == K::kBceWithLogits && a.pos_weight != nullptr) ||
-                        (a.kind == K::kKlDiv && a.log_target);
-    bool_switch(
-        [&](auto option_c, auto weight_c, auto reduce_c) {
-          constexpr bool kOption = decltype(option_c)::value;
-          constexpr bool kWeight = decltype(weight_c)::value;
-          constexpr bool kReduce = decltype(reduce_c)::value;
-          // Same instance set as the CPU kernel (src/cpu/kernels/losses_elementwise.cpp).
-          switch (a.kind) {
-            case K::kMse:
-              if constexpr (!kOption) launch<T, K::kMse, false, kWeight, kReduce>(a);
-              return;
-            case K::kL1:
-              if constexpr (!kOption) launch<T, K::kL1, false, kWeight, kReduce>(a);
-              return;
-            case K::kSmoothL1:
-              if constexpr (!kOption && !kWeight) launch<T, K::kSmoothL1, false, false, kReduce>(a);
-              return;
-            case K::kHuber:
-              if constexpr (!kOption) launch<T, K::kHuber, false, kWeight, kReduce>(a);
-              return;
-            case K::kBceWithLogits:
-              launch<T, K::kBceWithLogits, kOption, kWeight, kReduce>(a);
-              return;
-            case K::kKlDiv:
-              if constexpr (!kWeight) launch<T, K::kKlDiv, kOption, false, kReduce>(a);
-              return;
-          }
-        },
-        option, a.weight != nullptr, a.reduction == LossReduction::kSum);
+  dispatch_elementwise_loss(a, [&](auto inst) {
+    using I = std::decay_t<decltype(inst)>;
+    launch<typename I::type, I::kKind, I::kOption, I::kWeight, I::kReduce>(a);
   });
 }
 

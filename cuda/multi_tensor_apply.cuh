@@ -14,6 +14,7 @@
 
 #include "common.cuh"
 #include "gradfuse/math/convert.h"
+#include "gradfuse/math/per_tensor.h"
 #include "gradfuse/math/rounding.h"
 #include "gradfuse/storage.h"
 #include "gradfuse/tensor_list.h"
@@ -27,12 +28,11 @@ constexpr int kMaxBlocks = 768;
 constexpr int kVecBytes = 16;
 
 // What a launch with a non-default storage policy (issue 8) carries besides the slots: per
-// entry the policy's extra array (master / compensation) and the tensor's index in the call (the
-// stochastic-rounding counter uses it, as the CPU engine does), and the call's seed.
+// entry the policy's extra array (master / compensation), and the call's seed (the
+// stochastic-rounding counter also uses the entry's tensor_index, as the CPU engine does).
 struct NoExtras {};
 struct PolicyExtras {
   void* extra[kMaxTensors];
-  std::int64_t index[kMaxTensors];
   std::uint64_t seed;
 };
 
@@ -41,6 +41,7 @@ struct TensorTable : Extras {
   GradScaling grad_scaling;
   void* ptrs[Depth][kMaxTensors];
   std::int64_t numels[kMaxTensors];
+  std::int32_t tensor_index[kMaxTensors];  // the entry's index in the TensorList (StepTable row)
   std::uint16_t block_tensor[kMaxBlocks];  // which table entry a block works on
   std::int32_t block_chunk[kMaxBlocks];    // which chunk of that tensor
 };
@@ -98,6 +99,8 @@ __global__ void __launch_bounds__(kBlockThreads)
       static_cast<std::int64_t>(table.block_chunk[blockIdx.x]) * kChunkSize;
   const std::int64_t n = table.numels[entry];
   const std::int64_t chunk_end = min(n, chunk_begin + kChunkSize);
+  // This tensor's op: per-tensor step scalars for capturable steps (math/per_tensor.h).
+  const auto& op_t = math::op_for_tensor(op, table.tensor_index[entry]);
 
   void* ptrs[kDepth];
   bool aligned = true;
@@ -126,7 +129,7 @@ __global__ void __launch_bounds__(kBlockThreads)
           v[d] = ((Op::kReads >> d) & 1u) ? math::load(packs[d].x, k) : OpT(0);
         }
         scale_grad<Op>(v, factors);
-        op(v);
+        op_t(v);
 #pragma unroll
         for (int d = 0; d < kDepth; ++d) {
           if ((Op::kWrites >> d) & 1u) math::store(packs[d].x, k, v[d]);
@@ -139,11 +142,11 @@ __global__ void __launch_bounds__(kBlockThreads)
       }
     }
     for (std::int64_t i = vec_end + threadIdx.x; i < chunk_end; i += blockDim.x) {
-      apply_scalar<T>(ptrs, i, op, factors);
+      apply_scalar<T>(ptrs, i, op_t, factors);
     }
   } else {
     for (std::int64_t i = chunk_begin + threadIdx.x; i < chunk_end; i += blockDim.x) {
-      apply_scalar<T>(ptrs, i, op, factors);
+      apply_scalar<T>(ptrs, i, op_t, factors);
     }
   }
 }
@@ -176,7 +179,8 @@ __global__ void __launch_bounds__(kBlockThreads)
   const std::int64_t n = table.numels[entry];
   const std::int64_t chunk_end = min(n, chunk_begin + kChunkSize);
   X* const x = static_cast<X*>(table.extra[entry]);
-  const math::RoundingKey key = math::rounding_key(table.seed, table.index[entry]);
+  const math::RoundingKey key = math::rounding_key(table.seed, table.tensor_index[entry]);
+  const auto& op_t = math::op_for_tensor(op, table.tensor_index[entry]);
 
   for (std::int64_t i = chunk_begin + threadIdx.x; i < chunk_end; i += blockDim.x) {
     OpT v[kDepth];
@@ -192,7 +196,7 @@ __global__ void __launch_bounds__(kBlockThreads)
     if constexpr (kPolicy == kParamMaster) v[0] = x[i];
     const OpT p_old = v[0];
     scale_grad<Op>(v, factors);
-    op(v);
+    op_t(v);
     P* const param = static_cast<P*>(table.ptrs[0][entry]);
     if constexpr (kPolicy == kParamNearest) {
       math::store(param, i, v[0]);
@@ -245,8 +249,8 @@ void fill_and_launch(const TensorList& tl, Launch&& launch_kernel) {
     if constexpr (kPolicy) {
       table.extra[tensors] =
           tl.precision.extra ? reinterpret_cast<void*>(tl.precision.extra[i]) : nullptr;
-      table.index[tensors] = i;
     }
+    table.tensor_index[tensors] = static_cast<std::int32_t>(i);
     for (std::int64_t c = 0; c < chunks; ++c) {
       table.block_tensor[blocks] = static_cast<std::uint16_t>(tensors);
       table.block_chunk[blocks] = static_cast<std::int32_t>(c);
@@ -261,8 +265,8 @@ void fill_and_launch(const TensorList& tl, Launch&& launch_kernel) {
           table.numels[0] = n;
           if constexpr (kPolicy) {
             table.extra[0] = table.extra[tensors];
-            table.index[0] = table.index[tensors];
           }
+          table.tensor_index[0] = static_cast<std::int32_t>(i);
           tensors = 0;
         } else {
           tensors = -1;  // becomes 0 below

@@ -15,7 +15,9 @@ void adagrad(const AdagradArgs& a) {
         [&](auto wd_c, auto maximize_c) {
           multi_tensor_apply<T>(
               a.tensors,
-              math::AdagradOp<decltype(wd_c)::value, decltype(maximize_c)::value, OpT>{scalars});
+              math::per_tensor<OpT>(
+                  math::AdagradOp<decltype(wd_c)::value, decltype(maximize_c)::value, OpT>{scalars},
+                  a.step_table));
         },
         a.weight_decay, a.maximize);
   });
@@ -32,9 +34,9 @@ void rmsprop(const RmspropArgs& a) {
           constexpr bool small = decltype(small_c)::value;
           // The lerp branch only exists for centered RMSprop: skip the other instances.
           if constexpr (centered || small) {
-            multi_tensor_apply<T>(
-                a.tensors, math::RmspropOp<decltype(wd_c)::value, centered, decltype(mom_c)::value,
-                                           decltype(maximize_c)::value, small, OpT>{scalars});
+            using Op = math::RmspropOp<decltype(wd_c)::value, centered, decltype(mom_c)::value,
+                                       decltype(maximize_c)::value, small, OpT>;
+            multi_tensor_apply<T>(a.tensors, math::per_tensor<OpT>(Op{scalars}, a.step_table));
           }
         },
         a.weight_decay, a.centered, a.momentum, a.maximize,

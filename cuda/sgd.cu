@@ -16,8 +16,8 @@ void sgd(const SgdArgs& a) {
           constexpr bool nesterov = decltype(nesterov_c)::value, first = decltype(first_c)::value;
           constexpr bool maximize = decltype(maximize_c)::value;
           if constexpr (mom || (!nesterov && !first)) {
-            multi_tensor_apply<T>(a.tensors,
-                                  math::SgdOp<wd, mom, nesterov, first, maximize, OpT>{scalars});
+            using Op = math::SgdOp<wd, mom, nesterov, first, maximize, OpT>;
+            multi_tensor_apply<T>(a.tensors, math::per_tensor<OpT>(Op{scalars}, a.step_table));
           }
         },
         a.weight_decay, a.momentum, a.momentum && a.nesterov, a.momentum && a.first_step,

@@ -126,6 +126,14 @@ inline TensorListHolder make_list(const char* op,
   return h;
 }
 
+// A capturable call's per-tensor scalar table (gradfuse/math/per_tensor.h). The Python layer
+// allocates it (rows of the op's compute type, one per tensor, on the tensors' device); what is
+// checked here is that a row holds every field the op reads.
+inline void check_step_table(std::uintptr_t data, std::int64_t stride, const char* op, int fields) {
+  GF_CHECK(data == 0 || stride >= fields, op, ": step_table rows need at least ", fields,
+           " values, got a row stride of ", stride);
+}
+
 // Runs a kernel without the GIL: on the CPU, or on CUDA when the tensors live there (make_list
 // has already refused CUDA tensors in a build without CUDA, where cuda_fn is nullptr).
 template <typename Args, typename CudaFn>

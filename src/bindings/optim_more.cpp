@@ -19,29 +19,39 @@ void register_optim_more(py::module_& m) {
       "adagrad",
       [](const Slots& slots, const Numels& numels, int dtype, int device, std::uintptr_t stream,
          double clr, double eps, double weight_decay, bool maximize, std::uintptr_t grad_scale,
-         std::uintptr_t found_inf, std::uintptr_t clip_coef, int state_dtype, int policy,
-         std::uint64_t seed) {
+         std::uintptr_t found_inf, std::uintptr_t clip_coef, std::uintptr_t step_table,
+         std::int64_t step_table_stride, int state_dtype, int policy, std::uint64_t seed) {
         auto holder = make_list("adagrad", slots, numels, dtype, device, stream, grad_scale,
                                 found_inf, clip_coef, PrecisionArgs{state_dtype, policy, seed});
         check_depth("adagrad", holder.view, 3, "param, grad, sum");
-        AdagradArgs args{holder.view, {clr, eps, weight_decay}, weight_decay != 0.0, maximize};
+        check_step_table(step_table, step_table_stride, "adagrad",
+                         math::AdagradScalars<float>::kStepFields);
+        AdagradArgs args{holder.view,
+                         {clr, eps, weight_decay},
+                         weight_decay != 0.0,
+                         maximize,
+                         StepTable{step_table, step_table_stride}};
         run(&cpu::adagrad, GF_CUDA_FN(adagrad), args);
       },
       py::arg("slots"), py::arg("numels"), py::arg("dtype"), py::arg("device"), py::arg("stream"),
       py::kw_only(), py::arg("clr"), py::arg("eps"), py::arg("weight_decay"), py::arg("maximize"),
       py::arg("grad_scale") = 0, py::arg("found_inf") = 0, py::arg("clip_coef") = 0,
-      GF_PRECISION_ARGS,
+      py::arg("step_table") = 0, py::arg("step_table_stride") = 0, GF_PRECISION_ARGS,
       "In-place Adagrad over slots [params, grads, sums] of one dtype and device.\n"
-      "clr: this step's decayed learning rate lr / (1 + (step - 1) * lr_decay).");
+      "clr: this step's decayed learning rate lr / (1 + (step - 1) * lr_decay); with\n"
+      "step_table (capturable), -clr per tensor from its rows (gradfuse/math/per_tensor.h).");
 
   m.def(
       "rmsprop",
       [](const Slots& slots, const Numels& numels, int dtype, int device, std::uintptr_t stream,
          double lr, double alpha, double eps, double weight_decay, double momentum, bool centered,
          bool maximize, std::uintptr_t grad_scale, std::uintptr_t found_inf,
-         std::uintptr_t clip_coef, int state_dtype, int policy, std::uint64_t seed) {
+         std::uintptr_t clip_coef, std::uintptr_t step_table, std::int64_t step_table_stride,
+         int state_dtype, int policy, std::uint64_t seed) {
         auto holder = make_list("rmsprop", slots, numels, dtype, device, stream, grad_scale,
                                 found_inf, clip_coef, PrecisionArgs{state_dtype, policy, seed});
+        check_step_table(step_table, step_table_stride, "rmsprop",
+                         math::RmspropScalars<float>::kStepFields);
         const bool has_momentum = momentum > 0.0;
         const int depth = 3 + (centered ? 1 : 0) + (has_momentum ? 1 : 0);
         const char* names = centered ? (has_momentum ? "param, grad, square_avg, grad_avg, "
@@ -50,16 +60,22 @@ void register_optim_more(py::module_& m) {
                                      : (has_momentum ? "param, grad, square_avg, momentum_buffer"
                                                      : "param, grad, square_avg");
         check_depth("rmsprop", holder.view, depth, names);
-        RmspropArgs args{holder.view,         {lr, alpha, eps, weight_decay, momentum},
-                         weight_decay != 0.0, centered,
-                         has_momentum,        maximize};
+        RmspropArgs args{holder.view,
+                         {lr, alpha, eps, weight_decay, momentum},
+                         weight_decay != 0.0,
+                         centered,
+                         has_momentum,
+                         maximize,
+                         StepTable{step_table, step_table_stride}};
         run(&cpu::rmsprop, GF_CUDA_FN(rmsprop), args);
       },
       py::arg("slots"), py::arg("numels"), py::arg("dtype"), py::arg("device"), py::arg("stream"),
       py::kw_only(), py::arg("lr"), py::arg("alpha"), py::arg("eps"), py::arg("weight_decay"),
       py::arg("momentum"), py::arg("centered"), py::arg("maximize"), py::arg("grad_scale") = 0,
-      py::arg("found_inf") = 0, py::arg("clip_coef") = 0, GF_PRECISION_ARGS,
-      "In-place RMSprop over slots [params, grads, square_avgs(, grad_avgs)(, momentum_buffers)].");
+      py::arg("found_inf") = 0, py::arg("clip_coef") = 0, py::arg("step_table") = 0,
+      py::arg("step_table_stride") = 0, GF_PRECISION_ARGS,
+      "In-place RMSprop over slots [params, grads, square_avgs(, grad_avgs)(, momentum_buffers)];\n"
+      "with step_table (capturable), -lr per tensor from its rows.");
 
   m.def(
       "lion",

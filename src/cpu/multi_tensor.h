@@ -1,9 +1,10 @@
 // The CPU multi-tensor engine (DESIGN.md §4), compiled into every ISA translation unit.
 //
 // One call covers all tensors of a (device, dtype) group: the concatenated element range of all
-// tensors is cut into one contiguous share per thread, in one parallel region, so a model of
-// many small tensors costs one region, not one per tensor. Shares are whole cache lines apart,
-// so threads never write the same line.
+// tensors is cut into chunks that the threads claim in one parallel region (each starting on its
+// own contiguous run, then helping with what is left: parallel_chunks), so a model of many small
+// tensors costs one region, not one per tensor. Chunks are whole cache lines apart, so threads
+// never write the same line.
 #pragma once
 
 #include <algorithm>
@@ -13,6 +14,7 @@
 #include "cpu/parallel.h"
 #include "gradfuse/config.h"
 #include "gradfuse/math/convert.h"
+#include "gradfuse/math/per_tensor.h"
 #include "gradfuse/math/rounding.h"
 #include "gradfuse/storage.h"
 #include "gradfuse/tensor_list.h"
@@ -35,11 +37,17 @@ __attribute__((noinline)) inline const char* engine_isa() {
 
 // Below this many elements in a call, threads cost more than they save.
 constexpr std::int64_t kParallelGrain = std::int64_t{1} << 15;
-// Split points are multiples of this many elements (a cache line even for bfloat16 data).
+// Chunks (the unit of work a thread claims) are this many elements of the concatenated range:
+// about 30 us of streaming each, so a late thread costs at most that, while one atomic claim per
+// chunk costs nothing measurable.
+constexpr std::int64_t kChunkElements = std::int64_t{1} << 15;
+// Chunk boundaries inside a tensor sit at multiples of this many elements from its start (a
+// cache line even for bfloat16 data), so two threads never write the same line of a tensor.
 constexpr std::int64_t kSplitAlign = 64;
 
 // Calls fn(tensor, begin, end) exactly once for every element range, covering every element
-// of every tensor. The partition depends only on the sizes and the thread count.
+// of every tensor. The ranges depend only on the sizes (and, for work above kParallelGrain,
+// which thread runs which range depends on timing: fn must not care, see parallel_chunks).
 template <typename Fn>
 void for_each_span(const TensorList& tl, Fn&& fn) {
   std::vector<std::int64_t> ends(static_cast<std::size_t>(tl.size));
@@ -47,13 +55,8 @@ void for_each_span(const TensorList& tl, Fn&& fn) {
   for (std::int64_t i = 0; i < tl.size; ++i) ends[i] = (total += tl.numels[i]);
   if (total == 0) return;
 
-  const std::int64_t by_size = (total + kParallelGrain - 1) / kParallelGrain;
-  const int threads = static_cast<int>(std::min<std::int64_t>(get_num_threads(), by_size));
-  auto share = [&](int t) {
-    const std::int64_t lo = t == 0 ? 0 : total / threads * t / kSplitAlign * kSplitAlign;
-    const std::int64_t hi =
-        t == threads - 1 ? total : total / threads * (t + 1) / kSplitAlign * kSplitAlign;
-    if (lo >= hi) return;
+  // The spans of the concatenated range [lo, hi), lo and hi being chunk boundaries.
+  auto spans = [&](std::int64_t lo, std::int64_t hi) {
     // First tensor whose range ends after lo.
     std::int64_t i = std::upper_bound(ends.begin(), ends.end(), lo) - ends.begin();
     for (; i < tl.size; ++i) {
@@ -64,11 +67,27 @@ void for_each_span(const TensorList& tl, Fn&& fn) {
       if (b < e) fn(i, b, e);
     }
   };
+  const std::int64_t by_size = (total + kParallelGrain - 1) / kParallelGrain;
+  const int threads = static_cast<int>(std::min<std::int64_t>(get_num_threads(), by_size));
   if (threads <= 1) {
-    share(0);
-  } else {
-    parallel_tasks(threads, share);
+    spans(0, total);
+    return;
   }
+  // Chunk c covers [bound(c * kChunkElements), bound((c + 1) * kChunkElements)): bound rounds a
+  // position up to the next multiple of kSplitAlign from the start of the tensor it falls in
+  // (capped at that tensor's end). bound is non-decreasing with bound(0) = 0 and
+  // bound(total) = total, so the chunks tile the range exactly.
+  auto bound = [&](std::int64_t x) {
+    if (x >= total) return total;
+    const std::int64_t i = std::upper_bound(ends.begin(), ends.end(), x) - ends.begin();
+    const std::int64_t start = ends[i] - tl.numels[i];
+    const std::int64_t aligned = start + (x - start + kSplitAlign - 1) / kSplitAlign * kSplitAlign;
+    return std::min(aligned, ends[i]);
+  };
+  const std::int64_t n_chunks = (total + kChunkElements - 1) / kChunkElements;
+  parallel_chunks(threads, n_chunks, [&](std::int64_t c) {
+    spans(bound(c * kChunkElements), bound((c + 1) * kChunkElements));
+  });
 }
 
 template <unsigned Mask, int Slot>
@@ -93,6 +112,11 @@ GF_INLINE void store_slot(const OpT* v, T* GF_RESTRICT p, std::int64_t i) {
 // St::State, and x the policy's extra array (master or compensation; null for the others). The
 // default storage compiles to the same loop as a single-dtype engine: the policy branches are
 // `if constexpr`.
+// restrict alone was not enough for float/double Adam with amsgrad (four written slots plus the
+// rule's scalars read through `op`): GCC 12 still wanted more than its limit of 10 runtime alias
+// checks and left the loop scalar. `ivdep` states what the Python layer guarantees (no slot
+// overlaps another, the scalars live outside the tensors): no iteration depends on another, so
+// every rule vectorizes, without runtime checks.
 template <typename St, typename Op>
 GF_INLINE void map_span(typename St::Param* GF_RESTRICT p0, typename St::Param* GF_RESTRICT p1,
                         typename St::State* GF_RESTRICT p2, typename St::State* GF_RESTRICT p3,
@@ -103,6 +127,7 @@ GF_INLINE void map_span(typename St::Param* GF_RESTRICT p0, typename St::Param* 
   using OpT = OpMath<typename St::Param>;
   constexpr int kGradSlot = Op::kGradSlot;
   constexpr int kPolicy = St::kPolicy;
+#pragma GCC ivdep
   for (std::int64_t i = b; i < e; ++i) {
     OpT v[kMaxDepth] = {};
     if constexpr (kPolicy == kParamMaster) {
@@ -140,7 +165,8 @@ GF_INLINE void map_span(typename St::Param* GF_RESTRICT p0, typename St::Param* 
 // opmath), apply the shared per-element rule, store the slots it writes (rounded to their
 // storage type, the param by the list's policy; see Precision in gradfuse/tensor_list.h).
 // Op provides kDepth (slots per tensor), kReads and kWrites (bit d = slot d), kGradSlot (the
-// slot that GradScaling applies to, or -1) and operator()(OpT* v).
+// slot that GradScaling applies to, or -1) and operator()(OpT* v). A math::PerTensorOp (capturable
+// steps) gives each tensor its own op (math/per_tensor.h).
 template <typename T, typename Op>
 void map_elements(const TensorList& tl, const Op& op) {
   using OpT = OpMath<T>;
@@ -169,8 +195,8 @@ void map_elements(const TensorList& tl, const Op& op) {
         extra = reinterpret_cast<X*>(pr.extra[t]);
       }
       if constexpr (St::kPolicy == kParamStochastic) key = math::rounding_key(pr.seed, t);
-      map_span<St>(param(0), param(1), state(2), state(3), state(4), state(5), extra, b, e, op,
-                   inv_scale, clip_coef, key);
+      map_span<St>(param(0), param(1), state(2), state(3), state(4), state(5), extra, b, e,
+                   math::op_for_tensor(op, t), inv_scale, clip_coef, key);
     });
   });
 }

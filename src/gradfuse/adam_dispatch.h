@@ -35,8 +35,9 @@ void dispatch_adam(const AdamArgs& a, Apply&& apply) {
     visit_weight_decay_mode(a.weight_decay_mode, "adam", [&](auto wd_c) {
       bool_switch(
           [&](auto amsgrad_c, auto maximize_c) {
-            apply(tag, math::AdamOp<decltype(wd_c)::value, decltype(amsgrad_c)::value,
-                                    decltype(maximize_c)::value, OpT>{s});
+            using Op = math::AdamOp<decltype(wd_c)::value, decltype(amsgrad_c)::value,
+                                    decltype(maximize_c)::value, OpT>;
+            apply(tag, math::per_tensor<OpT>(Op{s}, a.step_table));
           },
           a.amsgrad, a.maximize);
     });
@@ -50,7 +51,8 @@ void dispatch_adamax(const AdamaxArgs& a, Apply&& apply) {
     const auto s = math::AdamaxScalars<OpT>::from(a.hyper);
     bool_switch(
         [&](auto wd_c, auto maximize_c) {
-          apply(tag, math::AdamaxOp<decltype(wd_c)::value, decltype(maximize_c)::value, OpT>{s});
+          using Op = math::AdamaxOp<decltype(wd_c)::value, decltype(maximize_c)::value, OpT>;
+          apply(tag, math::per_tensor<OpT>(Op{s}, a.step_table));
         },
         a.weight_decay, a.maximize);
   });
@@ -64,7 +66,8 @@ void dispatch_nadam(const NadamArgs& a, Apply&& apply) {
     visit_weight_decay_mode(a.weight_decay_mode, "nadam", [&](auto wd_c) {
       bool_switch(
           [&](auto maximize_c) {
-            apply(tag, math::NadamOp<decltype(wd_c)::value, decltype(maximize_c)::value, OpT>{s});
+            using Op = math::NadamOp<decltype(wd_c)::value, decltype(maximize_c)::value, OpT>;
+            apply(tag, math::per_tensor<OpT>(Op{s}, a.step_table));
           },
           a.maximize);
     });
@@ -77,6 +80,15 @@ void dispatch_radam(const RadamArgs& a, Apply&& apply) {
     using OpT = OpMath<typename decltype(tag)::type>;
     const auto s = math::RadamScalars<OpT>::from(a.hyper);
     visit_weight_decay_mode(a.weight_decay_mode, "radam", [&](auto wd_c) {
+      if (a.step_table.data != 0) {  // capturable: rectify per tensor, from the table
+        bool_switch(
+            [&](auto maximize_c) {
+              using Op = math::RadamStepOp<decltype(wd_c)::value, decltype(maximize_c)::value, OpT>;
+              apply(tag, math::per_tensor<OpT>(Op{{s}}, a.step_table));
+            },
+            a.maximize);
+        return;
+      }
       bool_switch(
           [&](auto maximize_c, auto rectify_c) {
             apply(tag, math::RadamOp<decltype(wd_c)::value, decltype(maximize_c)::value,

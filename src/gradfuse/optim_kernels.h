@@ -2,6 +2,7 @@
 #pragma once
 
 #include "gradfuse/math/adam.h"
+#include "gradfuse/math/per_tensor.h"
 #include "gradfuse/math/sgd.h"
 #include "gradfuse/tensor_list.h"
 
@@ -16,6 +17,7 @@ struct SgdArgs {
   bool nesterov;
   bool first_step;  // momentum buffers are initialised from the gradient in this call
   bool maximize;
+  StepTable step_table;  // a device tensor lr: SgdScalars::load_step_row fields per tensor
 };
 
 // Adam / AdamW: slots param, grad, exp_avg, exp_avg_sq[, max_exp_avg_sq].
@@ -25,6 +27,7 @@ struct AdamArgs {
   int weight_decay_mode;  // math::WeightDecayMode
   bool amsgrad;
   bool maximize;
+  StepTable step_table;  // capturable: per-tensor AdamScalars::load_step_row fields
 };
 
 // Adamax: slots param, grad, exp_avg, exp_inf.
@@ -33,6 +36,7 @@ struct AdamaxArgs {
   math::AdamaxHyper hyper;
   bool weight_decay;  // weight_decay != 0
   bool maximize;
+  StepTable step_table;  // capturable: per-tensor AdamaxScalars::load_step_row fields
 };
 
 // NAdam: slots param, grad, exp_avg, exp_avg_sq.
@@ -41,6 +45,7 @@ struct NadamArgs {
   math::NadamHyper hyper;
   int weight_decay_mode;  // math::WeightDecayMode
   bool maximize;
+  StepTable step_table;  // capturable: per-tensor NadamScalars::load_step_row fields
 };
 
 // RAdam: slots param, grad, exp_avg, exp_avg_sq.
@@ -49,7 +54,8 @@ struct RadamArgs {
   math::RadamHyper hyper;
   int weight_decay_mode;  // math::WeightDecayMode
   bool maximize;
-  bool rectify;  // rho_t > 5 this step
+  bool rectify;          // rho_t > 5 this step
+  StepTable step_table;  // capturable: per-tensor RadamStepScalars::load_step_row fields
 };
 
 }  // namespace gf

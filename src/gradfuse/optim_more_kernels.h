@@ -7,6 +7,7 @@
 #include "gradfuse/math/adagrad.h"
 #include "gradfuse/math/lion.h"
 #include "gradfuse/math/norm.h"
+#include "gradfuse/math/per_tensor.h"
 #include "gradfuse/math/rmsprop.h"
 #include "gradfuse/tensor_list.h"
 
@@ -18,6 +19,7 @@ struct AdagradArgs {
   math::AdagradHyper hyper;
   bool weight_decay;  // weight_decay != 0
   bool maximize;
+  StepTable step_table;  // capturable: per-tensor AdagradScalars::load_step_row fields
 };
 
 // RMSprop: slots param, grad, square_avg[, grad_avg if centered][, momentum_buffer if momentum].
@@ -28,6 +30,7 @@ struct RmspropArgs {
   bool centered;
   bool momentum;  // momentum > 0
   bool maximize;
+  StepTable step_table;  // capturable: per-tensor RmspropScalars::load_step_row fields (lr)
 };
 
 // Lion: slots param, grad, exp_avg.

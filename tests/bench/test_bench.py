@@ -262,3 +262,25 @@ def test_torch_lion_reference_follows_the_paper() -> None:
     p2 = p1 * (1 - lr * wd) - lr * torch.sign(b1 * m1 + (1 - b1) * g)
     torch.testing.assert_close(runs[0], p2)
     torch.testing.assert_close(runs[1], p2)
+
+
+def test_every_sample_starts_after_the_threads_went_idle(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Samples are interleaved across providers: each must start after quiesce() (torch's
+    # OpenMP workers spin for milliseconds after a torch op and would otherwise share the cores
+    # with the next provider's sample), the same way for every provider.
+    from gradfuse.bench import _run
+
+    events: list[str] = []
+    monkeypatch.setattr(_run, "quiesce", lambda device: events.append("quiesce"))
+    real_sample = _run._time_sample
+
+    def sample(*args: object, **kwargs: object) -> float:
+        events.append("sample")
+        return real_sample(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_run, "_time_sample", sample)
+    case = OptimizerCase("sgd_fair", "sgd", optimizer="SGD", kwargs={"lr": 1e-3})
+    item = Item(case, Size("1K", ((1024,),)), "float32", "cpu", ["gradfuse", "torch-foreach"])
+    with Progress(100, "test") as bar:
+        measure(item, repeat=3, warmup=1, cache=1 << 16, ceiling_gbps=10.0, seed=0, bar=bar)
+    assert events == ["quiesce", "sample"] * 6

@@ -62,10 +62,23 @@ def test_trajectory(
     )
 
 
+def test_capturable_on_cpu_fails_like_torch() -> None:
+    # torch refuses capturable=True for CPU params at step time, before changing anything
+    # (capturable steps run on the CPU through the functional form: test_capturable.py).
+    for mod in (torch.optim, gradfuse.optim):
+        p = torch.nn.Parameter(torch.randn(3))
+        p.grad = torch.randn(3)
+        before = p.detach().clone()
+        opt = mod.RMSprop([p], lr=0.02, foreach=True, capturable=True)
+        with pytest.raises(AssertionError, match="If capturable=True, params and state_steps"):
+            opt.step()
+        assert torch.equal(p.detach(), before)
+
+
 def test_eps_tensor_lr_and_flags() -> None:
     for kw in (
         {"lr": torch.tensor(0.02), "eps": 1e-3, "momentum": 0.5},
-        {"lr": 0.02, "foreach": True, "capturable": True},
+        {"lr": 0.02, "foreach": True},
     ):
         ref_kw = {k: v for k, v in kw.items() if k not in ("foreach", "capturable")}
         compare_trajectory(

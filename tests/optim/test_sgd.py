@@ -121,6 +121,47 @@ def test_thread_counts_agree_bitwise() -> None:
         assert all(torch.equal(a, b) for a, b in zip(out[0], other, strict=True))
 
 
+def test_chunked_engine_updates_every_element_exactly_once() -> None:
+    # The CPU engine cuts the concatenated tensors into chunks of 2^15 elements (boundaries
+    # rounded up to a multiple of 64 inside a tensor) that threads claim dynamically, stealing
+    # from each other once their own run is done. Sizes that straddle chunk boundaries, tiny
+    # and empty tensors, and more threads than cores (so claims race) must still update every
+    # element exactly once: two momentum steps make a skipped or repeated element visible.
+    sizes = (1, 7, 0, 32767, 32769, 63, 65, 4097, 100003, 1 << 16, 5, 3 * (1 << 15) + 1)
+    gen = torch.Generator().manual_seed(5)
+    p0 = [torch.randn(n, generator=gen) for n in sizes]
+    grads = [torch.randn(n, generator=gen) for n in sizes]
+
+    def two_steps() -> list[torch.Tensor]:
+        params = [p.clone() for p in p0]
+        bufs: list[torch.Tensor | None] = [None] * len(params)
+        for _ in range(2):
+            gradfuse.functional.sgd_(params, grads, bufs, lr=0.5, momentum=0.9)
+        return params
+
+    n = gradfuse.get_num_threads()
+    try:
+        gradfuse.set_num_threads(1)
+        reference = two_steps()
+        for threads in (2, 3, 7):
+            gradfuse.set_num_threads(threads)
+            for _ in range(3):
+                out = two_steps()
+                for size, a, b in zip(sizes, reference, out, strict=True):
+                    assert torch.equal(a, b), f"{threads} threads: tensor of {size} differs"
+    finally:
+        gradfuse.set_num_threads(n)
+    # And one thread is torch's SGD: p - lr * (g + 0.9 * g) after the two steps.
+    torch_params = [p.clone().requires_grad_(True) for p in p0]
+    opt = torch.optim.SGD(torch_params, lr=0.5, momentum=0.9, foreach=False)
+    for _ in range(2):
+        for p, g in zip(torch_params, grads, strict=True):
+            p.grad = g.clone()
+        opt.step()
+    for a, b in zip(reference, torch_params, strict=True):
+        tolerances.assert_close(a, b.detach(), tolerances.TRAJECTORY[torch.float32])
+
+
 def _train(
     opt: torch.optim.Optimizer, params: list[torch.Tensor], grads: list[list[torch.Tensor]]
 ) -> None:

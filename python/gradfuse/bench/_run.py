@@ -24,7 +24,14 @@ from gradfuse.bench._case import (
     torch_dtype,
 )
 from gradfuse.bench._progress import Progress
-from gradfuse.bench._timing import cache_bytes, ceiling, inner_count, peak_extra_memory, sync
+from gradfuse.bench._timing import (
+    cache_bytes,
+    ceiling,
+    inner_count,
+    peak_extra_memory,
+    quiesce,
+    sync,
+)
 from gradfuse.bench._timing import time_sample as _time_sample
 
 DTYPES = ("float32", "float64", "float16", "bfloat16")
@@ -247,6 +254,7 @@ def measure(
     for r in range(repeat if order else 0):  # no runner: every provider was unavailable
         # Interleave, rotating who goes first, so drift (other load, thermals) hits all alike.
         for prov in order[r % len(order) :] + order[: r % len(order)]:
+            quiesce(item.device)
             samples[prov].append(_time_sample(runners[prov], pos[prov], inner[prov], item.device))
             pos[prov] += inner[prov]
             bar.update()

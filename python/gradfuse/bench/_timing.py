@@ -23,6 +23,27 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+# How long the CPU stays busy after a torch op returns: torch's OpenMP workers (libgomp) spin
+# about 300000 pauses, ~4 ms on the reference machine, before they sleep (gradfuse's own workers
+# spin well under 1 ms). See quiesce().
+QUIESCE_S = 20e-3
+
+
+def quiesce(device: str) -> None:
+    """Let the previous sample's threads go idle before the next sample starts.
+
+    Samples are interleaved across providers, so without a pause each sample would begin while
+    the previous provider's threads still spin: on a machine with few cores, a torch sample
+    following a torch sample finds its own OpenMP workers already awake (a head start), while a
+    gradfuse sample following a torch sample shares a core with them for its first few
+    milliseconds (on the 2-core reference machine gradfuse's 16M-element SGD step took 35-55%
+    longer right after a torch op than after a pause; torch's own fused step did not). After
+    the pause every sample starts the same way: all threads asleep, none competing.
+    """
+    sync(device)
+    time.sleep(QUIESCE_S)
+
+
 def time_sample(call: Callable[[int], None], first: int, inner: int, device: str) -> float:
     """Seconds per call over ``inner`` calls on copies ``first, first + 1, ...``."""
     if device == "cuda":

@@ -10,6 +10,7 @@ import sys
 
 from gradfuse._compile import register_ops
 from gradfuse.functional._adam import adam_, adamax_, adamw_, nadam_, radam_
+from gradfuse.functional._losses_buffers import grad_buffer_cache_info, set_grad_buffer_cache
 from gradfuse.functional._losses_elementwise import (
     binary_cross_entropy_with_logits_with_grad,
     huber_loss_with_grad,
@@ -32,6 +33,7 @@ __all__ = [
     "adamw_",
     "binary_cross_entropy_with_logits_with_grad",
     "cross_entropy_with_grad",
+    "grad_buffer_cache_info",
     "huber_loss_with_grad",
     "kl_div_with_grad",
     "l1_loss_with_grad",
@@ -41,6 +43,7 @@ __all__ = [
     "nll_loss_with_grad",
     "radam_",
     "rmsprop_",
+    "set_grad_buffer_cache",
     "sgd_",
     "smooth_l1_loss_with_grad",
 ]

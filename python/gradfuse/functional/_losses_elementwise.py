@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gradfuse import _buffers, _native
+from gradfuse.functional._losses_buffers import empty_grad
 
 # Loss codes of gf::math::ElementwiseLoss (src/gradfuse/math/losses_elementwise.h).
 KIND_CODES: dict[str, int] = {
@@ -243,7 +244,7 @@ def compute(
         pwb = _buffers.as_buffer(pw, f"{op}: pos_weight", writable=False)
         named.append(("pos_weight", pwb))
     if grad_out is None:
-        grad = _empty(x, shape)
+        grad = empty_grad(x, shape) if is_torch(x) else _empty(x, shape)
     else:
         grad = grad_out
         gb_check = _buffers.as_buffer(grad, f"{op}: out", writable=True)

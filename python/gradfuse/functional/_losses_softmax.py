@@ -14,6 +14,7 @@ from typing import Any
 
 from gradfuse import _buffers, _native
 from gradfuse._buffers import Buffer
+from gradfuse.functional._losses_buffers import empty_grad
 
 REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 
@@ -271,7 +272,7 @@ def _empty(like: Buffer, shape: tuple[int, ...]) -> Any:
 def _grad_buffer(op: str, plan: _Plan, out: Any) -> tuple[Any, Buffer]:
     inp = plan.input
     if out is None:
-        grad = _empty(inp, inp.shape)
+        grad = empty_grad(inp.obj, inp.shape) if inp.is_torch else _empty(inp, inp.shape)
         return grad, _buffers.as_buffer(grad, f"{op}: out", writable=True)
     ob = _buffers.as_buffer(out, f"{op}: out", writable=True)
     _buffers.check_same_layout(inp, f"{op}: input", ob, f"{op}: out")

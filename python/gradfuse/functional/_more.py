@@ -17,6 +17,7 @@ from typing import Any
 
 from gradfuse import _buffers, _native
 from gradfuse._compile import traceable
+from gradfuse.functional import _capturable
 from gradfuse.functional._multi_tensor import GradScaling, LowPrecision, group, prepare
 from gradfuse.functional._optim import to_float
 
@@ -202,6 +203,7 @@ def rmsprop_(
     grad_scale: Any = None,
     found_inf: Any = None,
     clip_coef: Any = None,
+    capturable: bool = False,
     master_params: Sequence[Any] | None = None,
     kahan_comps: Sequence[Any] | None = None,
     rounding: str = "nearest",
@@ -212,8 +214,11 @@ def rmsprop_(
     ``grad_avgs`` is needed when ``centered``, ``momentum_buffer_list`` when ``momentum > 0``
     (torch initialises all state to zeros). ``state_steps``, if given, is incremented (the
     update itself does not depend on it). Scaling arguments as in :func:`sgd_`.
+
+    ``capturable=True`` (CUDA graphs): no host reads; a tensor ``lr`` is read by the kernel
+    on the device, ``state_steps`` (tensors on the params' devices) are advanced there.
     """
-    lr_f = to_float(lr, "lr")
+    lr_f: Any = _capturable.check_number(lr, "lr") if capturable else to_float(lr, "lr")
     alpha_f = to_float(alpha, "alpha")
     eps_f = to_float(eps, "eps")
     weight_decay_f = to_float(weight_decay, "weight_decay")
@@ -236,6 +241,10 @@ def rmsprop_(
         slots.append(("momentum_buffer_list", momentum_buffer_list))
     for name, values in slots[2:]:
         _require_entries("rmsprop_", name, values)
+    if capturable:
+        if state_steps is not None:
+            _capturable.check_counters("rmsprop_", "state_steps", state_steps, params)
+        _capturable.check_found_inf("rmsprop_", found_inf)
     scaling = GradScaling(grad_scale, found_inf, clip_coef)
     scaling.check("rmsprop_")
     written = ("params", "square_avgs", "grad_avgs", "momentum_buffer_list")
@@ -250,17 +259,30 @@ def rmsprop_(
     )
     lowprec.check("rmsprop_", buffers, n)
     if state_steps is not None:
-        advance_steps_on_device("rmsprop_", state_steps, n, found_inf)
+        if capturable:
+            _capturable.advance(state_steps, found_inf)
+        else:
+            advance_steps_on_device("rmsprop_", state_steps, n, found_inf)
     # A nonzero found_inf is read by the kernels themselves (on the device): nothing written.
     core = _native.core()
     for k, g in enumerate(group(buffers, len(slots), n, None, *lowprec.layout)):
+        table: Any = None
+        table_kw: dict[str, int] = {}
+        if capturable:  # -lr per tensor, read on the device (a tensor lr may change per replay)
+            table, table_ptr, stride = _capturable.build_table(
+                g, _capturable.group_zeros(g), [-_capturable.column_of(lr_f, g)]
+            )
+            table_kw = {"step_table": table_ptr, "step_table_stride": stride}
+            lr_f_host = 0.0
+        else:
+            lr_f_host = lr_f
         core.rmsprop(
             g.slots,
             g.numels,
             g.dtype_code,
             g.device,
             g.stream,
-            lr=lr_f,
+            lr=lr_f_host,
             alpha=alpha_f,
             eps=eps_f,
             weight_decay=weight_decay_f,
@@ -269,7 +291,9 @@ def rmsprop_(
             maximize=bool(maximize),
             **_scaling_kwargs(scaling, g.device),
             **lowprec.kwargs(g, k),
+            **table_kw,
         )
+        del table
 
 
 @traceable(written=("master_params", "kahan_comps", "params", "exp_avgs"))

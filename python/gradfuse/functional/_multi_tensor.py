@@ -190,6 +190,26 @@ def group(
     policy's extra list (master copies) whose entries may be None (float32/float64 params):
     tensors without one form groups of their own, without that slot.
     """
+    present = [b for b in buffers[: depth * n] if b is not None]
+    if n and len(present) == depth * n and _one_group(present[:n], keys):
+        # The usual optimizer step: every tensor on one device, in one dtype (and one state
+        # dtype, every extra present).
+        state_code = _uniform_state_code(present, n, state_slot)
+        if state_code is not None:
+            ref0 = present[0]
+            slots = [[b.ptr for b in present[d * n : (d + 1) * n]] for d in range(depth)]
+            numels = [b.numel for b in present[:n]]
+            return [
+                Group(
+                    ref0.device,
+                    ref0.dtype_code,
+                    list(range(n)),
+                    state_dtype_code=state_code,
+                    has_extra=extra_slot is not None,
+                    slots=slots,
+                    numels=numels,
+                )
+            ]
     groups: dict[tuple[Any, ...], Group] = {}
     for i in range(n):
         ref = buffers[i]
@@ -325,6 +345,11 @@ class LowPrecision:
         return state_slot, self._extra_slot
 
     @property
+    def is_default(self) -> bool:
+        """After :meth:`check`: no policy, every state tensor in its param's dtype."""
+        return self._policy == _NEAREST and not self.mismatches
+
+    @property
     def written(self) -> tuple[str, ...]:
         return ("master_params", "kahan_comps")
 
@@ -392,3 +417,23 @@ class LowPrecision:
         if policy == _MASTER and not g.has_extra:
             policy = _NEAREST  # float32/float64 params of a master-weights call
         return {"state_dtype": g.state_dtype_code, "policy": policy, "seed": seed}
+
+
+def _uniform_state_code(present: Sequence[Buffer], n: int, state_slot: int | None) -> int | None:
+    """The group's state dtype code when every state buffer has the same one (-1: the params'
+    dtype, as :func:`group` encodes it), None when they differ."""
+    if state_slot is None:
+        return -1
+    codes = {b.dtype_code for b in present[state_slot * n : (state_slot + 1) * n]}
+    if len(codes) != 1:
+        return None
+    code = codes.pop()
+    return -1 if code == present[0].dtype_code else code
+
+
+def _one_group(refs: Sequence[Buffer], keys: Sequence[Any] | None) -> bool:
+    """Whether the params' buffers share one device, one dtype and one key."""
+    device, dtype = refs[0].device, refs[0].dtype
+    if not all(b.device == device and b.dtype == dtype for b in refs):
+        return False
+    return keys is None or all(k == keys[0] for k in keys)

@@ -12,6 +12,7 @@ from typing import Any
 
 from gradfuse import _buffers, _native
 from gradfuse._compile import traceable
+from gradfuse.functional import _capturable
 from gradfuse.functional._multi_tensor import GradScaling, LowPrecision, group, prepare
 from gradfuse.functional._steps import found_inf_is_set
 
@@ -81,8 +82,14 @@ def sgd_(
     Low precision (keyword-only, off by default): ``master_params``, ``kahan_comps``,
     ``rounding`` and ``seed`` as in :func:`gradfuse.functional.adam_`; ``state_dtype`` is the
     dtype of the momentum buffers created here (None: the params').
+
+    A tensor ``lr`` (1 element) is read by the kernel where the params live, not on the host:
+    a CUDA ``lr`` costs no device synchronisation (as torch's fused SGD), so an LR scheduler
+    can change it in place between replays of a captured CUDA graph.
     """
-    lr_f = to_float(lr, "lr")
+    device_lr = _buffers._is_torch_tensor(lr) and bool(lr.is_floating_point())  # type: ignore[union-attr]
+    lr_t = _capturable.check_number(lr, "lr") if device_lr else None
+    lr_f = 0.0 if lr_t is not None else to_float(lr, "lr")
     momentum_f = to_float(momentum, "momentum")
     dampening_f = to_float(dampening, "dampening")
     weight_decay_f = to_float(weight_decay, "weight_decay")
@@ -134,6 +141,13 @@ def sgd_(
 
     core = _native.core()
     for k, g in enumerate(group(buffers, len(slots), n, first, *lowprec.layout)):
+        table: Any = None
+        table_kw: dict[str, int] = {}
+        if lr_t is not None:  # lr per tensor, read by the kernel on the params' device
+            table, table_ptr, stride = _capturable.build_table(
+                g, _capturable.group_zeros(g), [lr_t]
+            )
+            table_kw = {"step_table": table_ptr, "step_table_stride": stride}
         core.sgd(
             g.slots,
             g.numels,
@@ -155,4 +169,6 @@ def sgd_(
                 )
             ),
             **lowprec.kwargs(g, k),
+            **table_kw,
         )
+        del table

@@ -21,6 +21,8 @@ def check_counters(op: str, name: str, counters: Sequence[Any], n: int, params_n
             f"{op}: expected one entry of {name} per entry of {params_name}, got "
             f"{len(counters)} {name} for {n} {params_name}"
         )
+    if _plain_tensors(counters) and all(c.numel() == 1 for c in counters):
+        return  # the optimizers' case: one 0-dim torch tensor per param
     for i, c in enumerate(counters):
         if isinstance(c, bool) or not (
             isinstance(c, (int, float)) or (_is_array(c) and _numel(c) == 1)
@@ -34,6 +36,12 @@ def check_counters(op: str, name: str, counters: Sequence[Any], n: int, params_n
             f"{op}: {name} holds plain numbers, so it must be a mutable sequence (a list) to "
             f"be updated in place"
         )
+
+
+def _plain_tensors(counters: Sequence[Any]) -> bool:
+    """Every entry is a plain torch.Tensor (a type check per entry, no attribute lookups)."""
+    plain = _buffers._plain_tensor_types  # filled by the first tensor the buffers path sees
+    return bool(plain) and all(type(c) in plain for c in counters)
 
 
 def _is_array(x: Any) -> bool:
@@ -70,12 +78,12 @@ def increment_all(counters: MutableSequence[Any] | Sequence[Any]) -> list[float]
     this is one ``_foreach_add_`` and one host read for the whole list (a single device sync
     for capturable CUDA steps) instead of a tensor op and a read per parameter.
     """
-    if counters and all(_buffers._is_torch_tensor(c) for c in counters):
+    if counters and (
+        _plain_tensors(counters) or all(_buffers._is_torch_tensor(c) for c in counters)
+    ):
         first = counters[0]
-        if all(
-            c.device == first.device and c.dtype == first.dtype and c.shape == first.shape
-            for c in counters
-        ):
+        device, dtype, shape = first.device, first.dtype, first.shape
+        if all(c.dtype == dtype and c.shape == shape and c.device == device for c in counters):
             import torch
 
             torch._foreach_add_(list(counters), 1)

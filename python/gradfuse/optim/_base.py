@@ -69,9 +69,11 @@ def grad_scaling(optimizer: Any) -> dict[str, Any]:
 
 def real_view(t: Tensor) -> Tensor:
     """Complex tensors are updated through their real view, as torch's for-loop does."""
-    import torch
+    if t.is_complex():  # the method, not torch.is_complex: called for every tensor of a step
+        import torch
 
-    return torch.view_as_real(t) if torch.is_complex(t) else t
+        return torch.view_as_real(t)
+    return t
 
 
 def check_capturable(
@@ -94,6 +96,23 @@ def check_capturable(
             raise AssertionError(
                 f"If capturable=True, {what} must be on supported devices: {supported}."
             )
+
+
+def capturable_step(group: dict[str, Any], params: list[Tensor]) -> bool:
+    """Whether this group's step takes the functional ``capturable=True`` path (step counters
+    and scalars on the device, no host reads).
+
+    torch.compile (dynamo) sets ``capturable=True`` on the groups of an optimizer it traces,
+    for its CUDA graphs; on the CPU there are none, and the host path keeps a compiled step
+    bitwise equal to the eager one (tests/integrations/test_compile.py).
+    """
+    import torch
+
+    if not group["capturable"]:
+        return False
+    if torch.compiler.is_compiling():
+        return any(not p.is_cpu for p in params)
+    return True
 
 
 def scalar_state(

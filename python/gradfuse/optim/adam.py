@@ -13,6 +13,7 @@ from gradfuse.functional._adam import adam_
 from gradfuse.optim._base import (
     LowPrecisionMixin,
     MaxGradNormMixin,
+    capturable_step,
     check_capturable,
     check_fused_foreach,
     grad_scaling,
@@ -33,8 +34,10 @@ class Adam(LowPrecisionMixin, MaxGradNormMixin, Optimizer):
     params of a (device, dtype) group in one native call, with the per-element rule of torch's
     for-loop implementation.
 
-    ``foreach`` and ``fused`` are accepted for compatibility and change nothing: the step is
-    always fused. ``differentiable=True`` raises NotImplementedError. AMP: torch.amp.GradScaler
+    ``capturable=True`` keeps ``step`` and a tensor ``lr`` on the device and computes the bias
+    corrections there (no host synchronisation), so ``step()`` can be captured in a CUDA graph;
+    ``betas`` must then be floats. ``foreach`` and ``fused`` are accepted for compatibility and
+    change nothing: the step is always fused. ``differentiable=True`` raises NotImplementedError. AMP: torch.amp.GradScaler
     unscales inside the update (``_step_supports_amp_scaling``).
 
     Low precision (gradfuse extension, keyword-only, off by default): ``master_weights``,
@@ -213,6 +216,7 @@ class Adam(LowPrecisionMixin, MaxGradNormMixin, Optimizer):
                 decoupled_weight_decay=group["decoupled_weight_decay"],
                 **scaling,
                 clip_coef=clip_coef,
+                capturable=capturable_step(group, params),
                 **self._low_precision_kwargs(params),
             )
         return loss

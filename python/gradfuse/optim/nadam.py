@@ -13,6 +13,7 @@ from gradfuse.functional._adam import nadam_
 from gradfuse.optim._base import (
     LowPrecisionMixin,
     MaxGradNormMixin,
+    capturable_step,
     check_capturable,
     grad_scaling,
     real_view,
@@ -161,6 +162,7 @@ class NAdam(LowPrecisionMixin, MaxGradNormMixin, Optimizer):
                 maximize=group["maximize"],
                 **scaling,
                 clip_coef=clip_coef,
+                capturable=capturable_step(group, params),
                 **self._low_precision_kwargs(params),
             )
         return loss

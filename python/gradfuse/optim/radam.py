@@ -13,6 +13,7 @@ from gradfuse.functional._adam import radam_
 from gradfuse.optim._base import (
     LowPrecisionMixin,
     MaxGradNormMixin,
+    capturable_step,
     check_capturable,
     grad_scaling,
     real_view,
@@ -145,6 +146,7 @@ class RAdam(LowPrecisionMixin, MaxGradNormMixin, Optimizer):
                 maximize=group["maximize"],
                 **scaling,
                 clip_coef=clip_coef,
+                capturable=capturable_step(group, params),
                 **self._low_precision_kwargs(params),
             )
         return loss

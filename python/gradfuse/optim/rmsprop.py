@@ -14,6 +14,8 @@ from gradfuse.optim._base import (
     LowPrecisionMixin,
     MaxGradNormMixin,
     amp_scaling,
+    capturable_step,
+    check_capturable,
     refuse_differentiable,
     scalar_dtype,
 )
@@ -28,8 +30,9 @@ class RMSprop(LowPrecisionMixin, MaxGradNormMixin, Optimizer):
     checkpoints load into either. Every step updates all params of a (device, dtype) group in
     one native call.
 
-    ``foreach`` and ``capturable`` are accepted (``capturable`` keeps ``step`` on the param's
-    device, as torch does); ``differentiable=True`` raises NotImplementedError. AMP:
+    ``foreach`` is accepted; ``capturable`` keeps ``step`` and a tensor ``lr`` on the param's
+    device and reads them there (no host synchronisation: ``step()`` can be captured in a CUDA
+    graph); ``differentiable=True`` raises NotImplementedError. AMP:
     ``torch.amp.GradScaler`` unscales inside the update; a step with inf/NaN gradients changes
     nothing. ``max_grad_norm`` (gradfuse extension, keyword-only): see
     :class:`MaxGradNormMixin`.
@@ -152,6 +155,7 @@ class RMSprop(LowPrecisionMixin, MaxGradNormMixin, Optimizer):
                     buffers.append(state["momentum_buffer"])
                 if group["centered"]:
                     grad_avgs.append(state["grad_avg"])
+            check_capturable(group["capturable"], params, steps, what="params and state_steps")
             rmsprop_(
                 params,
                 grads,
@@ -169,6 +173,7 @@ class RMSprop(LowPrecisionMixin, MaxGradNormMixin, Optimizer):
                 grad_scale=grad_scale,
                 found_inf=found_inf,
                 clip_coef=clip_coef,
+                capturable=capturable_step(group, params),
                 **self._low_precision_kwargs(params),
             )
         return loss

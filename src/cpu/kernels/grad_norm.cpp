@@ -5,8 +5,8 @@
 // the blocks depend only on the sizes. Each block is reduced into one partial with kLanes
 // independent accumulators (lane k takes elements k, k + kLanes, ...; the lanes become one
 // vector register, so the loop vectorizes without reassociating anything) merged by a fixed
-// tree. Threads take contiguous runs of blocks, but a block's partial does not depend on which
-// thread computed it; per-tensor and total results merge the partials in a fixed pairwise
+// tree. Threads claim runs of blocks (parallel_chunks), but a block's partial does not depend on
+// which thread computed it; per-tensor and total results merge the partials in a fixed pairwise
 // order. The result is therefore bitwise identical across runs, thread counts and ISAs.
 #include <cstdint>
 #include <vector>
@@ -80,7 +80,12 @@ void norms(const TensorList& tl, const Rule& rule, OpMath<T>* out) {
   if (tasks <= 1) {
     run(0, blocks);
   } else {
-    parallel_tasks(tasks, [&](int t) { run(blocks * t / tasks, blocks * (t + 1) / tasks); });
+    // Chunks of kChunkBlocks blocks, claimed dynamically (parallel_chunks): a block's partial
+    // does not depend on which thread computes it.
+    constexpr std::int64_t kChunkBlocks = 4;
+    parallel_chunks(tasks, (blocks + kChunkBlocks - 1) / kChunkBlocks, [&](std::int64_t c) {
+      run(c * kChunkBlocks, std::min(blocks, (c + 1) * kChunkBlocks));
+    });
   }
 
   std::vector<OpT> terms(static_cast<std::size_t>(n));

@@ -17,6 +17,7 @@
 #include "cpu/parallel.h"
 #include "gradfuse/dispatch.h"
 #include "gradfuse/kernels.h"
+#include "gradfuse/loss_dispatch.h"
 #include "gradfuse/math/convert.h"
 #include "gradfuse/math/fastmath.h"
 #include "gradfuse/math/losses_elementwise.h"
@@ -109,42 +110,9 @@ void run_loss(const ElementwiseLossArgs& a) {
 }  // namespace
 
 void elementwise_loss(const ElementwiseLossArgs& a) {
-  using K = math::ElementwiseLoss;
-  visit_dtype(a.dtype, "elementwise_loss", [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    const bool option = (a.kind == K::kBceWithLogits && a.pos_weight != nullptr) ||
-                        (a.kind == K::kKlDiv && a.log_target);
-    bool_switch(
-        [&](auto option_c, auto weight_c, auto reduce_c) {
-          constexpr bool kOption = decltype(option_c)::value;
-          constexpr bool kWeight = decltype(weight_c)::value;
-          constexpr bool kReduce = decltype(reduce_c)::value;
-          // Only the instances a loss can use: options exist for BCE and KL, weights for
-          // mse, l1, huber and BCE.
-          switch (a.kind) {
-            case K::kMse:
-              if constexpr (!kOption) run_loss<T, K::kMse, false, kWeight, kReduce>(a);
-              return;
-            case K::kL1:
-              if constexpr (!kOption) run_loss<T, K::kL1, false, kWeight, kReduce>(a);
-              return;
-            case K::kSmoothL1:
-              if constexpr (!kOption && !kWeight) {
-                run_loss<T, K::kSmoothL1, false, false, kReduce>(a);
-              }
-              return;
-            case K::kHuber:
-              if constexpr (!kOption) run_loss<T, K::kHuber, false, kWeight, kReduce>(a);
-              return;
-            case K::kBceWithLogits:
-              run_loss<T, K::kBceWithLogits, kOption, kWeight, kReduce>(a);
-              return;
-            case K::kKlDiv:
-              if constexpr (!kWeight) run_loss<T, K::kKlDiv, kOption, false, kReduce>(a);
-              return;
-          }
-        },
-        option, a.weight != nullptr, a.reduction == LossReduction::kSum);
+  dispatch_elementwise_loss(a, [&](auto inst) {
+    using I = std::decay_t<decltype(inst)>;
+    run_loss<typename I::type, I::kKind, I::kOption, I::kWeight, I::kReduce>(a);
   });
 }
 

@@ -6,9 +6,10 @@
 // written once. Pass A reads the row (max; with probability targets also sum w t'), pass B
 // reads it again from L1/L2 and keeps exp(x - m) in the gradient buffer (float32/float64) or a
 // per-thread float row (float16/bfloat16, so nothing is rounded twice), pass C scales that in
-// place. Each exp is computed once. Lane-parallel accumulators (kLanes independent partial
-// maxima and sums) let the compiler vectorize the reductions without reassociating anything,
-// so every ISA path gives the same bits.
+// place. Each exp is computed once. Pass B also prefetches the next row, so that pass A (a DRAM
+// read that computes almost nothing) overlaps with the exps (see prefetch_lines). Lane-parallel
+// accumulators (kLanes independent partial maxima and sums) let the compiler vectorize the
+// reductions without reassociating anything, so every ISA path gives the same bits.
 //
 // Determinism: every row's loss is computed by one thread in a fixed order, stored, and the
 // rows are summed afterwards in fixed blocks in a fixed order: the loss has the same bits for
@@ -70,6 +71,18 @@ double check_targets(const SoftmaxLossArgs& a, const OpT* w) {
 
 // ---- rows (inner == 1) ----------------------------------------------------------------------
 
+// Pass B (exp) is compute-bound and pass A (max) waits on DRAM: while a thread computes the
+// exps of row r it prefetches row r + 1 (`next`, kLanes elements per step: one 64-byte line of
+// float, two of double), so the max pass of the next row reads from L2. A prefetch never
+// faults; `next` is the row itself for a thread's last row.
+template <typename T>
+GF_INLINE void prefetch_lines(const T* p) {
+  static_assert(kLanes * sizeof(T) <= 128, "one or two cache lines per step");
+  __builtin_prefetch(p, 0, 3);
+  if constexpr (kLanes * sizeof(T) > 64)
+    __builtin_prefetch(reinterpret_cast<const char*>(p) + 64, 0, 3);
+}
+
 template <typename T>
 OpMath<T> row_max(const T* GF_RESTRICT x, std::int64_t n) {
   using OpT = OpMath<T>;
@@ -111,12 +124,13 @@ OpT lane_sum(const OpT* acc) {
 // sum_j w_j (x_j - m) into *wshift.
 template <typename T, bool kStore, bool kSmoothing, bool kWeighted>
 OpMath<T> row_exp(const T* GF_RESTRICT x, OpMath<T>* GF_RESTRICT e, std::int64_t n, OpMath<T> m,
-                  const OpMath<T>* GF_RESTRICT w, OpMath<T>* wshift) {
+                  const OpMath<T>* GF_RESTRICT w, OpMath<T>* wshift, const T* next) {
   using OpT = OpMath<T>;
   OpT acc[kLanes] = {};
   OpT accw[kLanes] = {};
   std::int64_t j = 0;
   for (; j + kLanes <= n; j += kLanes) {
+    prefetch_lines(next + j);
     GF_LANES_LOOP
     for (int l = 0; l < kLanes; ++l) {
       const OpT d = math::load(x, j + l) - m;
@@ -141,12 +155,13 @@ OpMath<T> row_exp(const T* GF_RESTRICT x, OpMath<T>* GF_RESTRICT e, std::int64_t
 template <typename T, bool kStore, bool kWeighted, bool kSmoothing>
 OpMath<T> row_exp_prob(const T* GF_RESTRICT x, const T* GF_RESTRICT t, OpMath<T>* GF_RESTRICT e,
                        std::int64_t n, OpMath<T> m, const OpMath<T>* GF_RESTRICT w,
-                       OpMath<T> one_minus_eps, OpMath<T> c_s, OpMath<T>* wt_shift) {
+                       OpMath<T> one_minus_eps, OpMath<T> c_s, OpMath<T>* wt_shift, const T* next) {
   using OpT = OpMath<T>;
   OpT acc[kLanes] = {};
   OpT accw[kLanes] = {};
   std::int64_t j = 0;
   for (; j + kLanes <= n; j += kLanes) {
+    prefetch_lines(next + j);
     GF_LANES_LOOP
     for (int l = 0; l < kLanes; ++l) {
       const OpT d = math::load(x, j + l) - m;
@@ -219,7 +234,7 @@ struct RowBuffer {
 template <typename T, bool kGrad, bool kWeighted, bool kSmoothing>
 OpMath<T> ce_class_row(const T* x, T* g, std::int64_t n, std::int64_t y,
                        const OpMath<T>* GF_RESTRICT w, const Consts<OpMath<T>>& k,
-                       RowBuffer<T>& buf) {
+                       RowBuffer<T>& buf, const T* next) {
   using OpT = OpMath<T>;
   if (y == k.ignore_index) {
     if constexpr (kGrad) fill_zero(g, n);
@@ -229,7 +244,7 @@ OpMath<T> ce_class_row(const T* x, T* g, std::int64_t n, std::int64_t y,
   const OpT shifted_y = math::load(x, y) - m;  // read before pass B may overwrite x (in place)
   OpT* e = kGrad ? buf.get(g, n) : nullptr;
   OpT wshift = OpT(0);
-  const OpT s = row_exp<T, kGrad, kSmoothing, kWeighted>(x, e, n, m, w, &wshift);
+  const OpT s = row_exp<T, kGrad, kSmoothing, kWeighted>(x, e, n, m, w, &wshift, next);
   const OpT log_s = math::vlog(s);
   const OpT w_y = kWeighted ? w[y] : OpT(1);
   const auto coef = math::class_row_coef(w_y, k.one_minus_eps, k.c_s, k.weight_sum);
@@ -260,14 +275,14 @@ OpMath<T> ce_class_row(const T* x, T* g, std::int64_t n, std::int64_t y,
 // One probability-target cross_entropy row; returns its loss.
 template <typename T, bool kGrad, bool kWeighted, bool kSmoothing>
 OpMath<T> ce_prob_row(const T* x, const T* t, T* g, std::int64_t n, const OpMath<T>* GF_RESTRICT w,
-                      const Consts<OpMath<T>>& k, RowBuffer<T>& buf) {
+                      const Consts<OpMath<T>>& k, RowBuffer<T>& buf, const T* next) {
   using OpT = OpMath<T>;
   const OpT m = row_max(x, n);
   const OpT mass = row_target_mass<T, kWeighted, kSmoothing>(t, n, w, k.one_minus_eps, k.c_s);
   OpT* e = kGrad ? buf.get(g, n) : nullptr;
   OpT wt_shift = OpT(0);
   const OpT s = row_exp_prob<T, kGrad, kWeighted, kSmoothing>(x, t, e, n, m, w, k.one_minus_eps,
-                                                              k.c_s, &wt_shift);
+                                                              k.c_s, &wt_shift, next);
   const OpT log_s = math::vlog(s);
   if constexpr (kGrad) {
     const OpT a_over_s = mass * k.scale / s;
@@ -462,14 +477,15 @@ void cross_entropy_typed(const SoftmaxLossArgs& a) {
         if (S == 1) {
           for_units(a.outer, 3 * C, [&](std::int64_t r) {
             thread_local RowBuffer<T> buf;
+            const T* next = x + (r + 1 < a.outer ? r + 1 : r) * C;
             if constexpr (kProb) {
               const T* t = reinterpret_cast<const T*>(a.target) + r * C;
               row_loss[r] = ce_prob_row<T, kGrad, kWeighted, kSmoothing>(
-                  x + r * C, t, kGrad ? g + r * C : nullptr, C, w, k, buf);
+                  x + r * C, t, kGrad ? g + r * C : nullptr, C, w, k, buf, next);
             } else {
               const std::int64_t y = reinterpret_cast<const std::int64_t*>(a.target)[r];
               row_loss[r] = ce_class_row<T, kGrad, kWeighted, kSmoothing>(
-                  x + r * C, kGrad ? g + r * C : nullptr, C, y, w, k, buf);
+                  x + r * C, kGrad ? g + r * C : nullptr, C, y, w, k, buf, next);
             }
           });
         } else {

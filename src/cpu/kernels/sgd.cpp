@@ -22,8 +22,8 @@ void sgd(const SgdArgs& a) {
           constexpr bool maximize = decltype(maximize_c)::value;
           // Nesterov and the first-step rule only exist with momentum: skip those instances.
           if constexpr (mom || (!nesterov && !first)) {
-            map_elements<T>(a.tensors,
-                            math::SgdOp<wd, mom, nesterov, first, maximize, OpT>{scalars});
+            using Op = math::SgdOp<wd, mom, nesterov, first, maximize, OpT>;
+            map_elements<T>(a.tensors, math::per_tensor<OpT>(Op{scalars}, a.step_table));
           }
         },
         a.weight_decay, a.momentum, a.momentum && a.nesterov, a.momentum && a.first_step,

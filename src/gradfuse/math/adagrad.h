@@ -31,6 +31,10 @@ struct AdagradScalars {
   static AdagradScalars from(const AdagradHyper& h) {
     return {static_cast<OpT>(-h.clr), static_cast<OpT>(h.eps), static_cast<OpT>(h.weight_decay)};
   }
+
+  // Capturable steps (math/per_tensor.h): neg_clr = -clr per tensor.
+  static constexpr int kStepFields = 1;
+  GF_HD GF_INLINE void load_step_row(const OpT* row) { neg_clr = row[0]; }
 };
 
 template <bool kWeightDecay, bool kMaximize, typename OpT>

@@ -17,7 +17,9 @@
 //
 // Every per-step scalar (bias corrections, step sizes, NAdam's mu products, RAdam's
 // rectification) is computed once on the host in double, with torch's own Python expressions,
-// and narrowed once to OpT; the rules only see the results.
+// and narrowed once to OpT; the rules only see the results. With capturable=True the
+// step-dependent ones come per tensor from a table computed on the params' device
+// (math/per_tensor.h; load_step_row below names them).
 #pragma once
 
 #include <cmath>
@@ -157,6 +159,15 @@ struct AdamScalars {
             static_cast<OpT>(h.neg_step_size),
             static_cast<OpT>(h.eps)};
   }
+
+  // Capturable steps (math/per_tensor.h): the fields that depend on `step` or on a tensor lr,
+  // from one row of the per-tensor table: lr_decay, bias_correction2_sqrt, neg_step_size.
+  static constexpr int kStepFields = 3;
+  GF_HD GF_INLINE void load_step_row(const OpT* row) {
+    moments.lr_decay = row[0];
+    bias_correction2_sqrt = row[1];
+    neg_step_size = row[2];
+  }
 };
 
 //   denom = sqrt(v or max(v_max, v)) / bias_correction2_sqrt + eps
@@ -211,6 +222,10 @@ struct AdamaxScalars {
     return {static_cast<OpT>(h.weight_decay), LerpWeight<OpT>::from(h.exp_avg_weight),
             static_cast<OpT>(h.beta2), static_cast<OpT>(h.eps), static_cast<OpT>(h.neg_clr)};
   }
+
+  // Capturable steps (math/per_tensor.h): neg_clr per tensor.
+  static constexpr int kStepFields = 1;
+  GF_HD GF_INLINE void load_step_row(const OpT* row) { neg_clr = row[0]; }
 };
 
 //   exp_inf = maximum(exp_inf * beta2, |g| + eps)
@@ -262,6 +277,15 @@ struct NadamScalars {
             static_cast<OpT>(h.eps),
             static_cast<OpT>(h.grad_coef),
             static_cast<OpT>(h.exp_avg_coef)};
+  }
+
+  // Capturable steps (math/per_tensor.h): lr_decay, bias_correction2, grad_coef, exp_avg_coef.
+  static constexpr int kStepFields = 4;
+  GF_HD GF_INLINE void load_step_row(const OpT* row) {
+    moments.lr_decay = row[0];
+    bias_correction2 = row[1];
+    grad_coef = row[2];
+    exp_avg_coef = row[3];
   }
 };
 
@@ -348,6 +372,43 @@ struct RadamOp {
 
   GF_HD GF_INLINE void operator()(OpT* v) const {
     radam_update<kWd, kMaximize, kRectify>(v[0], v[1], v[2], v[3], s);
+  }
+};
+
+// RAdam with capturable steps (math/per_tensor.h): whether rho_t > 5 depends on each tensor's
+// step, which the host never reads, so it comes from the table too and picks one of the two
+// rules above per tensor (uniform within a tensor: the branch never diverges inside one).
+// Row: lr_decay, bias_correction1, bias_correction2_sqrt, lr, rect, rectify (0 or 1).
+template <typename OpT>
+struct RadamStepScalars : RadamScalars<OpT> {
+  bool rectify = false;
+
+  static constexpr int kStepFields = 6;
+  GF_HD GF_INLINE void load_step_row(const OpT* row) {
+    this->moments.lr_decay = row[0];
+    this->bias_correction1 = row[1];
+    this->bias_correction2_sqrt = row[2];
+    this->lr = row[3];
+    this->rect = row[4];
+    rectify = row[5] != OpT(0);
+  }
+};
+
+// Slots: p, g, exp_avg, exp_avg_sq.
+template <int kWd, bool kMaximize, typename OpT>
+struct RadamStepOp {
+  static constexpr int kDepth = 4;
+  static constexpr int kGradSlot = 1;
+  static constexpr unsigned kReads = 0b1111u;
+  static constexpr unsigned kWrites = 0b1101u;
+  RadamStepScalars<OpT> s;
+
+  GF_HD GF_INLINE void operator()(OpT* v) const {
+    if (s.rectify) {
+      radam_update<kWd, kMaximize, true>(v[0], v[1], v[2], v[3], s);
+    } else {
+      radam_update<kWd, kMaximize, false>(v[0], v[1], v[2], v[3], s);
+    }
   }
 };
 

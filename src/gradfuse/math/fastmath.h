@@ -67,13 +67,17 @@ GF_HD GF_INLINE float exp_f32(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   const float er = (p * r2 + r) + 1.0f;
-  const std::int32_t k1 = k / 2;  // truncation toward zero; both halves within [-75, 65]
+  // k1 = floor(k / 2) by an arithmetic shift (one instruction; g++ and nvcc shift signed
+  // integers arithmetically, C++20 makes it the rule), k2 = k - k1: both in [-75, 65]. The
+  // split only decides which exact power of two is applied first: the first product is exact
+  // and the second rounds once, so any split gives the same bits.
+  const std::int32_t k1 = k >> 1;
   const std::int32_t k2 = k - k1;
   const float s1 = bits_float(static_cast<std::uint32_t>(k1 + 127) << 23);
   const float s2 = bits_float(static_cast<std::uint32_t>(k2 + 127) << 23);
-  const float y = (er * s1) * s2;
-  const float quiet = x + x;
-  return select(x != x, quiet, y);  // NaN: propagate (quiet) instead of the garbage k gave
+  // NaN needs no select: both clamps keep a NaN (every comparison with it is false), so r, er
+  // and the products are NaN whatever garbage k holds, and arithmetic returns it quiet.
+  return (er * s1) * s2;
 }
 
 // log: x = 2^e * m with m in [sqrt(1/2), sqrt(2)), f = m - 1 (exact), log(x) = e*ln2 + log1p(f),
@@ -82,11 +86,16 @@ GF_HD GF_INLINE float exp_f32(float x) {
 // at the end in the common case. Subnormal x is first scaled by 2^23 (exact).
 // `f_corr` is an extra small term added before the final sum (used by log1p: the rounding
 // error of 1 + x divided by 1 + x); 0 for a plain log.
+// kGeneral = false drops the subnormal scaling and the special values (about a quarter of the
+// vector operations): only for callers whose x is a positive normal finite float or NaN that
+// does not need to propagate from here (the result then has the same bits as kGeneral = true;
+// for a NaN x it is an unspecified finite value).
+template <bool kGeneral = true>
 GF_HD GF_INLINE float log_f32_core(float x, float f_corr) {
   constexpr float kLn2Hi = 0.693359375f;
   constexpr float kLn2Lo = -2.12194440e-4f;
   constexpr float kSqrtHalf = 0.707106781186547524f;
-  const bool tiny = x < 1.17549435e-38f;  // subnormal (or zero / negative: fixed below)
+  const bool tiny = kGeneral && x < 1.17549435e-38f;  // subnormal (or zero / negative: below)
   const float scaled = x * 8388608.0f;
   const float xs = select(tiny, scaled, x);
   const std::uint32_t bits = float_bits(xs);
@@ -115,11 +124,13 @@ GF_HD GF_INLINE float log_f32_core(float x, float f_corr) {
   y = y + f_corr;
   float r = f + y;
   r = r + ef * kLn2Hi;
-  // Special values, by select: +inf -> inf, 0 -> -inf, negative or NaN -> NaN.
-  const float kInf = bits_float(0x7f800000u);
-  r = select(x == kInf, kInf, r);
-  r = select(x == 0.0f, -kInf, r);
-  r = select((x < 0.0f) | (x != x), bits_float(0x7fc00000u), r);
+  if constexpr (kGeneral) {
+    // Special values, by select: +inf -> inf, 0 -> -inf, negative or NaN -> NaN.
+    const float kInf = bits_float(0x7f800000u);
+    r = select(x == kInf, kInf, r);
+    r = select(x == 0.0f, -kInf, r);
+    r = select((x < 0.0f) | (x != x), bits_float(0x7fc00000u), r);
+  }
   return r;
 }
 

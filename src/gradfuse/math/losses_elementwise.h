@@ -152,10 +152,13 @@ GF_HD GF_INLINE LossGrad<OpT> bce_with_logits_rule(OpT x, OpT y, OpT p) {
   if constexpr (std::is_same_v<OpT, float>) {
     // vlog1p(e) with its division c / (1 + e) replaced by c * inv (inv = 1 / (1 + e) is
     // already here): the same method as fastmath's log1p (see there), one division fewer.
-    // e is in [0, 1], so 1 + e is in [1, 2] and none of log1p's special cases can occur.
+    // e is in [0, 1], so 1 + e is in [1, 2] and none of log1p's special cases can occur: the
+    // log without its subnormal and special-value handling gives the same bits. (A NaN x makes
+    // e and u NaN and this term unspecified, but x itself makes the loss NaN, and s the
+    // gradient.)
     const float u = 1.0f + e;
     const float c = e - (u - 1.0f);
-    log1p_e = fastmath_detail::log_f32_core(u, c * inv);
+    log1p_e = fastmath_detail::log_f32_core<false>(u, c * inv);
   } else {
     log1p_e = vlog1p<OpT>(e);
   }

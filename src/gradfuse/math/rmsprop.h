@@ -50,6 +50,10 @@ struct RmspropScalars {
         static_cast<OpT>(h.eps),     static_cast<OpT>(h.weight_decay), static_cast<OpT>(h.momentum),
         small ? w_op : w_op - OpT(1)};
   }
+
+  // Capturable steps (math/per_tensor.h): neg_lr = -lr per tensor (a device tensor lr).
+  static constexpr int kStepFields = 1;
+  GF_HD GF_INLINE void load_step_row(const OpT* row) { neg_lr = row[0]; }
 };
 
 template <bool kWeightDecay, bool kCentered, bool kMomentum, bool kMaximize, bool kLerpSmall,

@@ -31,6 +31,10 @@ struct SgdScalars {
     return {static_cast<OpT>(h.lr), static_cast<OpT>(h.momentum),
             static_cast<OpT>(1.0 - h.dampening), static_cast<OpT>(h.weight_decay)};
   }
+
+  // A tensor lr read on the device (math/per_tensor.h): lr per tensor.
+  static constexpr int kStepFields = 1;
+  GF_HD GF_INLINE void load_step_row(const OpT* row) { lr = row[0]; }
 };
 
 // Modes are template parameters: a specialization has no runtime branches (rule 4).
