@@ -8,8 +8,10 @@ Subclasses keep torch's constructor signature, defaults, validation messages, st
 
 from __future__ import annotations
 
-from typing import Any, cast
+from collections.abc import Callable
+from typing import Any, cast, overload
 
+import torch
 from torch import Tensor
 
 
@@ -442,3 +444,106 @@ class LowPrecisionMixin:
         ):
             if self.__dict__.get(key) is None:
                 self.__dict__[key] = default
+
+
+def real_views(tensors: list[Tensor]) -> list[Tensor]:
+    """:func:`real_view` of every tensor of a list."""
+    return [real_view(t) for t in tensors]
+
+
+def check_adam_hparams(
+    lr: float | Tensor, eps: float, betas: tuple[Any, Any], weight_decay: float
+) -> None:
+    """The lr/eps/betas/weight_decay checks (order and messages) torch's Adam family shares."""
+    if not lr >= 0.0:
+        raise ValueError(f"Invalid learning rate: {lr}")
+    if not eps >= 0.0:
+        raise ValueError(f"Invalid epsilon value: {eps}")
+    if not 0.0 <= betas[0] < 1.0:
+        raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
+    if not 0.0 <= betas[1] < 1.0:
+        raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
+    if not weight_decay >= 0.0:
+        raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+
+
+class FusedStepMixin:
+    """The ``step()`` every gradfuse optimizer shares, and the state gathering of a group.
+
+    ``step()`` evaluates the closure, reads GradScaler's scaling and the ``max_grad_norm``
+    clipping coefficient once, then calls the subclass's ``_update(group, amp)`` for every
+    param group; ``amp`` holds the functional's ``grad_scale``, ``found_inf`` and ``clip_coef``
+    keyword arguments. The optimizer's own math and options stay in its ``_update``.
+    """
+
+    # torch's Adam family runs the accelerator graph-capture health check first; the others
+    # (SGD, Adagrad, RMSprop, Lion) do not.
+    _graph_capture_health_check = False
+
+    def _update(self, group: dict[str, Any], amp: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _gather_state(
+        self,
+        group: dict[str, Any],
+        keys: tuple[str, ...],
+        init: Callable[[Tensor, dict[str, Any]], None],
+        *,
+        sparse_error: str | None,
+        check: Callable[[], None] | None = None,
+    ) -> tuple[list[Tensor], list[Tensor], dict[str, list[Tensor]]]:
+        """The params of ``group`` that have a gradient, their gradients, and ``state[p][key]``
+        of each of them for every key of ``keys``.
+
+        ``init(p, state)`` creates the state of a param that has none (first step, or a param
+        group added later); every state is then brought to the low-precision policy.
+        ``sparse_error``: the RuntimeError message for a sparse gradient (None: allowed).
+        ``check``: run for every param once its state exists, where torch raises from its loop.
+        """
+        params: list[Tensor] = []
+        grads: list[Tensor] = []
+        slots: dict[str, list[Tensor]] = {key: [] for key in keys}
+        state_of = self.state  # type: ignore[attr-defined]
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if sparse_error is not None and p.grad.is_sparse:
+                raise RuntimeError(sparse_error)
+            params.append(p)
+            grads.append(p.grad)
+            state = state_of[p]
+            if len(state) == 0:
+                init(p, state)
+            self._low_precision_state(p, state)  # type: ignore[attr-defined]
+            for key, slot in slots.items():
+                slot.append(state[key])
+            if check is not None:
+                check()
+        return params, grads, slots
+
+    # torch.optim.Optimizer.step's overloads, so the mixin's step types as torch's.
+    @overload
+    def step(self, closure: None = None) -> None: ...
+
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """Perform a single optimization step.
+
+        Args:
+            closure: a closure that reevaluates the model and returns the loss (optional).
+        """
+        if self._graph_capture_health_check:
+            self._accelerator_graph_capture_health_check()  # type: ignore[attr-defined]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        scaling = grad_scaling(self)
+        amp = {**scaling, "clip_coef": self._clip_coef(scaling["grad_scale"])}  # type: ignore[attr-defined]
+        for group in self.param_groups:  # type: ignore[attr-defined]
+            self._update(group, amp)
+        return loss

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -11,20 +10,21 @@ from torch.optim.optimizer import Optimizer, ParamsT
 
 from gradfuse.functional._adam import adam_
 from gradfuse.optim._base import (
+    FusedStepMixin,
     LowPrecisionMixin,
     MaxGradNormMixin,
     capturable_step,
+    check_adam_hparams,
     check_capturable,
     check_fused_foreach,
-    grad_scaling,
-    real_view,
+    real_views,
     refuse_differentiable,
     scalar_state,
     upgrade_scalar_state,
 )
 
 
-class Adam(LowPrecisionMixin, MaxGradNormMixin, Optimizer):
+class Adam(FusedStepMixin, LowPrecisionMixin, MaxGradNormMixin, Optimizer):
     """Adam (and, with ``decoupled_weight_decay=True``, AdamW), fused.
 
     A drop-in for :class:`torch.optim.Adam`: the same arguments, defaults, errors, param
@@ -46,6 +46,7 @@ class Adam(LowPrecisionMixin, MaxGradNormMixin, Optimizer):
     """
 
     _step_supports_amp_scaling = True
+    _graph_capture_health_check = True
 
     def __init__(
         self,
@@ -76,16 +77,7 @@ class Adam(LowPrecisionMixin, MaxGradNormMixin, Optimizer):
                 )
             if lr.numel() != 1:
                 raise ValueError("Tensor lr must be 1-element")
-        if not lr >= 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if not eps >= 0.0:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        if not 0.0 <= betas[0] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
-        if not 0.0 <= betas[1] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
-        if not weight_decay >= 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        check_adam_hparams(lr, eps, betas, weight_decay)
         if not (
             (isinstance(betas[0], float) and isinstance(betas[1], float))
             or (isinstance(betas[0], Tensor) and isinstance(betas[1], Tensor))
@@ -139,84 +131,50 @@ class Adam(LowPrecisionMixin, MaxGradNormMixin, Optimizer):
             self, "step", lambda g: g["capturable"] or g["fused"], fused_key="fused"
         )
 
-    # Not named _init_group: torch.compile (dynamo) intercepts that name on optimizers and
-    # expects torch's signature.
-    def _gather_group(
-        self, group: dict[str, Any]
-    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
-        params: list[Tensor] = []
-        grads: list[Tensor] = []
-        exp_avgs: list[Tensor] = []
-        exp_avg_sqs: list[Tensor] = []
-        max_exp_avg_sqs: list[Tensor] = []
-        steps: list[Tensor] = []
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            params.append(p)
-            if p.grad.is_sparse:
-                raise RuntimeError(
-                    "Adam does not support sparse gradients, please consider SparseAdam instead"
-                )
-            grads.append(p.grad)
-            state = self.state[p]
-            if len(state) == 0:
-                state["step"] = scalar_state(
-                    0.0, p.device, group["capturable"] or group["fused"], fused=group["fused"]
-                )
-                state["exp_avg"] = self._state_zeros(p)
-                state["exp_avg_sq"] = self._state_zeros(p)
-                if group["amsgrad"]:
-                    state["max_exp_avg_sq"] = self._state_zeros(p)
-            self._low_precision_state(p, state)
-            exp_avgs.append(state["exp_avg"])
-            exp_avg_sqs.append(state["exp_avg_sq"])
+    def _update(self, group: dict[str, Any], amp: dict[str, Any]) -> None:
+        def init(p: Tensor, state: dict[str, Any]) -> None:
+            state["step"] = scalar_state(
+                0.0, p.device, group["capturable"] or group["fused"], fused=group["fused"]
+            )
+            state["exp_avg"] = self._state_zeros(p)
+            state["exp_avg_sq"] = self._state_zeros(p)
             if group["amsgrad"]:
-                max_exp_avg_sqs.append(state["max_exp_avg_sq"])
+                state["max_exp_avg_sq"] = self._state_zeros(p)
+
+        def check() -> None:
             if group["foreach"] and torch.is_tensor(group["lr"]) and not group["capturable"]:
                 raise RuntimeError(
                     "lr as a Tensor is not supported for capturable=False and foreach=True"
                 )
-            steps.append(state["step"])
-        return params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        """Perform a single optimization step.
-
-        Args:
-            closure: a closure that reevaluates the model and returns the loss (optional).
-        """
-        self._accelerator_graph_capture_health_check()
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-
-        scaling = grad_scaling(self)
-        clip_coef = self._clip_coef(scaling["grad_scale"])
-        for group in self.param_groups:
-            params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = self._gather_group(group)
-            check_capturable(group["capturable"], params, steps, what="params and state_steps")
-            beta1, beta2 = group["betas"]
-            adam_(
-                [real_view(t) for t in params],
-                [real_view(t) for t in grads],
-                [real_view(t) for t in exp_avgs],
-                [real_view(t) for t in exp_avg_sqs],
-                [real_view(t) for t in max_exp_avg_sqs] if group["amsgrad"] else None,
-                state_steps=steps,
-                lr=group["lr"],
-                beta1=beta1,
-                beta2=beta2,
-                eps=group["eps"],
-                weight_decay=group["weight_decay"],
-                amsgrad=group["amsgrad"],
-                maximize=group["maximize"],
-                decoupled_weight_decay=group["decoupled_weight_decay"],
-                **scaling,
-                clip_coef=clip_coef,
-                capturable=capturable_step(group, params),
-                **self._low_precision_kwargs(params),
-            )
-        return loss
+        amsgrad = group["amsgrad"]
+        params, grads, state = self._gather_state(
+            group,
+            ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step")
+            if amsgrad
+            else ("exp_avg", "exp_avg_sq", "step"),
+            init,
+            sparse_error="Adam does not support sparse gradients, please consider SparseAdam instead",
+            check=check,
+        )
+        check_capturable(group["capturable"], params, state["step"], what="params and state_steps")
+        beta1, beta2 = group["betas"]
+        adam_(
+            real_views(params),
+            real_views(grads),
+            real_views(state["exp_avg"]),
+            real_views(state["exp_avg_sq"]),
+            real_views(state["max_exp_avg_sq"]) if amsgrad else None,
+            state_steps=state["step"],
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            amsgrad=amsgrad,
+            maximize=group["maximize"],
+            decoupled_weight_decay=group["decoupled_weight_decay"],
+            **amp,
+            capturable=capturable_step(group, params),
+            **self._low_precision_kwargs(params),
+        )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -11,19 +10,20 @@ from torch.optim.optimizer import Optimizer, ParamsT
 
 from gradfuse.functional._adam import radam_
 from gradfuse.optim._base import (
+    FusedStepMixin,
     LowPrecisionMixin,
     MaxGradNormMixin,
     capturable_step,
+    check_adam_hparams,
     check_capturable,
-    grad_scaling,
-    real_view,
+    real_views,
     refuse_differentiable,
     scalar_state,
     upgrade_scalar_state,
 )
 
 
-class RAdam(LowPrecisionMixin, MaxGradNormMixin, Optimizer):
+class RAdam(FusedStepMixin, LowPrecisionMixin, MaxGradNormMixin, Optimizer):
     """RAdam (rectified Adam), fused: a drop-in for :class:`torch.optim.RAdam`.
 
     Same arguments, defaults, errors, state (``step``, ``exp_avg``, ``exp_avg_sq``) and
@@ -32,6 +32,7 @@ class RAdam(LowPrecisionMixin, MaxGradNormMixin, Optimizer):
     """
 
     _step_supports_amp_scaling = True
+    _graph_capture_health_check = True
 
     def __init__(
         self,
@@ -55,16 +56,7 @@ class RAdam(LowPrecisionMixin, MaxGradNormMixin, Optimizer):
         # Same checks, same order, same messages as torch.optim.RAdam.
         if isinstance(lr, Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
-        if not lr >= 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if not eps >= 0.0:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        if not 0.0 <= betas[0] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
-        if not 0.0 <= betas[1] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
-        if not weight_decay >= 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        check_adam_hparams(lr, eps, betas, weight_decay)
 
         defaults = {
             "lr": lr,
@@ -92,61 +84,34 @@ class RAdam(LowPrecisionMixin, MaxGradNormMixin, Optimizer):
             group.setdefault("capturable", False)
         upgrade_scalar_state(self, "step", lambda g: g["capturable"])
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        """Perform a single optimization step.
+    def _update(self, group: dict[str, Any], amp: dict[str, Any]) -> None:
+        def init(p: Tensor, state: dict[str, Any]) -> None:
+            state["step"] = scalar_state(0.0, p.device, group["capturable"])
+            state["exp_avg"] = self._state_zeros(p)
+            state["exp_avg_sq"] = self._state_zeros(p)
 
-        Args:
-            closure: a closure that reevaluates the model and returns the loss (optional).
-        """
-        self._accelerator_graph_capture_health_check()
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-
-        scaling = grad_scaling(self)
-        clip_coef = self._clip_coef(scaling["grad_scale"])
-        for group in self.param_groups:
-            params: list[Tensor] = []
-            grads: list[Tensor] = []
-            exp_avgs: list[Tensor] = []
-            exp_avg_sqs: list[Tensor] = []
-            steps: list[Tensor] = []
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                params.append(p)
-                if p.grad.is_sparse:
-                    raise RuntimeError("RAdam does not support sparse gradients")
-                grads.append(p.grad)
-                state = self.state[p]
-                if len(state) == 0:
-                    state["step"] = scalar_state(0.0, p.device, group["capturable"])
-                    state["exp_avg"] = self._state_zeros(p)
-                    state["exp_avg_sq"] = self._state_zeros(p)
-                self._low_precision_state(p, state)
-                exp_avgs.append(state["exp_avg"])
-                exp_avg_sqs.append(state["exp_avg_sq"])
-                steps.append(state["step"])
-            check_capturable(group["capturable"], params, steps, what="params and state_steps")
-            beta1, beta2 = group["betas"]
-            radam_(
-                [real_view(t) for t in params],
-                [real_view(t) for t in grads],
-                [real_view(t) for t in exp_avgs],
-                [real_view(t) for t in exp_avg_sqs],
-                state_steps=steps,
-                lr=group["lr"],
-                beta1=beta1,
-                beta2=beta2,
-                eps=group["eps"],
-                weight_decay=group["weight_decay"],
-                decoupled_weight_decay=group["decoupled_weight_decay"],
-                maximize=group["maximize"],
-                **scaling,
-                clip_coef=clip_coef,
-                capturable=capturable_step(group, params),
-                **self._low_precision_kwargs(params),
-            )
-        return loss
+        params, grads, state = self._gather_state(
+            group,
+            ("exp_avg", "exp_avg_sq", "step"),
+            init,
+            sparse_error="RAdam does not support sparse gradients",
+        )
+        check_capturable(group["capturable"], params, state["step"], what="params and state_steps")
+        beta1, beta2 = group["betas"]
+        radam_(
+            real_views(params),
+            real_views(grads),
+            real_views(state["exp_avg"]),
+            real_views(state["exp_avg_sq"]),
+            state_steps=state["step"],
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            decoupled_weight_decay=group["decoupled_weight_decay"],
+            maximize=group["maximize"],
+            **amp,
+            capturable=capturable_step(group, params),
+            **self._low_precision_kwargs(params),
+        )
