@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -12,16 +11,16 @@ from torch.optim.optimizer import Optimizer, ParamsT
 
 from gradfuse.functional._more import adagrad_
 from gradfuse.optim._base import (
+    FusedStepMixin,
     LowPrecisionMixin,
     MaxGradNormMixin,
-    amp_scaling,
     check_fused_foreach,
     refuse_differentiable,
     scalar_dtype,
 )
 
 
-class Adagrad(LowPrecisionMixin, MaxGradNormMixin, Optimizer):
+class Adagrad(FusedStepMixin, LowPrecisionMixin, MaxGradNormMixin, Optimizer):
     """Adagrad, fused.
 
     A drop-in for :class:`torch.optim.Adagrad`: the same arguments, defaults, errors, param
@@ -132,73 +131,43 @@ class Adagrad(LowPrecisionMixin, MaxGradNormMixin, Optimizer):
             for p in group["params"]:
                 self.state[p]["sum"].share_memory_()
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        """Perform a single optimization step.
+    def _update(self, group: dict[str, Any], amp: dict[str, Any]) -> None:
+        def init(p: Tensor, state: dict[str, Any]) -> None:  # a param group added later
+            self._init_state(p, group, self.defaults["initial_accumulator_value"])
 
-        Args:
-            closure: a closure that reevaluates the model and returns the loss (optional).
-        """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-
-        grad_scale, found_inf = amp_scaling(self)
-        clip_coef = self._clip_coef(grad_scale)
-        for group in self.param_groups:
-            params: list[Tensor] = []
-            grads: list[Tensor] = []
-            sums: list[Tensor] = []
-            steps: list[Tensor] = []
-            sparse = False
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if len(state) == 0:  # a param group added after construction
-                    self._init_state(p, group, self.defaults["initial_accumulator_value"])
-                sparse = sparse or p.grad.is_sparse
-                params.append(p)
-                grads.append(p.grad)
-                self._low_precision_state(p, state)
-                sums.append(state["sum"])
-                steps.append(state["step"])
-            if sparse:
-                if clip_coef is not None or grad_scale is not None or found_inf is not None:
-                    raise RuntimeError(
-                        "gradfuse.optim.Adagrad: sparse gradients cannot be combined with "
-                        "max_grad_norm or GradScaler"
-                    )
-                torch_adagrad(
-                    params,
-                    grads,
-                    sums,
-                    steps,
-                    lr=group["lr"],
-                    weight_decay=group["weight_decay"],
-                    lr_decay=group["lr_decay"],
-                    eps=group["eps"],
-                    has_sparse_grad=True,
-                    foreach=False,
-                    maximize=group["maximize"],
-                    differentiable=False,
-                    fused=False,
+        params, grads, state = self._gather_state(group, ("sum", "step"), init, sparse_error=None)
+        if any(g.is_sparse for g in grads):
+            if any(amp[k] is not None for k in ("clip_coef", "grad_scale", "found_inf")):
+                raise RuntimeError(
+                    "gradfuse.optim.Adagrad: sparse gradients cannot be combined with "
+                    "max_grad_norm or GradScaler"
                 )
-                continue
-            adagrad_(
+            torch_adagrad(
                 params,
                 grads,
-                sums,
-                steps,
+                state["sum"],
+                state["step"],
                 lr=group["lr"],
-                lr_decay=group["lr_decay"],
                 weight_decay=group["weight_decay"],
+                lr_decay=group["lr_decay"],
                 eps=group["eps"],
+                has_sparse_grad=True,
+                foreach=False,
                 maximize=group["maximize"],
-                grad_scale=grad_scale,
-                found_inf=found_inf,
-                clip_coef=clip_coef,
-                **self._low_precision_kwargs(params),
+                differentiable=False,
+                fused=False,
             )
-        return loss
+            return
+        adagrad_(
+            params,
+            grads,
+            state["sum"],
+            state["step"],
+            lr=group["lr"],
+            lr_decay=group["lr_decay"],
+            weight_decay=group["weight_decay"],
+            eps=group["eps"],
+            maximize=group["maximize"],
+            **amp,
+            **self._low_precision_kwargs(params),
+        )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -11,15 +10,15 @@ from torch.optim.optimizer import Optimizer, ParamsT
 
 from gradfuse.functional._more import lion_
 from gradfuse.optim._base import (
+    FusedStepMixin,
     LowPrecisionMixin,
     MaxGradNormMixin,
-    amp_scaling,
     check_fused_foreach,
     refuse_differentiable,
 )
 
 
-class Lion(LowPrecisionMixin, MaxGradNormMixin, Optimizer):
+class Lion(FusedStepMixin, LowPrecisionMixin, MaxGradNormMixin, Optimizer):
     """Lion ("Symbolic Discovery of Optimization Algorithms", Chen et al. 2023), fused.
 
     Per step, with ``m`` the state ``exp_avg`` (zeros at first)::
@@ -86,49 +85,23 @@ class Lion(LowPrecisionMixin, MaxGradNormMixin, Optimizer):
             group.setdefault("differentiable", False)
             group.setdefault("fused", None)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        """Perform a single optimization step.
+    def _update(self, group: dict[str, Any], amp: dict[str, Any]) -> None:
+        def init(p: Tensor, state: dict[str, Any]) -> None:
+            state["exp_avg"] = self._state_zeros(p)
 
-        Args:
-            closure: a closure that reevaluates the model and returns the loss (optional).
-        """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-
-        grad_scale, found_inf = amp_scaling(self)
-        clip_coef = self._clip_coef(grad_scale)
-        for group in self.param_groups:
-            params: list[Tensor] = []
-            grads: list[Tensor] = []
-            exp_avgs: list[Tensor] = []
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("Lion does not support sparse gradients")
-                params.append(p)
-                grads.append(p.grad)
-                state = self.state[p]
-                if len(state) == 0:
-                    state["exp_avg"] = self._state_zeros(p)
-                self._low_precision_state(p, state)
-                exp_avgs.append(state["exp_avg"])
-            beta1, beta2 = group["betas"]
-            lion_(
-                params,
-                grads,
-                exp_avgs,
-                lr=group["lr"],
-                beta1=beta1,
-                beta2=beta2,
-                weight_decay=group["weight_decay"],
-                maximize=group["maximize"],
-                grad_scale=grad_scale,
-                found_inf=found_inf,
-                clip_coef=clip_coef,
-                **self._low_precision_kwargs(params),
-            )
-        return loss
+        params, grads, state = self._gather_state(
+            group, ("exp_avg",), init, sparse_error="Lion does not support sparse gradients"
+        )
+        beta1, beta2 = group["betas"]
+        lion_(
+            params,
+            grads,
+            state["exp_avg"],
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            weight_decay=group["weight_decay"],
+            maximize=group["maximize"],
+            **amp,
+            **self._low_precision_kwargs(params),
+        )

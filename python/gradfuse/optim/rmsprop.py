@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -11,9 +10,9 @@ from torch.optim.optimizer import Optimizer, ParamsT
 
 from gradfuse.functional._more import rmsprop_
 from gradfuse.optim._base import (
+    FusedStepMixin,
     LowPrecisionMixin,
     MaxGradNormMixin,
-    amp_scaling,
     capturable_step,
     check_capturable,
     refuse_differentiable,
@@ -21,7 +20,7 @@ from gradfuse.optim._base import (
 )
 
 
-class RMSprop(LowPrecisionMixin, MaxGradNormMixin, Optimizer):
+class RMSprop(FusedStepMixin, LowPrecisionMixin, MaxGradNormMixin, Optimizer):
     """RMSprop (optionally centered, with momentum), fused.
 
     A drop-in for :class:`torch.optim.RMSprop`: the same arguments (torch's RMSprop has no
@@ -108,72 +107,43 @@ class RMSprop(LowPrecisionMixin, MaxGradNormMixin, Optimizer):
                         else torch.tensor(step_val, dtype=scalar_dtype())
                     )
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        """Perform a single optimization step.
-
-        Args:
-            closure: a closure that reevaluates the model and returns the loss (optional).
-        """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-
-        grad_scale, found_inf = amp_scaling(self)
-        clip_coef = self._clip_coef(grad_scale)
-        for group in self.param_groups:
-            params: list[Tensor] = []
-            grads: list[Tensor] = []
-            square_avgs: list[Tensor] = []
-            grad_avgs: list[Tensor] = []
-            buffers: list[Tensor] = []
-            steps: list[Tensor] = []
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("RMSprop does not support sparse gradients")
-                params.append(p)
-                grads.append(p.grad)
-                state = self.state[p]
-                if len(state) == 0:
-                    state["step"] = (
-                        torch.zeros((), dtype=scalar_dtype(), device=p.device)
-                        if group["capturable"]
-                        else torch.zeros((), dtype=scalar_dtype())
-                    )
-                    state["square_avg"] = self._state_zeros(p)
-                    if group["momentum"] > 0:
-                        state["momentum_buffer"] = self._state_zeros(p)
-                    if group["centered"]:
-                        state["grad_avg"] = self._state_zeros(p)
-                self._low_precision_state(p, state)
-                square_avgs.append(state["square_avg"])
-                steps.append(state["step"])
-                if group["momentum"] > 0:
-                    buffers.append(state["momentum_buffer"])
-                if group["centered"]:
-                    grad_avgs.append(state["grad_avg"])
-            check_capturable(group["capturable"], params, steps, what="params and state_steps")
-            rmsprop_(
-                params,
-                grads,
-                square_avgs,
-                grad_avgs,
-                buffers,
-                steps,
-                lr=group["lr"],
-                alpha=group["alpha"],
-                eps=group["eps"],
-                weight_decay=group["weight_decay"],
-                momentum=group["momentum"],
-                centered=group["centered"],
-                maximize=group["maximize"],
-                grad_scale=grad_scale,
-                found_inf=found_inf,
-                clip_coef=clip_coef,
-                capturable=capturable_step(group, params),
-                **self._low_precision_kwargs(params),
+    def _update(self, group: dict[str, Any], amp: dict[str, Any]) -> None:
+        def init(p: Tensor, state: dict[str, Any]) -> None:
+            state["step"] = (
+                torch.zeros((), dtype=scalar_dtype(), device=p.device)
+                if group["capturable"]
+                else torch.zeros((), dtype=scalar_dtype())
             )
-        return loss
+            state["square_avg"] = self._state_zeros(p)
+            if group["momentum"] > 0:
+                state["momentum_buffer"] = self._state_zeros(p)
+            if group["centered"]:
+                state["grad_avg"] = self._state_zeros(p)
+
+        keys: tuple[str, ...] = ("square_avg", "step")
+        if group["momentum"] > 0:
+            keys += ("momentum_buffer",)
+        if group["centered"]:
+            keys += ("grad_avg",)
+        params, grads, state = self._gather_state(
+            group, keys, init, sparse_error="RMSprop does not support sparse gradients"
+        )
+        check_capturable(group["capturable"], params, state["step"], what="params and state_steps")
+        rmsprop_(
+            params,
+            grads,
+            state["square_avg"],
+            state.get("grad_avg", []),
+            state.get("momentum_buffer", []),
+            state["step"],
+            lr=group["lr"],
+            alpha=group["alpha"],
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            momentum=group["momentum"],
+            centered=group["centered"],
+            maximize=group["maximize"],
+            **amp,
+            capturable=capturable_step(group, params),
+            **self._low_precision_kwargs(params),
+        )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -13,16 +12,16 @@ from torch.optim.optimizer import Optimizer, ParamsT
 from gradfuse.functional._optim import sgd_
 from gradfuse.functional._steps import found_inf_is_set
 from gradfuse.optim._base import (
+    FusedStepMixin,
     LowPrecisionMixin,
     MaxGradNormMixin,
     check_fused_foreach,
-    grad_scaling,
     params_with_grad,
     refuse_differentiable,
 )
 
 
-class SGD(LowPrecisionMixin, MaxGradNormMixin, Optimizer):
+class SGD(FusedStepMixin, LowPrecisionMixin, MaxGradNormMixin, Optimizer):
     """Stochastic gradient descent (optionally with momentum), fused.
 
     A drop-in for :class:`torch.optim.SGD`: the same arguments, defaults, errors, param groups,
@@ -96,73 +95,57 @@ class SGD(LowPrecisionMixin, MaxGradNormMixin, Optimizer):
             group.setdefault("differentiable", False)
             group.setdefault("fused", False)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        """Perform a single optimization step.
-
-        Args:
-            closure: a closure that reevaluates the model and returns the loss (optional).
-        """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-
-        scaling = grad_scaling(self)
-        clip_coef = self._clip_coef(scaling["grad_scale"])
-        for group in self.param_groups:
-            params, grads, sparse = params_with_grad(group)
-            momentum = group["momentum"]
-            if self.master_weights or self.kahan or self.state_dtype is not None:
-                for p in params:
-                    self._low_precision_state(p, self.state[p])
-            buffers: list[Tensor | None] = (
-                [self.state[p].get("momentum_buffer") for p in params] if momentum != 0 else []
+    def _update(self, group: dict[str, Any], amp: dict[str, Any]) -> None:
+        params, grads, sparse = params_with_grad(group)
+        momentum = group["momentum"]
+        if self.master_weights or self.kahan or self.state_dtype is not None:
+            for p in params:
+                self._low_precision_state(p, self.state[p])
+        buffers: list[Tensor | None] = (
+            [self.state[p].get("momentum_buffer") for p in params] if momentum != 0 else []
+        )
+        if sparse:
+            if amp["clip_coef"] is not None:
+                raise RuntimeError(
+                    "gradfuse.optim.SGD: max_grad_norm does not support sparse gradients"
+                )
+            # torch's single-tensor SGD is the path torch itself offers for sparse grads;
+            # AMP's unscale and skip are done here, as GradScaler would have done them.
+            if found_inf_is_set(amp["found_inf"]):
+                return
+            if amp["grad_scale"] is not None:
+                inv_scale = amp["grad_scale"].double().reciprocal().float()
+                grads = [g * inv_scale.to(g.device) for g in grads]
+            torch_sgd.sgd(
+                params,
+                grads,
+                buffers,
+                weight_decay=group["weight_decay"],
+                momentum=momentum,
+                lr=group["lr"],
+                dampening=group["dampening"],
+                nesterov=group["nesterov"],
+                maximize=group["maximize"],
+                has_sparse_grad=True,
+                foreach=False,
+                fused=False,
             )
-            if sparse:
-                if clip_coef is not None:
-                    raise RuntimeError(
-                        "gradfuse.optim.SGD: max_grad_norm does not support sparse gradients"
-                    )
-                # torch's single-tensor SGD is the path torch itself offers for sparse grads;
-                # AMP's unscale and skip are done here, as GradScaler would have done them.
-                if found_inf_is_set(scaling["found_inf"]):
-                    continue
-                if scaling["grad_scale"] is not None:
-                    inv_scale = scaling["grad_scale"].double().reciprocal().float()
-                    grads = [g * inv_scale.to(g.device) for g in grads]
-                torch_sgd.sgd(
-                    params,
-                    grads,
-                    buffers,
-                    weight_decay=group["weight_decay"],
-                    momentum=momentum,
-                    lr=group["lr"],
-                    dampening=group["dampening"],
-                    nesterov=group["nesterov"],
-                    maximize=group["maximize"],
-                    has_sparse_grad=True,
-                    foreach=False,
-                    fused=False,
-                )
-            else:
-                sgd_(
-                    params,
-                    grads,
-                    buffers if momentum != 0 else None,
-                    lr=group["lr"],
-                    momentum=momentum,
-                    dampening=group["dampening"],
-                    weight_decay=group["weight_decay"],
-                    nesterov=group["nesterov"],
-                    maximize=group["maximize"],
-                    **scaling,
-                    clip_coef=clip_coef,
-                    state_dtype=self.state_dtype,
-                    **self._low_precision_kwargs(params),
-                )
-            if momentum != 0:
-                for p, buf in zip(params, buffers, strict=True):
-                    if buf is not None:  # None: an AMP-skipped first step created nothing
-                        self.state[p]["momentum_buffer"] = buf
-        return loss
+        else:
+            sgd_(
+                params,
+                grads,
+                buffers if momentum != 0 else None,
+                lr=group["lr"],
+                momentum=momentum,
+                dampening=group["dampening"],
+                weight_decay=group["weight_decay"],
+                nesterov=group["nesterov"],
+                maximize=group["maximize"],
+                **amp,
+                state_dtype=self.state_dtype,
+                **self._low_precision_kwargs(params),
+            )
+        if momentum != 0:
+            for p, buf in zip(params, buffers, strict=True):
+                if buf is not None:  # None: an AMP-skipped first step created nothing
+                    self.state[p]["momentum_buffer"] = buf
