@@ -30,7 +30,7 @@ from typing import Any
 from gradfuse import _native
 from gradfuse._compile import traceable
 from gradfuse.functional import _capturable, _steps
-from gradfuse.functional._multi_tensor import GradScaling, Group, LowPrecision, group, prepare
+from gradfuse.functional._multi_tensor import GradScaling, Group, LowPrecision, group
 from gradfuse.functional._optim import to_float
 
 # Weight decay modes of the native rules (gf::math::WeightDecayMode).
@@ -46,6 +46,22 @@ def _check_number(value: Any, name: str) -> Any:
     if hasattr(value, "numel") and hasattr(value, "squeeze"):
         return value.squeeze()  # torch's _to_scalar: a 1-element tensor becomes 0-dim
     return value
+
+
+def _float_hyperparams(
+    lr: Any, beta1: float, beta2: float, eps: float, weight_decay: float, capturable: bool
+) -> tuple[Any, float, float, float, float]:
+    """The checked hyperparameters of the Adam-family updates whose betas are numbers:
+    ``lr`` as given (a number or 1-element tensor, see :func:`_check_number`), the rest as
+    floats; checked in this order."""
+    lr = _capturable.check_number(lr, "lr") if capturable else _check_number(lr, "lr")
+    return (
+        lr,
+        to_float(beta1, "beta1"),
+        to_float(beta2, "beta2"),
+        to_float(eps, "eps"),
+        to_float(weight_decay, "weight_decay"),
+    )
 
 
 def _wd_mode(weight_decay: float, decoupled: bool) -> int:
@@ -79,15 +95,7 @@ def _begin(
         _steps.check_counters(op, "state_steps", state_steps, n, slots[0][0])
     full = GradScaling(grad_scale, found_inf, clip_coef)
     full.check(op)
-    slots, free = lowprec.extend(op, slots)
-    buffers = prepare(
-        op,
-        slots,
-        written=(*written, *lowprec.written),
-        free_dtype=free,
-        mismatches=lowprec.mismatches,
-    )
-    lowprec.check(op, buffers, n)
+    buffers, depth = lowprec.prepare_buffers(op, slots, written)
     if capturable:
         if not lowprec.is_default:
             raise ValueError(
@@ -95,11 +103,11 @@ def _begin(
                 f"rounding='stochastic' nor state of another dtype than the params' (not "
                 f"supported yet); use capturable=False for low-precision policies"
             )
-        return buffers, full, len(slots)
+        return buffers, full, depth
     if _steps.found_inf_is_set(found_inf):
         return None
     # found_inf is known to be zero: the kernels need only the scale and the clip coefficient.
-    return buffers, GradScaling(grad_scale, None, clip_coef), len(slots)
+    return buffers, GradScaling(grad_scale, None, clip_coef), depth
 
 
 def _scaling_kwargs(scaling: GradScaling, g: Group) -> dict[str, int]:
@@ -438,11 +446,9 @@ def adamax_(
     ``exp_infs`` is the exponentially weighted infinity norm; see :func:`adam_` for
     ``state_steps``, the AMP/clipping arguments and ``capturable``.
     """
-    lr = _capturable.check_number(lr, "lr") if capturable else _check_number(lr, "lr")
-    beta1_f = to_float(beta1, "beta1")
-    beta2_f = to_float(beta2, "beta2")
-    eps_f = to_float(eps, "eps")
-    wd_f = to_float(weight_decay, "weight_decay")
+    lr, beta1_f, beta2_f, eps_f, wd_f = _float_hyperparams(
+        lr, beta1, beta2, eps, weight_decay, capturable
+    )
     slots: list[tuple[str, Sequence[Any]]] = [
         ("params", params),
         ("grads", grads),
@@ -557,11 +563,9 @@ def nadam_(
     incremented; see :func:`adam_` for the AMP/clipping arguments and ``capturable`` (which
     needs ``mu_products`` as tensors on the params' devices too).
     """
-    lr = _capturable.check_number(lr, "lr") if capturable else _check_number(lr, "lr")
-    beta1_f = to_float(beta1, "beta1")
-    beta2_f = to_float(beta2, "beta2")
-    eps_f = to_float(eps, "eps")
-    wd_f = to_float(weight_decay, "weight_decay")
+    lr, beta1_f, beta2_f, eps_f, wd_f = _float_hyperparams(
+        lr, beta1, beta2, eps, weight_decay, capturable
+    )
     md_f = to_float(momentum_decay, "momentum_decay")
     slots: list[tuple[str, Sequence[Any]]] = [
         ("params", params),
@@ -751,11 +755,9 @@ def radam_(
     :func:`adam_` for ``state_steps``, the AMP/clipping arguments and ``capturable`` (with
     which the rho_t > 5 decision is made per tensor on the device too).
     """
-    lr = _capturable.check_number(lr, "lr") if capturable else _check_number(lr, "lr")
-    beta1_f = to_float(beta1, "beta1")
-    beta2_f = to_float(beta2, "beta2")
-    eps_f = to_float(eps, "eps")
-    wd_f = to_float(weight_decay, "weight_decay")
+    lr, beta1_f, beta2_f, eps_f, wd_f = _float_hyperparams(
+        lr, beta1, beta2, eps, weight_decay, capturable
+    )
     slots: list[tuple[str, Sequence[Any]]] = [
         ("params", params),
         ("grads", grads),

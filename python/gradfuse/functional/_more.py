@@ -18,7 +18,7 @@ from typing import Any
 from gradfuse import _buffers, _native
 from gradfuse._compile import traceable
 from gradfuse.functional import _capturable
-from gradfuse.functional._multi_tensor import GradScaling, LowPrecision, group, prepare
+from gradfuse.functional._multi_tensor import GradScaling, LowPrecision, group
 from gradfuse.functional._optim import to_float
 
 _SCALING_NAMES = ("grad_scale", "found_inf", "clip_coef")
@@ -143,21 +143,13 @@ def adagrad_(
     scaling = GradScaling(grad_scale, found_inf, clip_coef)
     scaling.check("adagrad_")
     lowprec = LowPrecision(master_params, kahan_comps, rounding, seed)
-    slots, free = lowprec.extend("adagrad_", slots)
-    buffers = prepare(
-        "adagrad_",
-        slots,
-        written=(*("params", "state_sums"), *lowprec.written),
-        free_dtype=free,
-        mismatches=lowprec.mismatches,
-    )
-    lowprec.check("adagrad_", buffers, n)
+    buffers, depth = lowprec.prepare_buffers("adagrad_", slots, ("params", "state_sums"))
     skipped = _is_skipped(found_inf)
     steps = advance_steps("adagrad_", state_steps, n, skipped)
     if skipped:
         return
     core = _native.core()
-    for k, g in enumerate(group(buffers, len(slots), n, steps, *lowprec.layout)):
+    for k, g in enumerate(group(buffers, depth, n, steps, *lowprec.layout)):
         step = steps[g.indices[0]]
         core.adagrad(
             g.slots,
@@ -249,15 +241,7 @@ def rmsprop_(
     scaling.check("rmsprop_")
     written = ("params", "square_avgs", "grad_avgs", "momentum_buffer_list")
     lowprec = LowPrecision(master_params, kahan_comps, rounding, seed)
-    slots, free = lowprec.extend("rmsprop_", slots)
-    buffers = prepare(
-        "rmsprop_",
-        slots,
-        written=(*written, *lowprec.written),
-        free_dtype=free,
-        mismatches=lowprec.mismatches,
-    )
-    lowprec.check("rmsprop_", buffers, n)
+    buffers, depth = lowprec.prepare_buffers("rmsprop_", slots, written)
     if state_steps is not None:
         if capturable:
             _capturable.advance(state_steps, found_inf)
@@ -265,7 +249,7 @@ def rmsprop_(
             advance_steps_on_device("rmsprop_", state_steps, n, found_inf)
     # A nonzero found_inf is read by the kernels themselves (on the device): nothing written.
     core = _native.core()
-    for k, g in enumerate(group(buffers, len(slots), n, None, *lowprec.layout)):
+    for k, g in enumerate(group(buffers, depth, n, None, *lowprec.layout)):
         table: Any = None
         table_kw: dict[str, int] = {}
         if capturable:  # -lr per tensor, read on the device (a tensor lr may change per replay)
@@ -335,17 +319,9 @@ def lion_(
     scaling = GradScaling(grad_scale, found_inf, clip_coef)
     scaling.check("lion_")
     lowprec = LowPrecision(master_params, kahan_comps, rounding, seed)
-    slots, free = lowprec.extend("lion_", slots)
-    buffers = prepare(
-        "lion_",
-        slots,
-        written=(*("params", "exp_avgs"), *lowprec.written),
-        free_dtype=free,
-        mismatches=lowprec.mismatches,
-    )
-    lowprec.check("lion_", buffers, n)
+    buffers, depth = lowprec.prepare_buffers("lion_", slots, ("params", "exp_avgs"))
     core = _native.core()
-    for k, g in enumerate(group(buffers, len(slots), n, None, *lowprec.layout)):
+    for k, g in enumerate(group(buffers, depth, n, None, *lowprec.layout)):
         core.lion(
             g.slots,
             g.numels,

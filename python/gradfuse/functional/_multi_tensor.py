@@ -335,6 +335,24 @@ class LowPrecision:
         self._names = [name for name, _ in slots]
         return slots, free
 
+    def prepare_buffers(
+        self, op: str, slots: list[tuple[str, Sequence[Any]]], written: tuple[str, ...]
+    ) -> tuple[list[Buffer | None], int]:
+        """:func:`prepare` for ``slots`` (``slots[0]`` the params) with the policy's extra
+        list (:meth:`extend`) and dtype checks (:meth:`check`): the buffers, and the number of
+        pointer lists for :func:`group`. ``written``: the caller's written slot names."""
+        n = len(slots[0][1])
+        slots, free = self.extend(op, slots)
+        buffers = prepare(
+            op,
+            slots,
+            written=(*written, *self.written),
+            free_dtype=free,
+            mismatches=self.mismatches,
+        )
+        self.check(op, buffers, n)
+        return buffers, len(slots)
+
     @property
     def layout(self) -> tuple[int | None, int | None]:
         """(state slot, extra slot) for :func:`group`: no state slot when every state tensor

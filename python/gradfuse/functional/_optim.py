@@ -13,7 +13,7 @@ from typing import Any
 from gradfuse import _buffers, _native
 from gradfuse._compile import traceable
 from gradfuse.functional import _capturable
-from gradfuse.functional._multi_tensor import GradScaling, LowPrecision, group, prepare
+from gradfuse.functional._multi_tensor import GradScaling, LowPrecision, group
 from gradfuse.functional._steps import found_inf_is_set
 
 
@@ -106,15 +106,7 @@ def sgd_(
     scaling = GradScaling(grad_scale, found_inf, clip_coef)
     scaling.check("sgd_")
     lowprec = LowPrecision(master_params, kahan_comps, rounding, seed)
-    slots, free = lowprec.extend("sgd_", slots)
-    buffers = prepare(
-        "sgd_",
-        slots,
-        written=(*("params", "momentum_buffers"), *lowprec.written),
-        free_dtype=free,
-        mismatches=lowprec.mismatches,
-    )
-    lowprec.check("sgd_", buffers, n)
+    buffers, depth = lowprec.prepare_buffers("sgd_", slots, ("params", "momentum_buffers"))
     first = [False] * n
     created: dict[int, Any] = {}
     if has_momentum:
@@ -140,7 +132,7 @@ def sgd_(
         momentum_buffers[i] = new
 
     core = _native.core()
-    for k, g in enumerate(group(buffers, len(slots), n, first, *lowprec.layout)):
+    for k, g in enumerate(group(buffers, depth, n, first, *lowprec.layout)):
         table: Any = None
         table_kw: dict[str, int] = {}
         if lr_t is not None:  # lr per tensor, read by the kernel on the params' device
