@@ -483,6 +483,8 @@ class FusedStepMixin:
     def _update(self, group: dict[str, Any], amp: dict[str, Any]) -> None:
         raise NotImplementedError
 
+    # Not named _init_group: torch.compile (dynamo) intercepts that name on optimizers and
+    # expects torch's signature.
     def _gather_state(
         self,
         group: dict[str, Any],
