@@ -3,6 +3,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "gradfuse/kernels.h"
 
@@ -24,5 +25,8 @@ std::string engine_isa();
 // Threads: default = CPUs available to this process (its affinity mask).
 int get_num_threads();
 void set_num_threads(int n);
+// The CPUs each worker of the active pool may run on (its affinity mask), for the tests of the
+// placement rule in parallel.cpp; empty until the pool's first parallel call started them.
+std::vector<std::vector<int>> worker_cpus();
 
 }  // namespace gf::cpu
