@@ -100,6 +100,10 @@ def _fast_torch_buffer(t: Any, writable: bool) -> Buffer | None:
             for name in DTYPE_CODES:
                 dt = getattr(torch, name)
                 _fast_dtypes[dt] = (name, torch.empty((), dtype=dt).element_size())
+            from gradfuse._native import core
+
+            # The same conditions, for a whole call at once (prepare_plain below).
+            core().register_plain_types(Buffer, torch.Tensor, torch.nn.Parameter, _fast_dtypes)
         _plain_tensor_types.add(type(t))
     info = _fast_dtypes.get(t.dtype)
     if info is None or t.is_sparse or not t.is_contiguous() or t.is_neg():
@@ -123,6 +127,26 @@ def _fast_torch_buffer(t: Any, writable: bool) -> Buffer | None:
 
 
 _new_tuple = tuple.__new__
+
+
+def prepare_plain(
+    slots: Sequence[tuple[str, Sequence[Any]]], written: set[str]
+) -> list[Buffer | None] | None:
+    """The buffers of every slot, slot-major, when the call is the common case: every entry a
+    plain tensor (as :func:`_fast_torch_buffer` accepts) or None, laid out like its param (same
+    shape, strides, dtype, device), and no written tensor sharing memory with another.
+    Otherwise None, and the caller runs the full checks, which handle or explain the rest.
+
+    The same checks as the Python path, done natively: ~0.5 us per tensor instead of ~2.3 us
+    (an optimizer over a model passes hundreds of tensors per step).
+    """
+    if not _fast_dtypes:  # no torch tensor seen yet: the native side knows no types
+        return None
+    from gradfuse._native import core
+
+    return core().prepare_plain(  # type: ignore[no-any-return]
+        [values for _, values in slots], [name in written for name, _ in slots]
+    )
 
 
 def as_buffer(x: object, name: str, *, writable: bool) -> Buffer:

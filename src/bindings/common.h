@@ -161,5 +161,6 @@ void register_optim_adam(py::module_& m);
 void register_losses(py::module_& m);
 void register_losses_softmax(py::module_& m);
 void register_optim_more(py::module_& m);
+void register_buffers(py::module_& m);
 
 }  // namespace gf

@@ -70,4 +70,5 @@ PYBIND11_MODULE(_core, m) {
   register_losses(m);
   register_losses_softmax(m);
   register_optim_more(m);
+  register_buffers(m);
 }

@@ -120,6 +120,9 @@ def prepare(
                 f"{len(values)} {name} for {n} {names[0]}"
             )
     written_set = set(written)
+    plain = _buffers.prepare_plain(slots, written_set)
+    if plain is not None:
+        return plain
     free_set = set(free_dtype)
     fast = _buffers._fast_torch_buffer
     buffers: list[Buffer | None] = []

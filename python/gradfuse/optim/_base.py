@@ -37,11 +37,12 @@ def params_with_grad(group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor],
     grads: list[Tensor] = []
     sparse = False
     for p in group["params"]:
-        if p.grad is None:
+        grad = p.grad
+        if grad is None:
             continue
         params.append(p)
-        grads.append(p.grad)
-        sparse = sparse or p.grad.is_sparse
+        grads.append(grad)
+        sparse = sparse or grad.is_sparse
     return params, grads, sparse
 
 

@@ -101,9 +101,11 @@ class SGD(FusedStepMixin, LowPrecisionMixin, MaxGradNormMixin, Optimizer):
         if self.master_weights or self.kahan or self.state_dtype is not None:
             for p in params:
                 self._low_precision_state(p, self.state[p])
+        state = self.state
         buffers: list[Tensor | None] = (
-            [self.state[p].get("momentum_buffer") for p in params] if momentum != 0 else []
+            [state[p].get("momentum_buffer") for p in params] if momentum != 0 else []
         )
+        missing = [i for i, buf in enumerate(buffers) if buf is None]
         if sparse:
             if amp["clip_coef"] is not None:
                 raise RuntimeError(
@@ -145,7 +147,7 @@ class SGD(FusedStepMixin, LowPrecisionMixin, MaxGradNormMixin, Optimizer):
                 state_dtype=self.state_dtype,
                 **self._low_precision_kwargs(params),
             )
-        if momentum != 0:
-            for p, buf in zip(params, buffers, strict=True):
-                if buf is not None:  # None: an AMP-skipped first step created nothing
-                    self.state[p]["momentum_buffer"] = buf
+        for i in missing:  # the buffers this step created (first step, or a param added later)
+            buf = buffers[i]
+            if buf is not None:  # None: an AMP-skipped first step created nothing
+                state[params[i]]["momentum_buffer"] = buf

@@ -1,0 +1,138 @@
+"""gradfuse._buffers.prepare_plain: the native fast path of the multi-tensor checks.
+
+It may only ever accept what the Python checks accept, and must then return the very same
+buffers; anything else must send the call down the Python path (which words the errors).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from gradfuse import _buffers
+from gradfuse.functional import _multi_tensor
+
+Slots = list[tuple[str, Sequence[Any]]]
+WRITTEN = {"params", "bufs"}
+
+
+def _python_prepare(slots: Slots, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    with monkeypatch.context() as m:
+        m.setattr(_buffers, "prepare_plain", lambda *a: None)
+        return _multi_tensor.prepare("t", slots, tuple(WRITTEN))
+
+
+def _native(slots: Slots) -> list[Any] | None:
+    # The types are registered when the Python path first meets a torch tensor.
+    _buffers.as_buffer(torch.zeros(1), "warm-up", writable=False)
+    return _buffers.prepare_plain(slots, WRITTEN)
+
+
+def _slots(n: int = 3, shape: tuple[int, ...] = (5, 7), dtype: Any = torch.float32) -> Slots:
+    params = [torch.nn.Parameter(torch.randn(shape).to(dtype)) for _ in range(n)]
+    grads = [torch.randn(shape).to(dtype) for _ in range(n)]
+    bufs: list[Any] = [torch.randn(shape).to(dtype) for _ in range(n)]
+    return [("params", params), ("grads", grads), ("bufs", bufs)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(), (1,), (7,), (4097,), (0,), (3, 1, 4), (2, 0, 3)])
+def test_accepts_plain_tensors_with_the_python_paths_buffers(
+    dtype: Any, shape: tuple[int, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slots = _slots(shape=shape, dtype=dtype)
+    slots[2][1][1] = None  # type: ignore[index]  # a state buffer not created yet
+    fast = _native(slots)
+    slow = _python_prepare(slots, monkeypatch)
+    assert fast is not None
+    assert len(fast) == len(slow) == 9
+    for f, s in zip(fast, slow, strict=True):
+        if s is None:
+            assert f is None
+            continue
+        assert type(f) is _buffers.Buffer
+        assert f.obj is s.obj
+        assert tuple(f)[1:] == tuple(s)[1:]
+
+
+def _neg_view() -> Slots:
+    slots = _slots()
+    slots[1][1][0] = torch._neg_view(torch.randn(5, 7))  # type: ignore[index]
+    return slots
+
+
+def _replace(slot: int, make: Callable[[], Any]) -> Callable[[], Slots]:
+    def build() -> Slots:
+        slots = _slots()
+        slots[slot][1][0] = make()  # type: ignore[index]
+        return slots
+
+    return build
+
+
+class _Sub(torch.Tensor):
+    pass
+
+
+def _aliased() -> Slots:
+    slots = _slots()
+    slots[2][1][2] = slots[0][1][2]  # type: ignore[index]  # a buffer that is its own param
+    return slots
+
+
+def _strided_grad() -> Slots:
+    # Contiguous, same shape, other strides (a size-1 dim): the Python path copies it.
+    slots = _slots(shape=(5, 1))
+    slots[1][1][0] = torch.randn(5, 3)[:, :1].clone().as_strided((5, 1), (1, 7))  # type: ignore[index]
+    return slots
+
+
+FALLBACKS: dict[str, Callable[[], Slots]] = {
+    "non-contiguous param": _replace(0, lambda: torch.randn(7, 5).t()),
+    "negative view": _neg_view,
+    "written non-leaf": _replace(2, lambda: torch.randn(5, 7, requires_grad=True) * 2),
+    "subclass": _replace(1, lambda: torch.randn(5, 7).as_subclass(_Sub)),
+    "numpy": _replace(1, lambda: np.zeros((5, 7), np.float32)),
+    "int dtype": _replace(1, lambda: torch.zeros(5, 7, dtype=torch.int32)),
+    "complex dtype": _replace(1, lambda: torch.zeros(5, 7, dtype=torch.complex64)),
+    "other dtype": _replace(1, lambda: torch.randn(5, 7, dtype=torch.float64)),
+    "other shape": _replace(1, lambda: torch.randn(7, 5)),
+    "sparse": _replace(1, lambda: torch.randn(5, 7).to_sparse()),
+    "meta": _replace(1, lambda: torch.empty(5, 7, device="meta")),
+    "not a tensor": _replace(1, lambda: "grad"),
+    "missing param": _replace(0, lambda: None),
+    "aliased": _aliased,
+    "other strides": _strided_grad,
+}
+
+
+@pytest.mark.parametrize("case", sorted(FALLBACKS))
+def test_anything_unusual_goes_down_the_python_path(case: str) -> None:
+    slots = FALLBACKS[case]()
+    objects = [x for _, values in slots for x in values if x is not None]
+    before = [sys.getrefcount(x) for x in objects]
+    assert _native(slots) is None
+    # Nothing taken and not given back (the Buffers built before the refusal are freed).
+    assert [sys.getrefcount(x) for x in objects] == before
+
+
+def test_lists_of_other_lengths_go_down_the_python_path() -> None:
+    slots = _slots()
+    slots[1] = ("grads", slots[1][1][:2])
+    assert _native(slots) is None
+
+
+def test_buffers_hold_their_tensors_and_release_them() -> None:
+    slots = _slots()
+    t = slots[0][1][0]
+    before = sys.getrefcount(t)
+    out = _native(slots)
+    assert out is not None
+    assert sys.getrefcount(t) == before + 1
+    del out
+    assert sys.getrefcount(t) == before
