@@ -131,6 +131,28 @@ def test_mixed_dtypes_and_steps_in_one_call() -> None:
     assert [s.item() for s in steps] == [1.0, 5.0, 10.0]
 
 
+def test_step_counters_of_mixed_shapes_and_dtypes_each_advance_once() -> None:
+    # One _foreach_add_ for all counters; the read-back falls back to one read per counter when
+    # they cannot be stacked (a 0-dim and a 1-element counter), and promotes mixed dtypes.
+    params = [torch.randn(5) for _ in range(3)]
+    grads = [torch.randn_like(p) for p in params]
+    for steps in (
+        [torch.tensor(0.0), torch.tensor([4.0]), torch.tensor(9.0)],
+        [torch.tensor(0.0), torch.tensor(4.0, dtype=torch.float64), torch.tensor(9.0)],
+    ):
+        m = [torch.rand_like(p) for p in params]
+        v = [torch.rand_like(p) for p in params]
+        singles = [[t.clone() for t in ts] for ts in (params, m, v, steps)]
+        F.adam_(params, grads, m, v, state_steps=steps, lr=0.01)
+        for i in range(3):
+            p1, m1, v1, s1 = ([ts[i]] for ts in singles)
+            F.adam_(p1, [grads[i]], m1, v1, state_steps=s1, lr=0.01)
+            assert torch.equal(p1[0], params[i])
+            assert torch.equal(s1[0], steps[i])
+        assert [s.item() for s in steps] == [1.0, 5.0, 10.0]
+        assert [s.dtype for s in steps] == [s.dtype for s in singles[3]]
+
+
 def _bad(kind: str) -> tuple[dict[str, Any], str, type[Exception]]:
     """adam_ arguments with exactly one thing wrong, the text the error must contain, its type."""
     p = [torch.randn(6), torch.randn(2, 3)]

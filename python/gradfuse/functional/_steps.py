@@ -74,20 +74,22 @@ def increment(counters: MutableSequence[Any] | Sequence[Any], i: int) -> float:
 def increment_all(counters: MutableSequence[Any] | Sequence[Any]) -> list[float]:
     """:func:`increment` for every entry; returns the new values.
 
-    When every counter is a torch tensor of one device, dtype and shape (the optimizers' case),
-    this is one ``_foreach_add_`` and one host read for the whole list (a single device sync
-    for capturable CUDA steps) instead of a tensor op and a read per parameter.
+    When every counter is a torch tensor (the optimizers' case), this is one ``_foreach_add_``
+    and, when they also share a device and shape, one host read for the whole list (a single
+    device sync for capturable CUDA steps) instead of a tensor op and a read per parameter.
     """
     if counters and (
         _plain_tensors(counters) or all(_buffers._is_torch_tensor(c) for c in counters)
     ):
-        first = counters[0]
-        device, dtype, shape = first.device, first.dtype, first.shape
-        if all(c.dtype == dtype and c.shape == shape and c.device == device for c in counters):
-            import torch
+        import torch
 
-            torch._foreach_add_(list(counters), 1)
-            return [float(v) for v in torch.stack(list(counters)).reshape(-1).tolist()]
+        tensors = list(counters)
+        torch._foreach_add_(tensors, 1)
+        try:
+            # Mixed float dtypes promote to the widest, which holds every count exactly.
+            return [float(v) for v in torch.stack(tensors).reshape(-1).tolist()]
+        except RuntimeError:  # several devices or shapes: read them one by one
+            return [value(c) for c in tensors]
     return [increment(counters, i) for i in range(len(counters))]
 
 

@@ -452,6 +452,19 @@ def real_views(tensors: list[Tensor]) -> list[Tensor]:
     return [real_view(t) for t in tensors]
 
 
+def real_views_of(params: list[Tensor]) -> Callable[[list[Tensor]], list[Tensor]]:
+    """:func:`real_views` when some param is complex (its grads and state are complex with
+    it), otherwise the lists as they are: one ``is_complex()`` per param rather than one per
+    tensor of every list (an Adam step over a model passes ~600 tensors)."""
+    if any(p.is_complex() for p in params):
+        return real_views
+    return _same_list
+
+
+def _same_list(tensors: list[Tensor]) -> list[Tensor]:
+    return tensors
+
+
 def check_adam_hparams(
     lr: float | Tensor, eps: float, betas: tuple[Any, Any], weight_decay: float
 ) -> None:
@@ -507,6 +520,9 @@ class FusedStepMixin:
         grads: list[Tensor] = []
         slots: dict[str, list[Tensor]] = {key: [] for key in keys}
         state_of = self.state  # type: ignore[attr-defined]
+        low_precision = (
+            self.master_weights or self.kahan or self.state_dtype is not None  # type: ignore[attr-defined]
+        )
         for p in group["params"]:
             if p.grad is None:
                 continue
@@ -517,7 +533,8 @@ class FusedStepMixin:
             state = state_of[p]
             if len(state) == 0:
                 init(p, state)
-            self._low_precision_state(p, state)  # type: ignore[attr-defined]
+            if low_precision:
+                self._low_precision_state(p, state)  # type: ignore[attr-defined]
             for key, slot in slots.items():
                 slot.append(state[key])
             if check is not None:

@@ -17,7 +17,7 @@ from gradfuse.optim._base import (
     check_adam_hparams,
     check_capturable,
     check_fused_foreach,
-    real_views,
+    real_views_of,
     refuse_differentiable,
     scalar_state,
     upgrade_scalar_state,
@@ -159,12 +159,13 @@ class Adam(FusedStepMixin, LowPrecisionMixin, MaxGradNormMixin, Optimizer):
         )
         check_capturable(group["capturable"], params, state["step"], what="params and state_steps")
         beta1, beta2 = group["betas"]
+        view = real_views_of(params)
         adam_(
-            real_views(params),
-            real_views(grads),
-            real_views(state["exp_avg"]),
-            real_views(state["exp_avg_sq"]),
-            real_views(state["max_exp_avg_sq"]) if amsgrad else None,
+            view(params),
+            view(grads),
+            view(state["exp_avg"]),
+            view(state["exp_avg_sq"]),
+            view(state["max_exp_avg_sq"]) if amsgrad else None,
             state_steps=state["step"],
             lr=group["lr"],
             beta1=beta1,

@@ -16,7 +16,7 @@ from gradfuse.optim._base import (
     capturable_step,
     check_adam_hparams,
     check_capturable,
-    real_views,
+    real_views_of,
     refuse_differentiable,
     scalar_state,
     upgrade_scalar_state,
@@ -110,11 +110,12 @@ class NAdam(FusedStepMixin, LowPrecisionMixin, MaxGradNormMixin, Optimizer):
             what="params, mu_products and state_steps",
         )
         beta1, beta2 = group["betas"]
+        view = real_views_of(params)
         nadam_(
-            real_views(params),
-            real_views(grads),
-            real_views(state["exp_avg"]),
-            real_views(state["exp_avg_sq"]),
+            view(params),
+            view(grads),
+            view(state["exp_avg"]),
+            view(state["exp_avg_sq"]),
             state["mu_product"],
             state_steps=state["step"],
             lr=group["lr"],

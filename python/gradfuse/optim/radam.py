@@ -16,7 +16,7 @@ from gradfuse.optim._base import (
     capturable_step,
     check_adam_hparams,
     check_capturable,
-    real_views,
+    real_views_of,
     refuse_differentiable,
     scalar_state,
     upgrade_scalar_state,
@@ -98,11 +98,12 @@ class RAdam(FusedStepMixin, LowPrecisionMixin, MaxGradNormMixin, Optimizer):
         )
         check_capturable(group["capturable"], params, state["step"], what="params and state_steps")
         beta1, beta2 = group["betas"]
+        view = real_views_of(params)
         radam_(
-            real_views(params),
-            real_views(grads),
-            real_views(state["exp_avg"]),
-            real_views(state["exp_avg_sq"]),
+            view(params),
+            view(grads),
+            view(state["exp_avg"]),
+            view(state["exp_avg_sq"]),
             state_steps=state["step"],
             lr=group["lr"],
             beta1=beta1,
