@@ -25,8 +25,8 @@ from gradfuse.bench._case import (
 )
 from gradfuse.bench._progress import Progress
 from gradfuse.bench._timing import (
+    Stream,
     cache_bytes,
-    ceiling,
     inner_count,
     peak_extra_memory,
     quiesce,
@@ -194,7 +194,11 @@ def measure(
     ceiling_gbps: float,
     seed: int,
     bar: Progress,
+    stream: Stream | None = None,
 ) -> None:
+    """Time every provider of ``item``, interleaved. With ``stream``, the ceiling stream is
+    timed once per round too, and the case's % of ceiling is against those samples (the
+    machine's bandwidth at the time of this case); without, against ``ceiling_gbps``."""
     case, size = item.case, item.size
     itemsize = torch_dtype(item.dtype).itemsize
     min_bytes = case.min_bytes(size, itemsize)
@@ -251,6 +255,7 @@ def measure(
     order = list(runners)
     pos = dict.fromkeys(order, warmup)
     bar.set(f"{label}: timing {len(order)} providers interleaved")
+    stream_samples: list[float] = []
     for r in range(repeat if order else 0):  # no runner: every provider was unavailable
         # Interleave, rotating who goes first, so drift (other load, thermals) hits all alike.
         for prov in order[r % len(order) :] + order[: r % len(order)]:
@@ -258,7 +263,14 @@ def measure(
             samples[prov].append(_time_sample(runners[prov], pos[prov], inner[prov], item.device))
             pos[prov] += inner[prov]
             bar.update()
+        if stream is not None:
+            stream_samples.append(stream.sample())
     bar.update((len(item.providers) - len(order)) * repeat)
+    if stream_samples:
+        assert stream is not None
+        ceiling_gbps = stream.gbps(stream_samples)
+    res["ceiling_gbps"] = ceiling_gbps
+    res["ceiling_samples_s"] = stream_samples
     for prov in order:
         st = _stats(samples[prov], min_bytes, ceiling_gbps)
         st["calls_per_sample"] = inner[prov]
@@ -320,11 +332,14 @@ def run(args: argparse.Namespace) -> int:
     machine_info = _machine.machine(devices)  # before the run: its load average is the others'
     started = datetime.datetime.now(datetime.timezone.utc)
     ceilings: dict[str, dict[str, Any]] = {}
+    streams: dict[str, Stream] = {}
     total = len(devices) + sum(len(i.providers) * (repeat + 1) for i in items)
     with Progress(total, "gradfuse bench") as bar:
         for device in devices:
             bar.set(f"measuring the {device} bandwidth ceiling")
-            ceilings[device] = ceiling(device, llc, args.quick, repeat)
+            streams[device] = Stream(device, llc, args.quick)
+            first = [streams[device].sample() for _ in range(max(repeat, 5))]
+            ceilings[device] = streams[device].summary(first)
             bar.update()
         for item in items:
             measure(
@@ -335,7 +350,10 @@ def run(args: argparse.Namespace) -> int:
                 ceilings[item.device]["gbps"],
                 args.seed,
                 bar,
+                # --warm-cache keeps the inputs cached between samples: no stream in between.
+                None if args.warm_cache else streams[item.device],
             )
+        streams.clear()
     finished = datetime.datetime.now(datetime.timezone.utc)
     report: dict[str, Any] = {
         "schema": SCHEMA,

@@ -93,38 +93,56 @@ def cache_bytes(device: str, llc_bytes: int) -> int:
     return llc_bytes
 
 
-def ceiling(device: str, llc_bytes: int, quick: bool, repeat: int) -> dict[str, Any]:
+class Stream:
     """The machine's in-place stream bandwidth: ``a.mul_(s)`` (one read and one write of 4-byte
     floats, 8 B/element) over a buffer 16x the last-level cache (at least 256 MiB; 4x and
-    128 MiB in ``--quick``), s alternating between 1.0001 and 1/1.0001 so the values stay put. Uses torch's
-    thread pool, set to the same thread count as gradfuse's."""
-    import torch
+    128 MiB in ``--quick``), s alternating between 1.0001 and 1/1.0001 so the values stay put.
+    Uses torch's thread pool, set to the same thread count as gradfuse's.
 
-    cache = cache_bytes(device, llc_bytes)
-    factor = 4 if quick else 16
-    nbytes = max(factor * cache, (128 if quick else 256) << 20)
-    n = nbytes // 4
-    a = torch.rand(n, device=device).add_(0.5)  # never zeros: values in [0.5, 1.5)
-    scales = (1.0001, 1.0 / 1.0001)
-    moved = 2 * 4 * n
+    The bandwidth of a shared machine drifts (on the 2-core reference VM it moved between about
+    40 and 80 GB/s within minutes), so the bench times this stream in every round of every
+    case, beside the providers' samples, and takes each case's % of ceiling against it."""
 
-    def stream(k: int) -> None:
-        a.mul_(scales[k % 2])
+    KERNEL = "in-place a.mul_(s), torch, float32"
 
-    for k in range(2):
-        stream(k)
-    samples = [time_sample(stream, k, 1, device) for k in range(max(repeat, 5))]
-    med = statistics.median(samples)
-    return {
-        "device": device,
-        "kernel": "in-place a.mul_(s), torch, float32",
-        "bytes_per_element": 8,
-        "buffer_bytes": int(4 * n),
-        "cache_bytes": int(cache),
-        "bytes_moved": int(moved),
-        "samples_s": samples,
-        "median_s": med,
-        "gbps": moved / med / 1e9,
-        "best_gbps": moved / min(samples) / 1e9,
-        "threads": torch.get_num_threads(),
-    }
+    def __init__(self, device: str, llc_bytes: int, quick: bool) -> None:
+        import torch
+
+        self.device = device
+        self.cache = cache_bytes(device, llc_bytes)
+        factor = 4 if quick else 16
+        nbytes = max(factor * self.cache, (128 if quick else 256) << 20)
+        self.n = nbytes // 4
+        self.buffer = torch.rand(self.n, device=device).add_(0.5)  # values in [0.5, 1.5)
+        self.bytes_moved = 2 * 4 * self.n
+        self._calls = 0
+
+    def _stream(self, k: int) -> None:
+        self.buffer.mul_(1.0001 if (self._calls + k) % 2 == 0 else 1.0 / 1.0001)
+
+    def sample(self) -> float:
+        """Seconds for one pass, timed right after an untimed one (its threads awake)."""
+        self._stream(0)
+        seconds = time_sample(self._stream, 1, 1, self.device)
+        self._calls += 2
+        return seconds
+
+    def gbps(self, samples: list[float]) -> float:
+        return self.bytes_moved / statistics.median(samples) / 1e9
+
+    def summary(self, samples: list[float]) -> dict[str, Any]:
+        import torch
+
+        return {
+            "device": self.device,
+            "kernel": self.KERNEL,
+            "bytes_per_element": 8,
+            "buffer_bytes": int(4 * self.n),
+            "cache_bytes": int(self.cache),
+            "bytes_moved": int(self.bytes_moved),
+            "samples_s": samples,
+            "median_s": statistics.median(samples),
+            "gbps": self.gbps(samples),
+            "best_gbps": self.bytes_moved / min(samples) / 1e9,
+            "threads": torch.get_num_threads(),
+        }
