@@ -90,7 +90,8 @@ std::int64_t as_int(PyObject* v) {  // steals v; -1 on failure (error cleared)
 }
 
 // A Buffer for a plain tensor (the conditions of _buffers._fast_torch_buffer), or nullptr.
-// `dtype_out` receives the tensor's dtype object (borrowed from the dtypes table). Eight reads
+// `dtype_out` receives the dtypes table's entry for the tensor's dtype (borrowed: the table,
+// which lives as long as the interpreter, holds it; equal entries mean equal dtypes). Eight reads
 // per tensor, each one a trip through torch's bindings: is_sparse is not read because a sparse
 // tensor is never is_contiguous() (COO answers False, CSR raises), and "requires_grad and
 // grad_fn is not None" is `not is_leaf`.
@@ -103,12 +104,12 @@ PyObject* plain_buffer(PyObject* t, bool writable, PyObject** dtype_out, std::in
     return nullptr;
   }
   PyObject* info = PyDict_GetItemWithError(T.dtypes, dtype);  // borrowed
-  Py_DECREF(dtype);  // the table keeps the dtype object alive
+  Py_DECREF(dtype);
   if (!info) {
     PyErr_Clear();
     return nullptr;
   }
-  *dtype_out = dtype;
+  *dtype_out = info;
   if (!call_is(t, T.is_contiguous, Py_True) || !call_is(t, T.is_neg, Py_False)) return nullptr;
   std::int64_t device = -1;
   const int cpu = attr_true(t, T.is_cpu);
@@ -167,7 +168,7 @@ PyObject* plain_buffer(PyObject* t, bool writable, PyObject** dtype_out, std::in
 }
 
 struct Entry {
-  PyObject* dtype = nullptr;  // borrowed (the dtypes table holds it)
+  PyObject* dtype = nullptr;  // the dtypes table's entry (borrowed), null for a None entry
   std::int64_t device = -1;
   std::uintptr_t start = 0, end = 0;
 };
