@@ -7,6 +7,7 @@ buffers; anything else must send the call down the Python path (which words the 
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -79,6 +80,13 @@ class _Sub(torch.Tensor):
     pass
 
 
+def _nested() -> Any:
+    # Contiguous, on the CPU, with a data pointer, but its .shape raises.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The PyTorch API of nested tensors", UserWarning)
+        return torch.nested.nested_tensor([torch.ones(2), torch.ones(3)])
+
+
 def _aliased() -> Slots:
     slots = _slots()
     slots[2][1][2] = slots[0][1][2]  # type: ignore[index]  # a buffer that is its own param
@@ -104,6 +112,7 @@ FALLBACKS: dict[str, Callable[[], Slots]] = {
     "other shape": _replace(1, lambda: torch.randn(7, 5)),
     "sparse": _replace(1, lambda: torch.randn(5, 7).to_sparse()),
     "meta": _replace(1, lambda: torch.empty(5, 7, device="meta")),
+    "nested": _replace(1, _nested),
     "not a tensor": _replace(1, lambda: "grad"),
     "missing param": _replace(0, lambda: None),
     "aliased": _aliased,

@@ -132,15 +132,17 @@ PyObject* plain_buffer(PyObject* t, bool writable, PyObject** dtype_out, std::in
     Py_DECREF(ptr);
     return nullptr;
   }
-  PyObject* shape = PyObject_GetAttr(t, T.shape);
-  PyObject* stride = call0(t, T.stride);
+  PyObject* shape = PyObject_GetAttr(t, T.shape);  // raises for, e.g., a nested tensor
   const long long count = shape ? product(shape) : -1;
-  PyObject* numel = count >= 0 ? PyLong_FromLongLong(count) : nullptr;
-  PyObject* dev = PyLong_FromLongLong(device);
-  // Buffer(obj, ptr, numel, itemsize, dtype, device, shape, strides, is_torch, sharding),
-  // allocated as the tuple subclass directly (what tuple.__new__(Buffer, fields) does).
-  PyObject* buffer = shape && stride && numel && dev ? T.buffer->tp_alloc(T.buffer, 10) : nullptr;
-  if (!buffer) {
+  PyErr_Clear();  // never call into the C API with an error set
+  PyObject* stride = count >= 0 ? call0(t, T.stride) : nullptr;
+  PyObject* numel = stride ? PyLong_FromLongLong(count) : nullptr;
+  PyObject* dev = numel ? PyLong_FromLongLong(device) : nullptr;
+  // Buffer(obj, ptr, numel, itemsize, dtype, device, shape, strides, is_torch, sharding), built
+  // as tuple.__new__(Buffer, fields) builds it (skipping NamedTuple's Python-level __new__):
+  // tuple's own constructor keeps whatever a tuple subclass instance needs (its cached hash).
+  PyObject* fields = dev ? PyTuple_New(10) : nullptr;
+  if (!fields) {
     PyErr_Clear();
     Py_DECREF(ptr);
     Py_XDECREF(shape);
@@ -154,16 +156,21 @@ PyObject* plain_buffer(PyObject* t, bool writable, PyObject** dtype_out, std::in
   Py_INCREF(name);
   Py_INCREF(Py_True);
   Py_INCREF(Py_None);
-  PyTuple_SET_ITEM(buffer, 0, t);
-  PyTuple_SET_ITEM(buffer, 1, ptr);
-  PyTuple_SET_ITEM(buffer, 2, numel);
-  PyTuple_SET_ITEM(buffer, 3, itemsize);
-  PyTuple_SET_ITEM(buffer, 4, name);
-  PyTuple_SET_ITEM(buffer, 5, dev);
-  PyTuple_SET_ITEM(buffer, 6, shape);
-  PyTuple_SET_ITEM(buffer, 7, stride);
-  PyTuple_SET_ITEM(buffer, 8, Py_True);
-  PyTuple_SET_ITEM(buffer, 9, Py_None);
+  PyTuple_SET_ITEM(fields, 0, t);
+  PyTuple_SET_ITEM(fields, 1, ptr);
+  PyTuple_SET_ITEM(fields, 2, numel);
+  PyTuple_SET_ITEM(fields, 3, itemsize);
+  PyTuple_SET_ITEM(fields, 4, name);
+  PyTuple_SET_ITEM(fields, 5, dev);
+  PyTuple_SET_ITEM(fields, 6, shape);
+  PyTuple_SET_ITEM(fields, 7, stride);
+  PyTuple_SET_ITEM(fields, 8, Py_True);
+  PyTuple_SET_ITEM(fields, 9, Py_None);
+  PyObject* args = PyTuple_Pack(1, fields);
+  Py_DECREF(fields);
+  PyObject* buffer = args ? PyTuple_Type.tp_new(T.buffer, args, nullptr) : nullptr;
+  Py_XDECREF(args);
+  if (!buffer) PyErr_Clear();
   return buffer;
 }
 
@@ -197,17 +204,21 @@ py::object prepare_plain(const py::list& slots, const std::vector<bool>& written
     PyList_SET_ITEM(out.ptr(), k, Py_None);
   }
   std::vector<Entry> entries(static_cast<std::size_t>(n) * depth);
-  for (std::size_t d = 0; d < depth; ++d) {
-    PyObject** items = PySequence_Fast_ITEMS(seqs[d]);
-    for (Py_ssize_t i = 0; i < n; ++i) {
+  // Index-major: the param, then its grad and state, so a call that will not qualify (float32
+  // state for bfloat16 params, say) is found out at its first tensor, not after whole lists.
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    for (std::size_t d = 0; d < depth; ++d) {
       const std::size_t k = d * static_cast<std::size_t>(n) + static_cast<std::size_t>(i);
-      PyObject* x = items[i];
-      if (x == Py_None) {
+      // A strong reference: reading a tensor can run Python code (a TorchFunctionMode, a
+      // finalizer) that could change the caller's list.
+      if (PySequence_Fast_GET_SIZE(seqs[d]) != n) return py::none();
+      py::object x = py::reinterpret_borrow<py::object>(PySequence_Fast_ITEMS(seqs[d])[i]);
+      if (x.is_none()) {
         if (d == 0) return py::none();  // a missing param: the Python path's business
         continue;                       // out[k] stays None (a state buffer not created yet)
       }
       Entry& e = entries[k];
-      PyObject* b = plain_buffer(x, written[d], &e.dtype, &e.device);
+      PyObject* b = plain_buffer(x.ptr(), written[d], &e.dtype, &e.device);
       if (!b) return py::none();
       PyList_SET_ITEM(out.ptr(), static_cast<Py_ssize_t>(k), b);  // steals b, replaces None
       Py_DECREF(Py_None);                                         // the None it replaces

@@ -117,9 +117,15 @@ class Pool {
   // a syscall per worker only then); the caller's own affinity is never touched.
   void keep_workers_off(int caller_cpu) {
     if (caller_cpu < 0 || caller_cpu == workers_off_cpu_ || !pin_workers_) return;
-    cpu_set_t mask = allowed_;
+    // The CPUs still allowed: the set seen at start, narrowed by whatever the caller's own
+    // affinity is now (taskset -a or numactl applied later narrow every thread alike).
+    cpu_set_t now, mask;
+    CPU_ZERO(&now);
+    if (sched_getaffinity(0, sizeof(now), &now) != 0) return;
+    CPU_AND(&mask, &allowed_, &now);
     if (!CPU_ISSET(caller_cpu, &mask)) return;  // the caller runs outside the set seen at start
     CPU_CLR(caller_cpu, &mask);
+    if (CPU_COUNT(&mask) < static_cast<int>(worker_tids_.size())) return;  // no CPU per worker
     for (std::size_t w = 0; w < worker_tids_.size(); ++w) {
       pid_t tid;
       while ((tid = worker_tids_[w].load(std::memory_order_acquire)) == 0) cpu_relax();

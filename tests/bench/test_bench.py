@@ -81,7 +81,7 @@ def test_quick_run_succeeds_and_prints_a_table(quick_run: tuple[int, dict, Path,
 
 def test_json_schema(quick_run: tuple[int, dict, Path, str]) -> None:
     _, rep, _, _ = quick_run
-    assert rep["schema"] == "gradfuse-bench/1"
+    assert rep["schema"] == "gradfuse-bench/2"
     assert rep["command"].startswith("gradfuse bench --ops sgd,sgd_momentum_wd")
     for key in ("cpu_model", "cpu_count", "memory_bytes", "llc_bytes", "gpus"):
         assert key in rep["machine"]
@@ -122,6 +122,23 @@ def test_json_schema(quick_run: tuple[int, dict, Path, str]) -> None:
                 )
         assert set(r["speedup"]) == set(r["providers"]) - {"gradfuse"}
         assert {"torch-forloop", "torch-foreach"} <= set(r["providers"])
+
+
+def test_warm_cache_runs_keep_the_starting_ceiling(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A stream between samples would evict the inputs --warm-cache keeps cached: no per-case
+    # ceiling there, and the pages say what the percentages are against.
+    js, md = tmp_path / "w.json", tmp_path / "w.md"
+    args = ["bench", "--ops", "sgd", "--sizes", "4097", "--device", "cpu", "--quick"]
+    args += ["--providers", "gradfuse", "--repeat", "2", "--warm-cache"]
+    assert main([*args, "--json", str(js), "--markdown", str(md)]) == 0
+    rep = json.loads(js.read_text())
+    (r,) = rep["results"]
+    assert r["ceiling_samples_s"] == []
+    assert r["ceiling_gbps"] == rep["ceiling"]["cpu"]["gbps"]
+    assert "every % ceiling is against this figure" in md.read_text()
+    assert "timed in the same rounds" not in capsys.readouterr().out
 
 
 def test_plot_is_a_png(quick_run: tuple[int, dict, Path, str]) -> None:

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from gradfuse import functional as F
+from gradfuse.functional import _steps
 from optim_testing import assert_unchanged, snapshot
 
 # name -> (function, names of its state lists, extra keyword arguments)
@@ -133,12 +134,14 @@ def test_mixed_dtypes_and_steps_in_one_call() -> None:
 
 def test_step_counters_of_mixed_shapes_and_dtypes_each_advance_once() -> None:
     # One _foreach_add_ for all counters; the read-back falls back to one read per counter when
-    # they cannot be stacked (a 0-dim and a 1-element counter), and promotes mixed dtypes.
+    # they cannot be stacked (a 0-dim and a 1-element counter) or should not be: stacking an
+    # int64 count past 2**24 with a float32 one would round it.
     params = [torch.randn(5) for _ in range(3)]
     grads = [torch.randn_like(p) for p in params]
     for steps in (
         [torch.tensor(0.0), torch.tensor([4.0]), torch.tensor(9.0)],
         [torch.tensor(0.0), torch.tensor(4.0, dtype=torch.float64), torch.tensor(9.0)],
+        [torch.tensor(0.0), torch.tensor(4), torch.tensor(9.0)],
     ):
         m = [torch.rand_like(p) for p in params]
         v = [torch.rand_like(p) for p in params]
@@ -151,6 +154,12 @@ def test_step_counters_of_mixed_shapes_and_dtypes_each_advance_once() -> None:
             assert torch.equal(s1[0], steps[i])
         assert [s.item() for s in steps] == [1.0, 5.0, 10.0]
         assert [s.dtype for s in steps] == [s.dtype for s in singles[3]]
+
+
+def test_int64_step_counts_past_float32_precision_are_read_exactly() -> None:
+    big = float(1 << 24)
+    steps = [torch.tensor(1 << 24), torch.tensor(0.0)]  # int64 and float32
+    assert _steps.increment_all(steps) == [big + 1, 1.0]
 
 
 def _bad(kind: str) -> tuple[dict[str, Any], str, type[Exception]]:

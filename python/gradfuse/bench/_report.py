@@ -44,6 +44,12 @@ def print_list(cases: list[Case], quick: bool) -> None:
         print(f"{c.name:<{width}}  {c.kind:<9}  {per:>10}  {sizes}{state}")
 
 
+def _per_case(rows: list[dict[str, Any]]) -> bool:
+    """Whether these cases timed the ceiling stream in their own rounds (not in --warm-cache
+    runs, nor in reports written before schema /2)."""
+    return any(r.get("ceiling_samples_s") for r in rows)
+
+
 def _ceiling_range(rows: list[dict[str, Any]], start: dict[str, Any]) -> str:
     """The ceilings the cases of ``rows`` were measured against (each case times the stream in
     its own rounds), or the run's starting figure for cases that did not (--warm-cache)."""
@@ -67,10 +73,11 @@ def print_table(report: dict[str, Any]) -> None:
     )
     for (device, dtype, family), rows in groups.items():
         c = report["ceiling"][device]
+        how = "; %ceil against the stream timed in the same rounds as each case"
         print(
             f"\n{family} on {device}, {dtype}: ceiling {_ceiling_range(rows, c)} "
-            f"({c['kernel']}, {c['bytes_per_element']} B/elem over {_bytes(c['buffer_bytes'])}; "
-            f"%ceil against the stream timed in the same rounds as each case)"
+            f"({c['kernel']}, {c['bytes_per_element']} B/elem over {_bytes(c['buffer_bytes'])}"
+            f"{how if _per_case(rows) else ''})"
         )
         print(head)
         print("-" * len(head))
@@ -220,11 +227,16 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for device, c in report["ceiling"].items():
         rows = [r for r in report["results"] if r["device"] == device]
+        per_case = (
+            "; timed again in every round of every case, each case's % ceiling is against its "
+            f"own rounds ({_ceiling_range(rows, c)} over this run)"
+            if _per_case(rows)
+            else "; every % ceiling is against this figure"
+        )
         lines.append(
             f"- ceiling ({device}): {c['gbps']:.1f} GB/s median at the start (best "
             f"{c['best_gbps']:.1f}), {c['kernel']}, {c['bytes_per_element']} B/element over "
-            f"{_bytes(c['buffer_bytes'])}; timed again in every round of every case, each case's "
-            f"% ceiling is against its own rounds ({_ceiling_range(rows, c)} over this run)"
+            f"{_bytes(c['buffer_bytes'])}{per_case}"
         )
     lines += [
         "",

@@ -35,7 +35,9 @@ from gradfuse.bench._timing import (
 from gradfuse.bench._timing import time_sample as _time_sample
 
 DTYPES = ("float32", "float64", "float16", "bfloat16")
-SCHEMA = "gradfuse-bench/1"
+# /2: each case carries its own ceiling (ceiling_gbps, ceiling_samples_s) and its pct_ceiling
+# is against it; /1 took every pct_ceiling against the one ceiling measured at the start.
+SCHEMA = "gradfuse-bench/2"
 MAX_COPIES = 32
 
 
@@ -264,6 +266,7 @@ def measure(
             pos[prov] += inner[prov]
             bar.update()
         if stream is not None:
+            quiesce(item.device)  # as before every provider's sample
             stream_samples.append(stream.sample())
     bar.update((len(item.providers) - len(order)) * repeat)
     if stream_samples:
@@ -341,6 +344,8 @@ def run(args: argparse.Namespace) -> int:
             first = [streams[device].sample() for _ in range(max(repeat, 5))]
             ceilings[device] = streams[device].summary(first)
             bar.update()
+        if args.warm_cache:
+            streams.clear()  # not timed again: free its buffer (16x the last-level cache)
         for item in items:
             measure(
                 item,
@@ -351,7 +356,7 @@ def run(args: argparse.Namespace) -> int:
                 args.seed,
                 bar,
                 # --warm-cache keeps the inputs cached between samples: no stream in between.
-                None if args.warm_cache else streams[item.device],
+                streams.get(item.device),
             )
         streams.clear()
     finished = datetime.datetime.now(datetime.timezone.utc)

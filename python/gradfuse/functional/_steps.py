@@ -75,8 +75,9 @@ def increment_all(counters: MutableSequence[Any] | Sequence[Any]) -> list[float]
     """:func:`increment` for every entry; returns the new values.
 
     When every counter is a torch tensor (the optimizers' case), this is one ``_foreach_add_``
-    and, when they also share a device and shape, one host read for the whole list (a single
-    device sync for capturable CUDA steps) instead of a tensor op and a read per parameter.
+    and, when they also share a dtype, device and shape, one host read for the whole list (a
+    single device sync for capturable CUDA steps) instead of a tensor op and a read per
+    parameter.
     """
     if counters and (
         _plain_tensors(counters) or all(_buffers._is_torch_tensor(c) for c in counters)
@@ -85,11 +86,13 @@ def increment_all(counters: MutableSequence[Any] | Sequence[Any]) -> list[float]
 
         tensors = list(counters)
         torch._foreach_add_(tensors, 1)
-        try:
-            # Mixed float dtypes promote to the widest, which holds every count exactly.
-            return [float(v) for v in torch.stack(tensors).reshape(-1).tolist()]
-        except RuntimeError:  # several devices or shapes: read them one by one
-            return [value(c) for c in tensors]
+        dtype = tensors[0].dtype
+        if all(c.dtype == dtype for c in tensors):  # stacking mixed dtypes could round counts
+            try:
+                return [float(v) for v in torch.stack(tensors).reshape(-1).tolist()]
+            except RuntimeError:  # several devices or shapes
+                pass
+        return [value(c) for c in tensors]
     return [increment(counters, i) for i in range(len(counters))]
 
 
