@@ -17,7 +17,7 @@ from typing import Any
 
 from gradfuse import _buffers, _native
 from gradfuse._compile import traceable
-from gradfuse.functional import _capturable
+from gradfuse.functional import _capturable, _steps
 from gradfuse.functional._multi_tensor import GradScaling, LowPrecision, group
 from gradfuse.functional._optim import to_float
 
@@ -56,17 +56,13 @@ def advance_steps(op: str, state_steps: MutableSequence[Any], n: int, skipped: b
         raise ValueError(
             f"{op}: expected one entry of state_steps per param, got {len(state_steps)} for {n}"
         )
-    tensors = [s for s in state_steps if _buffers._is_torch_tensor(s)]
-    if tensors and len(tensors) != n:
+    if n and _steps.all_tensors(state_steps):
+        # The optimizers' case: one _foreach_add_ and one read for the whole list.
+        if skipped:
+            return [_steps.value(s) for s in state_steps]
+        return _steps.increment_all(state_steps)
+    if any(_buffers._is_torch_tensor(s) for s in state_steps):
         raise TypeError(f"{op}: state_steps must be all tensors or all numbers")
-    if tensors:
-        import torch
-
-        if not skipped:
-            torch._foreach_add_(tensors, 1)
-        if n == 0:
-            return []
-        return [float(v) for v in torch.stack([t.detach().cpu() for t in tensors]).tolist()]
     values = []
     for i, s in enumerate(state_steps):
         v = float(s) + (0.0 if skipped else 1.0)
@@ -85,11 +81,16 @@ def advance_steps_on_device(
         raise ValueError(
             f"{op}: expected one entry of state_steps per param, got {len(state_steps)} for {n}"
         )
-    tensors = [s for s in state_steps if _buffers._is_torch_tensor(s)]
-    if len(tensors) != n or found_inf is None or not _buffers._is_torch_tensor(found_inf):
+    if (
+        not _steps.all_tensors(state_steps)
+        or found_inf is None
+        or not _buffers._is_torch_tensor(found_inf)
+    ):
         advance_steps(op, state_steps, n, _is_skipped(found_inf))
         return
     import torch
+
+    tensors = list(state_steps)
 
     torch._foreach_add_(tensors, 1)
     by_device: dict[Any, list[Any]] = {}

@@ -44,6 +44,11 @@ def _plain_tensors(counters: Sequence[Any]) -> bool:
     return bool(plain) and all(type(c) in plain for c in counters)
 
 
+def all_tensors(counters: Sequence[Any]) -> bool:
+    """Every entry is a torch tensor (plain ones are recognised by their type alone)."""
+    return _plain_tensors(counters) or all(_buffers._is_torch_tensor(c) for c in counters)
+
+
 def _is_array(x: Any) -> bool:
     return _buffers._is_torch_tensor(x) or type(x).__name__ == "ndarray"
 
@@ -79,9 +84,7 @@ def increment_all(counters: MutableSequence[Any] | Sequence[Any]) -> list[float]
     single device sync for capturable CUDA steps) instead of a tensor op and a read per
     parameter.
     """
-    if counters and (
-        _plain_tensors(counters) or all(_buffers._is_torch_tensor(c) for c in counters)
-    ):
+    if counters and all_tensors(counters):
         import torch
 
         tensors = list(counters)
