@@ -524,12 +524,13 @@ class FusedStepMixin:
             self.master_weights or self.kahan or self.state_dtype is not None  # type: ignore[attr-defined]
         )
         for p in group["params"]:
-            if p.grad is None:
+            grad = p.grad
+            if grad is None:
                 continue
-            if sparse_error is not None and p.grad.is_sparse:
+            if sparse_error is not None and grad.is_sparse:
                 raise RuntimeError(sparse_error)
             params.append(p)
-            grads.append(p.grad)
+            grads.append(grad)
             state = state_of[p]
             if len(state) == 0:
                 init(p, state)
