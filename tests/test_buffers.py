@@ -42,7 +42,9 @@ def _slots(n: int = 3, shape: tuple[int, ...] = (5, 7), dtype: Any = torch.float
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("shape", [(), (1,), (7,), (4097,), (0,), (3, 1, 4), (2, 0, 3)])
+@pytest.mark.parametrize(
+    "shape", [(), (1,), (7,), (4097,), (0,), (5, 7, 3), (3, 1, 4), (1, 1), (2, 0, 3)]
+)
 def test_accepts_plain_tensors_with_the_python_paths_buffers(
     dtype: Any, shape: tuple[int, ...], monkeypatch: pytest.MonkeyPatch
 ) -> None:

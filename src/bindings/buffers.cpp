@@ -81,6 +81,33 @@ long long product(PyObject* shape) {
   return n;
 }
 
+// The strides of a contiguous tensor of this shape, when they are determined by the shape: a
+// contiguous tensor has the row-major stride in every dimension of size > 1, and only the
+// strides of size-1 dimensions are free (torch keeps whatever they were). So with no size-1
+// dimension (and at least one element) this is exactly t.stride(), without the call into torch;
+// otherwise nullptr, and the caller asks torch.
+PyObject* contiguous_strides(PyObject* shape) {
+  const Py_ssize_t ndim = PyTuple_GET_SIZE(shape);
+  PyObject* out = PyTuple_New(ndim);
+  if (!out) {
+    PyErr_Clear();
+    return nullptr;
+  }
+  long long stride = 1;
+  for (Py_ssize_t d = ndim - 1; d >= 0; --d) {
+    const long long size = PyLong_AsLongLong(PyTuple_GET_ITEM(shape, d));
+    PyObject* s = size > 1 ? PyLong_FromLongLong(stride) : nullptr;
+    if (!s) {
+      PyErr_Clear();
+      Py_DECREF(out);
+      return nullptr;
+    }
+    PyTuple_SET_ITEM(out, d, s);
+    stride *= size;
+  }
+  return out;
+}
+
 std::int64_t as_int(PyObject* v) {  // steals v; -1 on failure (error cleared)
   if (!v) return -1;
   const long long x = PyLong_AsLongLong(v);
@@ -135,7 +162,8 @@ PyObject* plain_buffer(PyObject* t, bool writable, PyObject** dtype_out, std::in
   PyObject* shape = PyObject_GetAttr(t, T.shape);  // raises for, e.g., a nested tensor
   const long long count = shape ? product(shape) : -1;
   PyErr_Clear();  // never call into the C API with an error set
-  PyObject* stride = count >= 0 ? call0(t, T.stride) : nullptr;
+  PyObject* stride = count > 0 ? contiguous_strides(shape) : nullptr;
+  if (!stride && count >= 0) stride = call0(t, T.stride);
   PyObject* numel = stride ? PyLong_FromLongLong(count) : nullptr;
   PyObject* dev = numel ? PyLong_FromLongLong(device) : nullptr;
   // Buffer(obj, ptr, numel, itemsize, dtype, device, shape, strides, is_torch, sharding),
