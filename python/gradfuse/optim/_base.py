@@ -542,6 +542,44 @@ class FusedStepMixin:
                 check()
         return params, grads, slots
 
+    def _adam_family_update(
+        self,
+        update: Callable[..., None],
+        group: dict[str, Any],
+        amp: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        moments: list[list[Tensor] | None],
+        *counters: list[Tensor],
+        steps: list[Tensor],
+        **options: Any,
+    ) -> None:
+        """The functional call that ends every Adam-family step (Adam, AdamW, Adamax, NAdam,
+        RAdam): ``update(params, grads, *moments, *counters, state_steps=steps, ...)`` with the
+        group's lr, betas, eps, weight_decay and maximize, the optimizer-specific ``options``,
+        AMP scaling, capturable and the low-precision policy. Complex params (and their grads
+        and moments) go through their real views; ``counters`` (NAdam's mu_product) as they are.
+        """
+        view = real_views_of(params)
+        beta1, beta2 = group["betas"]
+        update(
+            view(params),
+            view(grads),
+            *(None if m is None else view(m) for m in moments),
+            *counters,
+            state_steps=steps,
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            maximize=group["maximize"],
+            **options,
+            **amp,
+            capturable=capturable_step(group, params),
+            **self._low_precision_kwargs(params),  # type: ignore[attr-defined]
+        )
+
     # torch.optim.Optimizer.step's overloads, so the mixin's step types as torch's.
     @overload
     def step(self, closure: None = None) -> None: ...

@@ -13,11 +13,9 @@ from gradfuse.optim._base import (
     FusedStepMixin,
     LowPrecisionMixin,
     MaxGradNormMixin,
-    capturable_step,
     check_adam_hparams,
     check_capturable,
     check_fused_foreach,
-    real_views_of,
     refuse_differentiable,
     scalar_state,
     upgrade_scalar_state,
@@ -158,24 +156,14 @@ class Adam(FusedStepMixin, LowPrecisionMixin, MaxGradNormMixin, Optimizer):
             check=check,
         )
         check_capturable(group["capturable"], params, state["step"], what="params and state_steps")
-        beta1, beta2 = group["betas"]
-        view = real_views_of(params)
-        adam_(
-            view(params),
-            view(grads),
-            view(state["exp_avg"]),
-            view(state["exp_avg_sq"]),
-            view(state["max_exp_avg_sq"]) if amsgrad else None,
-            state_steps=state["step"],
-            lr=group["lr"],
-            beta1=beta1,
-            beta2=beta2,
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
+        self._adam_family_update(
+            adam_,
+            group,
+            amp,
+            params,
+            grads,
+            [state["exp_avg"], state["exp_avg_sq"], state["max_exp_avg_sq"] if amsgrad else None],
+            steps=state["step"],
             amsgrad=amsgrad,
-            maximize=group["maximize"],
             decoupled_weight_decay=group["decoupled_weight_decay"],
-            **amp,
-            capturable=capturable_step(group, params),
-            **self._low_precision_kwargs(params),
         )

@@ -13,10 +13,8 @@ from gradfuse.optim._base import (
     FusedStepMixin,
     LowPrecisionMixin,
     MaxGradNormMixin,
-    capturable_step,
     check_adam_hparams,
     check_capturable,
-    real_views_of,
     refuse_differentiable,
     scalar_state,
     upgrade_scalar_state,
@@ -94,21 +92,12 @@ class Adamax(FusedStepMixin, LowPrecisionMixin, MaxGradNormMixin, Optimizer):
             sparse_error="Adamax does not support sparse gradients",
         )
         check_capturable(group["capturable"], params, state["step"], what="params and state_steps")
-        beta1, beta2 = group["betas"]
-        view = real_views_of(params)
-        adamax_(
-            view(params),
-            view(grads),
-            view(state["exp_avg"]),
-            view(state["exp_inf"]),
-            state_steps=state["step"],
-            lr=group["lr"],
-            beta1=beta1,
-            beta2=beta2,
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            maximize=group["maximize"],
-            **amp,
-            capturable=capturable_step(group, params),
-            **self._low_precision_kwargs(params),
+        self._adam_family_update(
+            adamax_,
+            group,
+            amp,
+            params,
+            grads,
+            [state["exp_avg"], state["exp_inf"]],
+            steps=state["step"],
         )

@@ -13,10 +13,8 @@ from gradfuse.optim._base import (
     FusedStepMixin,
     LowPrecisionMixin,
     MaxGradNormMixin,
-    capturable_step,
     check_adam_hparams,
     check_capturable,
-    real_views_of,
     refuse_differentiable,
     scalar_state,
     upgrade_scalar_state,
@@ -109,24 +107,15 @@ class NAdam(FusedStepMixin, LowPrecisionMixin, MaxGradNormMixin, Optimizer):
             state["step"],
             what="params, mu_products and state_steps",
         )
-        beta1, beta2 = group["betas"]
-        view = real_views_of(params)
-        nadam_(
-            view(params),
-            view(grads),
-            view(state["exp_avg"]),
-            view(state["exp_avg_sq"]),
+        self._adam_family_update(
+            nadam_,
+            group,
+            amp,
+            params,
+            grads,
+            [state["exp_avg"], state["exp_avg_sq"]],
             state["mu_product"],
-            state_steps=state["step"],
-            lr=group["lr"],
-            beta1=beta1,
-            beta2=beta2,
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
+            steps=state["step"],
             momentum_decay=group["momentum_decay"],
             decoupled_weight_decay=group["decoupled_weight_decay"],
-            maximize=group["maximize"],
-            **amp,
-            capturable=capturable_step(group, params),
-            **self._low_precision_kwargs(params),
         )

@@ -13,10 +13,8 @@ from gradfuse.optim._base import (
     FusedStepMixin,
     LowPrecisionMixin,
     MaxGradNormMixin,
-    capturable_step,
     check_adam_hparams,
     check_capturable,
-    real_views_of,
     refuse_differentiable,
     scalar_state,
     upgrade_scalar_state,
@@ -97,22 +95,13 @@ class RAdam(FusedStepMixin, LowPrecisionMixin, MaxGradNormMixin, Optimizer):
             sparse_error="RAdam does not support sparse gradients",
         )
         check_capturable(group["capturable"], params, state["step"], what="params and state_steps")
-        beta1, beta2 = group["betas"]
-        view = real_views_of(params)
-        radam_(
-            view(params),
-            view(grads),
-            view(state["exp_avg"]),
-            view(state["exp_avg_sq"]),
-            state_steps=state["step"],
-            lr=group["lr"],
-            beta1=beta1,
-            beta2=beta2,
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
+        self._adam_family_update(
+            radam_,
+            group,
+            amp,
+            params,
+            grads,
+            [state["exp_avg"], state["exp_avg_sq"]],
+            steps=state["step"],
             decoupled_weight_decay=group["decoupled_weight_decay"],
-            maximize=group["maximize"],
-            **amp,
-            capturable=capturable_step(group, params),
-            **self._low_precision_kwargs(params),
         )
