@@ -66,6 +66,17 @@ def _is_dense(shape: Sequence[int], strides: Sequence[int]) -> bool:
     return True
 
 
+def contiguous_strides(shape: Sequence[int]) -> tuple[int, ...]:
+    """Row-major strides, in elements, of a dense array of ``shape`` (size-0 dimensions count
+    as 1, as torch computes them)."""
+    strides = []
+    acc = 1
+    for s in reversed(shape):
+        strides.append(acc)
+        acc *= max(int(s), 1)
+    return tuple(reversed(strides))
+
+
 def describe(x: object) -> str:
     """A short description of any argument, for error messages."""
     shape = getattr(x, "shape", None)

@@ -21,6 +21,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from gradfuse import _buffers
+
 _MIN_BYTES = 1 << 20
 _DEFAULT_MAX_BYTES = 2 << 30
 
@@ -86,12 +88,7 @@ def empty_grad(like: Any, shape: tuple[int, ...]) -> Any:
     nbytes = numel * like.element_size()
     if like.device.type != "cpu" or nbytes < _MIN_BYTES or _limit[0] == 0:
         return torch.empty(shape, dtype=dtype, device=like.device)
-    strides = []
-    acc = 1
-    for s in reversed(shape):
-        strides.append(acc)
-        acc *= max(int(s), 1)
-    strides.reverse()
+    strides = _buffers.contiguous_strides(shape)
     with _lock:
         storage = None
         for i, s in enumerate(_storages):
@@ -106,5 +103,5 @@ def empty_grad(like: Any, shape: tuple[int, ...]) -> Any:
                 _storages.append(storage)
         # A fresh tensor (not a view of a cached one) over the storage: it owns a reference,
         # which is what marks the storage as in use.
-        out = torch.empty(0, dtype=dtype).set_(storage, 0, shape, tuple(strides))
+        out = torch.empty(0, dtype=dtype).set_(storage, 0, shape, strides)
     return out

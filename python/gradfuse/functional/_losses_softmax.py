@@ -218,15 +218,6 @@ def _plan(
     return _Plan(inp, tb, w, outer, classes, inner, prob, loss_shape)
 
 
-def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
-    strides = []
-    acc = 1
-    for s in reversed(shape):
-        strides.append(acc)
-        acc *= max(s, 1)
-    return tuple(reversed(strides))
-
-
 def _index_buffer(t: Any, name: str) -> Buffer:
     """A contiguous int64 array of class indices as the native core sees it (a Buffer whose
     dtype is not one of the float codes: only its address, size and device are used)."""
@@ -242,7 +233,15 @@ def _index_buffer(t: Any, name: str) -> Buffer:
         is_torch = False
     shape = _shape(t)
     return Buffer(
-        t, ptr, numel, itemsize, "int64", device, shape, _contiguous_strides(shape), is_torch
+        t,
+        ptr,
+        numel,
+        itemsize,
+        "int64",
+        device,
+        shape,
+        _buffers.contiguous_strides(shape),
+        is_torch,
     )
 
 
@@ -258,7 +257,7 @@ def _contiguous(x: Any) -> Any:
 
 
 def _dense_equal(b: Buffer) -> bool:
-    return b.strides == _contiguous_strides(b.shape) or b.numel <= 1
+    return b.strides == _buffers.contiguous_strides(b.shape) or b.numel <= 1
 
 
 def _empty(like: Buffer, shape: tuple[int, ...]) -> Any:
