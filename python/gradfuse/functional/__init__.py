@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 
 from gradfuse._compile import register_ops
-from gradfuse.functional._adam import adam_, adamax_, adamw_, nadam_, radam_
 from gradfuse.functional._losses_buffers import grad_buffer_cache_info, set_grad_buffer_cache
 from gradfuse.functional._losses_elementwise import (
     binary_cross_entropy_with_logits_with_grad,
@@ -20,8 +19,17 @@ from gradfuse.functional._losses_elementwise import (
     smooth_l1_loss_with_grad,
 )
 from gradfuse.functional._losses_softmax import cross_entropy_with_grad, nll_loss_with_grad
-from gradfuse.functional._more import adagrad_, lion_, rmsprop_
-from gradfuse.functional._optim import sgd_
+from gradfuse.functional._updates import (
+    adagrad_,
+    adam_,
+    adamax_,
+    adamw_,
+    lion_,
+    nadam_,
+    radam_,
+    rmsprop_,
+    sgd_,
+)
 
 if "torch" in sys.modules:  # torch.compile support; numpy-only users never load torch
     register_ops()

@@ -24,7 +24,7 @@ runs on CPU tensors, which is how it is tested on machines without a GPU.
 
 from __future__ import annotations
 
-from collections.abc import MutableSequence, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from gradfuse import _buffers
@@ -101,21 +101,6 @@ def check_found_inf(op: str, found_inf: Any) -> None:
             f"{op}: with capturable=True, found_inf must be a torch tensor (read on the device), "
             f"got {_buffers.describe(found_inf)}"
         )
-
-
-def advance(counters: MutableSequence[Any] | Sequence[Any], found_inf: Any) -> None:
-    """``step += 1`` on the counters' devices, then ``step -= found_inf`` (torch's fused
-    optimizers' order): a step that AMP skips leaves every counter unchanged, with no host
-    read of ``found_inf``."""
-    import torch
-
-    steps = list(counters)
-    if not steps:
-        return
-    torch._foreach_add_(steps, 1)
-    if found_inf is not None:
-        fi = found_inf.reshape(())
-        torch._foreach_sub_(steps, [fi.to(device=s.device, dtype=s.dtype) for s in steps])
 
 
 def step_values(counters: Sequence[Any], g: Group) -> Any:

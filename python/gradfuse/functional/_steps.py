@@ -114,6 +114,29 @@ def multiply(counters: MutableSequence[Any] | Sequence[Any], i: int, factor: flo
     return float(counters[i])
 
 
+def advance(counters: MutableSequence[Any] | Sequence[Any], found_inf: Any) -> None:
+    """``step += 1`` for every counter, then ``step -= found_inf`` (torch's fused optimizers'
+    order), with no host read of ``found_inf`` when the counters are tensors: a step that AMP
+    skips leaves every counter as it was. Used where the update itself does not need the
+    counters' values (capturable steps, RMSprop); plain-number counters read ``found_inf``."""
+    if not counters:
+        return
+    if not all_tensors(counters) or (
+        found_inf is not None and not _buffers._is_torch_tensor(found_inf)
+    ):
+        if not found_inf_is_set(found_inf):
+            for i in range(len(counters)):
+                increment(counters, i)
+        return
+    import torch
+
+    steps = list(counters)
+    torch._foreach_add_(steps, 1)
+    if found_inf is not None:
+        fi = found_inf.reshape(())
+        torch._foreach_sub_(steps, [fi.to(device=s.device, dtype=s.dtype) for s in steps])
+
+
 def found_inf_is_set(found_inf: Any) -> bool:
     """Whether AMP found an inf/NaN gradient (read on the host: a device sync for CUDA).
 

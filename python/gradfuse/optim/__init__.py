@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from gradfuse._compile import register_ops
+from gradfuse.optim._optimizer import FusedOptimizer
 from gradfuse.optim.adagrad import Adagrad
 from gradfuse.optim.adam import Adam
 from gradfuse.optim.adamax import Adamax
@@ -21,6 +22,7 @@ __all__ = [
     "Adam",
     "AdamW",
     "Adamax",
+    "FusedOptimizer",
     "Lion",
     "NAdam",
     "RAdam",

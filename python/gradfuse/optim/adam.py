@@ -2,27 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import Optimizer, ParamsT
+from torch.optim.optimizer import ParamsT
 
-from gradfuse.functional._adam import adam_
-from gradfuse.optim._base import (
-    FusedStepMixin,
-    LowPrecisionMixin,
-    MaxGradNormMixin,
-    check_adam_hparams,
-    check_capturable,
-    check_fused_foreach,
-    refuse_differentiable,
-    scalar_state,
-    upgrade_scalar_state,
-)
+from gradfuse.functional._updates import ADAM, adam_
+from gradfuse.optim._optimizer import FusedOptimizer
+from gradfuse.optim._torch_compat import check_nonnegative
+
+# The param-group keys that older checkpoints of torch's Adam family may lack.
+ADAM_SETSTATE_DEFAULTS = {
+    "amsgrad": False,
+    "maximize": False,
+    "foreach": None,
+    "capturable": False,
+    "differentiable": False,
+    "decoupled_weight_decay": False,
+    "fused": None,
+}
 
 
-class Adam(FusedStepMixin, LowPrecisionMixin, MaxGradNormMixin, Optimizer):
+class Adam(FusedOptimizer):
     """Adam (and, with ``decoupled_weight_decay=True``, AdamW), fused.
 
     A drop-in for :class:`torch.optim.Adam`: the same arguments, defaults, errors, param
@@ -39,12 +41,15 @@ class Adam(FusedStepMixin, LowPrecisionMixin, MaxGradNormMixin, Optimizer):
     unscales inside the update (``_step_supports_amp_scaling``).
 
     Low precision (gradfuse extension, keyword-only, off by default): ``master_weights``,
-    ``state_dtype``, ``rounding`` and ``kahan``, see :class:`LowPrecisionMixin` (every gradfuse
+    ``state_dtype``, ``rounding`` and ``kahan``, see :mod:`gradfuse.optim._precision` (every gradfuse
     optimizer takes them).
     """
 
-    _step_supports_amp_scaling = True
+    _update_fn = staticmethod(adam_)
+    _spec = ADAM
+    _sparse_error = "Adam does not support sparse gradients, please consider SparseAdam instead"
     _graph_capture_health_check = True
+    _setstate_defaults: ClassVar[dict[str, Any]] = ADAM_SETSTATE_DEFAULTS
 
     def __init__(
         self,
@@ -68,14 +73,11 @@ class Adam(FusedStepMixin, LowPrecisionMixin, MaxGradNormMixin, Optimizer):
         kahan: bool = False,
     ) -> None:
         # Same checks, same order, same messages as torch.optim.Adam.
-        if isinstance(lr, Tensor):
-            if foreach and not capturable:
-                raise ValueError(
-                    "lr as a Tensor is not supported for capturable=False and foreach=True"
-                )
-            if lr.numel() != 1:
-                raise ValueError("Tensor lr must be 1-element")
-        check_adam_hparams(lr, eps, betas, weight_decay)
+        if isinstance(lr, Tensor) and foreach and not capturable:
+            raise ValueError(
+                "lr as a Tensor is not supported for capturable=False and foreach=True"
+            )
+        check_nonnegative(lr=lr, eps=eps, betas=betas, weight_decay=weight_decay)
         if not (
             (isinstance(betas[0], float) and isinstance(betas[1], float))
             or (isinstance(betas[0], Tensor) and isinstance(betas[1], Tensor))
@@ -95,7 +97,6 @@ class Adam(FusedStepMixin, LowPrecisionMixin, MaxGradNormMixin, Optimizer):
         betas = tuple(  # type: ignore[assignment]
             b.squeeze() if isinstance(b, Tensor) and b.dim() != 0 else b for b in betas
         )
-
         defaults = {
             "lr": lr,
             "betas": betas,
@@ -109,61 +110,21 @@ class Adam(FusedStepMixin, LowPrecisionMixin, MaxGradNormMixin, Optimizer):
             "fused": fused,
             "decoupled_weight_decay": decoupled_weight_decay,
         }
-        super().__init__(params, defaults)
-        self._init_low_precision(master_weights, state_dtype, rounding, kahan)
-        self._init_max_grad_norm(max_grad_norm)
-        check_fused_foreach(fused, foreach, differentiable)
-        refuse_differentiable(type(self).__name__, differentiable)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("amsgrad", False)
-            group.setdefault("maximize", False)
-            group.setdefault("foreach", None)
-            group.setdefault("capturable", False)
-            group.setdefault("differentiable", False)
-            group.setdefault("decoupled_weight_decay", False)
-            group.setdefault("fused", None)
-        upgrade_scalar_state(
-            self, "step", lambda g: g["capturable"] or g["fused"], fused_key="fused"
+        super().__init__(
+            params, defaults, max_grad_norm, master_weights, state_dtype, rounding, kahan
         )
+
+    def _counters_on_device(self, group: dict[str, Any]) -> bool:
+        return bool(group["capturable"] or group["fused"])
 
     def _update(self, group: dict[str, Any], amp: dict[str, Any]) -> None:
-        def init(p: Tensor, state: dict[str, Any]) -> None:
-            state["step"] = scalar_state(
-                0.0, p.device, group["capturable"] or group["fused"], fused=group["fused"]
+        if (
+            group["foreach"]
+            and torch.is_tensor(group["lr"])
+            and not group["capturable"]
+            and any(p.grad is not None for p in group["params"])
+        ):
+            raise RuntimeError(
+                "lr as a Tensor is not supported for capturable=False and foreach=True"
             )
-            state["exp_avg"] = self._state_zeros(p)
-            state["exp_avg_sq"] = self._state_zeros(p)
-            if group["amsgrad"]:
-                state["max_exp_avg_sq"] = self._state_zeros(p)
-
-        def check() -> None:
-            if group["foreach"] and torch.is_tensor(group["lr"]) and not group["capturable"]:
-                raise RuntimeError(
-                    "lr as a Tensor is not supported for capturable=False and foreach=True"
-                )
-
-        amsgrad = group["amsgrad"]
-        params, grads, state = self._gather_state(
-            group,
-            ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step")
-            if amsgrad
-            else ("exp_avg", "exp_avg_sq", "step"),
-            init,
-            sparse_error="Adam does not support sparse gradients, please consider SparseAdam instead",
-            check=check,
-        )
-        check_capturable(group["capturable"], params, state["step"], what="params and state_steps")
-        self._adam_family_update(
-            adam_,
-            group,
-            amp,
-            params,
-            grads,
-            [state["exp_avg"], state["exp_avg_sq"], state["max_exp_avg_sq"] if amsgrad else None],
-            steps=state["step"],
-            amsgrad=amsgrad,
-            decoupled_weight_decay=group["decoupled_weight_decay"],
-        )
+        super()._update(group, amp)

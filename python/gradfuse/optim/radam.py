@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import Optimizer, ParamsT
+from torch.optim.optimizer import ParamsT
 
-from gradfuse.functional._adam import radam_
-from gradfuse.optim._base import (
-    FusedStepMixin,
-    LowPrecisionMixin,
-    MaxGradNormMixin,
-    check_adam_hparams,
-    check_capturable,
-    refuse_differentiable,
-    scalar_state,
-    upgrade_scalar_state,
-)
+from gradfuse.functional._updates import RADAM, radam_
+from gradfuse.optim._optimizer import FusedOptimizer
+from gradfuse.optim._torch_compat import check_nonnegative
 
 
-class RAdam(FusedStepMixin, LowPrecisionMixin, MaxGradNormMixin, Optimizer):
+class RAdam(FusedOptimizer):
     """RAdam (rectified Adam), fused: a drop-in for :class:`torch.optim.RAdam`.
 
     Same arguments, defaults, errors, state (``step``, ``exp_avg``, ``exp_avg_sq``) and
@@ -29,8 +21,17 @@ class RAdam(FusedStepMixin, LowPrecisionMixin, MaxGradNormMixin, Optimizer):
     ``differentiable=True`` raises NotImplementedError; AMP unscaling happens in the update.
     """
 
-    _step_supports_amp_scaling = True
+    _update_fn = staticmethod(radam_)
+    _spec = RADAM
+    _sparse_error = "RAdam does not support sparse gradients"
     _graph_capture_health_check = True
+    _setstate_defaults: ClassVar[dict[str, Any]] = {
+        "foreach": None,
+        "maximize": False,
+        "differentiable": False,
+        "decoupled_weight_decay": False,
+        "capturable": False,
+    }
 
     def __init__(
         self,
@@ -52,10 +53,7 @@ class RAdam(FusedStepMixin, LowPrecisionMixin, MaxGradNormMixin, Optimizer):
         kahan: bool = False,
     ) -> None:
         # Same checks, same order, same messages as torch.optim.RAdam.
-        if isinstance(lr, Tensor) and lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        check_adam_hparams(lr, eps, betas, weight_decay)
-
+        check_nonnegative(lr=lr, eps=eps, betas=betas, weight_decay=weight_decay)
         defaults = {
             "lr": lr,
             "betas": betas,
@@ -67,41 +65,6 @@ class RAdam(FusedStepMixin, LowPrecisionMixin, MaxGradNormMixin, Optimizer):
             "decoupled_weight_decay": decoupled_weight_decay,
             "differentiable": differentiable,
         }
-        super().__init__(params, defaults)
-        self._init_low_precision(master_weights, state_dtype, rounding, kahan)
-        self._init_max_grad_norm(max_grad_norm)
-        refuse_differentiable("RAdam", differentiable)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("foreach", None)
-            group.setdefault("maximize", False)
-            group.setdefault("differentiable", False)
-            group.setdefault("decoupled_weight_decay", False)
-            group.setdefault("capturable", False)
-        upgrade_scalar_state(self, "step", lambda g: g["capturable"])
-
-    def _update(self, group: dict[str, Any], amp: dict[str, Any]) -> None:
-        def init(p: Tensor, state: dict[str, Any]) -> None:
-            state["step"] = scalar_state(0.0, p.device, group["capturable"])
-            state["exp_avg"] = self._state_zeros(p)
-            state["exp_avg_sq"] = self._state_zeros(p)
-
-        params, grads, state = self._gather_state(
-            group,
-            ("exp_avg", "exp_avg_sq", "step"),
-            init,
-            sparse_error="RAdam does not support sparse gradients",
-        )
-        check_capturable(group["capturable"], params, state["step"], what="params and state_steps")
-        self._adam_family_update(
-            radam_,
-            group,
-            amp,
-            params,
-            grads,
-            [state["exp_avg"], state["exp_avg_sq"]],
-            steps=state["step"],
-            decoupled_weight_decay=group["decoupled_weight_decay"],
+        super().__init__(
+            params, defaults, max_grad_norm, master_weights, state_dtype, rounding, kahan
         )

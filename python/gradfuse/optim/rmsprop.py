@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import Optimizer, ParamsT
+from torch.optim.optimizer import ParamsT
 
-from gradfuse.functional._more import rmsprop_
-from gradfuse.optim._base import (
-    FusedStepMixin,
-    LowPrecisionMixin,
-    MaxGradNormMixin,
-    capturable_step,
-    check_capturable,
-    refuse_differentiable,
-    scalar_dtype,
-)
+from gradfuse.functional._updates import RMSPROP, rmsprop_
+from gradfuse.optim._optimizer import FusedOptimizer
+from gradfuse.optim._torch_compat import check_nonnegative
 
 
-class RMSprop(FusedStepMixin, LowPrecisionMixin, MaxGradNormMixin, Optimizer):
+class RMSprop(FusedOptimizer):
     """RMSprop (optionally centered, with momentum), fused.
 
     A drop-in for :class:`torch.optim.RMSprop`: the same arguments (torch's RMSprop has no
@@ -34,8 +27,20 @@ class RMSprop(FusedStepMixin, LowPrecisionMixin, MaxGradNormMixin, Optimizer):
     graph); ``differentiable=True`` raises NotImplementedError. AMP:
     ``torch.amp.GradScaler`` unscales inside the update; a step with inf/NaN gradients changes
     nothing. ``max_grad_norm`` (gradfuse extension, keyword-only): see
-    :class:`MaxGradNormMixin`.
+    :class:`~gradfuse.optim.FusedOptimizer`.
     """
+
+    _update_fn = staticmethod(rmsprop_)
+    _spec = RMSPROP
+    _sparse_error = "RMSprop does not support sparse gradients"
+    _setstate_defaults: ClassVar[dict[str, Any]] = {
+        "momentum": 0,
+        "centered": False,
+        "foreach": None,
+        "maximize": False,
+        "differentiable": False,
+        "capturable": False,
+    }
 
     def __init__(
         self,
@@ -58,18 +63,7 @@ class RMSprop(FusedStepMixin, LowPrecisionMixin, MaxGradNormMixin, Optimizer):
         kahan: bool = False,
     ) -> None:
         # Same checks, same order, same messages as torch.optim.RMSprop.
-        if isinstance(lr, Tensor) and lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        if not lr >= 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if not eps >= 0.0:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        if not momentum >= 0.0:
-            raise ValueError(f"Invalid momentum value: {momentum}")
-        if not weight_decay >= 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        if not alpha >= 0.0:
-            raise ValueError(f"Invalid alpha value: {alpha}")
+        check_nonnegative(lr=lr, eps=eps, momentum=momentum, weight_decay=weight_decay, alpha=alpha)
         defaults = {
             "lr": lr,
             "momentum": momentum,
@@ -82,68 +76,6 @@ class RMSprop(FusedStepMixin, LowPrecisionMixin, MaxGradNormMixin, Optimizer):
             "maximize": maximize,
             "differentiable": differentiable,
         }
-        refuse_differentiable("RMSprop", differentiable)
-        self._init_max_grad_norm(max_grad_norm)
-        super().__init__(params, defaults)
-        self._init_low_precision(master_weights, state_dtype, rounding, kahan)
-        self._step_supports_amp_scaling = True
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("momentum", 0)
-            group.setdefault("centered", False)
-            group.setdefault("foreach", None)
-            group.setdefault("maximize", False)
-            group.setdefault("differentiable", False)
-            group.setdefault("capturable", False)
-            for p in group["params"]:
-                p_state = self.state.get(p, [])
-                if len(p_state) != 0 and not torch.is_tensor(p_state["step"]):
-                    step_val = float(p_state["step"])
-                    p_state["step"] = (
-                        torch.tensor(step_val, dtype=scalar_dtype(), device=p.device)
-                        if group["capturable"]
-                        else torch.tensor(step_val, dtype=scalar_dtype())
-                    )
-
-    def _update(self, group: dict[str, Any], amp: dict[str, Any]) -> None:
-        def init(p: Tensor, state: dict[str, Any]) -> None:
-            state["step"] = (
-                torch.zeros((), dtype=scalar_dtype(), device=p.device)
-                if group["capturable"]
-                else torch.zeros((), dtype=scalar_dtype())
-            )
-            state["square_avg"] = self._state_zeros(p)
-            if group["momentum"] > 0:
-                state["momentum_buffer"] = self._state_zeros(p)
-            if group["centered"]:
-                state["grad_avg"] = self._state_zeros(p)
-
-        keys: tuple[str, ...] = ("square_avg", "step")
-        if group["momentum"] > 0:
-            keys += ("momentum_buffer",)
-        if group["centered"]:
-            keys += ("grad_avg",)
-        params, grads, state = self._gather_state(
-            group, keys, init, sparse_error="RMSprop does not support sparse gradients"
-        )
-        check_capturable(group["capturable"], params, state["step"], what="params and state_steps")
-        rmsprop_(
-            params,
-            grads,
-            state["square_avg"],
-            state.get("grad_avg", []),
-            state.get("momentum_buffer", []),
-            state["step"],
-            lr=group["lr"],
-            alpha=group["alpha"],
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            momentum=group["momentum"],
-            centered=group["centered"],
-            maximize=group["maximize"],
-            **amp,
-            capturable=capturable_step(group, params),
-            **self._low_precision_kwargs(params),
+        super().__init__(
+            params, defaults, max_grad_norm, master_weights, state_dtype, rounding, kahan
         )

@@ -1,0 +1,946 @@
+"""Fused in-place optimizer updates over lists of arrays (numpy) or tensors (torch).
+
+The low-level layer under :mod:`gradfuse.optim`: no autograd, no state bookkeeping; the caller
+owns every buffer. Each update is a :class:`~gradfuse.functional._engine.Spec` (its state lists,
+hyperparameters and per-step scalars, with torch's own Python expressions) and a function with
+torch's argument names that hands its arguments to the one driver, :func:`_engine.run`: every
+argument is checked first and only then written, so a call that raises leaves every array and
+counter as it was.
+
+Every update follows torch's for-loop implementation (``torch.optim.<name>``, ``foreach=False``)
+and takes, besides its own arguments:
+
+- ``grad_scale`` / ``found_inf`` (torch.amp.GradScaler's scale and verdict) and ``clip_coef`` (a
+  global-norm clipping factor, at most 1): optional 1-element float32 tensors applied to the
+  gradients inside the update (divided by ``grad_scale``, multiplied by ``clip_coef``); a nonzero
+  ``found_inf`` makes the call change nothing (params, state, counters);
+- the low-precision keywords (off by default; see
+  :class:`gradfuse.functional._multi_tensor.LowPrecision`): ``master_params``, ``kahan_comps``,
+  ``rounding`` and ``seed``; state lists may be float32 for float16/bfloat16 params, or
+  bfloat16 for float32 params.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import MutableSequence, Sequence
+from typing import Any
+
+from gradfuse._compile import traceable
+from gradfuse.functional import _engine
+from gradfuse.functional._engine import (
+    DEVICE_NUMBER,
+    FLOAT,
+    NUMBER_OR_TENSOR,
+    Call,
+    Hyper,
+    Negated,
+    Spec,
+    State,
+)
+from gradfuse.functional._multi_tensor import LowPrecision
+
+
+def _wd_mode(weight_decay: float, decoupled: bool) -> int:
+    """The rule's weight decay mode (gf::math::WeightDecayMode): none, L2 or decoupled."""
+    if weight_decay == 0.0:
+        return 0
+    return 2 if decoupled else 1
+
+
+def _adam_modes(h: Hyper) -> dict[str, Any]:
+    return {
+        "weight_decay_mode": _wd_mode(h.weight_decay, h.decoupled_weight_decay),
+        "maximize": bool(h.maximize),
+    }
+
+
+_MOMENTS = (
+    State("exp_avgs", "exp_avg"),
+    State("exp_avg_sqs", "exp_avg_sq"),
+)
+# The Adam family's hyperparameters whose betas are numbers (Adamax, NAdam, RAdam); checked in
+# this order.
+_ADAM_FAMILY_HYPER = (
+    ("lr", NUMBER_OR_TENSOR),
+    ("beta1", FLOAT),
+    ("beta2", FLOAT),
+    ("eps", FLOAT),
+    ("weight_decay", FLOAT),
+)
+
+
+# --- SGD -------------------------------------------------------------------------------------
+
+
+def _sgd_scalars(h: Hyper, xp: Any, step: Any, counters: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "lr": h.lr,
+        "momentum": h.momentum,
+        "dampening": h.dampening,
+        "weight_decay": h.weight_decay,
+    }
+
+
+SGD = Spec(
+    op="sgd_",
+    kernel="sgd",
+    hyper=(
+        ("lr", DEVICE_NUMBER),
+        ("momentum", FLOAT),
+        ("dampening", FLOAT),
+        ("weight_decay", FLOAT),
+    ),
+    state=(
+        State(
+            "momentum_buffers",
+            "momentum_buffer",
+            when=lambda o: o["momentum"] != 0.0,
+            missing="momentum != 0 needs momentum_buffers, a list with one entry per param "
+            "(None entries are created and initialised from the gradient)",
+        ),
+    ),
+    scalars=_sgd_scalars,
+    modes=lambda h: {"nesterov": bool(h.nesterov), "maximize": bool(h.maximize)},
+    flags=("nesterov", "maximize"),
+    table=("lr",),
+    creates="momentum_buffers",
+)
+
+
+@traceable(
+    written=("master_params", "kahan_comps", "params", "momentum_buffers"),
+    creates={"momentum_buffers": lambda kw: kw.get("momentum", 0.0) != 0},
+)
+def sgd_(
+    params: Sequence[Any],
+    grads: Sequence[Any],
+    momentum_buffers: MutableSequence[Any] | None = None,
+    *,
+    lr: float | Any,
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    weight_decay: float | Any = 0.0,
+    nesterov: bool = False,
+    maximize: bool = False,
+    grad_scale: Any = None,
+    found_inf: Any = None,
+    clip_coef: Any = None,
+    master_params: Sequence[Any] | None = None,
+    kahan_comps: Sequence[Any] | None = None,
+    rounding: str = "nearest",
+    seed: int | None = None,
+    state_dtype: Any = None,
+) -> None:
+    """One SGD step, in place, for every ``params[i]`` with gradient ``grads[i]``.
+
+    Follows ``torch.optim.SGD``: with ``momentum != 0`` a buffer per parameter is kept in
+    ``momentum_buffers``; an entry that is ``None`` is created here (in ``params[i]``'s dtype
+    and layout, or ``state_dtype``) and initialised from the gradient, as torch does on the
+    first step.
+
+    Works on numpy arrays and on torch tensors (CPU, or CUDA when gradfuse was built with it);
+    all params of one call are grouped by (device, dtype) and each group is one native call.
+    AMP/clipping and low-precision arguments: see the module docstring.
+
+    A tensor ``lr`` (1 element) is read by the kernel where the params live, not on the host:
+    a CUDA ``lr`` costs no device synchronisation (as torch's fused SGD), so an LR scheduler
+    can change it in place between replays of a captured CUDA graph.
+    """
+    h = _engine.check_hyper(
+        SGD,
+        {
+            "lr": lr,
+            "momentum": momentum,
+            "dampening": dampening,
+            "weight_decay": weight_decay,
+            "nesterov": nesterov,
+            "maximize": maximize,
+        },
+        capturable=False,
+    )
+    _engine.run(
+        SGD,
+        Call(
+            {"params": params, "grads": grads, "momentum_buffers": momentum_buffers},
+            {},
+            grad_scale,
+            found_inf,
+            clip_coef,
+            False,
+            LowPrecision(master_params, kahan_comps, rounding, seed),
+            state_dtype=state_dtype,
+        ),
+        h,
+    )
+
+
+# --- Adam / AdamW ----------------------------------------------------------------------------
+
+
+def _adam_scalars(h: Hyper, xp: Any, step: Any, counters: dict[str, Any]) -> dict[str, Any]:
+    # torch._single_tensor_adam (capturable=False), expression for expression.
+    lr, beta1, beta2 = h.lr, h.beta1, h.beta2
+    bias_correction1 = 1 - beta1**step
+    bias_correction2 = 1 - beta2**step
+    step_size = xp.lr_div(lr, bias_correction1)
+    bias_correction2_sqrt = bias_correction2**0.5
+    return {
+        "weight_decay": h.weight_decay,
+        "lr_decay": 1 - lr * h.weight_decay,
+        # a tensor beta1 is cast to the param dtype for the lerp, as torch does
+        "exp_avg_weight": 1 - xp.param_dtype(beta1),
+        "beta2": beta2,
+        "one_minus_beta2": 1 - beta2,
+        "bias_correction2_sqrt": bias_correction2_sqrt,
+        "neg_step_size": -step_size,
+        "eps": h.eps,
+    }
+
+
+ADAM = Spec(
+    op="adam_",
+    kernel="adam",
+    hyper=(
+        ("lr", NUMBER_OR_TENSOR),
+        ("beta1", NUMBER_OR_TENSOR),
+        ("beta2", NUMBER_OR_TENSOR),
+        ("eps", FLOAT),
+        ("weight_decay", FLOAT),
+    ),
+    state=(
+        *_MOMENTS,
+        State(
+            "max_exp_avg_sqs",
+            "max_exp_avg_sq",
+            when=lambda o: bool(o["amsgrad"]),
+            missing="amsgrad=True needs max_exp_avg_sqs, one per param",
+        ),
+    ),
+    scalars=_adam_scalars,
+    modes=lambda h: {**_adam_modes(h), "amsgrad": bool(h.amsgrad)},
+    flags=("amsgrad", "maximize", "decoupled_weight_decay"),
+    counters=("state_steps",),
+    step_on_host=True,
+    table=("lr_decay", "bias_correction2_sqrt", "neg_step_size"),
+    capturable=True,
+    host_betas=True,
+)
+ADAMW = dataclasses.replace(ADAM, op="adamw_")
+
+
+@traceable(
+    written=(
+        "master_params",
+        "kahan_comps",
+        "params",
+        "exp_avgs",
+        "exp_avg_sqs",
+        "max_exp_avg_sqs",
+        "state_steps",
+    )
+)
+def adam_(
+    params: Sequence[Any],
+    grads: Sequence[Any],
+    exp_avgs: Sequence[Any],
+    exp_avg_sqs: Sequence[Any],
+    max_exp_avg_sqs: Sequence[Any] | None = None,
+    *,
+    state_steps: MutableSequence[Any] | Sequence[Any],
+    lr: float | Any = 1e-3,
+    beta1: float | Any = 0.9,
+    beta2: float | Any = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    amsgrad: bool = False,
+    maximize: bool = False,
+    decoupled_weight_decay: bool = False,
+    grad_scale: Any = None,
+    found_inf: Any = None,
+    clip_coef: Any = None,
+    capturable: bool = False,
+    master_params: Sequence[Any] | None = None,
+    kahan_comps: Sequence[Any] | None = None,
+    rounding: str = "nearest",
+    seed: int | None = None,
+) -> None:
+    """One Adam step (AdamW with ``decoupled_weight_decay=True``), in place.
+
+    Follows ``torch.optim.Adam`` (for-loop implementation): ``state_steps[i]`` is incremented
+    and its new value gives the bias corrections; ``exp_avgs``, ``exp_avg_sqs`` and, with
+    ``amsgrad``, ``max_exp_avg_sqs`` are updated in place (zeros on the first step, as torch
+    initialises them). ``lr``, ``beta1`` and ``beta2`` may be 1-element tensors.
+
+    ``capturable=True`` (torch's option, for CUDA graphs): no host synchronisation. Every
+    ``state_steps`` entry must be a 1-element torch tensor on its param's device; it is
+    advanced there (``+= 1``, then ``-= found_inf``), the bias corrections and step sizes are
+    computed there with tensor ops (``lr`` may be a device tensor, read on the device at every
+    step), and ``found_inf`` is read by the kernel. ``beta1`` / ``beta2`` must then be Python
+    numbers. Works on CPU tensors too (same results as ``capturable=False``).
+    """
+    spec = ADAMW if decoupled_weight_decay else ADAM
+    h = _engine.check_hyper(
+        spec,
+        {
+            "lr": lr,
+            "beta1": beta1,
+            "beta2": beta2,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "amsgrad": amsgrad,
+            "maximize": maximize,
+            "decoupled_weight_decay": decoupled_weight_decay,
+        },
+        capturable,
+    )
+    _engine.run(
+        spec,
+        Call(
+            {
+                "params": params,
+                "grads": grads,
+                "exp_avgs": exp_avgs,
+                "exp_avg_sqs": exp_avg_sqs,
+                "max_exp_avg_sqs": max_exp_avg_sqs,
+            },
+            {"state_steps": state_steps},
+            grad_scale,
+            found_inf,
+            clip_coef,
+            capturable,
+            LowPrecision(master_params, kahan_comps, rounding, seed),
+        ),
+        h,
+    )
+
+
+@traceable(
+    written=(
+        "master_params",
+        "kahan_comps",
+        "params",
+        "exp_avgs",
+        "exp_avg_sqs",
+        "max_exp_avg_sqs",
+        "state_steps",
+    )
+)
+def adamw_(
+    params: Sequence[Any],
+    grads: Sequence[Any],
+    exp_avgs: Sequence[Any],
+    exp_avg_sqs: Sequence[Any],
+    max_exp_avg_sqs: Sequence[Any] | None = None,
+    *,
+    state_steps: MutableSequence[Any] | Sequence[Any],
+    lr: float | Any = 1e-3,
+    beta1: float | Any = 0.9,
+    beta2: float | Any = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 1e-2,
+    amsgrad: bool = False,
+    maximize: bool = False,
+    grad_scale: Any = None,
+    found_inf: Any = None,
+    clip_coef: Any = None,
+    capturable: bool = False,
+    master_params: Sequence[Any] | None = None,
+    kahan_comps: Sequence[Any] | None = None,
+    rounding: str = "nearest",
+    seed: int | None = None,
+) -> None:
+    """One AdamW step in place: :func:`adam_` with decoupled weight decay (torch.optim.AdamW)."""
+    adam_(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        max_exp_avg_sqs,
+        state_steps=state_steps,
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        weight_decay=weight_decay,
+        amsgrad=amsgrad,
+        maximize=maximize,
+        decoupled_weight_decay=True,
+        grad_scale=grad_scale,
+        found_inf=found_inf,
+        clip_coef=clip_coef,
+        capturable=capturable,
+        master_params=master_params,
+        kahan_comps=kahan_comps,
+        rounding=rounding,
+        seed=seed,
+    )
+
+
+def _adam_family(
+    spec: Spec,
+    lists: dict[str, Any],
+    counters: dict[str, Any],
+    hyper: dict[str, Any],
+    amp: tuple[Any, Any, Any],
+    capturable: bool,
+    lowprec: tuple[Any, Any, str, int | None],
+) -> None:
+    """Adamax, NAdam and RAdam: check the hyperparameters, then run ``spec``."""
+    h = _engine.check_hyper(spec, hyper, capturable)
+    _engine.run(spec, Call(lists, counters, *amp, capturable, LowPrecision(*lowprec)), h)
+
+
+# --- Adamax ----------------------------------------------------------------------------------
+
+
+def _adamax_scalars(h: Hyper, xp: Any, step: Any, counters: dict[str, Any]) -> dict[str, Any]:
+    # torch._single_tensor_adamax (capturable=False).
+    bias_correction = 1 - h.beta1**step
+    clr = xp.lr_div(h.lr, bias_correction)
+    return {
+        "weight_decay": h.weight_decay,
+        "exp_avg_weight": 1 - h.beta1,
+        "beta2": h.beta2,
+        "eps": h.eps,
+        "neg_clr": -clr,
+    }
+
+
+ADAMAX = Spec(
+    op="adamax_",
+    kernel="adamax",
+    hyper=_ADAM_FAMILY_HYPER,
+    state=(State("exp_avgs", "exp_avg"), State("exp_infs", "exp_inf")),
+    scalars=_adamax_scalars,
+    counters=("state_steps",),
+    step_on_host=True,
+    table=("neg_clr",),
+    capturable=True,
+)
+
+
+@traceable(
+    written=("master_params", "kahan_comps", "params", "exp_avgs", "exp_infs", "state_steps")
+)
+def adamax_(
+    params: Sequence[Any],
+    grads: Sequence[Any],
+    exp_avgs: Sequence[Any],
+    exp_infs: Sequence[Any],
+    *,
+    state_steps: MutableSequence[Any] | Sequence[Any],
+    lr: float | Any = 2e-3,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
+    grad_scale: Any = None,
+    found_inf: Any = None,
+    clip_coef: Any = None,
+    capturable: bool = False,
+    master_params: Sequence[Any] | None = None,
+    kahan_comps: Sequence[Any] | None = None,
+    rounding: str = "nearest",
+    seed: int | None = None,
+) -> None:
+    """One Adamax step in place (torch.optim.Adamax, for-loop implementation).
+
+    ``exp_infs`` is the exponentially weighted infinity norm; see :func:`adam_` for
+    ``state_steps`` and ``capturable``.
+    """
+    _adam_family(
+        ADAMAX,
+        {"params": params, "grads": grads, "exp_avgs": exp_avgs, "exp_infs": exp_infs},
+        {"state_steps": state_steps},
+        {
+            "lr": lr,
+            "beta1": beta1,
+            "beta2": beta2,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "maximize": maximize,
+        },
+        (grad_scale, found_inf, clip_coef),
+        capturable,
+        (master_params, kahan_comps, rounding, seed),
+    )
+
+
+# --- NAdam -----------------------------------------------------------------------------------
+
+
+def _nadam_mu(h: Hyper, step: Any) -> Any:
+    return h.beta1 * (1.0 - 0.5 * (0.96 ** (step * h.momentum_decay)))
+
+
+def _nadam_scalars(h: Hyper, xp: Any, step: Any, counters: dict[str, Any]) -> dict[str, Any]:
+    # torch._single_tensor_nadam (capturable=False), expression for expression; with a tensor
+    # lr the products with lr are in lr's dtype on both paths (xp.lr_cast).
+    lr = h.lr
+    mu = _nadam_mu(h, step)
+    mu_next = h.beta1 * (1.0 - 0.5 * (0.96 ** ((step + 1) * h.momentum_decay)))
+    mu_product = counters["mu_products"]
+    bias_correction2 = 1 - h.beta2**step
+    mu_product_next = mu_product * mu_next
+    cast = xp.lr_cast
+    return {
+        "weight_decay": h.weight_decay,
+        "lr_decay": 1 - lr * h.weight_decay,
+        "exp_avg_weight": 1 - h.beta1,
+        "beta2": h.beta2,
+        "one_minus_beta2": 1 - h.beta2,
+        "bias_correction2": bias_correction2,
+        "eps": h.eps,
+        "grad_coef": -lr * cast(1.0 - mu, lr) / cast(1.0 - mu_product, lr),
+        "exp_avg_coef": (-lr * cast(mu_next, lr)) / cast(1.0 - mu_product_next, lr),
+    }
+
+
+NADAM = Spec(
+    op="nadam_",
+    kernel="nadam",
+    hyper=(*_ADAM_FAMILY_HYPER, ("momentum_decay", FLOAT)),
+    state=_MOMENTS,
+    scalars=_nadam_scalars,
+    modes=_adam_modes,
+    flags=("decoupled_weight_decay", "maximize"),
+    counters=("state_steps", "mu_products"),
+    counter_factors=lambda h, step: {"mu_products": _nadam_mu(h, step)},
+    step_on_host=True,
+    table=("lr_decay", "bias_correction2", "grad_coef", "exp_avg_coef"),
+    capturable=True,
+)
+
+
+@traceable(
+    written=(
+        "master_params",
+        "kahan_comps",
+        "params",
+        "exp_avgs",
+        "exp_avg_sqs",
+        "mu_products",
+        "state_steps",
+    )
+)
+def nadam_(
+    params: Sequence[Any],
+    grads: Sequence[Any],
+    exp_avgs: Sequence[Any],
+    exp_avg_sqs: Sequence[Any],
+    mu_products: MutableSequence[Any] | Sequence[Any],
+    *,
+    state_steps: MutableSequence[Any] | Sequence[Any],
+    lr: float | Any = 2e-3,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    momentum_decay: float = 4e-3,
+    decoupled_weight_decay: bool = False,
+    maximize: bool = False,
+    grad_scale: Any = None,
+    found_inf: Any = None,
+    clip_coef: Any = None,
+    capturable: bool = False,
+    master_params: Sequence[Any] | None = None,
+    kahan_comps: Sequence[Any] | None = None,
+    rounding: str = "nearest",
+    seed: int | None = None,
+) -> None:
+    """One NAdam step in place (torch.optim.NAdam, for-loop implementation).
+
+    ``mu_products[i]`` (1.0 before the first step; torch keeps a float32 0-dim tensor) is
+    multiplied by this step's momentum coefficient in place, like ``state_steps[i]`` is
+    incremented; see :func:`adam_` for ``capturable`` (which needs ``mu_products`` as tensors
+    on the params' devices too).
+    """
+    _adam_family(
+        NADAM,
+        {"params": params, "grads": grads, "exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs},
+        {"state_steps": state_steps, "mu_products": mu_products},
+        {
+            "lr": lr,
+            "beta1": beta1,
+            "beta2": beta2,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "momentum_decay": momentum_decay,
+            "decoupled_weight_decay": decoupled_weight_decay,
+            "maximize": maximize,
+        },
+        (grad_scale, found_inf, clip_coef),
+        capturable,
+        (master_params, kahan_comps, rounding, seed),
+    )
+
+
+# --- RAdam -----------------------------------------------------------------------------------
+
+
+def _radam_scalars(h: Hyper, xp: Any, step: Any, counters: dict[str, Any]) -> dict[str, Any]:
+    # torch._single_tensor_radam (capturable=False), expression for expression; on the device
+    # both sides of rho_t > 5 are computed and the kernel picks one per tensor (as torch's
+    # capturable RAdam does with torch.where).
+    beta2 = h.beta2
+    bias_correction1 = 1 - h.beta1**step
+    bias_correction2 = 1 - beta2**step
+    rho_inf = 2 / (1 - beta2) - 1
+    rho_t = rho_inf - 2 * step * (beta2**step) / bias_correction2
+    rectify = rho_t > 5.0
+    rect = xp.where(
+        rectify,
+        lambda: (
+            ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
+        ),
+        1.0,
+    )
+    return {
+        "weight_decay": h.weight_decay,
+        "lr_decay": 1 - h.lr * h.weight_decay,
+        "exp_avg_weight": 1 - h.beta1,
+        "beta2": beta2,
+        "one_minus_beta2": 1 - beta2,
+        "bias_correction1": bias_correction1,
+        "bias_correction2_sqrt": bias_correction2**0.5,
+        "eps": h.eps,
+        "lr": h.lr,
+        "rect": rect,
+        "rectify": rectify if not xp.on_device else rectify.double(),
+    }
+
+
+RADAM = Spec(
+    op="radam_",
+    kernel="radam",
+    hyper=_ADAM_FAMILY_HYPER,
+    state=_MOMENTS,
+    scalars=_radam_scalars,
+    modes=_adam_modes,
+    flags=("decoupled_weight_decay", "maximize"),
+    counters=("state_steps",),
+    step_on_host=True,
+    table=("lr_decay", "bias_correction1", "bias_correction2_sqrt", "lr", "rect", "rectify"),
+    capturable=True,
+)
+
+
+@traceable(
+    written=("master_params", "kahan_comps", "params", "exp_avgs", "exp_avg_sqs", "state_steps")
+)
+def radam_(
+    params: Sequence[Any],
+    grads: Sequence[Any],
+    exp_avgs: Sequence[Any],
+    exp_avg_sqs: Sequence[Any],
+    *,
+    state_steps: MutableSequence[Any] | Sequence[Any],
+    lr: float | Any = 1e-3,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    decoupled_weight_decay: bool = False,
+    maximize: bool = False,
+    grad_scale: Any = None,
+    found_inf: Any = None,
+    clip_coef: Any = None,
+    capturable: bool = False,
+    master_params: Sequence[Any] | None = None,
+    kahan_comps: Sequence[Any] | None = None,
+    rounding: str = "nearest",
+    seed: int | None = None,
+) -> None:
+    """One RAdam step in place (torch.optim.RAdam, for-loop implementation).
+
+    The variance rectification applies when the SMA length rho_t exceeds 5, as in torch; see
+    :func:`adam_` for ``state_steps`` and ``capturable`` (with which the rho_t > 5 decision is
+    made per tensor on the device too).
+    """
+    _adam_family(
+        RADAM,
+        {"params": params, "grads": grads, "exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs},
+        {"state_steps": state_steps},
+        {
+            "lr": lr,
+            "beta1": beta1,
+            "beta2": beta2,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "decoupled_weight_decay": decoupled_weight_decay,
+            "maximize": maximize,
+        },
+        (grad_scale, found_inf, clip_coef),
+        capturable,
+        (master_params, kahan_comps, rounding, seed),
+    )
+
+
+# --- Adagrad ---------------------------------------------------------------------------------
+
+
+def _adagrad_scalars(h: Hyper, xp: Any, step: Any, counters: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "clr": h.lr / (1 + (step - 1) * h.lr_decay),
+        "eps": h.eps,
+        "weight_decay": h.weight_decay,
+    }
+
+
+ADAGRAD = Spec(
+    op="adagrad_",
+    kernel="adagrad",
+    hyper=(("lr", FLOAT), ("lr_decay", FLOAT), ("weight_decay", FLOAT), ("eps", FLOAT)),
+    state=(State("state_sums", "sum"),),
+    scalars=_adagrad_scalars,
+    counters=("state_steps",),
+    step_on_host=True,
+)
+
+
+@traceable(written=("master_params", "kahan_comps", "params", "state_sums", "state_steps"))
+def adagrad_(
+    params: Sequence[Any],
+    grads: Sequence[Any],
+    state_sums: Sequence[Any],
+    state_steps: MutableSequence[Any],
+    *,
+    lr: float | Any = 1e-2,
+    lr_decay: float = 0.0,
+    weight_decay: float = 0.0,
+    eps: float = 1e-10,
+    maximize: bool = False,
+    grad_scale: Any = None,
+    found_inf: Any = None,
+    clip_coef: Any = None,
+    master_params: Sequence[Any] | None = None,
+    kahan_comps: Sequence[Any] | None = None,
+    rounding: str = "nearest",
+    seed: int | None = None,
+) -> None:
+    """One Adagrad step, in place, following ``torch.optim.Adagrad`` (foreach=False).
+
+    ``state_sums[i]`` is the running sum of squared gradients of ``params[i]`` (torch initialises
+    it to ``initial_accumulator_value``); ``state_steps[i]`` is its step count, incremented here
+    before the update (a 0-dim tensor, updated in place, or a number, replaced in the list).
+    The decayed rate ``lr / (1 + (step - 1) * lr_decay)`` is computed per step value on the
+    host in double.
+    """
+    h = _engine.check_hyper(
+        ADAGRAD,
+        {
+            "lr": lr,
+            "lr_decay": lr_decay,
+            "weight_decay": weight_decay,
+            "eps": eps,
+            "maximize": maximize,
+        },
+        capturable=False,
+    )
+    _engine.run(
+        ADAGRAD,
+        Call(
+            {"params": params, "grads": grads, "state_sums": state_sums},
+            {"state_steps": state_steps},
+            grad_scale,
+            found_inf,
+            clip_coef,
+            False,
+            LowPrecision(master_params, kahan_comps, rounding, seed),
+        ),
+        h,
+    )
+
+
+# --- RMSprop ---------------------------------------------------------------------------------
+
+
+def _rmsprop_scalars(h: Hyper, xp: Any, step: Any, counters: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "lr": h.lr,
+        "alpha": h.alpha,
+        "eps": h.eps,
+        "weight_decay": h.weight_decay,
+        "momentum": h.momentum,
+    }
+
+
+RMSPROP = Spec(
+    op="rmsprop_",
+    kernel="rmsprop",
+    hyper=(
+        ("lr", FLOAT),
+        ("alpha", FLOAT),
+        ("eps", FLOAT),
+        ("weight_decay", FLOAT),
+        ("momentum", FLOAT),
+    ),
+    state=(
+        State("square_avgs", "square_avg"),
+        State(
+            "grad_avgs",
+            "grad_avg",
+            when=lambda o: bool(o["centered"]),
+            missing="centered=True needs grad_avgs, one entry per param",
+        ),
+        State(
+            "momentum_buffer_list",
+            "momentum_buffer",
+            when=lambda o: o["momentum"] > 0,
+            missing="momentum > 0 needs momentum_buffer_list, one entry per param",
+        ),
+    ),
+    scalars=_rmsprop_scalars,
+    modes=lambda h: {"centered": bool(h.centered), "maximize": bool(h.maximize)},
+    flags=("centered", "maximize"),
+    counters=("state_steps",),
+    table=(Negated("lr"),),
+    capturable=True,
+)
+
+
+@traceable(
+    written=(
+        "master_params",
+        "kahan_comps",
+        "params",
+        "square_avgs",
+        "grad_avgs",
+        "momentum_buffer_list",
+        "state_steps",
+    )
+)
+def rmsprop_(
+    params: Sequence[Any],
+    grads: Sequence[Any],
+    square_avgs: Sequence[Any],
+    grad_avgs: Sequence[Any] | None = None,
+    momentum_buffer_list: Sequence[Any] | None = None,
+    state_steps: MutableSequence[Any] | None = None,
+    *,
+    lr: float | Any = 1e-2,
+    alpha: float = 0.99,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    momentum: float = 0.0,
+    centered: bool = False,
+    maximize: bool = False,
+    grad_scale: Any = None,
+    found_inf: Any = None,
+    clip_coef: Any = None,
+    capturable: bool = False,
+    master_params: Sequence[Any] | None = None,
+    kahan_comps: Sequence[Any] | None = None,
+    rounding: str = "nearest",
+    seed: int | None = None,
+) -> None:
+    """One RMSprop step, in place, following ``torch.optim.RMSprop`` (foreach=False).
+
+    ``grad_avgs`` is needed when ``centered``, ``momentum_buffer_list`` when ``momentum > 0``
+    (torch initialises all state to zeros). ``state_steps``, if given, is incremented (the
+    update itself does not depend on it).
+
+    ``capturable=True`` (CUDA graphs): no host reads; a tensor ``lr`` is read by the kernel
+    on the device, ``state_steps`` (tensors on the params' devices) are advanced there.
+    """
+    h = _engine.check_hyper(
+        RMSPROP,
+        {
+            "lr": lr,
+            "alpha": alpha,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "momentum": momentum,
+            "centered": centered,
+            "maximize": maximize,
+        },
+        capturable,
+    )
+    _engine.run(
+        RMSPROP,
+        Call(
+            {
+                "params": params,
+                "grads": grads,
+                "square_avgs": square_avgs,
+                "grad_avgs": grad_avgs,
+                "momentum_buffer_list": momentum_buffer_list,
+            },
+            {"state_steps": state_steps},
+            grad_scale,
+            found_inf,
+            clip_coef,
+            capturable,
+            LowPrecision(master_params, kahan_comps, rounding, seed),
+        ),
+        h,
+    )
+
+
+# --- Lion ------------------------------------------------------------------------------------
+
+
+def _lion_scalars(h: Hyper, xp: Any, step: Any, counters: dict[str, Any]) -> dict[str, Any]:
+    return {"lr": h.lr, "beta1": h.beta1, "beta2": h.beta2, "weight_decay": h.weight_decay}
+
+
+LION = Spec(
+    op="lion_",
+    kernel="lion",
+    hyper=(("lr", FLOAT), ("beta1", FLOAT), ("beta2", FLOAT), ("weight_decay", FLOAT)),
+    state=(State("exp_avgs", "exp_avg"),),
+    scalars=_lion_scalars,
+)
+
+
+@traceable(written=("master_params", "kahan_comps", "params", "exp_avgs"))
+def lion_(
+    params: Sequence[Any],
+    grads: Sequence[Any],
+    exp_avgs: Sequence[Any],
+    *,
+    lr: float | Any = 1e-4,
+    beta1: float = 0.9,
+    beta2: float = 0.99,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
+    grad_scale: Any = None,
+    found_inf: Any = None,
+    clip_coef: Any = None,
+    master_params: Sequence[Any] | None = None,
+    kahan_comps: Sequence[Any] | None = None,
+    rounding: str = "nearest",
+    seed: int | None = None,
+) -> None:
+    """One Lion step (Chen et al. 2023), in place, for every ``params[i]``.
+
+    ``c = beta1 * m + (1 - beta1) * g``;  ``p = p * (1 - lr * weight_decay) - lr * sign(c)``;
+    ``m = beta2 * m + (1 - beta2) * g``, with ``m = exp_avgs[i]`` (zeros before the first step)
+    and ``sign(0) = 0``.
+    """
+    h = _engine.check_hyper(
+        LION,
+        {
+            "lr": lr,
+            "beta1": beta1,
+            "beta2": beta2,
+            "weight_decay": weight_decay,
+            "maximize": maximize,
+        },
+        capturable=False,
+    )
+    _engine.run(
+        LION,
+        Call(
+            {"params": params, "grads": grads, "exp_avgs": exp_avgs},
+            {},
+            grad_scale,
+            found_inf,
+            clip_coef,
+            False,
+            LowPrecision(master_params, kahan_comps, rounding, seed),
+        ),
+        h,
+    )

@@ -1,0 +1,307 @@
+"""``FusedOptimizer``: the one base of every gradfuse optimizer.
+
+A subclass is torch's constructor (signature, defaults, checks and messages) plus a class
+attribute naming its functional update; the algorithm itself (state lists, counters,
+hyperparameters, per-step scalars) is the update's spec (:mod:`gradfuse.functional._updates`),
+so the class only maps torch's param groups and state onto it:
+
+- state: ``state[p]`` holds torch's keys (the spec's ``State.key`` and counter names), created
+  on the first step as torch creates them (counters as 0-dim tensors placed as torch places
+  them), brought to the precision policy (:mod:`._precision`) on every step;
+- ``step()``: the closure, GradScaler's scaling (``grad_scale``, ``found_inf``, which torch's
+  GradScaler sets for optimizers with ``_step_supports_amp_scaling``), the ``max_grad_norm``
+  clipping coefficient (one fused norm pass, applied inside the update), then one functional call
+  per param group with the group's options as keyword arguments;
+- ``state_dict``/``load_state_dict``/pickling: torch's layout, plus the rounding seed when
+  stochastic rounding is on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar, overload
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import Optimizer, ParamsT
+
+from gradfuse.functional._engine import Spec
+from gradfuse.optim._precision import PrecisionPolicy
+from gradfuse.optim._torch_compat import (
+    capturable_step,
+    check_capturable,
+    check_fused_foreach,
+    real_views_of,
+    refuse_differentiable,
+    scalar_state,
+    upgrade_scalar_state,
+)
+
+# The state key of each counter list of the functional layer, and its value before step 1.
+_COUNTERS = {"state_steps": ("step", 0.0), "mu_products": ("mu_product", 1.0)}
+
+
+class FusedOptimizer(Optimizer):
+    """What every gradfuse optimizer shares (see the module docstring).
+
+    Subclasses set ``_update_fn`` (a :mod:`gradfuse.functional` update) and ``_spec`` (its
+    spec), and may set ``_sparse_error`` (the RuntimeError for a sparse gradient; None: the
+    subclass's :meth:`_sparse_step` handles them), ``_graph_capture_health_check`` (torch's
+    Adam family runs it), ``_setstate_defaults`` (group keys older checkpoints may lack) and
+    ``_counters_on_device`` (torch's rule for where ``step`` lives).
+    """
+
+    _step_supports_amp_scaling: ClassVar[bool] = True
+    _graph_capture_health_check: ClassVar[bool] = False
+    _update_fn: ClassVar[Callable[..., None]]
+    _spec: ClassVar[Spec]
+    _sparse_error: ClassVar[str | None] = None
+    _setstate_defaults: ClassVar[dict[str, Any]] = {}
+
+    max_grad_norm: float | None
+    _precision: PrecisionPolicy
+
+    def __init__(
+        self,
+        params: ParamsT,
+        defaults: dict[str, Any],
+        max_grad_norm: float | None,
+        master_weights: bool,
+        state_dtype: Any,
+        rounding: str,
+        kahan: bool,
+    ) -> None:
+        """torch's ``Optimizer.__init__`` with ``defaults``, then the gradfuse extensions (all
+        keyword-only and off by default in the subclasses): ``max_grad_norm`` (see
+        :meth:`_clip_coef`) and the precision policies (:mod:`gradfuse.optim._precision`)."""
+        super().__init__(params, defaults)
+        name = type(self).__name__
+        self._precision = PrecisionPolicy.create(name, master_weights, state_dtype, rounding, kahan)
+        for group in self.param_groups:
+            for i, p in enumerate(group["params"]):
+                self._precision.check_param(name, p, i)
+        if max_grad_norm is not None:
+            value = float(max_grad_norm)
+            if not value >= 0.0:
+                raise ValueError(f"Invalid max_grad_norm value: {max_grad_norm}")
+            max_grad_norm = value
+        self.max_grad_norm = max_grad_norm
+        differentiable = bool(defaults.get("differentiable", False))
+        check_fused_foreach(defaults.get("fused"), defaults.get("foreach"), differentiable)
+        refuse_differentiable(name, differentiable)
+
+    # The precision options, read-only (set them in the constructor).
+    @property
+    def master_weights(self) -> bool:
+        return self._precision.master_weights
+
+    @property
+    def state_dtype(self) -> Any:
+        return self._precision.state_dtype
+
+    @property
+    def rounding(self) -> str:
+        return self._precision.rounding
+
+    @property
+    def kahan(self) -> bool:
+        return self._precision.kahan
+
+    # --- state -------------------------------------------------------------------------------
+
+    def _counters_on_device(self, group: dict[str, Any]) -> bool:
+        """Where torch keeps this group's ``step``: on the param's device when capturable."""
+        return bool(group.get("capturable", False))
+
+    def _state_zeros(self, p: Tensor) -> Tensor:
+        """A zero state tensor for ``p``: its layout, the state dtype."""
+        return self._precision.full(p, 0)
+
+    def _init_state(self, p: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
+        """torch's first-step state of ``p``: its counters, then a zero tensor per state list
+        the group's options use (created by the update itself for ``Spec.creates``)."""
+        spec = self._spec
+        on_device = self._counters_on_device(group)
+        for name in spec.counters:
+            key, initial = _COUNTERS[name]
+            state[key] = scalar_state(initial, p.device, on_device, fused=group.get("fused"))
+        for st in spec.state:
+            if st.name != spec.creates and (st.when is None or st.when(group)):
+                state[st.key] = self._state_zeros(p)
+
+    def _gather(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor], dict[str, Any]]:
+        """The params of ``group`` that have a gradient, their gradients, and the functional's
+        state lists and counters for them, by functional name (state created where missing)."""
+        spec = self._spec
+        lists = [st for st in spec.state if st.when is None or st.when(group)]
+        counters = [(name, _COUNTERS[name][0]) for name in spec.counters]
+        params: list[Tensor] = []
+        grads: list[Tensor] = []
+        out: dict[str, list[Any]] = {st.name: [] for st in lists}
+        out.update({name: [] for name, _ in counters})
+        state_of = self.state
+        prepare = self._precision.changes_state
+        sparse_error = self._sparse_error
+        stateful = bool(lists or counters or prepare)
+        for p in group["params"]:
+            grad = p.grad
+            if grad is None:
+                continue
+            if sparse_error is not None and grad.is_sparse:
+                raise RuntimeError(sparse_error)
+            params.append(p)
+            grads.append(grad)
+            if not stateful:
+                continue  # as torch: no state entry at all (SGD without momentum)
+            state = state_of[p]
+            if len(state) == 0:
+                self._init_state(p, group, state)
+            if prepare:
+                self._precision.prepare_state(p, state)
+            for st in lists:
+                out[st.name].append(state.get(st.key))
+            for name, key in counters:
+                out[name].append(state[key])
+        return params, grads, out
+
+    def _options(self, group: dict[str, Any]) -> dict[str, Any]:
+        """The functional's hyperparameter and flag keyword arguments from a param group."""
+        kwargs: dict[str, Any] = {}
+        for name, _ in self._spec.hyper:
+            if name in ("beta1", "beta2"):
+                kwargs[name] = group["betas"][name == "beta2"]
+            else:
+                kwargs[name] = group[name]
+        for name in self._spec.flags:
+            kwargs[name] = group[name]
+        return kwargs
+
+    # --- step --------------------------------------------------------------------------------
+
+    def _update(self, group: dict[str, Any], amp: dict[str, Any]) -> None:
+        """One functional call for the group's params that have a gradient."""
+        params, grads, lists = self._gather(group)
+        if any(g.is_sparse for g in grads):
+            self._sparse_step(group, amp, params, grads, lists)
+            return
+        spec = self._spec
+        options = self._options(group)
+        if spec.capturable:
+            names = ("params", *reversed(spec.counters))
+            counters = [lists[c] for c in names[1:]]
+            check_capturable(group["capturable"], params, *counters, what=_and_last(names))
+            options["capturable"] = capturable_step(group, params)
+        view = real_views_of(params)
+        created = spec.creates
+        for st in spec.state:
+            if st.name in lists and st.name != created:
+                lists[st.name] = view(lists[st.name])
+        if created is not None and created in lists and self.state_dtype is not None:
+            options["state_dtype"] = self.state_dtype
+        type(self)._update_fn(
+            view(params),
+            view(grads),
+            **lists,
+            **options,
+            **amp,
+            **self._precision.kwargs(type(self).__name__, self.state, params),
+        )
+        if created is not None and created in lists:
+            key = next(st.key for st in spec.state if st.name == created)
+            state = self.state
+            for p, buf in zip(params, lists[created], strict=True):
+                if buf is not None and key not in state[p]:
+                    state[p][key] = buf  # created by this step (None: an AMP-skipped step)
+
+    def _sparse_step(
+        self,
+        group: dict[str, Any],
+        amp: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        lists: dict[str, Any],
+    ) -> None:
+        raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+
+    def _clip_coef(self, grad_scale: Tensor | None = None) -> Tensor | None:
+        """The ``max_grad_norm`` clipping coefficient of this step (a 1-element float32 tensor),
+        or None: ``min(max_grad_norm / (norm + 1e-6), 1)`` of the global 2-norm of every
+        gradient (unscaled by ``grad_scale`` under AMP). The update multiplies each gradient by
+        it as it reads it: ``p.grad`` is left as it was, and on CUDA nothing is read on the host.
+        The result equals ``torch.nn.utils.clip_grad_norm_(params, max_grad_norm)`` then the step.
+        """
+        if self.max_grad_norm is None:
+            return None
+        from gradfuse import _clip
+
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if not grads:
+            return None
+        norm = _clip.total_norm("max_grad_norm", grads, 2.0)
+        if grad_scale is not None:
+            norm = norm / grad_scale.to(norm.device, norm.dtype).reshape(())
+        coef = torch.clamp(self.max_grad_norm / (norm + 1e-6), max=1.0)
+        return coef.to(torch.float32).reshape(1)
+
+    # torch.optim.Optimizer.step's overloads, so that step types as torch's.
+    @overload
+    def step(self, closure: None = None) -> None: ...
+
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """Perform a single optimization step.
+
+        Args:
+            closure: a closure that reevaluates the model and returns the loss (optional).
+        """
+        if self._graph_capture_health_check:
+            self._accelerator_graph_capture_health_check()
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        grad_scale = getattr(self, "grad_scale", None)
+        amp = {
+            "grad_scale": grad_scale,
+            "found_inf": getattr(self, "found_inf", None),
+            "clip_coef": self._clip_coef(grad_scale),
+        }
+        for group in self.param_groups:
+            self._update(group, amp)
+        return loss
+
+    # --- checkpoints and pickling ------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        self._precision.save(sd)
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._precision.load(self, state_dict)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["max_grad_norm"] = self.__dict__.get("max_grad_norm")
+        state["_precision"] = self.__dict__.get("_precision", PrecisionPolicy())
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("max_grad_norm", None)
+        self.__dict__.setdefault("_precision", PrecisionPolicy())
+        for group in self.param_groups:
+            for key, value in self._setstate_defaults.items():
+                group.setdefault(key, value)
+        for name in self._spec.counters:
+            upgrade_scalar_state(
+                self, _COUNTERS[name][0], self._counters_on_device, fused_key="fused"
+            )
+
+
+def _and_last(names: tuple[str, ...]) -> str:
+    return f"{', '.join(names[:-1])} and {names[-1]}"

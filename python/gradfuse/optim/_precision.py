@@ -1,0 +1,189 @@
+"""The precision policies of every gradfuse optimizer (keyword-only, all off by default, so the
+optimizer stays a drop-in for torch's):
+
+- ``master_weights=True``: each float16/bfloat16 param gets a float32 copy in its state
+  (``state[p]["master_param"]``, saved in and restored from ``state_dict``). The update reads and
+  writes the copy in float32 and rounds it into the param in the same pass. float32/float64
+  params are updated as usual (a documented no-op for them). A state without the copy (a torch
+  checkpoint) starts it from the param. The param must not be changed outside the optimizer
+  while master weights are on (the copy would not see it).
+- ``state_dtype=None | torch.float32 | torch.bfloat16``: the dtype the state tensors
+  (``exp_avg``, ``momentum_buffer``, ...) are kept in; None is torch's rule (the param's dtype).
+  float32 state needs float16/bfloat16 params, bfloat16 state float32 params (or bfloat16 ones,
+  where it is the default). Computed in float32 either way.
+- ``rounding="stochastic"`` (bfloat16 params, no master weights): the new param is rounded up or
+  down at random, with probability given by its distance to each neighbour, so tiny updates
+  survive on average. The bits come from a counter-based hash of (seed, call, tensor, element):
+  the same on CPU and CUDA and for any thread count. The seed is drawn from torch's default
+  generator when the optimizer is built (``torch.manual_seed`` makes runs reproducible) and
+  travels in ``state_dict()["gradfuse_low_precision"]`` with the call counter.
+- ``kahan=True`` (bfloat16 params, no master weights, nearest rounding): a bfloat16 compensation
+  buffer per param (``state[p]["kahan_comp"]``) keeps what rounding dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+STATE_DICT_KEY = "gradfuse_low_precision"  # the state_dict entry of the rounding seed and counter
+_NO_CAST_KEYS = ("step", "mu_product")
+_EXTRA_KEYS = ("master_param", "kahan_comp")
+
+
+@dataclass
+class PrecisionPolicy:
+    """One optimizer's precision options, checked, and what they need per param and per step."""
+
+    master_weights: bool = False
+    state_dtype: Any = None
+    rounding: str = "nearest"
+    kahan: bool = False
+    seed: int = 0  # stochastic rounding: the optimizer's seed and how many calls drew from it
+    calls: int = 0
+
+    @classmethod
+    def create(
+        cls, name: str, master_weights: bool, state_dtype: Any, rounding: str, kahan: bool
+    ) -> PrecisionPolicy:
+        if state_dtype not in (None, torch.float32, torch.bfloat16):
+            raise ValueError(
+                f"{name}: state_dtype must be None, torch.float32 or torch.bfloat16, got "
+                f"{state_dtype!r}"
+            )
+        if rounding not in ("nearest", "stochastic"):
+            raise ValueError(
+                f"{name}: rounding must be 'nearest' or 'stochastic', got {rounding!r}"
+            )
+        master_weights, kahan = bool(master_weights), bool(kahan)
+        chosen = [
+            n
+            for n, on in (
+                ("master_weights=True", master_weights),
+                ("kahan=True", kahan),
+                ("rounding='stochastic'", rounding == "stochastic"),
+            )
+            if on
+        ]
+        if len(chosen) > 1:
+            raise ValueError(
+                f"{name}: {' and '.join(chosen)} cannot be combined; pick one (master weights, "
+                f"Kahan compensation or stochastic rounding)"
+            )
+        seed = int(torch.randint(0, 2**62, ()).item()) if rounding == "stochastic" else 0
+        return cls(master_weights, state_dtype, rounding, kahan, seed)
+
+    @property
+    def changes_state(self) -> bool:
+        """Whether a param's state needs :meth:`prepare_state` (extra tensors, another dtype)."""
+        return self.master_weights or self.kahan or self.state_dtype is not None
+
+    def check_param(self, name: str, p: Tensor, i: int) -> None:
+        what = f"{name}: param {i} (shape {tuple(p.shape)}, dtype {p.dtype}, device {p.device})"
+        if (self.kahan or self.rounding == "stochastic") and p.dtype != torch.bfloat16:
+            option = "kahan=True" if self.kahan else "rounding='stochastic'"
+            raise ValueError(f"{what}: {option} needs bfloat16 params")
+        sd = self.state_dtype
+        if sd is not None and sd != p.dtype:
+            ok = (p.dtype in (torch.float16, torch.bfloat16) and sd == torch.float32) or (
+                p.dtype == torch.float32 and sd == torch.bfloat16
+            )
+            if not ok:
+                raise ValueError(
+                    f"{what}: state_dtype={sd} is not available for it (float32 state for "
+                    f"float16/bfloat16 params, bfloat16 state for float32 params)"
+                )
+
+    def dtype_for(self, p: Tensor) -> Any:
+        return p.dtype if self.state_dtype is None else self.state_dtype
+
+    def full(self, p: Tensor, value: complex) -> Tensor:
+        """A state tensor for ``p`` filled with ``value``: its layout, the state dtype."""
+        return torch.full_like(
+            p, value, dtype=self.dtype_for(p), memory_format=torch.preserve_format
+        )
+
+    def prepare_state(self, p: Tensor, state: dict[str, Any]) -> None:
+        """Bring one param's state to the policy: master copy / compensation present, state
+        tensors in the state dtype (a torch checkpoint keeps them in the param's)."""
+        if (
+            self.master_weights
+            and p.dtype in (torch.float16, torch.bfloat16)
+            and "master_param" not in state
+        ):
+            master = torch.empty_like(p, dtype=torch.float32)
+            master.copy_(p.detach())
+            state["master_param"] = master
+        if self.kahan and "kahan_comp" not in state:
+            state["kahan_comp"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        if self.state_dtype is not None:
+            for key, value in state.items():
+                if (
+                    key in _NO_CAST_KEYS
+                    or key in _EXTRA_KEYS
+                    or not torch.is_tensor(value)
+                    or value.shape != p.shape
+                    or not value.is_floating_point()
+                    or value.dtype == self.state_dtype
+                ):
+                    continue
+                state[key] = value.to(self.state_dtype)
+
+    def kwargs(self, name: str, state: Any, params: list[Tensor]) -> dict[str, Any]:
+        """The functional's low-precision keyword arguments for one group's ``params``."""
+        if not (self.changes_state or self.rounding != "nearest"):
+            return {}
+        if torch.compiler.is_compiling():
+            raise NotImplementedError(
+                f"{name}: master_weights, state_dtype, rounding and kahan are not supported "
+                f"under torch.compile yet; step this optimizer eagerly"
+            )
+        kwargs: dict[str, Any] = {}
+        if self.master_weights:
+            kwargs["master_params"] = [
+                state[p]["master_param"] if p.dtype in (torch.float16, torch.bfloat16) else None
+                for p in params
+            ]
+        if self.kahan:
+            kwargs["kahan_comps"] = [state[p]["kahan_comp"] for p in params]
+        if self.rounding == "stochastic":
+            from gradfuse.functional._multi_tensor import mix_seed
+
+            kwargs["rounding"] = "stochastic"
+            kwargs["seed"] = mix_seed(self.seed, self.calls)
+            self.calls += 1
+        return kwargs
+
+    def save(self, sd: dict[str, Any]) -> None:
+        """Adds the stochastic-rounding seed and counter to a ``state_dict()``."""
+        if self.rounding == "stochastic":
+            sd[STATE_DICT_KEY] = {"seed": self.seed, "calls": self.calls}
+
+    def load(self, optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> None:
+        """After torch's ``load_state_dict``, which casts every floating state tensor to its
+        param's dtype: puts back the saved precision of the master copies and of state kept in
+        another dtype, and the rounding seed."""
+        saved_groups = state_dict["param_groups"]
+        ids = [i for g in saved_groups for i in g["params"]]
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        for pid, p in zip(ids, params, strict=True):
+            saved = state_dict["state"].get(pid)
+            if saved is None:
+                continue
+            current = optimizer.state[p]
+            for key, value in saved.items():
+                if key in _NO_CAST_KEYS or not torch.is_tensor(value):
+                    continue
+                if not value.is_floating_point() or value.dtype == current[key].dtype:
+                    continue
+                if key == "master_param" or (
+                    self.state_dtype is not None and value.dtype == self.state_dtype
+                ):
+                    current[key] = value.to(device=p.device, copy=True)
+        extra = state_dict.get(STATE_DICT_KEY)
+        if extra is not None and self.rounding == "stochastic":
+            self.seed = int(extra["seed"])
+            self.calls = int(extra["calls"])
