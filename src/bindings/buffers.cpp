@@ -32,7 +32,7 @@ struct PlainTypes {
   PyObject* dtypes = nullptr;      // {torch.dtype: (name, itemsize)} for the supported dtypes
   // Interned names of the attributes and methods read from every tensor.
   PyObject *dtype, *is_contiguous, *is_neg, *is_cpu, *is_cuda, *get_device, *is_leaf, *data_ptr,
-      *shape, *stride;
+      *shape, *stride, *requires_grad;
 };
 PlainTypes g_types;
 
@@ -106,6 +106,27 @@ PyObject* contiguous_strides(PyObject* shape) {
     stride *= size;
   }
   return out;
+}
+
+// Two tuples of ints (torch.Size, or the strides tuple) hold the same values: the comparison
+// torch.Size.__eq__ makes, without its per-call overhead (~150 ns, twice per tensor).
+bool same_ints(PyObject* a, PyObject* b) {
+  if (!PyTuple_Check(a) || !PyTuple_Check(b)) return false;
+  const Py_ssize_t n = PyTuple_GET_SIZE(a);
+  if (PyTuple_GET_SIZE(b) != n) return false;
+  for (Py_ssize_t d = 0; d < n; ++d) {
+    PyObject* x = PyTuple_GET_ITEM(a, d);
+    PyObject* y = PyTuple_GET_ITEM(b, d);
+    if (x == y) continue;  // small ints are shared objects
+    const long long vx = PyLong_AsLongLong(x);
+    const long long vy = PyLong_AsLongLong(y);
+    if (PyErr_Occurred()) {
+      PyErr_Clear();
+      return false;
+    }
+    if (vx != vy) return false;
+  }
+  return true;
 }
 
 std::int64_t as_int(PyObject* v) {  // steals v; -1 on failure (error cleared)
@@ -262,12 +283,7 @@ py::object prepare_plain(const py::list& slots, const std::vector<bool>& written
       PyObject* rb = PyList_GET_ITEM(out.ptr(), i);
       if (e.dtype != ref.dtype || e.device != ref.device) return py::none();
       for (int f : {6, 7}) {  // shape, strides
-        const int eq =
-            PyObject_RichCompareBool(PyTuple_GET_ITEM(b, f), PyTuple_GET_ITEM(rb, f), Py_EQ);
-        if (eq != 1) {
-          PyErr_Clear();
-          return py::none();
-        }
+        if (!same_ints(PyTuple_GET_ITEM(b, f), PyTuple_GET_ITEM(rb, f))) return py::none();
       }
     }
   }
@@ -297,6 +313,66 @@ py::object prepare_plain(const py::list& slots, const std::vector<bool>& written
   return std::move(out);
 }
 
+// torch's `step += 1` for a list of step counters, in place, and their new values: the common
+// case of _steps.increment_all (every entry a plain 1-element float32/float64 CPU tensor, the
+// counters torch's optimizers keep), without a tensor op per counter (torch._foreach_add_ costs
+// ~2 us per 0-dim CPU tensor). Each counter is added to in its own dtype, as torch adds, and
+// read back after every counter has been advanced (a counter listed twice is advanced twice,
+// as by _foreach_add_). Anything else returns None before writing anything, and the Python
+// path runs.
+py::object increment_counters(const py::list& counters) {
+  const PlainTypes& T = g_types;
+  if (!T.tensor) return py::none();
+  struct Counter {
+    std::uintptr_t ptr;
+    bool is_double;
+  };
+  std::vector<Counter> found;
+  found.reserve(counters.size());
+  for (const py::handle h : counters) {
+    PyObject* t = h.ptr();
+    if (Py_TYPE(t) != T.tensor) return py::none();
+    PyObject* dtype = PyObject_GetAttr(t, T.dtype);
+    if (!dtype) {
+      PyErr_Clear();
+      return py::none();
+    }
+    PyObject* info = PyDict_GetItemWithError(T.dtypes, dtype);  // borrowed
+    Py_DECREF(dtype);
+    if (!info) {
+      PyErr_Clear();
+      return py::none();
+    }
+    const std::string name = py::reinterpret_borrow<py::str>(PyTuple_GET_ITEM(info, 0));
+    if (name != "float32" && name != "float64") return py::none();
+    if (attr_true(t, T.is_cpu) != 1 || attr_true(t, T.requires_grad) != 0) return py::none();
+    if (!call_is(t, T.is_neg, Py_False)) return py::none();
+    PyObject* shape = PyObject_GetAttr(t, T.shape);
+    const long long count = shape ? product(shape) : -1;
+    Py_XDECREF(shape);
+    PyErr_Clear();
+    if (count != 1) return py::none();
+    const std::int64_t ptr = as_int(call0(t, T.data_ptr));
+    if (ptr <= 0) return py::none();
+    found.push_back({static_cast<std::uintptr_t>(ptr), name == "float64"});
+  }
+  for (const Counter& c : found) {
+    if (c.is_double) {
+      *reinterpret_cast<double*>(c.ptr) += 1.0;
+    } else {
+      *reinterpret_cast<float*>(c.ptr) += 1.0f;
+    }
+  }
+  py::list values(found.size());
+  for (std::size_t i = 0; i < found.size(); ++i) {
+    const Counter& c = found[i];
+    const double v = c.is_double ? *reinterpret_cast<const double*>(c.ptr)
+                                 : static_cast<double>(*reinterpret_cast<const float*>(c.ptr));
+    values[i] = py::float_(v);
+  }
+  return std::move(values);
+}
+
 void register_plain_types(const py::type& buffer, const py::type& tensor, const py::type& param,
                           const py::dict& dtypes) {
   GF_CHECK(PyType_IsSubtype(reinterpret_cast<PyTypeObject*>(buffer.ptr()), &PyTuple_Type),
@@ -316,6 +392,7 @@ void register_plain_types(const py::type& buffer, const py::type& tensor, const 
   t.data_ptr = intern("data_ptr");
   t.shape = intern("shape");
   t.stride = intern("stride");
+  t.requires_grad = intern("requires_grad");
   g_types = t;
 }
 
@@ -327,6 +404,9 @@ void register_buffers(py::module_& m) {
         "Tell prepare_plain which types are plain tensors and which dtypes it may accept.");
   m.def("prepare_plain", &prepare_plain, py::arg("slots"), py::arg("written"),
         "The fast path of _multi_tensor.prepare: every slot's Buffers, or None.");
+  m.def("increment_counters", &increment_counters, py::arg("counters"),
+        "step += 1 for plain 1-element float32/float64 CPU tensors, in place; their new values, "
+        "or None (nothing written) for anything else.");
 }
 
 }  // namespace gf

@@ -87,6 +87,13 @@ def increment_all(counters: MutableSequence[Any] | Sequence[Any]) -> list[float]
     if counters and all_tensors(counters):
         import torch
 
+        from gradfuse._native import core
+
+        values = core().increment_counters(
+            counters if isinstance(counters, list) else list(counters)
+        )
+        if values is not None:  # CPU counters (the usual ones): advanced natively, read as is
+            return values  # type: ignore[no-any-return]
         tensors = list(counters)
         torch._foreach_add_(tensors, 1)
         dtype = tensors[0].dtype
