@@ -26,7 +26,8 @@ def test_native_increment_equals_torch(dtype: torch.dtype) -> None:
     assert values == [float(t.item()) for t in theirs]
     for a, b in zip(ours, theirs, strict=True):
         assert torch.equal(a, b)
-        assert a.dtype == b.dtype and a.shape == b.shape
+        assert a.dtype == b.dtype
+        assert a.shape == b.shape
 
 
 def test_counter_listed_twice_is_advanced_twice() -> None:
@@ -60,4 +61,5 @@ def test_increment_all_uses_either_path_with_the_same_result() -> None:
     mixed = [torch.tensor(1.0), torch.tensor(2, dtype=torch.int64)]  # the foreach path
     assert _steps.increment_all(native) == [2.0, 3.0]
     assert _steps.increment_all(mixed) == [2.0, 3.0]
-    assert mixed[1].dtype == torch.int64 and mixed[1].item() == 3
+    assert mixed[1].dtype == torch.int64
+    assert mixed[1].item() == 3
