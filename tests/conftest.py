@@ -1,8 +1,11 @@
-"""Shared fixtures: devices, dtypes, seeds; CUDA tests skip with a reason when there is no GPU."""
+"""Shared fixtures: dtypes, seeds; tests marked ``cuda`` skip with a reason when there is no GPU.
+
+Devices: CPU tests run everywhere; a CUDA test carries ``@pytest.mark.cuda`` and runs where a GPU
+is visible (``pytest -m cuda`` selects only those).
+"""
 
 from __future__ import annotations
 
-import os
 import zlib
 
 import pytest
@@ -11,18 +14,6 @@ import torch
 import gradfuse
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-
-
-def devices() -> list[str]:
-    forced = os.environ.get("GRADFUSE_TEST_DEVICE")
-    if forced:
-        return forced.split(",")
-    return ["cpu", "cuda"] if gradfuse.cuda_available() else ["cpu"]
-
-
-def device_params() -> list[object]:
-    """cpu always; cuda marked, so it runs on a GPU machine and reports a skip elsewhere."""
-    return ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -212,3 +212,24 @@ NORM: dict[torch.dtype, Tol] = {
 # scale), so each clipped gradient carries a relative error up to 2^-24 (6e-8). Over a 20-step
 # trajectory with updates of ~0.1 per step that is up to ~1e-7 absolute (measured 1.3e-8).
 CLIPPED_FLOAT64 = Tol(rtol=2e-7, atol=1e-7)
+
+# torch.autograd.gradcheck of the loss modules' backward in float64 (finite differences with
+# step 1e-6): the central difference is exact to O(eps^2) ~ 1e-12 on these smooth losses, so a
+# tenth of gradcheck's default atol (1e-5) still passes with room, while a wrong derivative
+# (a missing factor, a wrong reduction) is off by O(1).
+GRADCHECK = Tol(rtol=1e-3, atol=1e-6)
+GRADCHECK_EPS = 1e-6
+
+# gradfuse/math/fastmath.h's vexp / vlog / vlog1p (float32): the documented bound, 2 ulp of the
+# correctly rounded float32 result (an exhaustive run measured at most 0.99 ulp). Their float64
+# versions are glibc's, which numpy's own functions may differ from in the last bit (2^-52).
+FASTMATH_ULPS = 2.0
+LIBM_FLOAT64 = Tol(rtol=3e-16, atol=0.0)
+
+# bfloat16 params with float32 state (state_dtype=torch.float32) against torch's float32 optimizer
+# restarted from the bfloat16 params at every step (tests/optim/test_lowprec_optim.py): the
+# states follow the same float32 arithmetic (measured: at most 4.8e-7 apart over 6 seeds x
+# SGD/Adam/AdamW x 20 steps), but a param may round to the other bfloat16 neighbour where the
+# float32 value sits on a midpoint (rare: the test bounds it at 1% of the elements), and through
+# weight decay (1e-2) that moves the next states by about 1e-2 x one bfloat16 spacing.
+FLOAT32_STATE_OF_BFLOAT16 = Tol(rtol=1e-2, atol=1e-5)

@@ -19,7 +19,14 @@ import torch.nn.functional as TF
 import gradfuse
 import gradfuse.nn as gnn
 import gradfuse.nn.functional as GF
-from tolerances import LOSS, LOW_PRECISION_DTYPES, assert_close, assert_low_precision
+from tolerances import (
+    GRADCHECK,
+    GRADCHECK_EPS,
+    LOSS,
+    LOW_PRECISION_DTYPES,
+    assert_close,
+    assert_low_precision,
+)
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 SHAPES = [(1,), (7,), (4097,), (0,), (3, 5, 2)]
@@ -192,7 +199,9 @@ def test_gradcheck_float64(case: Case) -> None:
 
         xi = x.clone().requires_grad_(True)
         yi = y.clone().requires_grad_(case.target_grad)
-        assert torch.autograd.gradcheck(f, (xi, yi), eps=1e-6, atol=1e-6), f"{case.id} {reduction}"
+        assert torch.autograd.gradcheck(
+            f, (xi, yi), eps=GRADCHECK_EPS, atol=GRADCHECK.atol, rtol=GRADCHECK.rtol
+        ), f"{case.id} {reduction}"
 
 
 @pytest.mark.parametrize("case", CASES[:1] + CASES[9:10] + CASES[13:14], ids=lambda c: c.id)

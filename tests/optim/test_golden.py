@@ -7,9 +7,10 @@ test recomputes them under each CPU ISA the machine supports, with 1 and with 2 
 must agree bit for bit: the work split depends only on the sizes), and compares.
 
 Cases: every optimizer of :mod:`gradfuse.optim` x the options that change its math x float32,
-float64, float16, bfloat16 params; then the extensions (capturable on CPU, a tensor lr,
-``max_grad_norm``, GradScaler's ``grad_scale``/``found_inf`` with one skipped step, and the
-low-precision options where they are valid); and the functional layer on numpy arrays.
+float64, float16, bfloat16 params; then the extensions (a tensor lr, ``max_grad_norm``,
+GradScaler's ``grad_scale``/``found_inf`` with one skipped step, and the low-precision options
+where they are valid); the functional layer on numpy arrays; and ``capturable=True`` through the
+functional layer on CPU tensors (the optimizer classes refuse it for CPU params, as torch's do).
 Params: sizes 7, 1, 0, 4097 and 40003 (above the parallel grain, so two threads split it) in two
 param groups with different hyperparameters, plus one param without a gradient.
 
@@ -19,7 +20,9 @@ the commit::
 
     PYTHONPATH=python python tests/optim/test_golden.py --regenerate
 
-(ISAs this CPU lacks keep their stored hashes; a CPU with an ISA the goldens lack fails.)
+Every ISA path must give the same bits (DESIGN.md section 4), so a case stores one hash that
+every ISA is checked against, including ISAs the generating CPU lacked (``measured_isas`` in
+each file says which ran); a case whose ISAs differed would store one hash per ISA.
 """
 
 from __future__ import annotations

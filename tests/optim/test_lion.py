@@ -1,11 +1,11 @@
-"""gradfuse.optim.Lion and functional.lion_ against a float64 reference written from the paper
-(Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms", Algorithm 2)."""
+"""gradfuse.optim.Lion and functional.lion_ against the reference written from the paper
+(Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms", Algorithm 2), which is
+gradfuse.testing.Lion."""
 
 from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -23,41 +23,10 @@ from _more_helpers import (
 import gradfuse
 from conftest import DTYPES
 from gradfuse.optim import Lion
+from gradfuse.testing import Lion as ReferenceLion
 from tolerances import STEP, TRAJECTORY, assert_close
 
 pytestmark = pytest.mark.usefixtures(one_torch_thread.__name__)
-
-
-class PaperLion(torch.optim.Optimizer):
-    """Algorithm 2 of the paper, one tensor op at a time in the params' dtype:
-    c = b1*m + (1-b1)*g;  p = p - lr*(sign(c) + wd*p);  m = b2*m + (1-b2)*g  (sign(0) = 0).
-    The paper writes the decay inside the update; p*(1 - lr*wd) - lr*sign(c) is the same."""
-
-    def __init__(
-        self,
-        params: Any,
-        lr: float = 1e-4,
-        betas: tuple[float, float] = (0.9, 0.99),
-        weight_decay: float = 0.0,
-        maximize: bool = False,
-    ) -> None:
-        super().__init__(
-            params, {"lr": lr, "betas": betas, "weight_decay": weight_decay, "maximize": maximize}
-        )
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> None:  # type: ignore[override]
-        for group in self.param_groups:
-            lr = float(group["lr"])
-            b1, b2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = -p.grad if group["maximize"] else p.grad
-                m = self.state[p].setdefault("exp_avg", torch.zeros_like(p))
-                c = b1 * m + (1 - b1) * g
-                p.mul_(1 - lr * group["weight_decay"]).sub_(lr * torch.sign(c))
-                m.mul_(b2).add_((1 - b2) * g)
 
 
 OPTIONS = list(itertools.product([0.0, 0.1], [False, True], [(0.9, 0.99), (0.95, 0.98)]))
@@ -75,7 +44,7 @@ def test_trajectory_against_paper(
         "maximize": maximize,
     }
     compare_trajectory(
-        lambda ps: Lion(ps, **kw), lambda ps: PaperLion(ps, **kw), dtype, msg=str(kw)
+        lambda ps: Lion(ps, **kw), lambda ps: ReferenceLion(ps, **kw), dtype, msg=str(kw)
     )
 
 
@@ -96,7 +65,7 @@ def test_tensor_lr_many_tensors_and_round_trip() -> None:
     sizes = [int(s) for s in torch.randint(0, 300, (200,))]
     compare_trajectory(
         lambda ps: Lion(ps, lr=torch.tensor(1e-3), weight_decay=0.1),
-        lambda ps: PaperLion(ps, lr=1e-3, weight_decay=0.1),
+        lambda ps: ReferenceLion(ps, lr=1e-3, weight_decay=0.1),
         torch.float32,
         steps=10,
         sizes=sizes,
@@ -154,7 +123,7 @@ def test_functional_numpy() -> None:
     m = np.zeros_like(p)
     tp = torch.from_numpy(p.copy()).requires_grad_()
     tp.grad = torch.from_numpy(g.copy())
-    ref = PaperLion([tp], lr=1e-2, weight_decay=0.5)
+    ref = ReferenceLion([tp], lr=1e-2, weight_decay=0.5)
     for _ in range(3):
         gradfuse.functional.lion_([p], [g], [m], lr=1e-2, weight_decay=0.5)
         ref.step()

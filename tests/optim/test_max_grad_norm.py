@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import torch
 from _more_helpers import leaves, one_torch_thread, random_problem, run_steps
-from test_lion import PaperLion
 
 from gradfuse.optim import SGD, Adagrad, Adam, Adamax, AdamW, Lion, NAdam, RAdam, RMSprop
+from gradfuse.testing import Lion as ReferenceLion
 from tolerances import CLIPPED_FLOAT64, STEP, TRAJECTORY, assert_close
 
 pytestmark = pytest.mark.usefixtures(one_torch_thread.__name__)
@@ -39,7 +39,7 @@ CASES: list[tuple[str, Callable[..., Any], Callable[..., Any]]] = [
     (
         "lion",
         lambda ps, **kw: Lion(ps, lr=1e-3, weight_decay=0.1, **kw),
-        lambda ps: PaperLion(ps, lr=1e-3, weight_decay=0.1),
+        lambda ps: ReferenceLion(ps, lr=1e-3, weight_decay=0.1),
     ),
     (
         "adam_amsgrad",

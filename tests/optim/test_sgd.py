@@ -213,11 +213,10 @@ def test_state_layout_matches_torch() -> None:
     assert a["state"].keys() == b["state"].keys()
     for k in a["state"]:
         assert a["state"][k].keys() == b["state"][k].keys()
-        torch.testing.assert_close(
+        tolerances.assert_close(
             a["state"][k]["momentum_buffer"],
             b["state"][k]["momentum_buffer"],
-            rtol=1e-12,
-            atol=1e-14,
+            tolerances.TRAJECTORY[torch.float64],
         )
 
 

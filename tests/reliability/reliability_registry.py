@@ -3,12 +3,13 @@ threads, leaks) are parametrized over these tables, so a new op joins every test
 
 Entries name torch's public API (``torch.optim.<Name>`` keyword arguments,
 ``torch.nn.functional.<name>`` arguments) and the gradfuse symbols that mirror it. An entry
-whose gradfuse symbol does not exist in this build is skipped with a reason naming the symbol
-(:func:`require`), so entries for ops still being written light up as soon as they land.
+whose gradfuse symbol does not exist in this build fails with a message naming the symbol
+(:func:`require`): a rename must not turn the reliability suite into skips with CI green.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -18,45 +19,10 @@ import pytest
 import torch
 
 import gradfuse
+from gradfuse.testing import has_torch_class, reference_class
 
 # ---------------------------------------------------------------------------------------------
 # Optimizers
-
-
-class LionReference(torch.optim.Optimizer):
-    """Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms", Algorithm 2) in
-    plain torch ops, for ops torch has no class for: c = b1*m + (1-b1)*g;
-    p = p*(1 - lr*wd) - lr*sign(c); m = b2*m + (1-b2)*g."""
-
-    def __init__(
-        self,
-        params: Any,
-        lr: float = 1e-4,
-        betas: tuple[float, float] = (0.9, 0.99),
-        weight_decay: float = 0.0,
-        *,
-        maximize: bool = False,
-    ) -> None:
-        super().__init__(
-            params, {"lr": lr, "betas": betas, "weight_decay": weight_decay, "maximize": maximize}
-        )
-
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> None:  # type: ignore[override]
-        for group in self.param_groups:
-            b1, b2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = -p.grad if group["maximize"] else p.grad
-                state = self.state[p]
-                if "exp_avg" not in state:
-                    state["exp_avg"] = torch.zeros_like(p)
-                m = state["exp_avg"]
-                c = m * b1 + g * (1 - b1)
-                p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(torch.sign(c), alpha=-group["lr"])
-                m.mul_(b2).add_(g, alpha=1 - b2)
 
 
 @dataclass(frozen=True)
@@ -72,8 +38,6 @@ class OptimSpec:
     # counts, torch's convention), "one" (0-dim float32 ones: products of factors).
     state: tuple[tuple[str, str], ...] = ()
     functional_kwargs: dict[str, Any] = field(default_factory=dict)  # a valid call's options
-    reference: type[torch.optim.Optimizer] | None = None  # when torch has no class of that name
-    branch: str = "main"  # where it is being written (for the skip reason)
 
     @property
     def id(self) -> str:
@@ -86,12 +50,14 @@ class OptimSpec:
         return getattr(gradfuse.functional, self.functional, None)
 
     def torch_class(self) -> Any:
-        return self.reference or getattr(torch.optim, self.name)
+        """torch's class of that name, or gradfuse.testing's reference where torch has none."""
+        return reference_class(self.name)
+
+    def has_torch_class(self) -> bool:
+        return has_torch_class(self.name)
 
     def torch_kwargs(self, config: dict[str, Any]) -> dict[str, Any]:
-        """The same options for the torch reference: its slow for-loop path."""
-        if self.reference is not None:
-            return dict(config)
+        """The same options for the reference: its slow for-loop path."""
         return {**config, "foreach": False}
 
 
@@ -121,7 +87,6 @@ OPTIMIZERS: list[OptimSpec] = [
         "adam_",
         (("exp_avgs", "like"), ("exp_avg_sqs", "positive"), ("state_steps", "step")),
         {"lr": 1e-2},
-        branch="adam",
     ),
     OptimSpec(
         "AdamW",
@@ -129,7 +94,6 @@ OPTIMIZERS: list[OptimSpec] = [
         "adamw_",
         (("exp_avgs", "like"), ("exp_avg_sqs", "positive"), ("state_steps", "step")),
         {"lr": 1e-2},
-        branch="adam",
     ),
     OptimSpec(
         "Adamax",
@@ -137,7 +101,6 @@ OPTIMIZERS: list[OptimSpec] = [
         "adamax_",
         (("exp_avgs", "like"), ("exp_infs", "positive"), ("state_steps", "step")),
         {"lr": 1e-2},
-        branch="adam",
     ),
     OptimSpec(
         "NAdam",
@@ -154,7 +117,6 @@ OPTIMIZERS: list[OptimSpec] = [
             ("state_steps", "step"),
         ),
         {"lr": 1e-2},
-        branch="adam",
     ),
     OptimSpec(
         "RAdam",
@@ -165,7 +127,6 @@ OPTIMIZERS: list[OptimSpec] = [
         "radam_",
         (("exp_avgs", "like"), ("exp_avg_sqs", "positive"), ("state_steps", "step")),
         {"lr": 1e-2},
-        branch="adam",
     ),
     OptimSpec(
         "Adagrad",
@@ -177,7 +138,6 @@ OPTIMIZERS: list[OptimSpec] = [
         "adagrad_",
         (("state_sums", "positive"), ("state_steps", "step")),
         {"lr": 0.1},
-        branch="adagrad",
     ),
     OptimSpec(
         "RMSprop",
@@ -189,7 +149,6 @@ OPTIMIZERS: list[OptimSpec] = [
         "rmsprop_",
         (("square_avgs", "positive"),),
         {"lr": 1e-2},
-        branch="adagrad",
     ),
     OptimSpec(
         "Lion",
@@ -200,25 +159,27 @@ OPTIMIZERS: list[OptimSpec] = [
         "lion_",
         (("exp_avgs", "like"),),
         {"lr": 1e-3},
-        reference=LionReference,
-        branch="adagrad",
     ),
 ]
 
 
-def require(obj: Any, what: str, branch: str) -> Any:
-    """``obj``, or skip: the symbol is not in this build yet."""
+def require(obj: Any, what: str) -> Any:
+    """``obj``; a symbol the registry names but this build lacks fails the test."""
     if obj is None:
-        pytest.skip(f"{what} does not exist in this build yet (being written on branch {branch})")
+        pytest.fail(
+            f"{what} does not exist in this build, but the reliability registry names it "
+            f"(renamed or removed? update its entry in tests/reliability/reliability_registry.py)",
+            pytrace=False,
+        )
     return obj
 
 
 def require_class(spec: OptimSpec) -> Any:
-    return require(spec.gf_class(), f"gradfuse.optim.{spec.name}", spec.branch)
+    return require(spec.gf_class(), f"gradfuse.optim.{spec.name}")
 
 
 def require_functional(spec: OptimSpec) -> Any:
-    return require(spec.gf_functional(), f"gradfuse.functional.{spec.functional}", spec.branch)
+    return require(spec.gf_functional(), f"gradfuse.functional.{spec.functional}")
 
 
 def optim_params(
@@ -318,7 +279,6 @@ class LossSpec:
     module: str
     kind: str  # "pointwise" (target like input), "logits" (BCE), "kl", "class" (CE/NLL)
     configs: tuple[dict[str, Any], ...]
-    branch: str
     # Known differences from torch, found by these tests and not fixed yet: test key ("fuzz",
     # "bad:<case>") -> reason. Each becomes a strict xfail, so the test fails again (and the
     # entry must go) as soon as the difference is fixed.
@@ -344,12 +304,10 @@ class LossSpec:
         return getattr(gradfuse.functional, f"{self.name}_with_grad", None)
 
     def require_fn(self) -> Any:
-        return require(self.gf_fn(), f"gradfuse.nn.functional.{self.name}", self.branch)
+        return require(self.gf_fn(), f"gradfuse.nn.functional.{self.name}")
 
     def require_with_grad(self) -> Any:
-        return require(
-            self.gf_with_grad(), f"gradfuse.functional.{self.name}_with_grad", self.branch
-        )
+        return require(self.gf_with_grad(), f"gradfuse.functional.{self.name}_with_grad")
 
     def make(
         self, shape: tuple[int, ...], dtype: torch.dtype, gen: torch.Generator | None = None
@@ -371,10 +329,8 @@ class LossSpec:
 
 
 def _gf_submodule(name: str) -> Any:
-    try:
-        return getattr(gradfuse, name)
-    except (AttributeError, ImportError):
-        return None
+    """``gradfuse.<name>``; an ImportError propagates (and fails the test)."""
+    return importlib.import_module(f"gradfuse.{name}")
 
 
 LOSSES: list[LossSpec] = [
@@ -383,56 +339,48 @@ LOSSES: list[LossSpec] = [
         "MSELoss",
         "pointwise",
         ({}, {"reduction": "sum"}, {"reduction": "none"}),
-        "losses_ew",
     ),
     LossSpec(
         "l1_loss",
         "L1Loss",
         "pointwise",
         ({}, {"reduction": "sum"}, {"reduction": "none"}),
-        "losses_ew",
     ),
     LossSpec(
         "smooth_l1_loss",
         "SmoothL1Loss",
         "pointwise",
         ({}, {"beta": 0.5, "reduction": "sum"}, {"beta": 0.0}),
-        "losses_ew",
     ),
     LossSpec(
         "huber_loss",
         "HuberLoss",
         "pointwise",
         ({}, {"delta": 0.5, "reduction": "sum"}, {"delta": 2.0, "reduction": "none"}),
-        "losses_ew",
     ),
     LossSpec(
         "binary_cross_entropy_with_logits",
         "BCEWithLogitsLoss",
         "logits",
         ({}, {"reduction": "sum"}, {"reduction": "none"}),
-        "losses_ew",
     ),
     LossSpec(
         "kl_div",
         "KLDivLoss",
         "kl",
         ({"reduction": "batchmean"}, {"reduction": "sum"}, {"reduction": "none"}),
-        "losses_ew",
     ),
     LossSpec(
         "cross_entropy",
         "CrossEntropyLoss",
         "class",
         ({}, {"label_smoothing": 0.1, "reduction": "sum"}, {"ignore_index": 1}),
-        "losses_ce",
     ),
     LossSpec(
         "nll_loss",
         "NLLLoss",
         "class",
         ({}, {"reduction": "sum"}, {"ignore_index": 1}),
-        "losses_ce",
     ),
 ]
 

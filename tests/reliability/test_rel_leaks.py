@@ -123,16 +123,9 @@ def _round_robin(calls: list[Callable[[], Any]]) -> Callable[[], None]:
     return call
 
 
-def _present(items: list[Any], present: Callable[[Any], bool]) -> list[Any]:
-    out = [x for x in items if present(x)]
-    if not out:
-        pytest.skip("no op of this kind exists in this build yet")
-    return out
-
-
 def test_optimizer_steps_do_not_leak() -> None:
     steps = []
-    for spec in _present(OPTIMIZERS, lambda s: s.gf_class() is not None):
+    for spec in OPTIMIZERS:
         for config in spec.configs:
             params = [torch.randn(n, requires_grad=True) for n in SIZES]
             for p in params:
@@ -155,8 +148,7 @@ def _numpy_call(spec: OptimSpec) -> Callable[[], None]:
 
 
 def test_functional_calls_do_not_leak() -> None:
-    specs = _present(OPTIMIZERS, lambda s: s.gf_functional() is not None)
-    assert_flat(_round_robin([_numpy_call(s) for s in specs]), "functional calls")
+    assert_flat(_round_robin([_numpy_call(s) for s in OPTIMIZERS]), "functional calls")
 
 
 def _loss_call(spec: LossSpec, config: dict[str, Any], layer: str) -> Callable[[], None]:
@@ -181,12 +173,5 @@ def _loss_call(spec: LossSpec, config: dict[str, Any], layer: str) -> Callable[[
 
 @pytest.mark.parametrize("layer", ["with_grad", "autograd"])
 def test_loss_calls_do_not_leak(layer: str) -> None:
-    def present(s: LossSpec) -> bool:
-        return (s.gf_with_grad() if layer == "with_grad" else s.gf_fn()) is not None
-
-    calls = [
-        _loss_call(spec, config, layer)
-        for spec in _present(LOSSES, present)
-        for config in spec.configs
-    ]
+    calls = [_loss_call(spec, config, layer) for spec in LOSSES for config in spec.configs]
     assert_flat(_round_robin(calls), f"loss calls ({layer})")
