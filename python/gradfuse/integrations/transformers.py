@@ -29,7 +29,7 @@ __all__ = ["causal_lm_loss", "use_fused_cross_entropy"]
 
 def causal_lm_loss(
     logits: Tensor,
-    labels: Tensor,
+    labels: Tensor | None,
     vocab_size: int,
     num_items_in_batch: Tensor | int | None = None,
     ignore_index: int = -100,
@@ -40,7 +40,8 @@ def causal_lm_loss(
     cross-entropy.
 
     ``logits`` (..., seq, vocab_size) predict ``labels`` (..., seq) shifted by one position;
-    the last position has no target. Extra keyword arguments (a model's forward passes its
+    the last position has no target. ``shift_labels`` (already shifted, as a padding-free
+    collator gives them) replaces ``labels``. Extra keyword arguments (a model's forward passes its
     ``**kwargs`` on) are accepted and ignored, as transformers' loss ignores them.
     """
     if logits.shape[-1] != vocab_size:
@@ -50,6 +51,8 @@ def causal_lm_loss(
         )
     logits = logits.float()  # as transformers: the loss in float32 whatever the model's dtype
     if shift_labels is None:
+        if labels is None:
+            raise ValueError("causal_lm_loss: labels is None, expected labels or shift_labels")
         if labels.shape != logits.shape[:-1]:
             raise ValueError(
                 f"causal_lm_loss: labels has shape {tuple(labels.shape)}, expected the logits' "
@@ -83,10 +86,13 @@ def use_fused_cross_entropy(model: torch.nn.Module) -> torch.nn.Module:
             f"loss_function hook), got {type(model).__name__}"
         )
     loss_type = getattr(model, "loss_type", None)
-    if loss_type is not None and LOSS_MAPPING.get(loss_type) is not ForCausalLMLoss:
+    # transformers falls back to ForCausalLMLoss for a loss_type it does not know; so do we.
+    if loss_type in LOSS_MAPPING and LOSS_MAPPING[loss_type] is not ForCausalLMLoss:
         raise ValueError(
             f"use_fused_cross_entropy: model {type(model).__name__} has loss_type={loss_type!r}, "
             "expected a causal LM (a loss_type that transformers maps to ForCausalLMLoss)"
         )
-    model.loss_function = causal_lm_loss
+    # A property of PreTrainedModel with a setter; torch's Module stub types attributes as
+    # Tensor | Module.
+    model.loss_function = causal_lm_loss  # type: ignore[assignment]
     return model
