@@ -249,5 +249,5 @@ def test_use_fused_cross_entropy_refuses_other_losses() -> None:
         num_labels=3,
     )
     model = LlamaForSequenceClassification(config)
-    with pytest.raises(ValueError, match="loss_type='ForSequenceClassification'.*causal LM"):
+    with pytest.raises(ValueError, match=r"loss_type='ForSequenceClassification'.*causal LM"):
         use_fused_cross_entropy(model)
