@@ -4,7 +4,8 @@ loop with torch's AdamW (tiny Llama from a config, no download)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import frameworks_helpers as fh
@@ -16,7 +17,7 @@ from accelerate.utils import set_seed
 from frameworks_helpers import tiny_llama, token_rows
 
 import gradfuse
-from tolerances import TRAINING_CURVE, assert_close
+from tolerances import AUTOCAST_BF16_CURVE, TRAINING_CURVE, assert_close
 
 assert fh  # HF_HUB_OFFLINE is set by frameworks_helpers before transformers is imported
 
@@ -34,7 +35,7 @@ def _fresh_accelerator_state() -> Iterator[None]:
 
 
 def _run(
-    cls: type[torch.optim.Optimizer],
+    cls: Callable[..., torch.optim.Optimizer],
     steps: int = STEPS,
     save_at: int | None = None,
     resume_from: Path | None = None,
@@ -69,7 +70,9 @@ def _run(
 
 def test_prepare_bf16_clip_matches_torch() -> None:
     ours, ours_model, ours_opt = _run(gradfuse.optim.AdamW)
-    theirs, theirs_model, _ = _run(torch.optim.AdamW)
+    # torch's fused AdamW, the Trainer's default; bfloat16 autocast: AUTOCAST_BF16_CURVE says
+    # why the runs may differ by more than float32 ulps.
+    theirs, theirs_model, _ = _run(functools.partial(torch.optim.AdamW, fused=True))
     assert isinstance(ours_opt.optimizer, gradfuse.optim.AdamW)  # AcceleratedOptimizer wraps it
     # bfloat16 autocast: the forward pass ran in bfloat16, the weights stayed float32.
     assert next(ours_model.parameters()).dtype == torch.float32
@@ -77,9 +80,9 @@ def test_prepare_bf16_clip_matches_torch() -> None:
     assert ours[-1] < ours[0]
     a = torch.tensor(ours, dtype=torch.float64)
     b = torch.tensor(theirs, dtype=torch.float64)
-    assert_close(a, b, TRAINING_CURVE, "per-step loss, gradfuse vs torch AdamW")
+    assert_close(a, b, AUTOCAST_BF16_CURVE, "per-step loss, gradfuse vs torch AdamW")
     for p, q in zip(ours_model.parameters(), theirs_model.parameters(), strict=True):
-        assert_close(p.detach(), q.detach(), TRAINING_CURVE, "weights after the run")
+        assert_close(p.detach(), q.detach(), AUTOCAST_BF16_CURVE, "weights after the run")
 
 
 def test_save_and_load_state_resumes_the_run(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import pytest
 import torch
 from torch import nn
 
@@ -16,6 +17,10 @@ import gradfuse
 from tolerances import TRAINING_CURVE, assert_close
 
 STEPS = 8
+
+# Lightning 2.6.6's own use of torch's pytree (torch 2.13 deprecates LeafSpec instances); not
+# about the optimizer, and an error under this suite's filterwarnings.
+pytestmark = pytest.mark.filterwarnings("ignore:`isinstance\\(treespec, LeafSpec\\)`:FutureWarning")
 
 
 class Regressor(pl.LightningModule):
@@ -39,9 +44,11 @@ class Regressor(pl.LightningModule):
 
 
 def _loader() -> torch.utils.data.DataLoader[Any]:
+    """Half of STEPS batches: two epochs make a run, and the half-way checkpoint falls on an
+    epoch's end (a loader without state cannot resume mid-epoch)."""
     gen = torch.Generator().manual_seed(1)
-    x = torch.randn(8 * STEPS, 16, generator=gen)
-    y = torch.randn(8 * STEPS, 4, generator=gen)
+    x = torch.randn(8 * (STEPS // 2), 16, generator=gen)
+    y = x @ torch.randn(16, 4, generator=gen) / 4  # a target the network can learn
     ds = torch.utils.data.TensorDataset(x, y)
     return torch.utils.data.DataLoader(ds, batch_size=8, shuffle=False)
 
@@ -61,13 +68,15 @@ def _trainer(max_steps: int, root: Path) -> pl.Trainer:
     )
 
 
-def _fit(opt_cls: type[torch.optim.Optimizer], max_steps: int, root: Path) -> tuple[Any, Any]:
+def _fit(
+    opt_cls: type[torch.optim.Optimizer], max_steps: int, root: Path, ckpt: Path | None = None
+) -> tuple[Any, Any]:
     module = Regressor(opt_cls)
     trainer = _trainer(max_steps, root)
     with warnings.catch_warnings():
         # Lightning's advice for a real run (num_workers, ...), not about the optimizer.
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        trainer.fit(module, _loader())
+        trainer.fit(module, _loader(), ckpt_path=None if ckpt is None else str(ckpt))
     return module, trainer
 
 
@@ -85,21 +94,27 @@ def test_fit_with_clipping_matches_torch(tmp_path: Path) -> None:
         assert_close(p.detach(), q.detach(), TRAINING_CURVE, "weights after fit")
 
 
-def test_resume_from_lightning_checkpoint(tmp_path: Path) -> None:
-    whole, _ = _fit(gradfuse.optim.AdamW, STEPS, tmp_path)
-    first, trainer = _fit(gradfuse.optim.AdamW, STEPS // 2, tmp_path)
-    ckpt = tmp_path / "half.ckpt"
+def _fit_in_two_halves(opt_cls: type[torch.optim.Optimizer], root: Path) -> tuple[Any, Any]:
+    first, trainer = _fit(opt_cls, STEPS // 2, root)
+    ckpt = root / f"half-{opt_cls.__module__}.ckpt"
     trainer.save_checkpoint(ckpt)
-    resumed = Regressor(gradfuse.optim.AdamW)
-    trainer = _trainer(STEPS, tmp_path)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        trainer.fit(resumed, _loader(), ckpt_path=str(ckpt))
+    resumed, trainer = _fit(opt_cls, STEPS, root, ckpt)
+    resumed.losses[:0] = first.losses
+    return resumed, trainer
+
+
+def test_resume_from_lightning_checkpoint(tmp_path: Path) -> None:
+    """Fit half, save a checkpoint, fit on from it: the same run as torch's AdamW through the
+    same steps. (Not the same as one uninterrupted fit, with torch's AdamW either: measured,
+    the losses part after the first resumed step in Lightning 2.6.6.)"""
+    ours, trainer = _fit_in_two_halves(gradfuse.optim.AdamW, tmp_path)
+    theirs, _ = _fit_in_two_halves(torch.optim.AdamW, tmp_path)
     opt = trainer.optimizers[0]
     assert isinstance(opt, gradfuse.optim.AdamW)
-    assert all(int(s["step"]) == STEPS for s in opt.state.values())
-    got = torch.tensor(first.losses + resumed.losses, dtype=torch.float64)
-    want = torch.tensor(whole.losses, dtype=torch.float64)
-    assert_close(got, want, TRAINING_CURVE, "losses: two halves vs one run")
-    for p, q in zip(resumed.parameters(), whole.parameters(), strict=True):
-        assert_close(p.detach(), q.detach(), TRAINING_CURVE, "resumed vs uninterrupted")
+    assert all(int(s["step"]) == STEPS for s in opt.state.values())  # the state came back
+    assert len(ours.losses) == STEPS
+    got = torch.tensor(ours.losses, dtype=torch.float64)
+    want = torch.tensor(theirs.losses, dtype=torch.float64)
+    assert_close(got, want, TRAINING_CURVE, "losses: resumed gradfuse vs resumed torch")
+    for p, q in zip(ours.parameters(), theirs.parameters(), strict=True):
+        assert_close(p.detach(), q.detach(), TRAINING_CURVE, "weights after the resumed fit")
