@@ -34,6 +34,7 @@ import torch
 from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
+    PrinterCallback,
     Trainer,
     TrainerCallback,
     TrainingArguments,
@@ -156,6 +157,8 @@ def train_one(
             callbacks=[_StepTimer(run, progress)],
             **extra,
         )
+        # logging_steps=1 records every loss; the Trainer would also print each one.
+        trainer.remove_callback(PrinterCallback)
         trainer.train()
     run.losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     return run
