@@ -5,6 +5,11 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
+# The training frameworks the tests run gradfuse under (tests/integrations/test_frameworks_*),
+# and tqdm (the bench's and the examples' progress bar); the same pins as pyproject's test extra.
+# Installed with TORCH_SPEC so that pip keeps the CPU torch. timm is not here: it needs
+# torchvision, whose PyPI wheels are CUDA builds that do not load beside the CPU torch.
+FRAMEWORKS ?= transformers==5.25.0 accelerate==1.16.0 lightning==2.6.6 tqdm==4.70.1
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
 .PHONY: help venv install bench test lint stubtest format dev dev-test sanitize gpu-check clean
@@ -23,6 +28,7 @@ $(VENV)/.ready:
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q scikit-build-core pybind11 ninja cmake numpy pytest hypothesis \
 	    matplotlib scikit-learn ruff mypy clang-format build
+	$(PY) -m pip install -q "$(TORCH_SPEC)" $(FRAMEWORKS)
 	touch $@
 
 venv: $(VENV)/.ready
@@ -70,9 +76,12 @@ dev-test: dev
 # preloaded too, or ASan cannot find the real __cxa_throw and aborts on the first C++ exception;
 # the leak checker would report the interpreter's own never-freed objects, hence detect_leaks=0).
 # Any ASan or UBSan finding aborts the run; its report is printed from build/asan/report.*.
-# SANITIZE_TESTS picks the tests (default: all but slow and cuda).
+# SANITIZE_TESTS picks the tests (default: all but slow and cuda, and not the training frameworks:
+# they run gradfuse through the same kernels as the rest, and would only add the frameworks'
+# own native libraries, uninstrumented, to the run).
 SAN_DIR ?= build/asan
-SANITIZE_TESTS ?= -m "not slow and not cuda"
+SANITIZE_TESTS ?= -m "not slow and not cuda" --ignore-glob='*test_frameworks_*' \
+    --ignore-glob='*test_train_causal_lm*'
 SAN_REPORT = $(CURDIR)/$(SAN_DIR)/report
 SAN_ENV = LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so) $$($(CXX) -print-file-name=libstdc++.so)" \
     ASAN_OPTIONS=detect_leaks=0:verify_asan_link_order=0:abort_on_error=1:detect_stack_use_after_return=1:log_path=$(SAN_REPORT) \

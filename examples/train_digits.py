@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -125,23 +124,11 @@ def batches(n: int, batch: int, steps: int, seed: int) -> Iterator[torch.Tensor]
 
 def _progress(it: Iterable[Any], total: int, enabled: bool) -> Iterator[Any]:
     if not enabled:
-        yield from it
-        return
-    try:
-        from tqdm import tqdm
+        return iter(it)
+    # tqdm (the bench extra): redraws in place on a terminal, separate lines in a log.
+    from gradfuse.bench import progress
 
-        yield from tqdm(it, total=total, desc="training", file=sys.stderr)
-        return
-    except ImportError:
-        pass
-    t0 = time.monotonic()
-    for i, x in enumerate(it, 1):
-        yield x
-        if i == total or i % max(total // 50, 1) == 0:
-            bar = "#" * (30 * i // total)
-            sys.stderr.write(f"\rtraining [{bar:<30}] {i}/{total}  {time.monotonic() - t0:.1f} s")
-            sys.stderr.flush()
-    sys.stderr.write("\n")
+    return progress(it, total, "training")
 
 
 def _timed_step(

@@ -8,6 +8,7 @@ every public name so that ``from tolerances import STEP, assert_close`` keeps wo
 from __future__ import annotations
 
 from gradfuse._tolerances import (
+    AUTOCAST_BF16_CURVE,
     CAPTURABLE_VS_HOST,
     CLIPPED_FLOAT64,
     CPU_VS_CUDA,
@@ -35,6 +36,7 @@ from gradfuse._tolerances import (
 )
 
 __all__ = [
+    "AUTOCAST_BF16_CURVE",
     "CAPTURABLE_VS_HOST",
     "CLIPPED_FLOAT64",
     "CPU_VS_CUDA",

@@ -309,3 +309,24 @@ def test_every_sample_starts_after_the_threads_went_idle(monkeypatch: pytest.Mon
     with Progress(100, "test") as bar:
         measure(item, repeat=3, warmup=1, cache=1 << 16, ceiling_gbps=10.0, seed=0, bar=bar)
     assert events == ["quiesce", "sample"] * 6
+
+
+def test_torch_without_fused_is_one_note_under_the_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # torch.optim's RMSprop and RAdam take no fused=: one note per table, not a row per case.
+    js, md = tmp_path / "n.json", tmp_path / "n.md"
+    args = ["bench", "--ops", "rmsprop,radam", "--sizes", "4097", "--device", "cpu", "--quick"]
+    args += ["--providers", "gradfuse,torch-fused", "--repeat", "2", "--warmup", "0"]
+    assert main([*args, "--json", str(js), "--markdown", str(md)]) == 0
+    out = capsys.readouterr().out
+    note = "torch-fused not measured for rmsprop, radam: torch has no fused implementation"
+    assert out.count(note) == 1
+    page = md.read_text()
+    assert page.count(f"- {note}") == 1
+    for text in (out, page):
+        assert "unexpected keyword" not in text
+        assert "n/a" not in text
+    for r in json.loads(js.read_text())["results"]:
+        assert r["unavailable"] == {"torch-fused": "torch has no fused implementation"}
+        assert set(r["providers"]) == {"gradfuse"}

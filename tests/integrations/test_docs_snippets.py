@@ -18,10 +18,10 @@ import gradfuse
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-def _section() -> str:
-    """The README's "## Use it with" section, up to the next "## " heading."""
+def _section(heading: str = "Use it with") -> str:
+    """The README's "## <heading>" section, up to the next "## " heading."""
     text = README.read_text()
-    start = text.index("\n## Use it with\n")
+    start = text.index(f"\n## {heading}\n")
     end = text.find("\n## ", start + 1)
     return text[start : end if end != -1 else len(text)]
 
@@ -38,8 +38,8 @@ for i, path in enumerate(blocks):
 """
 
 
-def _blocks() -> list[str]:
-    return re.findall(r"^```python\n(.*?)^```$", _section(), re.MULTILINE | re.DOTALL)
+def _blocks(heading: str = "Use it with") -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```$", _section(heading), re.MULTILINE | re.DOTALL)
 
 
 def _free_port() -> int:

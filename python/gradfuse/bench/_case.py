@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -36,6 +37,11 @@ Shape = tuple[int, ...]
 
 class Unavailable(Exception):
     """A provider (or case) cannot run here; the message says why, for the report."""
+
+
+# The reason for torch-fused on an optimizer torch has no fused step for (RAdam, RMSprop, ...):
+# the same words for every such case, so that the report writes it once, under the table.
+NO_TORCH_FUSED = "torch has no fused implementation"
 
 
 @dataclass(frozen=True)
@@ -290,10 +296,14 @@ class OptimizerCase(Case):
         kw = {**self.kwargs, **extra}
         if self.torch_factory is not None:
             if fused:
-                raise Unavailable(f"torch has no fused {self.optimizer}")
+                raise Unavailable(NO_TORCH_FUSED)
             return self.torch_factory(params, foreach=foreach, **kw)
         cls = getattr(torch.optim, self.optimizer)
         if fused:
+            if "fused" not in inspect.signature(cls).parameters:
+                # One reason for every case of every such optimizer: the report gives it one
+                # note under the table instead of a row per case.
+                raise Unavailable(NO_TORCH_FUSED)
             return cls(params, fused=True, **kw)
         return cls(params, foreach=foreach, **kw)
 

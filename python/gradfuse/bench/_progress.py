@@ -1,78 +1,93 @@
-"""A progress bar on stderr: tqdm when it is installed, else a small one of our own.
+"""Progress on stderr for ``gradfuse bench``, ``gradfuse check`` and the examples: tqdm's bar
+(tqdm is a dependency of the ``bench`` extra; without it, no bar).
 
-On a terminal the bar redraws in place; otherwise (a log, CI) it prints a line at most every
-few seconds, so logs stay short.
+On a terminal tqdm redraws its line in place. Anywhere else (a log file, CI) a redraw is a
+carriage return that a log keeps, and hundreds of them make one endless line: there each
+redraw becomes a line of its own, at most one every ``LOG_INTERVAL_S`` seconds.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
-import time
+from collections.abc import Iterable, Iterator
 from types import TracebackType
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from typing_extensions import Self
 
+LOG_INTERVAL_S = 10.0
 
-class Progress:
-    def __init__(self, total: int, desc: str = "", stream: TextIO | None = None) -> None:
-        self.total = max(total, 1)
-        self.n = 0
-        self.desc = desc
-        self.stream = stream if stream is not None else sys.stderr
-        self.start = time.monotonic()
-        self._last = 0.0
-        self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self._tqdm: Any = None
-        try:
-            tqdm = importlib.import_module("tqdm").tqdm  # optional
-            self._tqdm = tqdm(total=self.total, desc=desc, file=self.stream, leave=False)
-        except ImportError:
-            pass
+T = TypeVar("T")
 
-    def set(self, desc: str) -> None:
-        self.desc = desc
-        if self._tqdm is not None:
-            self._tqdm.set_description_str(desc, refresh=True)
-        else:
-            self._draw(force=False)
 
-    def update(self, n: int = 1) -> None:
-        self.n = min(self.n + n, self.total)
-        if self._tqdm is not None:
-            self._tqdm.update(n)
-        else:
-            self._draw(force=False)
+class _Lines:
+    """A file for tqdm that writes each redraw (``"\\r" + bar``) as one line."""
 
-    def _draw(self, force: bool) -> None:
-        now = time.monotonic()
-        if not force and now - self._last < (0.1 if self._tty else 5.0):
-            return
-        self._last = now
-        frac = self.n / self.total
-        elapsed = now - self.start
-        eta = elapsed / frac - elapsed if frac > 0 else 0.0
-        width = 24
-        fill = int(frac * width)
-        bar = "#" * fill + "." * (width - fill)
-        text = (
-            f"[{bar}] {100 * frac:3.0f}%  {_clock(elapsed)} elapsed, ~{_clock(eta)} left  "
-            f"{self.desc}"
-        )
-        if self._tty:
-            cols = 100
-            self.stream.write("\r" + text[:cols].ljust(cols))
-        else:
-            self.stream.write(text + "\n")
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        line = text.replace("\r", "").rstrip()
+        if line:
+            self.stream.write(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
         self.stream.flush()
 
+
+def _is_tty(stream: TextIO) -> bool:
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+def tqdm_bar(total: int | None, desc: str = "", stream: TextIO | None = None, **kw: Any) -> Any:
+    """A tqdm bar on ``stream`` (default stderr), in place on a terminal and as separate lines
+    elsewhere; None when tqdm is not installed."""
+    try:
+        tqdm = importlib.import_module("tqdm").tqdm
+    except ImportError:
+        return None
+    stream = stream if stream is not None else sys.stderr
+    if not _is_tty(stream):
+        kw = {"mininterval": LOG_INTERVAL_S, "maxinterval": LOG_INTERVAL_S, **kw}
+        kw.setdefault("ncols", 100)
+        return tqdm(total=total, desc=desc, file=_Lines(stream), **kw)
+    return tqdm(total=total, desc=desc, file=stream, **kw)
+
+
+def progress(
+    items: Iterable[T], total: int | None = None, desc: str = "", stream: TextIO | None = None
+) -> Iterator[T]:
+    """``items``, advancing a :func:`tqdm_bar` per item (the examples' training loops)."""
+    bar = tqdm_bar(total, desc, stream)
+    if bar is None:
+        yield from items
+        return
+    with bar:
+        for x in items:
+            yield x
+            bar.update()
+
+
+class Progress:
+    """The bench's bar: a total, a description that changes per case, ``update()``."""
+
+    def __init__(self, total: int, desc: str = "", stream: TextIO | None = None) -> None:
+        self.total = max(total, 1)
+        self._bar = tqdm_bar(self.total, desc, stream, leave=False)
+
+    def set(self, desc: str) -> None:
+        if self._bar is not None:
+            self._bar.set_description_str(desc, refresh=False)
+
+    def update(self, n: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+
     def close(self) -> None:
-        if self._tqdm is not None:
-            self._tqdm.close()
-        elif self._tty:
-            self.stream.write("\r" + " " * 100 + "\r")
-            self.stream.flush()
+        if self._bar is not None:
+            self._bar.close()
 
     def __enter__(self) -> Self:
         return self
@@ -84,8 +99,3 @@ class Progress:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def _clock(seconds: float) -> str:
-    s = int(seconds)
-    return f"{s // 60}:{s % 60:02d}"

@@ -60,6 +60,21 @@ def _ceiling_range(rows: list[dict[str, Any]], start: dict[str, Any]) -> str:
     return f"{lo:.1f} GB/s" if round(lo, 1) == round(hi, 1) else f"{lo:.1f}-{hi:.1f} GB/s"
 
 
+def not_measured(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per (provider, reason) of the providers that could not run in ``rows`` (torch
+    has no fused RAdam, ...), naming the ops it applies to, for a note under the table instead
+    of a row in every case."""
+    ops: dict[tuple[str, str], list[str]] = {}
+    for r in rows:
+        for prov, why in r["unavailable"].items():
+            names = ops.setdefault((prov, why), [])
+            if r["op"] not in names:
+                names.append(r["op"])
+    return [
+        f"{prov} not measured for {', '.join(names)}: {why}" for (prov, why), names in ops.items()
+    ]
+
+
 def print_table(report: dict[str, Any]) -> None:
     results = report["results"]
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
@@ -98,9 +113,10 @@ def print_table(report: dict[str, Any]) -> None:
                     f"{(f'{pct:.0f}%' if pct is not None else '-'):>6} {rel:>12}{extra}"
                 )
                 first = False
-            for prov, why in {**r["unavailable"], **r["errors"]}.items():
-                tag = "FAILED" if prov in r["errors"] else "n/a"
-                print(f"{'':<{w}} {'':<12} {prov:<14} {tag}: {why}")
+            for prov, why in r["errors"].items():
+                print(f"{'':<{w}} {'':<12} {prov:<14} FAILED: {why}")
+        for line in not_measured(rows):
+            print(f"  note: {line}")
     if results:
         r0 = results[0]
         print(
@@ -271,8 +287,11 @@ def markdown(report: dict[str, Any]) -> str:
                     f"{r.get('ceiling_gbps', report['ceiling'][device]['gbps']):.1f} | "
                     f"{(f'{sp:.2f}x' if sp is not None else '-')} |"
                 )
-            for prov, why in {**r["unavailable"], **r["errors"]}.items():
-                lines.append(f"| {r['op']} | {r['size']} | {prov} | n/a: {why} | | | | | | |")
+            for prov, why in r["errors"].items():
+                lines.append(f"| {r['op']} | {r['size']} | {prov} | FAILED: {why} | | | | | | |")
+        notes = not_measured(rows)
+        if notes:
+            lines += ["", *(f"- {line}" for line in notes)]
     if report["skipped"]:
         lines += [
             "",

@@ -1,0 +1,51 @@
+"""gradfuse's optimizers in timm's optimizer factory.
+
+::
+
+    import gradfuse.integrations.timm
+    from timm.optim import create_optimizer_v2
+
+    gradfuse.integrations.timm.register()
+    opt = create_optimizer_v2(model, opt="gfadamw", lr=1e-3, weight_decay=0.05)
+
+Each gradfuse optimizer is registered as ``"gf" + class name in lower case`` (``gfsgd``,
+``gfadam``, ``gfadamw``, ``gfadagrad``, ``gfrmsprop``, ``gfadamax``, ``gfnadam``, ``gfradam``,
+``gflion``) with the settings timm uses for the name without ``gf`` (``gfsgd`` has Nesterov
+momentum as timm's ``sgd``, ``gfrmsprop`` alpha 0.9 as timm's ``rmsprop``, ...): swapping
+``"adamw"`` for ``"gfadamw"`` changes the implementation only. No underscore: timm reads only
+the last ``_``-separated part of a name (``lookahead_gfadamw`` wraps ``gfadamw`` in Lookahead).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+__all__ = ["PREFIX", "register"]
+
+PREFIX = "gf"
+
+
+def register() -> list[str]:
+    """Add every gradfuse optimizer to timm's default registry (idempotent); returns the
+    names registered, in the order of ``gradfuse.optim.__all__``."""
+    from timm.optim import get_optimizer_info
+    from timm.optim._optim_factory import default_registry
+
+    import gradfuse.optim
+
+    names = []
+    for class_name in gradfuse.optim.__all__:
+        cls = getattr(gradfuse.optim, class_name)
+        base = class_name.lower()
+        info = get_optimizer_info(base)  # timm's entry for torch's (or timm's) class
+        name = PREFIX + base
+        default_registry.register(
+            dataclasses.replace(
+                info,
+                name=name,
+                opt_class=cls,
+                description=f"gradfuse.optim.{class_name}, fused (timm's {base!r} settings)",
+            )
+        )
+        names.append(name)
+    return names
