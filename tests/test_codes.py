@@ -4,6 +4,7 @@ do with them (a code that named the wrong C++ enumerator would change a result h
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -101,17 +102,12 @@ def test_weight_decay_mode_codes() -> None:
     assert not torch.equal(_adam(p, g, "none", wd), _adam(p, g, "l2", wd))
 
 
-def _sgd_bf16(policy: str, extra: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One plain SGD step (lr 0.01) of bfloat16 params with param policy `policy`."""
-    gen = torch.Generator().manual_seed(1)
-    p = (torch.randn(4096, generator=gen) * 3).to(torch.bfloat16)
-    g = torch.randn(4096, generator=gen).to(torch.bfloat16)
-    before = p.clone()
-    tensors = [p, g] if extra is None else [p, g, extra]
+def _sgd(tensors: list[torch.Tensor], dtype_name: str, **options: Any) -> None:
+    """One plain SGD step (lr 0.01) of the native kernel over one tensor's slots."""
     _core.sgd(
         [[t.data_ptr()] for t in tensors],
-        [p.numel()],
-        CODES["dtype"]["bfloat16"],
+        [tensors[0].numel()],
+        CODES["dtype"][dtype_name],
         _HOST,
         0,
         lr=0.01,
@@ -121,6 +117,19 @@ def _sgd_bf16(policy: str, extra: torch.Tensor | None) -> tuple[torch.Tensor, to
         nesterov=False,
         maximize=False,
         first_step=False,
+        **options,
+    )
+
+
+def _sgd_bf16(policy: str, extra: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One plain SGD step (lr 0.01) of bfloat16 params with param policy `policy`."""
+    gen = torch.Generator().manual_seed(1)
+    p = (torch.randn(4096, generator=gen) * 3).to(torch.bfloat16)
+    g = torch.randn(4096, generator=gen).to(torch.bfloat16)
+    before = p.clone()
+    _sgd(
+        [p, g] if extra is None else [p, g, extra],
+        "bfloat16",
         policy=CODES["param_policy"][policy],
         seed=7,
     )
@@ -159,25 +168,6 @@ def test_param_policy_codes() -> None:
     assert not torch.equal(p, exact.to(torch.bfloat16))
 
 
-def _sgd_with_table(p: torch.Tensor, g: torch.Tensor, table: torch.Tensor, stride: int) -> None:
-    _core.sgd(
-        [[p.data_ptr()], [g.data_ptr()]],
-        [p.numel()],
-        CODES["dtype"]["float32"],
-        _HOST,
-        0,
-        lr=0.1,
-        momentum=0.0,
-        dampening=0.0,
-        weight_decay=0.0,
-        nesterov=False,
-        maximize=False,
-        first_step=False,
-        step_table=table.data_ptr(),
-        step_table_stride=stride,
-    )
-
-
 def test_step_fields_match_the_binding_checks() -> None:
     # The field counts are the ones the bindings check: SGD refuses a step table narrower than
     # its count, and reads its lr from one exactly that wide.
@@ -190,7 +180,7 @@ def test_step_fields_match_the_binding_checks() -> None:
     p = torch.zeros(1, dtype=torch.float32)
     g = torch.ones(1, dtype=torch.float32)
     with pytest.raises(ValueError, match="step_table rows need at least"):
-        _sgd_with_table(p, g, table, fields["sgd"] - 1)
+        _sgd([p, g], "float32", step_table=table.data_ptr(), step_table_stride=fields["sgd"] - 1)
     table[0] = 0.5
-    _sgd_with_table(p, g, table, fields["sgd"])
+    _sgd([p, g], "float32", step_table=table.data_ptr(), step_table_stride=fields["sgd"])
     assert p.item() == -0.5  # the table's lr, not the argument's
