@@ -237,13 +237,25 @@ template <typename St, typename Op>
 void map_span_tiled(const SpanSlots<St>& sl, std::int64_t b, std::int64_t e, const Op& op,
                     OpMath<typename St::Param> inv_scale, OpMath<typename St::Param> clip_coef) {
   using OpT = OpMath<typename St::Param>;
+  // Slots already stored in OpT (float32 params rounded to nearest, a float32 state) are used in
+  // place: their loads and stores are identities, so only the others go through the tile.
+  constexpr bool kParamInPlace =
+      std::is_same_v<typename St::Param, OpT> && St::kPolicy == kParamNearest;
+  constexpr bool kStateInPlace = std::is_same_v<typename St::State, OpT>;
+  constexpr unsigned kInPlace = (kParamInPlace ? 0b11u : 0u) | (kStateInPlace ? ~0b11u : 0u);
   alignas(64) TileBuffers<OpT> v;
-  auto row = [&](int d) { return Op::kDepth > d ? v[d] : nullptr; };
+  auto row = [&](int d, std::int64_t o) -> OpT* {
+    if (Op::kDepth <= d) return nullptr;
+    if (((kInPlace >> d) & 1u) == 0) return v[d];
+    if (d < 2) return reinterpret_cast<OpT*>(sl.param[d]) + o;
+    return reinterpret_cast<OpT*>(sl.state[d]) + o;
+  };
   for (std::int64_t o = b; o < e; o += kTile) {
     const std::int64_t n = std::min(kTile, e - o);
-    tile_load(sl, Op::kReads, o, n, v);
-    map_span(row(0), row(1), row(2), row(3), row(4), row(5), 0, n, op, inv_scale, clip_coef);
-    tile_store(sl, Op::kWrites, o, n, v);
+    tile_load(sl, Op::kReads & ~kInPlace, o, n, v);
+    map_span(row(0, o), row(1, o), row(2, o), row(3, o), row(4, o), row(5, o), 0, n, op, inv_scale,
+             clip_coef);
+    tile_store(sl, Op::kWrites & ~kInPlace, o, n, v);
   }
 }
 
