@@ -1,15 +1,11 @@
-// Adam on CUDA: the shared rule (gradfuse/math/adam.h) over multi-tensor apply. One file per
-// optimizer so the instantiations compile in parallel.
-#include "gradfuse/adam_dispatch.h"
+// Adam/AdamW on CUDA: the shared dispatch (gradfuse/optim_dispatch.h) over multi-tensor apply.
+// One file per optimizer so the instantiations compile in parallel.
 #include "gradfuse/cuda.h"
+#include "gradfuse/optim_dispatch.h"
 #include "multi_tensor_apply.cuh"
 
 namespace gf::cuda {
 
-void adam(const AdamArgs& a) {
-  dispatch_adam(a, [&](auto tag, const auto& op) {
-    multi_tensor_apply<typename decltype(tag)::type>(a.tensors, op);
-  });
-}
+GF_CUDA_DISPATCHED_KERNEL(adam, AdamArgs)
 
 }  // namespace gf::cuda

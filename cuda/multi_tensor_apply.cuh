@@ -53,7 +53,26 @@ constexpr bool kSlotBit = ((Mask >> Slot) & 1u) != 0;
 template <typename OpT>
 struct GradFactors {
   OpT inv_scale, clip_coef;
+
+  static __device__ GF_INLINE GradFactors of(const GradScaling& gs) {
+    return {
+        gs.grad_scale ? OpT(static_cast<float>(1.0 / static_cast<double>(*gs.grad_scale))) : OpT(1),
+        gs.clip_coef ? OpT(*gs.clip_coef) : OpT(1)};
+  }
 };
+
+// The (table entry, element range) of this thread block's chunk.
+struct BlockChunk {
+  int entry;
+  std::int64_t begin, end;
+};
+
+template <typename Table>
+__device__ GF_INLINE BlockChunk block_chunk(const Table& table) {
+  const int entry = table.block_tensor[blockIdx.x];
+  const std::int64_t begin = static_cast<std::int64_t>(table.block_chunk[blockIdx.x]) * kChunkSize;
+  return {entry, begin, min(table.numels[entry], begin + kChunkSize)};
+}
 
 template <typename Op, typename OpT>
 __device__ GF_INLINE void scale_grad(OpT* v, const GradFactors<OpT>& f) {
@@ -90,15 +109,8 @@ __global__ void __launch_bounds__(kBlockThreads)
 
   const GradScaling& gs = table.grad_scaling;
   if (gs.found_inf && *gs.found_inf != 0.0f) return;  // AMP found inf/NaN: change nothing
-  const GradFactors<OpT> factors{
-      gs.grad_scale ? OpT(static_cast<float>(1.0 / static_cast<double>(*gs.grad_scale))) : OpT(1),
-      gs.clip_coef ? OpT(*gs.clip_coef) : OpT(1)};
-
-  const int entry = table.block_tensor[blockIdx.x];
-  const std::int64_t chunk_begin =
-      static_cast<std::int64_t>(table.block_chunk[blockIdx.x]) * kChunkSize;
-  const std::int64_t n = table.numels[entry];
-  const std::int64_t chunk_end = min(n, chunk_begin + kChunkSize);
+  const auto factors = GradFactors<OpT>::of(gs);
+  const auto [entry, chunk_begin, chunk_end] = block_chunk(table);
   // This tensor's op: per-tensor step scalars for capturable steps (math/per_tensor.h).
   const auto& op_t = math::op_for_tensor(op, table.tensor_index[entry]);
 
@@ -169,15 +181,8 @@ __global__ void __launch_bounds__(kBlockThreads)
 
   const GradScaling& gs = table.grad_scaling;
   if (gs.found_inf && *gs.found_inf != 0.0f) return;  // AMP found inf/NaN: change nothing
-  const GradFactors<OpT> factors{
-      gs.grad_scale ? OpT(static_cast<float>(1.0 / static_cast<double>(*gs.grad_scale))) : OpT(1),
-      gs.clip_coef ? OpT(*gs.clip_coef) : OpT(1)};
-
-  const int entry = table.block_tensor[blockIdx.x];
-  const std::int64_t chunk_begin =
-      static_cast<std::int64_t>(table.block_chunk[blockIdx.x]) * kChunkSize;
-  const std::int64_t n = table.numels[entry];
-  const std::int64_t chunk_end = min(n, chunk_begin + kChunkSize);
+  const auto factors = GradFactors<OpT>::of(gs);
+  const auto [entry, chunk_begin, chunk_end] = block_chunk(table);
   X* const x = static_cast<X*>(table.extra[entry]);
   const math::RoundingKey key = math::rounding_key(table.seed, table.tensor_index[entry]);
   const auto& op_t = math::op_for_tensor(op, table.tensor_index[entry]);
@@ -308,4 +313,20 @@ void multi_tensor_apply(const TensorList& tl, const Op& op) {
   });
 }
 
+// The applier of gradfuse/optim_dispatch.h on CUDA: the dispatched op over multi_tensor_apply.
+struct MultiTensorApply {
+  const TensorList& tensors;
+  template <typename Tag, typename Op>
+  void operator()(Tag, const Op& op) const {
+    multi_tensor_apply<typename Tag::type>(tensors, op);
+  }
+};
+
 }  // namespace gf::cuda
+
+// The CUDA entry point of a kernel that gradfuse/optim_dispatch.h dispatches, inside namespace
+// gf::cuda (one per file, so the instantiations compile in parallel).
+#define GF_CUDA_DISPATCHED_KERNEL(name, Args) \
+  void name(const Args& a) {                  \
+    dispatch(a, MultiTensorApply{a.tensors}); \
+  }

@@ -1,28 +1,11 @@
-// SGD on CUDA: the shared rule (gradfuse/math/sgd.h) over multi-tensor apply.
+// SGD on CUDA: the shared dispatch (gradfuse/optim_dispatch.h) over multi-tensor apply.
+// One file per optimizer so the instantiations compile in parallel.
 #include "gradfuse/cuda.h"
-#include "gradfuse/dispatch.h"
+#include "gradfuse/optim_dispatch.h"
 #include "multi_tensor_apply.cuh"
 
 namespace gf::cuda {
 
-void sgd(const SgdArgs& a) {
-  visit_dtype(a.tensors.dtype, "sgd", [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    using OpT = OpMath<T>;
-    const auto scalars = math::SgdScalars<OpT>::from(a.hyper);
-    bool_switch(
-        [&](auto wd_c, auto mom_c, auto nesterov_c, auto first_c, auto maximize_c) {
-          constexpr bool wd = decltype(wd_c)::value, mom = decltype(mom_c)::value;
-          constexpr bool nesterov = decltype(nesterov_c)::value, first = decltype(first_c)::value;
-          constexpr bool maximize = decltype(maximize_c)::value;
-          if constexpr (mom || (!nesterov && !first)) {
-            using Op = math::SgdOp<wd, mom, nesterov, first, maximize, OpT>;
-            multi_tensor_apply<T>(a.tensors, math::per_tensor<OpT>(Op{scalars}, a.step_table));
-          }
-        },
-        a.weight_decay, a.momentum, a.momentum && a.nesterov, a.momentum && a.first_step,
-        a.maximize);
-  });
-}
+GF_CUDA_DISPATCHED_KERNEL(sgd, SgdArgs)
 
 }  // namespace gf::cuda

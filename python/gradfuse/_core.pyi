@@ -1,6 +1,11 @@
 # Hand-written stub of the native module (src/bindings/). Private: use the gradfuse package.
 from typing import Any
 
+# Integer codes of the native interface by name (src/bindings/module.cpp): "dtype",
+# "weight_decay_mode", "param_policy", "norm_kind", and "step_fields" (step-table row width of
+# each kernel that takes a step table).
+CODES: dict[str, dict[str, int]]
+
 def build_info() -> dict[str, Any]: ...
 def cpu_isa() -> str: ...
 def cpu_isas() -> str: ...

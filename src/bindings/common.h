@@ -145,9 +145,25 @@ inline void run(void (*cpu_fn)(const Args&), CudaFn cuda_fn, const Args& args) {
   cpu_fn(args);
 }
 
-// The keyword arguments of the storage policy, shared by every optimizer binding (defaults: the
-// params' dtype for the state, round to nearest).
+// The keyword arguments every binding of a multi-tensor kernel shares: the leading positional
+// list arguments, GradScaling's three pointers, a capturable call's per-tensor table (address and
+// row stride, gradfuse/math/per_tensor.h) and the storage policy (defaults: the params' dtype
+// for the state, round to nearest).
+#define GF_LIST_ARGS \
+  py::arg("slots"), py::arg("numels"), py::arg("dtype"), py::arg("device"), py::arg("stream")
+#define GF_SCALING_ARGS \
+  py::arg("grad_scale") = 0, py::arg("found_inf") = 0, py::arg("clip_coef") = 0
+#define GF_STEP_TABLE_ARGS py::arg("step_table") = 0, py::arg("step_table_stride") = 0
 #define GF_PRECISION_ARGS py::arg("state_dtype") = -1, py::arg("policy") = 0, py::arg("seed") = 0
+
+using Slots = std::vector<std::vector<std::uintptr_t>>;
+using Numels = std::vector<std::int64_t>;
+
+// The slot count a kernel expects, with the names of its pointer lists for the message.
+inline void check_depth(const TensorList& tl, const char* op, int expected, const char* names) {
+  GF_CHECK(tl.depth == expected, op, ": expected ", expected, " pointer lists (", names, "), got ",
+           tl.depth);
+}
 
 #if GRADFUSE_WITH_CUDA
 #define GF_CUDA_FN(name) &cuda::name
@@ -158,9 +174,9 @@ inline void run(void (*cpu_fn)(const Args&), CudaFn cuda_fn, const Args& args) {
 // Registration functions, one per binding file.
 void register_optim(py::module_& m);
 void register_optim_adam(py::module_& m);
+void register_grad(py::module_& m);
 void register_losses(py::module_& m);
 void register_losses_softmax(py::module_& m);
-void register_optim_more(py::module_& m);
 void register_buffers(py::module_& m);
 
 }  // namespace gf

@@ -9,22 +9,6 @@ namespace gf {
 
 namespace {
 
-// The leading positional arguments every kernel here takes, and GradScaling's three pointers.
-#define GF_LIST_ARGS \
-  py::arg("slots"), py::arg("numels"), py::arg("dtype"), py::arg("device"), py::arg("stream")
-#define GF_SCALING_ARGS \
-  py::arg("grad_scale") = 0, py::arg("found_inf") = 0, py::arg("clip_coef") = 0
-// A capturable call's per-tensor table (gradfuse/math/per_tensor.h): address and row stride.
-#define GF_STEP_TABLE_ARGS py::arg("step_table") = 0, py::arg("step_table_stride") = 0
-
-using Slots = std::vector<std::vector<std::uintptr_t>>;
-using Numels = std::vector<std::int64_t>;
-
-void check_depth(const TensorListHolder& h, const char* op, int expected, const char* names) {
-  GF_CHECK(h.view.depth == expected, op, ": expected ", expected, " pointer lists (", names,
-           "), got ", h.view.depth);
-}
-
 void check_mode(int mode, const char* op) {
   GF_CHECK(mode >= math::kWdNone && mode <= math::kWdDecoupled, op,
            ": weight_decay_mode must be 0 (none), 1 (L2) or 2 (decoupled), got ", mode);
@@ -45,7 +29,7 @@ void register_optim_adam(py::module_& m) {
                            clip_coef, PrecisionArgs{state_dtype, policy, seed});
         check_step_table(step_table, step_table_stride, "adam",
                          math::AdamScalars<float>::kStepFields);
-        check_depth(h, "adam", amsgrad ? 5 : 4,
+        check_depth(h.view, "adam", amsgrad ? 5 : 4,
                     amsgrad ? "param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq"
                             : "param, grad, exp_avg, exp_avg_sq");
         check_mode(weight_decay_mode, "adam");
@@ -79,7 +63,7 @@ void register_optim_adam(py::module_& m) {
                            clip_coef, PrecisionArgs{state_dtype, policy, seed});
         check_step_table(step_table, step_table_stride, "adamax",
                          math::AdamaxScalars<float>::kStepFields);
-        check_depth(h, "adamax", 4, "param, grad, exp_avg, exp_inf");
+        check_depth(h.view, "adamax", 4, "param, grad, exp_avg, exp_inf");
         AdamaxArgs args{h.view,
                         {weight_decay, exp_avg_weight, beta2, eps, neg_clr},
                         weight_decay != 0.0,
@@ -104,7 +88,7 @@ void register_optim_adam(py::module_& m) {
                            clip_coef, PrecisionArgs{state_dtype, policy, seed});
         check_step_table(step_table, step_table_stride, "nadam",
                          math::NadamScalars<float>::kStepFields);
-        check_depth(h, "nadam", 4, "param, grad, exp_avg, exp_avg_sq");
+        check_depth(h.view, "nadam", 4, "param, grad, exp_avg, exp_avg_sq");
         check_mode(weight_decay_mode, "nadam");
         NadamArgs args{h.view,
                        {weight_decay, lr_decay, exp_avg_weight, beta2, one_minus_beta2,
@@ -135,7 +119,7 @@ void register_optim_adam(py::module_& m) {
                            clip_coef, PrecisionArgs{state_dtype, policy, seed});
         check_step_table(step_table, step_table_stride, "radam",
                          math::RadamStepScalars<float>::kStepFields);
-        check_depth(h, "radam", 4, "param, grad, exp_avg, exp_avg_sq");
+        check_depth(h.view, "radam", 4, "param, grad, exp_avg, exp_avg_sq");
         check_mode(weight_decay_mode, "radam");
         RadamArgs args{h.view,
                        {weight_decay, lr_decay, exp_avg_weight, beta2, one_minus_beta2,
@@ -154,9 +138,5 @@ void register_optim_adam(py::module_& m) {
       "In-place RAdam over slots [params, grads, exp_avgs, exp_avg_sqs] of one dtype and "
       "device.");
 }
-
-#undef GF_LIST_ARGS
-#undef GF_SCALING_ARGS
-#undef GF_STEP_TABLE_ARGS
 
 }  // namespace gf

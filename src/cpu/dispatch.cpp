@@ -8,22 +8,19 @@
 #include "gradfuse/cpu.h"
 
 #define GF_DECLARE_KERNEL(name, Args) void name(const Args& args);
+#define GF_DECLARE_ISA(isa)          \
+  namespace gf::cpu::isa {           \
+  GF_KERNELS(GF_DECLARE_KERNEL)      \
+  const char* compiled_engine_isa(); \
+  }
 #if GF_HAVE_ISA_avx512
-namespace gf::cpu::avx512 {
-GF_KERNELS(GF_DECLARE_KERNEL)
-const char* compiled_engine_isa();
-}  // namespace gf::cpu::avx512
+GF_DECLARE_ISA(avx512)
 #endif
 #if GF_HAVE_ISA_avx2
-namespace gf::cpu::avx2 {
-GF_KERNELS(GF_DECLARE_KERNEL)
-const char* compiled_engine_isa();
-}  // namespace gf::cpu::avx2
+GF_DECLARE_ISA(avx2)
 #endif
-namespace gf::cpu::baseline {
-GF_KERNELS(GF_DECLARE_KERNEL)
-const char* compiled_engine_isa();
-}  // namespace gf::cpu::baseline
+GF_DECLARE_ISA(baseline)
+#undef GF_DECLARE_ISA
 #undef GF_DECLARE_KERNEL
 
 namespace gf::cpu {

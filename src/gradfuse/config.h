@@ -11,6 +11,14 @@
 
 #define GF_RESTRICT __restrict__
 
+// A libm function for code shared by both backends: the CUDA math API's overload on the device
+// (IEEE-rounded where it is exact, as sqrt; no fast math), the C++ library's on the host.
+#if defined(__CUDA_ARCH__)
+#define GF_LIBM(f) ::f
+#else
+#define GF_LIBM(f) std::f
+#endif
+
 // The CPU kernel sources are compiled once per ISA (GF_ISA = baseline, avx2, avx512; see
 // CMakeLists.txt) and linked into one module. Each instantiation of a template defined in a
 // header is a weak symbol, and the linker keeps one copy per name for the whole module: unless

@@ -4,11 +4,11 @@
 // (gradfuse/cuda.h); the bindings fill it from Python integers and floats.
 #pragma once
 
+#include "gradfuse/grad_kernels.h"
 #include "gradfuse/loss_kernels.h"
 #include "gradfuse/optim_kernels.h"
-#include "gradfuse/optim_more_kernels.h"
 
 // X-macro of every kernel entry point: X(name, ArgsType). Each backend defines
 // `void name(const ArgsType&)` for each entry; the CPU dispatcher picks an ISA at run time.
 // Each family lists its own kernels in its header.
-#define GF_KERNELS(X) GF_OPTIM_KERNELS(X) GF_OPTIM_MORE_KERNELS(X) GF_LOSS_KERNELS(X)
+#define GF_KERNELS(X) GF_OPTIM_KERNELS(X) GF_GRAD_KERNELS(X) GF_LOSS_KERNELS(X)

@@ -1,8 +1,13 @@
-// Arguments of the optimizer kernels, one plain struct each, and their X-macro list.
+// Arguments of the optimizer kernels, one plain struct each, and their X-macro lists. Their
+// dispatch (flags and dtype -> template parameters) is gradfuse/optim_dispatch.h, shared by the
+// CPU and CUDA backends.
 #pragma once
 
+#include "gradfuse/math/adagrad.h"
 #include "gradfuse/math/adam.h"
+#include "gradfuse/math/lion.h"
 #include "gradfuse/math/per_tensor.h"
+#include "gradfuse/math/rmsprop.h"
 #include "gradfuse/math/sgd.h"
 #include "gradfuse/tensor_list.h"
 
@@ -58,11 +63,47 @@ struct RadamArgs {
   StepTable step_table;  // capturable: per-tensor RadamStepScalars::load_step_row fields
 };
 
+// Adagrad: slots param, grad, sum.
+struct AdagradArgs {
+  TensorList tensors;
+  math::AdagradHyper hyper;
+  bool weight_decay;  // weight_decay != 0
+  bool maximize;
+  StepTable step_table;  // capturable: per-tensor AdagradScalars::load_step_row fields
+};
+
+// RMSprop: slots param, grad, square_avg[, grad_avg if centered][, momentum_buffer if momentum].
+struct RmspropArgs {
+  TensorList tensors;
+  math::RmspropHyper hyper;
+  bool weight_decay;  // weight_decay != 0
+  bool centered;
+  bool momentum;  // momentum > 0
+  bool maximize;
+  StepTable step_table;  // capturable: per-tensor RmspropScalars::load_step_row fields (lr)
+};
+
+// Lion: slots param, grad, exp_avg.
+struct LionArgs {
+  TensorList tensors;
+  math::LionHyper hyper;
+  bool weight_decay;  // weight_decay != 0
+  bool maximize;
+};
+
 }  // namespace gf
 
-#define GF_OPTIM_KERNELS(X) \
-  X(sgd, SgdArgs)           \
-  X(adam, AdamArgs)         \
-  X(adamax, AdamaxArgs)     \
-  X(nadam, NadamArgs)       \
+// X(name, ArgsType) for every optimizer kernel, in two groups that the CPU compiles as separate
+// translation units (src/cpu/kernels/adam.cpp, optim.cpp) so they build in parallel.
+#define GF_ADAM_FAMILY_KERNELS(X) \
+  X(adam, AdamArgs)               \
+  X(adamax, AdamaxArgs)           \
+  X(nadam, NadamArgs)             \
   X(radam, RadamArgs)
+// The optimizers outside the Adam family.
+#define GF_OTHER_OPTIM_KERNELS(X) \
+  X(sgd, SgdArgs)                 \
+  X(adagrad, AdagradArgs)         \
+  X(rmsprop, RmspropArgs)         \
+  X(lion, LionArgs)
+#define GF_OPTIM_KERNELS(X) GF_ADAM_FAMILY_KERNELS(X) GF_OTHER_OPTIM_KERNELS(X)

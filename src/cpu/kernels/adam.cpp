@@ -1,32 +1,12 @@
-// The Adam family on the CPU: the shared rules (gradfuse/math/adam.h) over the multi-tensor
-// engine. Compiled once per ISA (CMakeLists.txt); GF_ISA names this copy's namespace.
+// The Adam family on the CPU: the shared dispatch (gradfuse/optim_dispatch.h) over the
+// multi-tensor engine. Compiled once per ISA (CMakeLists.txt); GF_ISA names this copy's
+// namespace. Its own translation unit, the heaviest, so it compiles beside optim.cpp.
 #include "cpu/multi_tensor.h"
-#include "gradfuse/adam_dispatch.h"
 #include "gradfuse/kernels.h"
+#include "gradfuse/optim_dispatch.h"
 
 namespace gf::cpu::GF_ISA {
 
-namespace {
-struct MapElements {
-  const TensorList& tensors;
-  template <typename Tag, typename Op>
-  void operator()(Tag, const Op& op) const {
-    map_elements<typename Tag::type>(tensors, op);
-  }
-};
-}  // namespace
-
-void adam(const AdamArgs& a) {
-  dispatch_adam(a, MapElements{a.tensors});
-}
-void adamax(const AdamaxArgs& a) {
-  dispatch_adamax(a, MapElements{a.tensors});
-}
-void nadam(const NadamArgs& a) {
-  dispatch_nadam(a, MapElements{a.tensors});
-}
-void radam(const RadamArgs& a) {
-  dispatch_radam(a, MapElements{a.tensors});
-}
+GF_ADAM_FAMILY_KERNELS(GF_CPU_DISPATCHED_KERNEL)
 
 }  // namespace gf::cpu::GF_ISA

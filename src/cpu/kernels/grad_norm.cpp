@@ -14,6 +14,7 @@
 #include "cpu/multi_tensor.h"
 #include "gradfuse/dispatch.h"
 #include "gradfuse/kernels.h"
+#include "gradfuse/optim_dispatch.h"
 
 namespace gf::cpu::GF_ISA {
 namespace {
@@ -126,11 +127,6 @@ void grad_norm(const GradNormArgs& a) {
   });
 }
 
-void scale_grads(const ScaleGradsArgs& a) {
-  visit_dtype(a.tensors.dtype, "scale_grads", [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    map_elements<T>(a.tensors, math::ScaleGradOp<OpMath<T>>{});
-  });
-}
+GF_CPU_DISPATCHED_KERNEL(scale_grads, ScaleGradsArgs)
 
 }  // namespace gf::cpu::GF_ISA

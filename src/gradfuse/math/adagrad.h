@@ -14,6 +14,7 @@
 #include <cmath>
 
 #include "gradfuse/config.h"
+#include "gradfuse/math/rule.h"
 
 namespace gf::math {
 
@@ -37,26 +38,21 @@ struct AdagradScalars {
   GF_HD GF_INLINE void load_step_row(const OpT* row) { neg_clr = row[0]; }
 };
 
-template <bool kWeightDecay, bool kMaximize, typename OpT>
+// `grad` arrives with maximize applied (the op's SignFlip).
+template <bool kWeightDecay, typename OpT>
 GF_HD GF_INLINE void adagrad_update(OpT& param, OpT grad, OpT& sum, const AdagradScalars<OpT>& s) {
-  OpT g = kMaximize ? -grad : grad;
+  OpT g = grad;
   if constexpr (kWeightDecay) g = g + s.weight_decay * param;
   sum = sum + g * g;
   const OpT std_ = std::sqrt(sum) + s.eps;
   param = param + s.neg_clr * g / std_;
 }
 
-// Slots: v[0] param, v[1] grad, v[2] sum.
-template <bool kWeightDecay, bool kMaximize, typename OpT>
-struct AdagradOp {
-  static constexpr int kDepth = 3;
-  static constexpr int kGradSlot = 1;
-  static constexpr unsigned kReads = 0b111u;
-  static constexpr unsigned kWrites = 0b101u;
-  AdagradScalars<OpT> s;
-
+// Slots (math/rule.h): v[0] param, v[1] grad, v[2] sum.
+template <bool kWeightDecay, typename OpT>
+struct AdagradOp : ParamRule<AdagradScalars<OpT>, OpT, 3, 0b111u, 0b101u> {
   GF_HD GF_INLINE void operator()(OpT* v) const {
-    adagrad_update<kWeightDecay, kMaximize>(v[0], v[1], v[2], s);
+    adagrad_update<kWeightDecay>(v[0], this->maximize(v[1]), v[2], this->s);
   }
 };
 

@@ -23,11 +23,9 @@
 #pragma once
 
 #include <cmath>
-#include <cstdint>
-#include <cstring>
-#include <type_traits>
 
 #include "gradfuse/config.h"
+#include "gradfuse/math/rule.h"
 
 namespace gf::math {
 
@@ -39,20 +37,12 @@ enum WeightDecayMode : int { kWdNone = 0, kWdL2 = 1, kWdDecoupled = 2 };
 
 template <typename OpT>
 GF_HD GF_INLINE OpT op_sqrt(OpT x) {
-#if defined(__CUDA_ARCH__)
-  return ::sqrt(x);  // IEEE-rounded (no fast math)
-#else
-  return std::sqrt(x);
-#endif
+  return GF_LIBM(sqrt)(x);
 }
 
 template <typename OpT>
 GF_HD GF_INLINE OpT op_abs(OpT x) {
-#if defined(__CUDA_ARCH__)
-  return ::fabs(x);
-#else
-  return std::fabs(x);
-#endif
+  return GF_LIBM(fabs)(x);
 }
 
 // torch.maximum: NaN in either operand gives NaN. Bitwise `|` (no short circuit) keeps the loop
@@ -60,27 +50,6 @@ GF_HD GF_INLINE OpT op_abs(OpT x) {
 template <typename OpT>
 GF_HD GF_INLINE OpT torch_maximum(OpT a, OpT b) {
   return ((a > b) | (a != a)) ? a : b;
-}
-
-// Picks `a` where `mask` is all ones and `b` where it is all zeros, bit by bit: exact, and the
-// host loops vectorize it with a loop-invariant mask, where a select on an invariant bool stops
-// the vectorizer for 16-bit data (too big a loop body for GCC to unswitch).
-template <typename OpT>
-using MaskBits = std::conditional_t<sizeof(OpT) == 8, std::uint64_t, std::uint32_t>;
-
-template <typename OpT>
-GF_HD GF_INLINE OpT select_bits(MaskBits<OpT> mask, OpT a, OpT b) {
-#if defined(__CUDA_ARCH__)
-  return mask ? a : b;
-#else
-  MaskBits<OpT> ua, ub;
-  std::memcpy(&ua, &a, sizeof a);
-  std::memcpy(&ub, &b, sizeof b);
-  const MaskBits<OpT> r = (ua & mask) | (ub & ~mask);
-  OpT out;
-  std::memcpy(&out, &r, sizeof out);
-  return out;
-#endif
 }
 
 // The first-moment EMA as torch's lerp_ with a scalar weight w = 1 - beta1 (ATen Lerp.h):
@@ -109,11 +78,12 @@ GF_HD GF_INLINE OpT torch_lerp(OpT self, OpT end, const LerpWeight<OpT>& w) {
   return select_bits(w.small, from_self, from_end);
 }
 
-// The shared prologue: maximize, then weight decay (L2 into the gradient, or decoupled into the
-// param). Returns the gradient the moments see.
-template <int kWd, bool kMaximize, typename OpT>
+// The shared prologue after maximize (the op's SignFlip, applied to `grad` by the caller):
+// weight decay, L2 into the gradient or decoupled into the param. Returns the gradient the
+// moments see.
+template <int kWd, typename OpT>
 GF_HD GF_INLINE OpT decayed_grad(OpT& param, OpT grad, OpT weight_decay, OpT lr_decay) {
-  OpT g = kMaximize ? -grad : grad;
+  OpT g = grad;
   if constexpr (kWd == kWdL2) g = g + weight_decay * param;
   if constexpr (kWd == kWdDecoupled) param = param * lr_decay;
   return g;
@@ -172,11 +142,10 @@ struct AdamScalars {
 
 //   denom = sqrt(v or max(v_max, v)) / bias_correction2_sqrt + eps
 //   p     = p + (-step_size * m) / denom
-template <int kWd, bool kAmsgrad, bool kMaximize, typename OpT>
+template <int kWd, bool kAmsgrad, typename OpT>
 GF_HD GF_INLINE void adam_update(OpT& param, OpT grad, OpT& exp_avg, OpT& exp_avg_sq,
                                  OpT& max_exp_avg_sq, const AdamScalars<OpT>& s) {
-  const OpT g =
-      decayed_grad<kWd, kMaximize>(param, grad, s.moments.weight_decay, s.moments.lr_decay);
+  const OpT g = decayed_grad<kWd>(param, grad, s.moments.weight_decay, s.moments.lr_decay);
   update_moments(g, exp_avg, exp_avg_sq, s.moments);
   OpT second = exp_avg_sq;
   if constexpr (kAmsgrad) {
@@ -187,20 +156,14 @@ GF_HD GF_INLINE void adam_update(OpT& param, OpT grad, OpT& exp_avg, OpT& exp_av
   param = param + (s.neg_step_size * exp_avg) / denom;
 }
 
-// Slots: p, g, exp_avg, exp_avg_sq[, max_exp_avg_sq]. kReads / kWrites: bit d = slot d;
-// kGradSlot: the slot the engines apply GradScaling to.
-template <int kWd, bool kAmsgrad, bool kMaximize, typename OpT>
-struct AdamOp {
-  static constexpr int kDepth = kAmsgrad ? 5 : 4;
-  static constexpr int kGradSlot = 1;
-  static constexpr unsigned kReads = kAmsgrad ? 0b11111u : 0b1111u;
-  static constexpr unsigned kWrites = kAmsgrad ? 0b11101u : 0b1101u;
-  AdamScalars<OpT> s;
-
+// Slots (math/rule.h): p, g, exp_avg, exp_avg_sq[, max_exp_avg_sq].
+template <int kWd, bool kAmsgrad, typename OpT>
+struct AdamOp : ParamRule<AdamScalars<OpT>, OpT, kAmsgrad ? 5 : 4, kAmsgrad ? 0b11111u : 0b1111u,
+                          kAmsgrad ? 0b11101u : 0b1101u> {
   GF_HD GF_INLINE void operator()(OpT* v) const {
     OpT unused = OpT(0);
-    OpT& vmax = kAmsgrad ? v[kDepth - 1] : unused;
-    adam_update<kWd, kAmsgrad, kMaximize>(v[0], v[1], v[2], v[3], vmax, s);
+    OpT& vmax = kAmsgrad ? v[4] : unused;
+    adam_update<kWd, kAmsgrad>(v[0], this->maximize(v[1]), v[2], v[3], vmax, this->s);
   }
 };
 
@@ -230,27 +193,20 @@ struct AdamaxScalars {
 
 //   exp_inf = maximum(exp_inf * beta2, |g| + eps)
 //   p       = p + (-clr * m) / exp_inf
-template <bool kWeightDecay, bool kMaximize, typename OpT>
+template <bool kWeightDecay, typename OpT>
 GF_HD GF_INLINE void adamax_update(OpT& param, OpT grad, OpT& exp_avg, OpT& exp_inf,
                                    const AdamaxScalars<OpT>& s) {
-  const OpT g =
-      decayed_grad<kWeightDecay ? kWdL2 : kWdNone, kMaximize>(param, grad, s.weight_decay, OpT(1));
+  const OpT g = decayed_grad<kWeightDecay ? kWdL2 : kWdNone>(param, grad, s.weight_decay, OpT(1));
   exp_avg = torch_lerp(exp_avg, g, s.exp_avg_weight);
   exp_inf = torch_maximum(exp_inf * s.beta2, op_abs(g) + s.eps);
   param = param + (s.neg_clr * exp_avg) / exp_inf;
 }
 
-// Slots: p, g, exp_avg, exp_inf.
-template <bool kWeightDecay, bool kMaximize, typename OpT>
-struct AdamaxOp {
-  static constexpr int kDepth = 4;
-  static constexpr int kGradSlot = 1;
-  static constexpr unsigned kReads = 0b1111u;
-  static constexpr unsigned kWrites = 0b1101u;
-  AdamaxScalars<OpT> s;
-
+// Slots (math/rule.h): p, g, exp_avg, exp_inf.
+template <bool kWeightDecay, typename OpT>
+struct AdamaxOp : MomentRule<AdamaxScalars<OpT>, OpT> {
   GF_HD GF_INLINE void operator()(OpT* v) const {
-    adamax_update<kWeightDecay, kMaximize>(v[0], v[1], v[2], v[3], s);
+    adamax_update<kWeightDecay>(v[0], this->maximize(v[1]), v[2], v[3], this->s);
   }
 };
 
@@ -291,28 +247,21 @@ struct NadamScalars {
 
 //   denom = sqrt(v / bias_correction2) + eps
 //   p     = p + (grad_coef * g) / denom;   p = p + (exp_avg_coef * m) / denom
-template <int kWd, bool kMaximize, typename OpT>
+template <int kWd, typename OpT>
 GF_HD GF_INLINE void nadam_update(OpT& param, OpT grad, OpT& exp_avg, OpT& exp_avg_sq,
                                   const NadamScalars<OpT>& s) {
-  const OpT g =
-      decayed_grad<kWd, kMaximize>(param, grad, s.moments.weight_decay, s.moments.lr_decay);
+  const OpT g = decayed_grad<kWd>(param, grad, s.moments.weight_decay, s.moments.lr_decay);
   update_moments(g, exp_avg, exp_avg_sq, s.moments);
   const OpT denom = op_sqrt(exp_avg_sq / s.bias_correction2) + s.eps;
   param = param + (s.grad_coef * g) / denom;
   param = param + (s.exp_avg_coef * exp_avg) / denom;
 }
 
-// Slots: p, g, exp_avg, exp_avg_sq.
-template <int kWd, bool kMaximize, typename OpT>
-struct NadamOp {
-  static constexpr int kDepth = 4;
-  static constexpr int kGradSlot = 1;
-  static constexpr unsigned kReads = 0b1111u;
-  static constexpr unsigned kWrites = 0b1101u;
-  NadamScalars<OpT> s;
-
+// Slots (math/rule.h): p, g, exp_avg, exp_avg_sq.
+template <int kWd, typename OpT>
+struct NadamOp : MomentRule<NadamScalars<OpT>, OpT> {
   GF_HD GF_INLINE void operator()(OpT* v) const {
-    nadam_update<kWd, kMaximize>(v[0], v[1], v[2], v[3], s);
+    nadam_update<kWd>(v[0], this->maximize(v[1]), v[2], v[3], this->s);
   }
 };
 
@@ -346,11 +295,10 @@ struct RadamScalars {
 //   rectified:  adaptive = (1 / (sqrt(v) + eps)) * bias_correction2_sqrt
 //               p = p - ((m_hat * lr) * adaptive) * rect
 //   otherwise:  p = p - m_hat * lr
-template <int kWd, bool kMaximize, bool kRectify, typename OpT>
+template <int kWd, bool kRectify, typename OpT>
 GF_HD GF_INLINE void radam_update(OpT& param, OpT grad, OpT& exp_avg, OpT& exp_avg_sq,
                                   const RadamScalars<OpT>& s) {
-  const OpT g =
-      decayed_grad<kWd, kMaximize>(param, grad, s.moments.weight_decay, s.moments.lr_decay);
+  const OpT g = decayed_grad<kWd>(param, grad, s.moments.weight_decay, s.moments.lr_decay);
   update_moments(g, exp_avg, exp_avg_sq, s.moments);
   const OpT m_hat = exp_avg / s.bias_correction1;
   if constexpr (kRectify) {
@@ -361,17 +309,11 @@ GF_HD GF_INLINE void radam_update(OpT& param, OpT grad, OpT& exp_avg, OpT& exp_a
   }
 }
 
-// Slots: p, g, exp_avg, exp_avg_sq.
-template <int kWd, bool kMaximize, bool kRectify, typename OpT>
-struct RadamOp {
-  static constexpr int kDepth = 4;
-  static constexpr int kGradSlot = 1;
-  static constexpr unsigned kReads = 0b1111u;
-  static constexpr unsigned kWrites = 0b1101u;
-  RadamScalars<OpT> s;
-
+// Slots (math/rule.h): p, g, exp_avg, exp_avg_sq.
+template <int kWd, bool kRectify, typename OpT>
+struct RadamOp : MomentRule<RadamScalars<OpT>, OpT> {
   GF_HD GF_INLINE void operator()(OpT* v) const {
-    radam_update<kWd, kMaximize, kRectify>(v[0], v[1], v[2], v[3], s);
+    radam_update<kWd, kRectify>(v[0], this->maximize(v[1]), v[2], v[3], this->s);
   }
 };
 
@@ -394,20 +336,15 @@ struct RadamStepScalars : RadamScalars<OpT> {
   }
 };
 
-// Slots: p, g, exp_avg, exp_avg_sq.
-template <int kWd, bool kMaximize, typename OpT>
-struct RadamStepOp {
-  static constexpr int kDepth = 4;
-  static constexpr int kGradSlot = 1;
-  static constexpr unsigned kReads = 0b1111u;
-  static constexpr unsigned kWrites = 0b1101u;
-  RadamStepScalars<OpT> s;
-
+// Slots (math/rule.h): p, g, exp_avg, exp_avg_sq.
+template <int kWd, typename OpT>
+struct RadamStepOp : MomentRule<RadamStepScalars<OpT>, OpT> {
   GF_HD GF_INLINE void operator()(OpT* v) const {
-    if (s.rectify) {
-      radam_update<kWd, kMaximize, true>(v[0], v[1], v[2], v[3], s);
+    const OpT g = this->maximize(v[1]);
+    if (this->s.rectify) {
+      radam_update<kWd, true>(v[0], g, v[2], v[3], this->s);
     } else {
-      radam_update<kWd, kMaximize, false>(v[0], v[1], v[2], v[3], s);
+      radam_update<kWd, false>(v[0], g, v[2], v[3], this->s);
     }
   }
 };

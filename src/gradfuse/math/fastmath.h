@@ -154,43 +154,19 @@ GF_HD GF_INLINE float log1p_f32(float x) {
 
 }  // namespace fastmath_detail
 
-template <typename OpT>
-GF_HD GF_INLINE OpT vexp(OpT x) {
-  if constexpr (std::is_same_v<OpT, float>) {
-    return fastmath_detail::exp_f32(x);
-  } else {
-#if defined(__CUDA_ARCH__)
-    return ::exp(x);
-#else
-    return std::exp(x);
-#endif
+// vexp, vlog, vlog1p: the float32 kernels above for float, the library function for double.
+#define GF_FASTMATH_FN(name, f32, libm)         \
+  template <typename OpT>                       \
+  GF_HD GF_INLINE OpT name(OpT x) {             \
+    if constexpr (std::is_same_v<OpT, float>) { \
+      return fastmath_detail::f32(x);           \
+    } else {                                    \
+      return GF_LIBM(libm)(x);                  \
+    }                                           \
   }
-}
-
-template <typename OpT>
-GF_HD GF_INLINE OpT vlog(OpT x) {
-  if constexpr (std::is_same_v<OpT, float>) {
-    return fastmath_detail::log_f32(x);
-  } else {
-#if defined(__CUDA_ARCH__)
-    return ::log(x);
-#else
-    return std::log(x);
-#endif
-  }
-}
-
-template <typename OpT>
-GF_HD GF_INLINE OpT vlog1p(OpT x) {
-  if constexpr (std::is_same_v<OpT, float>) {
-    return fastmath_detail::log1p_f32(x);
-  } else {
-#if defined(__CUDA_ARCH__)
-    return ::log1p(x);
-#else
-    return std::log1p(x);
-#endif
-  }
-}
+GF_FASTMATH_FN(vexp, exp_f32, exp)
+GF_FASTMATH_FN(vlog, log_f32, log)
+GF_FASTMATH_FN(vlog1p, log1p_f32, log1p)
+#undef GF_FASTMATH_FN
 
 }  // namespace gf::math

@@ -8,6 +8,7 @@
 #pragma once
 
 #include "gradfuse/config.h"
+#include "gradfuse/math/rule.h"
 
 namespace gf::math {
 
@@ -38,26 +39,21 @@ GF_HD GF_INLINE OpT lion_sign(OpT c) {
   return static_cast<OpT>(c > OpT(0)) - static_cast<OpT>(c < OpT(0));
 }
 
-template <bool kWeightDecay, bool kMaximize, typename OpT>
+// `grad` arrives with maximize applied (the op's SignFlip).
+template <bool kWeightDecay, typename OpT>
 GF_HD GF_INLINE void lion_update(OpT& param, OpT grad, OpT& exp_avg, const LionScalars<OpT>& s) {
-  const OpT g = kMaximize ? -grad : grad;
+  const OpT g = grad;
   const OpT c = s.beta1 * exp_avg + s.one_minus_beta1 * g;
   if constexpr (kWeightDecay) param = param * s.decay;
   param = param - s.lr * lion_sign(c);
   exp_avg = s.beta2 * exp_avg + s.one_minus_beta2 * g;
 }
 
-// Slots: v[0] param, v[1] grad, v[2] exp_avg.
-template <bool kWeightDecay, bool kMaximize, typename OpT>
-struct LionOp {
-  static constexpr int kDepth = 3;
-  static constexpr int kGradSlot = 1;
-  static constexpr unsigned kReads = 0b111u;
-  static constexpr unsigned kWrites = 0b101u;
-  LionScalars<OpT> s;
-
+// Slots (math/rule.h): v[0] param, v[1] grad, v[2] exp_avg.
+template <bool kWeightDecay, typename OpT>
+struct LionOp : ParamRule<LionScalars<OpT>, OpT, 3, 0b111u, 0b101u> {
   GF_HD GF_INLINE void operator()(OpT* v) const {
-    lion_update<kWeightDecay, kMaximize>(v[0], v[1], v[2], s);
+    lion_update<kWeightDecay>(v[0], this->maximize(v[1]), v[2], this->s);
   }
 };
 

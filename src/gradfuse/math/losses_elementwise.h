@@ -12,10 +12,10 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <type_traits>
 
 #include "gradfuse/config.h"
+#include "gradfuse/math/bits.h"
 #include "gradfuse/math/fastmath.h"
 
 namespace gf::math {
@@ -42,14 +42,7 @@ GF_HD GF_INLINE OpT blend(bool c, OpT a, OpT b) {
   if constexpr (std::is_same_v<OpT, float>) {
     return fastmath_detail::select(c, a, b);
   } else {
-    std::uint64_t ua, ub;
-    std::memcpy(&ua, &a, sizeof ua);
-    std::memcpy(&ub, &b, sizeof ub);
-    const std::uint64_t mask = std::uint64_t{0} - static_cast<std::uint64_t>(c);
-    const std::uint64_t r = (ua & mask) | (ub & ~mask);
-    OpT out;
-    std::memcpy(&out, &r, sizeof out);
-    return out;
+    return select_bits<OpT>(MaskBits<OpT>{0} - static_cast<MaskBits<OpT> >(c), a, b);
   }
 #endif
 }
@@ -71,11 +64,7 @@ GF_HD GF_INLINE OpT sign_of(OpT d) {
 // follows and leave branches).
 template <typename OpT>
 GF_HD GF_INLINE OpT abs_of(OpT d) {
-#if defined(__CUDA_ARCH__)
-  return ::fabs(d);
-#else
-  return std::fabs(d);
-#endif
+  return GF_LIBM(fabs)(d);
 }
 
 // MSE: l = d^2.  dl/dx = 2 d  (chain rule on d = x - y, dd/dx = 1).

@@ -19,6 +19,7 @@
 #include <cmath>
 
 #include "gradfuse/config.h"
+#include "gradfuse/math/rule.h"
 
 namespace gf::math {
 
@@ -56,11 +57,11 @@ struct RmspropScalars {
   GF_HD GF_INLINE void load_step_row(const OpT* row) { neg_lr = row[0]; }
 };
 
-template <bool kWeightDecay, bool kCentered, bool kMomentum, bool kMaximize, bool kLerpSmall,
-          typename OpT>
+// `grad` arrives with maximize applied (the op's SignFlip).
+template <bool kWeightDecay, bool kCentered, bool kMomentum, bool kLerpSmall, typename OpT>
 GF_HD GF_INLINE void rmsprop_update(OpT& param, OpT grad, OpT& square_avg, OpT& grad_avg,
                                     OpT& momentum_buffer, const RmspropScalars<OpT>& s) {
-  OpT g = kMaximize ? -grad : grad;
+  OpT g = grad;
   if constexpr (kWeightDecay) g = g + s.weight_decay * param;
   square_avg = square_avg * s.alpha + s.one_minus_alpha * g * g;
   OpT avg;
@@ -78,25 +79,22 @@ GF_HD GF_INLINE void rmsprop_update(OpT& param, OpT grad, OpT& square_avg, OpT& 
   }
 }
 
-// Slots: v[0] param, v[1] grad, v[2] square_avg, then grad_avg (centered), then
-// momentum_buffer (momentum > 0).
-template <bool kWeightDecay, bool kCentered, bool kMomentum, bool kMaximize, bool kLerpSmall,
-          typename OpT>
-struct RmspropOp {
-  static constexpr int kGradAvgSlot = kCentered ? 3 : -1;
-  static constexpr int kBufferSlot = kMomentum ? (kCentered ? 4 : 3) : -1;
-  static constexpr int kDepth = 3 + (kCentered ? 1 : 0) + (kMomentum ? 1 : 0);
-  static constexpr int kGradSlot = 1;
-  static constexpr unsigned kReads = (1u << kDepth) - 1u;
-  static constexpr unsigned kWrites = kReads & ~0b010u;
-  RmspropScalars<OpT> s;
+// Slots (math/rule.h): v[0] param, v[1] grad, v[2] square_avg, then grad_avg (centered), then
+// momentum_buffer (momentum > 0); every slot read, all but the gradient written.
+constexpr int rmsprop_depth(bool centered, bool momentum) {
+  return 3 + (centered ? 1 : 0) + (momentum ? 1 : 0);
+}
 
+template <bool kWeightDecay, bool kCentered, bool kMomentum, bool kLerpSmall, typename OpT>
+struct RmspropOp : ParamRule<RmspropScalars<OpT>, OpT, rmsprop_depth(kCentered, kMomentum),
+                             (1u << rmsprop_depth(kCentered, kMomentum)) - 1u,
+                             ((1u << rmsprop_depth(kCentered, kMomentum)) - 1u) & ~0b010u> {
   GF_HD GF_INLINE void operator()(OpT* v) const {
     OpT unused_avg = OpT(0), unused_buf = OpT(0);
     OpT& grad_avg = kCentered ? v[3] : unused_avg;
-    OpT& buf = kMomentum ? v[kDepth - 1] : unused_buf;
-    rmsprop_update<kWeightDecay, kCentered, kMomentum, kMaximize, kLerpSmall>(v[0], v[1], v[2],
-                                                                              grad_avg, buf, s);
+    OpT& buf = kMomentum ? v[rmsprop_depth(kCentered, kMomentum) - 1] : unused_buf;
+    rmsprop_update<kWeightDecay, kCentered, kMomentum, kLerpSmall>(v[0], this->maximize(v[1]), v[2],
+                                                                   grad_avg, buf, this->s);
   }
 };
 

@@ -12,6 +12,7 @@
 #pragma once
 
 #include "gradfuse/config.h"
+#include "gradfuse/math/rule.h"
 
 namespace gf::math {
 
@@ -37,13 +38,13 @@ struct SgdScalars {
   GF_HD GF_INLINE void load_step_row(const OpT* row) { lr = row[0]; }
 };
 
-// Modes are template parameters: a specialization has no runtime branches (rule 4).
+// Modes are template parameters: a specialization has no runtime branches (rule 4). `grad`
+// arrives with maximize applied (the op's SignFlip).
 //   kFirst: the first momentum step, where torch initialises the buffer to the gradient.
-template <bool kWeightDecay, bool kMomentum, bool kNesterov, bool kFirst, bool kMaximize,
-          typename OpT>
+template <bool kWeightDecay, bool kMomentum, bool kNesterov, bool kFirst, typename OpT>
 GF_HD GF_INLINE void sgd_update(OpT& param, OpT grad, OpT& momentum_buffer,
                                 const SgdScalars<OpT>& s) {
-  OpT g = kMaximize ? -grad : grad;
+  OpT g = grad;
   if constexpr (kWeightDecay) g = g + s.weight_decay * param;
   if constexpr (kMomentum) {
     if constexpr (kFirst) {
@@ -56,22 +57,16 @@ GF_HD GF_INLINE void sgd_update(OpT& param, OpT grad, OpT& momentum_buffer,
   param = param - s.lr * g;
 }
 
-// Binds the rule to the slots of a multi-tensor call: v[0] param, v[1] grad, v[2] buffer.
-// kReads / kWrites tell the loops which slots to load and store (bit d = slot d); kGradSlot
-// is the slot the engines scale (AMP unscaling, clipping), or -1 for none.
-template <bool kWeightDecay, bool kMomentum, bool kNesterov, bool kFirst, bool kMaximize,
-          typename OpT>
-struct SgdOp {
-  static constexpr int kDepth = kMomentum ? 3 : 2;
-  static constexpr int kGradSlot = 1;  // the engines apply GradScaling to this slot
-  static constexpr unsigned kReads = kMomentum && !kFirst ? 0b111u : 0b011u;
-  static constexpr unsigned kWrites = kMomentum ? 0b101u : 0b001u;
-  SgdScalars<OpT> s;
-
+// Slots (math/rule.h): v[0] param, v[1] grad, v[2] momentum buffer (with momentum; not read on
+// the first step).
+template <bool kWeightDecay, bool kMomentum, bool kNesterov, bool kFirst, typename OpT>
+struct SgdOp : ParamRule<SgdScalars<OpT>, OpT, kMomentum ? 3 : 2,
+                         kMomentum && !kFirst ? 0b111u : 0b011u, kMomentum ? 0b101u : 0b001u> {
   GF_HD GF_INLINE void operator()(OpT* v) const {
     OpT unused = OpT(0);
-    OpT& buf = kMomentum ? v[kDepth - 1] : unused;
-    sgd_update<kWeightDecay, kMomentum, kNesterov, kFirst, kMaximize>(v[0], v[1], buf, s);
+    OpT& buf = kMomentum ? v[2] : unused;
+    sgd_update<kWeightDecay, kMomentum, kNesterov, kFirst>(v[0], this->maximize(v[1]), buf,
+                                                           this->s);
   }
 };
 

@@ -1,0 +1,27 @@
+// The binding of an optimizer's per-element rule to the slots of a multi-tensor call, shared by
+// every optimizer op: v[0] the param, v[1] its gradient (the slot the engines apply GradScaling
+// to), then the state; kReads / kWrites tell the engines which slots to load and store (bit d =
+// slot d). Each op derives from ParamRule and adds operator()(OpT* v), which applies `maximize`
+// to v[1] first and then the rule with its scalars `s`.
+#pragma once
+
+#include "gradfuse/math/bits.h"
+
+namespace gf::math {
+
+template <typename Scalars, typename OpT, int Depth, unsigned Reads, unsigned Writes>
+struct ParamRule {
+  static constexpr int kDepth = Depth;
+  static constexpr int kGradSlot = 1;
+  static constexpr unsigned kReads = Reads;
+  static constexpr unsigned kWrites = Writes;
+  Scalars s;
+  SignFlip<OpT> maximize;  // applied to the gradient first
+};
+
+// Slots p, g, and two moments (exp_avg and exp_avg_sq or exp_inf): every slot read, the
+// gradient not written.
+template <typename Scalars, typename OpT>
+using MomentRule = ParamRule<Scalars, OpT, 4, 0b1111u, 0b1101u>;
+
+}  // namespace gf::math
