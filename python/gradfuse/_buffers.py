@@ -10,8 +10,10 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-# Integer codes shared with src/gradfuse/dtype.h (gf::DType).
-DTYPE_CODES: dict[str, int] = {"float32": 0, "float64": 1, "float16": 2, "bfloat16": 3}
+from gradfuse import _native
+
+# gf::DType's codes (src/gradfuse/dtype.h), as _core exports them.
+DTYPE_CODES: dict[str, int] = _native.codes("dtype")
 SUPPORTED_DTYPES = "float32, float64, float16 or bfloat16"
 
 

@@ -20,9 +20,16 @@ from gradfuse.functional._multi_tensor import GradScaling, group, prepare
 if TYPE_CHECKING:
     from torch import Tensor
 
-# Norm kinds of the native kernel (gf::math::NormKind).
-_KINDS = {2.0: 0, 1.0: 1, math.inf: 2, -math.inf: 3, 0.0: 4}
-_GENERAL_P = 5
+# Norm kinds of the native kernel (gf::math::NormKind), as _core exports them.
+_CODES = _native.codes("norm_kind")
+_KINDS = {
+    2.0: _CODES["l2"],
+    1.0: _CODES["l1"],
+    math.inf: _CODES["inf"],
+    -math.inf: _CODES["neg_inf"],
+    0.0: _CODES["zero"],
+}
+_GENERAL_P = _CODES["p"]
 
 
 def _kind(norm_type: float) -> int:

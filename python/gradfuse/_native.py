@@ -17,3 +17,10 @@ def core() -> ModuleType:
             "so that the extension is built for this Python."
         ) from exc
     return _core
+
+
+def codes(kind: str) -> dict[str, int]:
+    """The native interface's integer codes of one kind (``"dtype"``, ``"weight_decay_mode"``,
+    ``"param_policy"``, ``"norm_kind"``, ``"step_fields"``) by name, as ``_core`` defines them:
+    Python restates none of them."""
+    return dict(core().CODES[kind])

@@ -1,6 +1,6 @@
 // Bindings of the Adam-family kernels (Adam/AdamW, Adamax, NAdam, RAdam).
 //
-// Python (gradfuse/functional/_adam.py) has validated the tensors and computed every per-step
+// Python (gradfuse/functional/_engine.py) has validated the tensors and computed every per-step
 // scalar in double with torch's expressions; these functions check the slot count, fill the
 // kernel's plain struct and run it without the GIL.
 #include "bindings/common.h"

@@ -1,4 +1,4 @@
-"""The max_grad_norm extension (optim/_base.MaxGradNormMixin): equal to torch's clip_grad_norm_
+"""The max_grad_norm extension (optim/_optimizer.FusedOptimizer._clip_coef): equal to torch's clip_grad_norm_
 followed by the optimizer, gradients left unclipped, torch-loadable checkpoints, AMP."""
 
 from __future__ import annotations

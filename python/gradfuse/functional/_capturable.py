@@ -2,13 +2,13 @@
 
 Without capturable, the functional optimizers read each ``step`` counter (and a tensor ``lr``)
 on the host and compute the per-step scalars (bias corrections, step sizes) there, in double,
-with torch's Python expressions (see ``_adam.py``). A captured CUDA graph cannot do that: a host
+with torch's Python expressions (the specs in ``_updates.py``). A captured CUDA graph cannot do that: a host
 read is a device synchronisation, which capture refuses, and a value read at capture time would
 be baked into every replay. With ``capturable=True`` instead:
 
 - the counters stay where they are (torch tensors on the params' device) and are advanced there,
   as torch's fused optimizers advance them: ``step += 1``, then ``step -= found_inf`` under AMP,
-  so a step that AMP skips leaves every counter as it was (:func:`advance`);
+  so a step that AMP skips leaves every counter as it was (``_steps.advance``);
 - the step-dependent scalars of every tensor are computed on that device with torch tensor ops,
   the same expressions as the host path, in float64 (the host path's double), and stored as one
   contiguous table, one row per tensor of a native call, in the kernel's compute type (float32,
@@ -115,7 +115,7 @@ def table_dtype(g: Group) -> Any:
     """The kernel's compute type: float64 for float64 params, else float32 (OpMath)."""
     import torch
 
-    return torch.float64 if g.dtype_code == 1 else torch.float32
+    return torch.float64 if g.dtype_code == _buffers.DTYPE_CODES["float64"] else torch.float32
 
 
 def column(value: Any, like: Any) -> Any:

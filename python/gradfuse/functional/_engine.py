@@ -172,9 +172,8 @@ class HostMath:
         if hasattr(x, "to"):
             import torch
 
-            from gradfuse._buffers import DTYPE_CODES
-
-            name = next(k for k, v in DTYPE_CODES.items() if v == self.group.dtype_code)
+            codes = _buffers.DTYPE_CODES
+            name = next(k for k, v in codes.items() if v == self.group.dtype_code)
             return x.to(dtype=getattr(torch, name))
         return x
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gradfuse import _buffers
+from gradfuse import _buffers, _native
 from gradfuse._buffers import Buffer
 
 
@@ -247,7 +247,9 @@ def group(
 
 
 # Param policies of the native calls (gf::ParamPolicy in gradfuse/tensor_list.h).
-_NEAREST, _STOCHASTIC, _KAHAN, _MASTER = 0, 1, 2, 3
+_POLICY = _native.codes("param_policy")
+_NEAREST, _STOCHASTIC = _POLICY["nearest"], _POLICY["stochastic"]
+_KAHAN, _MASTER = _POLICY["kahan"], _POLICY["master"]
 _MASK64 = (1 << 64) - 1
 
 

@@ -26,6 +26,7 @@ import dataclasses
 from collections.abc import MutableSequence, Sequence
 from typing import Any
 
+from gradfuse import _native
 from gradfuse._compile import traceable
 from gradfuse.functional import _engine
 from gradfuse.functional._engine import (
@@ -40,12 +41,14 @@ from gradfuse.functional._engine import (
 )
 from gradfuse.functional._multi_tensor import LowPrecision
 
+_WD_MODE = _native.codes("weight_decay_mode")
+
 
 def _wd_mode(weight_decay: float, decoupled: bool) -> int:
     """The rule's weight decay mode (gf::math::WeightDecayMode): none, L2 or decoupled."""
     if weight_decay == 0.0:
-        return 0
-    return 2 if decoupled else 1
+        return _WD_MODE["none"]
+    return _WD_MODE["decoupled" if decoupled else "l2"]
 
 
 def _adam_modes(h: Hyper) -> dict[str, Any]:
