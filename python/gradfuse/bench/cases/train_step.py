@@ -165,7 +165,7 @@ class TrainStepCase(OptimizerCase):
         def step() -> Any:
             opt.zero_grad(set_to_none=True)
             loss = torch.nn.functional.mse_loss(model(x), y)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             if clip is not None:
                 torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
             opt.step()
