@@ -42,14 +42,14 @@ int process_threads() {
 // descendant of that child (the flag is inherited), runs its regions serially. A child forked
 // from a single-threaded parent (a multiprocessing pool started before any parallel work) has
 // no stale pool and keeps its threads. Registered when the module is loaded, before any fork.
-bool g_parent_had_threads = false;
+std::atomic<bool> g_parent_had_threads{false};  // atomic: two threads may fork at once
 std::atomic<bool> g_serial{false};
 
 struct ForkHandler {
   ForkHandler() {
-    pthread_atfork([] { g_parent_had_threads = process_threads() > 1; }, nullptr,
+    pthread_atfork([] { g_parent_had_threads.store(process_threads() > 1); }, nullptr,
                    [] {
-                     if (g_parent_had_threads) g_serial.store(true, std::memory_order_relaxed);
+                     if (g_parent_had_threads.load()) g_serial.store(true);
                    });
   }
 };
