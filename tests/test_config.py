@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -47,33 +46,6 @@ def test_threads_settable() -> None:
         gradfuse.set_num_threads(n)
     with pytest.raises(ValueError, match="positive int"):
         gradfuse.set_num_threads(0)
-
-
-@pytest.mark.skipif(
-    len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs: the rule keeps workers off one"
-)
-def test_pool_workers_are_kept_off_the_callers_cpu() -> None:
-    # A worker woken onto the caller's (busy) CPU started its task 1.3-2.7 ms late in about half
-    # of the calls (src/cpu/parallel.cpp, keep_workers_off): each worker may run on every CPU
-    # of the process but the one the caller ran on.
-    import numpy as np
-
-    from gradfuse.functional import sgd_
-
-    core = gradfuse._native.core()
-    allowed = sorted(os.sched_getaffinity(0))
-    n = gradfuse.get_num_threads()
-    try:
-        gradfuse.set_num_threads(2)
-        p, g = np.ones(1 << 20, np.float32), np.ones(1 << 20, np.float32)
-        sgd_([p], [g], lr=0.5)  # large enough for both threads
-        np.testing.assert_array_equal(p, 0.5)
-        workers = core.cpu_worker_cpus()
-        assert len(workers) == 1
-        assert len(workers[0]) == len(allowed) - 1
-        assert set(workers[0]) < set(allowed)
-    finally:
-        gradfuse.set_num_threads(n)
 
 
 def test_isa_selection() -> None:

@@ -7,6 +7,7 @@ every array exactly as it was. Torch is imported only when a torch tensor is see
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -105,6 +106,8 @@ def _cuda_compiled() -> bool:
 
 def _fast_torch_buffer(t: Any, writable: bool) -> Buffer | None:
     if type(t) not in _plain_tensor_types:
+        if "torch" not in sys.modules:
+            return None  # no torch tensor can exist; numpy users never import (or need) torch
         import torch
 
         if type(t) is not torch.Tensor and type(t) is not torch.nn.Parameter:

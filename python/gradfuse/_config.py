@@ -27,12 +27,23 @@ def cuda_available() -> bool:
 
 
 def get_num_threads() -> int:
-    """Threads the CPU kernels use (default: the CPUs available to this process)."""
+    """Threads the CPU kernels use.
+
+    The kernels run on the OpenMP runtime, torch's own when torch is installed. By default they
+    follow its thread count, as seen from the calling thread: what ``torch.set_num_threads`` set
+    (without torch: ``OMP_NUM_THREADS``, else the CPUs available). A count given to
+    :func:`set_num_threads` or ``GRADFUSE_NUM_THREADS`` takes precedence. 1 in a process forked
+    from a multi-threaded parent (GNU OpenMP cannot restart its threads there).
+    """
     return int(core().get_num_threads())
 
 
 def set_num_threads(n: int) -> None:
-    """Set the threads the CPU kernels use (also settable with GRADFUSE_NUM_THREADS)."""
+    """Fix the threads the CPU kernels use (also settable with GRADFUSE_NUM_THREADS).
+
+    Each parallel region then asks the OpenMP runtime for ``n`` threads, whatever
+    ``torch.set_num_threads`` says; torch's own count is left alone. Results do not depend on it.
+    """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"set_num_threads: expected a positive int, got {n!r}")
     core().set_num_threads(n)

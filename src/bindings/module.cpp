@@ -97,8 +97,6 @@ PYBIND11_MODULE(_core, m) {
         "The ISA the running CPU engine copy was compiled for (equals cpu_isa()).");
   m.def("get_num_threads", &cpu::get_num_threads);
   m.def("set_num_threads", &cpu::set_num_threads, py::arg("n"));
-  m.def("cpu_worker_cpus", &cpu::worker_cpus,
-        "The CPUs each worker thread of the pool may run on (for tests).");
 
   m.def("cuda_device_count", &cuda::device_count);
   m.def("cuda_device_description", &cuda::device_description, py::arg("device"));

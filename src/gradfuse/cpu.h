@@ -3,7 +3,6 @@
 #pragma once
 
 #include <string>
-#include <vector>
 
 #include "gradfuse/kernels.h"
 
@@ -22,11 +21,9 @@ void set_isa(const std::string& isa);
 // active_isa() unless the per-ISA copies were merged at link time (config.h, GF_ISA_BEGIN).
 std::string engine_isa();
 
-// Threads: default = CPUs available to this process (its affinity mask).
+// Threads (cpu/parallel.h): the OpenMP runtime's count (torch.set_num_threads, OMP_NUM_THREADS;
+// by default the CPUs available) unless set_num_threads or GRADFUSE_NUM_THREADS fixed one.
 int get_num_threads();
 void set_num_threads(int n);
-// The CPUs each worker of the active pool may run on (its affinity mask), for the tests of the
-// placement rule in parallel.cpp; empty until the pool's first parallel call started them.
-std::vector<std::vector<int>> worker_cpus();
 
 }  // namespace gf::cpu

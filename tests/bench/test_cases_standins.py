@@ -86,7 +86,7 @@ def test_every_case_benchmarks(tmp_path: Path) -> None:
                 "--device",
                 "cpu",
                 "--sizes",
-                "4K,16x100",
+                "4K,16x100,mlp-small",
                 "--repeat",
                 "1",
                 "--warmup",
@@ -100,16 +100,18 @@ def test_every_case_benchmarks(tmp_path: Path) -> None:
     rep = json.loads(js.read_text())
     ran = {r["op"] for r in rep["results"]}
     # torch's AdamW has neither max_grad_norm= nor the low-precision keywords: those cases
-    # report themselves unavailable.
+    # report themselves unavailable. The training-step case runs at its small MLP.
     expected = {c.name for c in _registry.discover() if c.module != "adamw_lowprec"} - {
-        "adamw_clip"
+        "adamw_clip",
+        "train_step_adamw_clip",
     }
     assert ran == expected
     for r in rep["results"]:
         assert r["rotation_copies"] == 1  # --warm-cache
         assert not r["errors"], (r["op"], r["errors"])
         assert "gradfuse" in r["providers"]
-        assert "torch-forloop" in r["providers"] or "torch-eager" in r["providers"]
+        # Training steps: torch's foreach and fused AdamW only.
+        assert {"torch-forloop", "torch-eager", "torch-foreach"} & set(r["providers"])
     fused = {r["op"] for r in rep["results"] if "torch-fused" in r["providers"]}
     assert {"sgd", "adam", "adamw", "adagrad"} <= fused  # torch has fused=True on the CPU
     assert "lion" not in fused

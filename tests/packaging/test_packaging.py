@@ -117,6 +117,8 @@ def test_build_sdist_and_wheel_then_install_in_fresh_venv(tmp_path: Path) -> Non
     assert "gradfuse/py.typed" in names
     assert "gradfuse/_core.pyi" in names
     assert sum(n.startswith("gradfuse/_core") and n.endswith(".so") for n in names) == 1
+    # No OpenMP runtime of its own: _core links libgomp.so.1 by soname, torch's or the system's.
+    assert not [n for n in names if "libgomp" in n or "libomp" in n], names
     assert "gradfuse = gradfuse._cli:main" in entry_points
 
     # A fresh environment; torch and numpy come from this interpreter's site-packages.

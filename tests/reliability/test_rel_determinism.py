@@ -4,7 +4,7 @@
   available, and more threads than cores): a reduction sums fixed blocks in a fixed order and an
   elementwise update does not depend on who computes which element (DESIGN.md §4).
 * Several Python threads stepping independent optimizers and computing losses at the same time
-  (the GIL is released inside the kernels, and the CPU pool runs a busy caller's tasks inline)
+  (the GIL is released inside the kernels, and each calling thread gets its own OpenMP team)
   give the same bits as running the same work one after another.
 """
 
@@ -262,7 +262,7 @@ def test_concurrent_python_threads_match_sequential(threads: int) -> None:
 
 def test_set_num_threads_while_other_threads_run_kernels() -> None:
     # The thread count may change between a kernel sizing its parallel region and running it:
-    # the pool must still run every task exactly once (no lost task, no hang, same bits).
+    # every task must still run exactly once (no lost task, no hang, same bits).
     spec = OPTIMIZERS[0]
     want = _optimizer_run(spec, spec.configs[1], seed=9)
     stop = threading.Event()
@@ -300,12 +300,12 @@ import numpy as np
 import gradfuse
 from gradfuse.functional import sgd_
 
-gradfuse.set_num_threads(2)  # a pool chosen before any kernel ran
+gradfuse.set_num_threads(2)  # a thread count chosen before any kernel ran
 p, g = [np.ones(1 << 18, np.float32)], [np.ones(1 << 18, np.float32)]
-sgd_(p, g, lr=0.5)  # the parent's pool threads now exist
+sgd_(p, g, lr=0.5)  # the parent's OpenMP threads now exist
 pid = os.fork()
 if pid == 0:
-    sgd_(p, g, lr=0.5)  # the child has no pool threads: it must start fresh ones
+    sgd_(p, g, lr=0.5)  # the child has none of them: it must not wait for them
     os._exit(0 if float(p[0][0]) == 0.0 and float(p[0][-1]) == 0.0 else 3)
 import time
 deadline = time.monotonic() + 60
@@ -322,8 +322,9 @@ sys.exit(4)
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_forked_child_runs_parallel_kernels() -> None:
-    # A DataLoader worker forked after gradfuse ran threaded kernels must not wait for pool
-    # threads that only exist in the parent (it did, when set_num_threads came first).
+    # A DataLoader worker forked after gradfuse ran threaded kernels must not wait for OpenMP
+    # threads that only exist in the parent (GNU OpenMP's regions would; gradfuse runs serially
+    # there, src/cpu/parallel.h; tests/test_threads.py checks the same with torch loaded).
     import subprocess
     import sys
 

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from gradfuse.bench._timing import MIN_SAMPLE_S
 from gradfuse.bench.cases import MIN_ACCESSES
 
 if TYPE_CHECKING:
@@ -184,6 +185,10 @@ class Case:
     def providers(self, compile: bool) -> tuple[str, ...]:
         base = OPTIMIZER_PROVIDERS if self.kind != "loss" else LOSS_PROVIDERS
         return (*base, COMPILE_PROVIDER) if compile else base
+
+    def sample_seconds(self) -> float:
+        """How long one timed sample lasts at least (back-to-back calls)."""
+        return MIN_SAMPLE_S
 
     def sizes(self, quick: bool) -> list[Size]:
         raise NotImplementedError

@@ -26,6 +26,10 @@ def _time(s: float) -> str:
     return f"{s * 1e6:.1f} us"
 
 
+def _gbps(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
 def _bytes(n: float) -> str:
     for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if n >= scale:
@@ -79,7 +83,7 @@ def print_table(report: dict[str, Any]) -> None:
     results = report["results"]
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for r in results:
-        family = "losses" if r["kind"] == "loss" else "optimizers"
+        family = {"loss": "losses", "train_step": "training steps"}.get(r["kind"], "optimizers")
         groups.setdefault((r["device"], r["dtype"], family), []).append(r)
     w = max([len("op"), *(len(r["op"]) for r in results)])
     head = (
@@ -109,7 +113,7 @@ def print_table(report: dict[str, Any]) -> None:
                 print(
                     f"{(r['op'] if first else ''):<{w}} {(r['size'] if first else ''):<12} "
                     f"{prov:<14} {_time(st['median_s']):>10} {_time(st['min_s']):>10} "
-                    f"{_time(st['max_s']):>10} {st['gbps']:>7.1f} "
+                    f"{_time(st['max_s']):>10} {_gbps(st['gbps']):>7} "
                     f"{(f'{pct:.0f}%' if pct is not None else '-'):>6} {rel:>12}{extra}"
                 )
                 first = False
@@ -187,7 +191,10 @@ def plot(report: dict[str, Any], path: str) -> None:
     for j, p in enumerate(providers):
         xs = [i + (j - (len(providers) - 1) / 2) * width for i in range(len(rows))]
         ys = [
-            r["providers"][p]["pct_ceiling"] if p in r["providers"] else float("nan") for r in rows
+            r["providers"][p]["pct_ceiling"]
+            if p in r["providers"] and r["providers"][p]["pct_ceiling"] is not None
+            else float("nan")
+            for r in rows
         ]
         ax2.bar(xs, ys, width, label=p, color=colors[p])
     ax2.axhline(100.0, color="black", lw=0.8, ls="--")
@@ -282,7 +289,7 @@ def markdown(report: dict[str, Any]) -> str:
                 pct = st["pct_ceiling"]
                 lines.append(
                     f"| {r['op']} | {r['size']} | {prov} | {_time(st['median_s'])} | "
-                    f"{_time(st['min_s'])} | {_time(st['max_s'])} | {st['gbps']:.1f} | "
+                    f"{_time(st['min_s'])} | {_time(st['max_s'])} | {_gbps(st['gbps'])} | "
                     f"{(f'{pct:.0f}%' if pct is not None else '-')} | "
                     f"{r.get('ceiling_gbps', report['ceiling'][device]['gbps']):.1f} | "
                     f"{(f'{sp:.2f}x' if sp is not None else '-')} |"

@@ -177,14 +177,18 @@ def _copies(min_bytes: int, cache: int) -> int:
 
 def _stats(samples: list[float], min_bytes: int, ceiling_gbps: float) -> dict[str, Any]:
     med = statistics.median(samples)
-    gbps = min_bytes / med / 1e9 if med > 0 else float("inf")
+    gbps: float | None = None  # no bandwidth figure without minimal bytes (a training step)
+    pct: float | None = None
+    if min_bytes > 0:
+        gbps = min_bytes / med / 1e9 if med > 0 else float("inf")
+        pct = 100.0 * gbps / ceiling_gbps if ceiling_gbps > 0 else None
     return {
         "median_s": med,
         "min_s": min(samples),
         "max_s": max(samples),
         "samples_s": samples,
         "gbps": gbps,
-        "pct_ceiling": 100.0 * gbps / ceiling_gbps if ceiling_gbps > 0 else None,
+        "pct_ceiling": pct,
     }
 
 
@@ -244,7 +248,7 @@ def measure(
                 runner(k)
             sync(item.device)
             per_call = (time.perf_counter() - t0) / max(warmup, 1)
-            inner[prov] = inner_count(per_call) if warmup else 1
+            inner[prov] = inner_count(per_call, case.sample_seconds()) if warmup else 1
             runners[prov] = runner
         except Unavailable as exc:
             res["unavailable"][prov] = str(exc)
@@ -318,7 +322,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.threads is not None:
         gradfuse.set_num_threads(args.threads)
-    torch.set_num_threads(gradfuse.get_num_threads())  # same pool size for both sides
+    torch.set_num_threads(gradfuse.get_num_threads())  # the same thread count for both sides
     repeat = args.repeat if args.repeat is not None else (5 if args.quick else 11)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
     if repeat < 1 or warmup < 0:

@@ -63,10 +63,10 @@ def time_sample(call: Callable[[int], None], first: int, inner: int, device: str
     return (time.perf_counter() - t0) / inner
 
 
-def inner_count(seconds_per_call: float) -> int:
+def inner_count(seconds_per_call: float, sample_s: float = MIN_SAMPLE_S) -> int:
     if seconds_per_call <= 0:
         return MAX_INNER
-    return max(1, min(MAX_INNER, int(MIN_SAMPLE_S / seconds_per_call + 0.999)))
+    return max(1, min(MAX_INNER, int(sample_s / seconds_per_call + 0.999)))
 
 
 def peak_extra_memory(call: Callable[[int], None], device: str) -> int | None:
