@@ -100,6 +100,8 @@ class Spec:
     row order of the rule's ``load_step_row``. ``modes``: the native call's flags, from ``h``;
     ``flags``: the boolean options the update takes (torch's param-group keys).
     ``creates``: the state list whose None entries are created from the gradient (SGD).
+    ``capturable``: the update takes ``capturable=True`` (its optimizer class passes the
+    group's option and checks torch's device rule).
     """
 
     op: str
@@ -116,7 +118,6 @@ class Spec:
     creates: str | None = None
     capturable: bool = False
     host_betas: bool = False
-    group_by_step: bool = True
 
 
 class Hyper:
