@@ -610,13 +610,25 @@ def test_isa_names_are_the_ones_the_goldens_know() -> None:
     assert set(available_isas()) <= set(ISAS), available_isas()
 
 
-@pytest.mark.parametrize("isa", ISAS)
-def test_isa_is_checked(isa: str) -> None:
-    """Says, as a skip, which engine the golden test cannot run on this CPU."""
-    if isa not in available_isas():
-        pytest.skip(
-            f"this CPU cannot run the {isa} engine: the golden test checks {available_isas()}"
+@pytest.mark.parametrize(
+    "isa",
+    [
+        pytest.param(
+            isa,
+            marks=pytest.mark.skipif(
+                isa not in available_isas(),
+                reason=f"this CPU cannot run the {isa} engine: the golden test checks "
+                f"{available_isas()}",
+            ),
         )
+        for isa in ISAS
+    ],
+)
+def test_isa_is_checked(isa: str) -> None:
+    """Every ISA the golden test runs under really switches the engine copy it checks (a skip
+    says which engine this CPU cannot run)."""
+    with _Settings(isa, 1):
+        assert gradfuse._native.core().cpu_engine_isa() == isa
 
 
 @pytest.mark.parametrize("group", GROUPS)
