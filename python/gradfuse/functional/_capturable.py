@@ -162,8 +162,3 @@ def group_zeros(g: Group) -> Any:
 
     device = "cpu" if g.device < 0 else f"cuda:{g.device}"
     return torch.zeros(len(g.indices), dtype=torch.float64, device=device)
-
-
-def column_of(value: Any, g: Group) -> Any:
-    """:func:`column` shaped for the tensors of ``g``."""
-    return column(value, group_zeros(g))

@@ -9,13 +9,6 @@ from typing import Any
 from torch import Tensor
 
 
-def scalar_dtype(is_fused: bool | None = None) -> Any:
-    """torch's dtype for ``step`` counters (torch.optim.optimizer._get_scalar_dtype)."""
-    from torch.optim.optimizer import _get_scalar_dtype
-
-    return _get_scalar_dtype(is_fused)  # type: ignore[no-untyped-call]
-
-
 def refuse_differentiable(name: str, differentiable: bool) -> None:
     if differentiable:
         raise NotImplementedError(
