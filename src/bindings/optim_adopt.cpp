@@ -9,10 +9,9 @@ void register_optim_adopt(py::module_& m) {
       "adopt",
       [](const Slots& slots, const Numels& numels, int dtype, int device, std::uintptr_t stream,
          double lr, double weight_decay, double lr_decay, double exp_avg_weight, double beta2,
-         double one_minus_beta2, double eps, double clip, bool first_step,
-         int weight_decay_mode, bool maximize, std::uintptr_t grad_scale,
-         std::uintptr_t found_inf, std::uintptr_t clip_coef, int state_dtype, int policy,
-         std::uint64_t seed) {
+         double one_minus_beta2, double eps, double clip, bool first_step, int weight_decay_mode,
+         bool maximize, std::uintptr_t grad_scale, std::uintptr_t found_inf,
+         std::uintptr_t clip_coef, int state_dtype, int policy, std::uint64_t seed) {
         auto h = make_list("adopt", slots, numels, dtype, device, stream, grad_scale, found_inf,
                            clip_coef, PrecisionArgs{state_dtype, policy, seed});
         check_depth(h.view, "adopt", 4, "param, grad, exp_avg, exp_avg_sq");
@@ -42,13 +41,12 @@ void register_optim_adopt(py::module_& m) {
          double bias_correction2_sqrt, double lr_decay, double neg_lr, double eps, bool maximize,
          std::uintptr_t grad_scale, std::uintptr_t found_inf, std::uintptr_t clip_coef,
          int state_dtype, int policy, std::uint64_t seed) {
-        auto h = make_list("ademamix", slots, numels, dtype, device, stream, grad_scale,
-                           found_inf, clip_coef, PrecisionArgs{state_dtype, policy, seed});
+        auto h = make_list("ademamix", slots, numels, dtype, device, stream, grad_scale, found_inf,
+                           clip_coef, PrecisionArgs{state_dtype, policy, seed});
         check_depth(h.view, "ademamix", 5, "param, grad, exp_avg, exp_avg_slow, exp_avg_sq");
         AdemamixArgs args{h.view,
-                          {beta1, one_minus_beta1, beta2, one_minus_beta2, beta3,
-                           one_minus_beta3, alpha, bias_correction1, bias_correction2_sqrt,
-                           lr_decay, neg_lr, eps},
+                          {beta1, one_minus_beta1, beta2, one_minus_beta2, beta3, one_minus_beta3,
+                           alpha, bias_correction1, bias_correction2_sqrt, lr_decay, neg_lr, eps},
                           maximize};
         run(&cpu::ademamix, GF_CUDA_FN(ademamix), args);
       },

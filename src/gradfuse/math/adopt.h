@@ -34,14 +34,10 @@ struct AdoptScalars {
   OpT beta2, one_minus_beta2, eps, clip, neg_clip;
 
   static AdoptScalars from(const AdoptHyper& h) {
-    return {static_cast<OpT>(-h.lr),
-            static_cast<OpT>(h.weight_decay),
-            static_cast<OpT>(h.lr_decay),
-            LerpWeight<OpT>::from(h.exp_avg_weight),
-            static_cast<OpT>(h.beta2),
-            static_cast<OpT>(h.one_minus_beta2),
-            static_cast<OpT>(h.eps),
-            static_cast<OpT>(h.clip),
+    return {static_cast<OpT>(-h.lr),      static_cast<OpT>(h.weight_decay),
+            static_cast<OpT>(h.lr_decay), LerpWeight<OpT>::from(h.exp_avg_weight),
+            static_cast<OpT>(h.beta2),    static_cast<OpT>(h.one_minus_beta2),
+            static_cast<OpT>(h.eps),      static_cast<OpT>(h.clip),
             static_cast<OpT>(-h.clip)};
   }
 };
@@ -54,8 +50,7 @@ GF_HD GF_INLINE OpT torch_minimum(OpT a, OpT b) {
 
 // Step 1: weight decay, then v = v + g * g (exp_avg_sq.addcmul_(grad, grad)).
 template <int kWd, typename OpT>
-GF_HD GF_INLINE void adopt_init(OpT& param, OpT grad, OpT& exp_avg_sq,
-                                const AdoptScalars<OpT>& s) {
+GF_HD GF_INLINE void adopt_init(OpT& param, OpT grad, OpT& exp_avg_sq, const AdoptScalars<OpT>& s) {
   const OpT g = decayed_grad<kWd>(param, grad, s.weight_decay, s.lr_decay);
   exp_avg_sq = exp_avg_sq + g * g;
 }
