@@ -288,10 +288,10 @@ def ademamix_(
                     f"ademamix_: t_beta3 warm-up takes log({name}), so {name} must be > 0, "
                     f"got {value!r}"
                 )
-    for name, value in (("t_alpha", t_alpha), ("t_beta3", t_beta3)):
-        if value is not None and not (isinstance(value, int | float) and value >= 0):
+    for name, steps in (("t_alpha", t_alpha), ("t_beta3", t_beta3)):
+        if steps is not None and not (isinstance(steps, int | float) and steps >= 0):
             raise ValueError(
-                f"ademamix_: {name} must be None or a number of steps >= 0, got {value!r}"
+                f"ademamix_: {name} must be None or a number of steps >= 0, got {steps!r}"
             )
     h = _engine.check_hyper(
         ADEMAMIX,

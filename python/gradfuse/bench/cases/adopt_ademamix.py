@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from gradfuse.bench._case import OptimizerCase, Unavailable
@@ -32,7 +33,7 @@ def _ademamix_reference(params: Any, *, foreach: bool = False, **kwargs: Any) ->
 
     if foreach:
         try:
-            import heavyball
+            heavyball = importlib.import_module("heavyball")
         except ImportError:
             raise Unavailable("heavyball is not installed") from None
         kw = dict(kwargs)
@@ -50,10 +51,10 @@ def _ademamix_reference(params: Any, *, foreach: bool = False, **kwargs: Any) ->
     params = list(params)
     if params and all(p.dtype == torch.float32 for p in params):
         try:
-            import bitsandbytes as bnb
+            bnb_optim = importlib.import_module("bitsandbytes.optim")
         except ImportError:
             raise Unavailable("bitsandbytes is not installed") from None
-        return bnb.optim.AdEMAMix(params, **kwargs)
+        return bnb_optim.AdEMAMix(params, **kwargs)
     from gradfuse.testing import reference_optimizer
 
     return reference_optimizer("AdEMAMix", params, **kwargs)
