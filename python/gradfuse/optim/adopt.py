@@ -49,7 +49,7 @@ class ADOPT(FusedOptimizer):
 
     _update_fn = staticmethod(adopt_)
     _spec = ADOPT_SPEC
-    _sparse_error = "ADOPT does not support sparse gradient"
+    _sparse_error = "ADOPT does not support sparse gradients"
     _setstate_defaults: ClassVar[dict[str, Any]] = {"maximize": False, "foreach": None}
 
     clip_lambda: Callable[[int], float] | None
