@@ -3,6 +3,7 @@
 // CPU and CUDA backends.
 #pragma once
 
+#include "gradfuse/adopt_kernels.h"
 #include "gradfuse/math/adagrad.h"
 #include "gradfuse/math/adam.h"
 #include "gradfuse/math/lion.h"
@@ -106,4 +107,5 @@ struct LionArgs {
   X(adagrad, AdagradArgs)         \
   X(rmsprop, RmspropArgs)         \
   X(lion, LionArgs)
-#define GF_OPTIM_KERNELS(X) GF_ADAM_FAMILY_KERNELS(X) GF_OTHER_OPTIM_KERNELS(X)
+#define GF_OPTIM_KERNELS(X) \
+  GF_ADAM_FAMILY_KERNELS(X) GF_OTHER_OPTIM_KERNELS(X) GF_ADOPT_KERNELS(X) GF_ADEMAMIX_KERNELS(X)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 from gradfuse._compile import register_ops
+from gradfuse.functional._adopt import ademamix_, adopt_
 from gradfuse.functional._losses_buffers import grad_buffer_cache_info, set_grad_buffer_cache
 from gradfuse.functional._losses_elementwise import (
     binary_cross_entropy_with_logits_with_grad,
@@ -39,6 +40,8 @@ __all__ = [
     "adam_",
     "adamax_",
     "adamw_",
+    "ademamix_",
+    "adopt_",
     "binary_cross_entropy_with_logits_with_grad",
     "cross_entropy_with_grad",
     "grad_buffer_cache_info",

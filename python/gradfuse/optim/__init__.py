@@ -8,6 +8,8 @@ from gradfuse.optim.adagrad import Adagrad
 from gradfuse.optim.adam import Adam
 from gradfuse.optim.adamax import Adamax
 from gradfuse.optim.adamw import AdamW
+from gradfuse.optim.ademamix import AdEMAMix
+from gradfuse.optim.adopt import ADOPT
 from gradfuse.optim.lion import Lion
 from gradfuse.optim.nadam import NAdam
 from gradfuse.optim.radam import RAdam
@@ -17,7 +19,9 @@ from gradfuse.optim.sgd import SGD
 register_ops()  # torch.compile support: define the custom op before anything is traced
 
 __all__ = [
+    "ADOPT",
     "SGD",
+    "AdEMAMix",
     "Adagrad",
     "Adam",
     "AdamW",

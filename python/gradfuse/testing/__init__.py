@@ -29,10 +29,15 @@ from typing import Any
 
 import torch
 
+from gradfuse.testing._adopt import ADOPT, AdEMAMix
 from gradfuse.testing._lion import Lion
 
 #: Optimizers torch has no class for, by the name of the gradfuse class they are a reference for.
-REFERENCES: dict[str, type[torch.optim.Optimizer]] = {"Lion": Lion}
+REFERENCES: dict[str, type[torch.optim.Optimizer]] = {
+    "Lion": Lion,
+    "ADOPT": ADOPT,
+    "AdEMAMix": AdEMAMix,
+}
 
 
 def reference_class(name: str) -> type[torch.optim.Optimizer]:
@@ -65,4 +70,12 @@ def reference_optimizer(
     return opt
 
 
-__all__ = ["REFERENCES", "Lion", "has_torch_class", "reference_class", "reference_optimizer"]
+__all__ = [
+    "ADOPT",
+    "REFERENCES",
+    "AdEMAMix",
+    "Lion",
+    "has_torch_class",
+    "reference_class",
+    "reference_optimizer",
+]

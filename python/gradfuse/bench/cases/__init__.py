@@ -30,4 +30,7 @@ MIN_ACCESSES: dict[str, tuple[int, str]] = {
     "elementwise_loss": (3, "input read, target read, grad written"),
     "cross_entropy": (2, "logit read, grad written (targets: one index per row, not counted)"),
     "nll_loss": (1, "grad written (one input read per row, not counted)"),
+    # Issue 18's optimizers, per parameter element.
+    "adopt": (7, "param r+w, grad r, exp_avg r+w, exp_avg_sq r+w"),
+    "ademamix": (9, "param r+w, grad r, exp_avg, exp_avg_slow, exp_avg_sq r+w"),
 }
