@@ -179,6 +179,5 @@ void register_grad(py::module_& m);
 void register_losses(py::module_& m);
 void register_losses_softmax(py::module_& m);
 void register_buffers(py::module_& m);
-void register_optim_adopt(py::module_& m);
 
 }  // namespace gf

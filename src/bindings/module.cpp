@@ -109,5 +109,4 @@ PYBIND11_MODULE(_core, m) {
   register_grad(m);
   register_losses_softmax(m);
   register_buffers(m);
-  register_optim_adopt(m);
 }

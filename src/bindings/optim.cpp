@@ -51,6 +51,7 @@ struct StepCall {
   bool flag(const char* name) const { return mode(name) != 0; }
 
   void depth(int expected, const char* names) const { check_depth(tensors, op, expected, names); }
+  void no_step_table() const { GF_CHECK(step_table.data == 0, op, ": takes no step table"); }
   // A capturable call's table holds every field the op reads per tensor.
   void table_fields(int fields) const {
     check_step_table(step_table.data, step_table.stride, op, fields);
@@ -138,8 +139,21 @@ RmspropArgs args_for(const StepCall& c, Tag<RmspropArgs>) {
 LionArgs args_for(const StepCall& c, Tag<LionArgs>) {
   const auto h = c.hyper_as<math::LionHyper>();
   c.depth(3, "param, grad, exp_avg");
-  GF_CHECK(c.step_table.data == 0, c.op, ": takes no step table");
+  c.no_step_table();
   return {c.tensors, h, h.weight_decay != 0.0, c.flag("maximize")};
+}
+
+AdoptArgs args_for(const StepCall& c, Tag<AdoptArgs>) {
+  c.depth(4, kMoments);
+  c.no_step_table();
+  return {c.tensors, c.hyper_as<math::AdoptHyper>(), weight_decay_mode(c), c.flag("maximize"),
+          c.flag("first_step")};
+}
+
+AdemamixArgs args_for(const StepCall& c, Tag<AdemamixArgs>) {
+  c.depth(5, "param, grad, exp_avg, exp_avg_slow, exp_avg_sq");
+  c.no_step_table();
+  return {c.tensors, c.hyper_as<math::AdemamixHyper>(), c.flag("maximize")};
 }
 
 using Runner = void (*)(const StepCall&);

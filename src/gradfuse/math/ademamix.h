@@ -21,6 +21,19 @@ namespace gf::math {
 struct AdemamixHyper {
   double beta1, one_minus_beta1, beta2, one_minus_beta2, beta3, one_minus_beta3;
   double alpha, bias_correction1, bias_correction2_sqrt, lr_decay, neg_lr, eps;
+  // The fields by name, in order: Python passes them as one list (CODES["hyper_fields"]).
+  static constexpr const char* kFields[] = {"beta1",
+                                            "one_minus_beta1",
+                                            "beta2",
+                                            "one_minus_beta2",
+                                            "beta3",
+                                            "one_minus_beta3",
+                                            "alpha",
+                                            "bias_correction1",
+                                            "bias_correction2_sqrt",
+                                            "lr_decay",
+                                            "neg_lr",
+                                            "eps"};
 };
 
 template <typename OpT>

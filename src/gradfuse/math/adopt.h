@@ -25,6 +25,10 @@ namespace gf::math {
 //   one_minus_beta2 = 1 - beta2; clip = clip_lambda(step) (inf without clipping).
 struct AdoptHyper {
   double lr, weight_decay, lr_decay, exp_avg_weight, beta2, one_minus_beta2, eps, clip;
+  // The fields by name, in order: Python passes them as one list (CODES["hyper_fields"]).
+  static constexpr const char* kFields[] = {
+      "lr",    "weight_decay",    "lr_decay", "exp_avg_weight",
+      "beta2", "one_minus_beta2", "eps",      "clip"};
 };
 
 template <typename OpT>
