@@ -178,5 +178,6 @@ void register_grad(py::module_& m);
 void register_losses(py::module_& m);
 void register_losses_softmax(py::module_& m);
 void register_buffers(py::module_& m);
+void register_optim_schedule_free(py::module_& m);
 
 }  // namespace gf
