@@ -30,9 +30,14 @@ from typing import Any
 import torch
 
 from gradfuse.testing._lion import Lion
+from gradfuse.testing._schedule_free import ScheduleFreeAdamW, ScheduleFreeSGD
 
 #: Optimizers torch has no class for, by the name of the gradfuse class they are a reference for.
-REFERENCES: dict[str, type[torch.optim.Optimizer]] = {"Lion": Lion}
+REFERENCES: dict[str, type[torch.optim.Optimizer]] = {
+    "Lion": Lion,
+    "ScheduleFreeAdamW": ScheduleFreeAdamW,
+    "ScheduleFreeSGD": ScheduleFreeSGD,
+}
 
 
 def reference_class(name: str) -> type[torch.optim.Optimizer]:
@@ -65,4 +70,12 @@ def reference_optimizer(
     return opt
 
 
-__all__ = ["REFERENCES", "Lion", "has_torch_class", "reference_class", "reference_optimizer"]
+__all__ = [
+    "REFERENCES",
+    "Lion",
+    "ScheduleFreeAdamW",
+    "ScheduleFreeSGD",
+    "has_torch_class",
+    "reference_class",
+    "reference_optimizer",
+]
