@@ -12,7 +12,9 @@ Each gradfuse optimizer is registered as ``"gf" + class name in lower case`` (``
 ``gfadam``, ``gfadamw``, ``gfadagrad``, ``gfrmsprop``, ``gfadamax``, ``gfnadam``, ``gfradam``,
 ``gflion``) with the settings timm uses for the name without ``gf`` (``gfsgd`` has Nesterov
 momentum as timm's ``sgd``, ``gfrmsprop`` alpha 0.9 as timm's ``rmsprop``, ...): swapping
-``"adamw"`` for ``"gfadamw"`` changes the implementation only. No underscore: timm reads only
+``"adamw"`` for ``"gfadamw"`` changes the implementation only. ``gfschedulefreeadamw`` and
+``gfschedulefreesgd`` take the settings of timm's ``adamwschedulefree`` and ``sgdschedulefree``
+(:data:`TIMM_BASE`; call ``optimizer.train()`` / ``.eval()`` as with those). No underscore: timm reads only
 the last ``_``-separated part of a name (``lookahead_gfadamw`` wraps ``gfadamw`` in Lookahead).
 """
 
@@ -20,9 +22,11 @@ from __future__ import annotations
 
 import dataclasses
 
-__all__ = ["PREFIX", "register"]
+__all__ = ["PREFIX", "TIMM_BASE", "register"]
 
 PREFIX = "gf"
+# timm's name for the optimizers whose timm entry is not their lower-case class name.
+TIMM_BASE = {"ScheduleFreeAdamW": "adamwschedulefree", "ScheduleFreeSGD": "sgdschedulefree"}
 
 
 def register() -> list[str]:
@@ -36,9 +40,9 @@ def register() -> list[str]:
     names = []
     for class_name in gradfuse.optim.__all__:
         cls = getattr(gradfuse.optim, class_name)
-        base = class_name.lower()
+        base = TIMM_BASE.get(class_name, class_name.lower())
         info = get_optimizer_info(base)  # timm's entry for torch's (or timm's) class
-        name = PREFIX + base
+        name = PREFIX + class_name.lower()
         default_registry.register(
             dataclasses.replace(
                 info,
