@@ -172,7 +172,11 @@ def test_param_groups_tensor_lr_and_params_without_grad(name: str) -> None:
     for make, tensor_lr in ((OURS[name], True), (PACKAGE[name], False)):
         ps = leaves(start, torch.float64)
         groups = [
-            {"params": ps[:2], "lr": torch.tensor(lr, dtype=torch.float64) if tensor_lr else lr, "warmup_steps": 5},
+            {
+                "params": ps[:2],
+                "lr": torch.tensor(lr, dtype=torch.float64) if tensor_lr else lr,
+                "warmup_steps": 5,
+            },
             {"params": ps[2:3], "lr": 2 * lr, "r": 1.0, "weight_decay": 0.1},
             {"params": ps[3:], "lr": 0.5 * lr},
         ]
@@ -481,3 +485,32 @@ def test_exports() -> None:
     assert gradfuse.optim.ScheduleFreeAdamW is ScheduleFreeAdamW
     assert "ScheduleFreeSGD" in gradfuse.optim.__all__
     assert "schedule_free_adamw_" in gradfuse.functional.__all__
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [{"kahan": True}, {"master_weights": True}, {"rounding": "stochastic"}],
+    ids=str,
+)
+@pytest.mark.parametrize(("name", "kw"), [CASES[1], CASES[7]], ids=str)
+def test_bfloat16_policies_within_twice_the_references_error(
+    name: str, kw: dict[str, Any], policy: dict[str, Any]
+) -> None:
+    # The precision policies act on the steps and on the train/eval switches (both are param
+    # updates of one rule engine): bfloat16 params with each policy against the package in
+    # bfloat16, both judged by their error against the package in float64.
+    start, grads = random_problem(100)
+    grads = [[g.to(torch.bfloat16).double() for g in gs] for gs in grads]
+    start = [x.to(torch.bfloat16).double() for x in start]
+    runs = []
+    for make, dt, extra in (
+        (OURS[name], torch.bfloat16, policy),
+        (PACKAGE[name], torch.bfloat16, {}),
+        (PACKAGE[name], torch.float64, {}),
+    ):
+        ps = leaves(start, dt)
+        _run(make(ps, **kw, **extra), ps, grads)
+        runs.append(torch.cat([p.detach().double().reshape(-1) for p in ps]))
+    ours, theirs, ref = runs
+    assert torch.isfinite(ours).all()
+    assert_low_precision(ours, theirs, ref, f"{name} {kw} {policy}")
