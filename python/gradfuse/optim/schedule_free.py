@@ -146,7 +146,6 @@ class ScheduleFreeAdamW(_ScheduleFree):
     :class:`~gradfuse.optim.FusedOptimizer`).
     """
 
-    _update_fn = staticmethod(schedule_free_adamw_)
     _step_fn = staticmethod(schedule_free_adamw_)
     _spec: ClassVar[Spec] = SCHEDULE_FREE_ADAMW
     _setstate_defaults: ClassVar[dict[str, Any]] = {"maximize": False, "foreach": True}
@@ -216,7 +215,6 @@ class ScheduleFreeSGD(_ScheduleFree):
     of :class:`ScheduleFreeAdamW` (``train()`` / ``eval()``, BatchNorm, extensions) holds.
     """
 
-    _update_fn = staticmethod(schedule_free_sgd_)
     _step_fn = staticmethod(schedule_free_sgd_)
     _spec: ClassVar[Spec] = SCHEDULE_FREE_SGD
     _setstate_defaults: ClassVar[dict[str, Any]] = {"maximize": False, "foreach": True}

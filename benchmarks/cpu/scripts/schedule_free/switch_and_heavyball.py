@@ -50,8 +50,10 @@ def main() -> None:
     ap.add_argument("--no-heavyball", action="store_true")
     args = ap.parse_args()
     sizes = {"16M": ONE_16M, "model": MODEL}
-    print(f"gradfuse {gradfuse.__version__}, torch {torch.__version__}, threads "
-          f"{torch.get_num_threads()}, ISA {gradfuse._native.core().cpu_isa()}")
+    print(
+        f"gradfuse {gradfuse.__version__}, torch {torch.__version__}, threads "
+        f"{torch.get_num_threads()}, ISA {gradfuse._native.core().cpu_isa()}"
+    )
     for name in args.sizes.split(","):
         size = sizes[name]
         # The switch: eval() then train() after one step (so every param has its z).
@@ -73,9 +75,11 @@ def main() -> None:
         for _ in range(2):  # warm-up round, then the measured one (interleaved providers)
             rows["switch gradfuse"] = _median_ms(switch(ours), args.repeat, 3)
             rows["switch schedulefree"] = _median_ms(switch(theirs), args.repeat, 3)
-        print(f"{name}: eval()+train() gradfuse {rows['switch gradfuse']:.2f} ms, schedulefree "
-              f"{rows['switch schedulefree']:.2f} ms "
-              f"({rows['switch schedulefree'] / rows['switch gradfuse']:.2f}x)")
+        print(
+            f"{name}: eval()+train() gradfuse {rows['switch gradfuse']:.2f} ms, schedulefree "
+            f"{rows['switch schedulefree']:.2f} ms "
+            f"({rows['switch schedulefree'] / rows['switch gradfuse']:.2f}x)"
+        )
         del ours, theirs, ours_p, theirs_p
         if args.no_heavyball:
             continue
@@ -93,8 +97,10 @@ def main() -> None:
         for _ in range(2):
             t_hb = _median_ms(hb.step, args.repeat, 3)
             t_gf = _median_ms(gf.step, args.repeat, 3)
-        print(f"{name}: step heavyball.SFAdamW {t_hb:.2f} ms (first step with compilation "
-              f"{compile_s:.1f} s), gradfuse {t_gf:.2f} ms ({t_hb / t_gf:.2f}x)")
+        print(
+            f"{name}: step heavyball.SFAdamW {t_hb:.2f} ms (first step with compilation "
+            f"{compile_s:.1f} s), gradfuse {t_gf:.2f} ms ({t_hb / t_gf:.2f}x)"
+        )
 
 
 if __name__ == "__main__":

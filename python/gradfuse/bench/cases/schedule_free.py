@@ -44,13 +44,13 @@ class ScheduleFreeCase(OptimizerCase):
             if not foreach:
                 raise Unavailable("heavyball: its multi-tensor (compiled) step is the row")
             try:
-                import heavyball
+                import heavyball  # type: ignore[import-untyped]
             except ImportError:
                 raise Unavailable("heavyball is not installed") from None
             opt = heavyball.SFAdamW(params, **kw)
         else:
             try:
-                import schedulefree
+                import schedulefree  # type: ignore[import-untyped]
 
                 cls = getattr(schedulefree, _PACKAGE_CLASS[self.optimizer])
             except ImportError:
