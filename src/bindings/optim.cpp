@@ -156,6 +156,27 @@ AdemamixArgs args_for(const StepCall& c, Tag<AdemamixArgs>) {
   return {c.tensors, c.hyper_as<math::AdemamixHyper>(), c.flag("maximize")};
 }
 
+ScheduleFreeAdamwArgs args_for(const StepCall& c, Tag<ScheduleFreeAdamwArgs>) {
+  const auto h = c.hyper_as<math::ScheduleFreeAdamwHyper>();
+  c.depth(4, "param, grad, z, exp_avg_sq");
+  c.no_step_table();
+  return {c.tensors, h, h.weight_decay != 0.0, c.flag("maximize")};
+}
+
+ScheduleFreeSgdArgs args_for(const StepCall& c, Tag<ScheduleFreeSgdArgs>) {
+  const auto h = c.hyper_as<math::ScheduleFreeSgdHyper>();
+  c.depth(3, "param, grad, z");
+  c.no_step_table();
+  return {c.tensors, h, h.weight_decay != 0.0, c.flag("maximize")};
+}
+
+// The train/eval switch: no gradient (its slot is z again, never read) and nothing to maximize.
+ScheduleFreeSwitchArgs args_for(const StepCall& c, Tag<ScheduleFreeSwitchArgs>) {
+  c.depth(3, "param, unused, z");
+  c.no_step_table();
+  return {c.tensors, c.hyper_as<math::ScheduleFreeSwitchHyper>(), false};
+}
+
 using Runner = void (*)(const StepCall&);
 
 // Every kernel by name: its Args from the call, run on the tensors' backend.

@@ -165,6 +165,41 @@ void dispatch(const LionArgs& a, Apply&& apply) {
   });
 }
 
+template <typename Apply>
+void dispatch(const ScheduleFreeAdamwArgs& a, Apply&& apply) {
+  visit_optim<math::ScheduleFreeAdamwScalars>(
+      a, "schedule_free_adamw", [&](auto tag, const auto& s, auto flip) {
+        using OpT = typename decltype(flip)::Value;
+        bool_switch(
+            [&](auto wd_c) {
+              apply(tag, math::ScheduleFreeAdamwOp<decltype(wd_c)::value, OpT>{{s, flip}});
+            },
+            a.weight_decay);
+      });
+}
+
+template <typename Apply>
+void dispatch(const ScheduleFreeSgdArgs& a, Apply&& apply) {
+  visit_optim<math::ScheduleFreeSgdScalars>(
+      a, "schedule_free_sgd", [&](auto tag, const auto& s, auto flip) {
+        using OpT = typename decltype(flip)::Value;
+        bool_switch(
+            [&](auto wd_c) {
+              apply(tag, math::ScheduleFreeSgdOp<decltype(wd_c)::value, OpT>{{s, flip}});
+            },
+            a.weight_decay);
+      });
+}
+
+template <typename Apply>
+void dispatch(const ScheduleFreeSwitchArgs& a, Apply&& apply) {
+  visit_optim<math::ScheduleFreeSwitchScalars>(
+      a, "schedule_free_switch", [&](auto tag, const auto& s, auto flip) {
+        using OpT = typename decltype(flip)::Value;
+        apply(tag, math::ScheduleFreeSwitchOp<OpT>{{s, flip}});
+      });
+}
+
 // The scaling-only pass of clip_grad_norm_: GradScaling on slot 0, no rule.
 template <typename Apply>
 void dispatch(const ScaleGradsArgs& a, Apply&& apply) {

@@ -9,6 +9,7 @@
 #include "gradfuse/math/lion.h"
 #include "gradfuse/math/per_tensor.h"
 #include "gradfuse/math/rmsprop.h"
+#include "gradfuse/math/schedule_free.h"
 #include "gradfuse/math/sgd.h"
 #include "gradfuse/tensor_list.h"
 
@@ -92,6 +93,29 @@ struct LionArgs {
   bool maximize;
 };
 
+// Schedule-free AdamW: slots y (the param), grad, z, exp_avg_sq.
+struct ScheduleFreeAdamwArgs {
+  TensorList tensors;
+  math::ScheduleFreeAdamwHyper hyper;
+  bool weight_decay;  // weight_decay != 0
+  bool maximize;
+};
+
+// Schedule-free SGD: slots y (the param), grad, z.
+struct ScheduleFreeSgdArgs {
+  TensorList tensors;
+  math::ScheduleFreeSgdHyper hyper;
+  bool weight_decay;  // weight_decay != 0
+  bool maximize;
+};
+
+// The schedule-free train/eval switch: slots param, an unused gradient slot, z.
+struct ScheduleFreeSwitchArgs {
+  TensorList tensors;
+  math::ScheduleFreeSwitchHyper hyper;
+  bool maximize;  // always false (no gradient); the shared dispatch reads it
+};
+
 }  // namespace gf
 
 // X(name, ArgsType) for every optimizer kernel, in two groups that the CPU compiles as separate
@@ -107,5 +131,11 @@ struct LionArgs {
   X(adagrad, AdagradArgs)         \
   X(rmsprop, RmspropArgs)         \
   X(lion, LionArgs)
+// Schedule-free AdamW / SGD and their train/eval switch (src/cpu/kernels/schedule_free.cpp).
+#define GF_SCHEDULE_FREE_KERNELS(X)             \
+  X(schedule_free_adamw, ScheduleFreeAdamwArgs) \
+  X(schedule_free_sgd, ScheduleFreeSgdArgs)     \
+  X(schedule_free_switch, ScheduleFreeSwitchArgs)
 #define GF_OPTIM_KERNELS(X) \
-  GF_ADAM_FAMILY_KERNELS(X) GF_OTHER_OPTIM_KERNELS(X) GF_ADOPT_KERNELS(X) GF_ADEMAMIX_KERNELS(X)
+  GF_ADAM_FAMILY_KERNELS(X) GF_OTHER_OPTIM_KERNELS(X) GF_ADOPT_KERNELS(X) \
+      GF_ADEMAMIX_KERNELS(X) GF_SCHEDULE_FREE_KERNELS(X)

@@ -20,6 +20,13 @@ from gradfuse.functional._losses_elementwise import (
     smooth_l1_loss_with_grad,
 )
 from gradfuse.functional._losses_softmax import cross_entropy_with_grad, nll_loss_with_grad
+from gradfuse.functional._schedule_free import (
+    ScheduleFreeGroup,
+    schedule_free_adamw_,
+    schedule_free_eval_,
+    schedule_free_sgd_,
+    schedule_free_train_,
+)
 from gradfuse.functional._updates import (
     adagrad_,
     adam_,
@@ -36,6 +43,7 @@ if "torch" in sys.modules:  # torch.compile support; numpy-only users never load
     register_ops()
 
 __all__ = [
+    "ScheduleFreeGroup",
     "adagrad_",
     "adam_",
     "adamax_",
@@ -54,6 +62,10 @@ __all__ = [
     "nll_loss_with_grad",
     "radam_",
     "rmsprop_",
+    "schedule_free_adamw_",
+    "schedule_free_eval_",
+    "schedule_free_sgd_",
+    "schedule_free_train_",
     "set_grad_buffer_cache",
     "sgd_",
     "smooth_l1_loss_with_grad",

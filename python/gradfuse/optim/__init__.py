@@ -14,6 +14,7 @@ from gradfuse.optim.lion import Lion
 from gradfuse.optim.nadam import NAdam
 from gradfuse.optim.radam import RAdam
 from gradfuse.optim.rmsprop import RMSprop
+from gradfuse.optim.schedule_free import ScheduleFreeAdamW, ScheduleFreeSGD
 from gradfuse.optim.sgd import SGD
 
 register_ops()  # torch.compile support: define the custom op before anything is traced
@@ -31,4 +32,6 @@ __all__ = [
     "NAdam",
     "RAdam",
     "RMSprop",
+    "ScheduleFreeAdamW",
+    "ScheduleFreeSGD",
 ]

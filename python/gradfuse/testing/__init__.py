@@ -31,12 +31,15 @@ import torch
 
 from gradfuse.testing._adopt import ADOPT, AdEMAMix
 from gradfuse.testing._lion import Lion
+from gradfuse.testing._schedule_free import ScheduleFreeAdamW, ScheduleFreeSGD
 
 #: Optimizers torch has no class for, by the name of the gradfuse class they are a reference for.
 REFERENCES: dict[str, type[torch.optim.Optimizer]] = {
     "Lion": Lion,
     "ADOPT": ADOPT,
     "AdEMAMix": AdEMAMix,
+    "ScheduleFreeAdamW": ScheduleFreeAdamW,
+    "ScheduleFreeSGD": ScheduleFreeSGD,
 }
 
 
@@ -75,6 +78,8 @@ __all__ = [
     "REFERENCES",
     "AdEMAMix",
     "Lion",
+    "ScheduleFreeAdamW",
+    "ScheduleFreeSGD",
     "has_torch_class",
     "reference_class",
     "reference_optimizer",

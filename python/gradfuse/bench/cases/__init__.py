@@ -26,6 +26,8 @@ MIN_ACCESSES: dict[str, tuple[int, str]] = {
     "rmsprop_centered_momentum": (9, "rmsprop + grad_avg r+w + momentum_buffer r+w"),
     "lion": (5, "param r+w, grad r, exp_avg r+w"),
     "clip_grad_norm": (3, "grad read (norm), grad read+write (scale)"),
+    "schedule_free_adamw": (7, "y (param) r+w, grad r, z r+w, exp_avg_sq r+w"),
+    "schedule_free_sgd": (5, "y (param) r+w, grad r, z r+w"),
     # Losses with their input gradient (forward + backward), per input element.
     "elementwise_loss": (3, "input read, target read, grad written"),
     "cross_entropy": (2, "logit read, grad written (targets: one index per row, not counted)"),
