@@ -174,6 +174,7 @@ inline void check_depth(const TensorList& tl, const char* op, int expected, cons
 // Registration functions, one per binding file.
 void register_optim(py::module_& m);
 void register_optim_adam(py::module_& m);
+void register_optim_muon(py::module_& m);
 void register_grad(py::module_& m);
 void register_losses(py::module_& m);
 void register_losses_softmax(py::module_& m);

@@ -6,6 +6,7 @@
 #include "gradfuse/math/adagrad.h"
 #include "gradfuse/math/adam.h"
 #include "gradfuse/math/lion.h"
+#include "gradfuse/math/muon.h"
 #include "gradfuse/math/per_tensor.h"
 #include "gradfuse/math/rmsprop.h"
 #include "gradfuse/math/sgd.h"
@@ -91,6 +92,21 @@ struct LionArgs {
   bool maximize;
 };
 
+// Muon's two elementwise passes around the Newton-Schulz matmuls (gradfuse/math/muon.h).
+// prepare: slots momentum_buffer, grad, ns_input (ns_input may be stored in the state dtype).
+struct MuonPrepareArgs {
+  TensorList tensors;
+  math::MuonPrepareHyper hyper;
+  bool nesterov;
+};
+
+// apply: slots param, grad (not read), update (the orthogonalised matrix; the state dtype).
+struct MuonApplyArgs {
+  TensorList tensors;
+  math::MuonApplyHyper hyper;
+  bool weight_decay;  // weight_decay != 0
+};
+
 }  // namespace gf
 
 // X(name, ArgsType) for every optimizer kernel, in two groups that the CPU compiles as separate
@@ -106,4 +122,8 @@ struct LionArgs {
   X(adagrad, AdagradArgs)         \
   X(rmsprop, RmspropArgs)         \
   X(lion, LionArgs)
-#define GF_OPTIM_KERNELS(X) GF_ADAM_FAMILY_KERNELS(X) GF_OTHER_OPTIM_KERNELS(X)
+// Muon's elementwise passes (src/cpu/kernels/muon.cpp).
+#define GF_MUON_KERNELS(X)              \
+  X(muon_prepare, MuonPrepareArgs)      \
+  X(muon_apply, MuonApplyArgs)
+#define GF_OPTIM_KERNELS(X) GF_ADAM_FAMILY_KERNELS(X) GF_OTHER_OPTIM_KERNELS(X) GF_MUON_KERNELS(X)
