@@ -123,7 +123,7 @@ struct MuonApplyArgs {
   X(rmsprop, RmspropArgs)         \
   X(lion, LionArgs)
 // Muon's elementwise passes (src/cpu/kernels/muon.cpp).
-#define GF_MUON_KERNELS(X)              \
-  X(muon_prepare, MuonPrepareArgs)      \
+#define GF_MUON_KERNELS(X)         \
+  X(muon_prepare, MuonPrepareArgs) \
   X(muon_apply, MuonApplyArgs)
 #define GF_OPTIM_KERNELS(X) GF_ADAM_FAMILY_KERNELS(X) GF_OTHER_OPTIM_KERNELS(X) GF_MUON_KERNELS(X)

@@ -19,6 +19,7 @@ from gradfuse.functional._losses_elementwise import (
     smooth_l1_loss_with_grad,
 )
 from gradfuse.functional._losses_softmax import cross_entropy_with_grad, nll_loss_with_grad
+from gradfuse.functional._muon import muon_
 from gradfuse.functional._updates import (
     adagrad_,
     adam_,
@@ -47,6 +48,7 @@ __all__ = [
     "l1_loss_with_grad",
     "lion_",
     "mse_loss_with_grad",
+    "muon_",
     "nadam_",
     "nll_loss_with_grad",
     "radam_",

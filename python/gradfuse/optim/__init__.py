@@ -9,6 +9,7 @@ from gradfuse.optim.adam import Adam
 from gradfuse.optim.adamax import Adamax
 from gradfuse.optim.adamw import AdamW
 from gradfuse.optim.lion import Lion
+from gradfuse.optim.muon import Muon, muon_param_groups
 from gradfuse.optim.nadam import NAdam
 from gradfuse.optim.radam import RAdam
 from gradfuse.optim.rmsprop import RMSprop
@@ -24,7 +25,9 @@ __all__ = [
     "Adamax",
     "FusedOptimizer",
     "Lion",
+    "Muon",
     "NAdam",
     "RAdam",
     "RMSprop",
+    "muon_param_groups",
 ]

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from gradfuse.testing._lion import Lion
+from gradfuse.testing._muon import Muon
 
 #: Optimizers torch has no class for, by the name of the gradfuse class they are a reference for.
 REFERENCES: dict[str, type[torch.optim.Optimizer]] = {"Lion": Lion}
@@ -65,4 +66,11 @@ def reference_optimizer(
     return opt
 
 
-__all__ = ["REFERENCES", "Lion", "has_torch_class", "reference_class", "reference_optimizer"]
+__all__ = [
+    "REFERENCES",
+    "Lion",
+    "Muon",
+    "has_torch_class",
+    "reference_class",
+    "reference_optimizer",
+]

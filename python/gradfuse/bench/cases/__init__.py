@@ -26,6 +26,9 @@ MIN_ACCESSES: dict[str, tuple[int, str]] = {
     "rmsprop_centered_momentum": (9, "rmsprop + grad_avg r+w + momentum_buffer r+w"),
     "lion": (5, "param r+w, grad r, exp_avg r+w"),
     "clip_grad_norm": (3, "grad read (norm), grad read+write (scale)"),
+    # Muon's elementwise passes only: the Newton-Schulz matmuls between them are compute-bound,
+    # so a Muon step's % of this ceiling says little (the matmuls dominate).
+    "muon": (6, "param r+w, grad r, momentum_buffer r+w, update r (+ Newton-Schulz matmuls)"),
     # Losses with their input gradient (forward + backward), per input element.
     "elementwise_loss": (3, "input read, target read, grad written"),
     "cross_entropy": (2, "logit read, grad written (targets: one index per row, not counted)"),
