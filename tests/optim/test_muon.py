@@ -8,6 +8,7 @@ import copy
 import io
 import re
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -425,3 +426,12 @@ def test_functional_errors_write_nothing() -> None:
 def test_exported() -> None:
     assert gradfuse.optim.Muon is Muon
     assert gradfuse.functional.muon_ is muon_
+
+
+def test_readme_recipe_runs() -> None:
+    # The README's Muon section: its code block runs as written.
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("\n## Muon\n") :]
+    block = re.search(r"^```python\n(.*?)^```$", section, re.MULTILINE | re.DOTALL)
+    assert block is not None
+    exec(compile(block.group(1), "README.md", "exec"), {"__name__": "__main__"})  # noqa: S102
