@@ -435,3 +435,29 @@ def test_readme_recipe_runs() -> None:
     block = re.search(r"^```python\n(.*?)^```$", section, re.MULTILINE | re.DOTALL)
     assert block is not None
     exec(compile(block.group(1), "README.md", "exec"), {"__name__": "__main__"})  # noqa: S102
+
+
+@pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="torch.distributed with gloo is not available",
+)
+def test_dtensor_param_is_refused_clearly() -> None:
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    if dist.is_initialized():
+        pytest.skip("a process group is already initialised in this process")
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        p = nn.Parameter(distribute_tensor(torch.randn(8, 4), mesh, [Shard(0)]))
+        p.grad = distribute_tensor(torch.randn(8, 4), mesh, [Shard(0)])
+        opt = Muon([p])
+        before = p.detach().full_tensor().clone()
+        with pytest.raises(NotImplementedError, match="DTensor"):
+            opt.step()
+        assert torch.equal(p.detach().full_tensor(), before)
+        assert len(opt.state) == 0
+    finally:
+        dist.destroy_process_group()

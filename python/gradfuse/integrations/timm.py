@@ -27,7 +27,7 @@ PREFIX = "gf"
 
 def register() -> list[str]:
     """Add every gradfuse optimizer to timm's default registry (idempotent); returns the
-    names registered, in the order of ``gradfuse.optim.__all__``."""
+    names registered, in the order of ``gradfuse.optim.__all__`` (its classes)."""
     from timm.optim import get_optimizer_info
     from timm.optim._optim_factory import default_registry
 
@@ -36,6 +36,8 @@ def register() -> list[str]:
     names = []
     for class_name in gradfuse.optim.__all__:
         cls = getattr(gradfuse.optim, class_name)
+        if not isinstance(cls, type):
+            continue  # a helper (muon_param_groups), not an optimizer
         base = class_name.lower()
         info = get_optimizer_info(base)  # timm's entry for torch's (or timm's) class
         name = PREFIX + base

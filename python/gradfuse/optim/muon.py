@@ -51,6 +51,11 @@ class Muon(FusedOptimizer):
       inf/NaN gradient changes nothing.
 
     ``ns_dtype`` is also a param-group key (a group may run its iteration in float32).
+
+    Distributed: under DDP (gradients all-reduced before ``step``) every rank runs the same
+    step, as with every gradfuse optimizer. DTensor params (FSDP2, tensor parallelism) are
+    refused in Muon groups (NotImplementedError, nothing written): orthogonalising needs whole
+    matrices, and gathering the shards is not implemented yet; AdamW groups take them.
     """
 
     _update_fn = staticmethod(muon_)
@@ -158,6 +163,13 @@ class Muon(FusedOptimizer):
                 raise RuntimeError("Muon does not support complex parameters")
             if grad.is_sparse:
                 raise RuntimeError("Muon does not support sparse gradients")
+            if type(p).__name__ == "DTensor" or type(p.data).__name__ == "DTensor":
+                raise NotImplementedError(
+                    f"Muon: a DTensor param (FSDP2 / tensor parallel) of global shape "
+                    f"{tuple(p.shape)} in a Muon group; the Newton-Schulz iteration needs whole "
+                    f"matrices and gradfuse does not gather shards yet. Use DDP, or keep sharded "
+                    f"params in a use_muon=False (AdamW) group"
+                )
             params.append(p)
             grads.append(grad)
         if not params:

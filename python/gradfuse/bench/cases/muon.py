@@ -6,7 +6,8 @@ dominated by the Newton-Schulz matmuls (5 iterations of three products per matri
 them one matrix at a time in bfloat16; gradfuse batches the matrices of one shape and runs the
 same bfloat16-rounded iteration as float32 matmuls (gradfuse/functional/_muon.py).
 
-heavyball (``heavyball.Muon``, torch.compile-based) is timed when it is installed; its Muon is
+heavyball (``heavyball.Muon``, torch.compile-based) is timed with ``--compile`` when it is
+installed; its Muon is
 not the same algorithm (its own Newton-Schulz coefficients per iteration, its own momentum and
 learning-rate conventions), so it is a speed comparison only and ``gradfuse check`` skips it.
 """
@@ -60,10 +61,18 @@ class MuonCase(OptimizerCase):
         return [MATRICES_SMALL] if quick else [MATRICES]
 
     def parse_size(self, token: str) -> Size | None:
-        return {s.name: s for s in (MATRICES, MATRICES_SMALL)}.get(token)
+        """``matrices``, ``matrices-small``, or ``RxC``: one R x C matrix."""
+        named = {s.name: s for s in (MATRICES, MATRICES_SMALL)}.get(token)
+        if named is not None:
+            return named
+        parts = token.lower().split("x")
+        if len(parts) == 2 and all(p.isdigit() for p in parts):
+            return Size(token, ((int(parts[0]), int(parts[1])),), f"one {token} matrix")
+        return None
 
     def providers(self, compile: bool) -> tuple[str, ...]:
-        return ("gradfuse", "torch-forloop", HEAVYBALL_PROVIDER)
+        # heavyball compiles its step with torch.compile: timed with --compile, as torch-compile.
+        return ("gradfuse", "torch-forloop", *((HEAVYBALL_PROVIDER,) if compile else ()))
 
     def torch_optimizer(
         self, params: list[Any], *, foreach: bool, fused: bool, **extra: Any
