@@ -177,6 +177,19 @@ ScheduleFreeSwitchArgs args_for(const StepCall& c, Tag<ScheduleFreeSwitchArgs>) 
   return {c.tensors, c.hyper_as<math::ScheduleFreeSwitchHyper>(), false};
 }
 
+// Muon's two elementwise passes around the Newton-Schulz matmuls (gradfuse/math/muon.h).
+MuonPrepareArgs args_for(const StepCall& c, Tag<MuonPrepareArgs>) {
+  c.depth(3, "momentum_buffer, grad, ns_input");
+  c.no_step_table();
+  return {c.tensors, c.hyper_as<math::MuonPrepareHyper>(), c.flag("nesterov")};
+}
+
+MuonApplyArgs args_for(const StepCall& c, Tag<MuonApplyArgs>) {
+  c.depth(3, "param, grad, update");
+  c.no_step_table();
+  return {c.tensors, c.hyper_as<math::MuonApplyHyper>(), c.flag("weight_decay")};
+}
+
 using Runner = void (*)(const StepCall&);
 
 // Every kernel by name: its Args from the call, run on the tensors' backend.

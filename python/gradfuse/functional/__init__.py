@@ -27,6 +27,7 @@ from gradfuse.functional._schedule_free import (
     schedule_free_sgd_,
     schedule_free_train_,
 )
+from gradfuse.functional._muon import muon_
 from gradfuse.functional._updates import (
     adagrad_,
     adam_,
@@ -58,6 +59,7 @@ __all__ = [
     "l1_loss_with_grad",
     "lion_",
     "mse_loss_with_grad",
+    "muon_",
     "nadam_",
     "nll_loss_with_grad",
     "radam_",

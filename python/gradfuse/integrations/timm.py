@@ -35,7 +35,7 @@ NOT_IN_TIMM: dict[str, dict[str, bool]] = {
 
 def register() -> list[str]:
     """Add every gradfuse optimizer to timm's default registry (idempotent); returns the
-    names registered, in the order of ``gradfuse.optim.__all__``."""
+    names registered, in the order of ``gradfuse.optim.__all__`` (its classes)."""
     from timm.optim import OptimInfo, get_optimizer_info
     from timm.optim._optim_factory import default_registry
 
@@ -44,6 +44,8 @@ def register() -> list[str]:
     names = []
     for class_name in gradfuse.optim.__all__:
         cls = getattr(gradfuse.optim, class_name)
+        if not isinstance(cls, type):
+            continue  # a helper (muon_param_groups), not an optimizer
         base = class_name.lower()
         name = PREFIX + base
         if class_name in NOT_IN_TIMM:

@@ -11,6 +11,7 @@ from gradfuse.optim.adamw import AdamW
 from gradfuse.optim.ademamix import AdEMAMix
 from gradfuse.optim.adopt import ADOPT
 from gradfuse.optim.lion import Lion
+from gradfuse.optim.muon import Muon, muon_param_groups
 from gradfuse.optim.nadam import NAdam
 from gradfuse.optim.radam import RAdam
 from gradfuse.optim.rmsprop import RMSprop
@@ -29,9 +30,11 @@ __all__ = [
     "Adamax",
     "FusedOptimizer",
     "Lion",
+    "Muon",
     "NAdam",
     "RAdam",
     "RMSprop",
     "ScheduleFreeAdamW",
     "ScheduleFreeSGD",
+    "muon_param_groups",
 ]

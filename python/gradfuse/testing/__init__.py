@@ -32,6 +32,7 @@ import torch
 from gradfuse.testing._adopt import ADOPT, AdEMAMix
 from gradfuse.testing._lion import Lion
 from gradfuse.testing._schedule_free import ScheduleFreeAdamW, ScheduleFreeSGD
+from gradfuse.testing._muon import Muon
 
 #: Optimizers torch has no class for, by the name of the gradfuse class they are a reference for.
 REFERENCES: dict[str, type[torch.optim.Optimizer]] = {
@@ -78,6 +79,7 @@ __all__ = [
     "REFERENCES",
     "AdEMAMix",
     "Lion",
+    "Muon",
     "ScheduleFreeAdamW",
     "ScheduleFreeSGD",
     "has_torch_class",

@@ -28,6 +28,9 @@ MIN_ACCESSES: dict[str, tuple[int, str]] = {
     "clip_grad_norm": (3, "grad read (norm), grad read+write (scale)"),
     "schedule_free_adamw": (7, "y (param) r+w, grad r, z r+w, exp_avg_sq r+w"),
     "schedule_free_sgd": (5, "y (param) r+w, grad r, z r+w"),
+    # Muon's elementwise passes only: the Newton-Schulz matmuls between them are compute-bound,
+    # so a Muon step's % of this ceiling says little (the matmuls dominate).
+    "muon": (6, "param r+w, grad r, momentum_buffer r+w, update r (+ Newton-Schulz matmuls)"),
     # Losses with their input gradient (forward + backward), per input element.
     "elementwise_loss": (3, "input read, target read, grad written"),
     "cross_entropy": (2, "logit read, grad written (targets: one index per row, not counted)"),
