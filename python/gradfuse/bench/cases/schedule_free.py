@@ -11,6 +11,7 @@ The package divides ``p.grad`` in place at each step; its timed steps therefore 
 ``schedule_free_adamw_heavyball``: the same step against heavyball's ``SFAdamW`` (a
 torch.compile-based implementation, ``torch-foreach`` row), with its own defaults where they
 differ (its ``betas=(0.9, 0.99)``, ``eps=1e-6``: the kwargs below are passed to both).
+heavyball drops ``p.grad`` after each step, so its timed step first puts the gradients back.
 """
 
 from __future__ import annotations
@@ -60,6 +61,20 @@ class ScheduleFreeCase(OptimizerCase):
             opt = cls(params, foreach=foreach, **kw)
         opt.train()
         return opt
+
+    def torch_step(self, opt: Any, params: list[Any], foreach: bool) -> Any:
+        if not self.heavyball:
+            return super().torch_step(opt, params, foreach)
+        # heavyball sets p.grad to None in its step: give each step its gradients back (a
+        # Python attribute store per param, as a training loop's backward would).
+        grads = [p.grad for p in params]
+
+        def step() -> None:
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g
+            opt.step()
+
+        return step
 
 
 CASES = [

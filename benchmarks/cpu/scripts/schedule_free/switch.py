@@ -1,11 +1,10 @@
 """The schedule-free train/eval switch (one eval() + one train(), i.e. two lerp passes over the
-params) of gradfuse and of the schedulefree package, and one step of heavyball.SFAdamW (its
-compiled multi-tensor step) beside gradfuse's ScheduleFreeAdamW, in one process, interleaved.
+params) of gradfuse and of the schedulefree package, in one process, interleaved.
 
-    flock -x /tmp/gf-heavy.lock python switch_and_heavyball.py [--sizes 16M,model] [--repeat 9]
+    flock -x /tmp/gf-heavy.lock python switch.py [--sizes 16M,model] [--repeat 9]
 
-Prints the median time of each and the ratios; float32, CPU, torch's and gradfuse's default
-thread counts. gradfuse bench has no provider for heavyball, hence this script.
+Prints the median time of each and the ratio; float32, CPU, torch's and gradfuse's default
+thread counts. (gradfuse bench times steps, not the switch, hence this script.)
 """
 
 from __future__ import annotations
@@ -47,7 +46,6 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="16M,model")
     ap.add_argument("--repeat", type=int, default=9)
-    ap.add_argument("--no-heavyball", action="store_true")
     args = ap.parse_args()
     sizes = {"16M": ONE_16M, "model": MODEL}
     print(
@@ -81,26 +79,6 @@ def main() -> None:
             f"({rows['switch schedulefree'] / rows['switch gradfuse']:.2f}x)"
         )
         del ours, theirs, ours_p, theirs_p
-        if args.no_heavyball:
-            continue
-        import heavyball
-
-        hb_p, gf_p = _params(size.shapes, 1), _params(size.shapes, 1)
-        kw = {"lr": 2.5e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2}
-        hb = heavyball.SFAdamW(hb_p, **kw)
-        gf = gradfuse.optim.ScheduleFreeAdamW(gf_p, **kw)
-        hb.train()
-        gf.train()
-        t0 = time.perf_counter()
-        hb.step()  # compiles
-        compile_s = time.perf_counter() - t0
-        for _ in range(2):
-            t_hb = _median_ms(hb.step, args.repeat, 3)
-            t_gf = _median_ms(gf.step, args.repeat, 3)
-        print(
-            f"{name}: step heavyball.SFAdamW {t_hb:.2f} ms (first step with compilation "
-            f"{compile_s:.1f} s), gradfuse {t_gf:.2f} ms ({t_hb / t_gf:.2f}x)"
-        )
 
 
 if __name__ == "__main__":
