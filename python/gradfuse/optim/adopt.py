@@ -28,8 +28,9 @@ class ADOPT(FusedOptimizer):
         step t:  n = clamp(g / max(sqrt(v), eps), -clip_lambda(t), clip_lambda(t))
                  m = lerp(m, n, 1 - beta1);  p -= lr * m;  v = beta2 * v + (1 - beta2) * g^2
 
-    ``clip_lambda=None`` turns the clipping off. Differences from pytorch_optimizer, all where
-    it has no single answer:
+    ``clip_lambda=None`` turns the clipping off: that is the paper's Algorithm 1; the clip
+    (``step ** 0.25`` by default) is in the authors' code and in pytorch_optimizer, which are
+    followed here. Differences from pytorch_optimizer, all where it has no single answer:
 
     - the step count is kept per param in ``state["step"]`` (torch's layout, the authors'
       code) where pytorch_optimizer keeps one ``group["step"]``: the two agree whenever every
