@@ -19,6 +19,7 @@ from gradfuse.functional._losses_elementwise import (
     smooth_l1_loss_with_grad,
 )
 from gradfuse.functional._losses_softmax import cross_entropy_with_grad, nll_loss_with_grad
+from gradfuse.functional._reducing import adafactor_, lamb_
 from gradfuse.functional._updates import (
     adagrad_,
     adam_,
@@ -35,6 +36,7 @@ if "torch" in sys.modules:  # torch.compile support; numpy-only users never load
     register_ops()
 
 __all__ = [
+    "adafactor_",
     "adagrad_",
     "adam_",
     "adamax_",
@@ -45,6 +47,7 @@ __all__ = [
     "huber_loss_with_grad",
     "kl_div_with_grad",
     "l1_loss_with_grad",
+    "lamb_",
     "lion_",
     "mse_loss_with_grad",
     "nadam_",

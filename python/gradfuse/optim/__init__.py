@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from gradfuse._compile import register_ops
 from gradfuse.optim._optimizer import FusedOptimizer
+from gradfuse.optim.adafactor import Adafactor
 from gradfuse.optim.adagrad import Adagrad
 from gradfuse.optim.adam import Adam
 from gradfuse.optim.adamax import Adamax
 from gradfuse.optim.adamw import AdamW
+from gradfuse.optim.lamb import LAMB
 from gradfuse.optim.lion import Lion
 from gradfuse.optim.nadam import NAdam
 from gradfuse.optim.radam import RAdam
@@ -17,7 +19,9 @@ from gradfuse.optim.sgd import SGD
 register_ops()  # torch.compile support: define the custom op before anything is traced
 
 __all__ = [
+    "LAMB",
     "SGD",
+    "Adafactor",
     "Adagrad",
     "Adam",
     "AdamW",

@@ -29,10 +29,11 @@ from typing import Any
 
 import torch
 
+from gradfuse.testing._lamb import LAMB
 from gradfuse.testing._lion import Lion
 
 #: Optimizers torch has no class for, by the name of the gradfuse class they are a reference for.
-REFERENCES: dict[str, type[torch.optim.Optimizer]] = {"Lion": Lion}
+REFERENCES: dict[str, type[torch.optim.Optimizer]] = {"Lion": Lion, "LAMB": LAMB}
 
 
 def reference_class(name: str) -> type[torch.optim.Optimizer]:
@@ -65,4 +66,11 @@ def reference_optimizer(
     return opt
 
 
-__all__ = ["REFERENCES", "Lion", "has_torch_class", "reference_class", "reference_optimizer"]
+__all__ = [
+    "LAMB",
+    "REFERENCES",
+    "Lion",
+    "has_torch_class",
+    "reference_class",
+    "reference_optimizer",
+]
