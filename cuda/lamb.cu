@@ -31,8 +31,8 @@ struct Scaling {
   __device__ GF_INLINE bool skip() const { return found_inf != nullptr && *found_inf != 0.0f; }
   template <typename OpT>
   __device__ GF_INLINE OpT apply(OpT g) const {
-    const OpT inv = grad_scale ? OpT(static_cast<float>(1.0 / static_cast<double>(*grad_scale)))
-                               : OpT(1);
+    const OpT inv =
+        grad_scale ? OpT(static_cast<float>(1.0 / static_cast<double>(*grad_scale))) : OpT(1);
     const OpT clip = clip_coef ? OpT(*clip_coef) : OpT(1);
     return (g * inv) * clip;
   }
@@ -157,8 +157,8 @@ void lamb_typed(const LambArgs& a) {
         tl.ptr<const T>(0, t), tl.ptr<const T>(1, t), tl.ptr<T>(2, t), tl.ptr<T>(3, t),
         tl.numels[t], s, flip, sc, part_u + first[t], part_p + first[t]);
     GF_CUDA_CHECK_LAUNCH();
-    lamb_ratio_kernel<OpT><<<1, 1, 0, stream>>>(part_u + first[t], part_p + first[t], chunks,
-                                                 a.lr, a.trust, sc, ratio + t);
+    lamb_ratio_kernel<OpT><<<1, 1, 0, stream>>>(part_u + first[t], part_p + first[t], chunks, a.lr,
+                                                a.trust, sc, ratio + t);
     GF_CUDA_CHECK_LAUNCH();
     lamb_apply_kernel<kDecoupled, T><<<static_cast<unsigned>(chunks), kLambThreads, 0, stream>>>(
         tl.ptr<T>(0, t), tl.ptr<const T>(2, t), tl.ptr<const T>(3, t), tl.numels[t], s, sc,

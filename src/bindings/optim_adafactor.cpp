@@ -22,20 +22,17 @@ void register_optim_adafactor(py::module_& m) {
                    " tensors, got ", rows.size(), " and ", cols.size());
           for (std::size_t i = 0; i < numels.size(); ++i) {
             GF_CHECK(rows[i] >= 0 && cols[i] >= 0 &&
-                         (numels[i] == 0 || (rows[i] > 0 && cols[i] > 0 &&
-                                             numels[i] % (rows[i] * cols[i]) == 0)),
+                         (numels[i] == 0 ||
+                          (rows[i] > 0 && cols[i] > 0 && numels[i] % (rows[i] * cols[i]) == 0)),
                      "adafactor: tensor ", i, " of ", numels[i], " elements is not made of ",
                      rows[i], " x ", cols[i], " matrices");
           }
         } else {
           check_depth(holder.view, "adafactor", 3, "param, grad, variance");
         }
-        AdafactorArgs args{holder.view,
-                           {one_minus_beta2, rho, eps1, eps2, d, decay},
-                           factored,
-                           rows.data(),
-                           cols.data(),
-                           maximize};
+        AdafactorArgs args{holder.view, {one_minus_beta2, rho, eps1, eps2, d, decay},
+                           factored,    rows.data(),
+                           cols.data(), maximize};
         run(&cpu::adafactor, GF_CUDA_FN(adafactor), args);
       },
       GF_LIST_ARGS, py::kw_only(), py::arg("one_minus_beta2"), py::arg("rho"), py::arg("eps1"),

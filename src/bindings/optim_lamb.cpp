@@ -12,8 +12,8 @@ void register_optim_lamb(py::module_& m) {
          double bias_correction1, double bias_correction2, double lr, bool decoupled, bool trust,
          bool maximize, std::uintptr_t grad_scale, std::uintptr_t found_inf,
          std::uintptr_t clip_coef) {
-        auto holder =
-            make_list("lamb", slots, numels, dtype, device, stream, grad_scale, found_inf, clip_coef);
+        auto holder = make_list("lamb", slots, numels, dtype, device, stream, grad_scale, found_inf,
+                                clip_coef);
         check_depth(holder.view, "lamb", 4, "param, grad, exp_avg, exp_avg_sq");
         GF_CHECK(bias_correction1 > 0.0 && bias_correction2 > 0.0,
                  "lamb: bias corrections must be positive, got ", bias_correction1, " and ",

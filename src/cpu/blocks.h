@@ -31,7 +31,8 @@ struct Blocks {
     for (std::size_t t = 0; t < n; ++t) first[t + 1] = first[t] + counts[t];
     tensor.resize(static_cast<std::size_t>(first[n]));
     for (std::size_t t = 0; t < n; ++t) {
-      for (std::int64_t b = first[t]; b < first[t + 1]; ++b) tensor[b] = static_cast<std::int64_t>(t);
+      for (std::int64_t b = first[t]; b < first[t + 1]; ++b)
+        tensor[b] = static_cast<std::int64_t>(t);
     }
   }
 
@@ -85,7 +86,8 @@ struct GradFactors {
 
   explicit GradFactors(const GradScaling& gs) {
     skip = gs.found_inf != nullptr && *gs.found_inf != 0.0f;
-    if (gs.grad_scale) inv_scale = OpT(static_cast<float>(1.0 / static_cast<double>(*gs.grad_scale)));
+    if (gs.grad_scale)
+      inv_scale = OpT(static_cast<float>(1.0 / static_cast<double>(*gs.grad_scale)));
     if (gs.clip_coef) clip = OpT(*gs.clip_coef);
   }
 };

@@ -13,7 +13,8 @@ call per group cannot express:
   Adafactor's factored state (``row_var``, ``col_var``) is not the params' shape, so the
   engine's slot checks (every slot shaped as the param) do not apply.
 
-:func:`_drive` is the driver for both, in the engine's order: check every argument, read AMP's
+:func:`lamb_` and :func:`adafactor_` drive their calls in the engine's order (:func:`_call` makes
+each native call from the spec): check every argument, read AMP's
 verdict on the host (the scalars need the step), advance the counters, group by (device, dtype,
 step[, factored]) and make one native call per group. The storage defaults only: state in the
 params' dtype, params rounded to nearest (no master weights, state dtype or stochastic
@@ -255,7 +256,6 @@ def adafactor_(
                 )
     flat = [i for i in range(n) if not factored[i]]
     fact = [i for i in range(n) if factored[i]]
-    pick = lambda xs, idx: [xs[i] for i in idx]
     flat_bufs = prepare(
         op,
         [
@@ -285,7 +285,7 @@ def adafactor_(
         return
     if n and eps1 is None:
         eps1 = _machine_eps(params[0])
-    h.eps1 = _engine.to_float(eps1 if eps1 is not None else 0.0, "eps1")
+    h.__dict__["eps1"] = _engine.to_float(eps1 if eps1 is not None else 0.0, "eps1")
     steps = _steps.increment_all(state_steps) if n else []
     if flat:
         keys = [steps[i] for i in flat]
@@ -381,6 +381,10 @@ def _check_none(op: str, slots: Sequence[tuple[str, Sequence[Any]]]) -> None:
                     f"{op}: {name}[{i}] is None; every param needs its {name} entry "
                     f"(initialise it as the reference optimizer does before the first step)"
                 )
+
+
+def pick(values: Sequence[Any], idx: Sequence[int]) -> list[Any]:
+    return [values[i] for i in idx]
 
 
 def _cpu_only(op: str, buffers: Sequence[Any]) -> None:

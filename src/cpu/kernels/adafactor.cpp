@@ -71,11 +71,12 @@ __attribute__((noinline)) void flat_pass_a(const T* GF_RESTRICT p, const T* GF_R
 
 template <typename T, typename OpT = OpMath<T>>
 __attribute__((noinline)) void flat_pass_c(T* GF_RESTRICT p, const T* GF_RESTRICT g,
-                                           const T* GF_RESTRICT var, std::int64_t b,
-                                           std::int64_t e, const Common<OpT> c, const OpT step) {
+                                           const T* GF_RESTRICT var, std::int64_t b, std::int64_t e,
+                                           const Common<OpT> c, const OpT step) {
 #pragma GCC ivdep
   for (std::int64_t j = b; j < e; ++j) {
-    const OpT u = math::adafactor_direction(c.grad(math::load(g, j)), math::load(var, j), c.eps1_sq);
+    const OpT u =
+        math::adafactor_direction(c.grad(math::load(g, j)), math::load(var, j), c.eps1_sq);
     math::store(p, j, math::load(p, j) * c.decay + step * u);
   }
 }
@@ -112,8 +113,7 @@ void adafactor_flat(const AdafactorArgs& a, const Common<OpMath<T>>& c) {
   }
   blocks.run([&](std::int64_t, std::int64_t t, std::int64_t k) {
     const auto [b, e] = range(t, k);
-    flat_pass_c<T>(tl.ptr<T>(0, t), tl.ptr<const T>(1, t), tl.ptr<const T>(2, t), b, e, c,
-                   step[t]);
+    flat_pass_c<T>(tl.ptr<T>(0, t), tl.ptr<const T>(1, t), tl.ptr<const T>(2, t), b, e, c, step[t]);
   });
 }
 
@@ -202,7 +202,8 @@ void adafactor_factored(const AdafactorArgs& a, const Common<OpMath<T>>& c) {
     const std::int64_t rows = a.rows[t], cols = a.cols[t], numel = tl.numels[t];
     const std::int64_t size = rows * cols;
     mats[t] = size == 0 ? 0 : numel / size;
-    rb[t] = std::max<std::int64_t>(1, std::min<std::int64_t>(rows, kRowBlockElements / std::max<std::int64_t>(cols, 1)));
+    rb[t] = std::max<std::int64_t>(
+        1, std::min<std::int64_t>(rows, kRowBlockElements / std::max<std::int64_t>(cols, 1)));
     per_mat[t] = rows == 0 ? 0 : (rows + rb[t] - 1) / rb[t];
     counts[t] = mats[t] * per_mat[t];
     col_off[t + 1] = col_off[t] + counts[t] * cols;
@@ -245,12 +246,14 @@ void adafactor_factored(const AdafactorArgs& a, const Common<OpMath<T>>& c) {
         OpT sum = OpT(0);
         for (std::int64_t q = 0; q < per_mat[t]; ++q) sum += base[q * cols + j];
         const std::int64_t at = mat * cols + j;
-        math::store(col_var, at,
-                    math::adafactor_lerp(math::load(col_var, at), sum / static_cast<OpT>(rows), c.w));
+        math::store(
+            col_var, at,
+            math::adafactor_lerp(math::load(col_var, at), sum / static_cast<OpT>(rows), c.w));
         col_factor[colf_off[t] + at] = OpT(1) / std::sqrt(math::load(col_var, at));
       }
       OpT acc[kReduceLanes] = {};
-      for (std::int64_t r = 0; r < rows; ++r) acc[r % kReduceLanes] += math::load(row_var, mat * rows + r);
+      for (std::int64_t r = 0; r < rows; ++r)
+        acc[r % kReduceLanes] += math::load(row_var, mat * rows + r);
       const OpT mean = fold_lanes(acc) / static_cast<OpT>(rows);
       rmean[mat_first[t] + mat] = mean < eps1 ? eps1 : mean;
     }
@@ -286,11 +289,10 @@ void adafactor(const AdafactorArgs& a) {
   visit_dtype(a.tensors.dtype, "adafactor", [&](auto tag) {
     using T = typename decltype(tag)::type;
     using OpT = OpMath<T>;
-    const Common<OpT> c{GradFactors<OpT>(a.tensors.grad_scaling),
-                        math::SignFlip<OpT>::when(a.maximize),
-                        static_cast<OpT>(a.hyper.one_minus_beta2),
-                        static_cast<OpT>(a.hyper.eps1 * a.hyper.eps1),
-                        static_cast<OpT>(a.hyper.decay)};
+    const Common<OpT> c{
+        GradFactors<OpT>(a.tensors.grad_scaling), math::SignFlip<OpT>::when(a.maximize),
+        static_cast<OpT>(a.hyper.one_minus_beta2), static_cast<OpT>(a.hyper.eps1 * a.hyper.eps1),
+        static_cast<OpT>(a.hyper.decay)};
     if (c.gf.skip) return;  // AMP found inf/NaN: change nothing
     if (a.factored) {
       adafactor_factored<T>(a, c);

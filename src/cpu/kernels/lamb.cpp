@@ -85,8 +85,8 @@ void lamb_typed(const LambArgs& a) {
   };
   blocks.run([&](std::int64_t blk, std::int64_t t, std::int64_t k) {
     const auto [b, e] = range(t, k);
-    lamb_pass1<kDecoupled>(tl.ptr<T>(0, t), tl.ptr<const T>(1, t), tl.ptr<T>(2, t),
-                           tl.ptr<T>(3, t), b, e, s, gf, flip, &part_u[blk], &part_p[blk]);
+    lamb_pass1<kDecoupled>(tl.ptr<T>(0, t), tl.ptr<const T>(1, t), tl.ptr<T>(2, t), tl.ptr<T>(3, t),
+                           b, e, s, gf, flip, &part_u[blk], &part_p[blk]);
   });
   std::vector<OpT> ratio(static_cast<std::size_t>(n));
   for (std::int64_t t = 0; t < n; ++t) {

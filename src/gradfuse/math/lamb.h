@@ -3,9 +3,9 @@
 // kernels. `grad` arrives with AMP's unscaling, the global clipping coefficient and maximize
 // applied. Per element:
 //   L2 mode (adam_w_mode=False):  g = g + wd * p   (before the moments)
-//   m = beta1 * m + beta3 * g                        (beta3 = 1 - beta1 with grad_averaging, else 1)
+//   m = beta1 * m + beta3 * g       (beta3 = 1 - beta1 with grad_averaging, else 1)
 //   v = beta2 * v + (1 - beta2) * g * g
-//   u = (m / bc1) / (sqrt(v) / sqrt(bc2) + eps)      (bc = 1 - beta^step, or 1 without correction)
+//   u = (m / bc1) / (sqrt(v) / sqrt(bc2) + eps)   (bc = 1 - beta^step, 1 without correction)
 //   decoupled mode (adam_w_mode=True): u = u + wd * p
 // and per tensor, once ||p|| and ||u|| are known (a reduction between the two passes):
 //   ratio = lr * ||p|| / ||u|| where the trust ratio applies and both norms are nonzero, else lr

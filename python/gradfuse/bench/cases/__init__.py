@@ -26,6 +26,21 @@ MIN_ACCESSES: dict[str, tuple[int, str]] = {
     "rmsprop_centered_momentum": (9, "rmsprop + grad_avg r+w + momentum_buffer r+w"),
     "lion": (5, "param r+w, grad r, exp_avg r+w"),
     "clip_grad_norm": (3, "grad read (norm), grad read+write (scale)"),
+    # Optimizers whose per-tensor reduction must finish before the param is written.
+    "lamb": (
+        10,
+        (
+            "pass 1: param r, grad r, exp_avg r+w, exp_avg_sq r+w (moments, both norms);"
+            " pass 2: param r+w, exp_avg r, exp_avg_sq r (trust-ratio step)"
+        ),
+    ),
+    "adafactor": (
+        6,
+        (
+            "rank >= 2: pass A param r, grad r (RMS, row/col means of g^2); pass B grad"
+            " r (RMS of the update); pass C param r+w, grad r (row/col state negligible)"
+        ),
+    ),
     # Losses with their input gradient (forward + backward), per input element.
     "elementwise_loss": (3, "input read, target read, grad written"),
     "cross_entropy": (2, "logit read, grad written (targets: one index per row, not counted)"),
