@@ -15,6 +15,7 @@
 //   pass A: read p, g, variance: variance = lerp(variance, g^2, w) (stored); sums of p^2, u^2;
 //   pass C: read p, g, variance: p = p * decay + step * u.
 // u is recomputed where it is needed: no temporary the size of the params.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <utility>
@@ -23,7 +24,6 @@
 #include "cpu/blocks.h"
 #include "gradfuse/dispatch.h"
 #include "gradfuse/kernels.h"
-#include "gradfuse/math/bits.h"
 #include "gradfuse/math/convert.h"
 
 namespace gf::cpu::GF_ISA {
@@ -37,11 +37,12 @@ constexpr std::int64_t kRowBlockElements = std::int64_t{1} << 18;
 
 template <typename OpT>
 struct Common {
-  GradFactors<OpT> gf;
-  math::SignFlip<OpT> flip;
+  // AMP's unscaling, the clipping coefficient and maximize's sign as one factor: one multiply
+  // per element in each pass (it is exactly 1 or -1 without AMP and clipping).
+  OpT grad_factor;
   OpT w, eps1_sq, decay;
 
-  GF_INLINE OpT grad(OpT g) const { return flip((g * gf.inv_scale) * gf.clip); }
+  GF_INLINE OpT grad(OpT g) const { return g * grad_factor; }
 };
 
 // ---- rank < 2 ---------------------------------------------------------------------------------
@@ -240,15 +241,21 @@ void adafactor_factored(const AdafactorArgs& a, const Common<OpMath<T>>& c) {
     const std::int64_t rows = a.rows[t], cols = a.cols[t];
     T* col_var = tl.ptr<T>(3, t);
     const T* row_var = tl.ptr<const T>(2, t);
+    std::vector<OpT> sum(static_cast<std::size_t>(cols));
     for (std::int64_t mat = 0; mat < mats[t]; ++mat) {
+      // The column sums over the matrix's blocks, block by block (rows of the partials in
+      // order: sequential reads, the same additions per column as a loop over blocks).
       const OpT* base = colp.data() + col_off[t] + mat * per_mat[t] * cols;
+      std::fill(sum.begin(), sum.end(), OpT(0));
+      for (std::int64_t q = 0; q < per_mat[t]; ++q) {
+        const OpT* row = base + q * cols;
+        for (std::int64_t j = 0; j < cols; ++j) sum[j] += row[j];
+      }
       for (std::int64_t j = 0; j < cols; ++j) {
-        OpT sum = OpT(0);
-        for (std::int64_t q = 0; q < per_mat[t]; ++q) sum += base[q * cols + j];
         const std::int64_t at = mat * cols + j;
         math::store(
             col_var, at,
-            math::adafactor_lerp(math::load(col_var, at), sum / static_cast<OpT>(rows), c.w));
+            math::adafactor_lerp(math::load(col_var, at), sum[j] / static_cast<OpT>(rows), c.w));
         col_factor[colf_off[t] + at] = OpT(1) / std::sqrt(math::load(col_var, at));
       }
       OpT acc[kReduceLanes] = {};
@@ -289,11 +296,12 @@ void adafactor(const AdafactorArgs& a) {
   visit_dtype(a.tensors.dtype, "adafactor", [&](auto tag) {
     using T = typename decltype(tag)::type;
     using OpT = OpMath<T>;
-    const Common<OpT> c{
-        GradFactors<OpT>(a.tensors.grad_scaling), math::SignFlip<OpT>::when(a.maximize),
-        static_cast<OpT>(a.hyper.one_minus_beta2), static_cast<OpT>(a.hyper.eps1 * a.hyper.eps1),
-        static_cast<OpT>(a.hyper.decay)};
-    if (c.gf.skip) return;  // AMP found inf/NaN: change nothing
+    const GradFactors<OpT> gf(a.tensors.grad_scaling);
+    if (gf.skip) return;  // AMP found inf/NaN: change nothing
+    const OpT sign = a.maximize ? OpT(-1) : OpT(1);
+    const Common<OpT> c{(gf.inv_scale * gf.clip) * sign, static_cast<OpT>(a.hyper.one_minus_beta2),
+                        static_cast<OpT>(a.hyper.eps1 * a.hyper.eps1),
+                        static_cast<OpT>(a.hyper.decay)};
     if (a.factored) {
       adafactor_factored<T>(a, c);
     } else {
