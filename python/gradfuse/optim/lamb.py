@@ -33,8 +33,9 @@ class LAMB(FusedOptimizer):
     gradient of every group, gradients are divided by ``norm / max_grad_norm`` when ``norm >
     max_grad_norm``; ``max_grad_norm=0`` or None turns it off (apex would divide by infinity).
     ``step`` is counted per param group (``group["step"]``, as apex and pytorch-optimizer);
-    ``state[p]`` holds ``exp_avg`` and ``exp_avg_sq``, so checkpoints load both ways with apex
-    and with ``pytorch_optimizer.Lamb``.
+    ``state[p]`` holds ``exp_avg`` and ``exp_avg_sq``: the per-param state and ``step`` load both
+    ways with apex and ``pytorch_optimizer.Lamb`` (the group options are each library's own; the
+    README's LAMB table maps apex's options onto pytorch-optimizer's).
 
     apex supports float16/float32 params on CUDA only; this runs float32, float64, float16 and
     bfloat16 params on the CPU (the CUDA kernel is not written yet). ``amsgrad=True`` raises as
