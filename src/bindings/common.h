@@ -179,5 +179,7 @@ void register_grad(py::module_& m);
 void register_losses(py::module_& m);
 void register_losses_softmax(py::module_& m);
 void register_buffers(py::module_& m);
+void register_optim_lamb(py::module_& m);
+void register_optim_adafactor(py::module_& m);
 
 }  // namespace gf

@@ -20,6 +20,8 @@ from gradfuse.functional._losses_elementwise import (
     smooth_l1_loss_with_grad,
 )
 from gradfuse.functional._losses_softmax import cross_entropy_with_grad, nll_loss_with_grad
+from gradfuse.functional._muon import muon_
+from gradfuse.functional._reducing import adafactor_, lamb_
 from gradfuse.functional._schedule_free import (
     ScheduleFreeGroup,
     schedule_free_adamw_,
@@ -27,7 +29,6 @@ from gradfuse.functional._schedule_free import (
     schedule_free_sgd_,
     schedule_free_train_,
 )
-from gradfuse.functional._muon import muon_
 from gradfuse.functional._updates import (
     adagrad_,
     adam_,
@@ -45,6 +46,7 @@ if "torch" in sys.modules:  # torch.compile support; numpy-only users never load
 
 __all__ = [
     "ScheduleFreeGroup",
+    "adafactor_",
     "adagrad_",
     "adam_",
     "adamax_",
@@ -57,6 +59,7 @@ __all__ = [
     "huber_loss_with_grad",
     "kl_div_with_grad",
     "l1_loss_with_grad",
+    "lamb_",
     "lion_",
     "mse_loss_with_grad",
     "muon_",

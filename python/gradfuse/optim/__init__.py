@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from gradfuse._compile import register_ops
 from gradfuse.optim._optimizer import FusedOptimizer
+from gradfuse.optim.adafactor import Adafactor
 from gradfuse.optim.adagrad import Adagrad
 from gradfuse.optim.adam import Adam
 from gradfuse.optim.adamax import Adamax
 from gradfuse.optim.adamw import AdamW
 from gradfuse.optim.ademamix import AdEMAMix
 from gradfuse.optim.adopt import ADOPT
+from gradfuse.optim.lamb import LAMB
 from gradfuse.optim.lion import Lion
 from gradfuse.optim.muon import Muon, muon_param_groups
 from gradfuse.optim.nadam import NAdam
@@ -22,8 +24,10 @@ register_ops()  # torch.compile support: define the custom op before anything is
 
 __all__ = [
     "ADOPT",
+    "LAMB",
     "SGD",
     "AdEMAMix",
+    "Adafactor",
     "Adagrad",
     "Adam",
     "AdamW",

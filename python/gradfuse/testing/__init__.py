@@ -30,13 +30,15 @@ from typing import Any
 import torch
 
 from gradfuse.testing._adopt import ADOPT, AdEMAMix
+from gradfuse.testing._lamb import LAMB
 from gradfuse.testing._lion import Lion
-from gradfuse.testing._schedule_free import ScheduleFreeAdamW, ScheduleFreeSGD
 from gradfuse.testing._muon import Muon
+from gradfuse.testing._schedule_free import ScheduleFreeAdamW, ScheduleFreeSGD
 
 #: Optimizers torch has no class for, by the name of the gradfuse class they are a reference for.
 REFERENCES: dict[str, type[torch.optim.Optimizer]] = {
     "Lion": Lion,
+    "LAMB": LAMB,
     "ADOPT": ADOPT,
     "AdEMAMix": AdEMAMix,
     "ScheduleFreeAdamW": ScheduleFreeAdamW,
@@ -76,6 +78,7 @@ def reference_optimizer(
 
 __all__ = [
     "ADOPT",
+    "LAMB",
     "REFERENCES",
     "AdEMAMix",
     "Lion",

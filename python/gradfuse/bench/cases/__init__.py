@@ -31,6 +31,21 @@ MIN_ACCESSES: dict[str, tuple[int, str]] = {
     # Muon's elementwise passes only: the Newton-Schulz matmuls between them are compute-bound,
     # so a Muon step's % of this ceiling says little (the matmuls dominate).
     "muon": (6, "param r+w, grad r, momentum_buffer r+w, update r (+ Newton-Schulz matmuls)"),
+    # Optimizers whose per-tensor reduction must finish before the param is written.
+    "lamb": (
+        10,
+        (
+            "pass 1: param r, grad r, exp_avg r+w, exp_avg_sq r+w (moments, both norms);"
+            " pass 2: param r+w, exp_avg r, exp_avg_sq r (trust-ratio step)"
+        ),
+    ),
+    "adafactor": (
+        6,
+        (
+            "rank >= 2: pass A param r, grad r (RMS, row/col means of g^2); pass B grad"
+            " r (RMS of the update); pass C param r+w, grad r (row/col state negligible)"
+        ),
+    ),
     # Losses with their input gradient (forward + backward), per input element.
     "elementwise_loss": (3, "input read, target read, grad written"),
     "cross_entropy": (2, "logit read, grad written (targets: one index per row, not counted)"),
