@@ -156,7 +156,7 @@ struct MuonApplyArgs {
 #define GF_MUON_KERNELS(X)         \
   X(muon_prepare, MuonPrepareArgs) \
   X(muon_apply, MuonApplyArgs)
-#define GF_OPTIM_KERNELS(X)                                                                        \
-  GF_ADAM_FAMILY_KERNELS(X)                                                                        \
-  GF_OTHER_OPTIM_KERNELS(X) GF_ADOPT_KERNELS(X) GF_ADEMAMIX_KERNELS(X) GF_SCHEDULE_FREE_KERNELS(X) \
-      GF_MUON_KERNELS(X)
+#define GF_OPTIM_KERNELS(X) \
+  GF_ADAM_FAMILY_KERNELS(X) \
+  GF_OTHER_OPTIM_KERNELS(X) \
+  GF_ADOPT_KERNELS(X) GF_ADEMAMIX_KERNELS(X) GF_SCHEDULE_FREE_KERNELS(X) GF_MUON_KERNELS(X)

@@ -44,8 +44,8 @@ def register() -> list[str]:
     names = []
     for class_name in gradfuse.optim.__all__:
         cls = getattr(gradfuse.optim, class_name)
-        if not isinstance(cls, type):
-            continue  # a helper (muon_param_groups), not an optimizer
+        if not isinstance(cls, type) or cls is gradfuse.optim.FusedOptimizer:
+            continue  # a helper (muon_param_groups) or the base class, not an optimizer
         base = class_name.lower()
         name = PREFIX + base
         if class_name in NOT_IN_TIMM:
