@@ -30,6 +30,16 @@ _NOT_IN_TRAIN_MODE = (
 )
 
 
+# The running sums every group starts from, as the schedulefree package initialises them.
+_BOOKKEEPING: dict[str, Any] = {
+    "k": 0,
+    "train_mode": False,
+    "weight_sum": 0.0,
+    "lr_max": -1.0,
+    "scheduled_lr": 0.0,
+}
+
+
 class _ScheduleFree(FusedOptimizer):
     """What both schedule-free optimizers share: the y/x switch, the mode check, the group
     bookkeeping and ``z`` created as a copy of the param."""
@@ -176,13 +186,9 @@ class ScheduleFreeAdamW(_ScheduleFree):
             "betas": betas,
             "eps": eps,
             "r": r,
-            "k": 0,
             "warmup_steps": warmup_steps,
-            "train_mode": False,
-            "weight_sum": 0.0,
-            "lr_max": -1.0,
-            "scheduled_lr": 0.0,
             "weight_lr_power": weight_lr_power,
+            **_BOOKKEEPING,
             "weight_decay": weight_decay,
             "foreach": foreach,
             "maximize": maximize,
@@ -248,13 +254,9 @@ class ScheduleFreeSGD(_ScheduleFree):
             "lr": lr,
             "momentum": momentum,
             "r": r,
-            "k": 0,
             "warmup_steps": warmup_steps,
-            "train_mode": False,
-            "weight_sum": 0.0,
-            "lr_max": -1.0,
-            "scheduled_lr": 0.0,
             "weight_lr_power": weight_lr_power,
+            **_BOOKKEEPING,
             "weight_decay": weight_decay,
             "foreach": foreach,
             "maximize": maximize,
