@@ -7,19 +7,14 @@ across ranks, and equal (tolerance table) to the same run with torch's optimizer
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import integration_cases
 import pytest
 import torch
-import torch.distributed as dist
+from distributed_launch import launch
 
-import gradfuse
 import tolerances
 
 WORLD = 2
@@ -36,66 +31,9 @@ TOL = tolerances.TRAJECTORY[torch.float32]
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with the gloo backend is not available in this torch")
     names = [n for n, _ in integration_cases.available(integration_cases.DISTRIBUTED)]
     out = tmp_path_factory.mktemp("dist")
-    # The rendezvous store lives in this process, on a free loopback port chosen by the OS.
-    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
-    env = {
-        **os.environ,
-        "GLOO_SOCKET_IFNAME": "lo",  # gloo's own connections stay on the loopback device
-        "OMP_NUM_THREADS": "1",
-        "GRADFUSE_NUM_THREADS": "1",
-        # The gradfuse this test imported (a source tree on PYTHONPATH, or the installed one),
-        # whatever the working directory of the child.
-        "PYTHONPATH": os.pathsep.join(
-            [str(Path(gradfuse.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
-        ),
-    }
-    logs = [out / f"rank{r}.log" for r in range(WORLD)]
-    procs = []
-    for r in range(WORLD):
-        with logs[r].open("w") as log:  # a file, not a pipe: a chatty rank never blocks
-            procs.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        str(WORKER),
-                        str(r),
-                        str(WORLD),
-                        str(store.port),
-                        str(out),
-                        ",".join(names),
-                    ],
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-    deadline = time.monotonic() + LAUNCH_TIMEOUT_S
-    try:
-        # Wait for all ranks; stop at the first failure (the other would wait for it forever).
-        while any(p.poll() is None for p in procs):
-            if time.monotonic() > deadline or any(p.returncode for p in procs):
-                break
-            time.sleep(0.2)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-    report = "\n".join(
-        f"--- rank {r} (exit {p.returncode}):\n{logs[r].read_text()[-3000:]}"
-        for r, p in enumerate(procs)
-    )
-    if any(p.returncode for p in procs):
-        timed_out = time.monotonic() > deadline
-        pytest.fail(
-            (f"the 2-process run did not finish within {LAUNCH_TIMEOUT_S} s\n" if timed_out else "")
-            + report
-        )
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    return launch(WORKER, WORLD, out, [",".join(names)], LAUNCH_TIMEOUT_S)
 
 
 def assert_same_across_ranks(results: list[dict[str, Any]], key: str, params: Any) -> None:
