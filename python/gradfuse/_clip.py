@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from gradfuse import _native
+from gradfuse import _buffers, _native
 from gradfuse.functional._multi_tensor import GradScaling, group, prepare
 
 if TYPE_CHECKING:
@@ -95,6 +95,59 @@ def _result_dtype(grads: Sequence[Tensor]) -> Any:
     return dtype
 
 
+def _dtensor_norms(op: str, grads: Sequence[Tensor], norm_type: float) -> list[Tensor]:
+    """Every gradient's norm (0-dim tensors) where some are DTensors (FSDP2's sharded grads,
+    tensor parallelism): the norms of the local shards in one fused pass, then, per mesh and
+    set of sharded mesh dims, one ``all_reduce`` over each sharded dim that combines them
+    (sum of ``norm ** p``, max, min, or the sum of counts for ``p = 0``). Replicated dims hold
+    the same values on every rank and are not combined. Every rank must pass the same tensors."""
+    import torch
+    import torch.distributed as dist
+
+    locals_: list[Tensor] = []
+    for i, g in enumerate(grads):
+        locals_.append(
+            _buffers._dtensor_local(g, f"{op}: grads[{i}]")[0] if _buffers._is_dtensor(g) else g
+        )
+    norms: list[Any] = [None] * len(grads)
+    # An empty shard of a non-empty gradient (trailing ranks of an uneven cut) adds nothing.
+    identity = math.inf if norm_type == -math.inf else 0.0
+    todo = []
+    for i, (g, t) in enumerate(zip(grads, locals_, strict=True)):
+        if t.numel() == 0 and g.numel() != 0:
+            dtype = torch.float64 if t.dtype == torch.float64 else torch.float32
+            norms[i] = torch.tensor(identity, dtype=dtype, device=t.device)
+        else:
+            todo.append(i)
+    for indices, out in _group_norms(op, [locals_[i] for i in todo], norm_type) if todo else []:
+        for k, j in enumerate(indices):
+            norms[todo[j]] = out[k]
+    layouts: dict[tuple[Any, ...], list[int]] = {}
+    for i, g in enumerate(grads):
+        if _buffers._is_dtensor(g):
+            dt: Any = g
+            dims = tuple(m for m, pl in enumerate(dt.placements) if not pl.is_replicate())
+            if dims:
+                key = (id(dt.device_mesh), dims, norms[i].dtype, norms[i].device)
+                layouts.setdefault(key, []).append(i)
+    finite = not math.isinf(norm_type) and norm_type != 0.0
+    reduce_op = {math.inf: dist.ReduceOp.MAX, -math.inf: dist.ReduceOp.MIN}.get(
+        norm_type, dist.ReduceOp.SUM
+    )
+    for (_, dims, _, _), idx in layouts.items():
+        mesh: Any = grads[idx[0]].device_mesh  # type: ignore[attr-defined]
+        v = torch.stack([norms[i] for i in idx])
+        if finite:
+            v = v.pow(norm_type)
+        for m in dims:
+            dist.all_reduce(v, reduce_op, group=mesh.get_group(m))
+        if finite:
+            v = v.pow(1.0 / norm_type)
+        for k, i in enumerate(idx):
+            norms[i] = v[k]
+    return norms
+
+
 def total_norm(op: str, grads: Sequence[Tensor], norm_type: float) -> Tensor:
     """The norm of all ``grads`` together (torch's total: the norm of the per-tensor norms),
     in float64 for float64 gradients, float32 otherwise, on the first gradient's device.
@@ -103,6 +156,12 @@ def total_norm(op: str, grads: Sequence[Tensor], norm_type: float) -> Tensor:
 
     if not grads:
         return torch.tensor(0.0)
+    if any(_buffers._is_dtensor(g) for g in grads):
+        norms = _dtensor_norms(op, grads, norm_type)
+        dtype = torch.float64 if any(n.dtype == torch.float64 for n in norms) else torch.float32
+        parts = torch.stack([n.to(grads[0].device, dtype) for n in norms])
+        sharded_total: Tensor = torch.linalg.vector_norm(parts, norm_type)
+        return sharded_total
     groups = _group_norms(op, grads, norm_type)
     if len(groups) == 1:
         last: Tensor = groups[0][1][-1]
@@ -197,8 +256,11 @@ def grad_norms(parameters: Tensor | Iterable[Tensor], norm_type: float = 2.0) ->
     norm_type = float(norm_type)
     if not grads:
         return torch.empty(0)
-    groups = _group_norms("grad_norms", grads, norm_type)
     dtype = _result_dtype(grads)
+    if any(_buffers._is_dtensor(g) for g in grads):
+        each = _dtensor_norms("grad_norms", grads, norm_type)
+        return torch.stack([n.to(grads[0].device, dtype) for n in each])
+    groups = _group_norms("grad_norms", grads, norm_type)
     if len(groups) == 1:
         norms: Tensor = groups[0][1][:-1].to(dtype)
         return norms
