@@ -27,7 +27,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from gradfuse.functional import _engine
+from gradfuse.functional import _engine, _muon_sharded
 from gradfuse.functional._engine import FLOAT, NUMBER_OR_TENSOR, Call, Hyper, Spec, State
 from gradfuse.functional._multi_tensor import LowPrecision
 
@@ -258,11 +258,15 @@ def muon_(
     coefficients = tuple(_engine.to_float(v, "ns_coefficients") for v in ns_coefficients)
     if not params:
         return
+    # DTensors (FSDP2 and other sharded params) run on their local shards; the matrices sharded
+    # across ranks are put together for the Newton-Schulz iteration (_muon_sharded).
+    params, grads, momentum_buffers, layouts = _muon_sharded.unwrap(params, grads, momentum_buffers)
     # Groups of one device, dtype and matrix shape: one stacked batch each, which the prepare
     # pass writes into directly (the views are the engine's ns_inputs).
     groups: dict[tuple[Any, Any, tuple[int, int]], list[int]] = {}
     for i, p in enumerate(params):
-        groups.setdefault((p.device, p.dtype, matrix_shape(p.shape)), []).append(i)
+        if layouts[i] is None:
+            groups.setdefault((p.device, p.dtype, matrix_shape(p.shape)), []).append(i)
     ns_inputs: list[Any] = [None] * len(params)
     batches = []
     for (device, dtype, (rows, cols)), idx in groups.items():
@@ -271,6 +275,11 @@ def muon_(
         for j, i in enumerate(idx):
             ns_inputs[i] = batch[j].view(params[i].shape)
         batches.append((dtype, (rows, cols), idx, batch))
+    # Sharded weights: the prepare pass writes their local shards into the exchange's buffer.
+    exchanges = _muon_sharded.plan(layouts, params)
+    for ex in exchanges:
+        ref = params[ex.items[0].index]
+        _muon_sharded.allocate_inputs(ex, _stored_dtype(ns_dtype, ref.dtype), ref.device, ns_inputs)
     _engine.run(
         MUON_PREPARE,
         Call(
@@ -284,23 +293,28 @@ def muon_(
         ),
         h_prep,
     )
-    if found_inf is not None and found_inf.device.type == "cpu" and float(found_inf) != 0.0:
+    if (
+        not exchanges  # sharded weights: every rank must join the exchanges all the same
+        and found_inf is not None
+        and found_inf.device.type == "cpu"
+        and float(found_inf) != 0.0
+    ):
         return  # skipped by the prepare pass; the apply pass would skip too
-    for dtype, shape, idx, batch in batches:
+
+    def orthogonalise(batch: Any) -> Any:
         x = batch if batch.dtype == ns_dtype else batch.to(ns_dtype)
         ortho = newton_schulz_(x, coefficients, ns_steps, eps, ns_dtype)  # type: ignore[arg-type]
-        stored = _stored_dtype(ortho.dtype, dtype)
-        if stored != ortho.dtype:
-            ortho = ortho.to(stored)
-        ps = [params[i] for i in idx]
+        return ortho if ortho.dtype == batch.dtype else ortho.to(batch.dtype)
+
+    def apply(shape: tuple[int, int], idx: list[int], updates: list[Any]) -> None:
         h = Hyper({**h_apply.__dict__, "adjusted_lr": adjust_lr(h_apply.lr, adjust_lr_fn, shape)})
         _engine.run(
             MUON_APPLY,
             Call(
                 {
-                    "params": ps,
+                    "params": [params[i] for i in idx],
                     "grads": [grads[i] for i in idx],
-                    "updates": [ortho[j].view(p.shape) for j, p in enumerate(ps)],
+                    "updates": updates,
                 },
                 {},
                 None,
@@ -311,3 +325,14 @@ def muon_(
             ),
             h,
         )
+
+    for _dtype, shape, idx, batch in batches:
+        ortho = orthogonalise(batch)
+        apply(shape, idx, [ortho[j].view(params[i].shape) for j, i in enumerate(idx)])
+    for ex in exchanges:
+        local = _muon_sharded.orthogonalise(ex, orthogonalise)
+        by_shape: dict[tuple[int, int], list[int]] = {}
+        for lay in ex.items:
+            by_shape.setdefault(matrix_shape(lay.shape), []).append(lay.index)
+        for shape, idx in by_shape.items():
+            apply(shape, idx, [local[i] for i in idx])

@@ -53,9 +53,17 @@ class Muon(FusedOptimizer):
     ``ns_dtype`` is also a param-group key (a group may run its iteration in float32).
 
     Distributed: under DDP (gradients all-reduced before ``step``) every rank runs the same
-    step, as with every gradfuse optimizer. DTensor params (FSDP2, tensor parallelism) are
-    refused in Muon groups (NotImplementedError, nothing written): orthogonalising needs whole
-    matrices, and gathering the shards is not implemented yet; AdamW groups take them.
+    step, as with every gradfuse optimizer. DTensor params (FSDP2's ``fully_shard``, HSDP, row
+    or column tensor parallelism) work in both kinds of group, with DTensor state as torch
+    keeps it: the elementwise passes run on each rank's local shard, and for the Newton-Schulz
+    iteration each sharded matrix is put together on one rank (the matrices spread over the
+    ranks by cost, each rank orthogonalising its share, batched per shape) and every rank gets
+    its shard of the result back (two ``all_to_all`` per process group and dtype; see
+    :mod:`gradfuse.functional._muon_sharded`). Results equal the unsharded optimizer's.
+    Supported placements: ``Shard(d)`` (any dim, even or uneven shards) on one mesh dimension
+    and ``Replicate()`` on the others; other shardings (a weight sharded on two mesh dims,
+    strided shards) raise NotImplementedError before anything is written. Every rank must step
+    the same params (as FSDP2 does).
     """
 
     _update_fn = staticmethod(muon_)
@@ -163,13 +171,6 @@ class Muon(FusedOptimizer):
                 raise RuntimeError("Muon does not support complex parameters")
             if grad.is_sparse:
                 raise RuntimeError("Muon does not support sparse gradients")
-            if type(p).__name__ == "DTensor" or type(p.data).__name__ == "DTensor":
-                raise NotImplementedError(
-                    f"Muon: a DTensor param (FSDP2 / tensor parallel) of global shape "
-                    f"{tuple(p.shape)} in a Muon group; the Newton-Schulz iteration needs whole "
-                    f"matrices and gradfuse does not gather shards yet. Use DDP, or keep sharded "
-                    f"params in a use_muon=False (AdamW) group"
-                )
             params.append(p)
             grads.append(grad)
         if not params:
