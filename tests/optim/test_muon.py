@@ -437,27 +437,71 @@ def test_readme_recipe_runs() -> None:
     exec(compile(block.group(1), "README.md", "exec"), {"__name__": "__main__"})  # noqa: S102
 
 
-@pytest.mark.skipif(
-    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-    reason="torch.distributed with gloo is not available",
-)
-def test_dtensor_param_is_refused_clearly() -> None:
+@pytest.fixture
+def one_rank_mesh() -> Any:
+    """A 2-D one-rank CPU mesh (gloo, this process). The 2-process sharded runs are in
+    tests/integrations/test_muon_sharded.py."""
     import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor import Shard, distribute_tensor
 
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
     if dist.is_initialized():
         pytest.skip("a process group is already initialised in this process")
+    from torch.distributed.device_mesh import init_device_mesh
+
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:
-        mesh = init_device_mesh("cpu", (1,))
-        p = nn.Parameter(distribute_tensor(torch.randn(8, 4), mesh, [Shard(0)]))
-        p.grad = distribute_tensor(torch.randn(8, 4), mesh, [Shard(0)])
-        opt = Muon([p])
-        before = p.detach().full_tensor().clone()
-        with pytest.raises(NotImplementedError, match="DTensor"):
-            opt.step()
-        assert torch.equal(p.detach().full_tensor(), before)
-        assert len(opt.state) == 0
+        yield init_device_mesh("cpu", (1, 1))
     finally:
         dist.destroy_process_group()
+
+
+def test_dtensor_sharded_on_two_mesh_dims_is_refused_clearly(one_rank_mesh: Any) -> None:
+    # Shards of shards (FSDP + tensor parallelism on one weight) are not gathered: a clear
+    # error, nothing written, no state created.
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    place = [Shard(0), Shard(1)]
+    p = nn.Parameter(distribute_tensor(torch.randn(8, 4), one_rank_mesh, place))
+    p.grad = distribute_tensor(torch.randn(8, 4), one_rank_mesh, place)
+    opt = Muon([p])
+    before = p.detach().full_tensor().clone()
+    with pytest.raises(NotImplementedError, match=r"params\[0\] .*Shard\(d\) on one mesh dim"):
+        opt.step()
+    assert torch.equal(p.detach().full_tensor(), before)
+    assert len(opt.state) == 0
+
+
+def test_dtensor_param_with_other_distributions_is_refused(one_rank_mesh: Any) -> None:
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    p = distribute_tensor(torch.randn(8, 4), one_rank_mesh, [Shard(0), Replicate()])
+    buf = torch.zeros_like(p)
+    before = p.full_tensor().clone()
+    with pytest.raises(ValueError, match=r"grads\[0\] is a plain tensor"):
+        muon_([p], [torch.randn(8, 4)], [buf])
+    grad = distribute_tensor(torch.randn(8, 4), one_rank_mesh, [Replicate(), Shard(1)])
+    with pytest.raises(ValueError, match=r"grads\[0\] is a DTensor with placements"):
+        muon_([p], [grad], [buf])
+    assert torch.equal(p.full_tensor(), before)
+    assert torch.equal(buf.full_tensor(), torch.zeros(8, 4))
+
+
+def test_dtensor_on_one_rank_equals_plain(one_rank_mesh: Any) -> None:
+    # The sharded path end to end in this process (a one-rank exchange): the plain results.
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    start, grads = _problem([(12, 7), (7, 12), (12, 7), (3, 4, 5)], steps=3)
+    places = [[Shard(0), Replicate()], [Replicate(), Shard(1)], [Shard(0), Replicate()]]
+    places.append([Shard(2), Replicate()])
+    plain, _ = _run(lambda ps: Muon(ps, lr=0.02), start, grads, torch.float32)
+    ps = [
+        nn.Parameter(distribute_tensor(s.float(), one_rank_mesh, pl))
+        for s, pl in zip(start, places, strict=True)
+    ]
+    opt = Muon(ps, lr=0.02)
+    for gs in grads:
+        for p, g, pl in zip(ps, gs, places, strict=True):
+            p.grad = distribute_tensor(g.float(), one_rank_mesh, pl)
+        opt.step()
+    assert_close(_flat([p.full_tensor() for p in ps]), _flat(plain), TRAJECTORY[torch.float32])
