@@ -505,3 +505,19 @@ def test_dtensor_on_one_rank_equals_plain(one_rank_mesh: Any) -> None:
             p.grad = distribute_tensor(g.float(), one_rank_mesh, pl)
         opt.step()
     assert_close(_flat([p.full_tensor() for p in ps]), _flat(plain), TRAJECTORY[torch.float32])
+
+
+def test_dtensor_step_with_found_inf_changes_nothing(one_rank_mesh: Any) -> None:
+    # A skipped step still runs the exchange (every rank must join it) but writes nothing.
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    place = [Shard(1), Replicate()]
+    p = distribute_tensor(torch.randn(12, 7), one_rank_mesh, place)
+    grad = distribute_tensor(torch.randn(12, 7), one_rank_mesh, place)
+    buf = distribute_tensor(torch.randn(12, 7), one_rank_mesh, place)
+    before = [p.full_tensor().clone(), buf.full_tensor().clone()]
+    muon_([p], [grad], [buf], lr=0.1, found_inf=torch.ones(1))
+    assert torch.equal(p.full_tensor(), before[0])
+    assert torch.equal(buf.full_tensor(), before[1])
+    muon_([p], [grad], [buf], lr=0.1, found_inf=torch.zeros(1))
+    assert not torch.equal(p.full_tensor(), before[0])

@@ -235,7 +235,11 @@ def muon_(
     ``torch.float32`` / ``torch.float64``. Params of one device, dtype and matrix shape are
     orthogonalised together (one chain of batched matmuls). ``grad_scale`` / ``found_inf`` /
     ``clip_coef``: AMP and ``max_grad_norm`` as for every gradfuse update (a nonzero
-    ``found_inf`` changes nothing). Everything is checked before anything is written.
+    ``found_inf`` changes nothing). DTensor params, grads and buffers (alike distributed:
+    FSDP2, HSDP, row or column tensor parallelism) are updated through their local shards, the
+    sharded matrices exchanged between the ranks for the iteration (every rank of the process
+    group must make the same call; see :mod:`gradfuse.functional._muon_sharded`). Everything
+    is checked before anything is written.
     """
     import torch
 
