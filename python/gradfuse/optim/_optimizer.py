@@ -18,13 +18,15 @@ so the class only maps torch's param groups and state onto it:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
-from typing import Any, ClassVar, overload
+from typing import Any, ClassVar, TypedDict, overload
 
 import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT
 
+from gradfuse._options import show_options
 from gradfuse.functional._engine import Spec
 from gradfuse.optim._precision import PrecisionPolicy
 from gradfuse.optim._torch_compat import (
@@ -39,6 +41,18 @@ from gradfuse.optim._torch_compat import (
 
 # The state key of each counter list of the functional layer, and its value before step 1.
 _COUNTERS = {"state_steps": ("step", 0.0), "mu_products": ("mu_product", 1.0)}
+
+
+class OptimizerOptions(TypedDict, total=False):
+    """gradfuse's keyword-only extensions of an optimizer (the defaults, off, and what they do:
+    :meth:`FusedOptimizer.__init__`). A subclass takes them as
+    ``**options: Unpack[OptimizerOptions]`` after torch's arguments."""
+
+    max_grad_norm: float | None
+    master_weights: bool
+    state_dtype: torch.dtype | None
+    rounding: str
+    kahan: bool
 
 
 class FusedOptimizer(Optimizer):
@@ -61,19 +75,44 @@ class FusedOptimizer(Optimizer):
     max_grad_norm: float | None
     _precision: PrecisionPolicy
 
+    # The keys of torch's __setstate__ defaults (group keys older checkpoints may lack) whose
+    # value is the constructor's default; __init_subclass__ fills _setstate_defaults from them.
+    _setstate_keys: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        init = vars(cls).get("__init__")
+        if init is None:
+            return
+        params = inspect.signature(init).parameters
+        if "options" in params:  # torch's signature, then the extensions as keyword-only
+            show_options(init, _EXTENSIONS)
+        if "_setstate_keys" in vars(cls):
+            own = vars(cls).get("_setstate_defaults", {})
+            cls._setstate_defaults = {
+                **{k: params[k].default for k in cls._setstate_keys if k in params},
+                **own,
+            }
+
     def __init__(
         self,
         params: ParamsT,
         defaults: dict[str, Any],
-        max_grad_norm: float | None,
-        master_weights: bool,
-        state_dtype: Any,
-        rounding: str,
-        kahan: bool,
+        *,
+        max_grad_norm: float | None = None,
+        master_weights: bool = False,
+        state_dtype: torch.dtype | None = None,
+        rounding: str = "nearest",
+        kahan: bool = False,
     ) -> None:
-        """torch's ``Optimizer.__init__`` with ``defaults``, then the gradfuse extensions (all
-        keyword-only and off by default in the subclasses): ``max_grad_norm`` (see
-        :meth:`_clip_coef`) and the precision policies (:mod:`gradfuse.optim._precision`)."""
+        """torch's ``Optimizer.__init__`` with ``defaults``, then the gradfuse extensions
+        (:class:`OptimizerOptions`, keyword-only and off by default):
+
+        - ``max_grad_norm``: clip the gradients to this global 2-norm inside the update (see
+          :meth:`_clip_coef`); None: no clipping;
+        - ``master_weights``, ``state_dtype``, ``rounding``, ``kahan``: the precision policies
+          (:mod:`gradfuse.optim._precision`).
+        """
         super().__init__(params, defaults)
         name = type(self).__name__
         self._precision = PrecisionPolicy.create(name, master_weights, state_dtype, rounding, kahan)
@@ -301,6 +340,14 @@ class FusedOptimizer(Optimizer):
             upgrade_scalar_state(
                 self, _COUNTERS[name][0], self._counters_on_device, fused_key="fused"
             )
+
+
+# The extensions' defaults, as inspect shows them in a subclass's signature.
+_EXTENSIONS = {
+    p.name: p.default
+    for p in inspect.signature(FusedOptimizer.__init__).parameters.values()
+    if p.kind is inspect.Parameter.KEYWORD_ONLY
+}
 
 
 def _and_last(names: tuple[str, ...]) -> str:

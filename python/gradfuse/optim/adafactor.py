@@ -79,7 +79,7 @@ class Adafactor(FusedOptimizer):
             "foreach": foreach,
             "maximize": maximize,
         }
-        super().__init__(params, defaults, max_grad_norm, False, None, "nearest", False)
+        super().__init__(params, defaults, max_grad_norm=max_grad_norm)
 
     def _init_state(self, p: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
         """torch's first-step state: ``step``, then row/col factors or the full variance."""

@@ -90,7 +90,7 @@ class LAMB(FusedOptimizer):
             "max_grad_norm": max_grad_norm,
             "maximize": maximize,
         }
-        super().__init__(params, defaults, max_grad_norm or None, False, None, "nearest", False)
+        super().__init__(params, defaults, max_grad_norm=max_grad_norm or None)
         self.adam_w_mode = bool(adam_w_mode)
         self.set_grad_none = bool(set_grad_none)
         self.use_nvlamb = bool(use_nvlamb)

@@ -111,7 +111,7 @@ class Muon(FusedOptimizer):
             "ns_dtype": ns_dtype,
             "use_muon": True,
         }
-        super().__init__(params, defaults, max_grad_norm, False, None, "nearest", False)
+        super().__init__(params, defaults, max_grad_norm=max_grad_norm)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """torch's ``add_param_group``; a Muon group's params must have 2 or more dimensions
