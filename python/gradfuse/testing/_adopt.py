@@ -12,13 +12,15 @@ from typing import Any
 
 import torch
 
+from gradfuse.testing._reference import ReferenceOptimizer
+
 
 def _step_of(state: dict[str, Any]) -> int:
     state["step"] = state.get("step", 0) + 1
     return int(state["step"])
 
 
-class ADOPT(torch.optim.Optimizer):
+class ADOPT(ReferenceOptimizer):
     """ADOPT as the authors' code and ``pytorch_optimizer.ADOPT`` write it, with a step count
     per param (``state["step"]``)::
 
@@ -54,12 +56,7 @@ class ADOPT(torch.optim.Optimizer):
         }
         super().__init__(params, defaults)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+    def _update(self) -> None:
         for group in self.param_groups:
             lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
             beta1, beta2 = group["betas"]
@@ -88,10 +85,9 @@ class ADOPT(torch.optim.Optimizer):
                 m.lerp_(n, 1.0 - beta1)
                 p.add_(m, alpha=-lr)
                 v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
-        return loss
 
 
-class AdEMAMix(torch.optim.Optimizer):
+class AdEMAMix(ReferenceOptimizer):
     """AdEMAMix as bitsandbytes' ``AdEMAMix`` computes it (its schedules per param, its order
     of operations), with gradfuse's state names::
 
@@ -127,12 +123,7 @@ class AdEMAMix(torch.optim.Optimizer):
         }
         super().__init__(params, defaults)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+    def _update(self) -> None:
         for group in self.param_groups:
             lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
             beta1, beta2, beta3_final = group["betas"]
@@ -161,4 +152,3 @@ class AdEMAMix(torch.optim.Optimizer):
                 c1 = 1.0 - beta1**step
                 c2 = math.sqrt(1.0 - beta2**step)
                 p.add_((m1 / c1 + alpha * m2) / (nu.sqrt() / c2 + eps), alpha=-lr)
-        return loss

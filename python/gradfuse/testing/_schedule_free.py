@@ -8,8 +8,10 @@ from typing import Any
 
 import torch
 
+from gradfuse.testing._reference import ReferenceOptimizer
 
-class _ScheduleFree(torch.optim.Optimizer):
+
+class _ScheduleFree(ReferenceOptimizer):
     """The shared part: group bookkeeping (``k``, ``lr_max``, ``weight_sum``, ``scheduled_lr``,
     ``train_mode``), ``z`` as a copy of the param, and the train/eval switch::
 
@@ -58,14 +60,12 @@ class _ScheduleFree(torch.optim.Optimizer):
     def train(self) -> None:
         self._switch(True)
 
-    @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         if not self.param_groups[0]["train_mode"]:
             raise Exception("Optimizer was not in train mode when step is called.")  # noqa: TRY002
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        return super().step(closure)
+
+    def _update(self) -> None:
         for group in self.param_groups:
             k = group["k"]
             warmup = group["warmup_steps"]
@@ -94,7 +94,6 @@ class _ScheduleFree(torch.optim.Optimizer):
                 p.add_(gn, alpha=lr * (beta1 * (1 - ckp1) - 1))
                 z.sub_(gn, alpha=lr)
             group["k"] = k + 1
-        return loss
 
 
 class ScheduleFreeAdamW(_ScheduleFree):
