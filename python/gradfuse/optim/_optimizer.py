@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Any, ClassVar, TypedDict, overload
+from typing import Any, ClassVar, Generic, NamedTuple, TypedDict, TypeVar, overload
 
 import torch
 from torch import Tensor
@@ -39,8 +39,37 @@ from gradfuse.optim._torch_compat import (
     upgrade_scalar_state,
 )
 
+T = TypeVar("T")
+
 # The state key of each counter list of the functional layer, and its value before step 1.
 _COUNTERS = {"state_steps": ("step", 0.0), "mu_products": ("mu_product", 1.0)}
+
+
+class _PolicyOption(Generic[T]):
+    """A read-only attribute of the optimizer that is its precision policy's option."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, optimizer: FusedOptimizer | None, owner: type) -> T:
+        if optimizer is None:  # on the class: the descriptor itself, as a property is
+            return self  # type: ignore[return-value]
+        value: T = getattr(optimizer._precision, self.name)
+        return value
+
+
+class Gathered(NamedTuple):
+    """A group's params that have a gradient, their gradients, and the functional's state
+    lists and counters for them by functional name (:meth:`FusedOptimizer._gather`)."""
+
+    params: list[Tensor]
+    grads: list[Tensor]
+    lists: dict[str, Any]
+
+
+def group_values(group: dict[str, Any], *names: str) -> dict[str, Any]:
+    """The param group's values of ``names``, as keyword arguments of a functional."""
+    return {name: group[name] for name in names}
 
 
 class OptimizerOptions(TypedDict, total=False):
@@ -130,21 +159,10 @@ class FusedOptimizer(Optimizer):
         refuse_differentiable(name, differentiable)
 
     # The precision options, read-only (set them in the constructor).
-    @property
-    def master_weights(self) -> bool:
-        return self._precision.master_weights
-
-    @property
-    def state_dtype(self) -> Any:
-        return self._precision.state_dtype
-
-    @property
-    def rounding(self) -> str:
-        return self._precision.rounding
-
-    @property
-    def kahan(self) -> bool:
-        return self._precision.kahan
+    master_weights = _PolicyOption[bool]()
+    state_dtype = _PolicyOption[Any]()
+    rounding = _PolicyOption[str]()
+    kahan = _PolicyOption[bool]()
 
     # --- state -------------------------------------------------------------------------------
 
@@ -168,9 +186,9 @@ class FusedOptimizer(Optimizer):
             if st.name != spec.creates and (st.when is None or st.when(group)):
                 state[st.key] = self._state_zeros(p)
 
-    def _gather(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor], dict[str, Any]]:
-        """The params of ``group`` that have a gradient, their gradients, and the functional's
-        state lists and counters for them, by functional name (state created where missing)."""
+    def _gather(self, group: dict[str, Any]) -> Gathered:
+        """The params of ``group`` that have a gradient, their gradients, and the functional's state
+        lists and counters for them, by functional name (state created where missing)."""
         spec = self._spec
         lists = [st for st in spec.state if st.when is None or st.when(group)]
         counters = [(name, _COUNTERS[name][0]) for name in spec.counters]
@@ -201,7 +219,7 @@ class FusedOptimizer(Optimizer):
                 out[st.name].append(state.get(st.key))
             for name, key in counters:
                 out[name].append(state[key])
-        return params, grads, out
+        return Gathered(params, grads, out)
 
     def _options(self, group: dict[str, Any]) -> dict[str, Any]:
         """The functional's hyperparameter and flag keyword arguments from a param group."""
@@ -219,9 +237,10 @@ class FusedOptimizer(Optimizer):
 
     def _update(self, group: dict[str, Any], amp: dict[str, Any]) -> None:
         """One functional call for the group's params that have a gradient."""
-        params, grads, lists = self._gather(group)
+        gathered = self._gather(group)
+        params, grads, lists = gathered
         if any(g.is_sparse for g in grads):
-            self._sparse_step(group, amp, params, grads, lists)
+            self._sparse_step(group, amp, gathered)
             return
         spec = self._spec
         options = self._options(group)
@@ -252,14 +271,7 @@ class FusedOptimizer(Optimizer):
                 if buf is not None and key not in state[p]:
                     state[p][key] = buf  # created by this step (None: an AMP-skipped step)
 
-    def _sparse_step(
-        self,
-        group: dict[str, Any],
-        amp: dict[str, Any],
-        params: list[Tensor],
-        grads: list[Tensor],
-        lists: dict[str, Any],
-    ) -> None:
+    def _sparse_step(self, group: dict[str, Any], amp: dict[str, Any], gathered: Gathered) -> None:
         raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
 
     def _clip_coef(self, grad_scale: Tensor | None = None) -> Tensor | None:

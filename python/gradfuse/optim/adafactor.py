@@ -9,7 +9,7 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from gradfuse.functional._reducing import ADAFACTOR, adafactor_
-from gradfuse.optim._optimizer import FusedOptimizer
+from gradfuse.optim._optimizer import FusedOptimizer, group_values
 from gradfuse.optim._torch_compat import scalar_state
 
 
@@ -109,10 +109,7 @@ class Adafactor(FusedOptimizer):
             lists["col_vars"],
             lists["variances"],
             lists["state_steps"],
-            d=group["d"],
-            lr=group["lr"],
-            beta2_decay=group["beta2_decay"],
-            weight_decay=group["weight_decay"],
+            **group_values(group, "d", "lr", "beta2_decay", "weight_decay"),
             eps1=eps1,
             eps2=eps2,
             maximize=bool(group["maximize"]),

@@ -9,7 +9,7 @@ from torch.optim.adagrad import adagrad as torch_adagrad
 from torch.optim.optimizer import ParamsT
 
 from gradfuse.functional._updates import ADAGRAD, adagrad_
-from gradfuse.optim._optimizer import FusedOptimizer, OptimizerOptions
+from gradfuse.optim._optimizer import FusedOptimizer, Gathered, OptimizerOptions, group_values
 from gradfuse.optim._torch_compat import check_nonnegative, scalar_state, torch_defaults
 
 
@@ -77,32 +77,22 @@ class Adagrad(FusedOptimizer):
             for p in group["params"]:
                 self.state[p]["sum"].share_memory_()
 
-    def _sparse_step(
-        self,
-        group: dict[str, Any],
-        amp: dict[str, Any],
-        params: list[Tensor],
-        grads: list[Tensor],
-        lists: dict[str, Any],
-    ) -> None:
+    def _sparse_step(self, group: dict[str, Any], amp: dict[str, Any], gathered: Gathered) -> None:
         """torch's single-tensor Adagrad, the path torch offers for sparse gradients."""
         if any(amp[k] is not None for k in ("clip_coef", "grad_scale", "found_inf")):
             raise RuntimeError(
                 "gradfuse.optim.Adagrad: sparse gradients cannot be combined with "
                 "max_grad_norm or GradScaler"
             )
+        params, grads, lists = gathered
         torch_adagrad(
             params,
             grads,
             lists["state_sums"],
             lists["state_steps"],
-            lr=group["lr"],
-            weight_decay=group["weight_decay"],
-            lr_decay=group["lr_decay"],
-            eps=group["eps"],
+            **group_values(group, "lr", "weight_decay", "lr_decay", "eps", "maximize"),
             has_sparse_grad=True,
             foreach=False,
-            maximize=group["maximize"],
             differentiable=False,
             fused=False,
         )

@@ -11,7 +11,7 @@ from torch.optim.optimizer import ParamsT
 from gradfuse.functional._steps import found_inf_is_set
 from gradfuse.functional._updates import SGD as SGD_SPEC
 from gradfuse.functional._updates import sgd_
-from gradfuse.optim._optimizer import FusedOptimizer, OptimizerOptions
+from gradfuse.optim._optimizer import FusedOptimizer, Gathered, OptimizerOptions, group_values
 from gradfuse.optim._torch_compat import check_nonnegative, torch_defaults
 
 
@@ -56,16 +56,10 @@ class SGD(FusedOptimizer):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         super().__init__(params, torch_defaults(locals()), **options)
 
-    def _sparse_step(
-        self,
-        group: dict[str, Any],
-        amp: dict[str, Any],
-        params: list[Tensor],
-        grads: list[Tensor],
-        lists: dict[str, Any],
-    ) -> None:
+    def _sparse_step(self, group: dict[str, Any], amp: dict[str, Any], gathered: Gathered) -> None:
         """torch's single-tensor SGD, the path torch itself offers for sparse gradients; AMP's
         unscale and skip are done here, as GradScaler would have done them."""
+        params, grads, lists = gathered
         if amp["clip_coef"] is not None:
             raise RuntimeError(
                 "gradfuse.optim.SGD: max_grad_norm does not support sparse gradients"
@@ -80,12 +74,9 @@ class SGD(FusedOptimizer):
             params,
             grads,
             buffers,
-            weight_decay=group["weight_decay"],
-            momentum=group["momentum"],
-            lr=group["lr"],
-            dampening=group["dampening"],
-            nesterov=group["nesterov"],
-            maximize=group["maximize"],
+            **group_values(
+                group, "weight_decay", "momentum", "lr", "dampening", "nesterov", "maximize"
+            ),
             has_sparse_grad=True,
             foreach=False,
             fused=False,
