@@ -20,7 +20,7 @@ from typing import Any, Unpack
 from gradfuse import _native
 from gradfuse._compile import traceable
 from gradfuse.functional import _engine
-from gradfuse.functional._engine import FLOAT, Hyper, Spec, State, StepOptions, written
+from gradfuse.functional._engine import Hyper, Spec, State, StepOptions, written
 
 _WD_MODE = _native.codes("weight_decay_mode")
 
@@ -68,13 +68,7 @@ def _adopt_modes(h: Hyper) -> dict[str, Any]:
 ADOPT = Spec(
     op="adopt_",
     kernel="adopt",
-    hyper=(
-        ("lr", FLOAT),
-        ("beta1", FLOAT),
-        ("beta2", FLOAT),
-        ("weight_decay", FLOAT),
-        ("eps", FLOAT),
-    ),
+    hyper=("lr", "beta1", "beta2", "weight_decay", "eps"),
     state=(State("exp_avgs", "exp_avg"), State("exp_avg_sqs", "exp_avg_sq")),
     scalars=_adopt_scalars,
     modes=_adopt_modes,
@@ -172,15 +166,7 @@ def _ademamix_scalars(h: Hyper, xp: Any, step: Any, counters: dict[str, Any]) ->
 ADEMAMIX = Spec(
     op="ademamix_",
     kernel="ademamix",
-    hyper=(
-        ("lr", FLOAT),
-        ("beta1", FLOAT),
-        ("beta2", FLOAT),
-        ("beta3", FLOAT),
-        ("alpha", FLOAT),
-        ("eps", FLOAT),
-        ("weight_decay", FLOAT),
-    ),
+    hyper=("lr", "beta1", "beta2", "beta3", "alpha", "eps", "weight_decay"),
     state=(
         State("exp_avgs", "exp_avg"),
         State("exp_avg_slows", "exp_avg_slow"),

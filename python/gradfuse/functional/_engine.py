@@ -107,7 +107,7 @@ class Spec:
 
     op: str
     kernel: str
-    hyper: tuple[tuple[str, str], ...]
+    hyper: tuple[tuple[str, str] | str, ...]  # a bare name: checked as FLOAT
     state: tuple[State, ...]
     scalars: Callable[[Any, Any, Any, dict[str, Any]], Scalars]
     modes: Callable[[Any], dict[str, Any]] = lambda h: {"maximize": bool(h.maximize)}
@@ -119,6 +119,14 @@ class Spec:
     creates: str | None = None
     capturable: bool = False
     host_betas: bool = False
+
+    def __post_init__(self) -> None:
+        hyper = tuple((h, FLOAT) if isinstance(h, str) else h for h in self.hyper)
+        object.__setattr__(self, "hyper", hyper)
+
+    def hyper_kinds(self) -> tuple[tuple[str, str], ...]:
+        """``hyper`` as (name, kind) pairs (a bare name became ``(name, FLOAT)``)."""
+        return self.hyper  # type: ignore[return-value]
 
 
 class Hyper:
@@ -134,7 +142,7 @@ class Hyper:
 def check_hyper(spec: Spec, values: dict[str, Any], capturable: bool) -> Hyper:
     """Every hyperparameter of ``spec`` checked, in the spec's order (torch's order)."""
     out = dict(values)
-    for name, kind in spec.hyper:
+    for name, kind in spec.hyper_kinds():
         v = values[name]
         if capturable and name == "lr":
             out[name] = _capturable.check_number(v, name)
@@ -379,7 +387,7 @@ def run(spec: Spec, call: Call, h: Hyper) -> None:
     hyper_fields = core.CODES["hyper_fields"][spec.kernel]
     on_device = capturable or any(
         kind == DEVICE_NUMBER and _buffers._is_torch_tensor(options[name])
-        for name, kind in spec.hyper
+        for name, kind in spec.hyper_kinds()
     )
     for k, g in enumerate(group(buffers, depth, n, keys, *lowprec.layout)):
         key = keys[g.indices[0]] if keys is not None else None

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple, Unpack
 from gradfuse import _native
 from gradfuse._options import check_options, option_names
 from gradfuse.functional import _engine, _steps
-from gradfuse.functional._engine import FLOAT, Hyper, PrecisionOptions, Spec, State, StepOptions
+from gradfuse.functional._engine import Hyper, PrecisionOptions, Spec, State, StepOptions
 from gradfuse.functional._multi_tensor import group
 
 
@@ -82,27 +82,14 @@ def _sgd_scalars(h: Hyper, xp: Any, step: Any, counters: dict[str, Any]) -> dict
     }
 
 
-_SCHEDULE_HYPER = (
-    ("warmup_steps", FLOAT),
-    ("r", FLOAT),
-    ("weight_lr_power", FLOAT),
-    ("lr_max", FLOAT),
-    ("weight_sum", FLOAT),
-)
+_SCHEDULE_HYPER = ("warmup_steps", "r", "weight_lr_power", "lr_max", "weight_sum")
 
 # step_on_host: the group bookkeeping advances on the host, so AMP's verdict is read there and
 # a skipped step changes nothing (the native calls are not made at all).
 SCHEDULE_FREE_ADAMW = Spec(
     op="schedule_free_adamw_",
     kernel="schedule_free_adamw",
-    hyper=(
-        ("lr", FLOAT),
-        ("beta1", FLOAT),
-        ("beta2", FLOAT),
-        ("eps", FLOAT),
-        ("weight_decay", FLOAT),
-        *_SCHEDULE_HYPER,
-    ),
+    hyper=("lr", "beta1", "beta2", "eps", "weight_decay", *_SCHEDULE_HYPER),
     state=(State("zs", "z"), State("exp_avg_sqs", "exp_avg_sq")),
     scalars=_adamw_scalars,
     step_on_host=True,
@@ -111,7 +98,7 @@ SCHEDULE_FREE_ADAMW = Spec(
 SCHEDULE_FREE_SGD = Spec(
     op="schedule_free_sgd_",
     kernel="schedule_free_sgd",
-    hyper=(("lr", FLOAT), ("momentum", FLOAT), ("weight_decay", FLOAT), *_SCHEDULE_HYPER),
+    hyper=("lr", "momentum", "weight_decay", *_SCHEDULE_HYPER),
     state=(State("zs", "z"),),
     scalars=_sgd_scalars,
     step_on_host=True,

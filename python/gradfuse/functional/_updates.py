@@ -31,7 +31,6 @@ from gradfuse._compile import traceable
 from gradfuse.functional import _engine
 from gradfuse.functional._engine import (
     DEVICE_NUMBER,
-    FLOAT,
     NUMBER_OR_TENSOR,
     CapturableOptions,
     Hyper,
@@ -65,13 +64,7 @@ _MOMENTS = (
 )
 # The Adam family's hyperparameters whose betas are numbers (Adamax, NAdam, RAdam); checked in
 # this order.
-_ADAM_FAMILY_HYPER = (
-    ("lr", NUMBER_OR_TENSOR),
-    ("beta1", FLOAT),
-    ("beta2", FLOAT),
-    ("eps", FLOAT),
-    ("weight_decay", FLOAT),
-)
+_ADAM_FAMILY_HYPER = (("lr", NUMBER_OR_TENSOR), "beta1", "beta2", "eps", "weight_decay")
 
 
 # --- SGD -------------------------------------------------------------------------------------
@@ -89,12 +82,7 @@ def _sgd_scalars(h: Hyper, xp: Any, step: Any, counters: dict[str, Any]) -> dict
 SGD = Spec(
     op="sgd_",
     kernel="sgd",
-    hyper=(
-        ("lr", DEVICE_NUMBER),
-        ("momentum", FLOAT),
-        ("dampening", FLOAT),
-        ("weight_decay", FLOAT),
-    ),
+    hyper=(("lr", DEVICE_NUMBER), "momentum", "dampening", "weight_decay"),
     state=(
         State(
             "momentum_buffers",
@@ -178,8 +166,8 @@ ADAM = Spec(
         ("lr", NUMBER_OR_TENSOR),
         ("beta1", NUMBER_OR_TENSOR),
         ("beta2", NUMBER_OR_TENSOR),
-        ("eps", FLOAT),
-        ("weight_decay", FLOAT),
+        "eps",
+        "weight_decay",
     ),
     state=(
         *_MOMENTS,
@@ -349,7 +337,7 @@ def _nadam_scalars(h: Hyper, xp: Any, step: Any, counters: dict[str, Any]) -> di
 NADAM = Spec(
     op="nadam_",
     kernel="nadam",
-    hyper=(*_ADAM_FAMILY_HYPER, ("momentum_decay", FLOAT)),
+    hyper=(*_ADAM_FAMILY_HYPER, "momentum_decay"),
     state=_MOMENTS,
     scalars=_nadam_scalars,
     modes=_adam_modes,
@@ -483,7 +471,7 @@ def _adagrad_scalars(h: Hyper, xp: Any, step: Any, counters: dict[str, Any]) -> 
 ADAGRAD = Spec(
     op="adagrad_",
     kernel="adagrad",
-    hyper=(("lr", FLOAT), ("lr_decay", FLOAT), ("weight_decay", FLOAT), ("eps", FLOAT)),
+    hyper=("lr", "lr_decay", "weight_decay", "eps"),
     state=(State("state_sums", "sum"),),
     scalars=_adagrad_scalars,
     counters=("state_steps",),
@@ -533,13 +521,7 @@ def _rmsprop_scalars(h: Hyper, xp: Any, step: Any, counters: dict[str, Any]) -> 
 RMSPROP = Spec(
     op="rmsprop_",
     kernel="rmsprop",
-    hyper=(
-        ("lr", FLOAT),
-        ("alpha", FLOAT),
-        ("eps", FLOAT),
-        ("weight_decay", FLOAT),
-        ("momentum", FLOAT),
-    ),
+    hyper=("lr", "alpha", "eps", "weight_decay", "momentum"),
     state=(
         State("square_avgs", "square_avg"),
         State(
@@ -605,7 +587,7 @@ def _lion_scalars(h: Hyper, xp: Any, step: Any, counters: dict[str, Any]) -> dic
 LION = Spec(
     op="lion_",
     kernel="lion",
-    hyper=(("lr", FLOAT), ("beta1", FLOAT), ("beta2", FLOAT), ("weight_decay", FLOAT)),
+    hyper=("lr", "beta1", "beta2", "weight_decay"),
     state=(State("exp_avgs", "exp_avg"),),
     scalars=_lion_scalars,
 )

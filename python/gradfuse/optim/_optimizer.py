@@ -224,7 +224,7 @@ class FusedOptimizer(Optimizer):
     def _options(self, group: dict[str, Any]) -> dict[str, Any]:
         """The functional's hyperparameter and flag keyword arguments from a param group."""
         kwargs: dict[str, Any] = {}
-        for name, _ in self._spec.hyper:
+        for name, _ in self._spec.hyper_kinds():
             if name in ("beta1", "beta2"):
                 kwargs[name] = group["betas"][name == "beta2"]
             else:
