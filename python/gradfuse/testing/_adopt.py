@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from gradfuse.optim._torch_compat import torch_defaults
 from gradfuse.testing._reference import ReferenceOptimizer
 
 
@@ -44,17 +45,7 @@ class ADOPT(ReferenceOptimizer):
         maximize: bool = False,
     ) -> None:
         self.clip_lambda = clip_lambda
-        defaults = {
-            "lr": lr,
-            "betas": betas,
-            "weight_decay": weight_decay,
-            "weight_decouple": weight_decouple,
-            "fixed_decay": fixed_decay,
-            "eps": eps,
-            "maximize": maximize,
-            "foreach": foreach,
-        }
-        super().__init__(params, defaults)
+        super().__init__(params, torch_defaults(locals(), but=("clip_lambda",)))
 
     def _update(self) -> None:
         for group in self.param_groups:
@@ -110,18 +101,7 @@ class AdEMAMix(ReferenceOptimizer):
         maximize: bool = False,
         foreach: bool | None = None,
     ) -> None:
-        defaults = {
-            "lr": lr,
-            "betas": betas,
-            "alpha": alpha,
-            "t_alpha": t_alpha,
-            "t_beta3": t_beta3,
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "maximize": maximize,
-            "foreach": foreach,
-        }
-        super().__init__(params, defaults)
+        super().__init__(params, torch_defaults(locals()))
 
     def _update(self) -> None:
         for group in self.param_groups:

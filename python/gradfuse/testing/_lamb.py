@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from gradfuse.optim._torch_compat import torch_defaults
 from gradfuse.testing._reference import ReferenceOptimizer
 
 
@@ -47,17 +48,9 @@ class LAMB(ReferenceOptimizer):
     ) -> None:
         if amsgrad:
             raise RuntimeError("LAMB does not support the AMSGrad variant.")
-        defaults = {
-            "lr": lr,
-            "bias_correction": bias_correction,
-            "betas": betas,
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "grad_averaging": grad_averaging,
-            "max_grad_norm": max_grad_norm,
-            "maximize": maximize,
-            "foreach": foreach,
-        }
+        defaults = torch_defaults(
+            locals(), but=("amsgrad", "adam_w_mode", "set_grad_none", "use_nvlamb")
+        )
         super().__init__(params, defaults)
         self.adam_w_mode = adam_w_mode
         self.use_nvlamb = use_nvlamb

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from gradfuse.optim._torch_compat import torch_defaults
 from gradfuse.testing._reference import ReferenceOptimizer
 
 
@@ -64,19 +65,8 @@ class Muon(ReferenceOptimizer):
         foreach: bool = False,
     ) -> None:
         self._adamw_defaults = {"betas": adamw_betas, "eps": adamw_eps}
-        defaults = {
-            "lr": lr,
-            "weight_decay": weight_decay,
-            "momentum": momentum,
-            "nesterov": nesterov,
-            "ns_coefficients": ns_coefficients,
-            "eps": eps,
-            "ns_steps": ns_steps,
-            "adjust_lr_fn": adjust_lr_fn,
-            "ns_dtype": ns_dtype,
-            "use_muon": True,
-        }
-        super().__init__(params, defaults)
+        defaults = torch_defaults(locals(), but=("adamw_betas", "adamw_eps", "foreach"))
+        super().__init__(params, {**defaults, "use_muon": True})
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if not param_group.get("use_muon", True):

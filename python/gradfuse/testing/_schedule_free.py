@@ -8,7 +8,11 @@ from typing import Any
 
 import torch
 
+from gradfuse.optim._torch_compat import torch_defaults
 from gradfuse.testing._reference import ReferenceOptimizer
+
+# The group's running sums before the first step (the reference keeps them in the group).
+_BOOKKEEPING = {"k": 0, "train_mode": False, "weight_sum": 0.0, "lr_max": -1.0, "scheduled_lr": 0.0}
 
 
 class _ScheduleFree(ReferenceOptimizer):
@@ -114,23 +118,7 @@ class ScheduleFreeAdamW(_ScheduleFree):
         *,
         maximize: bool = False,
     ) -> None:
-        defaults = {
-            "lr": lr,
-            "betas": betas,
-            "eps": eps,
-            "r": r,
-            "k": 0,
-            "warmup_steps": warmup_steps,
-            "train_mode": False,
-            "weight_sum": 0.0,
-            "lr_max": -1.0,
-            "scheduled_lr": 0.0,
-            "weight_lr_power": weight_lr_power,
-            "weight_decay": weight_decay,
-            "foreach": foreach,
-            "maximize": maximize,
-        }
-        super().__init__(params, defaults)
+        super().__init__(params, {**torch_defaults(locals()), **_BOOKKEEPING})
 
     def _beta1(self, group: dict[str, Any]) -> float:
         return float(group["betas"][0])
@@ -165,22 +153,7 @@ class ScheduleFreeSGD(_ScheduleFree):
         *,
         maximize: bool = False,
     ) -> None:
-        defaults = {
-            "lr": lr,
-            "momentum": momentum,
-            "r": r,
-            "k": 0,
-            "warmup_steps": warmup_steps,
-            "train_mode": False,
-            "weight_sum": 0.0,
-            "lr_max": -1.0,
-            "scheduled_lr": 0.0,
-            "weight_lr_power": weight_lr_power,
-            "weight_decay": weight_decay,
-            "foreach": foreach,
-            "maximize": maximize,
-        }
-        super().__init__(params, defaults)
+        super().__init__(params, {**torch_defaults(locals()), **_BOOKKEEPING})
 
     def _beta1(self, group: dict[str, Any]) -> float:
         return float(group["momentum"])
