@@ -10,7 +10,7 @@ from torch.optim.optimizer import ParamsT
 
 from gradfuse.functional._reducing import ADAFACTOR, adafactor_
 from gradfuse.optim._optimizer import FusedOptimizer, group_values
-from gradfuse.optim._torch_compat import scalar_state
+from gradfuse.optim._torch_compat import scalar_state, torch_defaults
 
 
 class Adafactor(FusedOptimizer):
@@ -70,15 +70,7 @@ class Adafactor(FusedOptimizer):
             raise ValueError(f"Clipping threshold d should be >= 1 but is: {d}")
         if not weight_decay >= 0.0:
             raise ValueError(f"weight_decay should be >= 0 but is: {weight_decay}")
-        defaults = {
-            "lr": lr,
-            "beta2_decay": beta2_decay,
-            "eps": eps,
-            "d": d,
-            "weight_decay": weight_decay,
-            "foreach": foreach,
-            "maximize": maximize,
-        }
+        defaults = torch_defaults(locals(), but=("max_grad_norm",))
         super().__init__(params, defaults, max_grad_norm=max_grad_norm)
 
     def _init_state(self, p: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:

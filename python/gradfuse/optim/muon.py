@@ -230,11 +230,9 @@ class Muon(FusedOptimizer):
             view(exp_avgs),
             view(exp_avg_sqs),
             state_steps=steps,
-            lr=group["lr"],
             beta1=beta1,
             beta2=beta2,
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
+            **group_values(group, "lr", "eps", "weight_decay"),
             **amp,
         )
 
