@@ -92,7 +92,9 @@ def grad_norm(
     p: float,
     out: int,
 ) -> None: ...
+
 nll_loss = cross_entropy  # the same arguments (one native driver, src/bindings)
+
 def scale_grads(
     slots: list[list[int]],
     numels: list[int],

@@ -123,9 +123,7 @@ class _SoftmaxLossFunction(torch.autograd.Function):
             )
         grad_input = None
         if ctx.needs_input_grad[0]:
-            grad = _take_grad(
-                ctx, lambda: _WITH_GRAD[name](input, target, weight, *ctx.args)[1]
-            )
+            grad = _take_grad(ctx, lambda: _WITH_GRAD[name](input, target, weight, *ctx.args)[1])
             grad_input = _scale_grad(ctx, grad, grad_output)
         grad_target = None
         if ctx.needs_input_grad[1]:  # cross_entropy's probability targets
@@ -159,9 +157,7 @@ def _prob_target_grad(
     return out
 
 
-def _legacy_reduction(
-    size_average: bool | None, reduce: bool | None, reduction: str
-) -> str:
+def _legacy_reduction(size_average: bool | None, reduce: bool | None, reduction: str) -> str:
     if size_average is not None or reduce is not None:
         return str(_Reduction.legacy_get_string(size_average, reduce))
     return reduction
@@ -191,11 +187,7 @@ def cross_entropy(
             reduction=reduction,
             label_smoothing=label_smoothing,
         )
-    if (
-        target.shape == input.shape
-        and target.is_floating_point()
-        and target.dtype != input.dtype
-    ):
+    if target.shape == input.shape and target.is_floating_point() and target.dtype != input.dtype:
         # torch promotes (input, target) for probability targets; so does this path.
         common = torch.promote_types(input.dtype, target.dtype)
         input, target = input.to(common), target.to(common)
