@@ -92,24 +92,9 @@ def grad_norm(
     p: float,
     out: int,
 ) -> None: ...
-def nll_loss(
-    *,
-    input: int,
-    target: int,
-    weight: int,
-    grad: int,
-    loss: int,
-    outer: int,
-    classes: int,
-    inner: int,
-    dtype: int,
-    device: int,
-    stream: int,
-    reduction: int,
-    ignore_index: int,
-    label_smoothing: float,
-    prob_target: bool,
-) -> None: ...
+
+nll_loss = cross_entropy  # the same arguments (one native driver, src/bindings)
+
 def scale_grads(
     slots: list[list[int]],
     numels: list[int],

@@ -330,29 +330,28 @@ class OptimizerCase(Case):
     def build(
         self, provider: str, size: Size, dtype: str, device: str, copies: int, seed: int
     ) -> Runner:
+        # torch-side clipping writes the grads: then each provider gets its own.
+        clone_grads = self.max_grad_norm is not None
+        inputs = _param_copies(size, dtype, device, copies, seed, clone_grads=clone_grads)
+        return Runner([self._step_of(provider, params) for params in inputs])
+
+    def _step_of(self, provider: str, params: list[Any]) -> Step:
         import torch
 
-        calls: list[Step] = []
-        for c in range(copies):
-            params0, grads0 = _optimizer_inputs(size.shapes, dtype, device, seed + c)
-            # torch-side clipping writes the grads: then each provider gets its own.
-            params = _leaves(params0, grads0, clone_grads=self.max_grad_norm is not None)
-            if provider == "gradfuse":
-                calls.append(self.gradfuse_optimizer(params).step)
-            elif provider in ("torch-forloop", "torch-foreach", "torch-fused"):
-                foreach = provider == "torch-foreach"
-                fused = provider == "torch-fused"
-                try:
-                    opt = self.torch_optimizer(params, foreach=foreach, fused=fused)
-                except (RuntimeError, ValueError, TypeError) as exc:
-                    raise Unavailable(f"{provider}: {exc}") from None
-                calls.append(self.torch_step(opt, params, foreach=foreach or fused))
-            elif provider == COMPILE_PROVIDER:
-                opt = self.torch_optimizer(params, foreach=False, fused=False)
-                calls.append(torch.compile(self.torch_step(opt, params, foreach=False)))
-            else:
-                raise Unavailable(f"{provider} does not apply to optimizers")
-        return Runner(calls)
+        if provider == "gradfuse":
+            return self.gradfuse_optimizer(params).step  # type: ignore[no-any-return]
+        if provider in ("torch-forloop", "torch-foreach", "torch-fused"):
+            foreach = provider == "torch-foreach"
+            fused = provider == "torch-fused"
+            try:
+                opt = self.torch_optimizer(params, foreach=foreach, fused=fused)
+            except (RuntimeError, ValueError, TypeError) as exc:
+                raise Unavailable(f"{provider}: {exc}") from None
+            return self.torch_step(opt, params, foreach=foreach or fused)
+        if provider == COMPILE_PROVIDER:
+            opt = self.torch_optimizer(params, foreach=False, fused=False)
+            return torch.compile(self.torch_step(opt, params, foreach=False))
+        raise Unavailable(f"{provider} does not apply to optimizers")
 
 
 @dataclass
@@ -387,17 +386,30 @@ class FunctionCase(Case):
     ) -> Runner:
         import torch
 
-        calls: list[Step] = []
-        for c in range(copies):
-            params0, grads0 = _optimizer_inputs(size.shapes, dtype, device, seed + c)
-            params = _leaves(params0, grads0, clone_grads=True)
-            if provider == COMPILE_PROVIDER:
-                calls.append(torch.compile(functools.partial(self.call, "torch-forloop", params)))
-            elif provider in self.providers(False):
-                calls.append(functools.partial(self.call, provider, params))
-            else:
-                raise Unavailable(f"{provider} does not apply to {self.name}")
-        return Runner(calls)
+        wrap: Callable[[Any], Any]
+        if provider == COMPILE_PROVIDER:
+            wrap, provider = torch.compile, "torch-forloop"
+        elif provider in self.providers(False):
+            wrap = _unchanged
+        else:
+            raise Unavailable(f"{provider} does not apply to {self.name}")
+        inputs = _param_copies(size, dtype, device, copies, seed, clone_grads=True)
+        return Runner([wrap(functools.partial(self.call, provider, params)) for params in inputs])
+
+
+def _param_copies(
+    size: Size, dtype: str, device: str, copies: int, seed: int, *, clone_grads: bool
+) -> list[list[Any]]:
+    """``copies`` independent param lists (leaves with their gradients) of ``size``."""
+    out = []
+    for c in range(copies):
+        params0, grads0 = _optimizer_inputs(size.shapes, dtype, device, seed + c)
+        out.append(_leaves(params0, grads0, clone_grads=clone_grads))
+    return out
+
+
+def _unchanged(step: Step) -> Step:
+    return step
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, MutableSequence, Sequence
-from typing import Any
+from typing import Any, Unpack
 
 from gradfuse import _native
 from gradfuse._compile import traceable
 from gradfuse.functional import _engine
-from gradfuse.functional._engine import FLOAT, Call, Hyper, Spec, State
-from gradfuse.functional._multi_tensor import LowPrecision
+from gradfuse.functional._engine import Hyper, Spec, State, StepOptions, written
 
 _WD_MODE = _native.codes("weight_decay_mode")
 
@@ -69,13 +68,7 @@ def _adopt_modes(h: Hyper) -> dict[str, Any]:
 ADOPT = Spec(
     op="adopt_",
     kernel="adopt",
-    hyper=(
-        ("lr", FLOAT),
-        ("beta1", FLOAT),
-        ("beta2", FLOAT),
-        ("weight_decay", FLOAT),
-        ("eps", FLOAT),
-    ),
+    hyper=("lr", "beta1", "beta2", "weight_decay", "eps"),
     state=(State("exp_avgs", "exp_avg"), State("exp_avg_sqs", "exp_avg_sq")),
     scalars=_adopt_scalars,
     modes=_adopt_modes,
@@ -85,6 +78,7 @@ ADOPT = Spec(
 )
 
 
+@_engine.with_options
 def adopt_(
     params: Sequence[Any],
     grads: Sequence[Any],
@@ -101,13 +95,7 @@ def adopt_(
     fixed_decay: bool = False,
     eps: float = 1e-6,
     maximize: bool = False,
-    grad_scale: Any = None,
-    found_inf: Any = None,
-    clip_coef: Any = None,
-    master_params: Sequence[Any] | None = None,
-    kahan_comps: Sequence[Any] | None = None,
-    rounding: str = "nearest",
-    seed: int | None = None,
+    **options: Unpack[StepOptions],
 ) -> None:
     """One ADOPT step (Taniguchi et al. 2024), in place, as ``pytorch_optimizer.ADOPT``.
 
@@ -127,34 +115,7 @@ def adopt_(
         raise TypeError(
             f"adopt_: clip_lambda must be a callable of the step or None, got {clip_lambda!r}"
         )
-    h = _engine.check_hyper(
-        ADOPT,
-        {
-            "lr": lr,
-            "beta1": beta1,
-            "beta2": beta2,
-            "weight_decay": weight_decay,
-            "eps": eps,
-            "clip_lambda": clip_lambda,
-            "weight_decouple": weight_decouple,
-            "fixed_decay": fixed_decay,
-            "maximize": maximize,
-        },
-        capturable=False,
-    )
-    _engine.run(
-        ADOPT,
-        Call(
-            {"params": params, "grads": grads, "exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs},
-            {"state_steps": state_steps},
-            grad_scale,
-            found_inf,
-            clip_coef,
-            False,
-            LowPrecision(master_params, kahan_comps, rounding, seed),
-        ),
-        h,
-    )
+    _engine.update(ADOPT, locals())
 
 
 # --- AdEMAMix --------------------------------------------------------------------------------
@@ -205,15 +166,7 @@ def _ademamix_scalars(h: Hyper, xp: Any, step: Any, counters: dict[str, Any]) ->
 ADEMAMIX = Spec(
     op="ademamix_",
     kernel="ademamix",
-    hyper=(
-        ("lr", FLOAT),
-        ("beta1", FLOAT),
-        ("beta2", FLOAT),
-        ("beta3", FLOAT),
-        ("alpha", FLOAT),
-        ("eps", FLOAT),
-        ("weight_decay", FLOAT),
-    ),
+    hyper=("lr", "beta1", "beta2", "beta3", "alpha", "eps", "weight_decay"),
     state=(
         State("exp_avgs", "exp_avg"),
         State("exp_avg_slows", "exp_avg_slow"),
@@ -226,17 +179,8 @@ ADEMAMIX = Spec(
 )
 
 
-@traceable(
-    written=(
-        "master_params",
-        "kahan_comps",
-        "params",
-        "exp_avgs",
-        "exp_avg_slows",
-        "exp_avg_sqs",
-        "state_steps",
-    )
-)
+@traceable(written=written(ADEMAMIX))
+@_engine.with_options
 def ademamix_(
     params: Sequence[Any],
     grads: Sequence[Any],
@@ -255,13 +199,7 @@ def ademamix_(
     eps: float = 1e-8,
     weight_decay: float = 1e-2,
     maximize: bool = False,
-    grad_scale: Any = None,
-    found_inf: Any = None,
-    clip_coef: Any = None,
-    master_params: Sequence[Any] | None = None,
-    kahan_comps: Sequence[Any] | None = None,
-    rounding: str = "nearest",
-    seed: int | None = None,
+    **options: Unpack[StepOptions],
 ) -> None:
     """One AdEMAMix step (Pagliardini et al. 2024), in place, as bitsandbytes' ``AdEMAMix``.
 
@@ -281,6 +219,22 @@ def ademamix_(
     :mod:`gradfuse.functional._updates`.
     """
     _check_nonnegative("ademamix_", lr=lr, eps=eps)
+    _check_warmups(beta1, beta3, t_alpha, t_beta3)
+    _engine.update(ADEMAMIX, locals())
+
+
+def _check_nonnegative(op: str, **values: Any) -> None:
+    for name, value in values.items():
+        try:
+            ok = float(value) >= 0.0
+        except (TypeError, ValueError):
+            raise TypeError(f"{op}: {name} must be a number, got {value!r}") from None
+        if not ok:
+            raise ValueError(f"{op}: {name} must be non-negative, got {value!r}")
+
+
+def _check_warmups(beta1: Any, beta3: Any, t_alpha: Any, t_beta3: Any) -> None:
+    """AdEMAMix's warm-up lengths: None or a number of steps; ``t_beta3`` takes logarithms."""
     if t_beta3:
         for name, value in (("beta1", beta1), ("beta3", beta3)):
             if not float(value) > 0.0:
@@ -293,48 +247,3 @@ def ademamix_(
             raise ValueError(
                 f"ademamix_: {name} must be None or a number of steps >= 0, got {steps!r}"
             )
-    h = _engine.check_hyper(
-        ADEMAMIX,
-        {
-            "lr": lr,
-            "beta1": beta1,
-            "beta2": beta2,
-            "beta3": beta3,
-            "alpha": alpha,
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "t_alpha": t_alpha,
-            "t_beta3": t_beta3,
-            "maximize": maximize,
-        },
-        capturable=False,
-    )
-    _engine.run(
-        ADEMAMIX,
-        Call(
-            {
-                "params": params,
-                "grads": grads,
-                "exp_avgs": exp_avgs,
-                "exp_avg_slows": exp_avg_slows,
-                "exp_avg_sqs": exp_avg_sqs,
-            },
-            {"state_steps": state_steps},
-            grad_scale,
-            found_inf,
-            clip_coef,
-            False,
-            LowPrecision(master_params, kahan_comps, rounding, seed),
-        ),
-        h,
-    )
-
-
-def _check_nonnegative(op: str, **values: Any) -> None:
-    for name, value in values.items():
-        try:
-            ok = float(value) >= 0.0
-        except (TypeError, ValueError):
-            raise TypeError(f"{op}: {name} must be a number, got {value!r}") from None
-        if not ok:
-            raise ValueError(f"{op}: {name} must be non-negative, got {value!r}")

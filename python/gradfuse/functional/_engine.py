@@ -28,9 +28,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, MutableSequence, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict, TypeVar
 
 from gradfuse import _buffers, _native
+from gradfuse._options import check_options, option_names, show_options
 from gradfuse.functional import _capturable, _steps
 from gradfuse.functional._multi_tensor import GradScaling, Group, LowPrecision, group
 
@@ -106,7 +107,7 @@ class Spec:
 
     op: str
     kernel: str
-    hyper: tuple[tuple[str, str], ...]
+    hyper: tuple[tuple[str, str] | str, ...]  # a bare name: checked as FLOAT
     state: tuple[State, ...]
     scalars: Callable[[Any, Any, Any, dict[str, Any]], Scalars]
     modes: Callable[[Any], dict[str, Any]] = lambda h: {"maximize": bool(h.maximize)}
@@ -118,6 +119,14 @@ class Spec:
     creates: str | None = None
     capturable: bool = False
     host_betas: bool = False
+
+    def __post_init__(self) -> None:
+        hyper = tuple((h, FLOAT) if isinstance(h, str) else h for h in self.hyper)
+        object.__setattr__(self, "hyper", hyper)
+
+    def hyper_kinds(self) -> tuple[tuple[str, str], ...]:
+        """``hyper`` as (name, kind) pairs (a bare name became ``(name, FLOAT)``)."""
+        return self.hyper  # type: ignore[return-value]
 
 
 class Hyper:
@@ -133,7 +142,7 @@ class Hyper:
 def check_hyper(spec: Spec, values: dict[str, Any], capturable: bool) -> Hyper:
     """Every hyperparameter of ``spec`` checked, in the spec's order (torch's order)."""
     out = dict(values)
-    for name, kind in spec.hyper:
+    for name, kind in spec.hyper_kinds():
         v = values[name]
         if capturable and name == "lr":
             out[name] = _capturable.check_number(v, name)
@@ -214,6 +223,109 @@ class Call:
     state_dtype: Any = None  # dtype of state the call creates (None: the params')
 
 
+# --- the public functions' arguments ----------------------------------------------------------
+
+
+class AmpOptions(TypedDict, total=False):
+    """AMP and clipping, taken by every update: torch.amp.GradScaler's scale and verdict and a
+    global-norm clipping factor (optional 1-element float32 tensors, see :mod:`._updates`)."""
+
+    grad_scale: Any
+    found_inf: Any
+    clip_coef: Any
+
+
+class PrecisionOptions(TypedDict, total=False):
+    """The low-precision policy of a call (:class:`~._multi_tensor.LowPrecision`)."""
+
+    master_params: Sequence[Any] | None
+    kahan_comps: Sequence[Any] | None
+    rounding: str
+    seed: int | None
+
+
+class StepOptions(AmpOptions, PrecisionOptions, total=False):
+    """What every elementwise update takes as keywords besides its own arguments."""
+
+
+class CapturableOptions(StepOptions, total=False):
+    """:class:`StepOptions` and torch's ``capturable`` (the updates whose spec is capturable)."""
+
+    capturable: bool
+
+
+# The options' defaults (their meaning: the TypedDicts above).
+OPTION_DEFAULTS: dict[str, Any] = {
+    "grad_scale": None,
+    "found_inf": None,
+    "clip_coef": None,
+    "master_params": None,
+    "kahan_comps": None,
+    "rounding": "nearest",
+    "seed": None,
+    "capturable": False,
+}
+_STEP_OPTIONS = option_names(StepOptions)
+_CAPTURABLE_OPTIONS = option_names(CapturableOptions)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def with_options(fn: F) -> F:
+    """A public function that takes ``**options: Unpack[<one of the TypedDicts above>]``: its
+    signature lists them, with their defaults (for ``help()`` and torch.compile's layout)."""
+    show_options(fn, OPTION_DEFAULTS)
+    return fn
+
+
+def written(spec: Spec) -> tuple[str, ...]:
+    """The list arguments that ``spec``'s update writes in place (torch.compile's ``written``):
+    the params (and their master copies, Kahan compensations), state lists, counters."""
+    states = (st.name for st in spec.state if st.written)
+    return ("master_params", "kahan_comps", "params", *states, *spec.counters)
+
+
+def lowprec_of(options: PrecisionOptions) -> LowPrecision:
+    """The call's low-precision policy from its keyword options."""
+    return LowPrecision(
+        options.get("master_params"),
+        options.get("kahan_comps"),
+        options.get("rounding", "nearest"),
+        options.get("seed"),
+    )
+
+
+def checked(spec: Spec, arguments: dict[str, Any]) -> tuple[Hyper, Call]:
+    """A public update's arguments (its ``locals()``: ``params``, ``grads``, the spec's state
+    lists and counters by name, the hyperparameters and flags, and ``options``, its keyword
+    options) checked and sorted into the hyperparameters and the :class:`Call`."""
+    options: CapturableOptions = arguments["options"]
+    check_options(spec.op, options, _CAPTURABLE_OPTIONS if spec.capturable else _STEP_OPTIONS)
+    lists = {"params": arguments["params"], "grads": arguments["grads"]}
+    lists.update({st.name: arguments.get(st.name) for st in spec.state})
+    counters = {name: arguments[name] for name in spec.counters}
+    capturable = bool(options.get("capturable", False))
+    given = (k for k in arguments if k not in lists and k not in counters and k != "options")
+    h = check_hyper(spec, {k: arguments[k] for k in given}, capturable)
+    call = Call(
+        lists,
+        counters,
+        options.get("grad_scale"),
+        options.get("found_inf"),
+        options.get("clip_coef"),
+        capturable,
+        lowprec_of(options),
+        state_dtype=arguments.get("state_dtype"),
+    )
+    return h, call
+
+
+def update(spec: Spec, arguments: dict[str, Any]) -> None:
+    """The body of a public update: ``run(spec, ...)`` on its arguments (see :func:`checked`)."""
+    h, call = checked(spec, arguments)
+    run(spec, call, h)
+
+
 def run(spec: Spec, call: Call, h: Hyper) -> None:
     """Check everything, then apply ``spec``'s update in place (see the module docstring)."""
     op = spec.op
@@ -275,7 +387,7 @@ def run(spec: Spec, call: Call, h: Hyper) -> None:
     hyper_fields = core.CODES["hyper_fields"][spec.kernel]
     on_device = capturable or any(
         kind == DEVICE_NUMBER and _buffers._is_torch_tensor(options[name])
-        for name, kind in spec.hyper
+        for name, kind in spec.hyper_kinds()
     )
     for k, g in enumerate(group(buffers, depth, n, keys, *lowprec.layout)):
         key = keys[g.indices[0]] if keys is not None else None

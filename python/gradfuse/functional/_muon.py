@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gradfuse.functional import _engine, _muon_sharded
-from gradfuse.functional._engine import FLOAT, NUMBER_OR_TENSOR, Call, Hyper, Spec, State
+from gradfuse.functional._engine import NUMBER_OR_TENSOR, Call, Hyper, Spec, State
 from gradfuse.functional._multi_tensor import LowPrecision
 
 ADJUST_LR_FNS = (None, "original", "match_rms_adamw")
@@ -43,7 +43,7 @@ def _prepare_scalars(h: Hyper, xp: Any, step: Any, counters: dict[str, Any]) -> 
 MUON_PREPARE = Spec(
     op="muon_",
     kernel="muon_prepare",
-    hyper=(("momentum", FLOAT),),
+    hyper=("momentum",),
     state=(State("ns_inputs", "ns_input"),),
     scalars=_prepare_scalars,
     modes=lambda h: {"nesterov": bool(h.nesterov)},
@@ -59,7 +59,7 @@ def _apply_scalars(h: Hyper, xp: Any, step: Any, counters: dict[str, Any]) -> di
 MUON_APPLY = Spec(
     op="muon_",
     kernel="muon_apply",
-    hyper=(("lr", NUMBER_OR_TENSOR), ("weight_decay", FLOAT), ("adjusted_lr", NUMBER_OR_TENSOR)),
+    hyper=(("lr", NUMBER_OR_TENSOR), "weight_decay", ("adjusted_lr", NUMBER_OR_TENSOR)),
     state=(State("updates", "update", written=False),),
     scalars=_apply_scalars,
     modes=lambda h: {"weight_decay": h.weight_decay != 0.0},

@@ -29,7 +29,7 @@ from typing import Any
 from gradfuse import _buffers, _native
 from gradfuse._compile import traceable
 from gradfuse.functional import _engine, _steps
-from gradfuse.functional._engine import FLOAT, NUMBER_OR_TENSOR, HostMath, Hyper, Spec, State
+from gradfuse.functional._engine import NUMBER_OR_TENSOR, HostMath, Hyper, Spec, State
 from gradfuse.functional._multi_tensor import GradScaling, Group, group, prepare
 
 # --- LAMB ------------------------------------------------------------------------------------
@@ -64,13 +64,7 @@ def _lamb_modes(h: Hyper) -> dict[str, Any]:
 LAMB = Spec(
     op="lamb_",
     kernel="lamb",
-    hyper=(
-        ("lr", FLOAT),
-        ("beta1", FLOAT),
-        ("beta2", FLOAT),
-        ("eps", FLOAT),
-        ("weight_decay", FLOAT),
-    ),
+    hyper=("lr", "beta1", "beta2", "eps", "weight_decay"),
     state=(State("exp_avgs", "exp_avg"), State("exp_avg_sqs", "exp_avg_sq")),
     scalars=_lamb_scalars,
     modes=_lamb_modes,
@@ -171,13 +165,7 @@ def _adafactor_scalars(h: Hyper, xp: Any, step: Any, counters: dict[str, Any]) -
 ADAFACTOR = Spec(
     op="adafactor_",
     kernel="adafactor",
-    hyper=(
-        ("lr", NUMBER_OR_TENSOR),
-        ("beta2_decay", FLOAT),
-        ("eps2", FLOAT),
-        ("d", FLOAT),
-        ("weight_decay", FLOAT),
-    ),
+    hyper=(("lr", NUMBER_OR_TENSOR), "beta2_decay", "eps2", "d", "weight_decay"),
     state=(
         State("row_vars", "row_var"),
         State("col_vars", "col_var"),

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Unpack
 
 from gradfuse import _native
+from gradfuse._options import check_options, option_names
 from gradfuse.functional import _engine, _steps
-from gradfuse.functional._engine import FLOAT, Call, Hyper, Spec, State
-from gradfuse.functional._multi_tensor import LowPrecision, group
+from gradfuse.functional._engine import Hyper, PrecisionOptions, Spec, State, StepOptions
+from gradfuse.functional._multi_tensor import group
 
 
 class ScheduleFreeGroup(NamedTuple):
@@ -81,27 +82,14 @@ def _sgd_scalars(h: Hyper, xp: Any, step: Any, counters: dict[str, Any]) -> dict
     }
 
 
-_SCHEDULE_HYPER = (
-    ("warmup_steps", FLOAT),
-    ("r", FLOAT),
-    ("weight_lr_power", FLOAT),
-    ("lr_max", FLOAT),
-    ("weight_sum", FLOAT),
-)
+_SCHEDULE_HYPER = ("warmup_steps", "r", "weight_lr_power", "lr_max", "weight_sum")
 
 # step_on_host: the group bookkeeping advances on the host, so AMP's verdict is read there and
 # a skipped step changes nothing (the native calls are not made at all).
 SCHEDULE_FREE_ADAMW = Spec(
     op="schedule_free_adamw_",
     kernel="schedule_free_adamw",
-    hyper=(
-        ("lr", FLOAT),
-        ("beta1", FLOAT),
-        ("beta2", FLOAT),
-        ("eps", FLOAT),
-        ("weight_decay", FLOAT),
-        *_SCHEDULE_HYPER,
-    ),
+    hyper=("lr", "beta1", "beta2", "eps", "weight_decay", *_SCHEDULE_HYPER),
     state=(State("zs", "z"), State("exp_avg_sqs", "exp_avg_sq")),
     scalars=_adamw_scalars,
     step_on_host=True,
@@ -110,24 +98,24 @@ SCHEDULE_FREE_ADAMW = Spec(
 SCHEDULE_FREE_SGD = Spec(
     op="schedule_free_sgd_",
     kernel="schedule_free_sgd",
-    hyper=(("lr", FLOAT), ("momentum", FLOAT), ("weight_decay", FLOAT), *_SCHEDULE_HYPER),
+    hyper=("lr", "momentum", "weight_decay", *_SCHEDULE_HYPER),
     state=(State("zs", "z"),),
     scalars=_sgd_scalars,
     step_on_host=True,
 )
 
 
-def _step(spec: Spec, values: dict[str, Any], call: Call) -> ScheduleFreeGroup | None:
-    """Check, run ``spec`` and return the group's bookkeeping after the step."""
+def _step(spec: Spec, arguments: dict[str, Any]) -> ScheduleFreeGroup | None:
+    """Check, run ``spec`` on a step's arguments (its ``locals()``) and return the group's
+    bookkeeping after the step."""
     op = spec.op
     try:
-        k = operator.index(values["k"])
+        k = operator.index(arguments["k"])
     except TypeError:
-        raise TypeError(f"{op}: k must be an int (steps taken), got {values['k']!r}") from None
+        raise TypeError(f"{op}: k must be an int (steps taken), got {arguments['k']!r}") from None
     if k < 0:
         raise ValueError(f"{op}: k must be >= 0 (steps taken), got {k}")
-    values["k"] = k
-    h = _engine.check_hyper(spec, values, capturable=False)
+    h, call = _engine.checked(spec, {**arguments, "k": k})
     _engine.run(spec, call, h)
     if _steps.found_inf_is_set(call.found_inf):  # checked by run: AMP skipped the step
         return None
@@ -135,6 +123,7 @@ def _step(spec: Spec, values: dict[str, Any], call: Call) -> ScheduleFreeGroup |
     return ScheduleFreeGroup(k + 1, s.lr, s.lr_max, s.weight_sum)
 
 
+@_engine.with_options
 def schedule_free_adamw_(
     params: Sequence[Any],
     grads: Sequence[Any],
@@ -153,13 +142,7 @@ def schedule_free_adamw_(
     r: float = 0.0,
     weight_lr_power: float = 2.0,
     maximize: bool = False,
-    grad_scale: Any = None,
-    found_inf: Any = None,
-    clip_coef: Any = None,
-    master_params: Sequence[Any] | None = None,
-    kahan_comps: Sequence[Any] | None = None,
-    rounding: str = "nearest",
-    seed: int | None = None,
+    **options: Unpack[StepOptions],
 ) -> ScheduleFreeGroup | None:
     """One schedule-free AdamW step, in place (``schedulefree.AdamWScheduleFree``).
 
@@ -178,34 +161,10 @@ def schedule_free_adamw_(
     Unlike the reference, the gradients are not modified. AMP/clipping and low-precision
     arguments: see :mod:`gradfuse.functional._updates`.
     """
-    return _step(
-        SCHEDULE_FREE_ADAMW,
-        {
-            "lr": lr,
-            "beta1": beta1,
-            "beta2": beta2,
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "warmup_steps": warmup_steps,
-            "r": r,
-            "weight_lr_power": weight_lr_power,
-            "lr_max": lr_max,
-            "weight_sum": weight_sum,
-            "k": k,
-            "maximize": maximize,
-        },
-        Call(
-            {"params": params, "grads": grads, "zs": zs, "exp_avg_sqs": exp_avg_sqs},
-            {},
-            grad_scale,
-            found_inf,
-            clip_coef,
-            False,
-            LowPrecision(master_params, kahan_comps, rounding, seed),
-        ),
-    )
+    return _step(SCHEDULE_FREE_ADAMW, locals())
 
 
+@_engine.with_options
 def schedule_free_sgd_(
     params: Sequence[Any],
     grads: Sequence[Any],
@@ -221,43 +180,14 @@ def schedule_free_sgd_(
     r: float = 0.0,
     weight_lr_power: float = 2.0,
     maximize: bool = False,
-    grad_scale: Any = None,
-    found_inf: Any = None,
-    clip_coef: Any = None,
-    master_params: Sequence[Any] | None = None,
-    kahan_comps: Sequence[Any] | None = None,
-    rounding: str = "nearest",
-    seed: int | None = None,
+    **options: Unpack[StepOptions],
 ) -> ScheduleFreeGroup | None:
     """One schedule-free SGD step, in place (``schedulefree.SGDScheduleFree``).
 
     As :func:`schedule_free_adamw_` without the second moment (``gn = g + weight_decay * y``)
     and with ``momentum`` in place of ``beta1``.
     """
-    return _step(
-        SCHEDULE_FREE_SGD,
-        {
-            "lr": lr,
-            "momentum": momentum,
-            "weight_decay": weight_decay,
-            "warmup_steps": warmup_steps,
-            "r": r,
-            "weight_lr_power": weight_lr_power,
-            "lr_max": lr_max,
-            "weight_sum": weight_sum,
-            "k": k,
-            "maximize": maximize,
-        },
-        Call(
-            {"params": params, "grads": grads, "zs": zs},
-            {},
-            grad_scale,
-            found_inf,
-            clip_coef,
-            False,
-            LowPrecision(master_params, kahan_comps, rounding, seed),
-        ),
-    )
+    return _step(SCHEDULE_FREE_SGD, locals())
 
 
 # --- the train/eval switch ---------------------------------------------------------------------
@@ -268,13 +198,15 @@ def _switch(
     params: Sequence[Any],
     zs: Sequence[Any],
     weight: float,
-    lowprec: LowPrecision,
+    options: PrecisionOptions,
 ) -> None:
     """``p = lerp(p, z, weight)`` for every param, as one native pass per (device, dtype).
 
     The native rule's slots are those of a step (param, gradient, z): z in the state slots,
     so the param policies and a state dtype apply as they do to a step. Its gradient slot is
     neither read nor written; ``zs`` stand in for it (read-only, so no copy and no aliasing)."""
+    check_options(op, options, option_names(PrecisionOptions))
+    lowprec = _engine.lowprec_of(options)
     slots: list[tuple[str, Sequence[Any]]] = [("params", params), ("zs", zs), ("zs", zs)]
     buffers, depth = lowprec.prepare_buffers(op, slots, ("params",))
     core = _native.core()
@@ -300,35 +232,31 @@ def _beta(op: str, beta1: Any) -> float:
     return value
 
 
+@_engine.with_options
 def schedule_free_eval_(
     params: Sequence[Any],
     zs: Sequence[Any],
     *,
     beta1: float,
-    master_params: Sequence[Any] | None = None,
-    kahan_comps: Sequence[Any] | None = None,
-    rounding: str = "nearest",
-    seed: int | None = None,
+    **options: Unpack[PrecisionOptions],
 ) -> None:
     """Moves ``params`` from y to x in place: ``p = lerp(p, z, 1 - 1 / beta1)``, one fused pass
     (``optimizer.eval()`` of the reference; ``beta1`` is SGD's ``momentum`` for SGD)."""
     op = "schedule_free_eval_"
     b = _beta(op, beta1)
-    _switch(op, params, zs, 1 - 1 / b, LowPrecision(master_params, kahan_comps, rounding, seed))
+    _switch(op, params, zs, 1 - 1 / b, options)
 
 
+@_engine.with_options
 def schedule_free_train_(
     params: Sequence[Any],
     zs: Sequence[Any],
     *,
     beta1: float,
-    master_params: Sequence[Any] | None = None,
-    kahan_comps: Sequence[Any] | None = None,
-    rounding: str = "nearest",
-    seed: int | None = None,
+    **options: Unpack[PrecisionOptions],
 ) -> None:
     """Moves ``params`` from x to y in place: ``p = lerp(p, z, 1 - beta1)``, one fused pass
     (``optimizer.train()`` of the reference)."""
     op = "schedule_free_train_"
     b = _beta(op, beta1)
-    _switch(op, params, zs, 1 - b, LowPrecision(master_params, kahan_comps, rounding, seed))
+    _switch(op, params, zs, 1 - b, options)

@@ -24,22 +24,22 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import MutableSequence, Sequence
-from typing import Any
+from typing import Any, Unpack
 
 from gradfuse import _native
 from gradfuse._compile import traceable
 from gradfuse.functional import _engine
 from gradfuse.functional._engine import (
     DEVICE_NUMBER,
-    FLOAT,
     NUMBER_OR_TENSOR,
-    Call,
+    CapturableOptions,
     Hyper,
     Negated,
     Spec,
     State,
+    StepOptions,
+    written,
 )
-from gradfuse.functional._multi_tensor import LowPrecision
 
 _WD_MODE = _native.codes("weight_decay_mode")
 
@@ -64,13 +64,7 @@ _MOMENTS = (
 )
 # The Adam family's hyperparameters whose betas are numbers (Adamax, NAdam, RAdam); checked in
 # this order.
-_ADAM_FAMILY_HYPER = (
-    ("lr", NUMBER_OR_TENSOR),
-    ("beta1", FLOAT),
-    ("beta2", FLOAT),
-    ("eps", FLOAT),
-    ("weight_decay", FLOAT),
-)
+_ADAM_FAMILY_HYPER = (("lr", NUMBER_OR_TENSOR), "beta1", "beta2", "eps", "weight_decay")
 
 
 # --- SGD -------------------------------------------------------------------------------------
@@ -88,12 +82,7 @@ def _sgd_scalars(h: Hyper, xp: Any, step: Any, counters: dict[str, Any]) -> dict
 SGD = Spec(
     op="sgd_",
     kernel="sgd",
-    hyper=(
-        ("lr", DEVICE_NUMBER),
-        ("momentum", FLOAT),
-        ("dampening", FLOAT),
-        ("weight_decay", FLOAT),
-    ),
+    hyper=(("lr", DEVICE_NUMBER), "momentum", "dampening", "weight_decay"),
     state=(
         State(
             "momentum_buffers",
@@ -112,9 +101,9 @@ SGD = Spec(
 
 
 @traceable(
-    written=("master_params", "kahan_comps", "params", "momentum_buffers"),
-    creates={"momentum_buffers": lambda kw: kw.get("momentum", 0.0) != 0},
+    written=written(SGD), creates={"momentum_buffers": lambda kw: kw.get("momentum", 0.0) != 0}
 )
+@_engine.with_options
 def sgd_(
     params: Sequence[Any],
     grads: Sequence[Any],
@@ -126,14 +115,8 @@ def sgd_(
     weight_decay: float | Any = 0.0,
     nesterov: bool = False,
     maximize: bool = False,
-    grad_scale: Any = None,
-    found_inf: Any = None,
-    clip_coef: Any = None,
-    master_params: Sequence[Any] | None = None,
-    kahan_comps: Sequence[Any] | None = None,
-    rounding: str = "nearest",
-    seed: int | None = None,
     state_dtype: Any = None,
+    **options: Unpack[StepOptions],
 ) -> None:
     """One SGD step, in place, for every ``params[i]`` with gradient ``grads[i]``.
 
@@ -150,32 +133,7 @@ def sgd_(
     a CUDA ``lr`` costs no device synchronisation (as torch's fused SGD), so an LR scheduler
     can change it in place between replays of a captured CUDA graph.
     """
-    h = _engine.check_hyper(
-        SGD,
-        {
-            "lr": lr,
-            "momentum": momentum,
-            "dampening": dampening,
-            "weight_decay": weight_decay,
-            "nesterov": nesterov,
-            "maximize": maximize,
-        },
-        capturable=False,
-    )
-    _engine.run(
-        SGD,
-        Call(
-            {"params": params, "grads": grads, "momentum_buffers": momentum_buffers},
-            {},
-            grad_scale,
-            found_inf,
-            clip_coef,
-            False,
-            LowPrecision(master_params, kahan_comps, rounding, seed),
-            state_dtype=state_dtype,
-        ),
-        h,
-    )
+    _engine.update(SGD, locals())
 
 
 # --- Adam / AdamW ----------------------------------------------------------------------------
@@ -208,8 +166,8 @@ ADAM = Spec(
         ("lr", NUMBER_OR_TENSOR),
         ("beta1", NUMBER_OR_TENSOR),
         ("beta2", NUMBER_OR_TENSOR),
-        ("eps", FLOAT),
-        ("weight_decay", FLOAT),
+        "eps",
+        "weight_decay",
     ),
     state=(
         *_MOMENTS,
@@ -232,17 +190,8 @@ ADAM = Spec(
 ADAMW = dataclasses.replace(ADAM, op="adamw_")
 
 
-@traceable(
-    written=(
-        "master_params",
-        "kahan_comps",
-        "params",
-        "exp_avgs",
-        "exp_avg_sqs",
-        "max_exp_avg_sqs",
-        "state_steps",
-    )
-)
+@traceable(written=written(ADAM))
+@_engine.with_options
 def adam_(
     params: Sequence[Any],
     grads: Sequence[Any],
@@ -259,14 +208,7 @@ def adam_(
     amsgrad: bool = False,
     maximize: bool = False,
     decoupled_weight_decay: bool = False,
-    grad_scale: Any = None,
-    found_inf: Any = None,
-    clip_coef: Any = None,
-    capturable: bool = False,
-    master_params: Sequence[Any] | None = None,
-    kahan_comps: Sequence[Any] | None = None,
-    rounding: str = "nearest",
-    seed: int | None = None,
+    **options: Unpack[CapturableOptions],
 ) -> None:
     """One Adam step (AdamW with ``decoupled_weight_decay=True``), in place.
 
@@ -282,53 +224,11 @@ def adam_(
     step), and ``found_inf`` is read by the kernel. ``beta1`` / ``beta2`` must then be Python
     numbers. Works on CPU tensors too (same results as ``capturable=False``).
     """
-    spec = ADAMW if decoupled_weight_decay else ADAM
-    h = _engine.check_hyper(
-        spec,
-        {
-            "lr": lr,
-            "beta1": beta1,
-            "beta2": beta2,
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "amsgrad": amsgrad,
-            "maximize": maximize,
-            "decoupled_weight_decay": decoupled_weight_decay,
-        },
-        capturable,
-    )
-    _engine.run(
-        spec,
-        Call(
-            {
-                "params": params,
-                "grads": grads,
-                "exp_avgs": exp_avgs,
-                "exp_avg_sqs": exp_avg_sqs,
-                "max_exp_avg_sqs": max_exp_avg_sqs,
-            },
-            {"state_steps": state_steps},
-            grad_scale,
-            found_inf,
-            clip_coef,
-            capturable,
-            LowPrecision(master_params, kahan_comps, rounding, seed),
-        ),
-        h,
-    )
+    _engine.update(ADAMW if decoupled_weight_decay else ADAM, locals())
 
 
-@traceable(
-    written=(
-        "master_params",
-        "kahan_comps",
-        "params",
-        "exp_avgs",
-        "exp_avg_sqs",
-        "max_exp_avg_sqs",
-        "state_steps",
-    )
-)
+@traceable(written=written(ADAMW))
+@_engine.with_options
 def adamw_(
     params: Sequence[Any],
     grads: Sequence[Any],
@@ -344,54 +244,10 @@ def adamw_(
     weight_decay: float = 1e-2,
     amsgrad: bool = False,
     maximize: bool = False,
-    grad_scale: Any = None,
-    found_inf: Any = None,
-    clip_coef: Any = None,
-    capturable: bool = False,
-    master_params: Sequence[Any] | None = None,
-    kahan_comps: Sequence[Any] | None = None,
-    rounding: str = "nearest",
-    seed: int | None = None,
+    **options: Unpack[CapturableOptions],
 ) -> None:
     """One AdamW step in place: :func:`adam_` with decoupled weight decay (torch.optim.AdamW)."""
-    adam_(
-        params,
-        grads,
-        exp_avgs,
-        exp_avg_sqs,
-        max_exp_avg_sqs,
-        state_steps=state_steps,
-        lr=lr,
-        beta1=beta1,
-        beta2=beta2,
-        eps=eps,
-        weight_decay=weight_decay,
-        amsgrad=amsgrad,
-        maximize=maximize,
-        decoupled_weight_decay=True,
-        grad_scale=grad_scale,
-        found_inf=found_inf,
-        clip_coef=clip_coef,
-        capturable=capturable,
-        master_params=master_params,
-        kahan_comps=kahan_comps,
-        rounding=rounding,
-        seed=seed,
-    )
-
-
-def _adam_family(
-    spec: Spec,
-    lists: dict[str, Any],
-    counters: dict[str, Any],
-    hyper: dict[str, Any],
-    amp: tuple[Any, Any, Any],
-    capturable: bool,
-    lowprec: tuple[Any, Any, str, int | None],
-) -> None:
-    """Adamax, NAdam and RAdam: check the hyperparameters, then run ``spec``."""
-    h = _engine.check_hyper(spec, hyper, capturable)
-    _engine.run(spec, Call(lists, counters, *amp, capturable, LowPrecision(*lowprec)), h)
+    _engine.update(ADAMW, {**locals(), "decoupled_weight_decay": True})
 
 
 # --- Adamax ----------------------------------------------------------------------------------
@@ -423,9 +279,8 @@ ADAMAX = Spec(
 )
 
 
-@traceable(
-    written=("master_params", "kahan_comps", "params", "exp_avgs", "exp_infs", "state_steps")
-)
+@traceable(written=written(ADAMAX))
+@_engine.with_options
 def adamax_(
     params: Sequence[Any],
     grads: Sequence[Any],
@@ -439,36 +294,14 @@ def adamax_(
     eps: float = 1e-8,
     weight_decay: float = 0.0,
     maximize: bool = False,
-    grad_scale: Any = None,
-    found_inf: Any = None,
-    clip_coef: Any = None,
-    capturable: bool = False,
-    master_params: Sequence[Any] | None = None,
-    kahan_comps: Sequence[Any] | None = None,
-    rounding: str = "nearest",
-    seed: int | None = None,
+    **options: Unpack[CapturableOptions],
 ) -> None:
     """One Adamax step in place (torch.optim.Adamax, for-loop implementation).
 
     ``exp_infs`` is the exponentially weighted infinity norm; see :func:`adam_` for
     ``state_steps`` and ``capturable``.
     """
-    _adam_family(
-        ADAMAX,
-        {"params": params, "grads": grads, "exp_avgs": exp_avgs, "exp_infs": exp_infs},
-        {"state_steps": state_steps},
-        {
-            "lr": lr,
-            "beta1": beta1,
-            "beta2": beta2,
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "maximize": maximize,
-        },
-        (grad_scale, found_inf, clip_coef),
-        capturable,
-        (master_params, kahan_comps, rounding, seed),
-    )
+    _engine.update(ADAMAX, locals())
 
 
 # --- NAdam -----------------------------------------------------------------------------------
@@ -504,7 +337,7 @@ def _nadam_scalars(h: Hyper, xp: Any, step: Any, counters: dict[str, Any]) -> di
 NADAM = Spec(
     op="nadam_",
     kernel="nadam",
-    hyper=(*_ADAM_FAMILY_HYPER, ("momentum_decay", FLOAT)),
+    hyper=(*_ADAM_FAMILY_HYPER, "momentum_decay"),
     state=_MOMENTS,
     scalars=_nadam_scalars,
     modes=_adam_modes,
@@ -517,17 +350,8 @@ NADAM = Spec(
 )
 
 
-@traceable(
-    written=(
-        "master_params",
-        "kahan_comps",
-        "params",
-        "exp_avgs",
-        "exp_avg_sqs",
-        "mu_products",
-        "state_steps",
-    )
-)
+@traceable(written=written(NADAM))
+@_engine.with_options
 def nadam_(
     params: Sequence[Any],
     grads: Sequence[Any],
@@ -544,14 +368,7 @@ def nadam_(
     momentum_decay: float = 4e-3,
     decoupled_weight_decay: bool = False,
     maximize: bool = False,
-    grad_scale: Any = None,
-    found_inf: Any = None,
-    clip_coef: Any = None,
-    capturable: bool = False,
-    master_params: Sequence[Any] | None = None,
-    kahan_comps: Sequence[Any] | None = None,
-    rounding: str = "nearest",
-    seed: int | None = None,
+    **options: Unpack[CapturableOptions],
 ) -> None:
     """One NAdam step in place (torch.optim.NAdam, for-loop implementation).
 
@@ -560,24 +377,7 @@ def nadam_(
     incremented; see :func:`adam_` for ``capturable`` (which needs ``mu_products`` as tensors
     on the params' devices too).
     """
-    _adam_family(
-        NADAM,
-        {"params": params, "grads": grads, "exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs},
-        {"state_steps": state_steps, "mu_products": mu_products},
-        {
-            "lr": lr,
-            "beta1": beta1,
-            "beta2": beta2,
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "momentum_decay": momentum_decay,
-            "decoupled_weight_decay": decoupled_weight_decay,
-            "maximize": maximize,
-        },
-        (grad_scale, found_inf, clip_coef),
-        capturable,
-        (master_params, kahan_comps, rounding, seed),
-    )
+    _engine.update(NADAM, locals())
 
 
 # --- RAdam -----------------------------------------------------------------------------------
@@ -630,9 +430,8 @@ RADAM = Spec(
 )
 
 
-@traceable(
-    written=("master_params", "kahan_comps", "params", "exp_avgs", "exp_avg_sqs", "state_steps")
-)
+@traceable(written=written(RADAM))
+@_engine.with_options
 def radam_(
     params: Sequence[Any],
     grads: Sequence[Any],
@@ -647,14 +446,7 @@ def radam_(
     weight_decay: float = 0.0,
     decoupled_weight_decay: bool = False,
     maximize: bool = False,
-    grad_scale: Any = None,
-    found_inf: Any = None,
-    clip_coef: Any = None,
-    capturable: bool = False,
-    master_params: Sequence[Any] | None = None,
-    kahan_comps: Sequence[Any] | None = None,
-    rounding: str = "nearest",
-    seed: int | None = None,
+    **options: Unpack[CapturableOptions],
 ) -> None:
     """One RAdam step in place (torch.optim.RAdam, for-loop implementation).
 
@@ -662,23 +454,7 @@ def radam_(
     :func:`adam_` for ``state_steps`` and ``capturable`` (with which the rho_t > 5 decision is
     made per tensor on the device too).
     """
-    _adam_family(
-        RADAM,
-        {"params": params, "grads": grads, "exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs},
-        {"state_steps": state_steps},
-        {
-            "lr": lr,
-            "beta1": beta1,
-            "beta2": beta2,
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "decoupled_weight_decay": decoupled_weight_decay,
-            "maximize": maximize,
-        },
-        (grad_scale, found_inf, clip_coef),
-        capturable,
-        (master_params, kahan_comps, rounding, seed),
-    )
+    _engine.update(RADAM, locals())
 
 
 # --- Adagrad ---------------------------------------------------------------------------------
@@ -695,7 +471,7 @@ def _adagrad_scalars(h: Hyper, xp: Any, step: Any, counters: dict[str, Any]) -> 
 ADAGRAD = Spec(
     op="adagrad_",
     kernel="adagrad",
-    hyper=(("lr", FLOAT), ("lr_decay", FLOAT), ("weight_decay", FLOAT), ("eps", FLOAT)),
+    hyper=("lr", "lr_decay", "weight_decay", "eps"),
     state=(State("state_sums", "sum"),),
     scalars=_adagrad_scalars,
     counters=("state_steps",),
@@ -703,7 +479,8 @@ ADAGRAD = Spec(
 )
 
 
-@traceable(written=("master_params", "kahan_comps", "params", "state_sums", "state_steps"))
+@traceable(written=written(ADAGRAD))
+@_engine.with_options
 def adagrad_(
     params: Sequence[Any],
     grads: Sequence[Any],
@@ -715,13 +492,7 @@ def adagrad_(
     weight_decay: float = 0.0,
     eps: float = 1e-10,
     maximize: bool = False,
-    grad_scale: Any = None,
-    found_inf: Any = None,
-    clip_coef: Any = None,
-    master_params: Sequence[Any] | None = None,
-    kahan_comps: Sequence[Any] | None = None,
-    rounding: str = "nearest",
-    seed: int | None = None,
+    **options: Unpack[StepOptions],
 ) -> None:
     """One Adagrad step, in place, following ``torch.optim.Adagrad`` (foreach=False).
 
@@ -731,30 +502,7 @@ def adagrad_(
     The decayed rate ``lr / (1 + (step - 1) * lr_decay)`` is computed per step value on the
     host in double.
     """
-    h = _engine.check_hyper(
-        ADAGRAD,
-        {
-            "lr": lr,
-            "lr_decay": lr_decay,
-            "weight_decay": weight_decay,
-            "eps": eps,
-            "maximize": maximize,
-        },
-        capturable=False,
-    )
-    _engine.run(
-        ADAGRAD,
-        Call(
-            {"params": params, "grads": grads, "state_sums": state_sums},
-            {"state_steps": state_steps},
-            grad_scale,
-            found_inf,
-            clip_coef,
-            False,
-            LowPrecision(master_params, kahan_comps, rounding, seed),
-        ),
-        h,
-    )
+    _engine.update(ADAGRAD, locals())
 
 
 # --- RMSprop ---------------------------------------------------------------------------------
@@ -773,13 +521,7 @@ def _rmsprop_scalars(h: Hyper, xp: Any, step: Any, counters: dict[str, Any]) -> 
 RMSPROP = Spec(
     op="rmsprop_",
     kernel="rmsprop",
-    hyper=(
-        ("lr", FLOAT),
-        ("alpha", FLOAT),
-        ("eps", FLOAT),
-        ("weight_decay", FLOAT),
-        ("momentum", FLOAT),
-    ),
+    hyper=("lr", "alpha", "eps", "weight_decay", "momentum"),
     state=(
         State("square_avgs", "square_avg"),
         State(
@@ -804,17 +546,8 @@ RMSPROP = Spec(
 )
 
 
-@traceable(
-    written=(
-        "master_params",
-        "kahan_comps",
-        "params",
-        "square_avgs",
-        "grad_avgs",
-        "momentum_buffer_list",
-        "state_steps",
-    )
-)
+@traceable(written=written(RMSPROP))
+@_engine.with_options
 def rmsprop_(
     params: Sequence[Any],
     grads: Sequence[Any],
@@ -830,14 +563,7 @@ def rmsprop_(
     momentum: float = 0.0,
     centered: bool = False,
     maximize: bool = False,
-    grad_scale: Any = None,
-    found_inf: Any = None,
-    clip_coef: Any = None,
-    capturable: bool = False,
-    master_params: Sequence[Any] | None = None,
-    kahan_comps: Sequence[Any] | None = None,
-    rounding: str = "nearest",
-    seed: int | None = None,
+    **options: Unpack[CapturableOptions],
 ) -> None:
     """One RMSprop step, in place, following ``torch.optim.RMSprop`` (foreach=False).
 
@@ -848,38 +574,7 @@ def rmsprop_(
     ``capturable=True`` (CUDA graphs): no host reads; a tensor ``lr`` is read by the kernel
     on the device, ``state_steps`` (tensors on the params' devices) are advanced there.
     """
-    h = _engine.check_hyper(
-        RMSPROP,
-        {
-            "lr": lr,
-            "alpha": alpha,
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "momentum": momentum,
-            "centered": centered,
-            "maximize": maximize,
-        },
-        capturable,
-    )
-    _engine.run(
-        RMSPROP,
-        Call(
-            {
-                "params": params,
-                "grads": grads,
-                "square_avgs": square_avgs,
-                "grad_avgs": grad_avgs,
-                "momentum_buffer_list": momentum_buffer_list,
-            },
-            {"state_steps": state_steps},
-            grad_scale,
-            found_inf,
-            clip_coef,
-            capturable,
-            LowPrecision(master_params, kahan_comps, rounding, seed),
-        ),
-        h,
-    )
+    _engine.update(RMSPROP, locals())
 
 
 # --- Lion ------------------------------------------------------------------------------------
@@ -892,13 +587,14 @@ def _lion_scalars(h: Hyper, xp: Any, step: Any, counters: dict[str, Any]) -> dic
 LION = Spec(
     op="lion_",
     kernel="lion",
-    hyper=(("lr", FLOAT), ("beta1", FLOAT), ("beta2", FLOAT), ("weight_decay", FLOAT)),
+    hyper=("lr", "beta1", "beta2", "weight_decay"),
     state=(State("exp_avgs", "exp_avg"),),
     scalars=_lion_scalars,
 )
 
 
-@traceable(written=("master_params", "kahan_comps", "params", "exp_avgs"))
+@traceable(written=written(LION))
+@_engine.with_options
 def lion_(
     params: Sequence[Any],
     grads: Sequence[Any],
@@ -909,13 +605,7 @@ def lion_(
     beta2: float = 0.99,
     weight_decay: float = 0.0,
     maximize: bool = False,
-    grad_scale: Any = None,
-    found_inf: Any = None,
-    clip_coef: Any = None,
-    master_params: Sequence[Any] | None = None,
-    kahan_comps: Sequence[Any] | None = None,
-    rounding: str = "nearest",
-    seed: int | None = None,
+    **options: Unpack[StepOptions],
 ) -> None:
     """One Lion step (Chen et al. 2023), in place, for every ``params[i]``.
 
@@ -923,27 +613,4 @@ def lion_(
     ``m = beta2 * m + (1 - beta2) * g``, with ``m = exp_avgs[i]`` (zeros before the first step)
     and ``sign(0) = 0``.
     """
-    h = _engine.check_hyper(
-        LION,
-        {
-            "lr": lr,
-            "beta1": beta1,
-            "beta2": beta2,
-            "weight_decay": weight_decay,
-            "maximize": maximize,
-        },
-        capturable=False,
-    )
-    _engine.run(
-        LION,
-        Call(
-            {"params": params, "grads": grads, "exp_avgs": exp_avgs},
-            {},
-            grad_scale,
-            found_inf,
-            clip_coef,
-            False,
-            LowPrecision(master_params, kahan_comps, rounding, seed),
-        ),
-        h,
-    )
+    _engine.update(LION, locals())

@@ -86,58 +86,52 @@ def _take_grad(ctx: Any, recompute: Any) -> Tensor:
     return recompute()  # type: ignore[no-any-return]
 
 
-class _CrossEntropyFunction(torch.autograd.Function):
+class _SoftmaxLossFunction(torch.autograd.Function):
+    """cross_entropy and nll_loss: forward, the loss and its input gradient from one native call
+    (``_WITH_GRAD[name]``, ``args`` its arguments after the weight); backward, a scaling of that
+    gradient (recomputed if it was not kept) and, for probability targets, their gradient."""
+
     @staticmethod
     def forward(
         ctx: Any,
         input: Tensor,
         target: Tensor,
         weight: Tensor | None,
-        ignore_index: int,
-        reduction: str,
-        label_smoothing: float,
+        name: str,
+        args: tuple[Any, ...],
     ) -> Tensor:
-        need_grad = bool(ctx.needs_input_grad[0])
-        loss, grad = cross_entropy_with_grad(
-            input,
-            target,
-            weight,
-            ignore_index,
-            reduction,
-            label_smoothing,
-            compute_grad=need_grad,
+        loss, grad = _WITH_GRAD[name](
+            input, target, weight, *args, compute_grad=bool(ctx.needs_input_grad[0])
         )
         ctx.grad = grad
-        ctx.reduction = reduction
+        ctx.name = name
+        ctx.reduction = args[1]
         ctx.class_dim = _class_dim(input)
-        ctx.args = (ignore_index, reduction, label_smoothing)
-        ctx.prob_target = target.shape == input.shape
+        ctx.args = args
         ctx.save_for_backward(input, target, weight)
         return loss  # type: ignore[no-any-return]
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
-        _refuse_double_backward("cross_entropy")
+        name = ctx.name
+        _refuse_double_backward(name)
         input, target, weight = ctx.saved_tensors
         if ctx.needs_input_grad[2]:
             raise RuntimeError(
-                "gradfuse.nn.functional.cross_entropy: the derivative for 'weight' is not "
-                "implemented (use torch.nn.functional.cross_entropy for it)"
+                f"gradfuse.nn.functional.{name}: the derivative for 'weight' is not "
+                f"implemented (use torch.nn.functional.{name} for it)"
             )
-        ignore_index, reduction, label_smoothing = ctx.args
         grad_input = None
         if ctx.needs_input_grad[0]:
-            grad = _take_grad(
-                ctx,
-                lambda: cross_entropy_with_grad(
-                    input, target, weight, ignore_index, reduction, label_smoothing
-                )[1],
-            )
+            grad = _take_grad(ctx, lambda: _WITH_GRAD[name](input, target, weight, *ctx.args)[1])
             grad_input = _scale_grad(ctx, grad, grad_output)
         grad_target = None
-        if ctx.needs_input_grad[1]:
+        if ctx.needs_input_grad[1]:  # cross_entropy's probability targets
             grad_target = _prob_target_grad(ctx, input, target, weight, grad_output)
-        return grad_input, grad_target, None, None, None, None
+        return grad_input, grad_target, None, None, None
+
+
+_WITH_GRAD = {"cross_entropy": cross_entropy_with_grad, "nll_loss": nll_loss_with_grad}
 
 
 def _prob_target_grad(
@@ -161,50 +155,6 @@ def _prob_target_grad(
         g = g * grad_output
     out: Tensor = g.to(target.dtype)
     return out
-
-
-class _NllLossFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(
-        ctx: Any,
-        input: Tensor,
-        target: Tensor,
-        weight: Tensor | None,
-        ignore_index: int,
-        reduction: str,
-    ) -> Tensor:
-        loss, grad = nll_loss_with_grad(
-            input,
-            target,
-            weight,
-            ignore_index,
-            reduction,
-            compute_grad=bool(ctx.needs_input_grad[0]),
-        )
-        ctx.grad = grad
-        ctx.reduction = reduction
-        ctx.class_dim = _class_dim(input)
-        ctx.args = (ignore_index, reduction)
-        ctx.save_for_backward(input, target, weight)
-        return loss  # type: ignore[no-any-return]
-
-    @staticmethod
-    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
-        _refuse_double_backward("nll_loss")
-        input, target, weight = ctx.saved_tensors
-        if ctx.needs_input_grad[2]:
-            raise RuntimeError(
-                "gradfuse.nn.functional.nll_loss: the derivative for 'weight' is not "
-                "implemented (use torch.nn.functional.nll_loss for it)"
-            )
-        ignore_index, reduction = ctx.args
-        grad_input = None
-        if ctx.needs_input_grad[0]:
-            grad = _take_grad(
-                ctx, lambda: nll_loss_with_grad(input, target, weight, ignore_index, reduction)[1]
-            )
-            grad_input = _scale_grad(ctx, grad, grad_output)
-        return grad_input, None, None, None, None
 
 
 def _legacy_reduction(size_average: bool | None, reduce: bool | None, reduction: str) -> str:
@@ -248,11 +198,21 @@ def cross_entropy(
     ):
         # Evaluation: the loss alone, one read of the logits, no gradient buffer.
         loss: Tensor = cross_entropy_with_grad(
-            input, target, weight, ignore_index, reduction, label_smoothing, compute_grad=False
+            input,
+            target,
+            weight,
+            ignore_index,
+            reduction,
+            label_smoothing,
+            compute_grad=False,
         )[0]
         return loss
-    out: Tensor = _CrossEntropyFunction.apply(  # type: ignore[no-untyped-call]
-        input, target, weight, ignore_index, reduction, label_smoothing
+    out: Tensor = _SoftmaxLossFunction.apply(  # type: ignore[no-untyped-call]
+        input,
+        target,
+        weight,
+        "cross_entropy",
+        (ignore_index, reduction, label_smoothing),
     )
     return out
 
@@ -280,8 +240,8 @@ def nll_loss(
             input, target, weight, ignore_index, reduction, compute_grad=False
         )[0]
         return loss
-    out: Tensor = _NllLossFunction.apply(  # type: ignore[no-untyped-call]
-        input, target, weight, ignore_index, reduction
+    out: Tensor = _SoftmaxLossFunction.apply(  # type: ignore[no-untyped-call]
+        input, target, weight, "nll_loss", (ignore_index, reduction)
     )
     return out
 

@@ -18,13 +18,15 @@ so the class only maps torch's param groups and state onto it:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
-from typing import Any, ClassVar, overload
+from typing import Any, ClassVar, Generic, NamedTuple, TypedDict, TypeVar, overload
 
 import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT
 
+from gradfuse._options import show_options
 from gradfuse.functional._engine import Spec
 from gradfuse.optim._precision import PrecisionPolicy
 from gradfuse.optim._torch_compat import (
@@ -37,8 +39,49 @@ from gradfuse.optim._torch_compat import (
     upgrade_scalar_state,
 )
 
+T = TypeVar("T")
+
 # The state key of each counter list of the functional layer, and its value before step 1.
 _COUNTERS = {"state_steps": ("step", 0.0), "mu_products": ("mu_product", 1.0)}
+
+
+class _PolicyOption(Generic[T]):
+    """A read-only attribute of the optimizer that is its precision policy's option."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, optimizer: FusedOptimizer | None, owner: type) -> T:
+        if optimizer is None:  # on the class: the descriptor itself, as a property is
+            return self  # type: ignore[return-value]
+        value: T = getattr(optimizer._precision, self.name)
+        return value
+
+
+class Gathered(NamedTuple):
+    """A group's params that have a gradient, their gradients, and the functional's state
+    lists and counters for them by functional name (:meth:`FusedOptimizer._gather`)."""
+
+    params: list[Tensor]
+    grads: list[Tensor]
+    lists: dict[str, Any]
+
+
+def group_values(group: dict[str, Any], *names: str) -> dict[str, Any]:
+    """The param group's values of ``names``, as keyword arguments of a functional."""
+    return {name: group[name] for name in names}
+
+
+class OptimizerOptions(TypedDict, total=False):
+    """gradfuse's keyword-only extensions of an optimizer (the defaults, off, and what they do:
+    :meth:`FusedOptimizer.__init__`). A subclass takes them as
+    ``**options: Unpack[OptimizerOptions]`` after torch's arguments."""
+
+    max_grad_norm: float | None
+    master_weights: bool
+    state_dtype: torch.dtype | None
+    rounding: str
+    kahan: bool
 
 
 class FusedOptimizer(Optimizer):
@@ -61,19 +104,44 @@ class FusedOptimizer(Optimizer):
     max_grad_norm: float | None
     _precision: PrecisionPolicy
 
+    # The keys of torch's __setstate__ defaults (group keys older checkpoints may lack) whose
+    # value is the constructor's default; __init_subclass__ fills _setstate_defaults from them.
+    _setstate_keys: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        init = vars(cls).get("__init__")
+        if init is None:
+            return
+        params = inspect.signature(init).parameters
+        if "options" in params:  # torch's signature, then the extensions as keyword-only
+            show_options(init, _EXTENSIONS)
+        if "_setstate_keys" in vars(cls):
+            own = vars(cls).get("_setstate_defaults", {})
+            cls._setstate_defaults = {
+                **{k: params[k].default for k in cls._setstate_keys if k in params},
+                **own,
+            }
+
     def __init__(
         self,
         params: ParamsT,
         defaults: dict[str, Any],
-        max_grad_norm: float | None,
-        master_weights: bool,
-        state_dtype: Any,
-        rounding: str,
-        kahan: bool,
+        *,
+        max_grad_norm: float | None = None,
+        master_weights: bool = False,
+        state_dtype: torch.dtype | None = None,
+        rounding: str = "nearest",
+        kahan: bool = False,
     ) -> None:
-        """torch's ``Optimizer.__init__`` with ``defaults``, then the gradfuse extensions (all
-        keyword-only and off by default in the subclasses): ``max_grad_norm`` (see
-        :meth:`_clip_coef`) and the precision policies (:mod:`gradfuse.optim._precision`)."""
+        """torch's ``Optimizer.__init__`` with ``defaults``, then the gradfuse extensions
+        (:class:`OptimizerOptions`, keyword-only and off by default):
+
+        - ``max_grad_norm``: clip the gradients to this global 2-norm inside the update (see
+          :meth:`_clip_coef`); None: no clipping;
+        - ``master_weights``, ``state_dtype``, ``rounding``, ``kahan``: the precision policies
+          (:mod:`gradfuse.optim._precision`).
+        """
         super().__init__(params, defaults)
         name = type(self).__name__
         self._precision = PrecisionPolicy.create(name, master_weights, state_dtype, rounding, kahan)
@@ -91,21 +159,10 @@ class FusedOptimizer(Optimizer):
         refuse_differentiable(name, differentiable)
 
     # The precision options, read-only (set them in the constructor).
-    @property
-    def master_weights(self) -> bool:
-        return self._precision.master_weights
-
-    @property
-    def state_dtype(self) -> Any:
-        return self._precision.state_dtype
-
-    @property
-    def rounding(self) -> str:
-        return self._precision.rounding
-
-    @property
-    def kahan(self) -> bool:
-        return self._precision.kahan
+    master_weights = _PolicyOption[bool]()
+    state_dtype = _PolicyOption[Any]()
+    rounding = _PolicyOption[str]()
+    kahan = _PolicyOption[bool]()
 
     # --- state -------------------------------------------------------------------------------
 
@@ -129,9 +186,9 @@ class FusedOptimizer(Optimizer):
             if st.name != spec.creates and (st.when is None or st.when(group)):
                 state[st.key] = self._state_zeros(p)
 
-    def _gather(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor], dict[str, Any]]:
-        """The params of ``group`` that have a gradient, their gradients, and the functional's
-        state lists and counters for them, by functional name (state created where missing)."""
+    def _gather(self, group: dict[str, Any]) -> Gathered:
+        """The params of ``group`` that have a gradient, their gradients, and the functional's state
+        lists and counters for them, by functional name (state created where missing)."""
         spec = self._spec
         lists = [st for st in spec.state if st.when is None or st.when(group)]
         counters = [(name, _COUNTERS[name][0]) for name in spec.counters]
@@ -162,12 +219,12 @@ class FusedOptimizer(Optimizer):
                 out[st.name].append(state.get(st.key))
             for name, key in counters:
                 out[name].append(state[key])
-        return params, grads, out
+        return Gathered(params, grads, out)
 
     def _options(self, group: dict[str, Any]) -> dict[str, Any]:
         """The functional's hyperparameter and flag keyword arguments from a param group."""
         kwargs: dict[str, Any] = {}
-        for name, _ in self._spec.hyper:
+        for name, _ in self._spec.hyper_kinds():
             if name in ("beta1", "beta2"):
                 kwargs[name] = group["betas"][name == "beta2"]
             else:
@@ -180,9 +237,10 @@ class FusedOptimizer(Optimizer):
 
     def _update(self, group: dict[str, Any], amp: dict[str, Any]) -> None:
         """One functional call for the group's params that have a gradient."""
-        params, grads, lists = self._gather(group)
+        gathered = self._gather(group)
+        params, grads, lists = gathered
         if any(g.is_sparse for g in grads):
-            self._sparse_step(group, amp, params, grads, lists)
+            self._sparse_step(group, amp, gathered)
             return
         spec = self._spec
         options = self._options(group)
@@ -213,14 +271,7 @@ class FusedOptimizer(Optimizer):
                 if buf is not None and key not in state[p]:
                     state[p][key] = buf  # created by this step (None: an AMP-skipped step)
 
-    def _sparse_step(
-        self,
-        group: dict[str, Any],
-        amp: dict[str, Any],
-        params: list[Tensor],
-        grads: list[Tensor],
-        lists: dict[str, Any],
-    ) -> None:
+    def _sparse_step(self, group: dict[str, Any], amp: dict[str, Any], gathered: Gathered) -> None:
         raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
 
     def _clip_coef(self, grad_scale: Tensor | None = None) -> Tensor | None:
@@ -301,6 +352,14 @@ class FusedOptimizer(Optimizer):
             upgrade_scalar_state(
                 self, _COUNTERS[name][0], self._counters_on_device, fused_key="fused"
             )
+
+
+# The extensions' defaults, as inspect shows them in a subclass's signature.
+_EXTENSIONS = {
+    p.name: p.default
+    for p in inspect.signature(FusedOptimizer.__init__).parameters.values()
+    if p.kind is inspect.Parameter.KEYWORD_ONLY
+}
 
 
 def _and_last(names: tuple[str, ...]) -> str:

@@ -9,6 +9,14 @@ from typing import Any
 from torch import Tensor
 
 
+def torch_defaults(arguments: dict[str, Any], *, but: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A param group's ``defaults`` as torch builds them: the constructor's arguments (its
+    ``locals()``, taken before it binds a name of its own) but ``params``, the gradfuse
+    ``options`` (handed to :class:`~gradfuse.optim.FusedOptimizer` on their own) and ``but``."""
+    skip = ("self", "params", "options", "__class__", *but)
+    return {name: value for name, value in arguments.items() if name not in skip}
+
+
 def refuse_differentiable(name: str, differentiable: bool) -> None:
     if differentiable:
         raise NotImplementedError(

@@ -9,8 +9,8 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from gradfuse.functional._reducing import ADAFACTOR, adafactor_
-from gradfuse.optim._optimizer import FusedOptimizer
-from gradfuse.optim._torch_compat import scalar_state
+from gradfuse.optim._optimizer import FusedOptimizer, group_values
+from gradfuse.optim._torch_compat import scalar_state, torch_defaults
 
 
 class Adafactor(FusedOptimizer):
@@ -70,16 +70,8 @@ class Adafactor(FusedOptimizer):
             raise ValueError(f"Clipping threshold d should be >= 1 but is: {d}")
         if not weight_decay >= 0.0:
             raise ValueError(f"weight_decay should be >= 0 but is: {weight_decay}")
-        defaults = {
-            "lr": lr,
-            "beta2_decay": beta2_decay,
-            "eps": eps,
-            "d": d,
-            "weight_decay": weight_decay,
-            "foreach": foreach,
-            "maximize": maximize,
-        }
-        super().__init__(params, defaults, max_grad_norm, False, None, "nearest", False)
+        defaults = torch_defaults(locals(), but=("max_grad_norm",))
+        super().__init__(params, defaults, max_grad_norm=max_grad_norm)
 
     def _init_state(self, p: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
         """torch's first-step state: ``step``, then row/col factors or the full variance."""
@@ -109,10 +101,7 @@ class Adafactor(FusedOptimizer):
             lists["col_vars"],
             lists["variances"],
             lists["state_steps"],
-            d=group["d"],
-            lr=group["lr"],
-            beta2_decay=group["beta2_decay"],
-            weight_decay=group["weight_decay"],
+            **group_values(group, "d", "lr", "beta2_decay", "weight_decay"),
             eps1=eps1,
             eps2=eps2,
             maximize=bool(group["maximize"]),

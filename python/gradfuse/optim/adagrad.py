@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, Unpack
 
-import torch
 from torch import Tensor
 from torch.optim.adagrad import adagrad as torch_adagrad
 from torch.optim.optimizer import ParamsT
 
 from gradfuse.functional._updates import ADAGRAD, adagrad_
-from gradfuse.optim._optimizer import FusedOptimizer
-from gradfuse.optim._torch_compat import check_nonnegative, scalar_state
+from gradfuse.optim._optimizer import FusedOptimizer, Gathered, OptimizerOptions, group_values
+from gradfuse.optim._torch_compat import check_nonnegative, scalar_state, torch_defaults
 
 
 class Adagrad(FusedOptimizer):
@@ -32,12 +31,7 @@ class Adagrad(FusedOptimizer):
 
     _update_fn = staticmethod(adagrad_)
     _spec = ADAGRAD
-    _setstate_defaults: ClassVar[dict[str, Any]] = {
-        "foreach": None,
-        "maximize": False,
-        "differentiable": False,
-        "fused": None,
-    }
+    _setstate_keys = ("foreach", "maximize", "differentiable", "fused")
 
     def __init__(
         self,
@@ -52,11 +46,7 @@ class Adagrad(FusedOptimizer):
         maximize: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
-        max_grad_norm: float | None = None,
-        master_weights: bool = False,
-        state_dtype: torch.dtype | None = None,
-        rounding: str = "nearest",
-        kahan: bool = False,
+        **options: Unpack[OptimizerOptions],
     ) -> None:
         # Same checks, same order, same messages as torch.optim.Adagrad.
         check_nonnegative(
@@ -66,20 +56,7 @@ class Adagrad(FusedOptimizer):
             initial_accumulator_value=initial_accumulator_value,
             eps=eps,
         )
-        defaults = {
-            "lr": lr,
-            "lr_decay": lr_decay,
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "initial_accumulator_value": initial_accumulator_value,
-            "foreach": foreach,
-            "maximize": maximize,
-            "differentiable": differentiable,
-            "fused": fused,
-        }
-        super().__init__(
-            params, defaults, max_grad_norm, master_weights, state_dtype, rounding, kahan
-        )
+        super().__init__(params, torch_defaults(locals()), **options)
         for group in self.param_groups:  # torch creates Adagrad's state in the constructor
             for p in group["params"]:
                 self._init_state(p, group, self.state[p])
@@ -100,32 +77,22 @@ class Adagrad(FusedOptimizer):
             for p in group["params"]:
                 self.state[p]["sum"].share_memory_()
 
-    def _sparse_step(
-        self,
-        group: dict[str, Any],
-        amp: dict[str, Any],
-        params: list[Tensor],
-        grads: list[Tensor],
-        lists: dict[str, Any],
-    ) -> None:
+    def _sparse_step(self, group: dict[str, Any], amp: dict[str, Any], gathered: Gathered) -> None:
         """torch's single-tensor Adagrad, the path torch offers for sparse gradients."""
         if any(amp[k] is not None for k in ("clip_coef", "grad_scale", "found_inf")):
             raise RuntimeError(
                 "gradfuse.optim.Adagrad: sparse gradients cannot be combined with "
                 "max_grad_norm or GradScaler"
             )
+        params, grads, lists = gathered
         torch_adagrad(
             params,
             grads,
             lists["state_sums"],
             lists["state_steps"],
-            lr=group["lr"],
-            weight_decay=group["weight_decay"],
-            lr_decay=group["lr_decay"],
-            eps=group["eps"],
+            **group_values(group, "lr", "weight_decay", "lr_decay", "eps", "maximize"),
             has_sparse_grad=True,
             foreach=False,
-            maximize=group["maximize"],
             differentiable=False,
             fused=False,
         )

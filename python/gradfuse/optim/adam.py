@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, Unpack
 
 import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from gradfuse.functional._updates import ADAM, adam_
-from gradfuse.optim._optimizer import FusedOptimizer
-from gradfuse.optim._torch_compat import check_nonnegative
-
-# The param-group keys that older checkpoints of torch's Adam family may lack.
-ADAM_SETSTATE_DEFAULTS = {
-    "amsgrad": False,
-    "maximize": False,
-    "foreach": None,
-    "capturable": False,
-    "differentiable": False,
-    "decoupled_weight_decay": False,
-    "fused": None,
-}
+from gradfuse.optim._optimizer import FusedOptimizer, OptimizerOptions
+from gradfuse.optim._torch_compat import check_nonnegative, torch_defaults
 
 
 class Adam(FusedOptimizer):
@@ -42,14 +31,23 @@ class Adam(FusedOptimizer):
 
     Low precision (gradfuse extension, keyword-only, off by default): ``master_weights``,
     ``state_dtype``, ``rounding`` and ``kahan``, see :mod:`gradfuse.optim._precision` (every gradfuse
-    optimizer takes them).
+    optimizer takes them), and ``max_grad_norm`` (:class:`~gradfuse.optim.FusedOptimizer`).
     """
 
     _update_fn = staticmethod(adam_)
     _spec = ADAM
     _sparse_error = "Adam does not support sparse gradients, please consider SparseAdam instead"
     _graph_capture_health_check = True
-    _setstate_defaults: ClassVar[dict[str, Any]] = ADAM_SETSTATE_DEFAULTS
+    # The param-group keys that older checkpoints of torch's Adam family may lack.
+    _setstate_keys = (
+        "amsgrad",
+        "maximize",
+        "foreach",
+        "capturable",
+        "differentiable",
+        "decoupled_weight_decay",
+        "fused",
+    )
 
     def __init__(
         self,
@@ -66,11 +64,7 @@ class Adam(FusedOptimizer):
         differentiable: bool = False,
         fused: bool | None = None,
         decoupled_weight_decay: bool = False,
-        max_grad_norm: float | None = None,
-        master_weights: bool = False,
-        state_dtype: torch.dtype | None = None,
-        rounding: str = "nearest",
-        kahan: bool = False,
+        **options: Unpack[OptimizerOptions],
     ) -> None:
         # Same checks, same order, same messages as torch.optim.Adam.
         if isinstance(lr, Tensor) and foreach and not capturable:
@@ -78,41 +72,8 @@ class Adam(FusedOptimizer):
                 "lr as a Tensor is not supported for capturable=False and foreach=True"
             )
         check_nonnegative(lr=lr, eps=eps, betas=betas, weight_decay=weight_decay)
-        if not (
-            (isinstance(betas[0], float) and isinstance(betas[1], float))
-            or (isinstance(betas[0], Tensor) and isinstance(betas[1], Tensor))
-        ):
-            raise ValueError("betas must be either both floats or both Tensors")  # noqa: TRY004 (torch raises ValueError)
-        for i in (0, 1):
-            beta = betas[i]
-            if isinstance(beta, Tensor):
-                if not capturable and foreach:
-                    raise ValueError(
-                        f"betas[{i}] as a Tensor is not supported for capturable=False and "
-                        f"foreach=True"
-                    )
-                if beta.numel() != 1:
-                    raise ValueError(f"Tensor betas[{i}] must be 1-element")
-        # torch's _to_scalar: a 1-element tensor of any shape becomes 0-dim.
-        betas = tuple(  # type: ignore[assignment]
-            b.squeeze() if isinstance(b, Tensor) and b.dim() != 0 else b for b in betas
-        )
-        defaults = {
-            "lr": lr,
-            "betas": betas,
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "amsgrad": amsgrad,
-            "maximize": maximize,
-            "foreach": foreach,
-            "capturable": capturable,
-            "differentiable": differentiable,
-            "fused": fused,
-            "decoupled_weight_decay": decoupled_weight_decay,
-        }
-        super().__init__(
-            params, defaults, max_grad_norm, master_weights, state_dtype, rounding, kahan
-        )
+        betas = _checked_betas(betas, capturable, foreach)
+        super().__init__(params, torch_defaults(locals()), **options)
 
     def _counters_on_device(self, group: dict[str, Any]) -> bool:
         return bool(group["capturable"] or group["fused"])
@@ -128,3 +89,26 @@ class Adam(FusedOptimizer):
                 "lr as a Tensor is not supported for capturable=False and foreach=True"
             )
         super()._update(group, amp)
+
+
+def _checked_betas(
+    betas: tuple[float | Tensor, float | Tensor], capturable: bool, foreach: bool | None
+) -> tuple[float | Tensor, float | Tensor]:
+    """torch.optim.Adam's checks of tensor betas (same order, same messages), then torch's
+    ``_to_scalar``: a 1-element tensor of any shape becomes 0-dim."""
+    if not (
+        (isinstance(betas[0], float) and isinstance(betas[1], float))
+        or (isinstance(betas[0], Tensor) and isinstance(betas[1], Tensor))
+    ):
+        raise ValueError("betas must be either both floats or both Tensors")  # noqa: TRY004 (torch raises ValueError)
+    for i in (0, 1):
+        beta = betas[i]
+        if isinstance(beta, Tensor):
+            if not capturable and foreach:
+                raise ValueError(
+                    f"betas[{i}] as a Tensor is not supported for capturable=False and foreach=True"
+                )
+            if beta.numel() != 1:
+                raise ValueError(f"Tensor betas[{i}] must be 1-element")
+    squeezed = [b.squeeze() if isinstance(b, Tensor) and b.dim() != 0 else b for b in betas]
+    return squeezed[0], squeezed[1]

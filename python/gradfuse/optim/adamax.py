@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Unpack
 
-import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from gradfuse.functional._updates import ADAMAX, adamax_
-from gradfuse.optim._optimizer import FusedOptimizer
-from gradfuse.optim._torch_compat import check_nonnegative
+from gradfuse.optim._optimizer import FusedOptimizer, OptimizerOptions
+from gradfuse.optim._torch_compat import check_nonnegative, torch_defaults
 
 
 class Adamax(FusedOptimizer):
@@ -25,12 +24,7 @@ class Adamax(FusedOptimizer):
     _spec = ADAMAX
     _sparse_error = "Adamax does not support sparse gradients"
     _graph_capture_health_check = True
-    _setstate_defaults: ClassVar[dict[str, Any]] = {
-        "foreach": None,
-        "maximize": False,
-        "differentiable": False,
-        "capturable": False,
-    }
+    _setstate_keys = ("foreach", "maximize", "differentiable", "capturable")
 
     def __init__(
         self,
@@ -44,24 +38,8 @@ class Adamax(FusedOptimizer):
         maximize: bool = False,
         differentiable: bool = False,
         capturable: bool = False,
-        max_grad_norm: float | None = None,
-        master_weights: bool = False,
-        state_dtype: torch.dtype | None = None,
-        rounding: str = "nearest",
-        kahan: bool = False,
+        **options: Unpack[OptimizerOptions],
     ) -> None:
         # Same checks, same order, same messages as torch.optim.Adamax.
         check_nonnegative(lr=lr, eps=eps, betas=betas, weight_decay=weight_decay)
-        defaults = {
-            "lr": lr,
-            "betas": betas,
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "foreach": foreach,
-            "maximize": maximize,
-            "differentiable": differentiable,
-            "capturable": capturable,
-        }
-        super().__init__(
-            params, defaults, max_grad_norm, master_weights, state_dtype, rounding, kahan
-        )
+        super().__init__(params, torch_defaults(locals()), **options)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Unpack
 
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
+from gradfuse.optim._optimizer import OptimizerOptions
+from gradfuse.optim._torch_compat import torch_defaults
 from gradfuse.optim.adam import Adam
 
 
@@ -31,31 +33,9 @@ class AdamW(Adam):
         capturable: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
-        max_grad_norm: float | None = None,
-        master_weights: bool = False,
-        state_dtype: Any = None,
-        rounding: str = "nearest",
-        kahan: bool = False,
+        **options: Unpack[OptimizerOptions],
     ) -> None:
-        super().__init__(
-            params,
-            lr,
-            betas,
-            eps,
-            weight_decay,
-            amsgrad,
-            foreach=foreach,
-            maximize=maximize,
-            capturable=capturable,
-            differentiable=differentiable,
-            fused=fused,
-            decoupled_weight_decay=True,
-            max_grad_norm=max_grad_norm,
-            master_weights=master_weights,
-            state_dtype=state_dtype,
-            rounding=rounding,
-            kahan=kahan,
-        )
+        super().__init__(params, **torch_defaults(locals()), decoupled_weight_decay=True, **options)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)

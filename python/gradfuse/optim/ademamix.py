@@ -3,13 +3,14 @@ bitsandbytes' ``AdEMAMix`` (32-bit state)."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, Unpack
 
 import torch
 from torch.optim.optimizer import ParamsT
 
 from gradfuse.functional._adopt import ADEMAMIX, ademamix_
-from gradfuse.optim._optimizer import FusedOptimizer
+from gradfuse.optim._optimizer import FusedOptimizer, OptimizerOptions
+from gradfuse.optim._torch_compat import torch_defaults
 
 # bitsandbytes' per-param state keys (32-bit): m1 and m2 stacked in one (2, *shape) tensor,
 # and the key under which its state_dict hides them from FSDP.
@@ -52,12 +53,7 @@ class AdEMAMix(FusedOptimizer):
     _update_fn = staticmethod(ademamix_)
     _spec = ADEMAMIX
     _sparse_error = "AdEMAMix does not support sparse gradients"
-    _setstate_defaults: ClassVar[dict[str, Any]] = {
-        "maximize": False,
-        "alpha": 5.0,
-        "t_alpha": None,
-        "t_beta3": None,
-    }
+    _setstate_keys = ("maximize", "alpha", "t_alpha", "t_beta3")
 
     def __init__(
         self,
@@ -74,22 +70,14 @@ class AdEMAMix(FusedOptimizer):
         is_paged: bool = False,
         *,
         maximize: bool = False,
-        max_grad_norm: float | None = None,
-        master_weights: bool = False,
-        state_dtype: torch.dtype | None = None,
-        rounding: str = "nearest",
-        kahan: bool = False,
+        **options: Unpack[OptimizerOptions],
     ) -> None:
         # bitsandbytes' checks and messages, in its order.
         if not lr >= 0.0:
             raise ValueError(f"Invalid learning rate: {lr}")
         if not eps >= 0.0:
             raise ValueError(f"Invalid epsilon value: {eps}")
-        if len(betas) != 3:
-            raise ValueError(f"AdEMAMix: betas must be (beta1, beta2, beta3), got {betas!r}")
-        for i in range(len(betas)):
-            if not 0.0 <= betas[i] < 1.0:
-                raise ValueError(f"Invalid beta parameter at index {i}: {betas[i]}")
+        _check_betas(betas)
         if not weight_decay >= 0.0:
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
         if optim_bits != 32:
@@ -105,19 +93,8 @@ class AdEMAMix(FusedOptimizer):
         self.optim_bits = optim_bits
         self.min_8bit_size = min_8bit_size
         self.is_paged = is_paged
-        defaults = {
-            "lr": lr,
-            "betas": betas,
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "alpha": alpha,
-            "t_alpha": t_alpha,
-            "t_beta3": t_beta3,
-            "maximize": maximize,
-        }
-        super().__init__(
-            params, defaults, max_grad_norm, master_weights, state_dtype, rounding, kahan
-        )
+        defaults = torch_defaults(locals(), but=("optim_bits", "min_8bit_size", "is_paged"))
+        super().__init__(params, defaults, **options)
 
     def _options(self, group: dict[str, Any]) -> dict[str, Any]:
         beta1, beta2, beta3 = group["betas"]
@@ -197,3 +174,12 @@ def _from_bnb(s: Any) -> Any:
         "exp_avg_slow": state1[1].clone(),
         "exp_avg_sq": state2,
     }
+
+
+def _check_betas(betas: tuple[float, ...]) -> None:
+    """bitsandbytes' checks of AdEMAMix's three betas (its messages)."""
+    if len(betas) != 3:
+        raise ValueError(f"AdEMAMix: betas must be (beta1, beta2, beta3), got {betas!r}")
+    for i in range(len(betas)):
+        if not 0.0 <= betas[i] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index {i}: {betas[i]}")

@@ -112,7 +112,13 @@ class ADOPT(FusedOptimizer):
             **kwargs,
         }
         super().__init__(
-            params, defaults, max_grad_norm, master_weights, state_dtype, rounding, kahan
+            params,
+            defaults,
+            max_grad_norm=max_grad_norm,
+            master_weights=master_weights,
+            state_dtype=state_dtype,
+            rounding=rounding,
+            kahan=kahan,
         )
 
     def __str__(self) -> str:

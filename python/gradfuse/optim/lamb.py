@@ -11,7 +11,8 @@ from torch.optim.optimizer import ParamsT
 from gradfuse.functional import _steps
 from gradfuse.functional._reducing import LAMB as LAMB_SPEC
 from gradfuse.functional._reducing import lamb_
-from gradfuse.optim._optimizer import FusedOptimizer
+from gradfuse.optim._optimizer import FusedOptimizer, group_values
+from gradfuse.optim._torch_compat import torch_defaults
 
 
 class LAMB(FusedOptimizer):
@@ -80,17 +81,10 @@ class LAMB(FusedOptimizer):
             raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
         if not weight_decay >= 0.0:
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        defaults = {
-            "lr": lr,
-            "bias_correction": bias_correction,
-            "betas": betas,
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "grad_averaging": grad_averaging,
-            "max_grad_norm": max_grad_norm,
-            "maximize": maximize,
-        }
-        super().__init__(params, defaults, max_grad_norm or None, False, None, "nearest", False)
+        defaults = torch_defaults(
+            locals(), but=("amsgrad", "adam_w_mode", "set_grad_none", "use_nvlamb")
+        )
+        super().__init__(params, defaults, max_grad_norm=max_grad_norm or None)
         self.adam_w_mode = bool(adam_w_mode)
         self.set_grad_none = bool(set_grad_none)
         self.use_nvlamb = bool(use_nvlamb)
@@ -126,11 +120,9 @@ class LAMB(FusedOptimizer):
             lists["exp_avgs"],
             lists["exp_avg_sqs"],
             step=step,
-            lr=group["lr"],
             beta1=beta1,
             beta2=beta2,
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
+            **group_values(group, "lr", "eps", "weight_decay"),
             bias_correction=bool(group["bias_correction"]),
             grad_averaging=bool(group["grad_averaging"]),
             adam_w_mode=self.adam_w_mode,

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Unpack
 
-import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from gradfuse.functional._updates import LION, lion_
-from gradfuse.optim._optimizer import FusedOptimizer
-from gradfuse.optim._torch_compat import check_nonnegative
+from gradfuse.optim._optimizer import FusedOptimizer, OptimizerOptions
+from gradfuse.optim._torch_compat import check_nonnegative, torch_defaults
 
 
 class Lion(FusedOptimizer):
@@ -33,12 +32,7 @@ class Lion(FusedOptimizer):
     _update_fn = staticmethod(lion_)
     _spec = LION
     _sparse_error = "Lion does not support sparse gradients"
-    _setstate_defaults: ClassVar[dict[str, Any]] = {
-        "maximize": False,
-        "foreach": None,
-        "differentiable": False,
-        "fused": None,
-    }
+    _setstate_keys = ("maximize", "foreach", "differentiable", "fused")
 
     def __init__(
         self,
@@ -51,22 +45,7 @@ class Lion(FusedOptimizer):
         foreach: bool | None = None,
         differentiable: bool = False,
         fused: bool | None = None,
-        max_grad_norm: float | None = None,
-        master_weights: bool = False,
-        state_dtype: torch.dtype | None = None,
-        rounding: str = "nearest",
-        kahan: bool = False,
+        **options: Unpack[OptimizerOptions],
     ) -> None:
         check_nonnegative(lr=lr, betas=betas, weight_decay=weight_decay)
-        defaults = {
-            "lr": lr,
-            "betas": betas,
-            "weight_decay": weight_decay,
-            "maximize": maximize,
-            "foreach": foreach,
-            "differentiable": differentiable,
-            "fused": fused,
-        }
-        super().__init__(
-            params, defaults, max_grad_norm, master_weights, state_dtype, rounding, kahan
-        )
+        super().__init__(params, torch_defaults(locals()), **options)

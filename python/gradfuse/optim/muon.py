@@ -11,11 +11,24 @@ from torch.optim.optimizer import ParamsT
 
 from gradfuse.functional._muon import MUON_PREPARE, muon_
 from gradfuse.functional._updates import adamw_
-from gradfuse.optim._optimizer import FusedOptimizer
-from gradfuse.optim._torch_compat import check_betas, real_views_of, scalar_state
+from gradfuse.optim._optimizer import FusedOptimizer, group_values
+from gradfuse.optim._torch_compat import check_betas, real_views_of, scalar_state, torch_defaults
 
 # torch.optim._muon's defaults (Keller Jordan's constants).
 _NS_COEFFICIENTS = (3.4445, -4.775, 2.0315)
+# The Muon groups' hyperparameters as muon_ takes them (ns_dtype: a default for old groups);
+# the constructor's AdamW-group arguments, which are not torch's defaults.
+_MUON_KEYS = (
+    "lr",
+    "weight_decay",
+    "momentum",
+    "nesterov",
+    "ns_coefficients",
+    "eps",
+    "ns_steps",
+    "adjust_lr_fn",
+)
+_ADAMW_KEYS = ("adamw_betas", "adamw_eps", "max_grad_norm")
 
 
 class Muon(FusedOptimizer):
@@ -107,19 +120,8 @@ class Muon(FusedOptimizer):
         if not adamw_eps >= 0.0:
             raise ValueError(f"Invalid adamw_eps value: {adamw_eps}")
         self._adamw_defaults = {"betas": tuple(adamw_betas), "eps": adamw_eps}
-        defaults = {
-            "lr": lr,
-            "weight_decay": weight_decay,
-            "momentum": momentum,
-            "nesterov": nesterov,
-            "ns_coefficients": ns_coefficients,
-            "eps": eps,
-            "ns_steps": ns_steps,
-            "adjust_lr_fn": adjust_lr_fn,
-            "ns_dtype": ns_dtype,
-            "use_muon": True,
-        }
-        super().__init__(params, defaults, max_grad_norm, False, None, "nearest", False)
+        defaults = {**torch_defaults(locals(), but=_ADAMW_KEYS), "use_muon": True}
+        super().__init__(params, defaults, max_grad_norm=max_grad_norm)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """torch's ``add_param_group``; a Muon group's params must have 2 or more dimensions
@@ -189,14 +191,7 @@ class Muon(FusedOptimizer):
             params,
             grads,
             bufs,
-            lr=group["lr"],
-            weight_decay=group["weight_decay"],
-            momentum=group["momentum"],
-            nesterov=group["nesterov"],
-            ns_coefficients=group["ns_coefficients"],
-            eps=group["eps"],
-            ns_steps=group["ns_steps"],
-            adjust_lr_fn=group["adjust_lr_fn"],
+            **group_values(group, *_MUON_KEYS),
             ns_dtype=group.get("ns_dtype", torch.bfloat16),
             **amp,
         )
@@ -236,11 +231,9 @@ class Muon(FusedOptimizer):
             view(exp_avgs),
             view(exp_avg_sqs),
             state_steps=steps,
-            lr=group["lr"],
             beta1=beta1,
             beta2=beta2,
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
+            **group_values(group, "lr", "eps", "weight_decay"),
             **amp,
         )
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Unpack
 
-import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from gradfuse.functional._updates import NADAM, nadam_
-from gradfuse.optim._optimizer import FusedOptimizer
-from gradfuse.optim._torch_compat import check_nonnegative
+from gradfuse.optim._optimizer import FusedOptimizer, OptimizerOptions
+from gradfuse.optim._torch_compat import check_nonnegative, torch_defaults
 
 
 class NAdam(FusedOptimizer):
@@ -26,13 +25,13 @@ class NAdam(FusedOptimizer):
     _spec = NADAM
     _sparse_error = "NAdam does not support sparse gradients"
     _graph_capture_health_check = True
-    _setstate_defaults: ClassVar[dict[str, Any]] = {
-        "maximize": False,
-        "foreach": None,
-        "capturable": False,
-        "differentiable": False,
-        "decoupled_weight_decay": False,
-    }
+    _setstate_keys = (
+        "maximize",
+        "foreach",
+        "capturable",
+        "differentiable",
+        "decoupled_weight_decay",
+    )
 
     def __init__(
         self,
@@ -48,28 +47,10 @@ class NAdam(FusedOptimizer):
         maximize: bool = False,
         capturable: bool = False,
         differentiable: bool = False,
-        max_grad_norm: float | None = None,
-        master_weights: bool = False,
-        state_dtype: torch.dtype | None = None,
-        rounding: str = "nearest",
-        kahan: bool = False,
+        **options: Unpack[OptimizerOptions],
     ) -> None:
         # Same checks, same order, same messages as torch.optim.NAdam.
         check_nonnegative(
             lr=lr, eps=eps, betas=betas, weight_decay=weight_decay, momentum_decay=momentum_decay
         )
-        defaults = {
-            "lr": lr,
-            "betas": betas,
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "momentum_decay": momentum_decay,
-            "decoupled_weight_decay": decoupled_weight_decay,
-            "maximize": maximize,
-            "foreach": foreach,
-            "capturable": capturable,
-            "differentiable": differentiable,
-        }
-        super().__init__(
-            params, defaults, max_grad_norm, master_weights, state_dtype, rounding, kahan
-        )
+        super().__init__(params, torch_defaults(locals()), **options)

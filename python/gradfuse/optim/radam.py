@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Unpack
 
-import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from gradfuse.functional._updates import RADAM, radam_
-from gradfuse.optim._optimizer import FusedOptimizer
-from gradfuse.optim._torch_compat import check_nonnegative
+from gradfuse.optim._optimizer import FusedOptimizer, OptimizerOptions
+from gradfuse.optim._torch_compat import check_nonnegative, torch_defaults
 
 
 class RAdam(FusedOptimizer):
@@ -25,13 +24,13 @@ class RAdam(FusedOptimizer):
     _spec = RADAM
     _sparse_error = "RAdam does not support sparse gradients"
     _graph_capture_health_check = True
-    _setstate_defaults: ClassVar[dict[str, Any]] = {
-        "foreach": None,
-        "maximize": False,
-        "differentiable": False,
-        "decoupled_weight_decay": False,
-        "capturable": False,
-    }
+    _setstate_keys = (
+        "foreach",
+        "maximize",
+        "differentiable",
+        "decoupled_weight_decay",
+        "capturable",
+    )
 
     def __init__(
         self,
@@ -46,25 +45,8 @@ class RAdam(FusedOptimizer):
         maximize: bool = False,
         capturable: bool = False,
         differentiable: bool = False,
-        max_grad_norm: float | None = None,
-        master_weights: bool = False,
-        state_dtype: torch.dtype | None = None,
-        rounding: str = "nearest",
-        kahan: bool = False,
+        **options: Unpack[OptimizerOptions],
     ) -> None:
         # Same checks, same order, same messages as torch.optim.RAdam.
         check_nonnegative(lr=lr, eps=eps, betas=betas, weight_decay=weight_decay)
-        defaults = {
-            "lr": lr,
-            "betas": betas,
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "maximize": maximize,
-            "foreach": foreach,
-            "capturable": capturable,
-            "decoupled_weight_decay": decoupled_weight_decay,
-            "differentiable": differentiable,
-        }
-        super().__init__(
-            params, defaults, max_grad_norm, master_weights, state_dtype, rounding, kahan
-        )
+        super().__init__(params, torch_defaults(locals()), **options)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Unpack
 
-import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from gradfuse.functional._updates import RMSPROP, rmsprop_
-from gradfuse.optim._optimizer import FusedOptimizer
-from gradfuse.optim._torch_compat import check_nonnegative
+from gradfuse.optim._optimizer import FusedOptimizer, OptimizerOptions
+from gradfuse.optim._torch_compat import check_nonnegative, torch_defaults
 
 
 class RMSprop(FusedOptimizer):
@@ -33,14 +32,7 @@ class RMSprop(FusedOptimizer):
     _update_fn = staticmethod(rmsprop_)
     _spec = RMSPROP
     _sparse_error = "RMSprop does not support sparse gradients"
-    _setstate_defaults: ClassVar[dict[str, Any]] = {
-        "momentum": 0,
-        "centered": False,
-        "foreach": None,
-        "maximize": False,
-        "differentiable": False,
-        "capturable": False,
-    }
+    _setstate_keys = ("momentum", "centered", "foreach", "maximize", "differentiable", "capturable")
 
     def __init__(
         self,
@@ -55,27 +47,8 @@ class RMSprop(FusedOptimizer):
         foreach: bool | None = None,
         maximize: bool = False,
         differentiable: bool = False,
-        *,
-        max_grad_norm: float | None = None,
-        master_weights: bool = False,
-        state_dtype: torch.dtype | None = None,
-        rounding: str = "nearest",
-        kahan: bool = False,
+        **options: Unpack[OptimizerOptions],
     ) -> None:
         # Same checks, same order, same messages as torch.optim.RMSprop.
         check_nonnegative(lr=lr, eps=eps, momentum=momentum, weight_decay=weight_decay, alpha=alpha)
-        defaults = {
-            "lr": lr,
-            "momentum": momentum,
-            "alpha": alpha,
-            "eps": eps,
-            "centered": centered,
-            "weight_decay": weight_decay,
-            "capturable": capturable,
-            "foreach": foreach,
-            "maximize": maximize,
-            "differentiable": differentiable,
-        }
-        super().__init__(
-            params, defaults, max_grad_norm, master_weights, state_dtype, rounding, kahan
-        )
+        super().__init__(params, torch_defaults(locals()), **options)

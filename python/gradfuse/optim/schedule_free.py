@@ -4,7 +4,7 @@ AdamWScheduleFree and SGDScheduleFree (Defazio et al. 2024), fused."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar, overload
+from typing import Any, ClassVar, Unpack, overload
 
 import torch
 from torch import Tensor
@@ -20,8 +20,8 @@ from gradfuse.functional._schedule_free import (
     schedule_free_sgd_,
     schedule_free_train_,
 )
-from gradfuse.optim._optimizer import FusedOptimizer
-from gradfuse.optim._torch_compat import check_nonnegative, real_views_of
+from gradfuse.optim._optimizer import FusedOptimizer, OptimizerOptions
+from gradfuse.optim._torch_compat import check_nonnegative, real_views_of, torch_defaults
 
 # The reference's message (schedulefree 1.4.1), raised when step() runs in eval mode.
 _NOT_IN_TRAIN_MODE = (
@@ -173,29 +173,12 @@ class ScheduleFreeAdamW(_ScheduleFree):
         foreach: bool | None = True,
         *,
         maximize: bool = False,
-        max_grad_norm: float | None = None,
-        master_weights: bool = False,
-        state_dtype: torch.dtype | None = None,
-        rounding: str = "nearest",
-        kahan: bool = False,
+        **options: Unpack[OptimizerOptions],
     ) -> None:
         # The reference checks nothing; these are torch.optim.AdamW's checks and messages.
         check_nonnegative(lr=lr, eps=eps, betas=betas, weight_decay=weight_decay)
-        defaults = {
-            "lr": lr,
-            "betas": betas,
-            "eps": eps,
-            "r": r,
-            "warmup_steps": warmup_steps,
-            "weight_lr_power": weight_lr_power,
-            **_BOOKKEEPING,
-            "weight_decay": weight_decay,
-            "foreach": foreach,
-            "maximize": maximize,
-        }
-        super().__init__(
-            params, defaults, max_grad_norm, master_weights, state_dtype, rounding, kahan
-        )
+        defaults = {**torch_defaults(locals()), **_BOOKKEEPING}
+        super().__init__(params, defaults, **options)
 
     def _beta1(self, group: dict[str, Any]) -> Any:
         return group["betas"][0]
@@ -237,11 +220,7 @@ class ScheduleFreeSGD(_ScheduleFree):
         foreach: bool | None = True,
         *,
         maximize: bool = False,
-        max_grad_norm: float | None = None,
-        master_weights: bool = False,
-        state_dtype: torch.dtype | None = None,
-        rounding: str = "nearest",
-        kahan: bool = False,
+        **options: Unpack[OptimizerOptions],
     ) -> None:
         # The reference's checks and messages.
         if lr < 0.0:
@@ -250,20 +229,8 @@ class ScheduleFreeSGD(_ScheduleFree):
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
         if momentum <= 0 or momentum >= 1:
             raise ValueError(f"Momentum must be between 0 and 1 exclusive: {momentum}")
-        defaults = {
-            "lr": lr,
-            "momentum": momentum,
-            "r": r,
-            "warmup_steps": warmup_steps,
-            "weight_lr_power": weight_lr_power,
-            **_BOOKKEEPING,
-            "weight_decay": weight_decay,
-            "foreach": foreach,
-            "maximize": maximize,
-        }
-        super().__init__(
-            params, defaults, max_grad_norm, master_weights, state_dtype, rounding, kahan
-        )
+        defaults = {**torch_defaults(locals()), **_BOOKKEEPING}
+        super().__init__(params, defaults, **options)
 
     def _beta1(self, group: dict[str, Any]) -> Any:
         return group["momentum"]

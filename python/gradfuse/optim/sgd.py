@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Unpack
 
-import torch
 from torch import Tensor
 from torch.optim import sgd as torch_sgd
 from torch.optim.optimizer import ParamsT
@@ -12,8 +11,8 @@ from torch.optim.optimizer import ParamsT
 from gradfuse.functional._steps import found_inf_is_set
 from gradfuse.functional._updates import SGD as SGD_SPEC
 from gradfuse.functional._updates import sgd_
-from gradfuse.optim._optimizer import FusedOptimizer
-from gradfuse.optim._torch_compat import check_nonnegative
+from gradfuse.optim._optimizer import FusedOptimizer, Gathered, OptimizerOptions, group_values
+from gradfuse.optim._torch_compat import check_nonnegative, torch_defaults
 
 
 class SGD(FusedOptimizer):
@@ -33,13 +32,8 @@ class SGD(FusedOptimizer):
 
     _update_fn = staticmethod(sgd_)
     _spec = SGD_SPEC
-    _setstate_defaults: ClassVar[dict[str, Any]] = {
-        "nesterov": False,
-        "maximize": False,
-        "foreach": None,
-        "differentiable": False,
-        "fused": False,
-    }
+    _setstate_keys = ("nesterov", "maximize", "foreach", "differentiable")
+    _setstate_defaults: ClassVar[dict[str, Any]] = {"fused": False}  # torch's, not the default
 
     def __init__(
         self,
@@ -54,41 +48,18 @@ class SGD(FusedOptimizer):
         foreach: bool | None = None,
         differentiable: bool = False,
         fused: bool | None = None,
-        max_grad_norm: float | None = None,
-        master_weights: bool = False,
-        state_dtype: torch.dtype | None = None,
-        rounding: str = "nearest",
-        kahan: bool = False,
+        **options: Unpack[OptimizerOptions],
     ) -> None:
         # Same checks, same order, same messages as torch.optim.SGD.
         check_nonnegative(True, lr=lr, momentum=momentum, weight_decay=weight_decay)
-        defaults = {
-            "lr": lr,
-            "momentum": momentum,
-            "dampening": dampening,
-            "weight_decay": weight_decay,
-            "nesterov": nesterov,
-            "maximize": maximize,
-            "foreach": foreach,
-            "differentiable": differentiable,
-            "fused": fused,
-        }
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
-        super().__init__(
-            params, defaults, max_grad_norm, master_weights, state_dtype, rounding, kahan
-        )
+        super().__init__(params, torch_defaults(locals()), **options)
 
-    def _sparse_step(
-        self,
-        group: dict[str, Any],
-        amp: dict[str, Any],
-        params: list[Tensor],
-        grads: list[Tensor],
-        lists: dict[str, Any],
-    ) -> None:
+    def _sparse_step(self, group: dict[str, Any], amp: dict[str, Any], gathered: Gathered) -> None:
         """torch's single-tensor SGD, the path torch itself offers for sparse gradients; AMP's
         unscale and skip are done here, as GradScaler would have done them."""
+        params, grads, lists = gathered
         if amp["clip_coef"] is not None:
             raise RuntimeError(
                 "gradfuse.optim.SGD: max_grad_norm does not support sparse gradients"
@@ -103,12 +74,9 @@ class SGD(FusedOptimizer):
             params,
             grads,
             buffers,
-            weight_decay=group["weight_decay"],
-            momentum=group["momentum"],
-            lr=group["lr"],
-            dampening=group["dampening"],
-            nesterov=group["nesterov"],
-            maximize=group["maximize"],
+            **group_values(
+                group, "weight_decay", "momentum", "lr", "dampening", "nesterov", "maximize"
+            ),
             has_sparse_grad=True,
             foreach=False,
             fused=False,

@@ -12,13 +12,16 @@ from typing import Any
 
 import torch
 
+from gradfuse.optim._torch_compat import torch_defaults
+from gradfuse.testing._reference import ReferenceOptimizer
+
 
 def _step_of(state: dict[str, Any]) -> int:
     state["step"] = state.get("step", 0) + 1
     return int(state["step"])
 
 
-class ADOPT(torch.optim.Optimizer):
+class ADOPT(ReferenceOptimizer):
     """ADOPT as the authors' code and ``pytorch_optimizer.ADOPT`` write it, with a step count
     per param (``state["step"]``)::
 
@@ -42,24 +45,9 @@ class ADOPT(torch.optim.Optimizer):
         maximize: bool = False,
     ) -> None:
         self.clip_lambda = clip_lambda
-        defaults = {
-            "lr": lr,
-            "betas": betas,
-            "weight_decay": weight_decay,
-            "weight_decouple": weight_decouple,
-            "fixed_decay": fixed_decay,
-            "eps": eps,
-            "maximize": maximize,
-            "foreach": foreach,
-        }
-        super().__init__(params, defaults)
+        super().__init__(params, torch_defaults(locals(), but=("clip_lambda",)))
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+    def _update(self) -> None:
         for group in self.param_groups:
             lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
             beta1, beta2 = group["betas"]
@@ -88,10 +76,9 @@ class ADOPT(torch.optim.Optimizer):
                 m.lerp_(n, 1.0 - beta1)
                 p.add_(m, alpha=-lr)
                 v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
-        return loss
 
 
-class AdEMAMix(torch.optim.Optimizer):
+class AdEMAMix(ReferenceOptimizer):
     """AdEMAMix as bitsandbytes' ``AdEMAMix`` computes it (its schedules per param, its order
     of operations), with gradfuse's state names::
 
@@ -114,25 +101,9 @@ class AdEMAMix(torch.optim.Optimizer):
         maximize: bool = False,
         foreach: bool | None = None,
     ) -> None:
-        defaults = {
-            "lr": lr,
-            "betas": betas,
-            "alpha": alpha,
-            "t_alpha": t_alpha,
-            "t_beta3": t_beta3,
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "maximize": maximize,
-            "foreach": foreach,
-        }
-        super().__init__(params, defaults)
+        super().__init__(params, torch_defaults(locals()))
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+    def _update(self) -> None:
         for group in self.param_groups:
             lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
             beta1, beta2, beta3_final = group["betas"]
@@ -161,4 +132,3 @@ class AdEMAMix(torch.optim.Optimizer):
                 c1 = 1.0 - beta1**step
                 c2 = math.sqrt(1.0 - beta2**step)
                 p.add_((m1 / c1 + alpha * m2) / (nu.sqrt() / c2 + eps), alpha=-lr)
-        return loss

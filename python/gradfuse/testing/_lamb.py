@@ -3,13 +3,15 @@ Minutes", Algorithm 2) with apex ``FusedLAMB``'s choices, in plain torch ops."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from gradfuse.optim._torch_compat import torch_defaults
+from gradfuse.testing._reference import ReferenceOptimizer
 
-class LAMB(torch.optim.Optimizer):
+
+class LAMB(ReferenceOptimizer):
     """The paper's LAMB step as apex's ``FusedLAMB`` computes it, one torch op at a time in the
     params' dtype (a float64 run is the reference that gradfuse's low-precision results are
     judged against)::
@@ -46,28 +48,15 @@ class LAMB(torch.optim.Optimizer):
     ) -> None:
         if amsgrad:
             raise RuntimeError("LAMB does not support the AMSGrad variant.")
-        defaults = {
-            "lr": lr,
-            "bias_correction": bias_correction,
-            "betas": betas,
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "grad_averaging": grad_averaging,
-            "max_grad_norm": max_grad_norm,
-            "maximize": maximize,
-            "foreach": foreach,
-        }
+        defaults = torch_defaults(
+            locals(), but=("amsgrad", "adam_w_mode", "set_grad_none", "use_nvlamb")
+        )
         super().__init__(params, defaults)
         self.adam_w_mode = adam_w_mode
         self.use_nvlamb = use_nvlamb
         del set_grad_none
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+    def _update(self) -> None:
         grads_all = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
         clip = 1.0
         limit = self.defaults["max_grad_norm"]
@@ -111,4 +100,3 @@ class LAMB(torch.optim.Optimizer):
                     if pn != 0.0 and un != 0.0:
                         ratio = lr * (pn / un)
                 p.sub_(u * ratio)
-        return loss

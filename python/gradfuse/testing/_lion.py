@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from gradfuse.testing._reference import ReferenceOptimizer
 
-class Lion(torch.optim.Optimizer):
+
+class Lion(ReferenceOptimizer):
     """Algorithm 2 of the paper in plain torch ops, one op at a time in the params' dtype::
 
         c = beta1 * m + (1 - beta1) * g
@@ -34,12 +35,7 @@ class Lion(torch.optim.Optimizer):
         hyper = {"lr": lr, "betas": betas, "weight_decay": weight_decay}
         super().__init__(params, {**hyper, "maximize": maximize, "foreach": foreach})
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+    def _update(self) -> None:
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             grads = [-p.grad if group["maximize"] else p.grad for p in params]
@@ -67,4 +63,3 @@ class Lion(torch.optim.Optimizer):
                 upd = m.mul(beta1).add_(g, alpha=1 - beta1).sign_()
                 p.add_(upd, alpha=-lr)
                 m.mul_(beta2).add_(g, alpha=1 - beta2)
-        return loss

@@ -4,10 +4,12 @@ the auxiliary AdamW of the usual recipe, from the published algorithm."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
+
+from gradfuse.optim._torch_compat import torch_defaults
+from gradfuse.testing._reference import ReferenceOptimizer
 
 
 def newton_schulz(
@@ -32,7 +34,7 @@ def newton_schulz(
     return out
 
 
-class Muon(torch.optim.Optimizer):
+class Muon(ReferenceOptimizer):
     """Muon one param at a time in plain torch ops, in the params' dtype (or ``ns_dtype`` for
     the Newton-Schulz iteration); a param of rank > 2 as the matrix ``(shape[0], rest)``; groups
     with ``use_muon=False`` take AdamW (Loshchilov & Hutter, decoupled weight decay) with the
@@ -63,19 +65,8 @@ class Muon(torch.optim.Optimizer):
         foreach: bool = False,
     ) -> None:
         self._adamw_defaults = {"betas": adamw_betas, "eps": adamw_eps}
-        defaults = {
-            "lr": lr,
-            "weight_decay": weight_decay,
-            "momentum": momentum,
-            "nesterov": nesterov,
-            "ns_coefficients": ns_coefficients,
-            "eps": eps,
-            "ns_steps": ns_steps,
-            "adjust_lr_fn": adjust_lr_fn,
-            "ns_dtype": ns_dtype,
-            "use_muon": True,
-        }
-        super().__init__(params, defaults)
+        defaults = torch_defaults(locals(), but=("adamw_betas", "adamw_eps", "foreach"))
+        super().__init__(params, {**defaults, "use_muon": True})
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if not param_group.get("use_muon", True):
@@ -83,12 +74,7 @@ class Muon(torch.optim.Optimizer):
                 param_group.setdefault(key, value)
         super().add_param_group(param_group)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+    def _update(self) -> None:
         for group in self.param_groups:
             lr = float(group["lr"])
             wd = group["weight_decay"]
@@ -99,7 +85,6 @@ class Muon(torch.optim.Optimizer):
                     self._muon(p, group, lr, wd)
                 else:
                     self._adamw(p, group, lr, wd)
-        return loss
 
     def _muon(self, p: torch.Tensor, group: dict[str, Any], lr: float, wd: float) -> None:
         g = p.grad

@@ -8,8 +8,14 @@ from typing import Any
 
 import torch
 
+from gradfuse.optim._torch_compat import torch_defaults
+from gradfuse.testing._reference import ReferenceOptimizer
 
-class _ScheduleFree(torch.optim.Optimizer):
+# The group's running sums before the first step (the reference keeps them in the group).
+_BOOKKEEPING = {"k": 0, "train_mode": False, "weight_sum": 0.0, "lr_max": -1.0, "scheduled_lr": 0.0}
+
+
+class _ScheduleFree(ReferenceOptimizer):
     """The shared part: group bookkeeping (``k``, ``lr_max``, ``weight_sum``, ``scheduled_lr``,
     ``train_mode``), ``z`` as a copy of the param, and the train/eval switch::
 
@@ -58,14 +64,12 @@ class _ScheduleFree(torch.optim.Optimizer):
     def train(self) -> None:
         self._switch(True)
 
-    @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         if not self.param_groups[0]["train_mode"]:
             raise Exception("Optimizer was not in train mode when step is called.")  # noqa: TRY002
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        return super().step(closure)
+
+    def _update(self) -> None:
         for group in self.param_groups:
             k = group["k"]
             warmup = group["warmup_steps"]
@@ -94,7 +98,6 @@ class _ScheduleFree(torch.optim.Optimizer):
                 p.add_(gn, alpha=lr * (beta1 * (1 - ckp1) - 1))
                 z.sub_(gn, alpha=lr)
             group["k"] = k + 1
-        return loss
 
 
 class ScheduleFreeAdamW(_ScheduleFree):
@@ -115,23 +118,7 @@ class ScheduleFreeAdamW(_ScheduleFree):
         *,
         maximize: bool = False,
     ) -> None:
-        defaults = {
-            "lr": lr,
-            "betas": betas,
-            "eps": eps,
-            "r": r,
-            "k": 0,
-            "warmup_steps": warmup_steps,
-            "train_mode": False,
-            "weight_sum": 0.0,
-            "lr_max": -1.0,
-            "scheduled_lr": 0.0,
-            "weight_lr_power": weight_lr_power,
-            "weight_decay": weight_decay,
-            "foreach": foreach,
-            "maximize": maximize,
-        }
-        super().__init__(params, defaults)
+        super().__init__(params, {**torch_defaults(locals()), **_BOOKKEEPING})
 
     def _beta1(self, group: dict[str, Any]) -> float:
         return float(group["betas"][0])
@@ -166,22 +153,7 @@ class ScheduleFreeSGD(_ScheduleFree):
         *,
         maximize: bool = False,
     ) -> None:
-        defaults = {
-            "lr": lr,
-            "momentum": momentum,
-            "r": r,
-            "k": 0,
-            "warmup_steps": warmup_steps,
-            "train_mode": False,
-            "weight_sum": 0.0,
-            "lr_max": -1.0,
-            "scheduled_lr": 0.0,
-            "weight_lr_power": weight_lr_power,
-            "weight_decay": weight_decay,
-            "foreach": foreach,
-            "maximize": maximize,
-        }
-        super().__init__(params, defaults)
+        super().__init__(params, {**torch_defaults(locals()), **_BOOKKEEPING})
 
     def _beta1(self, group: dict[str, Any]) -> float:
         return float(group["momentum"])
