@@ -108,4 +108,5 @@ PYBIND11_MODULE(_core, m) {
   register_grad(m);
   register_losses_softmax(m);
   register_buffers(m);
+  register_quant8(m);
 }

@@ -76,6 +76,7 @@ class State:
     written: bool = True
     when: Callable[[dict[str, Any]], bool] | None = None
     missing: str = ""  # the error when the option needs the list and it is None
+    signed: bool = True  # 8-bit state: the signed dynamic map (False: a non-negative moment)
 
 
 @dataclass(frozen=True)
@@ -248,6 +249,7 @@ def run(spec: Spec, call: Call, h: Hyper) -> None:
     scaling = GradScaling(call.grad_scale, call.found_inf, call.clip_coef)
     scaling.check(op)
     lowprec = call.lowprec
+    lowprec.signed = [st.signed for st in spec.state if st.name in dict(slots)]
     written = tuple(st.name for st in spec.state if st.written)
     buffers, depth = lowprec.prepare_buffers(op, slots, ("params", *written))
     if capturable and not lowprec.is_default:
@@ -286,7 +288,7 @@ def run(spec: Spec, call: Call, h: Hyper) -> None:
         if spec.creates is not None:
             fields["first_step"] = bool(key)  # the key of a creating call: new state or not
         kernel(
-            g.slots,
+            g.slots + lowprec.absmax_slots(g),
             g.numels,
             g.dtype_code,
             g.device,

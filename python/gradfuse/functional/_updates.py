@@ -17,7 +17,9 @@ and takes, besides its own arguments:
 - the low-precision keywords (off by default; see
   :class:`gradfuse.functional._multi_tensor.LowPrecision`): ``master_params``, ``kahan_comps``,
   ``rounding`` and ``seed``; state lists may be float32 for float16/bfloat16 params, or
-  bfloat16 for float32 params.
+  bfloat16 for float32 params; with ``state_absmax`` (one list of float32 absmax tensors per
+  state list, in order) the state lists hold 8-bit block-wise codes (uint8, CPU;
+  :mod:`gradfuse.optim._quant8`).
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def _adam_modes(h: Hyper) -> dict[str, Any]:
 
 _MOMENTS = (
     State("exp_avgs", "exp_avg"),
-    State("exp_avg_sqs", "exp_avg_sq"),
+    State("exp_avg_sqs", "exp_avg_sq", signed=False),
 )
 # The Adam family's hyperparameters whose betas are numbers (Adamax, NAdam, RAdam); checked in
 # this order.
@@ -134,6 +136,7 @@ def sgd_(
     rounding: str = "nearest",
     seed: int | None = None,
     state_dtype: Any = None,
+    state_absmax: Sequence[Sequence[Any]] | None = None,
 ) -> None:
     """One SGD step, in place, for every ``params[i]`` with gradient ``grads[i]``.
 
@@ -171,7 +174,7 @@ def sgd_(
             found_inf,
             clip_coef,
             False,
-            LowPrecision(master_params, kahan_comps, rounding, seed),
+            LowPrecision(master_params, kahan_comps, rounding, seed, state_absmax),
             state_dtype=state_dtype,
         ),
         h,
@@ -218,6 +221,7 @@ ADAM = Spec(
             "max_exp_avg_sq",
             when=lambda o: bool(o["amsgrad"]),
             missing="amsgrad=True needs max_exp_avg_sqs, one per param",
+            signed=False,
         ),
     ),
     scalars=_adam_scalars,
@@ -267,6 +271,7 @@ def adam_(
     kahan_comps: Sequence[Any] | None = None,
     rounding: str = "nearest",
     seed: int | None = None,
+    state_absmax: Sequence[Sequence[Any]] | None = None,
 ) -> None:
     """One Adam step (AdamW with ``decoupled_weight_decay=True``), in place.
 
@@ -312,7 +317,7 @@ def adam_(
             found_inf,
             clip_coef,
             capturable,
-            LowPrecision(master_params, kahan_comps, rounding, seed),
+            LowPrecision(master_params, kahan_comps, rounding, seed, state_absmax),
         ),
         h,
     )
@@ -352,6 +357,7 @@ def adamw_(
     kahan_comps: Sequence[Any] | None = None,
     rounding: str = "nearest",
     seed: int | None = None,
+    state_absmax: Sequence[Sequence[Any]] | None = None,
 ) -> None:
     """One AdamW step in place: :func:`adam_` with decoupled weight decay (torch.optim.AdamW)."""
     adam_(
@@ -377,6 +383,7 @@ def adamw_(
         kahan_comps=kahan_comps,
         rounding=rounding,
         seed=seed,
+        state_absmax=state_absmax,
     )
 
 
@@ -387,7 +394,7 @@ def _adam_family(
     hyper: dict[str, Any],
     amp: tuple[Any, Any, Any],
     capturable: bool,
-    lowprec: tuple[Any, Any, str, int | None],
+    lowprec: tuple[Any, Any, str, int | None, Any],
 ) -> None:
     """Adamax, NAdam and RAdam: check the hyperparameters, then run ``spec``."""
     h = _engine.check_hyper(spec, hyper, capturable)
@@ -414,7 +421,7 @@ ADAMAX = Spec(
     op="adamax_",
     kernel="adamax",
     hyper=_ADAM_FAMILY_HYPER,
-    state=(State("exp_avgs", "exp_avg"), State("exp_infs", "exp_inf")),
+    state=(State("exp_avgs", "exp_avg"), State("exp_infs", "exp_inf", signed=False)),
     scalars=_adamax_scalars,
     counters=("state_steps",),
     step_on_host=True,
@@ -447,6 +454,7 @@ def adamax_(
     kahan_comps: Sequence[Any] | None = None,
     rounding: str = "nearest",
     seed: int | None = None,
+    state_absmax: Sequence[Sequence[Any]] | None = None,
 ) -> None:
     """One Adamax step in place (torch.optim.Adamax, for-loop implementation).
 
@@ -467,7 +475,7 @@ def adamax_(
         },
         (grad_scale, found_inf, clip_coef),
         capturable,
-        (master_params, kahan_comps, rounding, seed),
+        (master_params, kahan_comps, rounding, seed, state_absmax),
     )
 
 
@@ -552,6 +560,7 @@ def nadam_(
     kahan_comps: Sequence[Any] | None = None,
     rounding: str = "nearest",
     seed: int | None = None,
+    state_absmax: Sequence[Sequence[Any]] | None = None,
 ) -> None:
     """One NAdam step in place (torch.optim.NAdam, for-loop implementation).
 
@@ -576,7 +585,7 @@ def nadam_(
         },
         (grad_scale, found_inf, clip_coef),
         capturable,
-        (master_params, kahan_comps, rounding, seed),
+        (master_params, kahan_comps, rounding, seed, state_absmax),
     )
 
 
@@ -655,6 +664,7 @@ def radam_(
     kahan_comps: Sequence[Any] | None = None,
     rounding: str = "nearest",
     seed: int | None = None,
+    state_absmax: Sequence[Sequence[Any]] | None = None,
 ) -> None:
     """One RAdam step in place (torch.optim.RAdam, for-loop implementation).
 
@@ -677,7 +687,7 @@ def radam_(
         },
         (grad_scale, found_inf, clip_coef),
         capturable,
-        (master_params, kahan_comps, rounding, seed),
+        (master_params, kahan_comps, rounding, seed, state_absmax),
     )
 
 
@@ -696,7 +706,7 @@ ADAGRAD = Spec(
     op="adagrad_",
     kernel="adagrad",
     hyper=(("lr", FLOAT), ("lr_decay", FLOAT), ("weight_decay", FLOAT), ("eps", FLOAT)),
-    state=(State("state_sums", "sum"),),
+    state=(State("state_sums", "sum", signed=False),),
     scalars=_adagrad_scalars,
     counters=("state_steps",),
     step_on_host=True,
@@ -722,6 +732,7 @@ def adagrad_(
     kahan_comps: Sequence[Any] | None = None,
     rounding: str = "nearest",
     seed: int | None = None,
+    state_absmax: Sequence[Sequence[Any]] | None = None,
 ) -> None:
     """One Adagrad step, in place, following ``torch.optim.Adagrad`` (foreach=False).
 
@@ -751,7 +762,7 @@ def adagrad_(
             found_inf,
             clip_coef,
             False,
-            LowPrecision(master_params, kahan_comps, rounding, seed),
+            LowPrecision(master_params, kahan_comps, rounding, seed, state_absmax),
         ),
         h,
     )
@@ -781,7 +792,7 @@ RMSPROP = Spec(
         ("momentum", FLOAT),
     ),
     state=(
-        State("square_avgs", "square_avg"),
+        State("square_avgs", "square_avg", signed=False),
         State(
             "grad_avgs",
             "grad_avg",
@@ -838,6 +849,7 @@ def rmsprop_(
     kahan_comps: Sequence[Any] | None = None,
     rounding: str = "nearest",
     seed: int | None = None,
+    state_absmax: Sequence[Sequence[Any]] | None = None,
 ) -> None:
     """One RMSprop step, in place, following ``torch.optim.RMSprop`` (foreach=False).
 
@@ -876,7 +888,7 @@ def rmsprop_(
             found_inf,
             clip_coef,
             capturable,
-            LowPrecision(master_params, kahan_comps, rounding, seed),
+            LowPrecision(master_params, kahan_comps, rounding, seed, state_absmax),
         ),
         h,
     )
@@ -916,6 +928,7 @@ def lion_(
     kahan_comps: Sequence[Any] | None = None,
     rounding: str = "nearest",
     seed: int | None = None,
+    state_absmax: Sequence[Sequence[Any]] | None = None,
 ) -> None:
     """One Lion step (Chen et al. 2023), in place, for every ``params[i]``.
 
@@ -943,7 +956,7 @@ def lion_(
             found_inf,
             clip_coef,
             False,
-            LowPrecision(master_params, kahan_comps, rounding, seed),
+            LowPrecision(master_params, kahan_comps, rounding, seed, state_absmax),
         ),
         h,
     )

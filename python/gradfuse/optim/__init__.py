@@ -4,8 +4,25 @@ from __future__ import annotations
 
 from gradfuse._compile import register_ops
 from gradfuse.optim._optimizer import FusedOptimizer
+from gradfuse.optim._quant8 import (
+    dequantize_blockwise,
+    dequantize_state_dict,
+    dynamic_map,
+    load_bitsandbytes_state_dict,
+    quantize_blockwise,
+)
 from gradfuse.optim.adagrad import Adagrad
 from gradfuse.optim.adam import Adam
+from gradfuse.optim.adam8bit import (
+    Adagrad8bit,
+    Adam8bit,
+    Adamax8bit,
+    AdamW8bit,
+    Lion8bit,
+    NAdam8bit,
+    RAdam8bit,
+    RMSprop8bit,
+)
 from gradfuse.optim.adamax import Adamax
 from gradfuse.optim.adamw import AdamW
 from gradfuse.optim.lion import Lion
@@ -19,12 +36,25 @@ register_ops()  # torch.compile support: define the custom op before anything is
 __all__ = [
     "SGD",
     "Adagrad",
+    "Adagrad8bit",
     "Adam",
+    "Adam8bit",
     "AdamW",
+    "AdamW8bit",
     "Adamax",
+    "Adamax8bit",
     "FusedOptimizer",
     "Lion",
+    "Lion8bit",
     "NAdam",
+    "NAdam8bit",
     "RAdam",
+    "RAdam8bit",
     "RMSprop",
+    "RMSprop8bit",
+    "dequantize_blockwise",
+    "dequantize_state_dict",
+    "dynamic_map",
+    "load_bitsandbytes_state_dict",
+    "quantize_blockwise",
 ]

@@ -77,6 +77,12 @@ class FusedOptimizer(Optimizer):
         super().__init__(params, defaults)
         name = type(self).__name__
         self._precision = PrecisionPolicy.create(name, master_weights, state_dtype, rounding, kahan)
+        self._precision.signed_keys = {st.key: st.signed for st in self._spec.state}
+        if self._precision.q8 and self._spec.creates is not None:
+            raise ValueError(
+                f"{name}: state_dtype=torch.uint8 (8-bit state) is not available for {name} yet "
+                f"(its {self._spec.creates} are created from the first gradient)"
+            )
         for group in self.param_groups:
             for i, p in enumerate(group["params"]):
                 self._precision.check_param(name, p, i)
@@ -204,7 +210,12 @@ class FusedOptimizer(Optimizer):
             **lists,
             **options,
             **amp,
-            **self._precision.kwargs(type(self).__name__, self.state, params),
+            **self._precision.kwargs(
+                type(self).__name__,
+                self.state,
+                params,
+                tuple(st.key for st in spec.state if st.name in lists),
+            ),
         )
         if created is not None and created in lists:
             key = next(st.key for st in spec.state if st.name == created)
@@ -281,6 +292,7 @@ class FusedOptimizer(Optimizer):
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._precision.check_saved(type(self).__name__, self, state_dict)
         super().load_state_dict(state_dict)
         self._precision.load(self, state_dict)
 
@@ -294,6 +306,7 @@ class FusedOptimizer(Optimizer):
         super().__setstate__(state)
         self.__dict__.setdefault("max_grad_norm", None)
         self.__dict__.setdefault("_precision", PrecisionPolicy())
+        self._precision.signed_keys = {st.key: st.signed for st in self._spec.state}
         for group in self.param_groups:
             for key, value in self._setstate_defaults.items():
                 group.setdefault(key, value)
