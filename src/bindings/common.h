@@ -83,7 +83,7 @@ inline TensorListHolder make_list(const char* op,
   const bool q8 = precision.state_dtype >= kStateQ8;
   const std::size_t lists = all_slots.size() - (has_extra ? 1 : 0);
   // 8-bit state: depth rule slots plus depth - 2 absmax lists.
-  GF_CHECK(!q8 || (lists >= 5 && lists % 2 == 1), op,
+  GF_CHECK(!q8 || (lists >= 4 && lists % 2 == 0), op,
            ": 8-bit state needs param, grad, state and one absmax pointer list per state slot, "
            "got ",
            lists, " lists");

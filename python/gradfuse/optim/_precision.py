@@ -277,6 +277,9 @@ class PrecisionPolicy:
             for key, value in saved.items():
                 if key in _NO_CAST_KEYS or not torch.is_tensor(value):
                     continue
+                if value.dtype == torch.uint8:  # 8-bit codes, which torch cast to the param's dtype
+                    current[key] = value.to(device=p.device, copy=True)
+                    continue
                 if not value.is_floating_point() or value.dtype == current[key].dtype:
                     continue
                 if (

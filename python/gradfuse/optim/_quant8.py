@@ -177,6 +177,7 @@ def quantize_state(p: Tensor, state: dict[str, Any], keys: dict[str, bool]) -> N
 # bitsandbytes' keys of a two-state (Adam) and one-state optimizer and gradfuse's.
 _BNB_KEYS = {"state1": "exp_avg", "state2": "exp_avg_sq"}
 _BNB_GROUP_KEYS = ("lr", "betas", "eps", "weight_decay")
+_BNB_PACKED = "__bnb_optimizer_quant_state__"
 
 
 def load_bitsandbytes_state_dict(
@@ -190,7 +191,11 @@ def load_bitsandbytes_state_dict(
     signed = {"state1": True, "state2": False}
     maps = {True: dynamic_map(True), False: dynamic_map(False)}
     converted: dict[Any, dict[str, Any]] = {}
-    for pid, st in state_dict["state"].items():
+    for pid, raw in state_dict["state"].items():
+        st = dict(raw)
+        packed = st.pop(_BNB_PACKED, None)  # bitsandbytes packs its tensors in one dict
+        if packed is not None:
+            st.update(packed)
         new: dict[str, Any] = {}
         for bkey, key in _BNB_KEYS.items():
             if bkey not in st:
