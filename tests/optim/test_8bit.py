@@ -348,3 +348,36 @@ def test_param_groups_and_adam8bit() -> None:
         gopt.AdamW8bit([a], min_8bit_size=-1)
     with pytest.raises(ValueError, match="float64"):
         gopt.AdamW8bit([torch.zeros(3, dtype=torch.float64, requires_grad=True)])
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        ("Adamax8bit", {"lr": 2e-3}),
+        ("NAdam8bit", {"lr": 2e-3}),
+        ("RAdam8bit", {"lr": 1e-3}),
+        ("Adagrad8bit", {"lr": 1e-2, "initial_accumulator_value": 0.1}),
+        ("RMSprop8bit", {"lr": 1e-3, "centered": True, "momentum": 0.9}),
+        ("Lion8bit", {"lr": 1e-4, "weight_decay": 1e-2}),
+    ],
+)
+def test_other_optimizers_track_their_float32_form(name: str, kwargs: dict[str, object]) -> None:
+    """The same mechanism for every stateful optimizer: 8-bit state, and a trajectory that
+    stays near the float32-state one (the 8-bit state's relative error is ~1%)."""
+    shapes = [(64, 128)]
+    ours, ref = _params(shapes, 0), _params(shapes, 0)
+    grads = _grads(ours, 30, 7)
+    opt = getattr(gopt, name)(ours, **kwargs)
+    _run(opt, ours, grads)
+    _run(getattr(gopt, name.removesuffix("8bit"))(ref, **kwargs), ref, grads)
+    st = opt.state[ours[0]]
+    coded = [k for k, v in st.items() if isinstance(v, torch.Tensor) and v.dtype == torch.uint8]
+    assert coded
+    assert all(k + "_absmax" in st for k in coded)
+    moved = (ref[0] - _params(shapes, 0)[0]).abs().mean().item()
+    assert (ours[0] - ref[0]).abs().mean().item() < 0.1 * moved
+
+
+def test_sgd_has_no_8bit_state_yet() -> None:
+    with pytest.raises(ValueError, match="not available for SGD"):
+        gopt.SGD(_params([(10,)], 0), lr=0.1, momentum=0.9, state_dtype=torch.uint8)

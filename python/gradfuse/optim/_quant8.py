@@ -209,7 +209,7 @@ def load_bitsandbytes_state_dict(
                         f"bitsandbytes state {pid}: qmap{n} is not the dynamic map "
                         f"(signed={signed[bkey]}); only blockwise dynamic quantization loads"
                     )
-                absmax = st.get(f"absmax{n}")
+                absmax: Tensor = st.get(f"absmax{n}")  # type checked by check_codes
                 check_codes(value, absmax, f"bitsandbytes state {pid} {bkey}")
                 new[key] = value.clone()
                 new[key + ABSMAX_SUFFIX] = absmax.clone()
