@@ -209,10 +209,9 @@ def load_bitsandbytes_state_dict(
                         f"bitsandbytes state {pid}: qmap{n} is not the dynamic map "
                         f"(signed={signed[bkey]}); only blockwise dynamic quantization loads"
                     )
-                absmax: Tensor = st.get(f"absmax{n}")  # type checked by check_codes
-                check_codes(value, absmax, f"bitsandbytes state {pid} {bkey}")
+                check_codes(value, st.get(f"absmax{n}"), f"bitsandbytes state {pid} {bkey}")
                 new[key] = value.clone()
-                new[key + ABSMAX_SUFFIX] = absmax.clone()
+                new[key + ABSMAX_SUFFIX] = st[f"absmax{n}"].clone()
             else:
                 new[key] = value.clone()
         step = st.get("step", 0)
