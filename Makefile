@@ -9,7 +9,10 @@ TORCH_SPEC ?= torch==2.13.0
 # and tqdm (the bench's and the examples' progress bar); the same pins as pyproject's test extra.
 # Installed with TORCH_SPEC so that pip keeps the CPU torch. timm is not here: it needs
 # torchvision, whose PyPI wheels are CUDA builds that do not load beside the CPU torch.
+# PEERS: the optimizer packages the tests and the bench compare against (all run on the CPU).
 FRAMEWORKS ?= transformers==5.25.0 accelerate==1.16.0 lightning==2.6.6 tqdm==4.70.1
+PEERS ?= schedulefree==1.4.1 pytorch-optimizer==4.1.0 bitsandbytes==0.50.2 heavyball==3.2.1 \
+    torchao==0.18.0
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
 .PHONY: help venv install bench test lint stubtest format dev dev-test sanitize gpu-check clean
@@ -28,7 +31,7 @@ $(VENV)/.ready:
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q scikit-build-core pybind11 ninja cmake numpy pytest hypothesis \
 	    matplotlib scikit-learn ruff mypy clang-format build
-	$(PY) -m pip install -q "$(TORCH_SPEC)" $(FRAMEWORKS)
+	$(PY) -m pip install -q "$(TORCH_SPEC)" $(FRAMEWORKS) $(PEERS)
 	touch $@
 
 venv: $(VENV)/.ready

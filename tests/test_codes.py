@@ -69,23 +69,25 @@ def _adam(p: torch.Tensor, g: torch.Tensor, mode: str, weight_decay: float) -> t
     v = torch.zeros_like(p)
     lr, beta1, beta2 = 0.1, 0.9, 0.999
     slots = [[t.data_ptr()] for t in (p, g, m, v)]
-    _core.adam(
+    hyper = {
+        "weight_decay": weight_decay,
+        "lr_decay": 1.0 - lr * weight_decay,
+        "exp_avg_weight": 1.0 - beta1,
+        "beta2": beta2,
+        "one_minus_beta2": 1.0 - beta2,
+        "bias_correction2_sqrt": (1.0 - beta2) ** 0.5,
+        "neg_step_size": -(lr / (1.0 - beta1)),
+        "eps": 1e-8,
+    }
+    _core.optimizer_step(
+        "adam",
         slots,
         [p.numel()],
         CODES["dtype"]["float64"],
         _HOST,
         0,
-        weight_decay=weight_decay,
-        lr_decay=1.0 - lr * weight_decay,
-        exp_avg_weight=1.0 - beta1,
-        beta2=beta2,
-        one_minus_beta2=1.0 - beta2,
-        bias_correction2_sqrt=(1.0 - beta2) ** 0.5,
-        neg_step_size=-(lr / (1.0 - beta1)),
-        eps=1e-8,
-        weight_decay_mode=CODES["weight_decay_mode"][mode],
-        amsgrad=False,
-        maximize=False,
+        [hyper[name] for name in CODES["hyper_fields"]["adam"]],
+        {"weight_decay_mode": CODES["weight_decay_mode"][mode], "amsgrad": 0, "maximize": 0},
     )
     return p
 
@@ -104,19 +106,15 @@ def test_weight_decay_mode_codes() -> None:
 
 def _sgd(tensors: list[torch.Tensor], dtype_name: str, **options: Any) -> None:
     """One plain SGD step (lr 0.01) of the native kernel over one tensor's slots."""
-    _core.sgd(
+    _core.optimizer_step(
+        "sgd",
         [[t.data_ptr()] for t in tensors],
         [tensors[0].numel()],
         CODES["dtype"][dtype_name],
         _HOST,
         0,
-        lr=0.01,
-        momentum=0.0,
-        dampening=0.0,
-        weight_decay=0.0,
-        nesterov=False,
-        maximize=False,
-        first_step=False,
+        [0.01, 0.0, 0.0, 0.0],  # lr, momentum, dampening, weight_decay
+        {"nesterov": 0, "maximize": 0, "first_step": 0},
         **options,
     )
 
@@ -184,3 +182,33 @@ def test_step_fields_match_the_binding_checks() -> None:
     table[0] = 0.5
     _sgd([p, g], "float32", step_table=table.data_ptr(), step_table_stride=fields["sgd"])
     assert p.item() == -0.5  # the table's lr, not the argument's
+
+
+def test_hyper_fields_name_each_kernels_scalars() -> None:
+    # optimizer_step takes the hyperparameters in this order: a kernel's list is its Hyper
+    # struct's fields, so SGD's lr is first (a swapped order would move p by another value).
+    fields = CODES["hyper_fields"]
+    assert set(fields) >= {"sgd", "adam", "adamax", "nadam", "radam", "adagrad", "rmsprop", "lion"}
+    assert fields["sgd"] == ["lr", "momentum", "dampening", "weight_decay"]
+    p = torch.zeros(1, dtype=torch.float32)
+    g = torch.ones(1, dtype=torch.float32)
+    _sgd([p, g], "float32")
+    assert p.item() == pytest.approx(-0.01)
+
+
+def test_optimizer_step_refuses_a_malformed_call() -> None:
+    p = torch.randn(3)
+    g = torch.randn(3)
+    before = p.clone()
+    slots, numels = _list(p, g)
+    args = (slots, numels, CODES["dtype"]["float32"], _HOST, 0)
+    flags = {"nesterov": 0, "maximize": 0, "first_step": 0}
+    with pytest.raises(ValueError, match="unknown kernel 'nope'"):
+        _core.optimizer_step("nope", *args, [0.1, 0.0, 0.0, 0.0], flags)
+    with pytest.raises(ValueError, match="sgd: expected 4 hyperparameters"):
+        _core.optimizer_step("sgd", *args, [0.1, 0.0], flags)
+    with pytest.raises(ValueError, match="sgd: missing mode 'first_step'"):
+        _core.optimizer_step("sgd", *args, [0.1, 0.0, 0.0, 0.0], {"nesterov": 0, "maximize": 0})
+    with pytest.raises(ValueError, match="sgd: expected 3 pointer lists"):
+        _core.optimizer_step("sgd", *args, [0.1, 0.9, 0.0, 0.0], flags)
+    assert torch.equal(p, before)

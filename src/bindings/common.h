@@ -198,11 +198,14 @@ inline void check_depth(const TensorList& tl, const char* op, int expected, cons
 
 // Registration functions, one per binding file.
 void register_optim(py::module_& m);
-void register_optim_adam(py::module_& m);
+// {kernel: [its Hyper struct's field names, in order]} for _core.CODES (bindings/optim.cpp).
+py::dict hyper_fields();
 void register_grad(py::module_& m);
 void register_losses(py::module_& m);
 void register_losses_softmax(py::module_& m);
 void register_buffers(py::module_& m);
 void register_quant8(py::module_& m);
+void register_optim_lamb(py::module_& m);
+void register_optim_adafactor(py::module_& m);
 
 }  // namespace gf

@@ -30,7 +30,8 @@ py::dict build_info() {
 // The integer codes of the native interface, by name (_core.CODES), so Python restates none:
 // dtype codes (gradfuse/dtype.h, named as torch spells the dtypes), weight decay modes
 // (math::WeightDecayMode), param policies (ParamPolicy), norm kinds (math::NormKind), and the
-// step-table row width of every kernel that takes a step table (its *Scalars::kStepFields).
+// step-table row width of every kernel that takes a step table (its *Scalars::kStepFields), and
+// each optimizer kernel's hyperparameter names in the order optimizer_step takes them.
 py::dict named(std::initializer_list<std::pair<const char*, int>> entries) {
   py::dict d;
   for (const auto& [name, code] : entries) d[name] = code;
@@ -63,6 +64,7 @@ py::dict codes() {
                             {"radam", math::RadamStepScalars<float>::kStepFields},
                             {"adagrad", math::AdagradScalars<float>::kStepFields},
                             {"rmsprop", math::RmspropScalars<float>::kStepFields}});
+  d["hyper_fields"] = hyper_fields();
   return d;
 }
 
@@ -103,10 +105,11 @@ PYBIND11_MODULE(_core, m) {
   m.def("cuda_driver_version", &cuda::driver_version);
 
   register_optim(m);
-  register_optim_adam(m);
   register_losses(m);
   register_grad(m);
   register_losses_softmax(m);
   register_buffers(m);
   register_quant8(m);
+  register_optim_lamb(m);
+  register_optim_adafactor(m);
 }

@@ -1,114 +1,246 @@
-// Bindings of the optimizer kernels outside the Adam family (SGD, Adagrad, RMSprop, Lion).
+// The one binding of every optimizer kernel: _core.optimizer_step(kernel, ...).
+//
+// Python (gradfuse/functional/_engine.py) has validated the tensors and computed every per-step
+// scalar in double with torch's expressions. It hands over the kernel's name, the pointer lists,
+// the hyperparameters as one list in the order the kernel's Hyper struct declares them
+// (Hyper::kFields, exported as _core.CODES["hyper_fields"]) and the mode flags by name. This file
+// checks the call once, fills the kernel's plain Args struct (gradfuse/optim_kernels.h) and runs
+// it without the GIL. Adding a kernel: its Args line in GF_OPTIM_KERNELS and one args_for below.
+#include <cstring>
+#include <iterator>
+#include <map>
+#include <string>
+#include <type_traits>
+#include <unordered_map>
+
 #include "bindings/common.h"
 
 namespace gf {
 
+namespace {
+
+using Modes = std::map<std::string, double>;
+
+// One optimizer_step call, checked: the kernel's tensors, hyperparameters and modes.
+struct StepCall {
+  const char* op;
+  TensorList tensors;
+  const std::vector<double>& hyper;
+  const Modes& modes;
+  StepTable step_table;
+
+  // The hyperparameter list as the kernel's Hyper struct (a plain struct of doubles).
+  template <typename Hyper>
+  Hyper hyper_as() const {
+    constexpr std::size_t n = std::size(Hyper::kFields);
+    static_assert(std::is_trivially_copyable_v<Hyper> && sizeof(Hyper) == n * sizeof(double),
+                  "a Hyper struct is its kFields as doubles, in order");
+    GF_CHECK(hyper.size() == n, op, ": expected ", n,
+             " hyperparameters (CODES[\"hyper_fields\"]), ", "got ", hyper.size());
+    Hyper h;
+    std::memcpy(&h, hyper.data(), sizeof h);
+    return h;
+  }
+
+  // A mode by name (a flag is a mode that is 0 or not); a missing one is the caller's error.
+  int mode(const char* name) const {
+    const auto it = modes.find(name);
+    GF_CHECK(it != modes.end(), op, ": missing mode '", name, "'");
+    return static_cast<int>(it->second);
+  }
+  bool flag(const char* name) const { return mode(name) != 0; }
+
+  void depth(int expected, const char* names) const { check_depth(tensors, op, expected, names); }
+  void no_step_table() const { GF_CHECK(step_table.data == 0, op, ": takes no step table"); }
+  // A capturable call's table holds every field the op reads per tensor.
+  void table_fields(int fields) const {
+    check_step_table(step_table.data, step_table.stride, op, fields);
+  }
+};
+
+template <typename Args>
+struct Tag {};
+
+int weight_decay_mode(const StepCall& c) {
+  const int mode = c.mode("weight_decay_mode");
+  GF_CHECK(mode >= math::kWdNone && mode <= math::kWdDecoupled, c.op,
+           ": weight_decay_mode must be 0 (none), 1 (L2) or 2 (decoupled), got ", mode);
+  return mode;
+}
+
+constexpr const char* kMoments = "param, grad, exp_avg, exp_avg_sq";
+
+SgdArgs args_for(const StepCall& c, Tag<SgdArgs>) {
+  const auto h = c.hyper_as<math::SgdHyper>();
+  const bool momentum = h.momentum != 0.0;
+  c.depth(momentum ? 3 : 2, momentum ? "param, grad, momentum_buffer" : "param, grad");
+  c.table_fields(math::SgdScalars<float>::kStepFields);
+  return {c.tensors,
+          h,
+          h.weight_decay != 0.0,
+          momentum,
+          c.flag("nesterov"),
+          c.flag("first_step"),
+          c.flag("maximize"),
+          c.step_table};
+}
+
+AdamArgs args_for(const StepCall& c, Tag<AdamArgs>) {
+  const bool amsgrad = c.flag("amsgrad");
+  c.depth(amsgrad ? 5 : 4, amsgrad ? "param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq" : kMoments);
+  c.table_fields(math::AdamScalars<float>::kStepFields);
+  return {
+      c.tensors,   c.hyper_as<math::AdamHyper>(), weight_decay_mode(c), amsgrad, c.flag("maximize"),
+      c.step_table};
+}
+
+AdamaxArgs args_for(const StepCall& c, Tag<AdamaxArgs>) {
+  const auto h = c.hyper_as<math::AdamaxHyper>();
+  c.depth(4, "param, grad, exp_avg, exp_inf");
+  c.table_fields(math::AdamaxScalars<float>::kStepFields);
+  return {c.tensors, h, h.weight_decay != 0.0, c.flag("maximize"), c.step_table};
+}
+
+NadamArgs args_for(const StepCall& c, Tag<NadamArgs>) {
+  c.depth(4, kMoments);
+  c.table_fields(math::NadamScalars<float>::kStepFields);
+  return {c.tensors, c.hyper_as<math::NadamHyper>(), weight_decay_mode(c), c.flag("maximize"),
+          c.step_table};
+}
+
+RadamArgs args_for(const StepCall& c, Tag<RadamArgs>) {
+  c.depth(4, kMoments);
+  c.table_fields(math::RadamStepScalars<float>::kStepFields);
+  return {c.tensors,
+          c.hyper_as<math::RadamHyper>(),
+          weight_decay_mode(c),
+          c.flag("maximize"),
+          c.flag("rectify"),
+          c.step_table};
+}
+
+AdagradArgs args_for(const StepCall& c, Tag<AdagradArgs>) {
+  const auto h = c.hyper_as<math::AdagradHyper>();
+  c.depth(3, "param, grad, sum");
+  c.table_fields(math::AdagradScalars<float>::kStepFields);
+  return {c.tensors, h, h.weight_decay != 0.0, c.flag("maximize"), c.step_table};
+}
+
+RmspropArgs args_for(const StepCall& c, Tag<RmspropArgs>) {
+  const auto h = c.hyper_as<math::RmspropHyper>();
+  const bool centered = c.flag("centered"), momentum = h.momentum > 0.0;
+  c.depth(3 + (centered ? 1 : 0) + (momentum ? 1 : 0),
+          "param, grad, square_avg(, grad_avg if centered)(, momentum_buffer if momentum > 0)");
+  c.table_fields(math::RmspropScalars<float>::kStepFields);
+  return {c.tensors,          h,           h.weight_decay != 0.0, centered, momentum,
+          c.flag("maximize"), c.step_table};
+}
+
+LionArgs args_for(const StepCall& c, Tag<LionArgs>) {
+  const auto h = c.hyper_as<math::LionHyper>();
+  c.depth(3, "param, grad, exp_avg");
+  c.no_step_table();
+  return {c.tensors, h, h.weight_decay != 0.0, c.flag("maximize")};
+}
+
+AdoptArgs args_for(const StepCall& c, Tag<AdoptArgs>) {
+  c.depth(4, kMoments);
+  c.no_step_table();
+  return {c.tensors, c.hyper_as<math::AdoptHyper>(), weight_decay_mode(c), c.flag("maximize"),
+          c.flag("first_step")};
+}
+
+AdemamixArgs args_for(const StepCall& c, Tag<AdemamixArgs>) {
+  c.depth(5, "param, grad, exp_avg, exp_avg_slow, exp_avg_sq");
+  c.no_step_table();
+  return {c.tensors, c.hyper_as<math::AdemamixHyper>(), c.flag("maximize")};
+}
+
+ScheduleFreeAdamwArgs args_for(const StepCall& c, Tag<ScheduleFreeAdamwArgs>) {
+  const auto h = c.hyper_as<math::ScheduleFreeAdamwHyper>();
+  c.depth(4, "param, grad, z, exp_avg_sq");
+  c.no_step_table();
+  return {c.tensors, h, h.weight_decay != 0.0, c.flag("maximize")};
+}
+
+ScheduleFreeSgdArgs args_for(const StepCall& c, Tag<ScheduleFreeSgdArgs>) {
+  const auto h = c.hyper_as<math::ScheduleFreeSgdHyper>();
+  c.depth(3, "param, grad, z");
+  c.no_step_table();
+  return {c.tensors, h, h.weight_decay != 0.0, c.flag("maximize")};
+}
+
+// The train/eval switch: no gradient (its slot is z again, never read) and nothing to maximize.
+ScheduleFreeSwitchArgs args_for(const StepCall& c, Tag<ScheduleFreeSwitchArgs>) {
+  c.depth(3, "param, unused, z");
+  c.no_step_table();
+  return {c.tensors, c.hyper_as<math::ScheduleFreeSwitchHyper>(), false};
+}
+
+// Muon's two elementwise passes around the Newton-Schulz matmuls (gradfuse/math/muon.h).
+MuonPrepareArgs args_for(const StepCall& c, Tag<MuonPrepareArgs>) {
+  c.depth(3, "momentum_buffer, grad, ns_input");
+  c.no_step_table();
+  return {c.tensors, c.hyper_as<math::MuonPrepareHyper>(), c.flag("nesterov")};
+}
+
+MuonApplyArgs args_for(const StepCall& c, Tag<MuonApplyArgs>) {
+  c.depth(3, "param, grad, update");
+  c.no_step_table();
+  return {c.tensors, c.hyper_as<math::MuonApplyHyper>(), c.flag("weight_decay")};
+}
+
+using Runner = void (*)(const StepCall&);
+
+// Every kernel by name: its Args from the call, run on the tensors' backend.
+const std::unordered_map<std::string, Runner>& runners() {
+#define GF_RUNNER(name, ArgsType) \
+  {#name,                         \
+   [](const StepCall& c) { run(&cpu::name, GF_CUDA_FN(name), args_for(c, Tag<ArgsType>{})); }},
+  static const std::unordered_map<std::string, Runner> table{GF_OPTIM_KERNELS(GF_RUNNER)};
+#undef GF_RUNNER
+  return table;
+}
+
+}  // namespace
+
+py::dict hyper_fields() {
+  py::dict d;
+#define GF_FIELDS(name, ArgsType)                                             \
+  {                                                                           \
+    py::list names;                                                           \
+    for (const char* f : decltype(ArgsType::hyper)::kFields) names.append(f); \
+    d[#name] = names;                                                         \
+  }
+  GF_OPTIM_KERNELS(GF_FIELDS)
+#undef GF_FIELDS
+  return d;
+}
+
 void register_optim(py::module_& m) {
   m.def(
-      "sgd",
-      [](const Slots& slots, const Numels& numels, int dtype, int device, std::uintptr_t stream,
-         double lr, double momentum, double dampening, double weight_decay, bool nesterov,
-         bool maximize, bool first_step, std::uintptr_t grad_scale, std::uintptr_t found_inf,
-         std::uintptr_t clip_coef, std::uintptr_t step_table, std::int64_t step_table_stride,
-         int state_dtype, int policy, std::uint64_t seed) {
-        auto holder = make_list("sgd", slots, numels, dtype, device, stream, grad_scale, found_inf,
-                                clip_coef, PrecisionArgs{state_dtype, policy, seed});
-        check_step_table(step_table, step_table_stride, "sgd",
-                         math::SgdScalars<float>::kStepFields);
-        const bool has_momentum = momentum != 0.0;
-        GF_CHECK(holder.view.depth == (has_momentum ? 3 : 2), "sgd: expected ",
-                 has_momentum ? 3 : 2, " pointer lists (param, grad",
-                 has_momentum ? ", momentum_buffer" : "", "), got ", holder.view.depth);
-        SgdArgs args{holder.view,
-                     {lr, momentum, dampening, weight_decay},
-                     weight_decay != 0.0,
-                     has_momentum,
-                     nesterov,
-                     first_step,
-                     maximize,
-                     StepTable{step_table, step_table_stride}};
-        run(&cpu::sgd, GF_CUDA_FN(sgd), args);
-      },
-      GF_LIST_ARGS, py::kw_only(), py::arg("lr"), py::arg("momentum"), py::arg("dampening"),
-      py::arg("weight_decay"), py::arg("nesterov"), py::arg("maximize"), py::arg("first_step"),
-      GF_SCALING_ARGS, GF_STEP_TABLE_ARGS, GF_PRECISION_ARGS,
-      "In-place SGD over slots [params, grads(, momentum_buffers)] of one dtype and device.\n"
-      "grad_scale/found_inf/clip_coef: addresses of float32 scalars, 0 for none.\n"
-      "step_table: lr per tensor, read on the device (gradfuse/math/per_tensor.h), 0 for none.");
-
-  m.def(
-      "adagrad",
-      [](const Slots& slots, const Numels& numels, int dtype, int device, std::uintptr_t stream,
-         double clr, double eps, double weight_decay, bool maximize, std::uintptr_t grad_scale,
-         std::uintptr_t found_inf, std::uintptr_t clip_coef, std::uintptr_t step_table,
-         std::int64_t step_table_stride, int state_dtype, int policy, std::uint64_t seed) {
-        auto holder = make_list("adagrad", slots, numels, dtype, device, stream, grad_scale,
-                                found_inf, clip_coef, PrecisionArgs{state_dtype, policy, seed});
-        check_depth(holder.view, "adagrad", 3, "param, grad, sum");
-        check_step_table(step_table, step_table_stride, "adagrad",
-                         math::AdagradScalars<float>::kStepFields);
-        AdagradArgs args{holder.view,
-                         {clr, eps, weight_decay},
-                         weight_decay != 0.0,
-                         maximize,
-                         StepTable{step_table, step_table_stride}};
-        run(&cpu::adagrad, GF_CUDA_FN(adagrad), args);
-      },
-      GF_LIST_ARGS, py::kw_only(), py::arg("clr"), py::arg("eps"), py::arg("weight_decay"),
-      py::arg("maximize"), GF_SCALING_ARGS, GF_STEP_TABLE_ARGS, GF_PRECISION_ARGS,
-      "In-place Adagrad over slots [params, grads, sums] of one dtype and device.\n"
-      "clr: this step's decayed learning rate lr / (1 + (step - 1) * lr_decay); with\n"
-      "step_table (capturable), -clr per tensor from its rows (gradfuse/math/per_tensor.h).");
-
-  m.def(
-      "rmsprop",
-      [](const Slots& slots, const Numels& numels, int dtype, int device, std::uintptr_t stream,
-         double lr, double alpha, double eps, double weight_decay, double momentum, bool centered,
-         bool maximize, std::uintptr_t grad_scale, std::uintptr_t found_inf,
-         std::uintptr_t clip_coef, std::uintptr_t step_table, std::int64_t step_table_stride,
-         int state_dtype, int policy, std::uint64_t seed) {
-        auto holder = make_list("rmsprop", slots, numels, dtype, device, stream, grad_scale,
-                                found_inf, clip_coef, PrecisionArgs{state_dtype, policy, seed});
-        check_step_table(step_table, step_table_stride, "rmsprop",
-                         math::RmspropScalars<float>::kStepFields);
-        const bool has_momentum = momentum > 0.0;
-        const int depth = 3 + (centered ? 1 : 0) + (has_momentum ? 1 : 0);
-        const char* names = centered ? (has_momentum ? "param, grad, square_avg, grad_avg, "
-                                                       "momentum_buffer"
-                                                     : "param, grad, square_avg, grad_avg")
-                                     : (has_momentum ? "param, grad, square_avg, momentum_buffer"
-                                                     : "param, grad, square_avg");
-        check_depth(holder.view, "rmsprop", depth, names);
-        RmspropArgs args{holder.view,
-                         {lr, alpha, eps, weight_decay, momentum},
-                         weight_decay != 0.0,
-                         centered,
-                         has_momentum,
-                         maximize,
-                         StepTable{step_table, step_table_stride}};
-        run(&cpu::rmsprop, GF_CUDA_FN(rmsprop), args);
-      },
-      GF_LIST_ARGS, py::kw_only(), py::arg("lr"), py::arg("alpha"), py::arg("eps"),
-      py::arg("weight_decay"), py::arg("momentum"), py::arg("centered"), py::arg("maximize"),
-      GF_SCALING_ARGS, GF_STEP_TABLE_ARGS, GF_PRECISION_ARGS,
-      "In-place RMSprop over slots [params, grads, square_avgs(, grad_avgs)(, momentum_buffers)];\n"
-      "with step_table (capturable), -lr per tensor from its rows.");
-
-  m.def(
-      "lion",
-      [](const Slots& slots, const Numels& numels, int dtype, int device, std::uintptr_t stream,
-         double lr, double beta1, double beta2, double weight_decay, bool maximize,
+      "optimizer_step",
+      [](const std::string& kernel, const Slots& slots, const Numels& numels, int dtype, int device,
+         std::uintptr_t stream, const std::vector<double>& hyper, const Modes& modes,
          std::uintptr_t grad_scale, std::uintptr_t found_inf, std::uintptr_t clip_coef,
-         int state_dtype, int policy, std::uint64_t seed) {
-        auto holder = make_list("lion", slots, numels, dtype, device, stream, grad_scale, found_inf,
+         std::uintptr_t step_table, std::int64_t step_table_stride, int state_dtype, int policy,
+         std::uint64_t seed) {
+        const auto& table = runners();
+        const auto it = table.find(kernel);
+        GF_CHECK(it != table.end(), "optimizer_step: unknown kernel '", kernel, "'");
+        const char* op = it->first.c_str();
+        auto holder = make_list(op, slots, numels, dtype, device, stream, grad_scale, found_inf,
                                 clip_coef, PrecisionArgs{state_dtype, policy, seed});
-        check_depth(holder.view, "lion", 3, "param, grad, exp_avg");
-        LionArgs args{holder.view, {lr, beta1, beta2, weight_decay}, weight_decay != 0.0, maximize};
-        run(&cpu::lion, GF_CUDA_FN(lion), args);
+        it->second(
+            StepCall{op, holder.view, hyper, modes, StepTable{step_table, step_table_stride}});
       },
-      GF_LIST_ARGS, py::kw_only(), py::arg("lr"), py::arg("beta1"), py::arg("beta2"),
-      py::arg("weight_decay"), py::arg("maximize"), GF_SCALING_ARGS, GF_PRECISION_ARGS,
-      "In-place Lion over slots [params, grads, exp_avgs] of one dtype and device.");
+      py::arg("kernel"), GF_LIST_ARGS, py::arg("hyper"), py::arg("modes"), py::kw_only(),
+      GF_SCALING_ARGS, GF_STEP_TABLE_ARGS, GF_PRECISION_ARGS,
+      "One in-place optimizer step of `kernel` over its slots (pointer lists: params, grads,\n"
+      "state) of one dtype and device. hyper: the kernel's per-step scalars in the order of\n"
+      "CODES['hyper_fields'][kernel]; modes: its flags by name. grad_scale/found_inf/clip_coef:\n"
+      "addresses of float32 scalars, 0 for none; step_table: a capturable call's per-tensor\n"
+      "scalars (gradfuse/math/per_tensor.h), 0 for none.");
 }
 
 }  // namespace gf

@@ -7,8 +7,10 @@
 #include "gradfuse/grad_kernels.h"
 #include "gradfuse/loss_kernels.h"
 #include "gradfuse/optim_kernels.h"
+#include "gradfuse/reducing_optim_kernels.h"
 
 // X-macro of every kernel entry point: X(name, ArgsType). Each backend defines
 // `void name(const ArgsType&)` for each entry; the CPU dispatcher picks an ISA at run time.
 // Each family lists its own kernels in its header.
-#define GF_KERNELS(X) GF_OPTIM_KERNELS(X) GF_GRAD_KERNELS(X) GF_LOSS_KERNELS(X)
+#define GF_KERNELS(X) \
+  GF_OPTIM_KERNELS(X) GF_GRAD_KERNELS(X) GF_LOSS_KERNELS(X) GF_REDUCING_OPTIM_KERNELS(X)

@@ -165,6 +165,68 @@ void dispatch(const LionArgs& a, Apply&& apply) {
   });
 }
 
+template <typename Apply>
+void dispatch(const ScheduleFreeAdamwArgs& a, Apply&& apply) {
+  visit_optim<math::ScheduleFreeAdamwScalars>(
+      a, "schedule_free_adamw", [&](auto tag, const auto& s, auto flip) {
+        using OpT = typename decltype(flip)::Value;
+        bool_switch(
+            [&](auto wd_c) {
+              apply(tag, math::ScheduleFreeAdamwOp<decltype(wd_c)::value, OpT>{{s, flip}});
+            },
+            a.weight_decay);
+      });
+}
+
+template <typename Apply>
+void dispatch(const ScheduleFreeSgdArgs& a, Apply&& apply) {
+  visit_optim<math::ScheduleFreeSgdScalars>(
+      a, "schedule_free_sgd", [&](auto tag, const auto& s, auto flip) {
+        using OpT = typename decltype(flip)::Value;
+        bool_switch(
+            [&](auto wd_c) {
+              apply(tag, math::ScheduleFreeSgdOp<decltype(wd_c)::value, OpT>{{s, flip}});
+            },
+            a.weight_decay);
+      });
+}
+
+template <typename Apply>
+void dispatch(const ScheduleFreeSwitchArgs& a, Apply&& apply) {
+  visit_optim<math::ScheduleFreeSwitchScalars>(
+      a, "schedule_free_switch", [&](auto tag, const auto& s, auto flip) {
+        using OpT = typename decltype(flip)::Value;
+        apply(tag, math::ScheduleFreeSwitchOp<OpT>{{s, flip}});
+      });
+}
+
+// Muon's passes (math/muon.h): no maximize (torch's Muon has none), one flag each.
+template <typename Apply>
+void dispatch(const MuonPrepareArgs& a, Apply&& apply) {
+  visit_dtype(a.tensors.dtype, "muon_prepare", [&](auto tag) {
+    using OpT = OpMath<typename decltype(tag)::type>;
+    const auto s = math::MuonPrepareScalars<OpT>::from(a.hyper);
+    const auto flip = math::SignFlip<OpT>::when(false);
+    bool_switch(
+        [&](auto nesterov_c) {
+          apply(tag, math::MuonPrepareOp<decltype(nesterov_c)::value, OpT>{{s, flip}});
+        },
+        a.nesterov);
+  });
+}
+
+template <typename Apply>
+void dispatch(const MuonApplyArgs& a, Apply&& apply) {
+  visit_dtype(a.tensors.dtype, "muon_apply", [&](auto tag) {
+    using OpT = OpMath<typename decltype(tag)::type>;
+    const auto s = math::MuonApplyScalars<OpT>::from(a.hyper);
+    const auto flip = math::SignFlip<OpT>::when(false);
+    bool_switch(
+        [&](auto wd_c) { apply(tag, math::MuonApplyOp<decltype(wd_c)::value, OpT>{{s, flip}}); },
+        a.weight_decay);
+  });
+}
+
 // The scaling-only pass of clip_grad_norm_: GradScaling on slot 0, no rule.
 template <typename Apply>
 void dispatch(const ScaleGradsArgs& a, Apply&& apply) {

@@ -3,11 +3,14 @@
 // CPU and CUDA backends.
 #pragma once
 
+#include "gradfuse/adopt_kernels.h"
 #include "gradfuse/math/adagrad.h"
 #include "gradfuse/math/adam.h"
 #include "gradfuse/math/lion.h"
+#include "gradfuse/math/muon.h"
 #include "gradfuse/math/per_tensor.h"
 #include "gradfuse/math/rmsprop.h"
+#include "gradfuse/math/schedule_free.h"
 #include "gradfuse/math/sgd.h"
 #include "gradfuse/tensor_list.h"
 
@@ -91,6 +94,44 @@ struct LionArgs {
   bool maximize;
 };
 
+// Schedule-free AdamW: slots y (the param), grad, z, exp_avg_sq.
+struct ScheduleFreeAdamwArgs {
+  TensorList tensors;
+  math::ScheduleFreeAdamwHyper hyper;
+  bool weight_decay;  // weight_decay != 0
+  bool maximize;
+};
+
+// Schedule-free SGD: slots y (the param), grad, z.
+struct ScheduleFreeSgdArgs {
+  TensorList tensors;
+  math::ScheduleFreeSgdHyper hyper;
+  bool weight_decay;  // weight_decay != 0
+  bool maximize;
+};
+
+// The schedule-free train/eval switch: slots param, an unused gradient slot, z.
+struct ScheduleFreeSwitchArgs {
+  TensorList tensors;
+  math::ScheduleFreeSwitchHyper hyper;
+  bool maximize;  // always false (no gradient); the shared dispatch reads it
+};
+
+// Muon's two elementwise passes around the Newton-Schulz matmuls (gradfuse/math/muon.h).
+// prepare: slots momentum_buffer, grad, ns_input (ns_input may be stored in the state dtype).
+struct MuonPrepareArgs {
+  TensorList tensors;
+  math::MuonPrepareHyper hyper;
+  bool nesterov;
+};
+
+// apply: slots param, grad (not read), update (the orthogonalised matrix; the state dtype).
+struct MuonApplyArgs {
+  TensorList tensors;
+  math::MuonApplyHyper hyper;
+  bool weight_decay;  // weight_decay != 0
+};
+
 }  // namespace gf
 
 // X(name, ArgsType) for every optimizer kernel, in two groups that the CPU compiles as separate
@@ -106,4 +147,16 @@ struct LionArgs {
   X(adagrad, AdagradArgs)         \
   X(rmsprop, RmspropArgs)         \
   X(lion, LionArgs)
-#define GF_OPTIM_KERNELS(X) GF_ADAM_FAMILY_KERNELS(X) GF_OTHER_OPTIM_KERNELS(X)
+// Schedule-free AdamW / SGD and their train/eval switch (src/cpu/kernels/schedule_free.cpp).
+#define GF_SCHEDULE_FREE_KERNELS(X)             \
+  X(schedule_free_adamw, ScheduleFreeAdamwArgs) \
+  X(schedule_free_sgd, ScheduleFreeSgdArgs)     \
+  X(schedule_free_switch, ScheduleFreeSwitchArgs)
+// Muon's elementwise passes (src/cpu/kernels/muon.cpp).
+#define GF_MUON_KERNELS(X)         \
+  X(muon_prepare, MuonPrepareArgs) \
+  X(muon_apply, MuonApplyArgs)
+#define GF_OPTIM_KERNELS(X) \
+  GF_ADAM_FAMILY_KERNELS(X) \
+  GF_OTHER_OPTIM_KERNELS(X) \
+  GF_ADOPT_KERNELS(X) GF_ADEMAMIX_KERNELS(X) GF_SCHEDULE_FREE_KERNELS(X) GF_MUON_KERNELS(X)

@@ -160,6 +160,31 @@ OPTIMIZERS: list[OptimSpec] = [
         (("exp_avgs", "like"),),
         {"lr": 1e-3},
     ),
+    OptimSpec(
+        "ADOPT",
+        (
+            {"lr": 1e-3},
+            {"lr": 1e-3, "weight_decay": 0.1, "weight_decouple": True, "maximize": True},
+        ),
+        "adopt_",
+        (("exp_avgs", "like"), ("exp_avg_sqs", "positive"), ("state_steps", "step")),
+        {"lr": 1e-3},
+    ),
+    OptimSpec(
+        "AdEMAMix",
+        (
+            {"lr": 1e-3},
+            {"lr": 1e-3, "betas": (0.8, 0.99, 0.999), "t_alpha": 5, "t_beta3": 5},
+        ),
+        "ademamix_",
+        (
+            ("exp_avgs", "like"),
+            ("exp_avg_slows", "like"),
+            ("exp_avg_sqs", "positive"),
+            ("state_steps", "step"),
+        ),
+        {"lr": 1e-3},
+    ),
 ]
 
 

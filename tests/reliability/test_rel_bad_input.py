@@ -311,19 +311,15 @@ def test_binding_refuses_cuda_device_in_cpu_only_build() -> None:
     p, g = np.ones(4, np.float32), np.ones(4, np.float32)
     slots = [[p.ctypes.data], [g.ctypes.data]]
     with pytest.raises(ValueError, match="built without CUDA"):
-        core.sgd(
+        core.optimizer_step(
+            "sgd",
             slots,
             [4],
             0,
             0,
             0,
-            lr=0.1,
-            momentum=0.0,
-            dampening=0.0,
-            weight_decay=0.0,
-            nesterov=False,
-            maximize=False,
-            first_step=False,
+            [0.1, 0.0, 0.0, 0.0],  # lr, momentum, dampening, weight_decay
+            {"nesterov": 0, "maximize": 0, "first_step": 0},
         )
     assert np.array_equal(p, np.ones(4, np.float32))
 

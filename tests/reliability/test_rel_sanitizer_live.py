@@ -31,8 +31,8 @@ if kind == "overflow":
 else:
     raw = np.zeros(4 * 9, np.uint8)
     ptrs, n = [[raw.ctypes.data + 1], [raw.ctypes.data + 17]], 4  # not float-aligned
-core.sgd(ptrs, [n], 0, -1, 0, lr=0.1, momentum=0.0, dampening=0.0, weight_decay=0.0,
-         nesterov=False, maximize=False, first_step=False)
+core.optimizer_step("sgd", ptrs, [n], 0, -1, 0, [0.1, 0.0, 0.0, 0.0],
+                   {{"nesterov": 0, "maximize": 0, "first_step": 0}})
 print("NO REPORT")
 """
 

@@ -30,7 +30,9 @@ if TYPE_CHECKING:
 OPTIMIZER_PROVIDERS = ("gradfuse", "torch-forloop", "torch-foreach", "torch-fused")
 LOSS_PROVIDERS = ("gradfuse", "torch-eager")
 COMPILE_PROVIDER = "torch-compile"
-ALL_PROVIDERS = (*OPTIMIZER_PROVIDERS, "torch-eager", COMPILE_PROVIDER)
+# heavyball: a torch.compile-based optimizer library, for the optimizers it has (Muon).
+HEAVYBALL_PROVIDER = "heavyball"
+ALL_PROVIDERS = (*OPTIMIZER_PROVIDERS, "torch-eager", COMPILE_PROVIDER, HEAVYBALL_PROVIDER)
 
 Step = Callable[[], object]
 Shape = tuple[int, ...]

@@ -273,7 +273,8 @@ def run(spec: Spec, call: Call, h: Hyper) -> None:
             keys = _advance_on_host(spec, h, counters)
         else:  # the update does not need the values on the host: advanced where they live
             _steps.advance(counters["state_steps"], call.found_inf)
-    kernel = getattr(_native.core(), spec.kernel)
+    core = _native.core()
+    hyper_fields = core.CODES["hyper_fields"][spec.kernel]
     on_device = capturable or any(
         kind == DEVICE_NUMBER and _buffers._is_torch_tensor(options[name])
         for name, kind in spec.hyper
@@ -281,21 +282,27 @@ def run(spec: Spec, call: Call, h: Hyper) -> None:
     for k, g in enumerate(group(buffers, depth, n, keys, *lowprec.layout)):
         key = keys[g.indices[0]] if keys is not None else None
         table: Any = None
+        table_args: dict[str, int] = {}
         if on_device:
-            fields, table = _device_fields(spec, h, g, counters, call.found_inf)
+            fields, table, table_args = _device_fields(spec, h, g, counters, call.found_inf)
         else:
             fields = _host_fields(spec, h, g, key)
         if spec.creates is not None:
             fields["first_step"] = bool(key)  # the key of a creating call: new state or not
-        kernel(
+        # The kernel's hyperparameters in its Hyper struct's order; every other field (a
+        # per-group flag such as RAdam's rectify) is a mode, beside the spec's.
+        hyper = [fields.pop(name) for name in hyper_fields]
+        core.optimizer_step(
+            spec.kernel,
             g.slots + lowprec.absmax_slots(g),
             g.numels,
             g.dtype_code,
             g.device,
             g.stream,
-            **fields,
-            **spec.modes(h),
+            hyper,
+            {**fields, **spec.modes(h)},
             **dict(zip(_SCALING_NAMES, scaling.pointers(g.device), strict=True)),
+            **table_args,
             **lowprec.kwargs(g, k),
         )
         del table  # kept alive until the kernel has been launched (stream-ordered on CUDA)
@@ -389,9 +396,10 @@ def _host_fields(spec: Spec, h: Hyper, g: Group, key: Any) -> dict[str, Any]:
 
 def _device_fields(
     spec: Spec, h: Hyper, g: Group, counters: dict[str, Any], found_inf: Any
-) -> tuple[dict[str, Any], Any]:
-    """The native call's keyword arguments for one capturable group: the step-dependent scalars
-    as a per-tensor table on the device, the others as host numbers."""
+) -> tuple[dict[str, Any], Any, dict[str, int]]:
+    """The scalars of one capturable group: the step-dependent ones as a per-tensor table on the
+    device (returned, to be kept alive, with its address and row stride), the others as host
+    numbers."""
     steps = counters.get("state_steps")
     if spec.step_on_host and steps is not None:
         step = _capturable.step_values(steps, g)
@@ -424,4 +432,4 @@ def _device_fields(
     for name, value in fields.items():
         # Every other scalar is a host number: a tensor here would be read on the host.
         assert not _buffers._is_torch_tensor(value), f"{spec.op}: {name} is not a table field"
-    return {**fields, "step_table": table_ptr, "step_table_stride": stride}, table
+    return fields, table, {"step_table": table_ptr, "step_table_stride": stride}

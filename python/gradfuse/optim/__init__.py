@@ -11,6 +11,7 @@ from gradfuse.optim._quant8 import (
     load_bitsandbytes_state_dict,
     quantize_blockwise,
 )
+from gradfuse.optim.adafactor import Adafactor
 from gradfuse.optim.adagrad import Adagrad
 from gradfuse.optim.adam import Adam
 from gradfuse.optim.adam8bit import (
@@ -25,16 +26,25 @@ from gradfuse.optim.adam8bit import (
 )
 from gradfuse.optim.adamax import Adamax
 from gradfuse.optim.adamw import AdamW
+from gradfuse.optim.ademamix import AdEMAMix
+from gradfuse.optim.adopt import ADOPT
+from gradfuse.optim.lamb import LAMB
 from gradfuse.optim.lion import Lion
+from gradfuse.optim.muon import Muon, muon_param_groups
 from gradfuse.optim.nadam import NAdam
 from gradfuse.optim.radam import RAdam
 from gradfuse.optim.rmsprop import RMSprop
+from gradfuse.optim.schedule_free import ScheduleFreeAdamW, ScheduleFreeSGD
 from gradfuse.optim.sgd import SGD
 
 register_ops()  # torch.compile support: define the custom op before anything is traced
 
 __all__ = [
+    "ADOPT",
+    "LAMB",
     "SGD",
+    "AdEMAMix",
+    "Adafactor",
     "Adagrad",
     "Adagrad8bit",
     "Adam",
@@ -46,15 +56,19 @@ __all__ = [
     "FusedOptimizer",
     "Lion",
     "Lion8bit",
+    "Muon",
     "NAdam",
     "NAdam8bit",
     "RAdam",
     "RAdam8bit",
     "RMSprop",
     "RMSprop8bit",
+    "ScheduleFreeAdamW",
+    "ScheduleFreeSGD",
     "dequantize_blockwise",
     "dequantize_state_dict",
     "dynamic_map",
     "load_bitsandbytes_state_dict",
+    "muon_param_groups",
     "quantize_blockwise",
 ]

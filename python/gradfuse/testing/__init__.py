@@ -29,10 +29,21 @@ from typing import Any
 
 import torch
 
+from gradfuse.testing._adopt import ADOPT, AdEMAMix
+from gradfuse.testing._lamb import LAMB
 from gradfuse.testing._lion import Lion
+from gradfuse.testing._muon import Muon
+from gradfuse.testing._schedule_free import ScheduleFreeAdamW, ScheduleFreeSGD
 
 #: Optimizers torch has no class for, by the name of the gradfuse class they are a reference for.
-REFERENCES: dict[str, type[torch.optim.Optimizer]] = {"Lion": Lion}
+REFERENCES: dict[str, type[torch.optim.Optimizer]] = {
+    "Lion": Lion,
+    "LAMB": LAMB,
+    "ADOPT": ADOPT,
+    "AdEMAMix": AdEMAMix,
+    "ScheduleFreeAdamW": ScheduleFreeAdamW,
+    "ScheduleFreeSGD": ScheduleFreeSGD,
+}
 
 
 def reference_class(name: str) -> type[torch.optim.Optimizer]:
@@ -65,4 +76,16 @@ def reference_optimizer(
     return opt
 
 
-__all__ = ["REFERENCES", "Lion", "has_torch_class", "reference_class", "reference_optimizer"]
+__all__ = [
+    "ADOPT",
+    "LAMB",
+    "REFERENCES",
+    "AdEMAMix",
+    "Lion",
+    "Muon",
+    "ScheduleFreeAdamW",
+    "ScheduleFreeSGD",
+    "has_torch_class",
+    "reference_class",
+    "reference_optimizer",
+]

@@ -23,6 +23,8 @@ struct AdagradHyper {
   double clr;  // lr / (1 + (step - 1) * lr_decay) for the step this call performs
   double eps;
   double weight_decay;
+  // The fields by name, in order: Python passes them as one list (CODES["hyper_fields"]).
+  static constexpr const char* kFields[] = {"clr", "eps", "weight_decay"};
 };
 
 template <typename OpT>

@@ -114,6 +114,11 @@ GF_HD GF_INLINE void update_moments(OpT g, OpT& exp_avg, OpT& exp_avg_sq,
 struct AdamHyper {
   double weight_decay, lr_decay, exp_avg_weight, beta2, one_minus_beta2;
   double bias_correction2_sqrt, neg_step_size, eps;
+  // The fields by name, in order: Python passes them as one list (CODES["hyper_fields"]).
+  static constexpr const char* kFields[] = {"weight_decay",    "lr_decay",
+                                            "exp_avg_weight",  "beta2",
+                                            "one_minus_beta2", "bias_correction2_sqrt",
+                                            "neg_step_size",   "eps"};
 };
 
 template <typename OpT>
@@ -173,6 +178,9 @@ struct AdamOp : ParamRule<AdamScalars<OpT>, OpT, kAmsgrad ? 5 : 4, kAmsgrad ? 0b
 // neg_clr = -(lr / (1 - beta1**step)).
 struct AdamaxHyper {
   double weight_decay, exp_avg_weight, beta2, eps, neg_clr;
+  // The fields by name, in order: Python passes them as one list (CODES["hyper_fields"]).
+  static constexpr const char* kFields[] = {"weight_decay", "exp_avg_weight", "beta2", "eps",
+                                            "neg_clr"};
 };
 
 template <typename OpT>
@@ -218,6 +226,10 @@ struct AdamaxOp : MomentRule<AdamaxScalars<OpT>, OpT> {
 struct NadamHyper {
   double weight_decay, lr_decay, exp_avg_weight, beta2, one_minus_beta2;
   double bias_correction2, eps, grad_coef, exp_avg_coef;
+  // The fields by name, in order: Python passes them as one list (CODES["hyper_fields"]).
+  static constexpr const char* kFields[] = {"weight_decay", "lr_decay",        "exp_avg_weight",
+                                            "beta2",        "one_minus_beta2", "bias_correction2",
+                                            "eps",          "grad_coef",       "exp_avg_coef"};
 };
 
 template <typename OpT>
@@ -272,6 +284,17 @@ struct NadamOp : MomentRule<NadamScalars<OpT>, OpT> {
 struct RadamHyper {
   double weight_decay, lr_decay, exp_avg_weight, beta2, one_minus_beta2;
   double bias_correction1, bias_correction2_sqrt, eps, lr, rect;
+  // The fields by name, in order: Python passes them as one list (CODES["hyper_fields"]).
+  static constexpr const char* kFields[] = {"weight_decay",
+                                            "lr_decay",
+                                            "exp_avg_weight",
+                                            "beta2",
+                                            "one_minus_beta2",
+                                            "bias_correction1",
+                                            "bias_correction2_sqrt",
+                                            "eps",
+                                            "lr",
+                                            "rect"};
 };
 
 template <typename OpT>

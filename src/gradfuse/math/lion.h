@@ -17,6 +17,8 @@ struct LionHyper {
   double beta1;
   double beta2;
   double weight_decay;
+  // The fields by name, in order: Python passes them as one list (CODES["hyper_fields"]).
+  static constexpr const char* kFields[] = {"lr", "beta1", "beta2", "weight_decay"};
 };
 
 template <typename OpT>

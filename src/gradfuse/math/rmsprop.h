@@ -29,6 +29,8 @@ struct RmspropHyper {
   double eps;
   double weight_decay;
   double momentum;
+  // The fields by name, in order: Python passes them as one list (CODES["hyper_fields"]).
+  static constexpr const char* kFields[] = {"lr", "alpha", "eps", "weight_decay", "momentum"};
 };
 
 // Whether torch's lerp takes its small-weight branch for weight 1 - alpha.

@@ -22,6 +22,8 @@ struct SgdHyper {
   double momentum;
   double dampening;
   double weight_decay;
+  // The fields by name, in order: Python passes them as one list (CODES["hyper_fields"]).
+  static constexpr const char* kFields[] = {"lr", "momentum", "dampening", "weight_decay"};
 };
 
 template <typename OpT>

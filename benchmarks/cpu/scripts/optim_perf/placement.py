@@ -19,7 +19,7 @@ orig = fo.group
 fo.group = lambda *a, **k: cap.setdefault('g', orig(*a, **k)); o.step(); fo.group = orig
 g = cap['g'][0]; core = _native.core()
 def native():
-    core.sgd(g.slots, g.numels, g.dtype_code, g.device, g.stream, lr=1e-3, momentum=0.9, dampening=0.0, weight_decay=1e-4, nesterov=False, maximize=False, first_step=False, grad_scale=0, found_inf=0, clip_coef=0)
+    core.optimizer_step("sgd", g.slots, g.numels, g.dtype_code, g.device, g.stream, [1e-3, 0.9, 0.0, 1e-4], {"nesterov": 0, "maximize": 0, "first_step": 0})
 ps2 = _leaves(p0, g0, clone_grads=False)
 t = torch.optim.SGD(ps2, fused=True, lr=1e-3, momentum=0.9, weight_decay=1e-4); t.step()
 res = {'native': [], 'fused': []}

@@ -26,8 +26,31 @@ MIN_ACCESSES: dict[str, tuple[int, str]] = {
     "rmsprop_centered_momentum": (9, "rmsprop + grad_avg r+w + momentum_buffer r+w"),
     "lion": (5, "param r+w, grad r, exp_avg r+w"),
     "clip_grad_norm": (3, "grad read (norm), grad read+write (scale)"),
+    "schedule_free_adamw": (7, "y (param) r+w, grad r, z r+w, exp_avg_sq r+w"),
+    "schedule_free_sgd": (5, "y (param) r+w, grad r, z r+w"),
+    # Muon's elementwise passes only: the Newton-Schulz matmuls between them are compute-bound,
+    # so a Muon step's % of this ceiling says little (the matmuls dominate).
+    "muon": (6, "param r+w, grad r, momentum_buffer r+w, update r (+ Newton-Schulz matmuls)"),
+    # Optimizers whose per-tensor reduction must finish before the param is written.
+    "lamb": (
+        10,
+        (
+            "pass 1: param r, grad r, exp_avg r+w, exp_avg_sq r+w (moments, both norms);"
+            " pass 2: param r+w, exp_avg r, exp_avg_sq r (trust-ratio step)"
+        ),
+    ),
+    "adafactor": (
+        6,
+        (
+            "rank >= 2: pass A param r, grad r (RMS, row/col means of g^2); pass B grad"
+            " r (RMS of the update); pass C param r+w, grad r (row/col state negligible)"
+        ),
+    ),
     # Losses with their input gradient (forward + backward), per input element.
     "elementwise_loss": (3, "input read, target read, grad written"),
     "cross_entropy": (2, "logit read, grad written (targets: one index per row, not counted)"),
     "nll_loss": (1, "grad written (one input read per row, not counted)"),
+    # Issue 18's optimizers, per parameter element.
+    "adopt": (7, "param r+w, grad r, exp_avg r+w, exp_avg_sq r+w"),
+    "ademamix": (9, "param r+w, grad r, exp_avg, exp_avg_slow, exp_avg_sq r+w"),
 }

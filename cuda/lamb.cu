@@ -1,0 +1,179 @@
+// LAMB on CUDA (gradfuse/math/lamb.h), deterministic (no float atomics), nothing read on the
+// host. Per tensor of the call:
+//   pass 1 (lamb_moments_kernel): one thread block per fixed chunk; the moments are stored and
+//           each block writes its partial sums of u^2 and p^2 (fixed per-thread strides, then a
+//           fixed shared-memory tree);
+//   ratio   (lamb_ratio_kernel): one thread merges the tensor's partials in chunk order and
+//           writes its step size (math::lamb_ratio) to device memory;
+//   pass 2 (lamb_apply_kernel): p -= ratio * u, u recomputed from p and the new moments.
+// One launch of each per tensor: simple and correct first; a multi-tensor table (as grad_norm.cu
+// has) would cut the launches for models of many small tensors. Not yet run on a GPU.
+#include <cstdint>
+#include <vector>
+
+#include "common.cuh"
+#include "gradfuse/cuda.h"
+#include "gradfuse/dispatch.h"
+#include "gradfuse/math/bits.h"
+#include "gradfuse/math/convert.h"
+
+namespace gf::cuda {
+namespace {
+
+constexpr int kLambChunk = 16384;
+constexpr int kLambThreads = 256;
+
+struct Scaling {
+  const float* grad_scale;
+  const float* found_inf;
+  const float* clip_coef;
+
+  __device__ GF_INLINE bool skip() const { return found_inf != nullptr && *found_inf != 0.0f; }
+  template <typename OpT>
+  __device__ GF_INLINE OpT apply(OpT g) const {
+    const OpT inv =
+        grad_scale ? OpT(static_cast<float>(1.0 / static_cast<double>(*grad_scale))) : OpT(1);
+    const OpT clip = clip_coef ? OpT(*clip_coef) : OpT(1);
+    return (g * inv) * clip;
+  }
+};
+
+template <typename OpT>
+__device__ GF_INLINE OpT block_sum(OpT x, OpT* sh) {
+  sh[threadIdx.x] = x;
+  __syncthreads();
+#pragma unroll
+  for (int s = kLambThreads / 2; s > 0; s >>= 1) {
+    if (static_cast<int>(threadIdx.x) < s) sh[threadIdx.x] += sh[threadIdx.x + s];
+    __syncthreads();
+  }
+  const OpT out = sh[0];
+  __syncthreads();
+  return out;
+}
+
+template <bool kDecoupled, typename T>
+__global__ void __launch_bounds__(kLambThreads)
+    lamb_moments_kernel(const T* p, const T* g, T* m, T* v, std::int64_t n,
+                        const math::LambScalars<OpMath<T>> s, const math::SignFlip<OpMath<T>> flip,
+                        const Scaling sc, double* part_u, double* part_p) {
+  using OpT = OpMath<T>;
+  __shared__ OpT sh[kLambThreads];
+  if (sc.skip()) return;
+  const std::int64_t begin = static_cast<std::int64_t>(blockIdx.x) * kLambChunk;
+  const std::int64_t end = min(n, begin + kLambChunk);
+  OpT au = OpT(0), ap = OpT(0);
+  for (std::int64_t i = begin + threadIdx.x; i < end; i += kLambThreads) {
+    const OpT pi = math::load(p, i);
+    const OpT gi = flip(sc.apply(math::load(g, i)));
+    OpT mi = math::load(m, i), vi = math::load(v, i);
+    math::lamb_moments<kDecoupled>(pi, gi, mi, vi, s);
+    math::store(m, i, mi);
+    math::store(v, i, vi);
+    const OpT u = math::lamb_direction<kDecoupled>(pi, math::load(m, i), math::load(v, i), s);
+    au += u * u;
+    ap += pi * pi;
+  }
+  const OpT su = block_sum(au, sh);
+  const OpT sp = block_sum(ap, sh);
+  if (threadIdx.x == 0) {
+    part_u[blockIdx.x] = static_cast<double>(su);
+    part_p[blockIdx.x] = static_cast<double>(sp);
+  }
+}
+
+template <typename OpT>
+__global__ void lamb_ratio_kernel(const double* part_u, const double* part_p, std::int64_t count,
+                                  double lr, bool trust, const Scaling sc, OpT* ratio) {
+  if (sc.skip()) return;
+  double su = 0.0, sp = 0.0;
+  for (std::int64_t k = 0; k < count; ++k) {
+    su += part_u[k];
+    sp += part_p[k];
+  }
+  *ratio = static_cast<OpT>(math::lamb_ratio(lr, trust, sqrt(sp), sqrt(su)));
+}
+
+template <bool kDecoupled, typename T>
+__global__ void __launch_bounds__(kLambThreads)
+    lamb_apply_kernel(T* p, const T* m, const T* v, std::int64_t n,
+                      const math::LambScalars<OpMath<T>> s, const Scaling sc,
+                      const OpMath<T>* ratio) {
+  using OpT = OpMath<T>;
+  if (sc.skip()) return;
+  const OpT r = *ratio;
+  const std::int64_t begin = static_cast<std::int64_t>(blockIdx.x) * kLambChunk;
+  const std::int64_t end = min(n, begin + kLambChunk);
+  for (std::int64_t i = begin + threadIdx.x; i < end; i += kLambThreads) {
+    const OpT pi = math::load(p, i);
+    const OpT u = math::lamb_direction<kDecoupled>(pi, math::load(m, i), math::load(v, i), s);
+    math::store(p, i, pi - r * u);
+  }
+}
+
+// Stream-ordered scratch memory, released on the same stream.
+class Scratch {
+ public:
+  Scratch(std::size_t bytes, cudaStream_t stream) : stream_(stream) {
+    if (bytes > 0) GF_CUDA_CHECK(cudaMallocAsync(&ptr_, bytes, stream));
+  }
+  ~Scratch() {
+    if (ptr_) cudaFreeAsync(ptr_, stream_);
+  }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  void* get() const { return ptr_; }
+
+ private:
+  void* ptr_ = nullptr;
+  cudaStream_t stream_;
+};
+
+template <bool kDecoupled, typename T>
+void lamb_typed(const LambArgs& a) {
+  using OpT = OpMath<T>;
+  const TensorList& tl = a.tensors;
+  DeviceGuard guard(tl.device);
+  const auto stream = reinterpret_cast<cudaStream_t>(tl.stream);
+  const std::int64_t n = tl.size;
+  std::vector<std::int64_t> first(static_cast<std::size_t>(n) + 1, 0);
+  for (std::int64_t t = 0; t < n; ++t) {
+    first[t + 1] = first[t] + (tl.numels[t] + kLambChunk - 1) / kLambChunk;
+  }
+  const std::size_t blocks = static_cast<std::size_t>(first[n]);
+  Scratch scratch(2 * blocks * sizeof(double) + static_cast<std::size_t>(n) * sizeof(double),
+                  stream);
+  auto* part_u = static_cast<double*>(scratch.get());
+  double* part_p = part_u + blocks;
+  auto* ratio = reinterpret_cast<OpT*>(part_p + blocks);
+  const auto s = math::LambScalars<OpT>::from(a.hyper);
+  const auto flip = math::SignFlip<OpT>::when(a.maximize);
+  const GradScaling& gs = tl.grad_scaling;
+  const Scaling sc{gs.grad_scale, gs.found_inf, gs.clip_coef};
+  for (std::int64_t t = 0; t < n; ++t) {
+    const std::int64_t chunks = first[t + 1] - first[t];
+    if (chunks == 0) continue;
+    lamb_moments_kernel<kDecoupled, T><<<static_cast<unsigned>(chunks), kLambThreads, 0, stream>>>(
+        tl.ptr<const T>(0, t), tl.ptr<const T>(1, t), tl.ptr<T>(2, t), tl.ptr<T>(3, t),
+        tl.numels[t], s, flip, sc, part_u + first[t], part_p + first[t]);
+    GF_CUDA_CHECK_LAUNCH();
+    lamb_ratio_kernel<OpT><<<1, 1, 0, stream>>>(part_u + first[t], part_p + first[t], chunks, a.lr,
+                                                a.trust, sc, ratio + t);
+    GF_CUDA_CHECK_LAUNCH();
+    lamb_apply_kernel<kDecoupled, T><<<static_cast<unsigned>(chunks), kLambThreads, 0, stream>>>(
+        tl.ptr<T>(0, t), tl.ptr<const T>(2, t), tl.ptr<const T>(3, t), tl.numels[t], s, sc,
+        ratio + t);
+    GF_CUDA_CHECK_LAUNCH();
+  }
+}
+
+}  // namespace
+
+void lamb(const LambArgs& a) {
+  visit_dtype(a.tensors.dtype, "lamb", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    bool_switch([&](auto dec_c) { lamb_typed<decltype(dec_c)::value, T>(a); }, a.decoupled);
+  });
+}
+
+}  // namespace gf::cuda

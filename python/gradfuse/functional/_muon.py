@@ -1,0 +1,313 @@
+"""Muon (momentum orthogonalised by Newton-Schulz; Jordan et al. 2024), fused and batched.
+
+One step per weight, as ``torch.optim.Muon`` (torch/optim/_muon.py) does it::
+
+    buf = buf.lerp(g, 1 - momentum)
+    u   = g.lerp(buf, momentum) if nesterov else buf
+    O   = newton_schulz(u)                 # 2-D; a tall matrix is transposed first
+    p   = p * (1 - lr * weight_decay) - adjusted_lr(lr, shape) * O
+
+The elementwise work is two native passes through the optimizer engine (``MUON_PREPARE``: the
+buffer and the Newton-Schulz input, written straight into a stacked batch per shape, in
+bfloat16 when the iteration runs in bfloat16; ``MUON_APPLY``: weight decay and the update), and
+the Newton-Schulz iteration in between is one chain of batched matmuls per (device, dtype,
+matrix shape) group, with the framework's matmul (the native core needs no BLAS).
+
+bfloat16 Newton-Schulz (the default, as torch's): every tensor torch rounds to bfloat16 (the
+input, the normalised input, each product) is rounded to bfloat16 here too, while the products
+themselves are float32 matmuls of those bfloat16 values. torch's CPU bfloat16 matmul also
+accumulates in float32 and rounds once, so the results agree with torch's up to the float32
+summation order (a rare last-bit difference in a bfloat16 value); on CPUs without bfloat16
+matrix units this is also much faster than a bfloat16 matmul.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from gradfuse.functional import _engine
+from gradfuse.functional._engine import FLOAT, NUMBER_OR_TENSOR, Call, Hyper, Spec, State
+from gradfuse.functional._multi_tensor import LowPrecision
+
+ADJUST_LR_FNS = (None, "original", "match_rms_adamw")
+
+
+def _prepare_scalars(h: Hyper, xp: Any, step: Any, counters: dict[str, Any]) -> dict[str, Any]:
+    return {"momentum": h.momentum}
+
+
+# The buffer sits in the param's slot (slot 0: read and written), the gradient in slot 1 (AMP and
+# max_grad_norm scale it), the Newton-Schulz input is a state slot (its own dtype allowed).
+MUON_PREPARE = Spec(
+    op="muon_",
+    kernel="muon_prepare",
+    hyper=(("momentum", FLOAT),),
+    state=(State("ns_inputs", "ns_input"),),
+    scalars=_prepare_scalars,
+    modes=lambda h: {"nesterov": bool(h.nesterov)},
+    flags=("nesterov",),
+)
+
+
+def _apply_scalars(h: Hyper, xp: Any, step: Any, counters: dict[str, Any]) -> dict[str, Any]:
+    # torch: param.mul_(1 - lr * weight_decay); param.add_(update, alpha=-adjusted_lr)
+    return {"lr_decay": 1 - h.lr * h.weight_decay, "neg_lr": -h.adjusted_lr}
+
+
+MUON_APPLY = Spec(
+    op="muon_",
+    kernel="muon_apply",
+    hyper=(("lr", NUMBER_OR_TENSOR), ("weight_decay", FLOAT), ("adjusted_lr", NUMBER_OR_TENSOR)),
+    state=(State("updates", "update", written=False),),
+    scalars=_apply_scalars,
+    modes=lambda h: {"weight_decay": h.weight_decay != 0.0},
+    flags=(),
+)
+
+
+def matrix_shape(shape: Sequence[int]) -> tuple[int, int]:
+    """The matrix a weight is orthogonalised as: its first dimension by the product of the
+    others (a conv kernel ``(out, in, kh, kw)`` as ``(out, in * kh * kw)``, as the original
+    implementation flattens it)."""
+    rows = int(shape[0])
+    cols = 1
+    for d in shape[1:]:
+        cols *= int(d)
+    return rows, cols
+
+
+def adjust_lr(lr: Any, adjust_lr_fn: str | None, shape: Sequence[int]) -> Any:
+    """torch's ``_adjust_lr`` on the matrix shape: ``"original"`` (the default) scales by
+    ``sqrt(max(1, rows / cols))``, ``"match_rms_adamw"`` by ``0.2 * sqrt(max(rows, cols))``."""
+    a, b = matrix_shape(shape)
+    if adjust_lr_fn is None or adjust_lr_fn == "original":
+        ratio = math.sqrt(max(1, a / b))
+    elif adjust_lr_fn == "match_rms_adamw":
+        ratio = 0.2 * math.sqrt(max(a, b))
+    else:
+        raise ValueError(
+            f"muon_: adjust_lr_fn must be None, 'original' or 'match_rms_adamw', got "
+            f"{adjust_lr_fn!r}"
+        )
+    return lr * ratio
+
+
+def _ns_dtype(ns_dtype: Any) -> Any:
+    import torch
+
+    if ns_dtype not in (torch.bfloat16, torch.float32, torch.float64):
+        raise ValueError(
+            f"muon_: ns_dtype must be torch.bfloat16 (torch's), torch.float32 or torch.float64, "
+            f"got {ns_dtype!r}"
+        )
+    return ns_dtype
+
+
+# The state dtypes the engine stores for a param dtype (besides the param's own):
+# bfloat16 for float32 params, float32 for float16/bfloat16 params.
+def _stored_dtype(wanted: Any, param_dtype: Any) -> Any:
+    import torch
+
+    if wanted == param_dtype:
+        return wanted
+    if param_dtype == torch.float32 and wanted == torch.bfloat16:
+        return wanted
+    if param_dtype in (torch.float16, torch.bfloat16) and wanted == torch.float32:
+        return wanted
+    return param_dtype
+
+
+def newton_schulz_(
+    x: Any, ns_coefficients: tuple[float, float, float], ns_steps: int, eps: float, ns_dtype: Any
+) -> Any:
+    """torch's ``_zeropower_via_newtonschulz`` over a batch ``x`` of shape ``(B, rows, cols)``
+    (already in ``ns_dtype``; consumed). Returns ``(B, rows, cols)``, contiguous, in
+    ``ns_dtype``. bfloat16 runs as float32 matmuls of bfloat16 values, rounded to bfloat16
+    wherever torch's bfloat16 tensors are (see the module docstring)."""
+    import torch
+
+    a, b, c = ns_coefficients
+    emulate = ns_dtype == torch.bfloat16
+    if emulate:
+
+        def rnd(t: Any) -> Any:
+            return t.to(torch.bfloat16).to(torch.float32)
+
+        norm = x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)  # bfloat16, as torch's
+        y = x.to(torch.float32)
+        norm32 = norm.to(torch.float32)
+    else:
+
+        def rnd(t: Any) -> Any:
+            return t
+
+        y = x
+        norm32 = x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
+    tall = y.size(-2) > y.size(-1)
+    if tall:
+        y = y.mT
+    y = rnd(y / norm32)
+    for _ in range(ns_steps):
+        gram = rnd(torch.bmm(y, y.mT))
+        gram_update = rnd(torch.baddbmm(gram, gram, gram, beta=b, alpha=c))
+        y = torch.baddbmm(y, gram_update, y, beta=a)
+        if _ + 1 < ns_steps:
+            y = rnd(y)
+    if tall:
+        y = y.mT
+    return y.to(ns_dtype, memory_format=torch.contiguous_format)
+
+
+def _check(
+    params: Sequence[Any],
+    grads: Sequence[Any],
+    momentum_buffers: Sequence[Any],
+    ns_coefficients: Any,
+    ns_steps: Any,
+) -> None:
+    import torch
+
+    n = len(params)
+    for name, values in (("grads", grads), ("momentum_buffers", momentum_buffers)):
+        if len(values) != n:
+            raise ValueError(
+                f"muon_: expected one entry of {name} per param, got {len(values)} {name} for "
+                f"{n} params"
+            )
+    if isinstance(ns_steps, bool) or not isinstance(ns_steps, int) or ns_steps < 0:
+        raise ValueError(f"muon_: ns_steps must be a non-negative int, got {ns_steps!r}")
+    if ns_steps >= 100:  # torch's message
+        raise ValueError("Number of steps must be less than 100 for computational efficiency")
+    if len(ns_coefficients) != 3:  # torch's message
+        raise ValueError("Coefficients must be a tuple of exactly 3 values")
+    for i, (p, g, buf) in enumerate(zip(params, grads, momentum_buffers, strict=True)):
+        for name, t in (("params", p), ("grads", g), ("momentum_buffers", buf)):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(
+                    f"muon_: {name}[{i}] must be a torch.Tensor, got {type(t).__name__}"
+                )
+            if t.is_complex():
+                raise ValueError(
+                    f"muon_: {name}[{i}] is complex ({t.dtype}); Muon does not support complex "
+                    f"parameters"
+                )
+            if t.is_sparse:
+                raise RuntimeError("Muon does not support sparse gradients")
+        if p.ndim < 2:
+            raise ValueError(
+                f"muon_: params[{i}] has shape {tuple(p.shape)}; Muon orthogonalises matrices "
+                f"and needs params with 2 or more dimensions (send biases, norms and other "
+                f"1-D params to AdamW: a param group with use_muon=False)"
+            )
+        for name, t in (("grads", g), ("momentum_buffers", buf)):
+            if t.shape != p.shape:
+                raise ValueError(
+                    f"muon_: {name}[{i}] has shape {tuple(t.shape)}, params[{i}] has "
+                    f"{tuple(p.shape)}; expected the same shape"
+                )
+
+
+def muon_(
+    params: Sequence[Any],
+    grads: Sequence[Any],
+    momentum_buffers: Sequence[Any],
+    *,
+    lr: float | Any = 1e-3,
+    weight_decay: float = 0.1,
+    momentum: float = 0.95,
+    nesterov: bool = True,
+    ns_coefficients: tuple[float, float, float] = (3.4445, -4.775, 2.0315),
+    eps: float = 1e-7,
+    ns_steps: int = 5,
+    adjust_lr_fn: str | None = None,
+    ns_dtype: Any = None,
+    grad_scale: Any = None,
+    found_inf: Any = None,
+    clip_coef: Any = None,
+) -> None:
+    """One Muon step in place (``torch.optim.Muon``'s functional ``muon``), for torch tensors.
+
+    ``params`` of any rank >= 2 (a matrix per param: the first dimension by the rest),
+    ``momentum_buffers`` one per param (zeros before the first step, as torch creates them).
+    ``ns_dtype``: the Newton-Schulz precision, ``torch.bfloat16`` (None: torch's) or
+    ``torch.float32`` / ``torch.float64``. Params of one device, dtype and matrix shape are
+    orthogonalised together (one chain of batched matmuls). ``grad_scale`` / ``found_inf`` /
+    ``clip_coef``: AMP and ``max_grad_norm`` as for every gradfuse update (a nonzero
+    ``found_inf`` changes nothing). Everything is checked before anything is written.
+    """
+    import torch
+
+    ns_dtype = _ns_dtype(torch.bfloat16 if ns_dtype is None else ns_dtype)
+    if adjust_lr_fn not in ADJUST_LR_FNS:
+        raise ValueError(
+            f"muon_: adjust_lr_fn must be None, 'original' or 'match_rms_adamw', got "
+            f"{adjust_lr_fn!r}"
+        )
+    _check(params, grads, momentum_buffers, ns_coefficients, ns_steps)
+    h_prep = _engine.check_hyper(
+        MUON_PREPARE, {"momentum": momentum, "nesterov": nesterov}, capturable=False
+    )
+    h_apply = _engine.check_hyper(
+        MUON_APPLY,
+        {"lr": lr, "weight_decay": weight_decay, "adjusted_lr": 0.0},
+        capturable=False,
+    )
+    eps = _engine.to_float(eps, "eps")
+    coefficients = tuple(_engine.to_float(v, "ns_coefficients") for v in ns_coefficients)
+    if not params:
+        return
+    # Groups of one device, dtype and matrix shape: one stacked batch each, which the prepare
+    # pass writes into directly (the views are the engine's ns_inputs).
+    groups: dict[tuple[Any, Any, tuple[int, int]], list[int]] = {}
+    for i, p in enumerate(params):
+        groups.setdefault((p.device, p.dtype, matrix_shape(p.shape)), []).append(i)
+    ns_inputs: list[Any] = [None] * len(params)
+    batches = []
+    for (device, dtype, (rows, cols)), idx in groups.items():
+        stored = _stored_dtype(ns_dtype, dtype)
+        batch = torch.empty((len(idx), rows, cols), dtype=stored, device=device)
+        for j, i in enumerate(idx):
+            ns_inputs[i] = batch[j].view(params[i].shape)
+        batches.append((dtype, (rows, cols), idx, batch))
+    _engine.run(
+        MUON_PREPARE,
+        Call(
+            {"params": momentum_buffers, "grads": grads, "ns_inputs": ns_inputs},
+            {},
+            grad_scale,
+            found_inf,
+            clip_coef,
+            False,
+            LowPrecision(),
+        ),
+        h_prep,
+    )
+    if found_inf is not None and found_inf.device.type == "cpu" and float(found_inf) != 0.0:
+        return  # skipped by the prepare pass; the apply pass would skip too
+    for dtype, shape, idx, batch in batches:
+        x = batch if batch.dtype == ns_dtype else batch.to(ns_dtype)
+        ortho = newton_schulz_(x, coefficients, ns_steps, eps, ns_dtype)  # type: ignore[arg-type]
+        stored = _stored_dtype(ortho.dtype, dtype)
+        if stored != ortho.dtype:
+            ortho = ortho.to(stored)
+        ps = [params[i] for i in idx]
+        h = Hyper({**h_apply.__dict__, "adjusted_lr": adjust_lr(h_apply.lr, adjust_lr_fn, shape)})
+        _engine.run(
+            MUON_APPLY,
+            Call(
+                {
+                    "params": ps,
+                    "grads": [grads[i] for i in idx],
+                    "updates": [ortho[j].view(p.shape) for j, p in enumerate(ps)],
+                },
+                {},
+                None,
+                found_inf,
+                None,
+                False,
+                LowPrecision(),
+            ),
+            h,
+        )

@@ -1,0 +1,428 @@
+"""Updates that reduce per tensor before they write: LAMB and Adafactor.
+
+Each is a :class:`~gradfuse.functional._engine.Spec` (state lists, hyperparameters, the native
+call's scalars from torch's or apex's Python expressions, its mode flags) like every other
+update, but not driven by :func:`_engine.run`, for two reasons the engine's single elementwise
+call per group cannot express:
+
+- the native kernel runs several passes with per-tensor reductions between them (LAMB: the
+  norms of the param and of the update for the trust ratio; Adafactor: RMS of the param, the row
+  and column means of ``grad**2``, RMS of the update), so it is its own kernel
+  (``src/cpu/kernels/lamb.cpp``, ``adafactor.cpp``), not a rule over ``map_elements``;
+- LAMB counts steps per param group (apex's and pytorch-optimizer's ``group["step"]``), and
+  Adafactor's factored state (``row_var``, ``col_var``) is not the params' shape, so the
+  engine's slot checks (every slot shaped as the param) do not apply.
+
+:func:`lamb_` and :func:`adafactor_` drive their calls in the engine's order (:func:`_call` makes
+each native call from the spec): check every argument, read AMP's
+verdict on the host (the scalars need the step), advance the counters, group by (device, dtype,
+step[, factored]) and make one native call per group. The storage defaults only: state in the
+params' dtype, params rounded to nearest (no master weights, state dtype or stochastic
+rounding for these two yet).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from gradfuse import _buffers, _native
+from gradfuse._compile import traceable
+from gradfuse.functional import _engine, _steps
+from gradfuse.functional._engine import FLOAT, NUMBER_OR_TENSOR, HostMath, Hyper, Spec, State
+from gradfuse.functional._multi_tensor import GradScaling, Group, group, prepare
+
+# --- LAMB ------------------------------------------------------------------------------------
+
+
+def _lamb_scalars(h: Hyper, xp: Any, step: Any, counters: dict[str, Any]) -> dict[str, Any]:
+    """math::LambHyper's fields in order, then lr (apex's multi_tensor_lamb_cuda)."""
+    bc1 = 1.0 - h.beta1**step if h.bias_correction else 1.0
+    bc2 = 1.0 - h.beta2**step if h.bias_correction else 1.0
+    return {
+        "beta1": h.beta1,
+        "beta2": h.beta2,
+        "beta3": 1.0 - h.beta1 if h.grad_averaging else 1.0,
+        "eps": h.eps,
+        "weight_decay": h.weight_decay,
+        "bias_correction1": bc1,
+        "bias_correction2": bc2,
+        "lr": h.lr,
+    }
+
+
+def _lamb_modes(h: Hyper) -> dict[str, Any]:
+    """LambArgs' flags: apex applies the trust ratio only where weight_decay != 0, unless
+    use_nvlamb."""
+    return {
+        "decoupled": bool(h.adam_w_mode),
+        "trust": bool(h.use_nvlamb) or h.weight_decay != 0.0,
+        "maximize": bool(h.maximize),
+    }
+
+
+LAMB = Spec(
+    op="lamb_",
+    kernel="lamb",
+    hyper=(
+        ("lr", FLOAT),
+        ("beta1", FLOAT),
+        ("beta2", FLOAT),
+        ("eps", FLOAT),
+        ("weight_decay", FLOAT),
+    ),
+    state=(State("exp_avgs", "exp_avg"), State("exp_avg_sqs", "exp_avg_sq")),
+    scalars=_lamb_scalars,
+    modes=_lamb_modes,
+    flags=("bias_correction", "grad_averaging", "adam_w_mode", "use_nvlamb", "maximize"),
+    step_on_host=True,
+)
+
+
+@traceable(written=("params", "exp_avgs", "exp_avg_sqs"))
+def lamb_(
+    params: Sequence[Any],
+    grads: Sequence[Any],
+    exp_avgs: Sequence[Any],
+    exp_avg_sqs: Sequence[Any],
+    *,
+    step: int,
+    lr: float = 1e-3,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-6,
+    weight_decay: float = 0.01,
+    bias_correction: bool = True,
+    grad_averaging: bool = True,
+    adam_w_mode: bool = True,
+    use_nvlamb: bool = False,
+    maximize: bool = False,
+    grad_scale: Any = None,
+    found_inf: Any = None,
+    clip_coef: Any = None,
+) -> None:
+    """One LAMB step (You et al. 2019) with apex ``FusedLAMB``'s semantics, in place.
+
+    ``step`` is the number of this step (1 on the first; apex and pytorch-optimizer keep it per
+    param group). Per element, with ``g`` the gradient (divided by ``grad_scale``, times
+    ``clip_coef``, negated under ``maximize``)::
+
+        g = g + weight_decay * p                    (adam_w_mode=False only)
+        m = beta1 * m + beta3 * g                   (beta3 = 1 - beta1 if grad_averaging else 1)
+        v = beta2 * v + (1 - beta2) * g * g
+        u = (m / bc1) / (sqrt(v / bc2) + eps)       (bc = 1 - beta**step, 1 without correction)
+        u = u + weight_decay * p                    (adam_w_mode=True only)
+
+    and per tensor ``p -= ratio * u`` with ``ratio = lr * ||p|| / ||u||`` where the trust ratio
+    applies (``weight_decay != 0`` or ``use_nvlamb``) and both norms are nonzero, else ``lr``.
+    apex's global gradient clipping is the caller's ``clip_coef`` (:class:`gradfuse.optim.LAMB`
+    computes it).
+    """
+    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+        raise ValueError(f"lamb_: step must be an int >= 1 (this step's number), got {step!r}")
+    h = _engine.check_hyper(
+        LAMB,
+        {
+            "lr": lr,
+            "beta1": beta1,
+            "beta2": beta2,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "bias_correction": bias_correction,
+            "grad_averaging": grad_averaging,
+            "adam_w_mode": adam_w_mode,
+            "use_nvlamb": use_nvlamb,
+            "maximize": maximize,
+        },
+        capturable=False,
+    )
+    slots = [
+        ("params", params),
+        ("grads", grads),
+        ("exp_avgs", exp_avgs),
+        ("exp_avg_sqs", exp_avg_sqs),
+    ]
+    _check_none(LAMB.op, slots[2:])
+    buffers = prepare(LAMB.op, slots, ("params", "exp_avgs", "exp_avg_sqs"))
+    scaling = _scaling(LAMB.op, grad_scale, found_inf, clip_coef)
+    if scaling is None:
+        return
+    n = len(params)
+    for g in group(buffers, 4, n):
+        _call(LAMB, h, g, float(step), scaling)
+
+
+# --- Adafactor -------------------------------------------------------------------------------
+
+
+def _adafactor_scalars(h: Hyper, xp: Any, step: Any, counters: dict[str, Any]) -> dict[str, Any]:
+    """math::AdafactorHyper's fields in order, from torch's expressions (_single_tensor_adafactor)."""
+    lr = h.lr
+    return {
+        "one_minus_beta2": step**h.beta2_decay,
+        "rho": min(lr, 1 / (step**0.5)),
+        "eps1": h.eps1,
+        "eps2": h.eps2,
+        "d": h.d,
+        "decay": 1 - lr * h.weight_decay,
+    }
+
+
+ADAFACTOR = Spec(
+    op="adafactor_",
+    kernel="adafactor",
+    hyper=(
+        ("lr", NUMBER_OR_TENSOR),
+        ("beta2_decay", FLOAT),
+        ("eps2", FLOAT),
+        ("d", FLOAT),
+        ("weight_decay", FLOAT),
+    ),
+    state=(
+        State("row_vars", "row_var"),
+        State("col_vars", "col_var"),
+        State("variances", "variance"),
+    ),
+    scalars=_adafactor_scalars,
+    counters=("state_steps",),
+    step_on_host=True,
+)
+
+
+@traceable(written=("params", "row_vars", "col_vars", "variances"))
+def adafactor_(
+    params: Sequence[Any],
+    grads: Sequence[Any],
+    row_vars: Sequence[Any],
+    col_vars: Sequence[Any],
+    variances: Sequence[Any],
+    state_steps: Sequence[Any],
+    *,
+    d: float = 1.0,
+    lr: float | Any = 1e-2,
+    beta2_decay: float = -0.8,
+    weight_decay: float = 0.0,
+    eps1: float | None = None,
+    eps2: float = 1e-3,
+    maximize: bool = False,
+    grad_scale: Any = None,
+    found_inf: Any = None,
+    clip_coef: Any = None,
+) -> None:
+    """One Adafactor step, in place, as ``torch.optim.adafactor`` computes it (its argument
+    names and lists: ``row_vars[i]``/``col_vars[i]`` for params of rank >= 2, ``variances[i]``
+    for the others, None where absent; ``state_steps[i]`` is incremented).
+
+    Per tensor at step ``t``: ``alpha = max(eps2, RMS(p)) * min(lr, t**-0.5)``;
+    ``p *= 1 - lr * weight_decay``; the second moment ``v`` is the factored estimate
+    ``row_var @ col_var / max(mean(row_var), eps1)`` (row and column means of ``g**2`` averaged
+    with weight ``t**beta2_decay``) or the unfactored ``variance``;
+    ``u = g / sqrt(max(v, eps1**2))``; ``p -= alpha / max(1, RMS(u) / d) * u``.
+    ``eps1=None`` is the machine epsilon of the first param's dtype (as torch). Params of rank
+    >= 2 must be contiguous. An empty param only advances its step (torch divides by its zero
+    size there).
+    """
+    h = _engine.check_hyper(
+        ADAFACTOR,
+        {
+            "lr": lr,
+            "beta2_decay": beta2_decay,
+            "eps2": eps2,
+            "d": d,
+            "weight_decay": weight_decay,
+            "maximize": maximize,
+        },
+        capturable=False,
+    )
+    op = ADAFACTOR.op
+    n = len(params)
+    lists = {"grads": grads, "row_vars": row_vars, "col_vars": col_vars, "variances": variances}
+    for name, values in (*lists.items(), ("state_steps", state_steps)):
+        if len(values) != n:
+            raise ValueError(
+                f"{op}: expected one entry of {name} per entry of params, got {len(values)} "
+                f"{name} for {n} params"
+            )
+    _steps.check_counters(op, "state_steps", state_steps, n, "params")
+    factored = [_rank(params[i], f"{op}: params[{i}]") >= 2 for i in range(n)]
+    for i in range(n):
+        need = ("row_vars", "col_vars") if factored[i] else ("variances",)
+        for name in need:
+            if lists[name][i] is None:
+                rank = "rank >= 2" if factored[i] else "rank < 2"
+                raise ValueError(
+                    f"{op}: {name}[{i}] is None, but params[{i}] has {rank} and needs it "
+                    f"(initialise the state as torch.optim.Adafactor does)"
+                )
+    flat = [i for i in range(n) if not factored[i]]
+    fact = [i for i in range(n) if factored[i]]
+    flat_bufs = prepare(
+        op,
+        [
+            ("params", pick(params, flat)),
+            ("grads", pick(grads, flat)),
+            ("variances", pick(variances, flat)),
+        ],
+        ("params", "variances"),
+    )
+    fact_bufs = prepare(
+        op, [("params", pick(params, fact)), ("grads", pick(grads, fact))], ("params",)
+    )
+    shapes = _factored_state(op, fact, fact_bufs, row_vars, col_vars)
+    _cpu_only(op, [*flat_bufs, *fact_bufs])
+    named: list[tuple[str, Any]] = []
+    for idx, bufs, names in (
+        (flat, flat_bufs, ("params", "grads", "variances")),
+        (fact, fact_bufs, ("params", "grads")),
+    ):
+        m = len(idx)
+        for slot, name in enumerate(names):
+            named += [(f"{op}: {name}[{i}]", bufs[slot * m + k]) for k, i in enumerate(idx)]
+    named += [(f"{op}: {name}[{i}]", b) for name, i, b in shapes.state]
+    _buffers.check_no_overlap(named, {k for k, _ in named if ": grads[" not in k})
+    scaling = _scaling(op, grad_scale, found_inf, clip_coef)
+    if scaling is None:
+        return
+    if n and eps1 is None:
+        eps1 = _machine_eps(params[0])
+    h.__dict__["eps1"] = _engine.to_float(eps1 if eps1 is not None else 0.0, "eps1")
+    steps = _steps.increment_all(state_steps) if n else []
+    if flat:
+        keys = [steps[i] for i in flat]
+        for g in group(flat_bufs, 3, len(flat), keys):
+            _call(ADAFACTOR, h, g, keys[g.indices[0]], scaling, rows=[], cols=[])
+    if fact:
+        keys = [steps[i] for i in fact]
+        for g in group(fact_bufs, 2, len(fact), keys):
+            g.slots.append([shapes.row_ptrs[k] for k in g.indices])
+            g.slots.append([shapes.col_ptrs[k] for k in g.indices])
+            rows = [shapes.rows[k] for k in g.indices]
+            cols = [shapes.cols[k] for k in g.indices]
+            _call(ADAFACTOR, h, g, keys[g.indices[0]], scaling, rows=rows, cols=cols)
+
+
+class _Factored:
+    """The row/col state of the factored params: pointers and matrix shapes, in call order."""
+
+    def __init__(self) -> None:
+        self.row_ptrs: list[int] = []
+        self.col_ptrs: list[int] = []
+        self.rows: list[int] = []
+        self.cols: list[int] = []
+        self.state: list[tuple[str, int, Any]] = []
+
+
+def _factored_state(
+    op: str, idx: list[int], bufs: list[Any], row_vars: Sequence[Any], col_vars: Sequence[Any]
+) -> _Factored:
+    """Checks row_var/col_var of every factored param: torch's shapes (the param's with the last
+    or the second-to-last dim 1), the param's dtype and device, contiguous and writable."""
+    out = _Factored()
+    m = len(idx)
+    for k, i in enumerate(idx):
+        p, grad = bufs[k], bufs[m + k]
+        shape = tuple(p.shape)
+        if p.numel and p.strides != _buffers.contiguous_strides(shape):
+            raise ValueError(
+                f"{op}: params[{i}] ({p.describe()}, strides {p.strides}) must be contiguous: "
+                f"Adafactor factors the last two dims of a row-major tensor"
+            )
+        del grad
+        rows, cols = shape[-2], shape[-1]
+        for name, values, want, ptrs in (
+            ("row_vars", row_vars, (*shape[:-1], 1), out.row_ptrs),
+            ("col_vars", col_vars, (*shape[:-2], 1, cols), out.col_ptrs),
+        ):
+            b = _buffers.as_buffer(values[i], f"{op}: {name}[{i}]", writable=True)
+            if tuple(b.shape) != want or b.dtype != p.dtype or b.device != p.device:
+                raise ValueError(
+                    f"{op}: {name}[{i}] has {b.describe()}, expected shape {want}, dtype "
+                    f"{p.dtype}, device {p.device_str} (params[{i}] has {p.describe()})"
+                )
+            if b.numel and b.strides != _buffers.contiguous_strides(want):
+                raise ValueError(
+                    f"{op}: {name}[{i}] ({b.describe()}, strides {b.strides}) must be contiguous"
+                )
+            ptrs.append(b.ptr)
+            out.state.append((name, i, b))
+        out.rows.append(rows)
+        out.cols.append(cols)
+    return out
+
+
+def _rank(x: Any, name: str) -> int:
+    shape = getattr(x, "shape", None)
+    if shape is None:
+        raise TypeError(f"{name}: expected a torch tensor or numpy array, got {type(x).__name__}")
+    return len(shape)
+
+
+def _machine_eps(x: Any) -> float:
+    """torch.finfo(dtype).eps of a tensor's or array's dtype."""
+    import numpy as np
+
+    if _buffers._is_torch_tensor(x):
+        import torch
+
+        return float(torch.finfo(x.dtype).eps)
+    if str(x.dtype) == "bfloat16":
+        return 2.0**-7
+    return float(np.finfo(x.dtype).eps)
+
+
+# --- shared ----------------------------------------------------------------------------------
+
+
+def _check_none(op: str, slots: Sequence[tuple[str, Sequence[Any]]]) -> None:
+    for name, values in slots:
+        for i, x in enumerate(values):
+            if x is None:
+                raise ValueError(
+                    f"{op}: {name}[{i}] is None; every param needs its {name} entry "
+                    f"(initialise it as the reference optimizer does before the first step)"
+                )
+
+
+def pick(values: Sequence[Any], idx: Sequence[int]) -> list[Any]:
+    return [values[i] for i in idx]
+
+
+def _cpu_only(op: str, buffers: Sequence[Any]) -> None:
+    """Adafactor's CUDA kernel is not written yet: refuse before anything changes."""
+    for b in buffers:
+        if b is not None and b.device >= 0:
+            raise NotImplementedError(
+                f"{op}: CUDA tensors are not supported yet (got {b.describe()}); the CPU "
+                f"kernel is the only one written so far"
+            )
+
+
+def _scaling(op: str, grad_scale: Any, found_inf: Any, clip_coef: Any) -> GradScaling | None:
+    """AMP's scalars, checked; None when AMP skips this step (read on the host: the scalars
+    need the step, which a skipped step does not advance)."""
+    GradScaling(grad_scale, found_inf, clip_coef).check(op)
+    if _steps.found_inf_is_set(found_inf):
+        return None
+    return GradScaling(grad_scale, None, clip_coef)
+
+
+def _call(spec: Spec, h: Hyper, g: Group, step: float, scaling: GradScaling, **extra: Any) -> None:
+    """One native call for group ``g`` at ``step``: the spec's scalars as host numbers (their
+    keys are the kernel's Hyper fields), its modes, AMP's pointers."""
+    fields = spec.scalars(h, HostMath(g), step, {})
+    fields = {k: float(v) for k, v in fields.items()}
+    kernel = getattr(_native.core(), spec.kernel)
+    grad_scale, found_inf, clip_coef = scaling.pointers(g.device)
+    kernel(
+        g.slots,
+        g.numels,
+        g.dtype_code,
+        g.device,
+        g.stream,
+        **fields,
+        **extra,
+        **spec.modes(h),
+        grad_scale=grad_scale,
+        found_inf=found_inf,
+        clip_coef=clip_coef,
+    )

@@ -1,0 +1,313 @@
+// Adafactor on the CPU (gradfuse/math/adafactor.h), as torch.optim.Adafactor computes it, in
+// passes over fixed blocks (cpu/blocks.h: deterministic partials, combined in a fixed order).
+//
+// Factored tensors (rank >= 2, rows x cols matrices): a block is a run of whole rows of one
+// matrix (about kRowBlockElements elements), so each row's sum of g^2 is one block's work and
+// is folded into row_var at once; the column sums are per-block partial vectors, summed over the
+// blocks of the matrix in order afterwards.
+//   pass A: read p, g: sum p^2; row sums of g^2 (-> row_var); partial column sums of g^2;
+//   then:   col_var from the column sums; the clamped mean of row_var per matrix;
+//   pass B: read g: sum u^2 of u = g / sqrt(max(row * col / rmean, eps1^2)), from per-row and
+//           per-column factors (math::adafactor_factored_scale);
+//   then:   the per-tensor step -alpha / max(1, RMS(u) / d) in double;
+//   pass C: read p, g: p = p * decay + step * u.
+// Tensors of rank < 2 (slots p, g, variance):
+//   pass A: read p, g, variance: variance = lerp(variance, g^2, w) (stored); sums of p^2, u^2;
+//   pass C: read p, g, variance: p = p * decay + step * u.
+// u is recomputed where it is needed: no temporary the size of the params.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "cpu/blocks.h"
+#include "gradfuse/dispatch.h"
+#include "gradfuse/kernels.h"
+#include "gradfuse/math/convert.h"
+
+namespace gf::cpu::GF_ISA {
+namespace {
+
+constexpr std::int64_t kFlatBlock = std::int64_t{1} << 14;
+// Rows per block of a factored tensor: this many elements, at least one row. Each block keeps a
+// partial column-sum vector, so bigger blocks mean less extra traffic (cols / this fraction of
+// the data) and fewer, coarser units of parallel work.
+constexpr std::int64_t kRowBlockElements = std::int64_t{1} << 18;
+
+template <typename OpT>
+struct Common {
+  // AMP's unscaling, the clipping coefficient and maximize's sign as one factor: one multiply
+  // per element in each pass (it is exactly 1 or -1 without AMP and clipping).
+  OpT grad_factor;
+  OpT w, eps1_sq, decay;
+
+  GF_INLINE OpT grad(OpT g) const { return g * grad_factor; }
+};
+
+// ---- rank < 2 ---------------------------------------------------------------------------------
+
+template <typename T, typename OpT = OpMath<T>>
+__attribute__((noinline)) void flat_pass_a(const T* GF_RESTRICT p, const T* GF_RESTRICT g,
+                                           T* GF_RESTRICT var, std::int64_t b, std::int64_t e,
+                                           const Common<OpT> c, double* out_p, double* out_u) {
+  OpT ap[kReduceLanes] = {}, au[kReduceLanes] = {};
+  auto element = [&](std::int64_t j, int k) {
+    const OpT pj = math::load(p, j);
+    const OpT gj = c.grad(math::load(g, j));
+    math::store(var, j, math::adafactor_lerp(math::load(var, j), gj * gj, c.w));
+    const OpT u = math::adafactor_direction(gj, math::load(var, j), c.eps1_sq);
+    ap[k] += pj * pj;
+    au[k] += u * u;
+  };
+  std::int64_t i = b;
+  for (; i + kReduceLanes <= e; i += kReduceLanes) {
+#pragma GCC ivdep
+    for (int k = 0; k < kReduceLanes; ++k) element(i + k, k);
+  }
+  for (int k = 0; i < e; ++i, ++k) element(i, k);
+  *out_p = static_cast<double>(fold_lanes(ap));
+  *out_u = static_cast<double>(fold_lanes(au));
+}
+
+template <typename T, typename OpT = OpMath<T>>
+__attribute__((noinline)) void flat_pass_c(T* GF_RESTRICT p, const T* GF_RESTRICT g,
+                                           const T* GF_RESTRICT var, std::int64_t b, std::int64_t e,
+                                           const Common<OpT> c, const OpT step) {
+#pragma GCC ivdep
+  for (std::int64_t j = b; j < e; ++j) {
+    const OpT u =
+        math::adafactor_direction(c.grad(math::load(g, j)), math::load(var, j), c.eps1_sq);
+    math::store(p, j, math::load(p, j) * c.decay + step * u);
+  }
+}
+
+template <typename T>
+void adafactor_flat(const AdafactorArgs& a, const Common<OpMath<T>>& c) {
+  using OpT = OpMath<T>;
+  const TensorList& tl = a.tensors;
+  const std::int64_t n = tl.size;
+  std::vector<std::int64_t> counts(static_cast<std::size_t>(n));
+  std::int64_t total = 0;
+  for (std::int64_t t = 0; t < n; ++t) {
+    counts[t] = (tl.numels[t] + kFlatBlock - 1) / kFlatBlock;
+    total += tl.numels[t];
+  }
+  const Blocks blocks(counts, total);
+  std::vector<double> part_p(static_cast<std::size_t>(blocks.count()));
+  std::vector<double> part_u(part_p.size());
+  auto range = [&](std::int64_t t, std::int64_t k) {
+    const std::int64_t b = k * kFlatBlock;
+    return std::pair<std::int64_t, std::int64_t>{b, std::min(b + kFlatBlock, tl.numels[t])};
+  };
+  blocks.run([&](std::int64_t blk, std::int64_t t, std::int64_t k) {
+    const auto [b, e] = range(t, k);
+    flat_pass_a<T>(tl.ptr<const T>(0, t), tl.ptr<const T>(1, t), tl.ptr<T>(2, t), b, e, c,
+                   &part_p[blk], &part_u[blk]);
+  });
+  std::vector<OpT> step(static_cast<std::size_t>(n));
+  for (std::int64_t t = 0; t < n; ++t) {
+    const std::int64_t f = blocks.first[t];
+    step[t] = static_cast<OpT>(math::adafactor_step(a.hyper, tree_sum(part_p.data() + f, counts[t]),
+                                                    tree_sum(part_u.data() + f, counts[t]),
+                                                    static_cast<double>(tl.numels[t])));
+  }
+  blocks.run([&](std::int64_t, std::int64_t t, std::int64_t k) {
+    const auto [b, e] = range(t, k);
+    flat_pass_c<T>(tl.ptr<T>(0, t), tl.ptr<const T>(1, t), tl.ptr<const T>(2, t), b, e, c, step[t]);
+  });
+}
+
+// ---- rank >= 2 --------------------------------------------------------------------------------
+
+// Rows [r0, r1) of one matrix (p, g point to its first element).
+template <typename T, typename OpT = OpMath<T>>
+__attribute__((noinline)) void factored_pass_a(const T* GF_RESTRICT p, const T* GF_RESTRICT g,
+                                               T* GF_RESTRICT row_var, OpT* GF_RESTRICT colp,
+                                               std::int64_t r0, std::int64_t r1, std::int64_t cols,
+                                               const Common<OpT> c, double* out_p) {
+  OpT ap[kReduceLanes] = {};
+  for (std::int64_t j = 0; j < cols; ++j) colp[j] = OpT(0);
+  for (std::int64_t r = r0; r < r1; ++r) {
+    const T* GF_RESTRICT pr = p + r * cols;
+    const T* GF_RESTRICT gr = g + r * cols;
+    OpT ar[kReduceLanes] = {};
+    std::int64_t j = 0;
+    for (; j + kReduceLanes <= cols; j += kReduceLanes) {
+#pragma GCC ivdep
+      for (int k = 0; k < kReduceLanes; ++k) {
+        const OpT pj = math::load(pr, j + k);
+        const OpT gj = c.grad(math::load(gr, j + k));
+        const OpT g2 = gj * gj;
+        ap[k] += pj * pj;
+        ar[k] += g2;
+        colp[j + k] += g2;
+      }
+    }
+    for (int k = 0; j < cols; ++j, ++k) {
+      const OpT pj = math::load(pr, j);
+      const OpT gj = c.grad(math::load(gr, j));
+      const OpT g2 = gj * gj;
+      ap[k] += pj * pj;
+      ar[k] += g2;
+      colp[j] += g2;
+    }
+    const OpT mean = fold_lanes(ar) / static_cast<OpT>(cols);
+    math::store(row_var, r, math::adafactor_lerp(math::load(row_var, r), mean, c.w));
+  }
+  *out_p = static_cast<double>(fold_lanes(ap));
+}
+
+// u of rows [r0, r1): sum of u^2 (pass B) or p = p * decay + step * u (pass C), with
+// u = g * min(row factor * col factor, 1 / eps1) (math::adafactor_factored_scale).
+template <bool kApply, typename T, typename OpT = OpMath<T>>
+__attribute__((noinline)) void factored_pass_u(T* GF_RESTRICT p, const T* GF_RESTRICT g,
+                                               const T* GF_RESTRICT row_var,
+                                               const OpT* GF_RESTRICT col_factor, std::int64_t r0,
+                                               std::int64_t r1, std::int64_t cols, OpT rmean,
+                                               OpT inv_eps1, const Common<OpT> c, OpT step,
+                                               double* out_u) {
+  OpT au[kReduceLanes] = {};
+  for (std::int64_t r = r0; r < r1; ++r) {
+    const T* GF_RESTRICT gr = g + r * cols;
+    T* GF_RESTRICT pr = kApply ? p + r * cols : nullptr;
+    const OpT row_factor = OpT(1) / std::sqrt(math::load(row_var, r) / rmean);
+    auto element = [&](std::int64_t j, int k) {
+      const OpT scale = math::adafactor_factored_scale(row_factor, col_factor[j], inv_eps1);
+      const OpT u = c.grad(math::load(gr, j)) * scale;
+      if constexpr (kApply) {
+        math::store(pr, j, math::load(pr, j) * c.decay + step * u);
+      } else {
+        au[k] += u * u;
+      }
+    };
+    std::int64_t j = 0;
+    for (; j + kReduceLanes <= cols; j += kReduceLanes) {
+#pragma GCC ivdep
+      for (int k = 0; k < kReduceLanes; ++k) element(j + k, k);
+    }
+    for (int k = 0; j < cols; ++j, ++k) element(j, k);
+  }
+  if constexpr (!kApply) *out_u = static_cast<double>(fold_lanes(au));
+}
+
+template <typename T>
+void adafactor_factored(const AdafactorArgs& a, const Common<OpMath<T>>& c) {
+  using OpT = OpMath<T>;
+  const TensorList& tl = a.tensors;
+  const std::int64_t n = tl.size;
+  // Per tensor: matrices, rows per block, blocks per matrix, and where its column partials go.
+  std::vector<std::int64_t> mats(n), rb(n), per_mat(n), counts(n), col_off(n + 1, 0);
+  std::int64_t total = 0;
+  for (std::int64_t t = 0; t < n; ++t) {
+    const std::int64_t rows = a.rows[t], cols = a.cols[t], numel = tl.numels[t];
+    const std::int64_t size = rows * cols;
+    mats[t] = size == 0 ? 0 : numel / size;
+    rb[t] = std::max<std::int64_t>(
+        1, std::min<std::int64_t>(rows, kRowBlockElements / std::max<std::int64_t>(cols, 1)));
+    per_mat[t] = rows == 0 ? 0 : (rows + rb[t] - 1) / rb[t];
+    counts[t] = mats[t] * per_mat[t];
+    col_off[t + 1] = col_off[t] + counts[t] * cols;
+    total += numel;
+  }
+  const Blocks blocks(counts, total);
+  std::vector<OpT> colp(static_cast<std::size_t>(col_off[n]));
+  std::vector<double> part_p(static_cast<std::size_t>(blocks.count()));
+  std::vector<double> part_u(part_p.size());
+  struct Where {
+    std::int64_t mat, r0, r1;
+  };
+  auto where = [&](std::int64_t t, std::int64_t k) {
+    const std::int64_t mat = k / per_mat[t], r0 = (k % per_mat[t]) * rb[t];
+    return Where{mat, r0, std::min(r0 + rb[t], a.rows[t])};
+  };
+  blocks.run([&](std::int64_t blk, std::int64_t t, std::int64_t k) {
+    const Where w = where(t, k);
+    const std::int64_t rows = a.rows[t], cols = a.cols[t], off = w.mat * rows * cols;
+    factored_pass_a<T>(tl.ptr<const T>(0, t) + off, tl.ptr<const T>(1, t) + off,
+                       tl.ptr<T>(2, t) + w.mat * rows, colp.data() + col_off[t] + k * cols, w.r0,
+                       w.r1, cols, c, &part_p[blk]);
+  });
+  // Column means into col_var, and the clamped mean of row_var per matrix.
+  std::vector<std::int64_t> mat_first(n + 1, 0);
+  for (std::int64_t t = 0; t < n; ++t) mat_first[t + 1] = mat_first[t] + mats[t];
+  std::vector<OpT> rmean(static_cast<std::size_t>(mat_first[n]));
+  std::vector<std::int64_t> colf_off(n + 1, 0);
+  for (std::int64_t t = 0; t < n; ++t) colf_off[t + 1] = colf_off[t] + mats[t] * a.cols[t];
+  std::vector<OpT> col_factor(static_cast<std::size_t>(colf_off[n]));
+  const OpT eps1 = static_cast<OpT>(a.hyper.eps1);
+  const OpT inv_eps1 = static_cast<OpT>(1.0 / a.hyper.eps1);
+  for (std::int64_t t = 0; t < n; ++t) {
+    const std::int64_t rows = a.rows[t], cols = a.cols[t];
+    T* col_var = tl.ptr<T>(3, t);
+    const T* row_var = tl.ptr<const T>(2, t);
+    std::vector<OpT> sum(static_cast<std::size_t>(cols));
+    for (std::int64_t mat = 0; mat < mats[t]; ++mat) {
+      // The column sums over the matrix's blocks, block by block (rows of the partials in
+      // order: sequential reads, the same additions per column as a loop over blocks).
+      const OpT* base = colp.data() + col_off[t] + mat * per_mat[t] * cols;
+      std::fill(sum.begin(), sum.end(), OpT(0));
+      for (std::int64_t q = 0; q < per_mat[t]; ++q) {
+        const OpT* row = base + q * cols;
+        for (std::int64_t j = 0; j < cols; ++j) sum[j] += row[j];
+      }
+      for (std::int64_t j = 0; j < cols; ++j) {
+        const std::int64_t at = mat * cols + j;
+        math::store(
+            col_var, at,
+            math::adafactor_lerp(math::load(col_var, at), sum[j] / static_cast<OpT>(rows), c.w));
+        col_factor[colf_off[t] + at] = OpT(1) / std::sqrt(math::load(col_var, at));
+      }
+      OpT acc[kReduceLanes] = {};
+      for (std::int64_t r = 0; r < rows; ++r)
+        acc[r % kReduceLanes] += math::load(row_var, mat * rows + r);
+      const OpT mean = fold_lanes(acc) / static_cast<OpT>(rows);
+      rmean[mat_first[t] + mat] = mean < eps1 ? eps1 : mean;
+    }
+  }
+  blocks.run([&](std::int64_t blk, std::int64_t t, std::int64_t k) {
+    const Where w = where(t, k);
+    const std::int64_t rows = a.rows[t], cols = a.cols[t], off = w.mat * rows * cols;
+    factored_pass_u<false, T>(nullptr, tl.ptr<const T>(1, t) + off,
+                              tl.ptr<const T>(2, t) + w.mat * rows,
+                              col_factor.data() + colf_off[t] + w.mat * cols, w.r0, w.r1, cols,
+                              rmean[mat_first[t] + w.mat], inv_eps1, c, OpT(0), &part_u[blk]);
+  });
+  std::vector<OpT> step(static_cast<std::size_t>(n));
+  for (std::int64_t t = 0; t < n; ++t) {
+    const std::int64_t f = blocks.first[t];
+    step[t] = static_cast<OpT>(math::adafactor_step(a.hyper, tree_sum(part_p.data() + f, counts[t]),
+                                                    tree_sum(part_u.data() + f, counts[t]),
+                                                    static_cast<double>(tl.numels[t])));
+  }
+  blocks.run([&](std::int64_t, std::int64_t t, std::int64_t k) {
+    const Where w = where(t, k);
+    const std::int64_t rows = a.rows[t], cols = a.cols[t], off = w.mat * rows * cols;
+    factored_pass_u<true, T>(tl.ptr<T>(0, t) + off, tl.ptr<const T>(1, t) + off,
+                             tl.ptr<const T>(2, t) + w.mat * rows,
+                             col_factor.data() + colf_off[t] + w.mat * cols, w.r0, w.r1, cols,
+                             rmean[mat_first[t] + w.mat], inv_eps1, c, step[t], nullptr);
+  });
+}
+
+}  // namespace
+
+void adafactor(const AdafactorArgs& a) {
+  visit_dtype(a.tensors.dtype, "adafactor", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using OpT = OpMath<T>;
+    const GradFactors<OpT> gf(a.tensors.grad_scaling);
+    if (gf.skip) return;  // AMP found inf/NaN: change nothing
+    const OpT sign = a.maximize ? OpT(-1) : OpT(1);
+    const Common<OpT> c{(gf.inv_scale * gf.clip) * sign, static_cast<OpT>(a.hyper.one_minus_beta2),
+                        static_cast<OpT>(a.hyper.eps1 * a.hyper.eps1),
+                        static_cast<OpT>(a.hyper.decay)};
+    if (a.factored) {
+      adafactor_factored<T>(a, c);
+    } else {
+      adafactor_flat<T>(a, c);
+    }
+  });
+}
+
+}  // namespace gf::cpu::GF_ISA

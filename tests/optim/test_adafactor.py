@@ -1,0 +1,303 @@
+"""gradfuse.optim.Adafactor and functional.adafactor_ against torch.optim.Adafactor (its
+for-loop path, the default): trajectories for every option and dtype, factored (rank >= 2) and
+unfactored (rank < 2) params, state names and checkpoints both ways, AMP, errors."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from _more_helpers import (
+    assert_same_errors,
+    compare_trajectory,
+    leaves,
+    one_torch_thread,
+    random_problem,
+    run_steps,
+)
+
+import gradfuse
+from conftest import DTYPES
+from gradfuse.optim import Adafactor
+from tolerances import CLIPPED_FLOAT64, STEP, TRAJECTORY, assert_close, assert_low_precision
+
+pytestmark = pytest.mark.usefixtures(one_torch_thread.__name__)
+
+# Odd sizes (1, 7, 4097) as vectors and as factored matrices and batches of matrices, a 0-dim
+# param, rows or columns of one. torch divides by the size of an empty param (tested apart).
+SHAPES: list[Any] = [
+    (1,),
+    (7,),
+    (4097,),
+    (),
+    (7, 13),
+    (1, 7),
+    (7, 1),
+    (3, 5, 9),
+    (4097, 3),
+    (2, 1, 3, 4),
+]
+
+
+def reference(ps: list[torch.Tensor], **kw: Any) -> torch.optim.Adafactor:
+    kw.pop("max_grad_norm", None)
+    return torch.optim.Adafactor(ps, foreach=False, **kw)
+
+
+OPTIONS = list(
+    itertools.product(
+        [1e-2, 0.3],  # lr (0.3: rho = 1 / sqrt(t) from step 12 on)
+        [-0.8, -0.5],  # beta2_decay
+        [(None, 1e-3), (1e-3, 1e-2)],  # eps
+        [1.0, 3.0],  # d
+        [0.0, 0.1],  # weight_decay
+    )
+)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize(("lr", "beta2_decay", "eps", "d", "wd"), OPTIONS)
+def test_every_option(
+    dtype: torch.dtype, lr: float, beta2_decay: float, eps: Any, d: float, wd: float
+) -> None:
+    kw: dict[str, Any] = {
+        "lr": lr,
+        "beta2_decay": beta2_decay,
+        "eps": eps,
+        "d": d,
+        "weight_decay": wd,
+    }
+    if dtype == torch.float32 and lr > 0.1:
+        # Steps of up to 30% of RMS(p) (rho = min(lr, 1/sqrt(t))) carry the float32 rounding of
+        # three reductions and of u (torch's order of operations differs from the kernel's) into
+        # the params at that scale: judged as the 16-bit dtypes are, against float64, by torch's
+        # own float32 error (tolerances.assert_low_precision).
+        start, grads = random_problem(20, SHAPES)
+        runs = []
+        for make, dt in ((Adafactor, dtype), (reference, dtype), (reference, torch.float64)):
+            ps = leaves(start, dt)
+            run_steps(make(ps, **kw), ps, grads)
+            runs.append(torch.cat([p.detach().reshape(-1) for p in ps]))
+        assert_low_precision(runs[0], runs[1], runs[2], str(kw))
+        return
+    compare_trajectory(
+        lambda ps: Adafactor(ps, **kw),
+        lambda ps: reference(ps, **kw),
+        dtype,
+        steps=20,
+        sizes=SHAPES,
+        msg=str(kw),
+    )
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("maximize", [False, True])
+def test_trajectory(dtype: torch.dtype, maximize: bool) -> None:
+    kw: dict[str, Any] = {"maximize": maximize, "weight_decay": 0.01}
+    compare_trajectory(
+        lambda ps: Adafactor(ps, **kw),
+        lambda ps: reference(ps, **kw),
+        dtype,
+        sizes=SHAPES,
+        msg=str(kw),
+    )
+
+
+def test_tensor_lr_param_groups_and_foreach_reference() -> None:
+    def make(cls: Any, ps: list[torch.Tensor], **extra: Any) -> Any:
+        return cls(
+            [{"params": ps[:4]}, {"params": ps[4:], "lr": 0.05, "d": 2.0}],
+            lr=torch.tensor(0.02, dtype=torch.float64),
+            **extra,
+        )
+
+    compare_trajectory(
+        lambda ps: make(Adafactor, ps),
+        lambda ps: make(torch.optim.Adafactor, ps, foreach=True),
+        torch.float64,
+        steps=30,
+        sizes=SHAPES,
+    )
+
+
+def test_state_names_and_round_trip_both_ways() -> None:
+    p = [torch.zeros(3, 4, requires_grad=True), torch.zeros(5, requires_grad=True)]
+    for x in p:
+        x.grad = torch.ones_like(x)
+    opt = Adafactor(p)
+    opt.step()
+    assert sorted(opt.state[p[0]]) == ["col_var", "row_var", "step"]
+    assert sorted(opt.state[p[1]]) == ["step", "variance"]
+    assert opt.state[p[0]]["row_var"].shape == (3, 1)
+    assert opt.state[p[0]]["col_var"].shape == (1, 4)
+    assert opt.state[p[0]]["step"].dtype == torch.float32
+
+
+def test_checkpoint_with_matrices_both_ways() -> None:
+    start, grads = random_problem(12, SHAPES)
+    for make_a, make_b in ((Adafactor, torch.optim.Adafactor), (torch.optim.Adafactor, Adafactor)):
+        a = leaves(start, torch.float64)
+        opt_a = make_a(a, weight_decay=0.1)
+        run_steps(opt_a, a, grads[:6])
+        b = [x.detach().clone().requires_grad_() for x in a]
+        opt_b = make_b(b, weight_decay=0.1)
+        opt_b.load_state_dict(copy.deepcopy(opt_a.state_dict()))
+        run_steps(opt_a, a, grads[6:])
+        run_steps(opt_b, b, grads[6:])
+        for x, y in zip(a, b, strict=True):
+            assert_close(x.detach(), y.detach(), TRAJECTORY[torch.float64], "round trip")
+
+
+def test_max_grad_norm_is_clipping_then_step() -> None:
+    start, grads = random_problem(10, SHAPES)
+    a, b = leaves(start, torch.float64), leaves(start, torch.float64)
+    run_steps(Adafactor(a, max_grad_norm=0.5), a, grads)
+    run_steps(
+        torch.optim.Adafactor(b),
+        b,
+        grads,
+        before_step=lambda ps: torch.nn.utils.clip_grad_norm_(ps, 0.5),
+    )
+    for x, y in zip(a, b, strict=True):
+        # The clipping factor is a float32 scalar (GradScaling), torch's a float64 one.
+        assert_close(x.detach(), y.detach(), CLIPPED_FLOAT64, "max_grad_norm")
+
+
+def test_empty_params_only_count_steps() -> None:
+    ps = [
+        torch.zeros(0, requires_grad=True),
+        torch.zeros(0, 5, requires_grad=True),
+        torch.randn(3, 4, requires_grad=True),
+    ]
+    for x in ps:
+        x.grad = torch.randn_like(x)
+    opt = Adafactor(ps)
+    opt.step()
+    assert [float(opt.state[x]["step"]) for x in ps] == [1.0, 1.0, 1.0]
+    assert torch.equal(opt.state[ps[1]]["col_var"], torch.zeros(1, 5))
+
+
+def test_grad_scaler_inf_changes_nothing() -> None:
+    start, grads = random_problem(3, SHAPES)
+    a = leaves(start, torch.float32)
+    opt = Adafactor(a, weight_decay=0.1)
+    run_steps(opt, a, grads[:1])
+    before = [x.detach().clone() for x in a]
+    state = copy.deepcopy(opt.state_dict())
+    for p, g in zip(a, grads[1], strict=True):
+        p.grad = g.float() * 256.0
+    a[2].grad[5] = float("nan")
+    opt.grad_scale = torch.tensor([256.0])  # type: ignore[attr-defined]
+    opt.found_inf = torch.tensor([1.0])  # type: ignore[attr-defined]
+    opt.step()
+    for x, y in zip(a, before, strict=True):
+        assert torch.equal(x.detach(), y)
+    after = opt.state_dict()["state"]
+    for k, s in state["state"].items():
+        for key, v in s.items():
+            assert torch.equal(after[k][key], v), key
+    a[2].grad[5] = grads[1][2][5].float() * 256.0
+    opt.found_inf = torch.tensor([0.0])  # type: ignore[attr-defined]
+    opt.step()
+    r = [x.clone().requires_grad_() for x in before]
+    ref = torch.optim.Adafactor(r, weight_decay=0.1)
+    ref.load_state_dict(copy.deepcopy(state))
+    run_steps(ref, r, grads[1:2])
+    for x, y in zip(a, r, strict=True):
+        assert_close(x.detach(), y.detach(), TRAJECTORY[torch.float32], "grad_scale")
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"lr": -1.0},
+        {"lr": torch.tensor([0.1, 0.2])},
+        {"beta2_decay": 0.5},
+        {"eps": (-1.0, 1e-3)},
+        {"eps": (None, -1.0)},
+        {"d": 0.5},
+        {"weight_decay": -0.1},
+    ],
+    ids=str,
+)
+def test_constructor_errors_match_torch(kw: dict[str, Any]) -> None:
+    p = [torch.zeros(2, requires_grad=True)]
+    assert_same_errors(lambda: Adafactor(p, **kw), lambda: torch.optim.Adafactor(p, **kw))
+
+
+def test_step_errors_match_torch() -> None:
+    for make in (Adafactor, torch.optim.Adafactor):
+        c = torch.zeros(3, dtype=torch.complex64, requires_grad=True)
+        c.grad = torch.zeros_like(c)
+        with pytest.raises(RuntimeError, match="Adafactor does not support complex parameters"):
+            make([c]).step()
+        s = torch.zeros(3, requires_grad=True)
+        s.grad = torch.zeros(3).to_sparse()
+        with pytest.raises(RuntimeError, match="Adafactor does not support sparse gradients"):
+            make([s]).step()
+
+
+def test_bad_arguments_write_nothing() -> None:
+    p = [torch.randn(4, 6), torch.randn(5)]
+    g = [torch.randn(4, 6), torch.randn(5)]
+    row, col, var = torch.zeros(4, 1), torch.zeros(1, 6), torch.zeros(5)
+    steps = [torch.tensor(0.0), torch.tensor(0.0)]
+    keep = [x.clone() for x in (*p, row, col, var, *steps)]
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"row_vars": [torch.zeros(4), None]}, r"row_vars\[0\] has shape \(4,\)"),
+        ({"col_vars": [torch.zeros(1, 6, dtype=torch.float64), None]}, r"col_vars\[0\]"),
+        ({"variances": [None, None]}, r"variances\[1\] is None"),
+        ({"grads": [torch.randn(6, 4), g[1]]}, r"grads\[0\]"),
+        ({"variances": [None, p[1]]}, "share|overlap"),
+        ({"state_steps": [steps[0]]}, "state_steps"),
+        (
+            {
+                "params": [p[0].t(), p[1]],
+                "grads": [g[0].t(), g[1]],
+                "row_vars": [torch.zeros(6, 1), None],
+                "col_vars": [torch.zeros(1, 4), None],
+            },
+            "must be contiguous",
+        ),
+    ]
+    for override, match in cases:
+        args: dict[str, Any] = {
+            "params": p,
+            "grads": g,
+            "row_vars": [row, None],
+            "col_vars": [col, None],
+            "variances": [None, var],
+            "state_steps": steps,
+        }
+        args.update(override)
+        with pytest.raises((ValueError, TypeError), match=match):
+            gradfuse.functional.adafactor_(
+                args["params"],
+                args["grads"],
+                args["row_vars"],
+                args["col_vars"],
+                args["variances"],
+                args["state_steps"],
+            )
+        for x, y in zip((*p, row, col, var, *steps), keep, strict=True):
+            assert torch.equal(x, y)
+
+
+def test_functional_numpy() -> None:
+    rng = np.random.default_rng(5)
+    p, g = rng.standard_normal((7, 9)), rng.standard_normal((7, 9))
+    row, col = np.zeros((7, 1)), np.zeros((1, 9))
+    steps = [np.zeros(())]
+    tp = torch.from_numpy(p.copy()).requires_grad_()
+    tp.grad = torch.from_numpy(g.copy())
+    ref = torch.optim.Adafactor([tp], lr=0.05)
+    for _ in range(3):
+        gradfuse.functional.adafactor_([p], [g], [row], [col], [None], steps, lr=0.05)
+        ref.step()
+    assert_close(torch.from_numpy(p), tp.detach(), STEP[torch.float64], "numpy")
+    assert_close(torch.from_numpy(row), ref.state[tp]["row_var"], STEP[torch.float64], "row")
+    assert float(steps[0]) == 3.0
