@@ -81,6 +81,43 @@ def test_dequantize_matches_bitsandbytes(signed: bool) -> None:
     )
 
 
+def _nearest_codes(xn: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+    """The nearest code of each value by brute force, in float32 as bitsandbytes measures the
+    distance; argmin keeps the first (lower) code of a tie, bitsandbytes' rule."""
+    out = torch.empty(xn.shape, dtype=torch.long)
+    for i in range(0, xn.numel(), 4096):
+        out[i : i + 4096] = (xn[i : i + 4096, None] - code[None, :]).abs().argmin(1)
+    return out
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_quantize_is_nearest_at_every_threshold(signed: bool) -> None:
+    """The quantizer computes codes arithmetically and searches only near a threshold
+    (cpu/quant8.h): every midpoint between two codes, a few floats either side of it, both
+    signs, in blocks with other absmax values than 1, against the brute-force nearest code."""
+    code = gopt.dynamic_map(signed)
+    mids = ((code[1:] + code[:-1]) / 2).double()
+    near = [mids]
+    for k in range(1, 4):
+        up, down = mids.float(), mids.float()
+        for _ in range(k):
+            up = torch.nextafter(up, torch.tensor(2.0))
+            down = torch.nextafter(down, torch.tensor(-2.0))
+        near += [up.double(), down.double()]
+    xn = torch.cat(near).float()
+    xn = torch.cat([xn, -xn]) if signed else xn[xn >= 0]
+    xn = xn[torch.randperm(xn.numel(), generator=torch.Generator().manual_seed(0))]
+    # Blocks of 255 such values and 1.0 (the block's absmax, so x / absmax is xn exactly), each
+    # block scaled by a power of two (exact) spread over a wide range.
+    blocks = (xn.numel() + 254) // 255
+    xn = torch.cat([xn, torch.full((blocks * 255 - xn.numel(),), 0.5)]).view(blocks, 255)
+    xn = torch.cat([xn, torch.ones(blocks, 1)], 1).flatten()
+    scale = torch.pow(2.0, torch.arange(blocks) % 60 - 30.0).repeat_interleave(256)
+    codes, absmax = gopt.quantize_blockwise(xn * scale, signed)
+    assert torch.equal(absmax, scale[::256])
+    assert torch.equal(codes.long(), _nearest_codes(xn, code))
+
+
 def test_quantize_bad_input() -> None:
     with pytest.raises(TypeError, match="float32"):
         gopt.quantize_blockwise(torch.zeros(3, dtype=torch.float64))
@@ -359,6 +396,10 @@ def test_param_groups_and_adam8bit() -> None:
         ("Adagrad8bit", {"lr": 1e-2, "initial_accumulator_value": 0.1}),
         ("RMSprop8bit", {"lr": 1e-3, "centered": True, "momentum": 0.9}),
         ("Lion8bit", {"lr": 1e-4, "weight_decay": 1e-2}),
+        ("SGD8bit", {"lr": 1e-2, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3}),
+        ("SGD8bit", {"lr": 1e-2, "momentum": 0.9, "dampening": 0.5}),
+        ("ADOPT8bit", {"lr": 1e-3}),
+        ("AdEMAMix8bit", {"lr": 1e-3, "t_alpha": 20, "t_beta3": 20}),
     ],
 )
 def test_other_optimizers_track_their_float32_form(name: str, kwargs: dict[str, object]) -> None:
@@ -378,6 +419,46 @@ def test_other_optimizers_track_their_float32_form(name: str, kwargs: dict[str, 
     assert (ours[0] - ref[0]).abs().mean().item() < 0.1 * moved
 
 
-def test_sgd_has_no_8bit_state_yet() -> None:
-    with pytest.raises(ValueError, match="not available for SGD"):
-        gopt.SGD(_params([(10,)], 0), lr=0.1, momentum=0.9, state_dtype=torch.uint8)
+def test_sgd8bit_first_step_is_the_gradient_and_small_params_stay_float() -> None:
+    """torch's SGD creates the momentum buffer from the first gradient: 8-bit, that buffer is
+    the gradient quantized; params below min_8bit_size get a float32 buffer, as torch's; an
+    AMP-skipped first step creates nothing."""
+    params = _params([(64, 128), (10,)], 3)
+    opt = gopt.SGD8bit(params, lr=0.1, momentum=0.9)
+    for p in params:
+        p.grad = torch.full_like(p, float("inf"))
+    opt.grad_scale = torch.ones(1)  # type: ignore[attr-defined]
+    opt.found_inf = torch.ones(1)  # type: ignore[attr-defined]
+    opt.step()
+    assert all(len(opt.state[p]) == 0 for p in params)
+    del opt.grad_scale, opt.found_inf  # type: ignore[attr-defined]
+    grads = _grads(params, 1, 4)[0]
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g
+    opt.step()
+    big, small = (opt.state[p] for p in params)
+    assert big["momentum_buffer"].dtype == torch.uint8
+    codes, absmax = gopt.quantize_blockwise(grads[0])
+    assert torch.equal(big["momentum_buffer"], codes)
+    assert torch.equal(big["momentum_buffer_absmax"], absmax)
+    assert small["momentum_buffer"].dtype == torch.float32
+    assert torch.equal(small["momentum_buffer"], grads[1])
+    assert "momentum_buffer_absmax" not in small
+
+
+@pytest.mark.parametrize("name", ["ScheduleFreeAdamW", "ScheduleFreeSGD"])
+def test_schedule_free_refuses_8bit_state(name: str) -> None:
+    with pytest.raises(ValueError, match="8-bit state.*z is a copy of the weights"):
+        getattr(gopt, name)(_params([(10,)], 0), state_dtype=torch.uint8)
+
+
+def test_ademamix_optim_bits_8_is_8bit_state() -> None:
+    params = _params([(64, 128)], 0)
+    opt = gopt.AdEMAMix(params, optim_bits=8)
+    _run(opt, params, _grads(params, 2, 1))
+    st = opt.state[params[0]]
+    assert {k for k, v in st.items() if v.dtype == torch.uint8} == {
+        "exp_avg",
+        "exp_avg_slow",
+        "exp_avg_sq",
+    }

@@ -76,7 +76,7 @@ ADOPT = Spec(
         ("weight_decay", FLOAT),
         ("eps", FLOAT),
     ),
-    state=(State("exp_avgs", "exp_avg"), State("exp_avg_sqs", "exp_avg_sq")),
+    state=(State("exp_avgs", "exp_avg"), State("exp_avg_sqs", "exp_avg_sq", signed=False)),
     scalars=_adopt_scalars,
     modes=_adopt_modes,
     flags=("weight_decouple", "fixed_decay", "maximize"),
@@ -108,6 +108,7 @@ def adopt_(
     kahan_comps: Sequence[Any] | None = None,
     rounding: str = "nearest",
     seed: int | None = None,
+    state_absmax: Sequence[Sequence[Any]] | None = None,
 ) -> None:
     """One ADOPT step (Taniguchi et al. 2024), in place, as ``pytorch_optimizer.ADOPT``.
 
@@ -151,7 +152,7 @@ def adopt_(
             found_inf,
             clip_coef,
             False,
-            LowPrecision(master_params, kahan_comps, rounding, seed),
+            LowPrecision(master_params, kahan_comps, rounding, seed, state_absmax),
         ),
         h,
     )
@@ -217,7 +218,7 @@ ADEMAMIX = Spec(
     state=(
         State("exp_avgs", "exp_avg"),
         State("exp_avg_slows", "exp_avg_slow"),
-        State("exp_avg_sqs", "exp_avg_sq"),
+        State("exp_avg_sqs", "exp_avg_sq", signed=False),
     ),
     scalars=_ademamix_scalars,
     flags=("t_alpha", "t_beta3", "maximize"),
@@ -262,6 +263,7 @@ def ademamix_(
     kahan_comps: Sequence[Any] | None = None,
     rounding: str = "nearest",
     seed: int | None = None,
+    state_absmax: Sequence[Sequence[Any]] | None = None,
 ) -> None:
     """One AdEMAMix step (Pagliardini et al. 2024), in place, as bitsandbytes' ``AdEMAMix``.
 
@@ -324,7 +326,7 @@ def ademamix_(
             found_inf,
             clip_coef,
             False,
-            LowPrecision(master_params, kahan_comps, rounding, seed),
+            LowPrecision(master_params, kahan_comps, rounding, seed, state_absmax),
         ),
         h,
     )

@@ -212,7 +212,7 @@ class Call:
     clip_coef: Any = None
     capturable: bool = False
     lowprec: LowPrecision = field(default_factory=LowPrecision)
-    state_dtype: Any = None  # dtype of state the call creates (None: the params')
+    state_dtype: Any = None  # dtype of state the call creates (None: the params'), or one per param
 
 
 def run(spec: Spec, call: Call, h: Hyper) -> None:
@@ -341,10 +341,16 @@ def _create_state(
     first = [False] * n
     created: dict[int, Any] = {}
     lowprec = call.lowprec
+    per_param = isinstance(call.state_dtype, (list, tuple))
     for i in range(n):
         if buffers[d * n + i] is None:
-            new = _empty_like(params[i], call.state_dtype)
-            b = _buffers.as_buffer(new, f"{spec.op}: {name}[{i}]", writable=True)
+            dtype = call.state_dtype[i] if per_param else call.state_dtype
+            new = _empty_like(params[i], dtype)
+            codes = _is_uint8(new)
+            if codes:  # 8-bit state: codes of zero and their absmax, zero
+                new.zero_()
+                _new_absmax(spec.op, lowprec, d - 2, i, new.numel())
+            b = _buffers.as_buffer(new, f"{spec.op}: {name}[{i}]", writable=True, codes=codes)
             buffers[d * n + i] = b
             ref = buffers[i]
             if ref is not None and b.dtype != ref.dtype:
@@ -355,6 +361,26 @@ def _create_state(
     for i, new in created.items():
         values[i] = new
     return first
+
+
+def _is_uint8(x: Any) -> bool:
+    import torch
+
+    return isinstance(x, torch.Tensor) and x.dtype == torch.uint8
+
+
+def _new_absmax(op: str, lowprec: LowPrecision, k: int, i: int, numel: int) -> None:
+    """The absmax of new 8-bit state (slot ``k`` of the state lists, param ``i``), into the
+    caller's ``state_absmax`` list, where the caller finds it after the call."""
+    import torch
+
+    lists = lowprec.state_absmax
+    if lists is None or k >= len(lists) or not isinstance(lists[k], MutableSequence):
+        raise TypeError(
+            f"{op}: new 8-bit state needs state_absmax, one mutable list per state list (its "
+            f"entries for new state are filled in)"
+        )
+    lists[k][i] = torch.zeros(-(-numel // 256), dtype=torch.float32)
 
 
 def _empty_like(x: Any, dtype: Any = None) -> Any:

@@ -102,7 +102,7 @@ SCHEDULE_FREE_ADAMW = Spec(
         ("weight_decay", FLOAT),
         *_SCHEDULE_HYPER,
     ),
-    state=(State("zs", "z"), State("exp_avg_sqs", "exp_avg_sq")),
+    state=(State("zs", "z"), State("exp_avg_sqs", "exp_avg_sq", signed=False)),
     scalars=_adamw_scalars,
     step_on_host=True,
 )

@@ -15,6 +15,8 @@ from gradfuse.optim.adafactor import Adafactor
 from gradfuse.optim.adagrad import Adagrad
 from gradfuse.optim.adam import Adam
 from gradfuse.optim.adam8bit import (
+    ADOPT8bit,
+    AdEMAMix8bit,
     Adagrad8bit,
     Adam8bit,
     Adamax8bit,
@@ -23,6 +25,7 @@ from gradfuse.optim.adam8bit import (
     NAdam8bit,
     RAdam8bit,
     RMSprop8bit,
+    SGD8bit,
 )
 from gradfuse.optim.adamax import Adamax
 from gradfuse.optim.adamw import AdamW
@@ -41,9 +44,12 @@ register_ops()  # torch.compile support: define the custom op before anything is
 
 __all__ = [
     "ADOPT",
+    "ADOPT8bit",
     "LAMB",
     "SGD",
+    "SGD8bit",
     "AdEMAMix",
+    "AdEMAMix8bit",
     "Adafactor",
     "Adagrad",
     "Adagrad8bit",

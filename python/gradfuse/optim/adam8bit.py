@@ -1,7 +1,7 @@
 """The 8-bit optimizers: gradfuse's optimizers with block-wise 8-bit state
 (``state_dtype=torch.uint8``), under the names bitsandbytes users look for (``Adam8bit``,
 ``AdamW8bit``, ``Lion8bit``, ``RMSprop8bit``, ``Adagrad8bit``) and the same for Adamax, NAdam
-and RAdam. SGD with momentum has none yet (its buffers are created from the first gradient)."""
+and RAdam, SGD (with momentum: its buffer is created from the first gradient, then 8-bit)."""
 
 from __future__ import annotations
 
@@ -16,10 +16,13 @@ from gradfuse.optim.adagrad import Adagrad
 from gradfuse.optim.adam import Adam
 from gradfuse.optim.adamax import Adamax
 from gradfuse.optim.adamw import AdamW
+from gradfuse.optim.ademamix import AdEMAMix
+from gradfuse.optim.adopt import ADOPT
 from gradfuse.optim.lion import Lion
 from gradfuse.optim.nadam import NAdam
 from gradfuse.optim.radam import RAdam
 from gradfuse.optim.rmsprop import RMSprop
+from gradfuse.optim.sgd import SGD
 
 
 def set_min_8bit_size(optimizer: Any, min_8bit_size: int) -> None:
@@ -139,3 +142,6 @@ RAdam8bit = _eight_bit(RAdam, "RAdam8bit")
 Adagrad8bit = _eight_bit(Adagrad, "Adagrad8bit")
 RMSprop8bit = _eight_bit(RMSprop, "RMSprop8bit")
 Lion8bit = _eight_bit(Lion, "Lion8bit")
+SGD8bit = _eight_bit(SGD, "SGD8bit")
+ADOPT8bit = _eight_bit(ADOPT, "ADOPT8bit")
+AdEMAMix8bit = _eight_bit(AdEMAMix, "AdEMAMix8bit")
