@@ -448,7 +448,7 @@ def test_sgd8bit_first_step_is_the_gradient_and_small_params_stay_float() -> Non
 
 @pytest.mark.parametrize("name", ["ScheduleFreeAdamW", "ScheduleFreeSGD"])
 def test_schedule_free_refuses_8bit_state(name: str) -> None:
-    with pytest.raises(ValueError, match="8-bit state.*z is a copy of the weights"):
+    with pytest.raises(ValueError, match=r"8-bit state.*z is a copy of the weights"):
         getattr(gopt, name)(_params([(10,)], 0), state_dtype=torch.uint8)
 
 

@@ -15,12 +15,12 @@ from gradfuse.optim.adafactor import Adafactor
 from gradfuse.optim.adagrad import Adagrad
 from gradfuse.optim.adam import Adam
 from gradfuse.optim.adam8bit import (
-    ADOPT8bit,
-    AdEMAMix8bit,
     Adagrad8bit,
     Adam8bit,
     Adamax8bit,
     AdamW8bit,
+    AdEMAMix8bit,
+    ADOPT8bit,
     Lion8bit,
     NAdam8bit,
     RAdam8bit,
@@ -44,10 +44,9 @@ register_ops()  # torch.compile support: define the custom op before anything is
 
 __all__ = [
     "ADOPT",
-    "ADOPT8bit",
     "LAMB",
     "SGD",
-    "SGD8bit",
+    "ADOPT8bit",
     "AdEMAMix",
     "AdEMAMix8bit",
     "Adafactor",
@@ -69,6 +68,7 @@ __all__ = [
     "RAdam8bit",
     "RMSprop",
     "RMSprop8bit",
+    "SGD8bit",
     "ScheduleFreeAdamW",
     "ScheduleFreeSGD",
     "dequantize_blockwise",

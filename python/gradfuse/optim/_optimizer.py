@@ -306,10 +306,6 @@ class FusedOptimizer(Optimizer):
         self.__dict__.setdefault("max_grad_norm", None)
         self.__dict__.setdefault("_precision", PrecisionPolicy())
         self._precision.signed_keys = {st.key: st.signed for st in self._spec.state}
-        if self._precision.q8 and self._no_8bit is not None:
-            raise ValueError(
-                f"{name}: state_dtype=torch.uint8 (8-bit state) is not available: {self._no_8bit}"
-            )
         for group in self.param_groups:
             for key, value in self._setstate_defaults.items():
                 group.setdefault(key, value)
