@@ -375,12 +375,13 @@ def _new_absmax(op: str, lowprec: LowPrecision, k: int, i: int, numel: int) -> N
     import torch
 
     lists = lowprec.state_absmax
-    if lists is None or k >= len(lists) or not isinstance(lists[k], MutableSequence):
+    target = lists[k] if lists is not None and k < len(lists) else None
+    if not isinstance(target, MutableSequence):
         raise TypeError(
             f"{op}: new 8-bit state needs state_absmax, one mutable list per state list (its "
             f"entries for new state are filled in)"
         )
-    lists[k][i] = torch.zeros(-(-numel // 256), dtype=torch.float32)
+    target[i] = torch.zeros(-(-numel // 256), dtype=torch.float32)
 
 
 def _empty_like(x: Any, dtype: Any = None) -> Any:
