@@ -67,11 +67,13 @@ struct Bucket {
 // exact search (the bucket table) decides. build_regions checks, for every threshold of the map,
 // that this is true, so the result is always the nearest code with bitsandbytes' tie rule.
 struct Regions {
-  std::int32_t bound_key[8];       // float bits of each region's lowest magnitude, minus one
+  // Region search keys: a value's key is its float bits rotated left by one, (|x| bits << 1) |
+  // sign, so that one table serves both signs; lower[r] is the smallest key of region r, minus
+  // one (r = 1..7; lower[0] unused), top the smallest float bits of 1.0's region, minus one.
+  std::int32_t lower[8];
+  std::int32_t top;
   float scale[8], offset[8];       // index 0: the zero code's region; 1..7 the decades
   std::int32_t first[8], last[8];  // first magnitude index of the region, its last offset
-  std::int32_t tie_key[8];         // magnitudes that start a decade for x < 0 only (ties)
-  int ties;
 };
 constexpr float kNearThreshold = 1.0f / 16384;
 
@@ -166,12 +168,11 @@ inline void build_regions(bool is_signed, DynamicMap& m) {
     return std::nextafter(-m.threshold[126 - p], std::numeric_limits<float>::infinity());
   };
   Regions& r = m.regions;
-  r.ties = 0;
+  r.lower[0] = std::numeric_limits<std::int32_t>::min();
   r.scale[0] = 0.0f;  // the zero code's region: pos 0.5, offset 0
   r.offset[0] = 0.5f;
   r.first[0] = 0;
   r.last[0] = 0;
-  r.bound_key[0] = bits_of(t_pos(0)) - 1;
   for (int i = 0; i < 7; ++i) {
     const int len = is_signed ? 1 << i : 2 << i;
     const int first = is_signed ? 1 << i : (2 << i) - 1;
@@ -181,14 +182,15 @@ inline void build_regions(bool is_signed, DynamicMap& m) {
     r.offset[i + 1] = static_cast<float>(-0.1 * len / 0.9);
     r.first[i + 1] = first;
     r.last[i + 1] = len - 1;
-    if (i > 0) r.bound_key[i] = bits_of(t_pos(first - 1)) - 1;
-    // Where a tie sits on a decade's lower bound, x < 0 enters the decade one float earlier
-    // than x >= 0: that one magnitude goes to the exact search.
-    if (is_signed && t_neg(first - 1) != t_pos(first - 1)) {
-      GF_CHECK(std::nextafter(t_neg(first - 1), 2.0f) == t_pos(first - 1), "dynamic map: decade ",
-               i, " starts more than one float apart for x < 0");
-      r.tie_key[r.ties++] = bits_of(t_neg(first - 1));
-    }
+    // Key k = 2 |x|bits + sign. x >= 0 enters the decade at |x|bits >= P (its threshold), x < 0
+    // at N = P, or N = P - 1 where a tie sits on the bound (the tie goes to the larger
+    // magnitude). Both are k >= 2P where N = P (an odd k >= 2P is >= 2P + 1), and k >= 2P - 1
+    // where N = P - 1 (an even k >= 2P - 1 is >= 2P).
+    const std::int32_t pk = bits_of(t_pos(first - 1));
+    const std::int32_t nk = is_signed ? bits_of(t_neg(first - 1)) : pk;
+    GF_CHECK(nk == pk || nk == pk - 1, "dynamic map: decade ", i,
+             " starts more than one float apart for x < 0");
+    r.lower[i + 1] = 2 * pk - (nk == pk ? 0 : 1) - 1;
     auto pos = [&](float a) { return std::fma(a, r.scale[i + 1], r.offset[i + 1]); };
     for (int j = 1; j < len; ++j) {
       const int p = first + j - 1;  // the threshold between p and p + 1
@@ -200,7 +202,7 @@ inline void build_regions(bool is_signed, DynamicMap& m) {
       }
     }
   }
-  r.bound_key[7] = bits_of(t_pos(top - 1)) - 1;  // 1.0's region (x >= 0 only)
+  r.top = bits_of(t_pos(top - 1)) - 1;  // 1.0's region (x >= 0 only: compared as signed bits)
 }
 
 inline DynamicMap build_map(bool is_signed) {
@@ -305,15 +307,18 @@ inline void quantize_block(const DynamicMap& m, const float* GF_RESTRICT x, floa
   const __m256 recip = _mm256_set1_ps(1.0f / absmax);
   const __m256 zero = _mm256_setzero_ps();
   const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-  const __m256 near = _mm256_set1_ps(kNearThreshold);
+  const __m256 half = _mm256_set1_ps(0.5f);
+  const __m256 sure = _mm256_set1_ps(0.5f - kNearThreshold);
   const __m256 scale = _mm256_loadu_ps(r.scale);
   const __m256 offset = _mm256_loadu_ps(r.offset);
+  const __m256i lower = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r.lower));
+  const __m256i lower4 = _mm256_set1_epi32(r.lower[4]);
   const __m256i first = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r.first));
   const __m256i last = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r.last));
-  const __m256i seven = _mm256_set1_epi32(7);
+  const __m256i top = _mm256_set1_epi32(r.top);
+  const __m256i one = _mm256_set1_epi32(1), two = _mm256_set1_epi32(2);
+  const __m256i four = _mm256_set1_epi32(4);
   const __m256i mid = _mm256_set1_epi32(127);
-  __m256i bound[8];
-  for (int k = 0; k < 8; ++k) bound[k] = _mm256_set1_epi32(r.bound_key[k]);
   const bool finite = absmax > 0.0f && absmax <= std::numeric_limits<float>::max();
   for (; finite && j + 8 <= n; j += 8) {
     // x / absmax without the divider (which the update's sqrt and division keep busy): the
@@ -322,38 +327,39 @@ inline void quantize_block(const DynamicMap& m, const float* GF_RESTRICT x, floa
     // one). Blocks with a zero or non-finite absmax divide (their values are 0, NaN or +-inf).
     const __m256 xv = _mm256_loadu_ps(x + j);
     const __m256 q0 = _mm256_mul_ps(xv, recip);
-    const __m256 xn = _mm256_fmadd_ps(_mm256_fnmadd_ps(q0, vmax, xv), recip, q0);
+    __m256 xn = _mm256_fmadd_ps(_mm256_fnmadd_ps(q0, vmax, xv), recip, q0);
     // Unsigned map: a negative value's nearest code is 0's (max also turns NaN into 0).
-    const __m256 a = is_signed ? _mm256_and_ps(xn, magnitude) : _mm256_max_ps(xn, zero);
-    const __m256i key = _mm256_castps_si256(a);  // non-negative floats order as their bits
-    __m256i region = _mm256_setzero_si256();
-    for (int k = 0; k < 8; ++k) {
-      region = _mm256_sub_epi32(region, _mm256_cmpgt_epi32(key, bound[k]));
-    }
-    const __m256i at_one = _mm256_cmpgt_epi32(key, bound[7]);  // 1.0's region
-    const __m256i idx = _mm256_min_epi32(region, seven);
-    const __m256 pos = _mm256_fmadd_ps(a, _mm256_permutevar8x32_ps(scale, idx),
-                                       _mm256_permutevar8x32_ps(offset, idx));
-    const __m256 frac =
-        _mm256_sub_ps(pos, _mm256_round_ps(pos, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-    // 1.0's region needs no position (and the absmax itself, 1.0, sits on an integer there).
-    __m256i unsure = _mm256_andnot_si256(
-        at_one,
-        _mm256_castps_si256(_mm256_cmp_ps(_mm256_and_ps(frac, magnitude), near, _CMP_LT_OQ)));
-    for (int k = 0; k < r.ties; ++k) {
-      unsure = _mm256_or_si256(unsure, _mm256_cmpeq_epi32(key, _mm256_set1_epi32(r.tie_key[k])));
-    }
-    __m256i off = _mm256_cvttps_epi32(_mm256_floor_ps(pos));
-    off = _mm256_min_epi32(_mm256_max_epi32(off, _mm256_setzero_si256()),
-                           _mm256_permutevar8x32_epi32(last, idx));
-    __m256i p =
-        _mm256_sub_epi32(_mm256_add_epi32(_mm256_permutevar8x32_epi32(first, idx), off), at_one);
-    __m256i c = p;
-    if (is_signed) {
-      // 127 + p for x >= 0, 127 - p for x < 0 (where 1.0 has no mirror: at most 127).
-      const __m256i negative = _mm256_srai_epi32(_mm256_castps_si256(xn), 31);
-      p = _mm256_blendv_epi8(p, _mm256_min_epi32(p, mid), negative);
-      c = _mm256_add_epi32(mid, _mm256_sub_epi32(_mm256_xor_si256(p, negative), negative));
+    if (!is_signed) xn = _mm256_max_ps(xn, zero);
+    const __m256 a = _mm256_and_ps(xn, magnitude);
+    const __m256i bits = _mm256_castps_si256(xn);
+    const __m256i key = _mm256_or_si256(_mm256_slli_epi32(bits, 1), _mm256_srli_epi32(bits, 31));
+    // The region (0: the zero code, 1..7: the decades) by a three-level binary search.
+    __m256i region = _mm256_and_si256(_mm256_cmpgt_epi32(key, lower4), four);
+    region = _mm256_add_epi32(
+        region, _mm256_and_si256(_mm256_cmpgt_epi32(key, _mm256_permutevar8x32_epi32(
+                                                              lower, _mm256_add_epi32(region, two))),
+                                 two));
+    region = _mm256_add_epi32(
+        region, _mm256_and_si256(_mm256_cmpgt_epi32(key, _mm256_permutevar8x32_epi32(
+                                                              lower, _mm256_add_epi32(region, one))),
+                                 one));
+    const __m256i at_one = _mm256_cmpgt_epi32(bits, top);  // 1.0's region (x < 0: never)
+    const __m256 pos = _mm256_fmadd_ps(a, _mm256_permutevar8x32_ps(scale, region),
+                                       _mm256_permutevar8x32_ps(offset, region));
+    const __m256 floor = _mm256_floor_ps(pos);
+    // Within kNearThreshold of an integer: the exact search decides. 1.0's region needs no
+    // position (and the absmax itself, 1.0, sits on an integer there).
+    const __m256i unsure = _mm256_andnot_si256(
+        at_one, _mm256_castps_si256(_mm256_cmp_ps(
+                    _mm256_and_ps(_mm256_sub_ps(_mm256_sub_ps(pos, floor), half), magnitude),
+                    sure, _CMP_GT_OQ)));
+    __m256i off = _mm256_max_epi32(_mm256_cvttps_epi32(floor), _mm256_setzero_si256());
+    off = _mm256_min_epi32(off, _mm256_permutevar8x32_epi32(last, region));
+    __m256i c =
+        _mm256_sub_epi32(_mm256_add_epi32(_mm256_permutevar8x32_epi32(first, region), off), at_one);
+    if (is_signed) {  // 127 + p for x >= 0, 127 - p for x < 0
+      const __m256i negative = _mm256_srai_epi32(bits, 31);
+      c = _mm256_add_epi32(mid, _mm256_sub_epi32(_mm256_xor_si256(c, negative), negative));
     }
     c = _mm256_and_si256(c, _mm256_castps_si256(_mm256_cmp_ps(xn, xn, _CMP_ORD_Q)));  // NaN: 0
     const __m128i c16 = _mm_packus_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
