@@ -16,6 +16,14 @@ from gradfuse import _native
 # gf::DType's codes (src/gradfuse/dtype.h), as _core exports them.
 DTYPE_CODES: dict[str, int] = _native.codes("dtype")
 SUPPORTED_DTYPES = "float32, float64, float16 or bfloat16"
+# 8-bit block-wise state (gradfuse.optim._quant8): uint8 codes, accepted only where a call says
+# so (as_buffer(codes=True)); their dtype code is the native state code of 8-bit state.
+CODES_DTYPE = "uint8"
+
+
+@functools.cache
+def state_q8_code() -> int:
+    return int(_native.core().state_q8_code())
 
 
 class Buffer(NamedTuple):
@@ -35,6 +43,8 @@ class Buffer(NamedTuple):
 
     @property
     def dtype_code(self) -> int:
+        if self.dtype == CODES_DTYPE:
+            return state_q8_code()
         return DTYPE_CODES[self.dtype]
 
     @property
@@ -165,15 +175,18 @@ def prepare_plain(
     )
 
 
-def as_buffer(x: object, name: str, *, writable: bool) -> Buffer:
+def as_buffer(x: object, name: str, *, writable: bool, codes: bool = False) -> Buffer:
     """View ``x`` (a torch tensor or a numpy array) for the native core, or raise.
 
     ``name`` is how the error message refers to the argument (e.g. ``"params[3]"``).
-    ``writable`` arrays must be writable in place; others are only read.
+    ``writable`` arrays must be writable in place; others are only read. ``codes``: a uint8
+    torch tensor is accepted too (8-bit state).
     """
     fast = _fast_torch_buffer(x, writable)
     if fast is not None:
         return fast
+    if codes and _is_torch_tensor(x) and str(getattr(x, "dtype", "")) == "torch.uint8":
+        return _torch_buffer(x, name, writable=writable, codes=True)
     if _is_torch_tensor(x):
         if _is_dtensor(x):
             local, sharding = _dtensor_local(x, name)
@@ -208,7 +221,7 @@ def _dtensor_local(t: Any, name: str) -> tuple[Any, str]:
     return t._local_tensor, f"DTensor {placements} on {t.device_mesh}"
 
 
-def _torch_buffer(t: Any, name: str, *, writable: bool) -> Buffer:
+def _torch_buffer(t: Any, name: str, *, writable: bool, codes: bool = False) -> Buffer:
     import torch
 
     if t.layout != torch.strided:
@@ -217,7 +230,7 @@ def _torch_buffer(t: Any, name: str, *, writable: bool) -> Buffer:
             f"{tuple(t.shape)}, dtype {t.dtype}); expected a dense (strided) tensor"
         )
     dtype = str(t.dtype).removeprefix("torch.")
-    if dtype not in DTYPE_CODES:
+    if dtype not in DTYPE_CODES and not (codes and dtype == CODES_DTYPE):
         raise TypeError(
             f"{name}: dtype {t.dtype} is not supported (tensor of shape {tuple(t.shape)} on "
             f"{t.device}); expected {SUPPORTED_DTYPES}"

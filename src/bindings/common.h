@@ -24,7 +24,8 @@ constexpr bool kWithCuda = GRADFUSE_WITH_CUDA != 0;
 struct TensorListHolder {
   std::vector<std::uintptr_t> ptrs;
   std::vector<std::int64_t> numels;
-  std::vector<std::uintptr_t> extra;  // Precision::extra (master or compensation pointers)
+  std::vector<std::uintptr_t> extra;   // Precision::extra (master or compensation pointers)
+  std::vector<std::uintptr_t> absmax;  // Precision::absmax (8-bit state)
   TensorList view;
 };
 
@@ -41,16 +42,18 @@ struct PrecisionArgs {
 inline void check_precision(const char* op, int dtype, const PrecisionArgs& pr) {
   GF_CHECK(pr.policy >= kParamNearest && pr.policy <= kParamMaster, op, ": unknown param policy ",
            pr.policy, " (expected 0 nearest, 1 stochastic, 2 kahan, 3 master)");
-  GF_CHECK(pr.state_dtype >= -1 && pr.state_dtype <= 3, op, ": unknown state dtype code ",
+  const bool q8 = pr.state_dtype >= kStateQ8 && pr.state_dtype < kStateQ8 + 16;
+  GF_CHECK((pr.state_dtype >= -1 && pr.state_dtype <= 3) || q8, op, ": unknown state dtype code ",
            pr.state_dtype);
   const auto dt = static_cast<DType>(dtype);
+  GF_CHECK(!q8 || dt != DType::kFloat64, op, ": 8-bit state is not available for float64 params");
   const bool half_width = dt == DType::kFloat16 || dt == DType::kBFloat16;
   GF_CHECK(pr.policy != kParamMaster || half_width, op,
            ": master weights need float16 or bfloat16 params, got ", dtype_name(dt));
   GF_CHECK((pr.policy != kParamStochastic && pr.policy != kParamKahan) || dt == DType::kBFloat16,
            op, ": stochastic rounding and Kahan compensation need bfloat16 params, got ",
            dtype_name(dt));
-  if (pr.state_dtype >= 0 && pr.state_dtype != dtype) {
+  if (pr.state_dtype >= 0 && pr.state_dtype != dtype && !q8) {
     const auto sd = static_cast<DType>(pr.state_dtype);
     GF_CHECK(
         (half_width && sd == DType::kFloat32) || (dt == DType::kFloat32 && sd == DType::kBFloat16),
@@ -61,8 +64,10 @@ inline void check_precision(const char* op, int dtype, const PrecisionArgs& pr) 
 }
 
 // grad_scale / found_inf / clip_coef: addresses of float32 scalars (0: absent), see
-// GradScaling in gradfuse/tensor_list.h. With a master or Kahan policy the last pointer list is
-// the policy's extra array per tensor (Precision::extra), not a slot of the rule.
+// GradScaling in gradfuse/tensor_list.h. With a master or Kahan policy the next pointer list is
+// the policy's extra array per tensor (Precision::extra), not a slot of the rule. With 8-bit
+// state (state_dtype kStateQ8 + m) the last depth - 2 lists are the state slots' absmax arrays
+// (Precision::absmax), each ceil(numel / 256) float32.
 inline TensorListHolder make_list(const char* op,
                                   const std::vector<std::vector<std::uintptr_t>>& all_slots,
                                   const std::vector<std::int64_t>& numels, int dtype, int device,
@@ -75,7 +80,14 @@ inline TensorListHolder make_list(const char* op,
   GF_CHECK(!has_extra || all_slots.size() >= 3, op,
            ": a master or Kahan policy needs param, grad and extra pointer lists, got ",
            all_slots.size());
-  const std::size_t depth = all_slots.size() - (has_extra ? 1 : 0);
+  const bool q8 = precision.state_dtype >= kStateQ8;
+  const std::size_t lists = all_slots.size() - (has_extra ? 1 : 0);
+  // 8-bit state: depth rule slots plus depth - 2 absmax lists.
+  GF_CHECK(!q8 || (lists >= 4 && lists % 2 == 0), op,
+           ": 8-bit state needs param, grad, state and one absmax pointer list per state slot, "
+           "got ",
+           lists, " lists");
+  const std::size_t depth = q8 ? (lists + 2) / 2 : lists;
   const auto& slots = all_slots;  // the first `depth` lists are the rule's slots
   GF_CHECK(depth >= 1 && depth <= static_cast<std::size_t>(kMaxDepth), op, ": expected 1 to ",
            kMaxDepth, " pointer lists, got ", depth);
@@ -100,19 +112,32 @@ inline TensorListHolder make_list(const char* op,
     }
   }
   if (has_extra) {
-    const auto& extra = all_slots.back();
+    const auto& extra = all_slots[depth];
     GF_CHECK(extra.size() == n, op, ": the extra pointer list has ", extra.size(),
              " entries but there are ", n, " tensors");
     for (std::size_t i = 0; i < n; ++i) {
       GF_CHECK(numels[i] == 0 || extra[i] != 0, op, ": tensor ", i,
                " extra (master/compensation) is a null pointer");
     }
-    h.extra = extra;
+    h.extra = all_slots[depth];
+  }
+  if (q8) {
+    for (std::size_t d = 2; d < depth; ++d) {
+      const auto& list = all_slots[lists - depth + d + (has_extra ? 1 : 0)];
+      GF_CHECK(list.size() == n, op, ": absmax pointer list ", d - 2, " has ", list.size(),
+               " entries but there are ", n, " tensors");
+      for (std::size_t i = 0; i < n; ++i) {
+        GF_CHECK(numels[i] == 0 || list[i] != 0, op, ": tensor ", i, " absmax of slot ", d,
+                 " is a null pointer");
+        h.absmax.push_back(list[i]);
+      }
+    }
   }
   h.view.precision.state_dtype = precision.state_dtype;
   h.view.precision.policy = precision.policy;
   h.view.precision.extra = has_extra ? h.extra.data() : nullptr;
   h.view.precision.seed = precision.seed;
+  h.view.precision.absmax = q8 ? h.absmax.data() : nullptr;
   h.view.depth = static_cast<int>(depth);
   h.view.size = static_cast<std::int64_t>(n);
   h.view.ptrs = h.ptrs.data();
@@ -179,6 +204,7 @@ void register_grad(py::module_& m);
 void register_losses(py::module_& m);
 void register_losses_softmax(py::module_& m);
 void register_buffers(py::module_& m);
+void register_quant8(py::module_& m);
 void register_optim_lamb(py::module_& m);
 void register_optim_adafactor(py::module_& m);
 

@@ -8,10 +8,11 @@
 #include "gradfuse/cpu.h"
 
 #define GF_DECLARE_KERNEL(name, Args) void name(const Args& args);
-#define GF_DECLARE_ISA(isa)          \
-  namespace gf::cpu::isa {           \
-  GF_KERNELS(GF_DECLARE_KERNEL)      \
-  const char* compiled_engine_isa(); \
+#define GF_DECLARE_ISA(isa)              \
+  namespace gf::cpu::isa {               \
+  GF_KERNELS(GF_DECLARE_KERNEL)          \
+  GF_CPU_ONLY_KERNELS(GF_DECLARE_KERNEL) \
+  const char* compiled_engine_isa();     \
   }
 #if GF_HAVE_ISA_avx512
 GF_DECLARE_ISA(avx512)
@@ -138,6 +139,7 @@ void set_isa(const std::string& name) {
     }                                  \
   }
 GF_KERNELS(GF_DISPATCH_KERNEL)
+GF_CPU_ONLY_KERNELS(GF_DISPATCH_KERNEL)
 
 std::string engine_isa() {
   switch (current()) {

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "cpu/parallel.h"
+#include "cpu/quant8.h"
 #include "gradfuse/config.h"
 #include "gradfuse/math/convert.h"
 #include "gradfuse/math/per_tensor.h"
@@ -49,8 +50,10 @@ constexpr std::int64_t kSplitAlign = 64;
 // Calls fn(tensor, begin, end) exactly once for every element range, covering every element
 // of every tensor. The ranges depend only on the sizes (and, for work above kParallelGrain,
 // which thread runs which range depends on timing: fn must not care, see parallel_chunks).
+// Every range starts at a multiple of `align` elements from its tensor's start (a multiple of
+// kSplitAlign; 8-bit state needs whole blocks, kQ8Block).
 template <typename Fn>
-void for_each_span(const TensorList& tl, Fn&& fn) {
+void for_each_span(const TensorList& tl, Fn&& fn, std::int64_t align = kSplitAlign) {
   std::vector<std::int64_t> ends(static_cast<std::size_t>(tl.size));
   std::int64_t total = 0;
   for (std::int64_t i = 0; i < tl.size; ++i) ends[i] = (total += tl.numels[i]);
@@ -82,7 +85,7 @@ void for_each_span(const TensorList& tl, Fn&& fn) {
     if (x >= total) return total;
     const std::int64_t i = std::upper_bound(ends.begin(), ends.end(), x) - ends.begin();
     const std::int64_t start = ends[i] - tl.numels[i];
-    const std::int64_t aligned = start + (x - start + kSplitAlign - 1) / kSplitAlign * kSplitAlign;
+    const std::int64_t aligned = start + (x - start + align - 1) / align * align;
     return std::min(aligned, ends[i]);
   };
   const std::int64_t n_chunks = (total + kChunkElements - 1) / kChunkElements;
@@ -160,7 +163,13 @@ struct SpanSlots {
   typename St::Extra* extra;
   math::RoundingKey key;
   int depth;
+  // 8-bit state (St::State is Q8): each state slot's absmax array and dynamic map.
+  float* absmax[kMaxDepth];
+  const q8::DynamicMap* map[kMaxDepth];
 };
+
+template <typename St>
+constexpr bool kQ8State = std::is_same_v<typename St::State, Q8>;
 
 // Loads elements [o, o + n) of the slots in `reads` (bit d = slot d) into tile rows, converted
 // to OpT (math::load; the float32 master instead of the param under kParamMaster). Compiled once
@@ -181,6 +190,13 @@ __attribute__((noinline)) void tile_load(const SpanSlots<St>& sl, unsigned reads
     if (d < 2) {
       const auto* GF_RESTRICT in = sl.param[d] + o;
       for (std::int64_t j = 0; j < n; ++j) out[j] = math::load(in, j);
+    } else if constexpr (kQ8State<St>) {
+      // Whole blocks: o is a multiple of kQ8Block from the tensor's start (map_elements).
+      const auto* codes = reinterpret_cast<const std::uint8_t*>(sl.state[d] + o);
+      for (std::int64_t k = 0; k < n; k += kQ8Block) {
+        q8::dequantize_block(*sl.map[d], codes + k, sl.absmax[d][(o + k) / kQ8Block], out + k,
+                             std::min(kQ8Block, n - k));
+      }
     } else {
       const auto* GF_RESTRICT in = sl.state[d] + o;
       for (std::int64_t j = 0; j < n; ++j) out[j] = math::load(in, j);
@@ -220,6 +236,16 @@ __attribute__((noinline)) void tile_store(const SpanSlots<St>& sl, unsigned writ
     if (d < 2) {
       auto* GF_RESTRICT out = sl.param[d] + o;
       for (std::int64_t j = 0; j < n; ++j) math::store(out, j, in[j]);
+    } else if constexpr (kQ8State<St>) {
+      // The block's new absmax, then its codes: each element was read once (tile_load) and is
+      // written once, in the same pass over L1.
+      auto* codes = reinterpret_cast<std::uint8_t*>(sl.state[d] + o);
+      for (std::int64_t k = 0; k < n; k += kQ8Block) {
+        const std::int64_t len = std::min(kQ8Block, n - k);
+        const float amax = q8::block_absmax(in + k, len);
+        sl.absmax[d][(o + k) / kQ8Block] = amax;
+        q8::quantize_block(*sl.map[d], in + k, amax, codes + k, len);
+      }
     } else {
       auto* GF_RESTRICT out = sl.state[d] + o;
       for (std::int64_t j = 0; j < n; ++j) math::store(out, j, in[j]);
@@ -276,36 +302,45 @@ void map_elements(const TensorList& tl, const Op& op) {
   static_assert(kGradSlot < kDepth, "kGradSlot must name a slot or be -1");
   const GradScaling& gs = tl.grad_scaling;
   constexpr bool kParamRule = kGradSlot == 1 && (Op::kReads & 1u) && (Op::kWrites & 1u);
-  visit_storage<T, kParamRule>(tl, "map_elements", [&](auto storage) {
+  visit_storage<T, kParamRule, Q8>(tl, "map_elements", [&](auto storage) {
     using St = decltype(storage);
     if (gs.found_inf && *gs.found_inf != 0.0f) return;  // AMP found inf/NaN: change nothing
     const OpT inv_scale =
         gs.grad_scale ? OpT(static_cast<float>(1.0 / static_cast<double>(*gs.grad_scale))) : OpT(1);
     const OpT clip_coef = gs.clip_coef ? OpT(*gs.clip_coef) : OpT(1);
     const Precision& pr = tl.precision;
-    for_each_span(tl, [&](std::int64_t t, std::int64_t b, std::int64_t e) {
-      const auto& op_t = math::op_for_tensor(op, t);
-      if constexpr (std::is_same_v<St, Storage<OpT, OpT, kParamNearest>>) {
-        auto slot = [&](int d) { return kDepth > d ? tl.ptr<OpT>(d, t) : nullptr; };
-        map_span(slot(0), slot(1), slot(2), slot(3), slot(4), slot(5), b, e, op_t, inv_scale,
-                 clip_coef);
-      } else {
-        SpanSlots<St> sl{};
-        sl.depth = kDepth;
-        for (int d = 0; d < kDepth; ++d) {
-          if (d < 2) {
-            sl.param[d] = tl.ptr<typename St::Param>(d, t);
+    for_each_span(
+        tl,
+        [&](std::int64_t t, std::int64_t b, std::int64_t e) {
+          const auto& op_t = math::op_for_tensor(op, t);
+          if constexpr (std::is_same_v<St, Storage<OpT, OpT, kParamNearest>>) {
+            auto slot = [&](int d) { return kDepth > d ? tl.ptr<OpT>(d, t) : nullptr; };
+            map_span(slot(0), slot(1), slot(2), slot(3), slot(4), slot(5), b, e, op_t, inv_scale,
+                     clip_coef);
           } else {
-            sl.state[d] = tl.ptr<typename St::State>(d, t);
+            SpanSlots<St> sl{};
+            sl.depth = kDepth;
+            for (int d = 0; d < kDepth; ++d) {
+              if (d < 2) {
+                sl.param[d] = tl.ptr<typename St::Param>(d, t);
+              } else {
+                sl.state[d] = tl.ptr<typename St::State>(d, t);
+              }
+            }
+            if constexpr (St::kPolicy == kParamMaster || St::kPolicy == kParamKahan) {
+              sl.extra = reinterpret_cast<typename St::Extra*>(pr.extra[t]);
+            }
+            if constexpr (St::kPolicy == kParamStochastic) sl.key = math::rounding_key(pr.seed, t);
+            if constexpr (kQ8State<St>) {
+              for (int d = 2; d < kDepth; ++d) {
+                sl.absmax[d] = reinterpret_cast<float*>(pr.absmax[(d - 2) * tl.size + t]);
+                sl.map[d] = &q8::dynamic_map(pr.signed_slot(d));
+              }
+            }
+            map_span_tiled(sl, b, e, op_t, inv_scale, clip_coef);
           }
-        }
-        if constexpr (St::kPolicy == kParamMaster || St::kPolicy == kParamKahan) {
-          sl.extra = reinterpret_cast<typename St::Extra*>(pr.extra[t]);
-        }
-        if constexpr (St::kPolicy == kParamStochastic) sl.key = math::rounding_key(pr.seed, t);
-        map_span_tiled(sl, b, e, op_t, inv_scale, clip_coef);
-      }
-    });
+        },
+        tl.precision.is_q8() ? kQ8Block : kSplitAlign);
   });
 }
 

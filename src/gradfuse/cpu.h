@@ -10,6 +10,7 @@ namespace gf::cpu {
 
 #define GF_DECLARE_KERNEL(name, Args) void name(const Args& args);
 GF_KERNELS(GF_DECLARE_KERNEL)
+GF_CPU_ONLY_KERNELS(GF_DECLARE_KERNEL)
 #undef GF_DECLARE_KERNEL
 
 // ISA selection: "avx512", "avx2" or "baseline". set_isa() refuses an ISA this CPU (or this

@@ -27,8 +27,22 @@ struct ScaleGradsArgs {
   TensorList tensors;
 };
 
+// Block-wise 8-bit quantization of n float32 values (issue 16, CPU only: cpu/quant8.h): with
+// `quantize`, values -> codes and one absmax per 256 values; otherwise codes and absmax ->
+// values. is_signed picks bitsandbytes' signed dynamic map, else the unsigned one.
+struct Blockwise8Args {
+  float* values;
+  std::uint8_t* codes;
+  float* absmax;
+  std::int64_t n;
+  bool is_signed;
+  bool quantize;
+};
+
 }  // namespace gf
 
 #define GF_GRAD_KERNELS(X)   \
   X(grad_norm, GradNormArgs) \
   X(scale_grads, ScaleGradsArgs)
+// Kernels that only the CPU has (declared in gradfuse/cpu.h, dispatched by ISA).
+#define GF_CPU_ONLY_KERNELS(X) X(blockwise8, Blockwise8Args)

@@ -26,10 +26,18 @@ struct Storage {
 // visit_storage<T, kLowPrecisionOk>(tl, op, [&](auto storage) { using St = decltype(storage); })
 // kLowPrecisionOk: the op's slot 0 is a param and slot 1 its gradient (every optimizer rule);
 // other ops (the gradient-scaling pass) only take the default storage.
-template <typename T, bool kLowPrecisionOk, typename F>
+// Q8State: the engine's type for 8-bit block-wise state (the CPU's cpu::Q8), void where the
+// engine has none (CUDA): such calls are refused.
+template <typename T, bool kLowPrecisionOk, typename Q8State = void, typename F>
 void visit_storage(const TensorList& tl, const char* op, F&& f) {
   const Precision& pr = tl.precision;
   if (pr.is_default(tl.dtype)) return f(Storage<T, T, kParamNearest>{});
+  if (pr.is_q8()) {
+    constexpr bool kHasQ8 = !std::is_void_v<Q8State>;
+    constexpr bool kQ8Ok = kLowPrecisionOk && !std::is_same_v<T, double>;
+    GF_CHECK(kHasQ8, op, ": 8-bit state is only available for CPU tensors in this version");
+    GF_CHECK(kQ8Ok, op, ": 8-bit state is not available for ", dtype_name(tl.dtype), " tensors");
+  }
   if constexpr (!kLowPrecisionOk || std::is_same_v<T, double>) {
     GF_CHECK(false, op, ": state_dtype / param policies are not available for ",
              dtype_name(tl.dtype), " tensors");
@@ -56,6 +64,9 @@ void visit_storage(const TensorList& tl, const char* op, F&& f) {
                " params (master weights need float16/bfloat16 params; stochastic rounding and "
                "Kahan compensation need bfloat16 params)");
     };
+    if constexpr (!std::is_void_v<Q8State>) {
+      if (pr.is_q8()) return with_state(TypeTag<Q8State>{});
+    }
     const int sd = pr.state_dtype < 0 ? static_cast<int>(tl.dtype) : pr.state_dtype;
     if (sd == static_cast<int>(tl.dtype)) return with_state(TypeTag<T>{});
     if constexpr (!std::is_same_v<T, float>) {

@@ -38,6 +38,10 @@ struct GradScaling {
 //     stored, then rounded to nearest into the param) or the bfloat16 Kahan compensation
 //     (kParamKahan, bfloat16 params); nullptr otherwise.
 //   seed: the stochastic-rounding seed of this call (gradfuse/math/rounding.h).
+//   8-bit block-wise state (issue 16, CPU): state_dtype kStateQ8 + m, m in [0, 16): every state
+//     slot holds uint8 codes, slot 2 + k in bitsandbytes' signed dynamic map when bit k of m is
+//     set (first moments), else in the unsigned one (second moments); absmax[(d - 2) * size + i]
+//     is the float32 absmax array of slot d of tensor i (one per 256 elements, cpu/quant8.h).
 enum ParamPolicy : int {
   kParamNearest = 0,
   kParamStochastic = 1,
@@ -45,11 +49,17 @@ enum ParamPolicy : int {
   kParamMaster = 3,
 };
 
+constexpr int kStateQ8 = 16;  // state_dtype codes kStateQ8 .. kStateQ8 + 15: 8-bit state
+
 struct Precision {
   int state_dtype = -1;
   int policy = kParamNearest;
   const std::uintptr_t* extra = nullptr;
   std::uint64_t seed = 0;
+  const std::uintptr_t* absmax = nullptr;  // 8-bit state: absmax arrays per state slot and tensor
+
+  bool is_q8() const { return state_dtype >= kStateQ8 && state_dtype < kStateQ8 + 16; }
+  bool signed_slot(int d) const { return ((state_dtype - kStateQ8) >> (d - 2)) & 1; }
 
   bool is_default(DType dtype) const {
     return policy == kParamNearest && (state_dtype < 0 || state_dtype == static_cast<int>(dtype));

@@ -200,8 +200,10 @@ def test_constructor_errors_are_bitsandbytes(kw: dict[str, Any]) -> None:
 
 def test_unsupported_options() -> None:
     p = [torch.zeros(2, requires_grad=True)]
-    with pytest.raises(NotImplementedError, match="optim_bits=8"):
-        AdEMAMix(p, optim_bits=8)
+    with pytest.raises(ValueError, match="optim_bits must be 8 or 32"):
+        AdEMAMix(p, optim_bits=16)
+    with pytest.raises(ValueError, match="takes no state_dtype"):
+        AdEMAMix(p, optim_bits=8, state_dtype=torch.bfloat16)
     with pytest.raises(ValueError, match="log"):
         AdEMAMix(p, betas=(0.0, 0.9, 0.99), t_beta3=10)
     assert copy.deepcopy(AdEMAMix(p, max_grad_norm=2.0)).max_grad_norm == 2.0

@@ -69,7 +69,7 @@ ADOPT = Spec(
     op="adopt_",
     kernel="adopt",
     hyper=("lr", "beta1", "beta2", "weight_decay", "eps"),
-    state=(State("exp_avgs", "exp_avg"), State("exp_avg_sqs", "exp_avg_sq")),
+    state=(State("exp_avgs", "exp_avg"), State("exp_avg_sqs", "exp_avg_sq", signed=False)),
     scalars=_adopt_scalars,
     modes=_adopt_modes,
     flags=("weight_decouple", "fixed_decay", "maximize"),
@@ -170,7 +170,7 @@ ADEMAMIX = Spec(
     state=(
         State("exp_avgs", "exp_avg"),
         State("exp_avg_slows", "exp_avg_slow"),
-        State("exp_avg_sqs", "exp_avg_sq"),
+        State("exp_avg_sqs", "exp_avg_sq", signed=False),
     ),
     scalars=_ademamix_scalars,
     flags=("t_alpha", "t_beta3", "maximize"),

@@ -77,6 +77,7 @@ class State:
     written: bool = True
     when: Callable[[dict[str, Any]], bool] | None = None
     missing: str = ""  # the error when the option needs the list and it is None
+    signed: bool = True  # 8-bit state: the signed dynamic map (False: a non-negative moment)
 
 
 @dataclass(frozen=True)
@@ -220,7 +221,7 @@ class Call:
     clip_coef: Any = None
     capturable: bool = False
     lowprec: LowPrecision = field(default_factory=LowPrecision)
-    state_dtype: Any = None  # dtype of state the call creates (None: the params')
+    state_dtype: Any = None  # dtype of state the call creates (None: the params'), or one per param
 
 
 # --- the public functions' arguments ----------------------------------------------------------
@@ -242,6 +243,7 @@ class PrecisionOptions(TypedDict, total=False):
     kahan_comps: Sequence[Any] | None
     rounding: str
     seed: int | None
+    state_absmax: Sequence[Sequence[Any]] | None  # 8-bit state: absmax per state list
 
 
 class StepOptions(AmpOptions, PrecisionOptions, total=False):
@@ -263,6 +265,7 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "kahan_comps": None,
     "rounding": "nearest",
     "seed": None,
+    "state_absmax": None,
     "capturable": False,
 }
 _STEP_OPTIONS = option_names(StepOptions)
@@ -292,6 +295,7 @@ def lowprec_of(options: PrecisionOptions) -> LowPrecision:
         options.get("kahan_comps"),
         options.get("rounding", "nearest"),
         options.get("seed"),
+        options.get("state_absmax"),
     )
 
 
@@ -360,6 +364,7 @@ def run(spec: Spec, call: Call, h: Hyper) -> None:
     scaling = GradScaling(call.grad_scale, call.found_inf, call.clip_coef)
     scaling.check(op)
     lowprec = call.lowprec
+    lowprec.signed = [st.signed for st in spec.state if st.name in dict(slots)]
     written = tuple(st.name for st in spec.state if st.written)
     buffers, depth = lowprec.prepare_buffers(op, slots, ("params", *written))
     if capturable and not lowprec.is_default:
@@ -404,7 +409,7 @@ def run(spec: Spec, call: Call, h: Hyper) -> None:
         hyper = [fields.pop(name) for name in hyper_fields]
         core.optimizer_step(
             spec.kernel,
-            g.slots,
+            g.slots + lowprec.absmax_slots(g),
             g.numels,
             g.dtype_code,
             g.device,
@@ -451,10 +456,16 @@ def _create_state(
     first = [False] * n
     created: dict[int, Any] = {}
     lowprec = call.lowprec
+    per_param = isinstance(call.state_dtype, (list, tuple))
     for i in range(n):
         if buffers[d * n + i] is None:
-            new = _empty_like(params[i], call.state_dtype)
-            b = _buffers.as_buffer(new, f"{spec.op}: {name}[{i}]", writable=True)
+            dtype = call.state_dtype[i] if per_param else call.state_dtype
+            new = _empty_like(params[i], dtype)
+            codes = _is_uint8(new)
+            if codes:  # 8-bit state: codes of zero and their absmax, zero
+                new.zero_()
+                _new_absmax(spec.op, lowprec, d - 2, i, new.numel())
+            b = _buffers.as_buffer(new, f"{spec.op}: {name}[{i}]", writable=True, codes=codes)
             buffers[d * n + i] = b
             ref = buffers[i]
             if ref is not None and b.dtype != ref.dtype:
@@ -465,6 +476,27 @@ def _create_state(
     for i, new in created.items():
         values[i] = new
     return first
+
+
+def _is_uint8(x: Any) -> bool:
+    import torch
+
+    return isinstance(x, torch.Tensor) and x.dtype == torch.uint8
+
+
+def _new_absmax(op: str, lowprec: LowPrecision, k: int, i: int, numel: int) -> None:
+    """The absmax of new 8-bit state (slot ``k`` of the state lists, param ``i``), into the
+    caller's ``state_absmax`` list, where the caller finds it after the call."""
+    import torch
+
+    lists = lowprec.state_absmax
+    target = lists[k] if lists is not None and k < len(lists) else None
+    if not isinstance(target, MutableSequence):
+        raise TypeError(
+            f"{op}: new 8-bit state needs state_absmax, one mutable list per state list (its "
+            f"entries for new state are filled in)"
+        )
+    target[i] = torch.zeros(-(-numel // 256), dtype=torch.float32)
 
 
 def _empty_like(x: Any, dtype: Any = None) -> Any:

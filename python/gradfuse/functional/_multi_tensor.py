@@ -103,12 +103,14 @@ def prepare(
     written: Sequence[str],
     free_dtype: Sequence[str] = (),
     mismatches: list[tuple[int, int]] | None = None,
+    codes: Sequence[str] = (),
 ) -> list[Buffer | None]:
     """Check every list; return nothing written yet. See :func:`group`.
 
     ``free_dtype``: slots whose dtype may differ from the params' (state kept in another
     dtype, master copies); :meth:`LowPrecision.check` says which dtypes they may have, from
-    the (slot, index) pairs whose dtype differs, appended to ``mismatches``.
+    the (slot, index) pairs whose dtype differs, appended to ``mismatches``. ``codes``: slots
+    that may hold uint8 codes (8-bit state).
     Returns the flat list of buffers, slot-major: ``buffers[d * n + i]``.
     """
     names = [name for name, _ in slots]
@@ -124,10 +126,12 @@ def prepare(
     if plain is not None:
         return plain
     free_set = set(free_dtype)
+    codes_set = set(codes)
     fast = _buffers._fast_torch_buffer
     buffers: list[Buffer | None] = []
     for name, values in slots:
         writable = name in written_set
+        is_codes = name in codes_set
         for i, x in enumerate(values):
             if x is None:
                 buffers.append(None)
@@ -136,7 +140,9 @@ def prepare(
                 buffers.append(
                     b
                     if b is not None
-                    else _buffers.as_buffer(x, f"{op}: {name}[{i}]", writable=writable)
+                    else _buffers.as_buffer(
+                        x, f"{op}: {name}[{i}]", writable=writable, codes=is_codes
+                    )
                 )
     for d, (name, _) in enumerate(slots[1:], start=1):
         for i in range(n):
@@ -274,12 +280,19 @@ class LowPrecision:
     bits, which depend only on (seed, tensor index, element index): change it every call).
     State tensors (every list after ``grads``) may be float32 for float16/bfloat16 params, or
     bfloat16 for float32 params: they are computed in float32 and stored in their own dtype.
+    ``state_absmax`` (8-bit state, CPU, float32/float16/bfloat16 params): one list per state
+    list, in slot order, of float32 tensors of ceil(numel / 256) values; where a param's state
+    tensors are uint8 (all of them), they are block-wise codes and these their absmax
+    (:mod:`gradfuse.optim._quant8`); entries of params whose state is float are ignored (None).
     """
 
     master_params: Sequence[Any] | None = None
     kahan_comps: Sequence[Any] | None = None
     rounding: str = "nearest"
     seed: int | None = None
+    state_absmax: Sequence[Sequence[Any]] | None = None
+    signed: list[bool] = field(default_factory=list)  # per state slot: the signed map (8-bit)
+    _absmax: dict[tuple[int, int], Buffer] = field(default_factory=dict, init=False)
     _policy: int = field(default=_NEAREST, init=False)
     _depth: int = field(default=0, init=False)
     _state_slot: int | None = field(default=None, init=False)
@@ -354,6 +367,7 @@ class LowPrecision:
             written=(*written, *self.written),
             free_dtype=free,
             mismatches=self.mismatches,
+            codes=free,
         )
         self.check(op, buffers, n)
         return buffers, len(slots)
@@ -386,6 +400,9 @@ class LowPrecision:
             p, s = buffers[i], buffers[d * n + i]
             assert p is not None
             assert s is not None
+            if s.dtype == _buffers.CODES_DTYPE:
+                self._check_codes(op, buffers, n, d, i)
+                continue
             ok = (p.dtype in ("float16", "bfloat16") and s.dtype == "float32") or (
                 p.dtype == "float32" and s.dtype == "bfloat16"
             )
@@ -429,6 +446,62 @@ class LowPrecision:
                 if buffers[extra * n + i] is None:
                     raise TypeError(f"{op}: kahan_comps[{i}] is None; expected a bfloat16 tensor")
 
+    def _check_codes(
+        self, op: str, buffers: Sequence[Buffer | None], n: int, d: int, i: int
+    ) -> None:
+        """Slot ``d`` of param ``i`` holds uint8 codes: every state slot of the param must, and
+        each needs its absmax (float32, one value per 256 elements, on the param's device)."""
+        p, s = buffers[i], buffers[d * n + i]
+        assert p is not None
+        assert s is not None
+        name = self._names[d]
+        where = f"{op}: {name}[{i}]"
+        if self.state_absmax is None:
+            raise TypeError(
+                f"{where} holds uint8 codes ({s.describe()}) but no state_absmax was given; 8-bit "
+                f"state needs one absmax list per state list"
+            )
+        if p.dtype not in ("float32", "float16", "bfloat16") or p.device >= 0:
+            raise TypeError(
+                f"{where}: 8-bit state needs float32/float16/bfloat16 CPU params, params[{i}] is "
+                f"{p.describe()}"
+            )
+        first = buffers[2 * n + i]
+        if first is None or first.dtype != s.dtype:
+            raise TypeError(
+                f"{where} holds uint8 codes but {self._names[2]}[{i}] does not ({first and first.describe()}); "
+                f"8-bit state is all of a param's state or none of it"
+            )
+        k = d - 2
+        lists = self.state_absmax
+        if k >= len(lists) or len(lists[k]) != n:
+            raise ValueError(
+                f"{op}: state_absmax needs one list of {n} entries per state list; got "
+                f"{len(lists)} lists" + (f", list {k} of {len(lists[k])}" if k < len(lists) else "")
+            )
+        a = _buffers.as_buffer(lists[k][i], f"{op}: state_absmax[{k}][{i}]", writable=True)
+        want = -(-p.numel // 256)
+        if (
+            a.dtype != "float32"
+            or a.numel != want
+            or a.device != p.device
+            or (a.numel > 1 and a.strides[-1] != 1)
+            or len(a.shape) != 1
+        ):
+            raise ValueError(
+                f"{op}: state_absmax[{k}][{i}] must be a contiguous float32 vector of {want} "
+                f"values (one per 256 elements of {name}[{i}], {s.describe()}) on "
+                f"{p.device_str}, got {a.describe()}"
+            )
+        self._absmax[(d, i)] = a
+
+    def absmax_slots(self, g: Group) -> list[list[int]]:
+        """The absmax pointer lists of an 8-bit group (appended to its slots), else none."""
+        if not self._absmax or g.state_dtype_code != _buffers.state_q8_code():
+            return []
+        depth = len(g.slots) - (1 if g.has_extra else 0)
+        return [[self._absmax[(d, i)].ptr for i in g.indices] for d in range(2, depth)]
+
     def kwargs(self, g: Group, salt: int) -> dict[str, int]:
         """The storage keyword arguments of one native call (``salt``: the call's ordinal, so
         two calls of one step draw different random bits)."""
@@ -439,7 +512,10 @@ class LowPrecision:
         policy = self._policy
         if policy == _MASTER and not g.has_extra:
             policy = _NEAREST  # float32/float64 params of a master-weights call
-        return {"state_dtype": g.state_dtype_code, "policy": policy, "seed": seed}
+        state_dtype = g.state_dtype_code
+        if self._absmax and state_dtype == _buffers.state_q8_code():
+            state_dtype += sum(1 << k for k, signed in enumerate(self.signed) if signed)
+        return {"state_dtype": state_dtype, "policy": policy, "seed": seed}
 
 
 def _uniform_state_code(present: Sequence[Buffer], n: int, state_slot: int | None) -> int | None:

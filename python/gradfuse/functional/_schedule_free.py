@@ -90,7 +90,7 @@ SCHEDULE_FREE_ADAMW = Spec(
     op="schedule_free_adamw_",
     kernel="schedule_free_adamw",
     hyper=("lr", "beta1", "beta2", "eps", "weight_decay", *_SCHEDULE_HYPER),
-    state=(State("zs", "z"), State("exp_avg_sqs", "exp_avg_sq")),
+    state=(State("zs", "z"), State("exp_avg_sqs", "exp_avg_sq", signed=False)),
     scalars=_adamw_scalars,
     step_on_host=True,
 )

@@ -17,7 +17,9 @@ and takes, besides its own arguments:
 - the low-precision keywords (off by default; see
   :class:`gradfuse.functional._multi_tensor.LowPrecision`): ``master_params``, ``kahan_comps``,
   ``rounding`` and ``seed``; state lists may be float32 for float16/bfloat16 params, or
-  bfloat16 for float32 params.
+  bfloat16 for float32 params; with ``state_absmax`` (one list of float32 absmax tensors per
+  state list, in order) the state lists hold 8-bit block-wise codes (uint8, CPU;
+  :mod:`gradfuse.optim._quant8`).
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def _adam_modes(h: Hyper) -> dict[str, Any]:
 
 _MOMENTS = (
     State("exp_avgs", "exp_avg"),
-    State("exp_avg_sqs", "exp_avg_sq"),
+    State("exp_avg_sqs", "exp_avg_sq", signed=False),
 )
 # The Adam family's hyperparameters whose betas are numbers (Adamax, NAdam, RAdam); checked in
 # this order.
@@ -176,6 +178,7 @@ ADAM = Spec(
             "max_exp_avg_sq",
             when=lambda o: bool(o["amsgrad"]),
             missing="amsgrad=True needs max_exp_avg_sqs, one per param",
+            signed=False,
         ),
     ),
     scalars=_adam_scalars,
@@ -270,7 +273,7 @@ ADAMAX = Spec(
     op="adamax_",
     kernel="adamax",
     hyper=_ADAM_FAMILY_HYPER,
-    state=(State("exp_avgs", "exp_avg"), State("exp_infs", "exp_inf")),
+    state=(State("exp_avgs", "exp_avg"), State("exp_infs", "exp_inf", signed=False)),
     scalars=_adamax_scalars,
     counters=("state_steps",),
     step_on_host=True,
@@ -523,7 +526,7 @@ RMSPROP = Spec(
     kernel="rmsprop",
     hyper=("lr", "alpha", "eps", "weight_decay", "momentum"),
     state=(
-        State("square_avgs", "square_avg"),
+        State("square_avgs", "square_avg", signed=False),
         State(
             "grad_avgs",
             "grad_avg",

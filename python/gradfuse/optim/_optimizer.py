@@ -103,6 +103,8 @@ class FusedOptimizer(Optimizer):
 
     max_grad_norm: float | None
     _precision: PrecisionPolicy
+    # Why 8-bit state is refused, for an optimizer whose state is not moments (None: allowed).
+    _no_8bit: ClassVar[str | None] = None
 
     # The keys of torch's __setstate__ defaults (group keys older checkpoints may lack) whose
     # value is the constructor's default; __init_subclass__ fills _setstate_defaults from them.
@@ -145,6 +147,11 @@ class FusedOptimizer(Optimizer):
         super().__init__(params, defaults)
         name = type(self).__name__
         self._precision = PrecisionPolicy.create(name, master_weights, state_dtype, rounding, kahan)
+        self._precision.signed_keys = {st.key: st.signed for st in self._spec.state}
+        if self._precision.q8 and self._no_8bit is not None:
+            raise ValueError(
+                f"{name}: state_dtype=torch.uint8 (8-bit state) is not available: {self._no_8bit}"
+            )
         for group in self.param_groups:
             for i, p in enumerate(group["params"]):
                 self._precision.check_param(name, p, i)
@@ -254,22 +261,25 @@ class FusedOptimizer(Optimizer):
         for st in spec.state:
             if st.name in lists and st.name != created:
                 lists[st.name] = view(lists[st.name])
+        precision = self._precision
         if created is not None and created in lists and self.state_dtype is not None:
-            options["state_dtype"] = self.state_dtype
-        type(self)._update_fn(
-            view(params),
-            view(grads),
-            **lists,
-            **options,
-            **amp,
-            **self._precision.kwargs(type(self).__name__, self.state, params),
-        )
+            # 8-bit state: uint8 codes for params of at least min_8bit_size elements only
+            options["state_dtype"] = (
+                [precision.dtype_for(p) for p in params] if precision.q8 else self.state_dtype
+            )
+        keys = tuple(st.key for st in spec.state if st.name in lists)
+        lowprec = precision.kwargs(type(self).__name__, self.state, params, keys)
+        type(self)._update_fn(view(params), view(grads), **lists, **options, **amp, **lowprec)
         if created is not None and created in lists:
             key = next(st.key for st in spec.state if st.name == created)
+            absmax_lists = lowprec.get("state_absmax")  # 8-bit: filled in for new state
+            absmax = absmax_lists[keys.index(key)] if absmax_lists else None
             state = self.state
-            for p, buf in zip(params, lists[created], strict=True):
+            for i, (p, buf) in enumerate(zip(params, lists[created], strict=True)):
                 if buf is not None and key not in state[p]:
                     state[p][key] = buf  # created by this step (None: an AMP-skipped step)
+                    if absmax is not None and absmax[i] is not None:
+                        state[p][key + "_absmax"] = absmax[i]
 
     def _sparse_step(self, group: dict[str, Any], amp: dict[str, Any], gathered: Gathered) -> None:
         raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
@@ -332,6 +342,7 @@ class FusedOptimizer(Optimizer):
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._precision.check_saved(type(self).__name__, self, state_dict)
         super().load_state_dict(state_dict)
         self._precision.load(self, state_dict)
 
@@ -345,6 +356,7 @@ class FusedOptimizer(Optimizer):
         super().__setstate__(state)
         self.__dict__.setdefault("max_grad_norm", None)
         self.__dict__.setdefault("_precision", PrecisionPolicy())
+        self._precision.signed_keys = {st.key: st.signed for st in self._spec.state}
         for group in self.param_groups:
             for key, value in self._setstate_defaults.items():
                 group.setdefault(key, value)

@@ -43,9 +43,10 @@ class AdEMAMix(FusedOptimizer):
     one that bitsandbytes' ``AdEMAMix.load_state_dict`` takes.
 
     bitsandbytes keeps float32 state for 16-bit params: ``state_dtype=torch.float32`` gives
-    that here (the default is the params' dtype, as every gradfuse optimizer). Its 8-bit state
-    (``optim_bits=8``) is not supported (NotImplementedError); ``min_8bit_size`` and
-    ``is_paged`` are accepted and have no effect. ``maximize`` (keyword-only, not in
+    that here (the default is the params' dtype, as every gradfuse optimizer). ``optim_bits=8``
+    (or :class:`~gradfuse.optim.AdEMAMix8bit`) keeps block-wise 8-bit state for params of at
+    least ``min_8bit_size`` elements (:mod:`gradfuse.optim._quant8`), in gradfuse's layout (a
+    bitsandbytes 8-bit checkpoint does not load); ``is_paged`` is accepted and has no effect. ``maximize`` (keyword-only, not in
     bitsandbytes) negates the gradient. AMP, ``max_grad_norm`` and the precision options as for
     every gradfuse optimizer (see :class:`~gradfuse.optim.FusedOptimizer`).
     """
@@ -80,11 +81,15 @@ class AdEMAMix(FusedOptimizer):
         _check_betas(betas)
         if not weight_decay >= 0.0:
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        if optim_bits != 32:
-            raise NotImplementedError(
-                f"AdEMAMix: optim_bits={optim_bits} is not supported by gradfuse (32-bit state "
-                f"only); state_dtype=torch.bfloat16 halves the state of float32 params"
-            )
+        if optim_bits not in (8, 32):
+            raise ValueError(f"AdEMAMix: optim_bits must be 8 or 32, got {optim_bits!r}")
+        if optim_bits == 8:  # bitsandbytes' 8-bit AdEMAMix: block-wise 8-bit state
+            state_dtype = options.get("state_dtype")
+            if state_dtype not in (None, torch.uint8, "8bit"):
+                raise ValueError(
+                    f"AdEMAMix: optim_bits=8 is 8-bit state; it takes no state_dtype={state_dtype!r}"
+                )
+            options["state_dtype"] = torch.uint8
         if t_beta3 and not (betas[0] > 0.0 and betas[2] > 0.0):
             raise ValueError(
                 f"AdEMAMix: the t_beta3 warm-up takes log(beta1) and log(beta3), so both must "
@@ -95,6 +100,8 @@ class AdEMAMix(FusedOptimizer):
         self.is_paged = is_paged
         defaults = torch_defaults(locals(), but=("optim_bits", "min_8bit_size", "is_paged"))
         super().__init__(params, defaults, **options)
+        if self._precision.q8:
+            self._precision.min_8bit_size = min_8bit_size
 
     def _options(self, group: dict[str, Any]) -> dict[str, Any]:
         beta1, beta2, beta3 = group["betas"]
@@ -123,6 +130,11 @@ class AdEMAMix(FusedOptimizer):
         """This optimizer's state in bitsandbytes' 32-bit ``AdEMAMix`` layout (float32
         ``state1`` = stack(exp_avg, exp_avg_slow), ``state2`` = exp_avg_sq, ``step`` an int),
         for ``bitsandbytes.optim.AdEMAMix.load_state_dict``."""
+        if self._precision.q8:
+            raise NotImplementedError(
+                "AdEMAMix.bitsandbytes_state_dict: 8-bit state (optim_bits=8) is written in "
+                "gradfuse's layout only; gradfuse.optim.dequantize_state_dict gives float state"
+            )
         sd = self.state_dict()
         out: dict[int, Any] = {}
         for k, s in sd["state"].items():

@@ -45,6 +45,7 @@ class _ScheduleFree(FusedOptimizer):
     bookkeeping and ``z`` created as a copy of the param."""
 
     _sparse_error: ClassVar[str | None] = None
+    _no_8bit = "z is a copy of the weights, which 8 bits would round away"
     _step_fn: ClassVar[Callable[..., ScheduleFreeGroup | None]]
 
     def _beta1(self, group: dict[str, Any]) -> Any:

@@ -1,0 +1,147 @@
+"""The 8-bit optimizers: gradfuse's optimizers with block-wise 8-bit state
+(``state_dtype=torch.uint8``), under the names bitsandbytes users look for (``Adam8bit``,
+``AdamW8bit``, ``Lion8bit``, ``RMSprop8bit``, ``Adagrad8bit``) and the same for Adamax, NAdam
+and RAdam, SGD (with momentum: its buffer is created from the first gradient, then 8-bit)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import ParamsT
+
+from gradfuse.optim._precision import MIN_8BIT_SIZE
+from gradfuse.optim.adagrad import Adagrad
+from gradfuse.optim.adam import Adam
+from gradfuse.optim.adamax import Adamax
+from gradfuse.optim.adamw import AdamW
+from gradfuse.optim.ademamix import AdEMAMix
+from gradfuse.optim.adopt import ADOPT
+from gradfuse.optim.lion import Lion
+from gradfuse.optim.nadam import NAdam
+from gradfuse.optim.radam import RAdam
+from gradfuse.optim.rmsprop import RMSprop
+from gradfuse.optim.sgd import SGD
+
+
+def set_min_8bit_size(optimizer: Any, min_8bit_size: int) -> None:
+    """bitsandbytes' ``min_8bit_size``: params with fewer elements keep float32 state."""
+    if isinstance(min_8bit_size, bool) or not isinstance(min_8bit_size, int) or min_8bit_size < 0:
+        raise ValueError(
+            f"{type(optimizer).__name__}: min_8bit_size must be a non-negative int, got "
+            f"{min_8bit_size!r}"
+        )
+    optimizer._precision.min_8bit_size = min_8bit_size
+
+
+class Adam8bit(Adam):
+    """Adam with block-wise 8-bit state: :class:`gradfuse.optim.Adam` with
+    ``state_dtype=torch.uint8`` (see :mod:`gradfuse.optim._quant8`).
+
+    ``exp_avg`` (signed dynamic map) and ``exp_avg_sq`` (unsigned) of every param with at least
+    ``min_8bit_size`` elements are uint8 codes with a float32 ``*_absmax`` per 256 elements:
+    2 bytes of state per param plus 1/32 (bitsandbytes' layout; its ``Adam8bit`` checkpoints load
+    with :func:`gradfuse.optim.load_bitsandbytes_state_dict`). Smaller params keep float32
+    state. One fused pass per step dequantizes, updates in float32 and requantizes each block.
+    CPU params of float32, float16 or bfloat16; every other option as :class:`Adam`.
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        amsgrad: bool = False,
+        *,
+        min_8bit_size: int = MIN_8BIT_SIZE,
+        maximize: bool = False,
+        max_grad_norm: float | None = None,
+        master_weights: bool = False,
+        rounding: str = "nearest",
+        kahan: bool = False,
+    ) -> None:
+        super().__init__(
+            params,
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            amsgrad,
+            maximize=maximize,
+            max_grad_norm=max_grad_norm,
+            master_weights=master_weights,
+            state_dtype=torch.uint8,
+            rounding=rounding,
+            kahan=kahan,
+        )
+        set_min_8bit_size(self, min_8bit_size)
+
+
+class AdamW8bit(AdamW):
+    """AdamW with block-wise 8-bit state: :class:`gradfuse.optim.AdamW` with
+    ``state_dtype=torch.uint8``; see :class:`Adam8bit` for the state and its checkpoints."""
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        min_8bit_size: int = MIN_8BIT_SIZE,
+        maximize: bool = False,
+        max_grad_norm: float | None = None,
+        master_weights: bool = False,
+        rounding: str = "nearest",
+        kahan: bool = False,
+    ) -> None:
+        super().__init__(
+            params,
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            amsgrad,
+            maximize=maximize,
+            max_grad_norm=max_grad_norm,
+            master_weights=master_weights,
+            state_dtype=torch.uint8,
+            rounding=rounding,
+            kahan=kahan,
+        )
+        set_min_8bit_size(self, min_8bit_size)
+
+
+def _eight_bit(base: type, name: str) -> type:
+    """``<base>8bit``: ``base`` with ``state_dtype=torch.uint8`` and ``min_8bit_size``."""
+
+    init: Any = vars(base)["__init__"]  # every gradfuse optimizer has its torch constructor
+
+    def __init__(self: Any, *args: Any, min_8bit_size: int = MIN_8BIT_SIZE, **kwargs: Any) -> None:
+        if "state_dtype" in kwargs:
+            raise TypeError(f"{name}: state_dtype is torch.uint8 (8-bit state) by definition")
+        init(self, *args, state_dtype=torch.uint8, **kwargs)
+        set_min_8bit_size(self, min_8bit_size)
+
+    doc = (
+        f"{base.__name__} with block-wise 8-bit state: :class:`gradfuse.optim.{base.__name__}` "
+        f"with ``state_dtype=torch.uint8`` (see :mod:`gradfuse.optim._quant8`); the same "
+        f"arguments plus ``min_8bit_size`` (default 4096: smaller params keep float32 state)."
+    )
+    return type(name, (base,), {"__init__": __init__, "__doc__": doc, "__module__": __name__})
+
+
+Adamax8bit = _eight_bit(Adamax, "Adamax8bit")
+NAdam8bit = _eight_bit(NAdam, "NAdam8bit")
+RAdam8bit = _eight_bit(RAdam, "RAdam8bit")
+Adagrad8bit = _eight_bit(Adagrad, "Adagrad8bit")
+RMSprop8bit = _eight_bit(RMSprop, "RMSprop8bit")
+Lion8bit = _eight_bit(Lion, "Lion8bit")
+SGD8bit = _eight_bit(SGD, "SGD8bit")
+ADOPT8bit = _eight_bit(ADOPT, "ADOPT8bit")
+AdEMAMix8bit = _eight_bit(AdEMAMix, "AdEMAMix8bit")

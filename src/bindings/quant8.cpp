@@ -1,0 +1,64 @@
+// Bindings of the block-wise 8-bit primitives (issue 16; cpu/quant8.h): quantize float32 values
+// into codes and absmax, dequantize back, and the dynamic maps. Python
+// (gradfuse/optim/_quant8.py) checks the tensors; these check the sizes they are told.
+#include <vector>
+
+#include "bindings/common.h"
+#include "cpu/quant8.h"
+
+namespace gf {
+
+namespace {
+
+constexpr std::int64_t kBlock = 256;
+
+void blockwise8(const char* op, std::uintptr_t values, std::uintptr_t codes, std::uintptr_t absmax,
+                std::int64_t n, std::int64_t absmax_len, bool is_signed, bool quantize) {
+  GF_CHECK(n >= 0, op, ": negative size ", n);
+  GF_CHECK(absmax_len == (n + kBlock - 1) / kBlock, op, ": absmax must hold ceil(", n,
+           " / 256) = ", (n + kBlock - 1) / kBlock, " values, got ", absmax_len);
+  GF_CHECK(n == 0 || (values != 0 && codes != 0 && absmax != 0), op, ": null pointer");
+  Blockwise8Args args{reinterpret_cast<float*>(values),
+                      reinterpret_cast<std::uint8_t*>(codes),
+                      reinterpret_cast<float*>(absmax),
+                      n,
+                      is_signed,
+                      quantize};
+  py::gil_scoped_release release;
+  cpu::blockwise8(args);
+}
+
+}  // namespace
+
+void register_quant8(py::module_& m) {
+  m.def(
+      "quantize_blockwise8",
+      [](std::uintptr_t values, std::uintptr_t codes, std::uintptr_t absmax, std::int64_t n,
+         std::int64_t absmax_len, bool is_signed) {
+        blockwise8("quantize_blockwise8", values, codes, absmax, n, absmax_len, is_signed, true);
+      },
+      py::arg("values"), py::arg("codes"), py::arg("absmax"), py::arg("n"), py::arg("absmax_len"),
+      py::arg("signed"),
+      "n float32 values (host memory) -> uint8 codes and one float32 absmax per 256 values.");
+  m.def(
+      "dequantize_blockwise8",
+      [](std::uintptr_t values, std::uintptr_t codes, std::uintptr_t absmax, std::int64_t n,
+         std::int64_t absmax_len, bool is_signed) {
+        blockwise8("dequantize_blockwise8", values, codes, absmax, n, absmax_len, is_signed, false);
+      },
+      py::arg("values"), py::arg("codes"), py::arg("absmax"), py::arg("n"), py::arg("absmax_len"),
+      py::arg("signed"), "uint8 codes and absmax (host memory) -> n float32 values.");
+  m.def(
+      "dynamic_map",
+      [](bool is_signed) {
+        const auto& map = cpu::q8::dynamic_map(is_signed);
+        return std::vector<float>(map.code, map.code + 256);
+      },
+      py::arg("signed"),
+      "bitsandbytes' dynamic quantization map (create_dynamic_map), 256 sorted float32 values.");
+  m.def(
+      "state_q8_code", []() { return kStateQ8; },
+      "The first state dtype code of 8-bit state (gradfuse/tensor_list.h).");
+}
+
+}  // namespace gf
