@@ -339,9 +339,8 @@ def _factored_state(
         for j, (name, want) in enumerate(
             (("row_vars", (*shape[:-1], 1)), ("col_vars", (*shape[:-2], 1, cols)))
         ):
-            if plain is not None:
-                b = plain[2 * k + j]
-            else:
+            b = plain[2 * k + j] if plain is not None else None
+            if b is None:
                 b = _buffers.as_buffer(state[2 * k + j], f"{op}: {name}[{i}]", writable=True)
             if tuple(b.shape) != want or b.dtype != p.dtype or b.device != p.device:
                 raise ValueError(
