@@ -99,37 +99,6 @@ struct RunBlocks : Blocks {
   }
 };
 
-// Waves: a call's tensors in runs of consecutive tensors ("waves") of at most kWaveBytes of the
-// data a pass reads (a bigger tensor alone), each run through all its passes before the next
-// one starts, so that the second and third passes over a wave read it from the last-level cache
-// instead of memory. A tensor's blocks, and so its results, are the same in any wave.
-constexpr std::int64_t kWaveBytes = std::int64_t{12} << 20;
-
-// fn(wave, t0) for each wave: `wave` is tl restricted to its tensors t0, t0 + 1, ...;
-// bytes_per_element: what one element costs a pass over all the slots it reads.
-template <typename Fn>
-void for_waves(const TensorList& tl, std::int64_t bytes_per_element, Fn&& fn) {
-  std::vector<std::uintptr_t> ptrs;
-  for (std::int64_t t0 = 0, t1; t0 < tl.size; t0 = t1) {
-    std::int64_t bytes = tl.numels[t0] * bytes_per_element;
-    for (t1 = t0 + 1; t1 < tl.size; ++t1) {
-      const std::int64_t more = tl.numels[t1] * bytes_per_element;
-      if (bytes + more > kWaveBytes) break;
-      bytes += more;
-    }
-    TensorList wave = tl;
-    wave.size = t1 - t0;
-    wave.numels = tl.numels + t0;
-    ptrs.resize(static_cast<std::size_t>(tl.depth * wave.size));
-    for (int d = 0; d < tl.depth; ++d) {
-      for (std::int64_t i = 0; i < wave.size; ++i)
-        ptrs[d * wave.size + i] = tl.ptrs[d * tl.size + t0 + i];
-    }
-    wave.ptrs = ptrs.data();
-    fn(wave, t0);
-  }
-}
-
 // element(j, k) for every j in [b, e), k the lane that j accumulates into: kReduceLanes elements
 // at a time (the lanes become vector registers), then the rest.
 template <typename Element>

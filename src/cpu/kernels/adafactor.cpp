@@ -14,11 +14,9 @@
 // Tensors of rank < 2 (slots p, g, variance):
 //   pass A: read p, g, variance: variance = lerp(variance, g^2, w) (stored); sums of p^2, u^2;
 //   pass C: read p, g, variance: p = p * decay + step * u.
-// u is recomputed where it is needed: no temporary the size of the params. The tensors go in
-// waves of a few MiB (cpu/blocks.h: passes B and C re-read a wave from the cache), and each pass
-// runs the blocks in the opposite order of the one before (A forward, B backward, C forward;
-// rank < 2: A forward, C backward), so that over a tensor bigger than the cache it starts on the
-// data the previous pass left there.
+// u is recomputed where it is needed: no temporary the size of the params. Each pass runs the
+// blocks in the opposite order of the one before (A forward, B backward, C forward; rank < 2:
+// A forward, C backward), so that it starts on the data the previous pass left in the cache.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -280,19 +278,11 @@ void adafactor(const AdafactorArgs& a) {
     const Common<OpT> c{(gf.inv_scale * gf.clip) * sign, static_cast<OpT>(a.hyper.one_minus_beta2),
                         static_cast<OpT>(a.hyper.eps1 * a.hyper.eps1),
                         static_cast<OpT>(a.hyper.decay)};
-    // A pass reads p and g (and the variance, rank < 2).
-    const std::int64_t bytes = (a.factored ? 2 : 3) * static_cast<std::int64_t>(sizeof(T));
-    for_waves(a.tensors, bytes, [&](const TensorList& wave, std::int64_t t0) {
-      AdafactorArgs part = a;
-      part.tensors = wave;
-      if (a.factored) {
-        part.rows = a.rows + t0;
-        part.cols = a.cols + t0;
-        adafactor_factored<T>(part, c);
-      } else {
-        adafactor_flat<T>(part, c);
-      }
-    });
+    if (a.factored) {
+      adafactor_factored<T>(a, c);
+    } else {
+      adafactor_flat<T>(a, c);
+    }
   });
 }
 

@@ -4,8 +4,6 @@
 //   then, per tensor, the norms (partials combined in a fixed order) and the step size;
 //   pass 2: per element, u again from p and the new moments, and p -= ratio * u; over the blocks
 //           backward, so that it starts where pass 1 ended, on data still in the cache.
-// The tensors go through both passes in waves of a few MiB (cpu/blocks.h), so that pass 2
-// re-reads a wave from the last-level cache.
 // No temporary the size of the params; the gradient is read once and never written (apex stores
 // u into the gradient instead). Compiled once per ISA (CMakeLists.txt).
 #include <cmath>
@@ -95,14 +93,7 @@ void lamb_typed(const LambArgs& a) {
 void lamb(const LambArgs& a) {
   visit_dtype(a.tensors.dtype, "lamb", [&](auto tag) {
     using T = typename decltype(tag)::type;
-    // Pass 1 reads p, g, m, v; pass 2 re-reads p, m, v from the cache within a wave.
-    for_waves(a.tensors, 4 * static_cast<std::int64_t>(sizeof(T)),
-              [&](const TensorList& wave, std::int64_t) {
-                LambArgs part = a;
-                part.tensors = wave;
-                bool_switch([&](auto dec_c) { lamb_typed<decltype(dec_c)::value, T>(part); },
-                            a.decoupled);
-              });
+    bool_switch([&](auto dec_c) { lamb_typed<decltype(dec_c)::value, T>(a); }, a.decoupled);
   });
 }
 

@@ -1,9 +1,8 @@
-"""LAMB and Adafactor on the CPU run a call's tensors in waves of a few MiB (src/cpu/blocks.h,
-``kWaveBytes``: each wave through all its passes before the next, so that the later passes
-re-read it from the cache). A tensor's result must not depend on which wave it falls in, nor on
-the other tensors of the call: one call over tensors that span several waves gives, bitwise,
-what one call per tensor gives.
-"""
+"""LAMB and Adafactor on the CPU reduce per tensor over blocks fixed by each tensor's size
+(src/cpu/blocks.h), in passes that run the blocks forward and backward in turn. A tensor's result
+must not depend on the other tensors of the call, nor on where its blocks fall in a pass: one
+call over many tensors (big and small, factored and not) gives, bitwise, what one call per
+tensor gives."""
 
 from __future__ import annotations
 
@@ -15,8 +14,7 @@ import torch
 
 from gradfuse.optim import LAMB, Adafactor
 
-# Above 12 MiB of pass data in all (LAMB reads 16 B per float32 element, Adafactor 8 or 12):
-# several waves, one tensor bigger than a wave, small ones packed together.
+# Tensors of many blocks and of one, matrices and vectors.
 SHAPES = [(1500, 1000), (1000,), (384,), (700, 300), (2000, 1600), (3, 5, 7), (640,)]
 
 OPTIMIZERS: dict[str, Callable[[list[torch.Tensor]], Any]] = {
