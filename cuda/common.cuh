@@ -4,7 +4,12 @@
 
 #include <cuda_runtime.h>
 
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
 #include "gradfuse/check.h"
+#include "gradfuse/tensor_list.h"
 
 namespace gf::cuda::detail {
 
@@ -43,6 +48,37 @@ class DeviceGuard {
  private:
   int previous_ = 0;
   int device_ = 0;
+};
+
+// Each tensor of a list cut into chunks of `chunk` elements, in (tensor, chunk) order: first[t]
+// is the index of tensor t's first chunk, first[size] the count.
+inline std::vector<std::int64_t> chunk_offsets(const TensorList& tl, std::int64_t chunk) {
+  std::vector<std::int64_t> first(static_cast<std::size_t>(tl.size) + 1, 0);
+  for (std::int64_t t = 0; t < tl.size; ++t)
+    first[t + 1] = first[t] + (tl.numels[t] + chunk - 1) / chunk;
+  return first;
+}
+
+// Stream-ordered scratch memory, released on the same stream whatever happens (the partial sums
+// of grad_norm and LAMB).
+class Scratch {
+ public:
+  Scratch(std::size_t bytes, cudaStream_t stream) : stream_(stream) {
+    if (bytes > 0) GF_CUDA_CHECK(cudaMallocAsync(&ptr_, bytes, stream));
+  }
+  ~Scratch() {
+    if (ptr_) cudaFreeAsync(ptr_, stream_);
+  }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  template <typename U>
+  U* as() const {
+    return static_cast<U*>(ptr_);
+  }
+
+ private:
+  void* ptr_ = nullptr;
+  cudaStream_t stream_;
 };
 
 }  // namespace gf::cuda

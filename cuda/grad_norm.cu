@@ -96,37 +96,13 @@ __global__ void __launch_bounds__(kFinalizeThreads)
   if (threadIdx.x == 0) out[n] = rule.finalize(total);
 }
 
-// Stream-ordered scratch memory, released on the same stream whatever happens.
-class Scratch {
- public:
-  Scratch(std::size_t bytes, cudaStream_t stream) : stream_(stream) {
-    if (bytes > 0) GF_CUDA_CHECK(cudaMallocAsync(&ptr_, bytes, stream));
-  }
-  ~Scratch() {
-    if (ptr_) cudaFreeAsync(ptr_, stream_);
-  }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  template <typename U>
-  U* as() const {
-    return static_cast<U*>(ptr_);
-  }
-
- private:
-  void* ptr_ = nullptr;
-  cudaStream_t stream_;
-};
-
 template <typename T, typename Rule>
 void norms(const TensorList& tl, const Rule& rule, OpMath<T>* out) {
   using OpT = OpMath<T>;
   DeviceGuard guard(tl.device);
   const auto stream = reinterpret_cast<cudaStream_t>(tl.stream);
   const std::int64_t n = tl.size;
-  std::vector<std::int64_t> first(static_cast<std::size_t>(n) + 1, 0);
-  for (std::int64_t i = 0; i < n; ++i) {
-    first[i + 1] = first[i] + (tl.numels[i] + kNormChunk - 1) / kNormChunk;
-  }
+  const std::vector<std::int64_t> first = chunk_offsets(tl, kNormChunk);
   Scratch scratch(static_cast<std::size_t>(first[n]) * sizeof(OpT), stream);
   OpT* partials = scratch.as<OpT>();
 

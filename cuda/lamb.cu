@@ -111,24 +111,6 @@ __global__ void __launch_bounds__(kLambThreads)
   }
 }
 
-// Stream-ordered scratch memory, released on the same stream.
-class Scratch {
- public:
-  Scratch(std::size_t bytes, cudaStream_t stream) : stream_(stream) {
-    if (bytes > 0) GF_CUDA_CHECK(cudaMallocAsync(&ptr_, bytes, stream));
-  }
-  ~Scratch() {
-    if (ptr_) cudaFreeAsync(ptr_, stream_);
-  }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  void* get() const { return ptr_; }
-
- private:
-  void* ptr_ = nullptr;
-  cudaStream_t stream_;
-};
-
 template <bool kDecoupled, typename T>
 void lamb_typed(const LambArgs& a) {
   using OpT = OpMath<T>;
@@ -136,14 +118,11 @@ void lamb_typed(const LambArgs& a) {
   DeviceGuard guard(tl.device);
   const auto stream = reinterpret_cast<cudaStream_t>(tl.stream);
   const std::int64_t n = tl.size;
-  std::vector<std::int64_t> first(static_cast<std::size_t>(n) + 1, 0);
-  for (std::int64_t t = 0; t < n; ++t) {
-    first[t + 1] = first[t] + (tl.numels[t] + kLambChunk - 1) / kLambChunk;
-  }
+  const std::vector<std::int64_t> first = chunk_offsets(tl, kLambChunk);
   const std::size_t blocks = static_cast<std::size_t>(first[n]);
   Scratch scratch(2 * blocks * sizeof(double) + static_cast<std::size_t>(n) * sizeof(double),
                   stream);
-  auto* part_u = static_cast<double*>(scratch.get());
+  auto* part_u = scratch.as<double>();
   double* part_p = part_u + blocks;
   auto* ratio = reinterpret_cast<OpT*>(part_p + blocks);
   const auto s = math::LambScalars<OpT>::from(a.hyper);

@@ -3,14 +3,21 @@
 // partial per block (in any thread: which thread runs a block changes nothing), and per-tensor
 // results combine the partials in a fixed pairwise order, so results are bitwise identical
 // across runs and thread counts, as for grad_norm (DESIGN.md §4).
+//
+// Pass order: a pass that follows another over the same data runs its blocks backward
+// (Order::kBackward), so that it starts on the blocks the previous pass touched last, which are
+// still in the last-level cache; the next pass forward again, and so on. Which block a thread
+// runs changes nothing in the results, so neither does the order.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "cpu/multi_tensor.h"
 #include "cpu/parallel.h"
+#include "gradfuse/tensor_list.h"
 
 namespace gf::cpu {
 GF_ISA_BEGIN
@@ -37,24 +44,72 @@ struct Blocks {
   }
 
   std::int64_t count() const { return first.back(); }
+  std::int64_t count(std::int64_t t) const { return first[t + 1] - first[t]; }
+
+  enum class Order { kForward, kBackward };
 
   // fn(block, tensor, index of the block in its tensor), once per block, over the threads.
   template <typename Fn>
-  void run(Fn&& fn) const {
+  void run(Fn&& fn, Order order = Order::kForward) const {
     const std::int64_t blocks = count();
-    auto span = [&](std::int64_t lo, std::int64_t hi) {
-      for (std::int64_t b = lo; b < hi; ++b) fn(b, tensor[b], b - first[tensor[b]]);
+    auto one = [&](std::int64_t c) {
+      const std::int64_t b = order == Order::kForward ? c : blocks - 1 - c;
+      fn(b, tensor[b], b - first[tensor[b]]);
     };
     const std::int64_t by_size = (elements + kParallelGrain - 1) / kParallelGrain;
     const int tasks = static_cast<int>(
         std::min<std::int64_t>({get_num_threads(), by_size, std::max<std::int64_t>(blocks, 1)}));
     if (tasks <= 1) {
-      span(0, blocks);
+      for (std::int64_t c = 0; c < blocks; ++c) one(c);
       return;
     }
-    parallel_chunks(tasks, blocks, [&](std::int64_t c) { span(c, c + 1); });
+    parallel_chunks(tasks, blocks, one);
+  }
+
+  // Tensor t's total of the per-block partials part[0..count()), in a fixed pairwise order.
+  template <typename A>
+  A sum(const std::vector<A>& part, std::int64_t t) const;
+};
+
+// Blocks of at most `size` elements, in order, over every tensor of a list.
+struct RunBlocks : Blocks {
+  std::int64_t size;
+  const std::int64_t* numels;
+
+  RunBlocks(const TensorList& tl, std::int64_t block_size)
+      : Blocks(counts_of(tl, block_size), total_of(tl)), size(block_size), numels(tl.numels) {}
+
+  // Elements [begin, end) of block k of tensor t.
+  std::pair<std::int64_t, std::int64_t> range(std::int64_t t, std::int64_t k) const {
+    const std::int64_t b = k * size;
+    return {b, std::min(b + size, numels[t])};
+  }
+
+ private:
+  static std::vector<std::int64_t> counts_of(const TensorList& tl, std::int64_t block_size) {
+    std::vector<std::int64_t> counts(static_cast<std::size_t>(tl.size));
+    for (std::int64_t t = 0; t < tl.size; ++t)
+      counts[t] = (tl.numels[t] + block_size - 1) / block_size;
+    return counts;
+  }
+  static std::int64_t total_of(const TensorList& tl) {
+    std::int64_t total = 0;
+    for (std::int64_t t = 0; t < tl.size; ++t) total += tl.numels[t];
+    return total;
   }
 };
+
+// element(j, k) for every j in [b, e), k the lane that j accumulates into: kReduceLanes elements
+// at a time (the lanes become vector registers), then the rest.
+template <typename Element>
+GF_INLINE void for_lanes(std::int64_t b, std::int64_t e, Element&& element) {
+  std::int64_t i = b;
+  for (; i + kReduceLanes <= e; i += kReduceLanes) {
+#pragma GCC ivdep
+    for (int k = 0; k < kReduceLanes; ++k) element(i + k, k);
+  }
+  for (int k = 0; i < e; ++i, ++k) element(i, k);
+}
 
 // Pairwise sum of x[0..n) in a fixed order.
 template <typename A>
@@ -67,6 +122,11 @@ A tree_sum(const A* x, std::int64_t n) {
   }
   const std::int64_t half = n / 2;
   return tree_sum(x, half) + tree_sum(x + half, n - half);
+}
+
+template <typename A>
+A Blocks::sum(const std::vector<A>& part, std::int64_t t) const {
+  return tree_sum(part.data() + first[t], count(t));
 }
 
 // Folds the lanes of a partial in a fixed tree.

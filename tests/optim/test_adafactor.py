@@ -253,6 +253,11 @@ def test_bad_arguments_write_nothing() -> None:
         ({"variances": [None, None]}, r"variances\[1\] is None"),
         ({"grads": [torch.randn(6, 4), g[1]]}, r"grads\[0\]"),
         ({"variances": [None, p[1]]}, "share|overlap"),
+        # across the factored and the flat params' lists: named only when it is found
+        (
+            {"row_vars": [p[1][:4].view(4, 1), None]},
+            r"adafactor_: params\[1\] and adafactor_: row_vars\[0\] share memory",
+        ),
         ({"state_steps": [steps[0]]}, "state_steps"),
         (
             {

@@ -23,6 +23,7 @@ rounding for these two yet).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -232,7 +233,7 @@ def adafactor_(
                 f"{name} for {n} params"
             )
     _steps.check_counters(op, "state_steps", state_steps, n, "params")
-    factored = [_rank(params[i], f"{op}: params[{i}]") >= 2 for i in range(n)]
+    factored = [_rank(params[i], op, i) >= 2 for i in range(n)]
     for i in range(n):
         need = ("row_vars", "col_vars") if factored[i] else ("variances",)
         for name in need:
@@ -257,17 +258,14 @@ def adafactor_(
         op, [("params", pick(params, fact)), ("grads", pick(grads, fact))], ("params",)
     )
     shapes = _factored_state(op, fact, fact_bufs, row_vars, col_vars)
-    _cpu_only(op, [*flat_bufs, *fact_bufs])
-    named: list[tuple[str, Any]] = []
-    for idx, bufs, names in (
-        (flat, flat_bufs, ("params", "grads", "variances")),
-        (fact, fact_bufs, ("params", "grads")),
-    ):
-        m = len(idx)
-        for slot, name in enumerate(names):
-            named += [(f"{op}: {name}[{i}]", bufs[slot * m + k]) for k, i in enumerate(idx)]
-    named += [(f"{op}: {name}[{i}]", b) for name, i, b in shapes.state]
-    _buffers.check_no_overlap(named, {k for k, _ in named if ": grads[" not in k})
+    every = [*flat_bufs, *fact_bufs, *shapes.buffers]
+    _cpu_only(op, every)
+    # No written buffer (all but the gradients) may share memory with another of the call.
+    nf, nc = len(flat), len(fact)
+    grads_at = (range(nf, 2 * nf), range(3 * nf + nc, 3 * nf + 2 * nc))
+    clash = _buffers.find_overlap(every, lambda k: not any(k in r for r in grads_at))
+    if clash is not None:
+        _buffers.raise_overlap(*(_buffer_name(op, k, flat, fact) for k in clash))
     scaling = _scaling(op, grad_scale, found_inf, clip_coef)
     if scaling is None:
         return
@@ -281,23 +279,30 @@ def adafactor_(
             _call(ADAFACTOR, h, g, keys[g.indices[0]], scaling, rows=[], cols=[])
     if fact:
         keys = [steps[i] for i in fact]
+        row_ptrs, col_ptrs = shapes.row_ptrs, shapes.col_ptrs
         for g in group(fact_bufs, 2, len(fact), keys):
-            g.slots.append([shapes.row_ptrs[k] for k in g.indices])
-            g.slots.append([shapes.col_ptrs[k] for k in g.indices])
+            g.slots.append([row_ptrs[k] for k in g.indices])
+            g.slots.append([col_ptrs[k] for k in g.indices])
             rows = [shapes.rows[k] for k in g.indices]
             cols = [shapes.cols[k] for k in g.indices]
             _call(ADAFACTOR, h, g, keys[g.indices[0]], scaling, rows=rows, cols=cols)
 
 
 class _Factored:
-    """The row/col state of the factored params: pointers and matrix shapes, in call order."""
+    """The row/col state of the factored params: buffers and matrix shapes, in call order."""
 
     def __init__(self) -> None:
-        self.row_ptrs: list[int] = []
-        self.col_ptrs: list[int] = []
+        self.buffers: list[Any] = []  # row_vars[i], col_vars[i] of each factored param i
         self.rows: list[int] = []
         self.cols: list[int] = []
-        self.state: list[tuple[str, int, Any]] = []
+
+    @property
+    def row_ptrs(self) -> list[int]:
+        return [b.ptr for b in self.buffers[0::2]]
+
+    @property
+    def col_ptrs(self) -> list[int]:
+        return [b.ptr for b in self.buffers[1::2]]
 
 
 def _factored_state(
@@ -306,42 +311,63 @@ def _factored_state(
     """Checks row_var/col_var of every factored param: torch's shapes (the param's with the last
     or the second-to-last dim 1), the param's dtype and device, contiguous and writable."""
     out = _Factored()
-    m = len(idx)
+    # The usual case at once, natively (plain contiguous tensors, none sharing memory); else
+    # one by one (the full path names what is wrong).
+    state = [x for i in idx for x in (row_vars[i], col_vars[i])]
+    plain = _buffers.prepare_plain([("state", state)], {"state"}) if state else None
     for k, i in enumerate(idx):
-        p, grad = bufs[k], bufs[m + k]
+        p = bufs[k]
         shape = tuple(p.shape)
-        if p.numel and p.strides != _buffers.contiguous_strides(shape):
+        if p.numel and not _row_major(shape, tuple(p.strides)):
             raise ValueError(
                 f"{op}: params[{i}] ({p.describe()}, strides {p.strides}) must be contiguous: "
                 f"Adafactor factors the last two dims of a row-major tensor"
             )
-        del grad
         rows, cols = shape[-2], shape[-1]
-        for name, values, want, ptrs in (
-            ("row_vars", row_vars, (*shape[:-1], 1), out.row_ptrs),
-            ("col_vars", col_vars, (*shape[:-2], 1, cols), out.col_ptrs),
+        for j, (name, want) in enumerate(
+            (("row_vars", (*shape[:-1], 1)), ("col_vars", (*shape[:-2], 1, cols)))
         ):
-            b = _buffers.as_buffer(values[i], f"{op}: {name}[{i}]", writable=True)
+            b = plain[2 * k + j] if plain is not None else None
+            if b is None:
+                b = _buffers.as_buffer(state[2 * k + j], f"{op}: {name}[{i}]", writable=True)
             if tuple(b.shape) != want or b.dtype != p.dtype or b.device != p.device:
                 raise ValueError(
                     f"{op}: {name}[{i}] has {b.describe()}, expected shape {want}, dtype "
                     f"{p.dtype}, device {p.device_str} (params[{i}] has {p.describe()})"
                 )
-            if b.numel and b.strides != _buffers.contiguous_strides(want):
+            if b.numel and not _row_major(want, tuple(b.strides)):
                 raise ValueError(
                     f"{op}: {name}[{i}] ({b.describe()}, strides {b.strides}) must be contiguous"
                 )
-            ptrs.append(b.ptr)
-            out.state.append((name, i, b))
+            out.buffers.append(b)
         out.rows.append(rows)
         out.cols.append(cols)
     return out
 
 
-def _rank(x: Any, name: str) -> int:
+@functools.lru_cache(maxsize=4096)
+def _row_major(shape: tuple[int, ...], strides: tuple[int, ...]) -> bool:
+    """``strides`` are the row-major ones of ``shape`` (memoized: a model repeats its shapes)."""
+    return strides == _buffers.contiguous_strides(shape)
+
+
+def _buffer_name(op: str, k: int, flat: list[int], fact: list[int]) -> str:
+    """The argument behind buffer ``k`` of adafactor_'s call list (flat params' slots, factored
+    params' slots, then row_vars/col_vars pairs), for an error message."""
+    for idx, names in ((flat, ("params", "grads", "variances")), (fact, ("params", "grads"))):
+        m = len(idx)
+        if k < m * len(names):
+            return f"{op}: {names[k // m]}[{idx[k % m]}]"
+        k -= m * len(names)
+    return f"{op}: {('row_vars', 'col_vars')[k % 2]}[{fact[k // 2]}]"
+
+
+def _rank(x: Any, op: str, i: int) -> int:
     shape = getattr(x, "shape", None)
     if shape is None:
-        raise TypeError(f"{name}: expected a torch tensor or numpy array, got {type(x).__name__}")
+        raise TypeError(
+            f"{op}: params[{i}]: expected a torch tensor or numpy array, got {type(x).__name__}"
+        )
     return len(shape)
 
 

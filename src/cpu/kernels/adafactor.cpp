@@ -14,7 +14,9 @@
 // Tensors of rank < 2 (slots p, g, variance):
 //   pass A: read p, g, variance: variance = lerp(variance, g^2, w) (stored); sums of p^2, u^2;
 //   pass C: read p, g, variance: p = p * decay + step * u.
-// u is recomputed where it is needed: no temporary the size of the params.
+// u is recomputed where it is needed: no temporary the size of the params. Each pass runs the
+// blocks in the opposite order of the one before (A forward, B backward, C forward; rank < 2:
+// A forward, C backward), so that it starts on the data the previous pass left in the cache.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -60,12 +62,7 @@ __attribute__((noinline)) void flat_pass_a(const T* GF_RESTRICT p, const T* GF_R
     ap[k] += pj * pj;
     au[k] += u * u;
   };
-  std::int64_t i = b;
-  for (; i + kReduceLanes <= e; i += kReduceLanes) {
-#pragma GCC ivdep
-    for (int k = 0; k < kReduceLanes; ++k) element(i + k, k);
-  }
-  for (int k = 0; i < e; ++i, ++k) element(i, k);
+  for_lanes(b, e, element);
   *out_p = static_cast<double>(fold_lanes(ap));
   *out_u = static_cast<double>(fold_lanes(au));
 }
@@ -82,40 +79,40 @@ __attribute__((noinline)) void flat_pass_c(T* GF_RESTRICT p, const T* GF_RESTRIC
   }
 }
 
+// The per-tensor step -alpha / max(1, RMS(u) / d) from the per-block partial sums of p^2, u^2.
+template <typename OpT>
+std::vector<OpT> adafactor_steps(const AdafactorArgs& a, const Blocks& blocks,
+                                 const std::vector<double>& part_p,
+                                 const std::vector<double>& part_u) {
+  std::vector<OpT> step(static_cast<std::size_t>(a.tensors.size));
+  for (std::int64_t t = 0; t < a.tensors.size; ++t) {
+    step[t] =
+        static_cast<OpT>(math::adafactor_step(a.hyper, blocks.sum(part_p, t), blocks.sum(part_u, t),
+                                              static_cast<double>(a.tensors.numels[t])));
+  }
+  return step;
+}
+
 template <typename T>
 void adafactor_flat(const AdafactorArgs& a, const Common<OpMath<T>>& c) {
   using OpT = OpMath<T>;
   const TensorList& tl = a.tensors;
-  const std::int64_t n = tl.size;
-  std::vector<std::int64_t> counts(static_cast<std::size_t>(n));
-  std::int64_t total = 0;
-  for (std::int64_t t = 0; t < n; ++t) {
-    counts[t] = (tl.numels[t] + kFlatBlock - 1) / kFlatBlock;
-    total += tl.numels[t];
-  }
-  const Blocks blocks(counts, total);
+  const RunBlocks blocks(tl, kFlatBlock);
   std::vector<double> part_p(static_cast<std::size_t>(blocks.count()));
   std::vector<double> part_u(part_p.size());
-  auto range = [&](std::int64_t t, std::int64_t k) {
-    const std::int64_t b = k * kFlatBlock;
-    return std::pair<std::int64_t, std::int64_t>{b, std::min(b + kFlatBlock, tl.numels[t])};
-  };
   blocks.run([&](std::int64_t blk, std::int64_t t, std::int64_t k) {
-    const auto [b, e] = range(t, k);
+    const auto [b, e] = blocks.range(t, k);
     flat_pass_a<T>(tl.ptr<const T>(0, t), tl.ptr<const T>(1, t), tl.ptr<T>(2, t), b, e, c,
                    &part_p[blk], &part_u[blk]);
   });
-  std::vector<OpT> step(static_cast<std::size_t>(n));
-  for (std::int64_t t = 0; t < n; ++t) {
-    const std::int64_t f = blocks.first[t];
-    step[t] = static_cast<OpT>(math::adafactor_step(a.hyper, tree_sum(part_p.data() + f, counts[t]),
-                                                    tree_sum(part_u.data() + f, counts[t]),
-                                                    static_cast<double>(tl.numels[t])));
-  }
-  blocks.run([&](std::int64_t, std::int64_t t, std::int64_t k) {
-    const auto [b, e] = range(t, k);
-    flat_pass_c<T>(tl.ptr<T>(0, t), tl.ptr<const T>(1, t), tl.ptr<const T>(2, t), b, e, c, step[t]);
-  });
+  const std::vector<OpT> step = adafactor_steps<OpT>(a, blocks, part_p, part_u);
+  blocks.run(
+      [&](std::int64_t, std::int64_t t, std::int64_t k) {
+        const auto [b, e] = blocks.range(t, k);
+        flat_pass_c<T>(tl.ptr<T>(0, t), tl.ptr<const T>(1, t), tl.ptr<const T>(2, t), b, e, c,
+                       step[t]);
+      },
+      Blocks::Order::kBackward);
 }
 
 // ---- rank >= 2 --------------------------------------------------------------------------------
@@ -132,26 +129,14 @@ __attribute__((noinline)) void factored_pass_a(const T* GF_RESTRICT p, const T* 
     const T* GF_RESTRICT pr = p + r * cols;
     const T* GF_RESTRICT gr = g + r * cols;
     OpT ar[kReduceLanes] = {};
-    std::int64_t j = 0;
-    for (; j + kReduceLanes <= cols; j += kReduceLanes) {
-#pragma GCC ivdep
-      for (int k = 0; k < kReduceLanes; ++k) {
-        const OpT pj = math::load(pr, j + k);
-        const OpT gj = c.grad(math::load(gr, j + k));
-        const OpT g2 = gj * gj;
-        ap[k] += pj * pj;
-        ar[k] += g2;
-        colp[j + k] += g2;
-      }
-    }
-    for (int k = 0; j < cols; ++j, ++k) {
+    for_lanes(0, cols, [&](std::int64_t j, int k) {
       const OpT pj = math::load(pr, j);
       const OpT gj = c.grad(math::load(gr, j));
       const OpT g2 = gj * gj;
       ap[k] += pj * pj;
       ar[k] += g2;
       colp[j] += g2;
-    }
+    });
     const OpT mean = fold_lanes(ar) / static_cast<OpT>(cols);
     math::store(row_var, r, math::adafactor_lerp(math::load(row_var, r), mean, c.w));
   }
@@ -181,12 +166,7 @@ __attribute__((noinline)) void factored_pass_u(T* GF_RESTRICT p, const T* GF_RES
         au[k] += u * u;
       }
     };
-    std::int64_t j = 0;
-    for (; j + kReduceLanes <= cols; j += kReduceLanes) {
-#pragma GCC ivdep
-      for (int k = 0; k < kReduceLanes; ++k) element(j + k, k);
-    }
-    for (int k = 0; j < cols; ++j, ++k) element(j, k);
+    for_lanes(0, cols, element);
   }
   if constexpr (!kApply) *out_u = static_cast<double>(fold_lanes(au));
 }
@@ -265,21 +245,17 @@ void adafactor_factored(const AdafactorArgs& a, const Common<OpMath<T>>& c) {
       rmean[mat_first[t] + mat] = mean < eps1 ? eps1 : mean;
     }
   }
-  blocks.run([&](std::int64_t blk, std::int64_t t, std::int64_t k) {
-    const Where w = where(t, k);
-    const std::int64_t rows = a.rows[t], cols = a.cols[t], off = w.mat * rows * cols;
-    factored_pass_u<false, T>(nullptr, tl.ptr<const T>(1, t) + off,
-                              tl.ptr<const T>(2, t) + w.mat * rows,
-                              col_factor.data() + colf_off[t] + w.mat * cols, w.r0, w.r1, cols,
-                              rmean[mat_first[t] + w.mat], inv_eps1, c, OpT(0), &part_u[blk]);
-  });
-  std::vector<OpT> step(static_cast<std::size_t>(n));
-  for (std::int64_t t = 0; t < n; ++t) {
-    const std::int64_t f = blocks.first[t];
-    step[t] = static_cast<OpT>(math::adafactor_step(a.hyper, tree_sum(part_p.data() + f, counts[t]),
-                                                    tree_sum(part_u.data() + f, counts[t]),
-                                                    static_cast<double>(tl.numels[t])));
-  }
+  blocks.run(
+      [&](std::int64_t blk, std::int64_t t, std::int64_t k) {
+        const Where w = where(t, k);
+        const std::int64_t rows = a.rows[t], cols = a.cols[t], off = w.mat * rows * cols;
+        factored_pass_u<false, T>(nullptr, tl.ptr<const T>(1, t) + off,
+                                  tl.ptr<const T>(2, t) + w.mat * rows,
+                                  col_factor.data() + colf_off[t] + w.mat * cols, w.r0, w.r1, cols,
+                                  rmean[mat_first[t] + w.mat], inv_eps1, c, OpT(0), &part_u[blk]);
+      },
+      Blocks::Order::kBackward);
+  const std::vector<OpT> step = adafactor_steps<OpT>(a, blocks, part_p, part_u);
   blocks.run([&](std::int64_t, std::int64_t t, std::int64_t k) {
     const Where w = where(t, k);
     const std::int64_t rows = a.rows[t], cols = a.cols[t], off = w.mat * rows * cols;

@@ -2,7 +2,8 @@
 //   pass 1: per element, the moments from the gradient (stored) and the direction u; per block,
 //           the partial sums of u^2 and p^2;
 //   then, per tensor, the norms (partials combined in a fixed order) and the step size;
-//   pass 2: per element, u again from p and the new moments, and p -= ratio * u.
+//   pass 2: per element, u again from p and the new moments, and p -= ratio * u; over the blocks
+//           backward, so that it starts where pass 1 ended, on data still in the cache.
 // No temporary the size of the params; the gradient is read once and never written (apex stores
 // u into the gradient instead). Compiled once per ISA (CMakeLists.txt).
 #include <cmath>
@@ -39,12 +40,7 @@ __attribute__((noinline)) void lamb_pass1(T* GF_RESTRICT p, const T* GF_RESTRICT
     au[k] += u * u;
     ap[k] += pj * pj;
   };
-  std::int64_t i = b;
-  for (; i + kReduceLanes <= e; i += kReduceLanes) {
-#pragma GCC ivdep
-    for (int k = 0; k < kReduceLanes; ++k) element(i + k, k);
-  }
-  for (int k = 0; i < e; ++i, ++k) element(i, k);
+  for_lanes(b, e, element);
   *out_u = static_cast<double>(fold_lanes(au));
   *out_p = static_cast<double>(fold_lanes(ap));
 }
@@ -69,37 +65,27 @@ void lamb_typed(const LambArgs& a) {
   if (gf.skip) return;  // AMP found inf/NaN: change nothing
   const auto s = math::LambScalars<OpT>::from(a.hyper);
   const auto flip = math::SignFlip<OpT>::when(a.maximize);
-  const std::int64_t n = tl.size;
-  std::vector<std::int64_t> counts(static_cast<std::size_t>(n));
-  std::int64_t total = 0;
-  for (std::int64_t t = 0; t < n; ++t) {
-    counts[t] = (tl.numels[t] + kLambBlock - 1) / kLambBlock;
-    total += tl.numels[t];
-  }
-  const Blocks blocks(counts, total);
+  const RunBlocks blocks(tl, kLambBlock);
   std::vector<double> part_u(static_cast<std::size_t>(blocks.count()));
   std::vector<double> part_p(part_u.size());
-  auto range = [&](std::int64_t t, std::int64_t k) {
-    const std::int64_t b = k * kLambBlock;
-    return std::pair<std::int64_t, std::int64_t>{b, std::min(b + kLambBlock, tl.numels[t])};
-  };
   blocks.run([&](std::int64_t blk, std::int64_t t, std::int64_t k) {
-    const auto [b, e] = range(t, k);
+    const auto [b, e] = blocks.range(t, k);
     lamb_pass1<kDecoupled>(tl.ptr<T>(0, t), tl.ptr<const T>(1, t), tl.ptr<T>(2, t), tl.ptr<T>(3, t),
                            b, e, s, gf, flip, &part_u[blk], &part_p[blk]);
   });
-  std::vector<OpT> ratio(static_cast<std::size_t>(n));
-  for (std::int64_t t = 0; t < n; ++t) {
-    const std::int64_t f = blocks.first[t], c = counts[t];
-    const double un = std::sqrt(tree_sum(part_u.data() + f, c));
-    const double pn = std::sqrt(tree_sum(part_p.data() + f, c));
+  std::vector<OpT> ratio(static_cast<std::size_t>(tl.size));
+  for (std::int64_t t = 0; t < tl.size; ++t) {
+    const double un = std::sqrt(blocks.sum(part_u, t));
+    const double pn = std::sqrt(blocks.sum(part_p, t));
     ratio[t] = static_cast<OpT>(math::lamb_ratio(a.lr, a.trust, pn, un));
   }
-  blocks.run([&](std::int64_t, std::int64_t t, std::int64_t k) {
-    const auto [b, e] = range(t, k);
-    lamb_pass2<kDecoupled>(tl.ptr<T>(0, t), tl.ptr<const T>(2, t), tl.ptr<const T>(3, t), b, e, s,
-                           ratio[t]);
-  });
+  blocks.run(
+      [&](std::int64_t, std::int64_t t, std::int64_t k) {
+        const auto [b, e] = blocks.range(t, k);
+        lamb_pass2<kDecoupled>(tl.ptr<T>(0, t), tl.ptr<const T>(2, t), tl.ptr<const T>(3, t), b, e,
+                               s, ratio[t]);
+      },
+      Blocks::Order::kBackward);
 }
 
 }  // namespace

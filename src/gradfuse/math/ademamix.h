@@ -42,18 +42,7 @@ struct AdemamixScalars {
   OpT alpha, bias_correction1, bias_correction2_sqrt, lr_decay, neg_lr, eps;
 
   static AdemamixScalars from(const AdemamixHyper& h) {
-    return {static_cast<OpT>(h.beta1),
-            static_cast<OpT>(h.one_minus_beta1),
-            static_cast<OpT>(h.beta2),
-            static_cast<OpT>(h.one_minus_beta2),
-            static_cast<OpT>(h.beta3),
-            static_cast<OpT>(h.one_minus_beta3),
-            static_cast<OpT>(h.alpha),
-            static_cast<OpT>(h.bias_correction1),
-            static_cast<OpT>(h.bias_correction2_sqrt),
-            static_cast<OpT>(h.lr_decay),
-            static_cast<OpT>(h.neg_lr),
-            static_cast<OpT>(h.eps)};
+    return narrow_fields<AdemamixScalars, OpT>(h);
   }
 };
 
