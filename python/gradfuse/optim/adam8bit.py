@@ -5,11 +5,10 @@ and RAdam, SGD (with momentum: its buffer is created from the first gradient, th
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
-from torch import Tensor
-from torch.optim.optimizer import ParamsT
 
 from gradfuse.optim._precision import MIN_8BIT_SIZE
 from gradfuse.optim.adagrad import Adagrad
@@ -24,6 +23,17 @@ from gradfuse.optim.radam import RAdam
 from gradfuse.optim.rmsprop import RMSprop
 from gradfuse.optim.sgd import SGD
 
+ADAM_DOC = """Adam with block-wise 8-bit state: :class:`gradfuse.optim.Adam` with
+    ``state_dtype=torch.uint8`` (see :mod:`gradfuse.optim._quant8`).
+
+    ``exp_avg`` (signed dynamic map) and ``exp_avg_sq`` (unsigned) of every param with at least
+    ``min_8bit_size`` elements are uint8 codes with a float32 ``*_absmax`` per 256 elements:
+    2 bytes of state per param plus 1/32 (bitsandbytes' layout; its ``Adam8bit`` checkpoints load
+    with :func:`gradfuse.optim.load_bitsandbytes_state_dict`). Smaller params keep float32
+    state. One fused pass per step dequantizes, updates in float32 and requantizes each block.
+    CPU params of float32, float16 or bfloat16; every other option as :class:`Adam`.
+    """
+
 
 def set_min_8bit_size(optimizer: Any, min_8bit_size: int) -> None:
     """bitsandbytes' ``min_8bit_size``: params with fewer elements keep float32 state."""
@@ -35,90 +45,10 @@ def set_min_8bit_size(optimizer: Any, min_8bit_size: int) -> None:
     optimizer._precision.min_8bit_size = min_8bit_size
 
 
-class Adam8bit(Adam):
-    """Adam with block-wise 8-bit state: :class:`gradfuse.optim.Adam` with
-    ``state_dtype=torch.uint8`` (see :mod:`gradfuse.optim._quant8`).
-
-    ``exp_avg`` (signed dynamic map) and ``exp_avg_sq`` (unsigned) of every param with at least
-    ``min_8bit_size`` elements are uint8 codes with a float32 ``*_absmax`` per 256 elements:
-    2 bytes of state per param plus 1/32 (bitsandbytes' layout; its ``Adam8bit`` checkpoints load
-    with :func:`gradfuse.optim.load_bitsandbytes_state_dict`). Smaller params keep float32
-    state. One fused pass per step dequantizes, updates in float32 and requantizes each block.
-    CPU params of float32, float16 or bfloat16; every other option as :class:`Adam`.
-    """
-
-    def __init__(
-        self,
-        params: ParamsT,
-        lr: float | Tensor = 1e-3,
-        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0,
-        amsgrad: bool = False,
-        *,
-        min_8bit_size: int = MIN_8BIT_SIZE,
-        maximize: bool = False,
-        max_grad_norm: float | None = None,
-        master_weights: bool = False,
-        rounding: str = "nearest",
-        kahan: bool = False,
-    ) -> None:
-        super().__init__(
-            params,
-            lr,
-            betas,
-            eps,
-            weight_decay,
-            amsgrad,
-            maximize=maximize,
-            max_grad_norm=max_grad_norm,
-            master_weights=master_weights,
-            state_dtype=torch.uint8,
-            rounding=rounding,
-            kahan=kahan,
-        )
-        set_min_8bit_size(self, min_8bit_size)
-
-
-class AdamW8bit(AdamW):
-    """AdamW with block-wise 8-bit state: :class:`gradfuse.optim.AdamW` with
-    ``state_dtype=torch.uint8``; see :class:`Adam8bit` for the state and its checkpoints."""
-
-    def __init__(
-        self,
-        params: ParamsT,
-        lr: float | Tensor = 1e-3,
-        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 1e-2,
-        amsgrad: bool = False,
-        *,
-        min_8bit_size: int = MIN_8BIT_SIZE,
-        maximize: bool = False,
-        max_grad_norm: float | None = None,
-        master_weights: bool = False,
-        rounding: str = "nearest",
-        kahan: bool = False,
-    ) -> None:
-        super().__init__(
-            params,
-            lr,
-            betas,
-            eps,
-            weight_decay,
-            amsgrad,
-            maximize=maximize,
-            max_grad_norm=max_grad_norm,
-            master_weights=master_weights,
-            state_dtype=torch.uint8,
-            rounding=rounding,
-            kahan=kahan,
-        )
-        set_min_8bit_size(self, min_8bit_size)
-
-
-def _eight_bit(base: type, name: str) -> type:
-    """``<base>8bit``: ``base`` with ``state_dtype=torch.uint8`` and ``min_8bit_size``."""
+def _eight_bit(base: type, name: str, doc: str | None = None) -> type:
+    """``<base>8bit``: ``base`` with ``state_dtype=torch.uint8`` and ``min_8bit_size``. Its
+    signature (``inspect.signature``, ``help()``) is the parent's without ``state_dtype``, with
+    ``min_8bit_size`` among the keyword-only options."""
 
     init: Any = vars(base)["__init__"]  # every gradfuse optimizer has its torch constructor
 
@@ -128,14 +58,33 @@ def _eight_bit(base: type, name: str) -> type:
         init(self, *args, state_dtype=torch.uint8, **kwargs)
         set_min_8bit_size(self, min_8bit_size)
 
-    doc = (
+    parent = inspect.signature(base)
+    kept = [q for q in parent.parameters.values() if q.name != "state_dtype"]
+    if "min_8bit_size" not in parent.parameters:  # AdEMAMix has bitsandbytes' positional one
+        extra = inspect.Parameter(
+            "min_8bit_size", inspect.Parameter.KEYWORD_ONLY, default=MIN_8BIT_SIZE, annotation=int
+        )
+        at = next((i for i, q in enumerate(kept) if q.kind is q.VAR_KEYWORD), len(kept))
+        kept.insert(at, extra)
+    __init__.__signature__ = parent.replace(parameters=kept)  # type: ignore[attr-defined]
+    doc = doc or (
         f"{base.__name__} with block-wise 8-bit state: :class:`gradfuse.optim.{base.__name__}` "
         f"with ``state_dtype=torch.uint8`` (see :mod:`gradfuse.optim._quant8`); the same "
         f"arguments plus ``min_8bit_size`` (default 4096: smaller params keep float32 state)."
     )
-    return type(name, (base,), {"__init__": __init__, "__doc__": doc, "__module__": __name__})
+    cls = type(name, (base,), {"__init__": __init__, "__doc__": doc, "__module__": __name__})
+    cls.__signature__ = parent.replace(  # type: ignore[attr-defined]
+        parameters=kept[1:] if kept and kept[0].name == "self" else kept
+    )
+    return cls
 
 
+Adam8bit = _eight_bit(Adam, "Adam8bit", ADAM_DOC)
+AdamW8bit = _eight_bit(
+    AdamW,
+    "AdamW8bit",
+    ADAM_DOC.replace("Adam with", "AdamW with").replace(":class:`Adam`", ":class:`AdamW`"),
+)
 Adamax8bit = _eight_bit(Adamax, "Adamax8bit")
 NAdam8bit = _eight_bit(NAdam, "NAdam8bit")
 RAdam8bit = _eight_bit(RAdam, "RAdam8bit")
