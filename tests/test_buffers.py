@@ -147,3 +147,64 @@ def test_buffers_hold_their_tensors_and_release_them() -> None:
     assert sys.getrefcount(t) == before + 1
     del out
     assert sys.getrefcount(t) == before
+
+
+def test_prepared_list_is_a_read_only_sequence_of_the_buffers() -> None:
+    slots = _slots(n=4)
+    slots[2][1][3] = None  # type: ignore[index]
+    out = _native(slots)
+    assert out is not None
+    assert isinstance(out, Sequence)
+    assert len(out) == 12
+    assert out[-1] is None
+    assert out[-12].obj is slots[0][1][0]
+    assert [b.obj for b in out[4:9:2]] == [slots[1][1][0], slots[1][1][2], slots[2][1][0]]
+    with pytest.raises(IndexError):
+        out[12]
+    assert out.none_in(8, 12)
+    assert not out.none_in(0, 11)
+    assert out.uniform() is None  # a None entry: not one native call as it is
+    full = _native(_slots(n=4))
+    assert full is not None
+    assert full.uniform() == (-1, _buffers.DTYPE_CODES["float32"])
+    pointers, numels = full.pointer_lists(2)
+    assert pointers == [[b.ptr for b in full[0:4]], [b.ptr for b in full[4:8]]]
+    assert numels == [35] * 4
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_a_step_through_the_prepared_list_equals_the_python_paths(
+    amsgrad: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The engine hands the PreparedList to optimizer_step whole; the Python path hands it
+    # pointer lists. Same kernel, same tensors: the same bits.
+    from gradfuse.functional import adamw_
+
+    torch.manual_seed(0)
+    shapes = [(1,), (7,), (4097,), (0,), (3, 5)]
+    params = [torch.randn(s) for s in shapes]
+    grads = [torch.randn(s) for s in shapes]
+    state = [[torch.rand(s) for s in shapes] for _ in range(3)]
+    _buffers.as_buffer(torch.zeros(1), "warm-up", writable=False)  # registers the types
+    native = _buffers.prepare_plain
+    prepared: list[Any] = []
+    results = []
+    for python_path in (False, True):
+        with monkeypatch.context() as m:
+            if python_path:
+                m.setattr(_buffers, "prepare_plain", lambda *a: None)
+            else:
+                m.setattr(
+                    _buffers,
+                    "prepare_plain",
+                    lambda *a: prepared.append(native(*a)) or prepared[-1],
+                )
+            p = [x.clone() for x in params]
+            s = [[x.clone() for x in lst] for lst in state]
+            steps = [torch.tensor(3.0) for _ in shapes]
+            adamw_(p, grads, *s[:2], s[2] if amsgrad else None, state_steps=steps, amsgrad=amsgrad)
+            results.append([*p, *s[0], *s[1], *s[2]])
+    assert prepared
+    assert all(isinstance(x, _buffers.PreparedList) for x in prepared)
+    for fast, slow in zip(*results, strict=True):
+        assert torch.equal(fast, slow)

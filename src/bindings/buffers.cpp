@@ -4,7 +4,11 @@
 // and checking each one in Python (type, dtype, layout, device, autograd, address, then shapes
 // against the param's and overlaps between all of them) cost ~2.3 us per tensor: about as much
 // host time for a 150-tensor model as the fused step's own streaming saves over torch's
-// (benchmarks/cpu/notes-optim-perf.md). This is the same checks through the C API.
+// (benchmarks/cpu/notes-optim-perf.md). This is the same checks through the C API, and what it
+// finds stays native (PreparedList): the engine hands it straight back to optimizer_step, so the
+// addresses never become Python ints and no Python object is made per tensor. (Making one per
+// tensor, the Buffer tuples this used to return, cost more than the checks: ~1000 live tuples
+// per step set off the garbage collector's collections, which then walked them.)
 //
 // It only ever *accepts*: anything unusual or wrong (a subclass, a view with another layout, a
 // dtype that differs from the param's, a shape mismatch, an overlap) returns None and the
@@ -14,6 +18,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -21,6 +27,64 @@
 
 namespace gf {
 namespace {
+
+// One attribute or no-argument method of torch.Tensor, read from C. Where torch defines it as a
+// C getter or a C method (it does for all of these), that function is called directly: the
+// same call torch's descriptor makes, without the attribute lookup around it (~15-20 ns of the
+// ~50-90 ns of each read; a step reads ~7 per tensor). Anything else goes through the generic
+// lookup. Only exact torch.Tensor / torch.nn.Parameter objects are read this way, and only
+// when both types resolve the name to the same descriptor.
+class Reader {
+ public:
+  Reader() = default;
+  Reader(PyTypeObject* tensor, PyTypeObject* param, const char* name)
+      : name_(PyUnicode_InternFromString(name)) {
+    PyObject* d = _PyType_Lookup(tensor, name_);  // borrowed
+    if (!d || _PyType_Lookup(param, name_) != d) return;
+    if (Py_IS_TYPE(d, &PyGetSetDescr_Type)) {
+      const PyGetSetDef* def = reinterpret_cast<PyGetSetDescrObject*>(d)->d_getset;
+      get_ = def->get;
+      closure_ = def->closure;
+    } else if (Py_IS_TYPE(d, &PyMethodDescr_Type)) {
+      const PyMethodDef* def = reinterpret_cast<PyMethodDescrObject*>(d)->d_method;
+      const int flags = def->ml_flags & ~METH_COEXIST;
+      if (flags == METH_NOARGS) {
+        noargs_ = def->ml_meth;
+      } else if (flags == (METH_VARARGS | METH_KEYWORDS)) {
+        varkw_ =
+            reinterpret_cast<PyCFunctionWithKeywords>(reinterpret_cast<void (*)()>(def->ml_meth));
+      }
+    }
+  }
+  bool is_method() const { return noargs_ || varkw_; }
+
+  // New reference to t.name (or t.name() for a method), or nullptr with the error cleared.
+  PyObject* operator()(PyObject* t, bool call) const {
+    PyObject* r;
+    if (get_) {
+      r = get_(t, closure_);
+    } else if (noargs_) {
+      r = noargs_(t, nullptr);
+    } else if (varkw_) {
+      r = varkw_(t, empty_args(), nullptr);
+    } else {
+      r = call ? PyObject_CallMethodNoArgs(t, name_) : PyObject_GetAttr(t, name_);
+    }
+    if (!r) PyErr_Clear();
+    return r;
+  }
+
+ private:
+  static PyObject* empty_args() {
+    static PyObject* const empty = PyTuple_New(0);  // never released, like the interpreter's
+    return empty;
+  }
+  PyObject* name_ = nullptr;
+  getter get_ = nullptr;
+  void* closure_ = nullptr;
+  PyCFunction noargs_ = nullptr;
+  PyCFunctionWithKeywords varkw_ = nullptr;
+};
 
 // Set once from Python (register_plain_types) when the first torch tensor is seen: gradfuse
 // imports torch only when a torch tensor is passed. Strong references, never released: they
@@ -30,30 +94,18 @@ struct PlainTypes {
   PyTypeObject* tensor = nullptr;  // torch.Tensor
   PyTypeObject* param = nullptr;   // torch.nn.Parameter
   PyObject* dtypes = nullptr;      // {torch.dtype: (name, itemsize)} for the supported dtypes
-  // Interned names of the attributes and methods read from every tensor.
-  PyObject *dtype, *is_contiguous, *is_neg, *is_cpu, *is_cuda, *get_device, *is_leaf, *data_ptr,
-      *shape, *stride, *requires_grad;
+  // The dtypes table's entries with their native codes (DType), to turn an entry into a code.
+  std::vector<std::pair<PyObject*, int>> codes;
+  // The attributes (a) and methods (m) read from tensors.
+  Reader dtype, is_cpu, is_cuda, is_leaf, shape, requires_grad;  // a
+  Reader is_contiguous, is_neg, get_device, data_ptr, stride;    // m
 };
 PlainTypes g_types;
 
-PyObject* intern(const char* s) {
-  return PyUnicode_InternFromString(s);
-}
-
-// New reference to obj.name(), or nullptr with the Python error cleared.
-PyObject* call0(PyObject* obj, PyObject* name) {
-  PyObject* r = PyObject_CallMethodNoArgs(obj, name);
-  if (!r) PyErr_Clear();
-  return r;
-}
-
 // obj.name is truthy: 1, falsy: 0, could not tell: -1 (error cleared).
-int attr_true(PyObject* obj, PyObject* name) {
-  PyObject* v = PyObject_GetAttr(obj, name);
-  if (!v) {
-    PyErr_Clear();
-    return -1;
-  }
+int attr_true(PyObject* obj, const Reader& read) {
+  PyObject* v = read(obj, false);
+  if (!v) return -1;
   const int t = PyObject_IsTrue(v);
   Py_DECREF(v);
   if (t < 0) PyErr_Clear();
@@ -61,8 +113,8 @@ int attr_true(PyObject* obj, PyObject* name) {
 }
 
 // obj.name() is `expected` (Py_True or Py_False); false also when the call raised.
-bool call_is(PyObject* obj, PyObject* name, PyObject* expected) {
-  PyObject* r = call0(obj, name);
+bool call_is(PyObject* obj, const Reader& read, PyObject* expected) {
+  PyObject* r = read(obj, true);
   Py_XDECREF(r);  // True and False are singletons: comparing the address after this is safe
   return r == expected;
 }
@@ -137,101 +189,165 @@ std::int64_t as_int(PyObject* v) {  // steals v; -1 on failure (error cleared)
   return x;
 }
 
-// A Buffer for a plain tensor (the conditions of _buffers._fast_torch_buffer), or nullptr.
-// `dtype_out` receives the dtypes table's entry for the tensor's dtype (borrowed: the table,
-// which lives as long as the interpreter, holds it; equal entries mean equal dtypes). Eight reads
-// per tensor, each one a trip through torch's bindings: is_sparse is not read because a sparse
-// tensor is never is_contiguous() (COO answers False, CSR raises), and "requires_grad and
-// grad_fn is not None" is `not is_leaf`.
-PyObject* plain_buffer(PyObject* t, bool writable, PyObject** dtype_out, std::int64_t* device_out) {
-  const PlainTypes& T = g_types;
-  if (Py_TYPE(t) != T.tensor && Py_TYPE(t) != T.param) return nullptr;
-  PyObject* dtype = PyObject_GetAttr(t, T.dtype);
-  if (!dtype) {
-    PyErr_Clear();
-    return nullptr;
+// Whether a contiguous tensor of this shape may have strides other than the row-major ones:
+// those of its size-1 dimensions are free (torch keeps whatever they were), and an empty one's
+// are whatever they were made with. The Python path compares strides, so this does too there.
+bool free_strides(PyObject* shape, std::int64_t numel) {
+  if (numel == 0) return true;
+  for (Py_ssize_t d = 0; d < PyTuple_GET_SIZE(shape); ++d) {
+    if (PyLong_AsLongLong(PyTuple_GET_ITEM(shape, d)) == 1) return true;
   }
+  return false;
+}
+
+// a.stride() == b.stride(); false also when either could not be read.
+bool same_strides(PyObject* a, PyObject* b) {
+  const py::object sa = py::reinterpret_steal<py::object>(g_types.stride(a, true));
+  const py::object sb = py::reinterpret_steal<py::object>(g_types.stride(b, true));
+  return sa && sb && same_ints(sa.ptr(), sb.ptr());
+}
+
+// What the checks found about one tensor.
+struct Entry {
+  PyObject* obj = nullptr;   // the tensor (a strong reference), null for a None entry
+  PyObject* info = nullptr;  // the dtypes table's entry (borrowed), null for a None entry
+  int code = -1;             // its DType code
+  std::int64_t device = -1;
+  std::uintptr_t start = 0;
+  std::int64_t numel = 0;
+  std::int64_t itemsize = 0;
+  std::uintptr_t end() const { return start + static_cast<std::uintptr_t>(numel * itemsize); }
+};
+
+// A plain tensor's Entry (the conditions of _buffers._fast_torch_buffer), or false. `shape`
+// receives t.shape (a new reference) for the caller's comparisons. Seven reads per tensor, each
+// one a trip through torch's bindings: is_sparse is not read because a sparse tensor is never
+// is_contiguous() (COO answers False, CSR raises), and "requires_grad and grad_fn is not None"
+// is `not is_leaf`.
+bool read_plain(PyObject* t, bool writable, Entry& e, PyObject** shape_out) {
+  const PlainTypes& T = g_types;
+  if (Py_TYPE(t) != T.tensor && Py_TYPE(t) != T.param) return false;
+  PyObject* dtype = T.dtype(t, false);
+  if (!dtype) return false;
   PyObject* info = PyDict_GetItemWithError(T.dtypes, dtype);  // borrowed
   Py_DECREF(dtype);
   if (!info) {
     PyErr_Clear();
-    return nullptr;
+    return false;
   }
-  *dtype_out = info;
-  if (!call_is(t, T.is_contiguous, Py_True) || !call_is(t, T.is_neg, Py_False)) return nullptr;
-  std::int64_t device = -1;
+  e.info = info;
+  for (const auto& [entry, code] : T.codes) {
+    if (entry == info) e.code = code;
+  }
+  if (e.code < 0) return false;
+  if (!call_is(t, T.is_contiguous, Py_True) || !call_is(t, T.is_neg, Py_False)) return false;
   const int cpu = attr_true(t, T.is_cpu);
-  if (cpu < 0) return nullptr;
+  if (cpu < 0) return false;
+  e.device = -1;
   if (!cpu) {
-    if (!kWithCuda || attr_true(t, T.is_cuda) != 1) return nullptr;
-    device = as_int(call0(t, T.get_device));
-    if (device < 0) return nullptr;
+    if (!kWithCuda || attr_true(t, T.is_cuda) != 1) return false;
+    e.device = as_int(T.get_device(t, true));
+    if (e.device < 0) return false;
   }
-  *device_out = device;
-  if (writable && attr_true(t, T.is_leaf) != 1) return nullptr;  // an autograd graph's output
-  PyObject* name = PyTuple_GET_ITEM(info, 0);
-  PyObject* itemsize = PyTuple_GET_ITEM(info, 1);
-  const long long size = PyLong_AsLongLong(itemsize);
-  PyObject* ptr = call0(t, T.data_ptr);
-  if (!ptr) return nullptr;
+  if (writable && attr_true(t, T.is_leaf) != 1) return false;  // an autograd graph's output
+  e.itemsize = PyLong_AsLongLong(PyTuple_GET_ITEM(info, 1));
+  PyObject* ptr = T.data_ptr(t, true);
+  if (!ptr) return false;
   const unsigned long long address = PyLong_AsUnsignedLongLong(ptr);
-  if (PyErr_Occurred() || size <= 0 || address % static_cast<unsigned long long>(size) != 0) {
+  Py_DECREF(ptr);
+  if (PyErr_Occurred() || e.itemsize <= 0 ||
+      address % static_cast<unsigned long long>(e.itemsize) != 0) {
     PyErr_Clear();
-    Py_DECREF(ptr);
-    return nullptr;
+    return false;
   }
-  PyObject* shape = PyObject_GetAttr(t, T.shape);  // raises for, e.g., a nested tensor
+  PyObject* shape = T.shape(t, false);  // raises for, e.g., a nested tensor
   const long long count = shape ? product(shape) : -1;
-  PyErr_Clear();  // never call into the C API with an error set
-  PyObject* stride = count > 0 ? contiguous_strides(shape) : nullptr;
-  if (!stride && count >= 0) stride = call0(t, T.stride);
-  PyObject* numel = stride ? PyLong_FromLongLong(count) : nullptr;
-  PyObject* dev = numel ? PyLong_FromLongLong(device) : nullptr;
-  // Buffer(obj, ptr, numel, itemsize, dtype, device, shape, strides, is_torch, sharding),
-  // allocated as the tuple subclass directly, as tuple.__new__(Buffer, fields) does it, without
-  // the two intermediate tuples per tensor that calling it would cost (~10% of this call).
-  PyObject* buffer = dev ? T.buffer->tp_alloc(T.buffer, 10) : nullptr;
-  if (!buffer) {
-    PyErr_Clear();
-    Py_DECREF(ptr);
+  if (count < 0) {
     Py_XDECREF(shape);
-    Py_XDECREF(stride);
-    Py_XDECREF(numel);
-    Py_XDECREF(dev);
-    return nullptr;
+    return false;
   }
-#if PY_VERSION_HEX >= 0x030E0000
-  // 3.14 caches a tuple's hash in the object; -1 is "not computed" (zeroed memory would read as
-  // a computed hash of 0). tuple's own subtype constructor resets it the same way.
-  reinterpret_cast<PyTupleObject*>(buffer)->ob_hash = -1;
-#endif
-  Py_INCREF(t);
-  Py_INCREF(itemsize);
-  Py_INCREF(name);
-  Py_INCREF(Py_True);
-  Py_INCREF(Py_None);
-  PyTuple_SET_ITEM(buffer, 0, t);
-  PyTuple_SET_ITEM(buffer, 1, ptr);
-  PyTuple_SET_ITEM(buffer, 2, numel);
-  PyTuple_SET_ITEM(buffer, 3, itemsize);
-  PyTuple_SET_ITEM(buffer, 4, name);
-  PyTuple_SET_ITEM(buffer, 5, dev);
-  PyTuple_SET_ITEM(buffer, 6, shape);
-  PyTuple_SET_ITEM(buffer, 7, stride);
-  PyTuple_SET_ITEM(buffer, 8, Py_True);
-  PyTuple_SET_ITEM(buffer, 9, Py_None);
-  return buffer;
+  e.start = static_cast<std::uintptr_t>(address);
+  e.numel = count;
+  *shape_out = shape;
+  return true;
 }
 
-struct Entry {
-  PyObject* dtype = nullptr;  // the dtypes table's entry (borrowed), null for a None entry
-  std::int64_t device = -1;
-  std::uintptr_t start = 0, end = 0;
+// The tensors of a call that passed prepare_plain's checks, slot-major (entries[d * n + i]),
+// each holding a strong reference to its tensor. Python sees a read-only sequence of Buffers
+// (made on demand, for the paths that need one); the engine's fast path hands the whole list
+// back to optimizer_step, which reads the addresses from here.
+class PreparedList {
+ public:
+  PreparedList(std::size_t depth, std::size_t n) : depth_(depth), n_(n), entries_(depth * n) {}
+  PreparedList(const PreparedList&) = delete;
+  PreparedList& operator=(const PreparedList&) = delete;
+  ~PreparedList() {
+    for (const Entry& e : entries_) Py_XDECREF(e.obj);
+  }
+
+  std::size_t depth() const { return depth_; }
+  std::size_t n() const { return n_; }
+  std::size_t size() const { return entries_.size(); }
+  Entry& at(std::size_t k) { return entries_[k]; }
+  const Entry& at(std::size_t k) const { return entries_[k]; }
+
+  // The Buffer of entry k (None for a None entry), as _buffers._fast_torch_buffer makes it.
+  py::object buffer(std::size_t k) const {
+    const Entry& e = entries_[k];
+    if (!e.obj) return py::none();
+    const PlainTypes& T = g_types;
+    py::object shape = py::reinterpret_steal<py::object>(T.shape(e.obj, false));
+    if (!shape) throw py::error_already_set();
+    py::object strides =
+        py::reinterpret_steal<py::object>(e.numel > 0 ? contiguous_strides(shape.ptr()) : nullptr);
+    if (!strides) strides = py::reinterpret_steal<py::object>(T.stride(e.obj, true));
+    if (!strides) throw py::error_already_set();
+    // Buffer(obj, ptr, numel, itemsize, dtype, device, shape, strides, is_torch, sharding)
+    py::tuple fields = py::make_tuple(
+        py::reinterpret_borrow<py::object>(e.obj), py::int_(static_cast<std::uint64_t>(e.start)),
+        py::int_(e.numel), py::reinterpret_borrow<py::object>(PyTuple_GET_ITEM(e.info, 1)),
+        py::reinterpret_borrow<py::object>(PyTuple_GET_ITEM(e.info, 0)), py::int_(e.device), shape,
+        strides, py::bool_(true), py::none());
+    return py::reinterpret_borrow<py::object>(reinterpret_cast<PyObject*>(T.buffer))(*fields);
+  }
+
+  // Whether entries [start, stop) hold a None.
+  bool none_in(std::size_t start, std::size_t stop) const {
+    for (std::size_t k = start; k < std::min(stop, entries_.size()); ++k) {
+      if (!entries_[k].obj) return true;
+    }
+    return false;
+  }
+
+  // (device, dtype code) when every entry is present and shares one device and dtype (the
+  // others are laid out like their param by construction), else None: one native call.
+  py::object uniform() const {
+    if (entries_.empty()) return py::none();
+    const Entry& ref = entries_[0];
+    for (const Entry& e : entries_) {
+      if (!e.obj || e.device != ref.device || e.code != ref.code) return py::none();
+    }
+    return py::make_tuple(ref.device, ref.code);
+  }
+
+  // The first `depth` slots' addresses (Slots) and the params' element counts.
+  void pointers(std::size_t depth, Slots& slots, Numels& numels) const {
+    GF_CHECK(depth <= depth_, "PreparedList: ", depth, " slots asked of ", depth_);
+    slots.assign(depth, std::vector<std::uintptr_t>(n_));
+    numels.resize(n_);
+    for (std::size_t i = 0; i < n_; ++i) numels[i] = entries_[i].numel;
+    for (std::size_t d = 0; d < depth; ++d) {
+      for (std::size_t i = 0; i < n_; ++i) slots[d][i] = entries_[d * n_ + i].start;
+    }
+  }
+
+ private:
+  std::size_t depth_, n_;
+  std::vector<Entry> entries_;
 };
 
-// The buffers of every slot, slot-major (buffers[d * n + i]; None where the entry is None), when
-// every entry is a plain torch tensor laid out like its param and no written tensor shares
-// memory with another one; otherwise None.
+// A PreparedList of every slot when every entry is a plain torch tensor laid out like its param
+// and no written tensor shares memory with another one; otherwise None.
 py::object prepare_plain(const py::list& slots, const std::vector<bool>& written) {
   if (!g_types.buffer) return py::none();  // no torch tensor seen yet
   const std::size_t depth = slots.size();
@@ -246,16 +362,12 @@ py::object prepare_plain(const py::list& slots, const std::vector<bool>& written
   for (PyObject* s : seqs) {
     if (PySequence_Fast_GET_SIZE(s) != n) return py::none();
   }
-  // PyList_New leaves the items NULL: start from None everywhere (None entries stay None).
-  py::list out(static_cast<std::size_t>(n) * depth);
-  for (Py_ssize_t k = 0; k < PyList_GET_SIZE(out.ptr()); ++k) {
-    Py_INCREF(Py_None);
-    PyList_SET_ITEM(out.ptr(), k, Py_None);
-  }
-  std::vector<Entry> entries(static_cast<std::size_t>(n) * depth);
+  auto out = std::make_unique<PreparedList>(depth, static_cast<std::size_t>(n));
   // Index-major: the param, then its grad and state, so a call that will not qualify (float32
   // state for bfloat16 params, say) is found out at its first tensor, not after whole lists.
+  // Only one param's shape is held at a time: nothing accumulates for the garbage collector.
   for (Py_ssize_t i = 0; i < n; ++i) {
+    py::object ref_shape;
     for (std::size_t d = 0; d < depth; ++d) {
       const std::size_t k = d * static_cast<std::size_t>(n) + static_cast<std::size_t>(i);
       // A strong reference: reading a tensor can run Python code (a TorchFunctionMode, a
@@ -264,36 +376,33 @@ py::object prepare_plain(const py::list& slots, const std::vector<bool>& written
       py::object x = py::reinterpret_borrow<py::object>(PySequence_Fast_ITEMS(seqs[d])[i]);
       if (x.is_none()) {
         if (d == 0) return py::none();  // a missing param: the Python path's business
-        continue;                       // out[k] stays None (a state buffer not created yet)
+        continue;                       // stays None (a state buffer not created yet)
       }
-      Entry& e = entries[k];
-      PyObject* b = plain_buffer(x.ptr(), written[d], &e.dtype, &e.device);
-      if (!b) return py::none();
-      PyList_SET_ITEM(out.ptr(), static_cast<Py_ssize_t>(k), b);  // steals b, replaces None
-      Py_DECREF(Py_None);                                         // the None it replaces
-      const auto address = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(b, 1));
-      const auto numel = PyLong_AsLongLong(PyTuple_GET_ITEM(b, 2));
-      const auto itemsize = PyLong_AsLongLong(PyTuple_GET_ITEM(b, 3));
-      e.start = static_cast<std::uintptr_t>(address);
-      e.end = e.start + static_cast<std::uintptr_t>(numel * itemsize);
-      if (d == 0) continue;
-      // Laid out like its param: same shape, dtype, device and strides (any other dtype, such
-      // as float32 state for bfloat16 params, goes through the Python path's policy checks).
-      const Entry& ref = entries[static_cast<std::size_t>(i)];
-      PyObject* rb = PyList_GET_ITEM(out.ptr(), i);
-      if (e.dtype != ref.dtype || e.device != ref.device) return py::none();
-      for (int f : {6, 7}) {  // shape, strides
-        if (!same_ints(PyTuple_GET_ITEM(b, f), PyTuple_GET_ITEM(rb, f))) return py::none();
+      Entry& e = out->at(k);
+      PyObject* raw_shape = nullptr;
+      if (!read_plain(x.ptr(), written[d], e, &raw_shape)) return py::none();
+      e.obj = x.release().ptr();  // owned by the list from here
+      py::object shape = py::reinterpret_steal<py::object>(raw_shape);
+      if (d == 0) {
+        ref_shape = std::move(shape);
+        continue;
       }
+      // Laid out like its param: same shape, dtype and device, both contiguous (so the same
+      // strides where they matter); any other dtype, such as float32 state for bfloat16
+      // params, goes through the Python path's policy checks.
+      const Entry& ref = out->at(static_cast<std::size_t>(i));
+      if (e.code != ref.code || e.device != ref.device) return py::none();
+      if (!same_ints(shape.ptr(), ref_shape.ptr())) return py::none();
+      if (free_strides(shape.ptr(), e.numel) && !same_strides(e.obj, ref.obj)) return py::none();
     }
   }
   // No written tensor may share memory with any other (as _buffers.find_overlap): sorted by
   // (device, start), an overlap shows against the furthest end seen so far on the device.
   std::vector<std::tuple<std::int64_t, std::uintptr_t, std::uintptr_t, std::size_t>> spans;
-  spans.reserve(entries.size());
-  for (std::size_t k = 0; k < entries.size(); ++k) {
-    const Entry& e = entries[k];
-    if (e.dtype && e.end > e.start) spans.emplace_back(e.device, e.start, e.end, k);
+  spans.reserve(out->size());
+  for (std::size_t k = 0; k < out->size(); ++k) {
+    const Entry& e = out->at(k);
+    if (e.obj && e.end() > e.start) spans.emplace_back(e.device, e.start, e.end(), k);
   }
   std::sort(spans.begin(), spans.end());
   const auto slot_written = [&](std::size_t k) { return bool(written[k / n]); };
@@ -310,7 +419,7 @@ py::object prepare_plain(const py::list& slots, const std::vector<bool>& written
       far_device = device;
     }
   }
-  return std::move(out);
+  return py::cast(std::move(out));
 }
 
 // torch's `step += 1` for a list of step counters, in place, and their new values: the common
@@ -332,11 +441,8 @@ py::object increment_counters(const py::list& counters) {
   for (const py::handle h : counters) {
     PyObject* t = h.ptr();
     if (Py_TYPE(t) != T.tensor) return py::none();
-    PyObject* dtype = PyObject_GetAttr(t, T.dtype);
-    if (!dtype) {
-      PyErr_Clear();
-      return py::none();
-    }
+    PyObject* dtype = T.dtype(t, false);
+    if (!dtype) return py::none();
     PyObject* info = PyDict_GetItemWithError(T.dtypes, dtype);  // borrowed
     Py_DECREF(dtype);
     if (!info) {
@@ -347,12 +453,11 @@ py::object increment_counters(const py::list& counters) {
     if (name != "float32" && name != "float64") return py::none();
     if (attr_true(t, T.is_cpu) != 1 || attr_true(t, T.requires_grad) != 0) return py::none();
     if (!call_is(t, T.is_neg, Py_False)) return py::none();
-    PyObject* shape = PyObject_GetAttr(t, T.shape);
+    PyObject* shape = T.shape(t, false);
     const long long count = shape ? product(shape) : -1;
     Py_XDECREF(shape);
-    PyErr_Clear();
     if (count != 1) return py::none();
-    const std::int64_t ptr = as_int(call0(t, T.data_ptr));
+    const std::int64_t ptr = as_int(T.data_ptr(t, true));
     if (ptr <= 0) return py::none();
     found.push_back({static_cast<std::uintptr_t>(ptr), name == "float64"});
   }
@@ -382,28 +487,82 @@ void register_plain_types(const py::type& buffer, const py::type& tensor, const 
   t.tensor = reinterpret_cast<PyTypeObject*>(tensor.inc_ref().ptr());
   t.param = reinterpret_cast<PyTypeObject*>(param.inc_ref().ptr());
   t.dtypes = dtypes.inc_ref().ptr();
-  t.dtype = intern("dtype");
-  t.is_contiguous = intern("is_contiguous");
-  t.is_neg = intern("is_neg");
-  t.is_cpu = intern("is_cpu");
-  t.is_cuda = intern("is_cuda");
-  t.get_device = intern("get_device");
-  t.is_leaf = intern("is_leaf");
-  t.data_ptr = intern("data_ptr");
-  t.shape = intern("shape");
-  t.stride = intern("stride");
-  t.requires_grad = intern("requires_grad");
-  g_types = t;
+  for (const auto& [key, info] : dtypes) {
+    const auto name = py::cast<std::string>(py::reinterpret_borrow<py::tuple>(info)[0]);
+    for (int code = 0; code <= 3; ++code) {
+      if (name == dtype_name(static_cast<DType>(code))) t.codes.emplace_back(info.ptr(), code);
+    }
+  }
+  const auto reader = [&](const char* name) { return Reader(t.tensor, t.param, name); };
+  t.dtype = reader("dtype");
+  t.is_cpu = reader("is_cpu");
+  t.is_cuda = reader("is_cuda");
+  t.is_leaf = reader("is_leaf");
+  t.shape = reader("shape");
+  t.requires_grad = reader("requires_grad");
+  t.is_contiguous = reader("is_contiguous");
+  t.is_neg = reader("is_neg");
+  t.get_device = reader("get_device");
+  t.data_ptr = reader("data_ptr");
+  t.stride = reader("stride");
+  g_types = std::move(t);
 }
 
 }  // namespace
 
+bool prepared_pointers(const py::handle& obj, Slots& slots, Numels& numels) {
+  if (!py::isinstance<PreparedList>(obj)) return false;
+  const auto& list = obj.cast<const PreparedList&>();
+  list.pointers(list.depth(), slots, numels);
+  return true;
+}
+
 void register_buffers(py::module_& m) {
+  py::class_<PreparedList>(
+      m, "PreparedList",
+      "The tensors of a call that passed prepare_plain's checks, slot-major: a read-only "
+      "sequence of Buffers (made on demand); optimizer_step takes it whole as its slots.")
+      .def("__len__", &PreparedList::size)
+      .def("__getitem__",
+           [](const PreparedList& self, std::ptrdiff_t k) {
+             const auto size = static_cast<std::ptrdiff_t>(self.size());
+             if (k < 0) k += size;
+             if (k < 0 || k >= size) throw py::index_error("PreparedList index out of range");
+             return self.buffer(static_cast<std::size_t>(k));
+           })
+      .def("__getitem__",
+           [](const PreparedList& self, const py::slice& s) {
+             std::size_t start = 0, stop = 0, step = 0, count = 0;
+             if (!s.compute(self.size(), &start, &stop, &step, &count)) {
+               throw py::error_already_set();
+             }
+             py::list out(count);
+             for (std::size_t j = 0; j < count; ++j) out[j] = self.buffer(start + j * step);
+             return out;
+           })
+      .def_property_readonly("depth", &PreparedList::depth)
+      .def_property_readonly("n", &PreparedList::n)
+      .def(
+          "pointer_lists",
+          [](const PreparedList& self, std::size_t depth) {
+            Slots slots;
+            Numels numels;
+            self.pointers(depth, slots, numels);
+            return py::make_tuple(slots, numels);
+          },
+          py::arg("depth"),
+          "(addresses of the first `depth` slots, one list per slot; the params' element "
+          "counts).")
+      .def("none_in", &PreparedList::none_in, py::arg("start"), py::arg("stop"),
+           "Whether entries [start, stop) hold a None.")
+      .def("uniform", &PreparedList::uniform,
+           "(device, dtype code) when every entry is present on one device in one dtype, else "
+           "None.");
   m.def("register_plain_types", &register_plain_types, py::arg("buffer"), py::arg("tensor"),
         py::arg("parameter"), py::arg("dtypes"),
         "Tell prepare_plain which types are plain tensors and which dtypes it may accept.");
   m.def("prepare_plain", &prepare_plain, py::arg("slots"), py::arg("written"),
-        "The fast path of _multi_tensor.prepare: every slot's Buffers, or None.");
+        "The fast path of _multi_tensor.prepare: a PreparedList of every slot, or None.");
   m.def("increment_counters", &increment_counters, py::arg("counters"),
         "step += 1 for plain 1-element float32/float64 CPU tensors, in place; their new values, "
         "or None (nothing written) for anything else.");

@@ -184,6 +184,11 @@ inline void run(void (*cpu_fn)(const Args&), CudaFn cuda_fn, const Args& args) {
 using Slots = std::vector<std::vector<std::uintptr_t>>;
 using Numels = std::vector<std::int64_t>;
 
+// The addresses and element counts of a PreparedList (bindings/buffers.cpp: the tensors of a
+// call, checked natively), when `obj` is one: a binding's `slots` may be one instead of Python's
+// pointer lists. False (nothing read) for anything else.
+bool prepared_pointers(const py::handle& obj, Slots& slots, Numels& numels);
+
 // The slot count a kernel expects, with the names of its pointer lists for the message.
 inline void check_depth(const TensorList& tl, const char* op, int expected, const char* names) {
   GF_CHECK(tl.depth == expected, op, ": expected ", expected, " pointer lists (", names, "), got ",

@@ -220,15 +220,21 @@ py::dict hyper_fields() {
 void register_optim(py::module_& m) {
   m.def(
       "optimizer_step",
-      [](const std::string& kernel, const Slots& slots, const Numels& numels, int dtype, int device,
-         std::uintptr_t stream, const std::vector<double>& hyper, const Modes& modes,
-         std::uintptr_t grad_scale, std::uintptr_t found_inf, std::uintptr_t clip_coef,
-         std::uintptr_t step_table, std::int64_t step_table_stride, int state_dtype, int policy,
-         std::uint64_t seed) {
+      [](const std::string& kernel, const py::object& slot_lists, const py::object& numel_list,
+         int dtype, int device, std::uintptr_t stream, const std::vector<double>& hyper,
+         const Modes& modes, std::uintptr_t grad_scale, std::uintptr_t found_inf,
+         std::uintptr_t clip_coef, std::uintptr_t step_table, std::int64_t step_table_stride,
+         int state_dtype, int policy, std::uint64_t seed) {
         const auto& table = runners();
         const auto it = table.find(kernel);
         GF_CHECK(it != table.end(), "optimizer_step: unknown kernel '", kernel, "'");
         const char* op = it->first.c_str();
+        Slots slots;
+        Numels numels;
+        if (!prepared_pointers(slot_lists, slots, numels)) {
+          slots = slot_lists.cast<Slots>();
+          numels = numel_list.cast<Numels>();
+        }
         auto holder = make_list(op, slots, numels, dtype, device, stream, grad_scale, found_inf,
                                 clip_coef, PrecisionArgs{state_dtype, policy, seed});
         it->second(
@@ -237,7 +243,8 @@ void register_optim(py::module_& m) {
       py::arg("kernel"), GF_LIST_ARGS, py::arg("hyper"), py::arg("modes"), py::kw_only(),
       GF_SCALING_ARGS, GF_STEP_TABLE_ARGS, GF_PRECISION_ARGS,
       "One in-place optimizer step of `kernel` over its slots (pointer lists: params, grads,\n"
-      "state) of one dtype and device. hyper: the kernel's per-step scalars in the order of\n"
+      "state; or a PreparedList, numels then None) of one dtype and device. hyper: the kernel's "
+      "per-step scalars in the order of\n"
       "CODES['hyper_fields'][kernel]; modes: its flags by name. grad_scale/found_inf/clip_coef:\n"
       "addresses of float32 scalars, 0 for none; step_table: a capturable call's per-tensor\n"
       "scalars (gradfuse/math/per_tensor.h), 0 for none.");

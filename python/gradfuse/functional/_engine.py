@@ -382,6 +382,7 @@ def run(spec: Spec, call: Call, h: Hyper) -> None:
             return
         scaling = GradScaling(call.grad_scale, None, call.clip_coef)
     if created is not None:
+        buffers = list(buffers)  # a PreparedList is read-only: the new state joins a list
         keys = _create_state(spec, call, slots, buffers, n, created)
     if "state_steps" in counters:
         if spec.step_on_host and not capturable:
@@ -394,7 +395,7 @@ def run(spec: Spec, call: Call, h: Hyper) -> None:
         kind == DEVICE_NUMBER and _buffers._is_torch_tensor(options[name])
         for name, kind in spec.hyper_kinds()
     )
-    for k, g in enumerate(group(buffers, depth, n, keys, *lowprec.layout)):
+    for k, g in enumerate(group(buffers, depth, n, keys, *lowprec.layout, native=True)):
         key = keys[g.indices[0]] if keys is not None else None
         table: Any = None
         table_args: dict[str, int] = {}
@@ -409,7 +410,7 @@ def run(spec: Spec, call: Call, h: Hyper) -> None:
         hyper = [fields.pop(name) for name in hyper_fields]
         core.optimizer_step(
             spec.kernel,
-            g.slots + lowprec.absmax_slots(g),
+            g.prepared if g.prepared is not None else g.slots + lowprec.absmax_slots(g),
             g.numels,
             g.dtype_code,
             g.device,
@@ -427,11 +428,11 @@ _SCALING_NAMES = ("grad_scale", "found_inf", "clip_coef")
 
 
 def _created_slot(
-    spec: Spec, slots: list[tuple[str, Sequence[Any]]], buffers: list[Any], n: int
+    spec: Spec, slots: list[tuple[str, Sequence[Any]]], buffers: Sequence[Any], n: int
 ) -> int | None:
     """The slot whose None entries this call creates, if any entry is None."""
     for d, (name, _) in enumerate(slots):
-        if name == spec.creates and any(b is None for b in buffers[d * n : (d + 1) * n]):
+        if name == spec.creates and _buffers.none_in(buffers, d * n, (d + 1) * n):
             return d
     return None
 

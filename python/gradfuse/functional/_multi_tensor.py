@@ -26,6 +26,9 @@ class Group:
     has_extra: bool = False  # the last slot is the policy's extra list (see group)
     slots: list[list[int]] = field(default_factory=list)  # slots[d][k]: pointer
     numels: list[int] = field(default_factory=list)
+    # The engine's usual call (group(native=True)): the checked tensors of every slot, handed
+    # whole to the native call in place of slots and numels (which stay empty).
+    prepared: _buffers.PreparedList | None = None
 
     @property
     def stream(self) -> int:
@@ -104,7 +107,7 @@ def prepare(
     free_dtype: Sequence[str] = (),
     mismatches: list[tuple[int, int]] | None = None,
     codes: Sequence[str] = (),
-) -> list[Buffer | None]:
+) -> Sequence[Buffer | None]:
     """Check every list; return nothing written yet. See :func:`group`.
 
     ``free_dtype``: slots whose dtype may differ from the params' (state kept in another
@@ -189,6 +192,7 @@ def group(
     keys: Sequence[Any] | None = None,
     state_slot: int | None = None,
     extra_slot: int | None = None,
+    native: bool = False,
 ) -> list[Group]:
     """Group the tensors of a prepared call by (device, dtype[, state dtype][, key]): one
     native call each.
@@ -197,8 +201,26 @@ def group(
     ``keys`` splits groups further (e.g. first momentum step or not). ``state_slot``: the slot
     whose dtype is the group's state dtype, or None. ``extra_slot``: the last slot, holding a
     policy's extra list (master copies) whose entries may be None (float32/float64 params):
-    tensors without one form groups of their own, without that slot.
+    tensors without one form groups of their own, without that slot. ``native``: the caller
+    passes :attr:`Group.prepared` to a binding that takes it (``optimizer_step``).
     """
+    if (
+        isinstance(buffers, _buffers.PreparedList)
+        and n
+        and depth == buffers.depth
+        and state_slot is None
+        and extra_slot is None
+        and (keys is None or all(k == keys[0] for k in keys))
+    ):
+        # The usual optimizer step, checked natively: every tensor present, on one device, in
+        # one dtype. Its addresses stay native (see bindings/buffers.cpp).
+        uniform = buffers.uniform()
+        if uniform is not None:
+            device, dtype_code = uniform
+            if native:
+                return [Group(device, dtype_code, list(range(n)), prepared=buffers)]
+            slots, numels = buffers.pointer_lists(depth)
+            return [Group(device, dtype_code, list(range(n)), slots=slots, numels=numels)]
     present = [b for b in buffers[: depth * n] if b is not None]
     if n and len(present) == depth * n and _one_group(present[:n], keys):
         # The usual optimizer step: every tensor on one device, in one dtype (and one state
@@ -355,7 +377,7 @@ class LowPrecision:
 
     def prepare_buffers(
         self, op: str, slots: list[tuple[str, Sequence[Any]]], written: tuple[str, ...]
-    ) -> tuple[list[Buffer | None], int]:
+    ) -> tuple[Sequence[Buffer | None], int]:
         """:func:`prepare` for ``slots`` (``slots[0]`` the params) with the policy's extra
         list (:meth:`extend`) and dtype checks (:meth:`check`): the buffers, and the number of
         pointer lists for :func:`group`. ``written``: the caller's written slot names."""

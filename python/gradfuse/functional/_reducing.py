@@ -306,7 +306,11 @@ class _Factored:
 
 
 def _factored_state(
-    op: str, idx: list[int], bufs: list[Any], row_vars: Sequence[Any], col_vars: Sequence[Any]
+    op: str,
+    idx: list[int],
+    bufs: Sequence[Any],
+    row_vars: Sequence[Any],
+    col_vars: Sequence[Any],
 ) -> _Factored:
     """Checks row_var/col_var of every factored param: torch's shapes (the param's with the last
     or the second-to-last dim 1), the param's dtype and device, contiguous and writable."""

@@ -269,13 +269,16 @@ class FusedOptimizer(Optimizer):
             )
         keys = tuple(st.key for st in spec.state if st.name in lists)
         lowprec = precision.kwargs(type(self).__name__, self.state, params, keys)
+        # Whether this step creates state: afterwards the list holds the new tensors.
+        new_state = lists.get(created) if created is not None else None
+        creates = new_state is not None and any(b is None for b in new_state)
         type(self)._update_fn(view(params), view(grads), **lists, **options, **amp, **lowprec)
-        if created is not None and created in lists:
+        if creates and new_state is not None:
             key = next(st.key for st in spec.state if st.name == created)
             absmax_lists = lowprec.get("state_absmax")  # 8-bit: filled in for new state
             absmax = absmax_lists[keys.index(key)] if absmax_lists else None
             state = self.state
-            for i, (p, buf) in enumerate(zip(params, lists[created], strict=True)):
+            for i, (p, buf) in enumerate(zip(params, new_state, strict=True)):
                 if buf is not None and key not in state[p]:
                     state[p][key] = buf  # created by this step (None: an AMP-skipped step)
                     if absmax is not None and absmax[i] is not None:
