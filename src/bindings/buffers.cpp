@@ -21,6 +21,7 @@
 #include <memory>
 #include <string>
 #include <tuple>
+#include <unordered_map>
 #include <vector>
 
 #include "bindings/common.h"
@@ -97,8 +98,8 @@ struct PlainTypes {
   // The dtypes table's entries with their native codes (DType), to turn an entry into a code.
   std::vector<std::pair<PyObject*, int>> codes;
   // The attributes (a) and methods (m) read from tensors.
-  Reader dtype, is_cpu, is_cuda, is_leaf, shape, requires_grad;  // a
-  Reader is_contiguous, is_neg, get_device, data_ptr, stride;    // m
+  Reader dtype, is_cpu, is_cuda, is_leaf, shape, requires_grad, grad, is_sparse;  // a
+  Reader is_contiguous, is_neg, get_device, data_ptr, stride;                     // m
 };
 PlainTypes g_types;
 
@@ -478,6 +479,89 @@ py::object increment_counters(const py::list& counters) {
   return std::move(values);
 }
 
+// The usual step of a FusedOptimizer param group (optim/_optimizer.py:_gather), natively: the
+// params that have a gradient, their gradients, and per state key and per counter key the
+// entries of state[p]. None (nothing created, nothing read further) when any param with a
+// gradient is unusual for this path, and the Python path, which handles every case, runs:
+// a param without state yet (its first step creates it), a sparse gradient, a param whose
+// dtype is not a real floating type gradfuse supports (a complex one takes real views), a
+// missing counter.
+//
+// `state` is the optimizer's defaultdict, keyed by the params. Looking a param up in it would
+// call Tensor.__hash__, a Python function (~150-250 ns, the most of this path per param), so
+// the params' state is found by identity instead (what Tensor's hash and a dict lookup amount
+// to: hash(t) is id(t)), from one walk over the dict's entries. Nothing is created by looking,
+// as `state[p]` would.
+py::object gather_state(const py::object& param_list, const py::object& state,
+                        const py::tuple& keys, const py::tuple& counter_keys) {
+  const PlainTypes& T = g_types;
+  if (!T.tensor || !PyList_Check(param_list.ptr()) || !PyDict_Check(state.ptr())) {
+    return py::none();
+  }
+  const auto params = py::reinterpret_borrow<py::list>(param_list);
+  // First every read that may run Python code (torch's getters, under a TorchFunctionMode),
+  // by index, each param held.
+  py::list with_grad, grads;
+  for (Py_ssize_t i = 0; i < PyList_GET_SIZE(params.ptr()); ++i) {
+    const auto p = py::reinterpret_borrow<py::object>(PyList_GET_ITEM(params.ptr(), i));
+    if (Py_TYPE(p.ptr()) != T.tensor && Py_TYPE(p.ptr()) != T.param) return py::none();
+    const py::object grad = py::reinterpret_steal<py::object>(T.grad(p.ptr(), false));
+    if (!grad) return py::none();
+    if (grad.is_none()) continue;
+    if (Py_TYPE(grad.ptr()) != T.tensor || attr_true(grad.ptr(), T.is_sparse) != 0) {
+      return py::none();
+    }
+    const py::object dtype = py::reinterpret_steal<py::object>(T.dtype(p.ptr(), false));
+    if (!dtype || !PyDict_GetItemWithError(T.dtypes, dtype.ptr())) {  // complex, say
+      PyErr_Clear();
+      return py::none();
+    }
+    with_grad.append(p);
+    grads.append(grad);
+  }
+  py::tuple state_lists(keys.size()), counter_lists(counter_keys.size());
+  if (keys.size() + counter_keys.size() == 0) {  // as torch: no state at all (SGD, no momentum)
+    return py::make_tuple(with_grad, grads, state_lists, counter_lists);
+  }
+  // Then only C: the dict walk, and lookups of str keys (borrowed references stay valid).
+  std::unordered_map<PyObject*, PyObject*> own_state;
+  own_state.reserve(static_cast<std::size_t>(PyDict_GET_SIZE(state.ptr())));
+  Py_ssize_t pos = 0;
+  PyObject *key, *value;
+  while (PyDict_Next(state.ptr(), &pos, &key, &value)) own_state.emplace(key, value);
+  const std::size_t n = with_grad.size();
+  std::vector<py::list> lists(keys.size(), py::list(0)), counters(counter_keys.size());
+  for (auto& l : lists) l = py::list(n);
+  for (auto& l : counters) l = py::list(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    const auto found = own_state.find(PyList_GET_ITEM(with_grad.ptr(), i));
+    if (found == own_state.end() || !PyDict_Check(found->second) ||
+        PyDict_GET_SIZE(found->second) == 0) {
+      return py::none();  // no state yet: created on the Python path
+    }
+    PyObject* own = found->second;
+    for (std::size_t k = 0; k < keys.size(); ++k) {
+      PyObject* v = PyDict_GetItemWithError(own, keys[k].ptr());  // borrowed
+      if (!v && PyErr_Occurred()) {
+        PyErr_Clear();
+        return py::none();
+      }
+      lists[k][i] = v ? py::handle(v) : py::handle(Py_None);  // state.get(key)
+    }
+    for (std::size_t k = 0; k < counter_keys.size(); ++k) {
+      PyObject* v = PyDict_GetItemWithError(own, counter_keys[k].ptr());  // borrowed
+      if (!v) {
+        PyErr_Clear();
+        return py::none();
+      }
+      counters[k][i] = py::handle(v);
+    }
+  }
+  for (std::size_t k = 0; k < lists.size(); ++k) state_lists[k] = lists[k];
+  for (std::size_t k = 0; k < counters.size(); ++k) counter_lists[k] = counters[k];
+  return py::make_tuple(with_grad, grads, state_lists, counter_lists);
+}
+
 void register_plain_types(const py::type& buffer, const py::type& tensor, const py::type& param,
                           const py::dict& dtypes) {
   GF_CHECK(PyType_IsSubtype(reinterpret_cast<PyTypeObject*>(buffer.ptr()), &PyTuple_Type),
@@ -505,6 +589,8 @@ void register_plain_types(const py::type& buffer, const py::type& tensor, const 
   t.get_device = reader("get_device");
   t.data_ptr = reader("data_ptr");
   t.stride = reader("stride");
+  t.grad = reader("grad");
+  t.is_sparse = reader("is_sparse");
   g_types = std::move(t);
 }
 
@@ -563,6 +649,10 @@ void register_buffers(py::module_& m) {
         "Tell prepare_plain which types are plain tensors and which dtypes it may accept.");
   m.def("prepare_plain", &prepare_plain, py::arg("slots"), py::arg("written"),
         "The fast path of _multi_tensor.prepare: a PreparedList of every slot, or None.");
+  m.def("gather_state", &gather_state, py::arg("params"), py::arg("state"), py::arg("keys"),
+        py::arg("counter_keys"),
+        "The usual step of a param group: (params with a gradient, their gradients, per key "
+        "the state entries, per counter key the counters), or None for anything unusual.");
   m.def("increment_counters", &increment_counters, py::arg("counters"),
         "step += 1 for plain 1-element float32/float64 CPU tensors, in place; their new values, "
         "or None (nothing written) for anything else.");

@@ -19,13 +19,16 @@ so the class only maps torch's param groups and state onto it:
 from __future__ import annotations
 
 import inspect
+import operator
 from collections.abc import Callable
+from itertools import repeat
 from typing import Any, ClassVar, Generic, NamedTuple, TypedDict, TypeVar, overload
 
 import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT
 
+from gradfuse import _native
 from gradfuse._options import show_options
 from gradfuse.functional._engine import Spec
 from gradfuse.optim._precision import PrecisionPolicy
@@ -35,6 +38,7 @@ from gradfuse.optim._torch_compat import (
     check_fused_foreach,
     real_views_of,
     refuse_differentiable,
+    same_list,
     scalar_state,
     upgrade_scalar_state,
 )
@@ -196,6 +200,32 @@ class FusedOptimizer(Optimizer):
     def _gather(self, group: dict[str, Any]) -> Gathered:
         """The params of ``group`` that have a gradient, their gradients, and the functional's state
         lists and counters for them, by functional name (state created where missing)."""
+        gathered = self._gather_plain(group)
+        return gathered if gathered is not None else self._gather_any(group)
+
+    def _gather_plain(self, group: dict[str, Any]) -> Gathered | None:
+        """:meth:`_gather` for the usual step, natively (``_core.gather_state``): every param
+        with a gradient has its state already, no gradient is sparse, no param is complex,
+        and no precision policy converts state. None otherwise (nothing created or read)."""
+        if self._precision.changes_state:
+            return None
+        spec = self._spec
+        lists = [st for st in spec.state if st.when is None or st.when(group)]
+        counters = [(name, _COUNTERS[name][0]) for name in spec.counters]
+        found = _native.core().gather_state(
+            group["params"],
+            self.state,
+            tuple(st.key for st in lists),
+            tuple(key for _, key in counters),
+        )
+        if found is None:
+            return None
+        params, grads, values, steps = found
+        out = {st.name: v for st, v in zip(lists, values, strict=True)}
+        out.update({name: c for (name, _), c in zip(counters, steps, strict=True)})
+        return Gathered(params, grads, out)
+
+    def _gather_any(self, group: dict[str, Any]) -> Gathered:
         spec = self._spec
         lists = [st for st in spec.state if st.when is None or st.when(group)]
         counters = [(name, _COUNTERS[name][0]) for name in spec.counters]
@@ -244,9 +274,12 @@ class FusedOptimizer(Optimizer):
 
     def _update(self, group: dict[str, Any], amp: dict[str, Any]) -> None:
         """One functional call for the group's params that have a gradient."""
-        gathered = self._gather(group)
+        gathered = self._gather_plain(group)
+        plain = gathered is not None  # then no gradient is sparse and no param complex
+        if gathered is None:
+            gathered = self._gather_any(group)
         params, grads, lists = gathered
-        if any(g.is_sparse for g in grads):
+        if not plain and any(g.is_sparse for g in grads):
             self._sparse_step(group, amp, gathered)
             return
         spec = self._spec
@@ -256,7 +289,7 @@ class FusedOptimizer(Optimizer):
             counters = [lists[c] for c in names[1:]]
             check_capturable(group["capturable"], params, *counters, what=_and_last(names))
             options["capturable"] = capturable_step(group, params)
-        view = real_views_of(params)
+        view = same_list if plain else real_views_of(params)
         created = spec.creates
         for st in spec.state:
             if st.name in lists and st.name != created:
@@ -271,7 +304,7 @@ class FusedOptimizer(Optimizer):
         lowprec = precision.kwargs(type(self).__name__, self.state, params, keys)
         # Whether this step creates state: afterwards the list holds the new tensors.
         new_state = lists.get(created) if created is not None else None
-        creates = new_state is not None and any(b is None for b in new_state)
+        creates = new_state is not None and any(map(operator.is_, new_state, repeat(None)))
         type(self)._update_fn(view(params), view(grads), **lists, **options, **amp, **lowprec)
         if creates and new_state is not None:
             key = next(st.key for st in spec.state if st.name == created)
