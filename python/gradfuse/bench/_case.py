@@ -453,6 +453,13 @@ def logits_and_classes(shape: Shape, gen: torch.Generator) -> tuple[Any, Any]:
     return _randn(shape, gen, scale=2.0), torch.randint(0, c, (n,), generator=gen)
 
 
+def class_weight(shape: Shape, gen: torch.Generator) -> Any:
+    """A per-class ``weight`` for inputs of shape (N, C): C values in [0.5, 1.5)."""
+    import torch
+
+    return torch.rand(shape[1:2], generator=gen) + 0.5
+
+
 def log_probs_and_classes(shape: Shape, gen: torch.Generator) -> tuple[Any, Any]:
     """Log-probabilities (N, C) (log_softmax of random logits) and class indices."""
     x, t = logits_and_classes(shape, gen)
