@@ -107,6 +107,23 @@ def _check(torch_fn: Any, our_fn: Any, x: torch.Tensor, t: torch.Tensor, **kw: A
     _compare(grad, t_grad, ref_grad, dtype, "grad")
 
 
+def _check_reductions(
+    torch_fn: Any, our_fn: Any, x: torch.Tensor, t: torch.Tensor, **kw: Any
+) -> None:
+    """:func:`_check` for every reduction."""
+    for reduction in REDUCTIONS:
+        _check(torch_fn, our_fn, x, t, reduction=reduction, **kw)
+
+
+def _class_weight(
+    shape: tuple[int, ...], dtype: torch.dtype, weighted: bool
+) -> torch.Tensor | None:
+    """A per-class weight in [0.2, 1.2) for inputs of ``shape`` (None unless ``weighted``)."""
+    if not weighted:
+        return None
+    return torch.rand(_classes(shape), dtype=torch.float64).add(0.2).to(dtype)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 @pytest.mark.parametrize("ignore", ["off", "default", "valid"])
@@ -122,20 +139,15 @@ def test_cross_entropy_class_targets(
 ) -> None:
     x = (torch.randn(shape, dtype=torch.float64) * 3).to(dtype)
     t, ignore_index = _class_target(shape, ignore)
-    weight = (
-        torch.rand(_classes(shape), dtype=torch.float64).add(0.2).to(dtype) if weighted else None
+    _check_reductions(
+        F.cross_entropy,
+        gnf.cross_entropy,
+        x,
+        t,
+        weight=_class_weight(shape, dtype, weighted),
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
     )
-    for reduction in REDUCTIONS:
-        _check(
-            F.cross_entropy,
-            gnf.cross_entropy,
-            x,
-            t,
-            weight=weight,
-            ignore_index=ignore_index,
-            reduction=reduction,
-            label_smoothing=label_smoothing,
-        )
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -151,19 +163,14 @@ def test_cross_entropy_prob_targets(
 ) -> None:
     x = (torch.randn(shape, dtype=torch.float64) * 3).to(dtype)
     t = _prob_target(shape, dtype)
-    weight = (
-        torch.rand(_classes(shape), dtype=torch.float64).add(0.2).to(dtype) if weighted else None
+    _check_reductions(
+        F.cross_entropy,
+        gnf.cross_entropy,
+        x,
+        t,
+        weight=_class_weight(shape, dtype, weighted),
+        label_smoothing=label_smoothing,
     )
-    for reduction in REDUCTIONS:
-        _check(
-            F.cross_entropy,
-            gnf.cross_entropy,
-            x,
-            t,
-            weight=weight,
-            reduction=reduction,
-            label_smoothing=label_smoothing,
-        )
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -174,19 +181,14 @@ def test_nll_loss(dtype: torch.dtype, shape: tuple[int, ...], ignore: str, weigh
     cd = 0 if len(shape) == 1 else 1
     x = torch.log_softmax(torch.randn(shape, dtype=torch.float64) * 2, dim=cd).to(dtype)
     t, ignore_index = _class_target(shape, ignore)
-    weight = (
-        torch.rand(_classes(shape), dtype=torch.float64).add(0.2).to(dtype) if weighted else None
+    _check_reductions(
+        F.nll_loss,
+        gnf.nll_loss,
+        x,
+        t,
+        weight=_class_weight(shape, dtype, weighted),
+        ignore_index=ignore_index,
     )
-    for reduction in REDUCTIONS:
-        _check(
-            F.nll_loss,
-            gnf.nll_loss,
-            x,
-            t,
-            weight=weight,
-            ignore_index=ignore_index,
-            reduction=reduction,
-        )
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)

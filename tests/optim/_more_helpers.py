@@ -152,3 +152,85 @@ def state_dict_round_trip(
         assert sa.keys() == sb.keys()
         for k in sa:
             assert sa[k].keys() == sb[k].keys()
+
+
+def check_amp_skip_then_scaled_step(
+    make_ours: MakeOpt,
+    make_ref: MakeOpt,
+    start: list[torch.Tensor],
+    grads: list[list[torch.Tensor]],
+    scale: float,
+    bad: float,
+) -> None:
+    """GradScaler's protocol, set by hand, after one plain float32 step over ``grads[0]``: a step
+    over ``grads[1]`` times ``scale`` with one entry made ``bad`` (inf or NaN) and ``found_inf``
+    set changes no param, no state and no group entry; with that entry restored and
+    ``found_inf`` 0, the scaled step equals ``make_ref``'s unscaled one from the same state."""
+    a = leaves(start, torch.float32)
+    opt = make_ours(a)
+    run_steps(opt, a, grads[:1])
+    before = [x.detach().clone() for x in a]
+    state = copy.deepcopy(opt.state_dict())
+    for p, g in zip(a, grads[1], strict=True):
+        p.grad = g.float() * scale
+    a[2].grad[5] = bad
+    opt.grad_scale = torch.tensor([scale])
+    opt.found_inf = torch.tensor([1.0])
+    opt.step()
+    for x, y in zip(a, before, strict=True):
+        assert torch.equal(x.detach(), y)
+    after = opt.state_dict()
+    assert after["param_groups"] == state["param_groups"]
+    for k, s in state["state"].items():
+        for key, v in s.items():
+            assert torch.equal(after["state"][k][key], v), key
+    a[2].grad[5] = grads[1][2][5].float() * scale
+    opt.found_inf = torch.tensor([0.0])
+    opt.step()
+    r = [x.clone().requires_grad_() for x in before]
+    ref = make_ref(r)
+    ref.load_state_dict(copy.deepcopy(state))
+    run_steps(ref, r, grads[1:2])
+    for x, y in zip(a, r, strict=True):
+        assert_close(x.detach(), y.detach(), TRAJECTORY[torch.float32], "grad_scale")
+
+
+def check_grad_scaler_skips_inf(make: Any, param: str, index: tuple[int, ...], bad: float) -> None:
+    """Four torch.amp.GradScaler steps of ``make(model.parameters())`` on a small linear model;
+    the third one's gradient of ``param`` gets ``bad`` (inf or NaN) at ``index``: that step
+    changes neither params nor state, so three steps count."""
+    model = torch.nn.Linear(7, 3)
+    opt = make(model.parameters())
+    scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+    x = torch.randn(5, 7)
+    for step in range(4):
+        opt.zero_grad()
+        scaler.scale(model(x).square().mean()).backward()
+        if step == 2:
+            getattr(model, param).grad[index] = bad
+            before = copy.deepcopy((list(model.parameters()), opt.state_dict()))
+        scaler.step(opt)
+        scaler.update()
+        if step == 2:
+            for p, q in zip(before[0], model.parameters(), strict=True):
+                assert torch.equal(p, q)
+            after = opt.state_dict()["state"]
+            for k, s in before[1]["state"].items():
+                for key, v in s.items():
+                    assert torch.equal(torch.as_tensor(v), torch.as_tensor(after[k][key]))
+    assert float(opt.state[model.weight]["step"]) == 3.0
+
+
+def compare_paths(ours: Any, theirs: Any, configs: Sequence[dict[str, Any]]) -> None:
+    """``ours(params, **kw)`` against ``theirs``'s for-loop path, 20 float64 steps, for each
+    ``kw`` of ``configs``; the flags that pick a path rather than a result (``foreach``,
+    ``fused``, ``capturable``) go to ours only."""
+    for kw in configs:
+        ref_kw = {k: v for k, v in kw.items() if k not in ("foreach", "fused", "capturable")}
+        compare_trajectory(
+            lambda ps, kw=kw: ours(ps, **kw),  # type: ignore[misc]
+            lambda ps, ref_kw=ref_kw: theirs(ps, foreach=False, **ref_kw),  # type: ignore[misc]
+            torch.float64,
+            steps=20,
+            msg=str(kw),
+        )

@@ -13,6 +13,7 @@ import pytest
 import torch
 from _more_helpers import (
     assert_same_errors,
+    check_amp_skip_then_scaled_step,
     compare_trajectory,
     leaves,
     one_torch_thread,
@@ -183,32 +184,14 @@ def test_empty_params_only_count_steps() -> None:
 
 def test_grad_scaler_inf_changes_nothing() -> None:
     start, grads = random_problem(3, SHAPES)
-    a = leaves(start, torch.float32)
-    opt = Adafactor(a, weight_decay=0.1)
-    run_steps(opt, a, grads[:1])
-    before = [x.detach().clone() for x in a]
-    state = copy.deepcopy(opt.state_dict())
-    for p, g in zip(a, grads[1], strict=True):
-        p.grad = g.float() * 256.0
-    a[2].grad[5] = float("nan")
-    opt.grad_scale = torch.tensor([256.0])  # type: ignore[attr-defined]
-    opt.found_inf = torch.tensor([1.0])  # type: ignore[attr-defined]
-    opt.step()
-    for x, y in zip(a, before, strict=True):
-        assert torch.equal(x.detach(), y)
-    after = opt.state_dict()["state"]
-    for k, s in state["state"].items():
-        for key, v in s.items():
-            assert torch.equal(after[k][key], v), key
-    a[2].grad[5] = grads[1][2][5].float() * 256.0
-    opt.found_inf = torch.tensor([0.0])  # type: ignore[attr-defined]
-    opt.step()
-    r = [x.clone().requires_grad_() for x in before]
-    ref = torch.optim.Adafactor(r, weight_decay=0.1)
-    ref.load_state_dict(copy.deepcopy(state))
-    run_steps(ref, r, grads[1:2])
-    for x, y in zip(a, r, strict=True):
-        assert_close(x.detach(), y.detach(), TRAJECTORY[torch.float32], "grad_scale")
+    check_amp_skip_then_scaled_step(
+        lambda ps: Adafactor(ps, weight_decay=0.1),
+        lambda ps: torch.optim.Adafactor(ps, weight_decay=0.1),
+        start,
+        grads,
+        scale=256.0,
+        bad=float("nan"),
+    )
 
 
 @pytest.mark.parametrize(

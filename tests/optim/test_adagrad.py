@@ -10,6 +10,7 @@ import pytest
 import torch
 from _more_helpers import (
     assert_same_errors,
+    compare_paths,
     compare_trajectory,
     leaves,
     one_torch_thread,
@@ -56,19 +57,15 @@ def test_trajectory(
 
 
 def test_eps_tensor_lr_and_flags() -> None:
-    for kw in (
-        {"lr": torch.tensor(0.03), "eps": 1e-3},
-        {"lr": 0.03, "foreach": True},
-        {"lr": 0.03, "fused": True},
-    ):
-        ref_kw = {k: v for k, v in kw.items() if k not in ("foreach", "fused")}
-        compare_trajectory(
-            lambda ps, kw=kw: Adagrad(ps, **kw),  # type: ignore[misc]
-            lambda ps, ref_kw=ref_kw: torch.optim.Adagrad(ps, foreach=False, **ref_kw),  # type: ignore[misc]
-            torch.float64,
-            steps=20,
-            msg=str(kw),
-        )
+    compare_paths(
+        Adagrad,
+        torch.optim.Adagrad,
+        [
+            {"lr": torch.tensor(0.03), "eps": 1e-3},
+            {"lr": 0.03, "foreach": True},
+            {"lr": 0.03, "fused": True},
+        ],
+    )
 
 
 def test_many_tensors_and_mixed_dtypes() -> None:

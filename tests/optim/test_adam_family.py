@@ -5,29 +5,20 @@ sizes, many tensors, the threaded path."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
+from _more_helpers import one_torch_thread
 
 import gradfuse
 import tolerances
 from optim_testing import SIZES, make_params, random_grads
 
+pytestmark = pytest.mark.usefixtures(one_torch_thread.__name__)
+
 STEPS = 100
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _torch_single_thread() -> Iterator[None]:
-    # torch's reference runs thousands of tiny ops; its OpenMP pool only adds spin-waits on a
-    # small, shared machine (40x slower here). gradfuse's own threads are unaffected.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 LR = 0.01  # large enough that 100 steps move the params well away from the start
 
 

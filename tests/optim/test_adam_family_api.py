@@ -6,26 +6,20 @@ from __future__ import annotations
 
 import inspect
 import pickle
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
+from _more_helpers import one_torch_thread
 
 import gradfuse
 import tolerances
 from optim_testing import make_params, random_grads
 
+pytestmark = pytest.mark.usefixtures(one_torch_thread.__name__)
+
 NAMES = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _torch_single_thread() -> Iterator[None]:
-    # torch's reference runs many tiny ops; its OpenMP pool only adds spin-waits here.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _raised(fn: Callable[[], object]) -> tuple[type[BaseException], str] | None:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from _more_helpers import (
+    check_grad_scaler_skips_inf,
     compare_trajectory,
     leaves,
     one_torch_thread,
@@ -23,7 +24,7 @@ import gradfuse
 from conftest import DTYPES
 from gradfuse.optim import ADOPT
 from gradfuse.testing import ADOPT as ReferenceADOPT
-from tolerances import CLIPPED_FLOAT64, STEP, TRAJECTORY, assert_close
+from tolerances import STEP, TRAJECTORY, assert_close
 
 pytestmark = pytest.mark.usefixtures(one_torch_thread.__name__)
 
@@ -131,42 +132,12 @@ def test_param_groups_and_checkpoints_both_ways() -> None:
 
 
 def test_grad_scaler_inf_changes_nothing() -> None:
-    model = torch.nn.Linear(7, 3)
-    opt = ADOPT(model.parameters(), lr=1e-2, weight_decay=0.1, weight_decouple=True)
-    scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
-    x = torch.randn(5, 7)
-    for step in range(4):
-        opt.zero_grad()
-        scaler.scale(model(x).square().mean()).backward()
-        if step == 2:
-            model.weight.grad[0, 0] = float("inf")
-            before = copy.deepcopy((list(model.parameters()), opt.state_dict()))
-        scaler.step(opt)
-        scaler.update()
-        if step == 2:
-            after = (list(model.parameters()), opt.state_dict())
-            for p, q in zip(before[0], after[0], strict=True):
-                assert torch.equal(p, q)
-            for k, s in before[1]["state"].items():
-                for key, v in s.items():
-                    assert torch.equal(
-                        torch.as_tensor(v), torch.as_tensor(after[1]["state"][k][key])
-                    )
-    assert float(opt.state[model.weight]["step"]) == 3.0
-
-
-def test_max_grad_norm_is_clip_then_step() -> None:
-    start, grads = random_problem(5, sizes=(7, 4097))
-
-    def clipped(ps: list[torch.Tensor]) -> None:
-        torch.nn.utils.clip_grad_norm_(ps, 1.0)
-
-    ours = leaves(start, torch.float64)
-    run_steps(ADOPT(ours, max_grad_norm=1.0), ours, grads)
-    theirs = leaves(start, torch.float64)
-    run_steps(_theirs(theirs), theirs, grads, before_step=clipped)
-    for x, y in zip(ours, theirs, strict=True):
-        assert_close(x.detach(), y.detach(), CLIPPED_FLOAT64, "max_grad_norm")
+    check_grad_scaler_skips_inf(
+        lambda ps: ADOPT(ps, lr=1e-2, weight_decay=0.1, weight_decouple=True),
+        "weight",
+        (0, 0),
+        float("inf"),
+    )
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,21 @@ import pytest
 import torch
 from _more_helpers import leaves, one_torch_thread, random_problem, run_steps
 
-from gradfuse.optim import SGD, Adagrad, Adam, Adamax, AdamW, Lion, NAdam, RAdam, RMSprop
+from gradfuse.optim import (
+    ADOPT,
+    SGD,
+    Adagrad,
+    Adam,
+    Adamax,
+    AdamW,
+    AdEMAMix,
+    Lion,
+    NAdam,
+    RAdam,
+    RMSprop,
+)
+from gradfuse.testing import ADOPT as ReferenceADOPT
+from gradfuse.testing import AdEMAMix as ReferenceAdEMAMix
 from gradfuse.testing import Lion as ReferenceLion
 from tolerances import CLIPPED_FLOAT64, STEP, TRAJECTORY, assert_close
 
@@ -65,6 +79,16 @@ CASES: list[tuple[str, Callable[..., Any], Callable[..., Any]]] = [
         "radam",
         lambda ps, **kw: RAdam(ps, lr=0.01, **kw),
         lambda ps: torch.optim.RAdam(ps, lr=0.01, foreach=False),
+    ),
+    (
+        "adopt",
+        lambda ps, **kw: ADOPT(ps, lr=0.01, weight_decay=0.01, **kw),
+        lambda ps: ReferenceADOPT(ps, lr=0.01, weight_decay=0.01),
+    ),
+    (
+        "ademamix",
+        lambda ps, **kw: AdEMAMix(ps, lr=0.01, t_alpha=5, **kw),
+        lambda ps: ReferenceAdEMAMix(ps, lr=0.01, t_alpha=5),
     ),
 ]
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from _more_helpers import (
     assert_same_errors,
+    compare_paths,
     compare_trajectory,
     one_torch_thread,
     state_dict_round_trip,
@@ -76,18 +77,11 @@ def test_capturable_on_cpu_fails_like_torch() -> None:
 
 
 def test_eps_tensor_lr_and_flags() -> None:
-    for kw in (
-        {"lr": torch.tensor(0.02), "eps": 1e-3, "momentum": 0.5},
-        {"lr": 0.02, "foreach": True},
-    ):
-        ref_kw = {k: v for k, v in kw.items() if k not in ("foreach", "capturable")}
-        compare_trajectory(
-            lambda ps, kw=kw: RMSprop(ps, **kw),  # type: ignore[misc]
-            lambda ps, ref_kw=ref_kw: torch.optim.RMSprop(ps, foreach=False, **ref_kw),  # type: ignore[misc]
-            torch.float64,
-            steps=20,
-            msg=str(kw),
-        )
+    compare_paths(
+        RMSprop,
+        torch.optim.RMSprop,
+        [{"lr": torch.tensor(0.02), "eps": 1e-3, "momentum": 0.5}, {"lr": 0.02, "foreach": True}],
+    )
 
 
 def test_many_tensors() -> None:

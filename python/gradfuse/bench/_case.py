@@ -19,7 +19,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from gradfuse.bench._timing import MIN_SAMPLE_S
 from gradfuse.bench.cases import MIN_ACCESSES
@@ -252,6 +252,19 @@ def _leaves(params: Sequence[Any], grads: Sequence[Any], *, clone_grads: bool) -
     return out
 
 
+def with_grads(opt: Any, params: list[Any], grads: list[Any]) -> Step:
+    """``opt``'s step for an optimizer whose step consumes the gradients (heavyball's sets
+    ``p.grad`` to None): the step first gives them back (a Python attribute store per param, no
+    copy, as a training loop's backward would), or every step after the first does nothing."""
+
+    def step() -> None:
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+        opt.step()
+
+    return step
+
+
 @dataclass
 class OptimizerCase(Case):
     """One step of ``gradfuse.optim.<optimizer>(params, **kwargs)`` against the torch class
@@ -271,14 +284,22 @@ class OptimizerCase(Case):
         if not self.symbol:
             self.symbol = f"gradfuse.optim.{self.optimizer}"
 
+    # A keyword this case's class must take (a class of an older build may lack it), and how
+    # the reason for its absence names it.
+    needs_keyword: ClassVar[tuple[str, str] | None] = None
+
     def unavailable(self) -> str | None:
         reason = super().unavailable()
-        if reason is None and self.max_grad_norm is not None:
-            import inspect
-
-            cls = resolve(self.symbol)
-            if "max_grad_norm" not in inspect.signature(cls).parameters:
-                return f"{self.symbol} has no max_grad_norm= keyword in this build"
+        needs = (
+            [("max_grad_norm", "max_grad_norm= keyword")] if self.max_grad_norm is not None else []
+        )
+        if self.needs_keyword is not None:
+            needs.append(self.needs_keyword)
+        if reason is None and needs:
+            accepted = inspect.signature(resolve(self.symbol)).parameters
+            for keyword, what in needs:
+                if keyword not in accepted:
+                    return f"{self.symbol} has no {what} in this build"
         return reason
 
     def sizes(self, quick: bool) -> list[Size]:
@@ -430,6 +451,13 @@ def logits_and_classes(shape: Shape, gen: torch.Generator) -> tuple[Any, Any]:
 
     n, c = shape[0], shape[1]
     return _randn(shape, gen, scale=2.0), torch.randint(0, c, (n,), generator=gen)
+
+
+def class_weight(shape: Shape, gen: torch.Generator) -> Any:
+    """A per-class ``weight`` for inputs of shape (N, C): C values in [0.5, 1.5)."""
+    import torch
+
+    return torch.rand(shape[1:2], generator=gen) + 0.5
 
 
 def log_probs_and_classes(shape: Shape, gen: torch.Generator) -> tuple[Any, Any]:

@@ -130,6 +130,12 @@ class Spec:
         return self.hyper  # type: ignore[return-value]
 
 
+def unchanged(*names: str) -> Callable[[Any, Any, Any, dict[str, Any]], Scalars]:
+    """``Spec.scalars`` of a rule that takes these hyperparameters as they are (nothing computed
+    per step: SGD, RMSprop, Lion, Muon's momentum pass)."""
+    return lambda h, xp, step, counters: {name: getattr(h, name) for name in names}
+
+
 class Hyper:
     """The checked hyperparameters of one call, as attributes (``h.lr``, ``h.beta1``, ...)."""
 

@@ -30,6 +30,9 @@ KIND_CODES: dict[str, int] = {
 }
 # Losses whose gradient with respect to target is minus the one with respect to input.
 TARGET_GRAD_IS_NEGATED = frozenset({"mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss"})
+# Losses whose weighted 'mean' divides by sum(weight), as torch's do (huber_loss's divides by
+# the element count).
+_MEAN_DIVIDES_BY_WEIGHT_SUM = frozenset({"mse_loss", "l1_loss"})
 
 _REDUCTIONS = ("none", "mean", "sum")
 _SUPPORTED = ("float32", "float64", "float16", "bfloat16")
@@ -180,7 +183,6 @@ def compute(
     pos_weight: Any = None,
     param: float = 0.0,
     log_target: bool = False,
-    weighted_mean_divides_by_weight_sum: bool = False,
     grad_out: Any = None,
 ) -> Result:
     """One native pass of loss ``op`` (a key of KIND_CODES). Validates everything before writing.
@@ -228,7 +230,7 @@ def compute(
         divisor = 1.0
     elif reduction == "batchmean":
         divisor = float(input_shape[0]) if input_shape else 1.0
-    elif weighted_mean_divides_by_weight_sum and w is not None:
+    elif op in _MEAN_DIVIDES_BY_WEIGHT_SUM and w is not None:
         divisor = float(w.sum(dtype=_float64_like(w)))
     else:
         divisor = float(numel)
@@ -368,15 +370,7 @@ def mse_loss_with_grad(
     ``weight`` (same shape as input): per-element weights; 'mean' then divides by
     ``sum(weight)``, as torch does.
     """
-    return _with_grad(
-        "mse_loss",
-        input,
-        target,
-        out,
-        reduction,
-        weight=weight,
-        weighted_mean_divides_by_weight_sum=True,
-    )
+    return _with_grad("mse_loss", input, target, out, reduction, weight=weight)
 
 
 def l1_loss_with_grad(
@@ -388,15 +382,7 @@ def l1_loss_with_grad(
     out: Any = None,
 ) -> tuple[Any, Any]:
     """``torch.nn.functional.l1_loss`` and its gradient (sign(input - target), 0 at a tie)."""
-    return _with_grad(
-        "l1_loss",
-        input,
-        target,
-        out,
-        reduction,
-        weight=weight,
-        weighted_mean_divides_by_weight_sum=True,
-    )
+    return _with_grad("l1_loss", input, target, out, reduction, weight=weight)
 
 
 def smooth_l1_loss_with_grad(

@@ -28,14 +28,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from gradfuse.functional import _engine, _muon_sharded
-from gradfuse.functional._engine import NUMBER_OR_TENSOR, Call, Hyper, Spec, State
+from gradfuse.functional._engine import NUMBER_OR_TENSOR, Call, Hyper, Spec, State, unchanged
 from gradfuse.functional._multi_tensor import LowPrecision
 
 ADJUST_LR_FNS = (None, "original", "match_rms_adamw")
-
-
-def _prepare_scalars(h: Hyper, xp: Any, step: Any, counters: dict[str, Any]) -> dict[str, Any]:
-    return {"momentum": h.momentum}
 
 
 # The buffer sits in the param's slot (slot 0: read and written), the gradient in slot 1 (AMP and
@@ -45,7 +41,7 @@ MUON_PREPARE = Spec(
     kernel="muon_prepare",
     hyper=("momentum",),
     state=(State("ns_inputs", "ns_input"),),
-    scalars=_prepare_scalars,
+    scalars=unchanged("momentum"),
     modes=lambda h: {"nesterov": bool(h.nesterov)},
     flags=("nesterov",),
 )

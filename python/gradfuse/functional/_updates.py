@@ -40,6 +40,7 @@ from gradfuse.functional._engine import (
     Spec,
     State,
     StepOptions,
+    unchanged,
     written,
 )
 
@@ -72,15 +73,6 @@ _ADAM_FAMILY_HYPER = (("lr", NUMBER_OR_TENSOR), "beta1", "beta2", "eps", "weight
 # --- SGD -------------------------------------------------------------------------------------
 
 
-def _sgd_scalars(h: Hyper, xp: Any, step: Any, counters: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "lr": h.lr,
-        "momentum": h.momentum,
-        "dampening": h.dampening,
-        "weight_decay": h.weight_decay,
-    }
-
-
 SGD = Spec(
     op="sgd_",
     kernel="sgd",
@@ -94,7 +86,7 @@ SGD = Spec(
             "(None entries are created and initialised from the gradient)",
         ),
     ),
-    scalars=_sgd_scalars,
+    scalars=unchanged("lr", "momentum", "dampening", "weight_decay"),
     modes=lambda h: {"nesterov": bool(h.nesterov), "maximize": bool(h.maximize)},
     flags=("nesterov", "maximize"),
     table=("lr",),
@@ -511,16 +503,6 @@ def adagrad_(
 # --- RMSprop ---------------------------------------------------------------------------------
 
 
-def _rmsprop_scalars(h: Hyper, xp: Any, step: Any, counters: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "lr": h.lr,
-        "alpha": h.alpha,
-        "eps": h.eps,
-        "weight_decay": h.weight_decay,
-        "momentum": h.momentum,
-    }
-
-
 RMSPROP = Spec(
     op="rmsprop_",
     kernel="rmsprop",
@@ -540,7 +522,7 @@ RMSPROP = Spec(
             missing="momentum > 0 needs momentum_buffer_list, one entry per param",
         ),
     ),
-    scalars=_rmsprop_scalars,
+    scalars=unchanged("lr", "alpha", "eps", "weight_decay", "momentum"),
     modes=lambda h: {"centered": bool(h.centered), "maximize": bool(h.maximize)},
     flags=("centered", "maximize"),
     counters=("state_steps",),
@@ -583,16 +565,12 @@ def rmsprop_(
 # --- Lion ------------------------------------------------------------------------------------
 
 
-def _lion_scalars(h: Hyper, xp: Any, step: Any, counters: dict[str, Any]) -> dict[str, Any]:
-    return {"lr": h.lr, "beta1": h.beta1, "beta2": h.beta2, "weight_decay": h.weight_decay}
-
-
 LION = Spec(
     op="lion_",
     kernel="lion",
     hyper=("lr", "beta1", "beta2", "weight_decay"),
     state=(State("exp_avgs", "exp_avg"),),
-    scalars=_lion_scalars,
+    scalars=unchanged("lr", "beta1", "beta2", "weight_decay"),
 )
 
 

@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.nn import _reduction as _Reduction
 
 from gradfuse.functional import _losses_elementwise as _ew
+from gradfuse.nn._reduction import check_reduction, legacy_reduction
 
 
 class _ElementwiseLossFunction(torch.autograd.Function):
@@ -130,14 +131,11 @@ def _warn_size(input: Tensor, target: Tensor) -> None:
         )
 
 
-def _legacy(size_average: bool | None, reduce: bool | None, reduction: str) -> str:
-    if size_average is not None or reduce is not None:
-        return str(_Reduction.legacy_get_string(size_average, reduce))
+def _reduction(size_average: bool | None, reduce: bool | None, reduction: str) -> str:
+    """The loss's reduction (torch's legacy arguments mapped onto it), checked."""
+    reduction = legacy_reduction(size_average, reduce, reduction)
+    check_reduction(reduction)
     return reduction
-
-
-def _check_reduction(reduction: str) -> None:
-    _Reduction.get_enum(reduction)  # torch's error for an unknown reduction
 
 
 def mse_loss(
@@ -150,17 +148,8 @@ def mse_loss(
 ) -> Tensor:
     """torch.nn.functional.mse_loss, fused (see the module docstring)."""
     _warn_size(input, target)
-    reduction = _legacy(size_average, reduce, reduction)
-    _check_reduction(reduction)
-    return _apply(
-        "mse_loss",
-        "mse_loss",
-        input,
-        target,
-        weight,
-        reduction=reduction,
-        weighted_mean_divides_by_weight_sum=True,
-    )
+    reduction = _reduction(size_average, reduce, reduction)
+    return _apply("mse_loss", "mse_loss", input, target, weight, reduction=reduction)
 
 
 def l1_loss(
@@ -173,17 +162,8 @@ def l1_loss(
 ) -> Tensor:
     """torch.nn.functional.l1_loss, fused."""
     _warn_size(input, target)
-    reduction = _legacy(size_average, reduce, reduction)
-    _check_reduction(reduction)
-    return _apply(
-        "l1_loss",
-        "l1_loss",
-        input,
-        target,
-        weight,
-        reduction=reduction,
-        weighted_mean_divides_by_weight_sum=True,
-    )
+    reduction = _reduction(size_average, reduce, reduction)
+    return _apply("l1_loss", "l1_loss", input, target, weight, reduction=reduction)
 
 
 def smooth_l1_loss(
@@ -196,8 +176,7 @@ def smooth_l1_loss(
 ) -> Tensor:
     """torch.nn.functional.smooth_l1_loss, fused (beta=0: the L1 loss, as in torch)."""
     _warn_size(input, target)
-    reduction = _legacy(size_average, reduce, reduction)
-    _check_reduction(reduction)
+    reduction = _reduction(size_average, reduce, reduction)
     _ew.check_positive("smooth_l1_loss", "beta", beta, allow_zero=True)
     if beta == 0.0:
         return _apply("smooth_l1_loss", "l1_loss", input, target, reduction=reduction)
@@ -215,7 +194,7 @@ def huber_loss(
 ) -> Tensor:
     """torch.nn.functional.huber_loss, fused."""
     _warn_size(input, target)
-    _check_reduction(reduction)
+    check_reduction(reduction)
     _ew.check_positive("huber_loss", "delta", delta, allow_zero=False)
     return _apply(
         "huber_loss", "huber_loss", input, target, weight, reduction=reduction, param=delta
@@ -232,8 +211,7 @@ def binary_cross_entropy_with_logits(
     pos_weight: Tensor | None = None,
 ) -> Tensor:
     """torch.nn.functional.binary_cross_entropy_with_logits, fused (log-sigmoid form)."""
-    reduction = _legacy(size_average, reduce, reduction)
-    _check_reduction(reduction)
+    reduction = _reduction(size_average, reduce, reduction)
     return _apply(
         "binary_cross_entropy_with_logits",
         "binary_cross_entropy_with_logits",
@@ -266,7 +244,7 @@ def kl_div(
                 stacklevel=2,
             )
         if reduction != "batchmean":
-            _check_reduction(reduction)
+            check_reduction(reduction)
     return _apply("kl_div", "kl_div", input, target, reduction=reduction, log_target=log_target)
 
 

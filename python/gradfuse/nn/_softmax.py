@@ -14,13 +14,13 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.nn import _reduction as _Reduction
 
 from gradfuse._config import cuda_compiled
 from gradfuse.functional._losses_softmax import (
     cross_entropy_with_grad,
     nll_loss_with_grad,
 )
+from gradfuse.nn._reduction import legacy_reduction
 
 _NATIVE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -157,12 +157,6 @@ def _prob_target_grad(
     return out
 
 
-def _legacy_reduction(size_average: bool | None, reduce: bool | None, reduction: str) -> str:
-    if size_average is not None or reduce is not None:
-        return str(_Reduction.legacy_get_string(size_average, reduce))
-    return reduction
-
-
 def cross_entropy(
     input: Tensor,
     target: Tensor,
@@ -175,7 +169,7 @@ def cross_entropy(
 ) -> Tensor:
     """Drop-in for :func:`torch.nn.functional.cross_entropy` (same signature and results);
     the loss and its input gradient come from one fused native pass."""
-    reduction = _legacy_reduction(size_average, reduce, reduction)
+    reduction = legacy_reduction(size_average, reduce, reduction)
     reason = _native_reason(input)
     if reason is not None:
         _fallback_warning("cross_entropy", reason)
@@ -228,7 +222,7 @@ def nll_loss(
 ) -> Tensor:
     """Drop-in for :func:`torch.nn.functional.nll_loss` (same signature and results); the loss
     and its input gradient come from one fused native pass."""
-    reduction = _legacy_reduction(size_average, reduce, reduction)
+    reduction = legacy_reduction(size_average, reduce, reduction)
     reason = _native_reason(input)
     if reason is not None:
         _fallback_warning("nll_loss", reason)

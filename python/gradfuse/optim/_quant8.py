@@ -19,6 +19,7 @@ checkpoint into an 8-bit optimizer is its ``load_state_dict``: the state is quan
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -71,14 +72,7 @@ def quantize_blockwise(x: Tensor, signed: bool = True) -> tuple[Tensor, Tensor]:
     src = x.detach().contiguous()
     codes = torch.empty(x.shape, dtype=torch.uint8)
     absmax = torch.empty(blocks(src.numel()), dtype=torch.float32)
-    _native.core().quantize_blockwise8(
-        values=src.data_ptr(),
-        codes=codes.data_ptr(),
-        absmax=absmax.data_ptr(),
-        n=src.numel(),
-        absmax_len=absmax.numel(),
-        signed=bool(signed),
-    )
+    _blockwise8(_native.core().quantize_blockwise8, src, codes, absmax, signed)
     return codes, absmax
 
 
@@ -116,15 +110,24 @@ def dequantize_blockwise(codes: Tensor, absmax: Tensor, signed: bool = True) -> 
     src = codes.contiguous()
     amax = absmax.contiguous()
     out = torch.empty(codes.shape, dtype=torch.float32)
-    _native.core().dequantize_blockwise8(
-        values=out.data_ptr(),
-        codes=src.data_ptr(),
-        absmax=amax.data_ptr(),
-        n=src.numel(),
-        absmax_len=amax.numel(),
+    _blockwise8(_native.core().dequantize_blockwise8, out, src, amax, signed)
+    return out
+
+
+def _blockwise8(
+    op: Callable[..., None], values: Tensor, codes: Tensor, absmax: Tensor, signed: bool
+) -> None:
+    """``op`` (the native ``quantize_blockwise8`` or ``dequantize_blockwise8``) over contiguous
+    CPU tensors: float32 ``values``, their uint8 ``codes`` (as many), one float32 absmax per
+    256."""
+    op(
+        values=values.data_ptr(),
+        codes=codes.data_ptr(),
+        absmax=absmax.data_ptr(),
+        n=codes.numel(),
+        absmax_len=absmax.numel(),
         signed=bool(signed),
     )
-    return out
 
 
 def _describe(x: Any) -> str:

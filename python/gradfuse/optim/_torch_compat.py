@@ -141,9 +141,7 @@ def check_nonnegative(nan_passes: bool = False, /, **values: Any) -> None:
     epsilon value``), in the keyword order given, which is each torch optimizer's own order.
     ``lr`` may be a 1-element tensor (``Tensor lr must be 1-element`` otherwise).
     ``nan_passes``: torch's SGD tests ``value < 0``, which NaN passes; the others refuse NaN."""
-    lr = values.get("lr")
-    if isinstance(lr, Tensor) and lr.numel() != 1:
-        raise ValueError("Tensor lr must be 1-element")
+    _check_lr_tensor(values.get("lr"))
     for name, value in values.items():
         if name == "betas":
             check_betas(value)
@@ -155,3 +153,16 @@ def check_betas(betas: tuple[Any, Any]) -> None:
     for i in (0, 1):
         if not 0.0 <= betas[i] < 1.0:
             raise ValueError(f"Invalid beta parameter at index {i}: {betas[i]}")
+
+
+def check_lr(lr: float | Tensor) -> None:
+    """torch's learning-rate checks in its newer optimizers (Adafactor, Muon), with their
+    messages: ``Tensor lr must be 1-element``, ``Learning rate should be >= 0 but is: <lr>``."""
+    _check_lr_tensor(lr)
+    if not lr >= 0.0:
+        raise ValueError(f"Learning rate should be >= 0 but is: {lr}")
+
+
+def _check_lr_tensor(lr: Any) -> None:
+    if isinstance(lr, Tensor) and lr.numel() != 1:
+        raise ValueError("Tensor lr must be 1-element")

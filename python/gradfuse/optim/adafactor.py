@@ -10,7 +10,7 @@ from torch.optim.optimizer import ParamsT
 
 from gradfuse.functional._reducing import ADAFACTOR, adafactor_
 from gradfuse.optim._optimizer import FusedOptimizer, group_values
-from gradfuse.optim._torch_compat import scalar_state, torch_defaults
+from gradfuse.optim._torch_compat import check_lr, scalar_state, torch_defaults
 
 
 class Adafactor(FusedOptimizer):
@@ -56,10 +56,7 @@ class Adafactor(FusedOptimizer):
         maximize: bool = False,
         max_grad_norm: float | None = None,
     ) -> None:
-        if isinstance(lr, Tensor) and lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        if not lr >= 0.0:
-            raise ValueError(f"Learning rate should be >= 0 but is: {lr}")
+        check_lr(lr)
         if not beta2_decay <= 0.0:
             raise ValueError(f"beta2_decay should be <= 0 but is: {beta2_decay}")
         if eps[0] is not None and not eps[0] >= 0.0:

@@ -12,7 +12,13 @@ from torch.optim.optimizer import ParamsT
 from gradfuse.functional._muon import MUON_PREPARE, muon_
 from gradfuse.functional._updates import adamw_
 from gradfuse.optim._optimizer import FusedOptimizer, group_values
-from gradfuse.optim._torch_compat import check_betas, real_views_of, scalar_state, torch_defaults
+from gradfuse.optim._torch_compat import (
+    check_betas,
+    check_lr,
+    real_views_of,
+    scalar_state,
+    torch_defaults,
+)
 
 # torch.optim._muon's defaults (Keller Jordan's constants).
 _NS_COEFFICIENTS = (3.4445, -4.775, 2.0315)
@@ -101,10 +107,7 @@ class Muon(FusedOptimizer):
         max_grad_norm: float | None = None,
     ) -> None:
         # Same checks, same order, same messages as torch.optim.Muon.
-        if isinstance(lr, Tensor) and lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        if not lr >= 0.0:
-            raise ValueError(f"Learning rate should be >= 0 but is: {lr}")
+        check_lr(lr)
         if not momentum >= 0.0:
             raise ValueError(f"momentum should be >= 0 but is: {momentum}")
         if not weight_decay >= 0.0:

@@ -30,16 +30,7 @@ class EightBitCase(OptimizerCase):
     """AdamW with 8-bit state; providers: gradfuse, torch-fused (float32 state), bitsandbytes,
     torchao."""
 
-    def unavailable(self) -> str | None:
-        reason = super().unavailable()
-        if reason is None:
-            import inspect
-
-            from gradfuse.bench._case import resolve
-
-            if "state_dtype" not in inspect.signature(resolve(self.symbol)).parameters:
-                return f"{self.symbol} has no state_dtype= keyword (8-bit state) in this build"
-        return reason
+    needs_keyword = ("state_dtype", "state_dtype= keyword (8-bit state)")
 
     def min_bytes(self, size: Size, itemsize: int) -> int:
         return (2 * itemsize + itemsize + 4) * size.numel + (size.numel * 16) // 256

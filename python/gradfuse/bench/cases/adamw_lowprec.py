@@ -40,16 +40,7 @@ class LowPrecisionCase(OptimizerCase):
     bytes_per_param: Callable[[int], int] = field(default=lambda p: 7 * p)
     policy: dict[str, Any] = field(default_factory=dict)
 
-    def unavailable(self) -> str | None:
-        reason = super().unavailable()
-        if reason is None:
-            import inspect
-
-            from gradfuse.bench._case import resolve
-
-            if "master_weights" not in inspect.signature(resolve(self.symbol)).parameters:
-                return f"{self.symbol} has no low-precision keywords in this build"
-        return reason
+    needs_keyword = ("master_weights", "low-precision keywords")
 
     def min_bytes(self, size: Size, itemsize: int) -> int:
         return self.bytes_per_param(itemsize) * size.numel

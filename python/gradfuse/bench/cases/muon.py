@@ -26,6 +26,7 @@ from gradfuse.bench._case import (
     Unavailable,
     _leaves,
     _optimizer_inputs,
+    with_grads,
 )
 
 MATRICES = Size(
@@ -99,20 +100,8 @@ class MuonCase(OptimizerCase):
             opt = heavyball.Muon(
                 params, lr=self.kwargs["lr"], weight_decay=self.kwargs["weight_decay"]
             )
-            calls.append(_with_grads(opt, params, [p.grad for p in params]))
+            calls.append(with_grads(opt, params, [p.grad for p in params]))
         return Runner(calls)
-
-
-def _with_grads(opt: Any, params: list[Any], grads: list[Any]) -> Step:
-    """heavyball's step consumes the gradients (sets ``p.grad`` to None): give them back before
-    every step (48 attribute assignments, no copy), or every step after the first does nothing."""
-
-    def step() -> None:
-        for p, g in zip(params, grads, strict=True):
-            p.grad = g
-        opt.step()
-
-    return step
 
 
 CASES = [

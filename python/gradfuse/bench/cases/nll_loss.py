@@ -2,16 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from gradfuse.bench._case import LossCase, Size, log_probs_and_classes
-
-
-def _class_weight(shape: tuple[int, ...], gen: Any) -> Any:
-    import torch
-
-    return torch.rand(shape[1:2], generator=gen) + 0.5
-
+from gradfuse.bench._case import LossCase, Size, class_weight, log_probs_and_classes
 
 CASES = [
     LossCase(
@@ -33,7 +24,7 @@ CASES = [
         check_configs=(
             {},
             {"ignore_index": 1},
-            {"weight": _class_weight, "reduction": "sum"},
+            {"weight": class_weight, "reduction": "sum"},
             {"reduction": "none"},
         ),
     ),

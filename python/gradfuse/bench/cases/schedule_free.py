@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from gradfuse.bench._case import NO_TORCH_FUSED, OptimizerCase, Unavailable
+from gradfuse.bench._case import NO_TORCH_FUSED, OptimizerCase, Unavailable, with_grads
 
 _PACKAGE_CLASS = {"ScheduleFreeAdamW": "AdamWScheduleFree", "ScheduleFreeSGD": "SGDScheduleFree"}
 
@@ -65,16 +65,7 @@ class ScheduleFreeCase(OptimizerCase):
     def torch_step(self, opt: Any, params: list[Any], foreach: bool) -> Any:
         if not self.heavyball:
             return super().torch_step(opt, params, foreach)
-        # heavyball sets p.grad to None in its step: give each step its gradients back (a
-        # Python attribute store per param, as a training loop's backward would).
-        grads = [p.grad for p in params]
-
-        def step() -> None:
-            for p, g in zip(params, grads, strict=True):
-                p.grad = g
-            opt.step()
-
-        return step
+        return with_grads(opt, params, [p.grad for p in params])
 
 
 CASES = [
