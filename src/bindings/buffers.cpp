@@ -37,16 +37,18 @@ namespace {
 // when both types resolve the name to the same descriptor.
 class Reader {
  public:
+  enum class Kind { kAttribute, kMethod };  // t.name, or t.name()
+
   Reader() = default;
-  Reader(PyTypeObject* tensor, PyTypeObject* param, const char* name)
-      : name_(PyUnicode_InternFromString(name)) {
+  Reader(PyTypeObject* tensor, PyTypeObject* param, const char* name, Kind kind)
+      : name_(PyUnicode_InternFromString(name)), kind_(kind) {
     PyObject* d = _PyType_Lookup(tensor, name_);  // borrowed
     if (!d || _PyType_Lookup(param, name_) != d) return;
-    if (Py_IS_TYPE(d, &PyGetSetDescr_Type)) {
+    if (kind == Kind::kAttribute && Py_IS_TYPE(d, &PyGetSetDescr_Type)) {
       const PyGetSetDef* def = reinterpret_cast<PyGetSetDescrObject*>(d)->d_getset;
       get_ = def->get;
       closure_ = def->closure;
-    } else if (Py_IS_TYPE(d, &PyMethodDescr_Type)) {
+    } else if (kind == Kind::kMethod && Py_IS_TYPE(d, &PyMethodDescr_Type)) {
       const PyMethodDef* def = reinterpret_cast<PyMethodDescrObject*>(d)->d_method;
       const int flags = def->ml_flags & ~METH_COEXIST;
       if (flags == METH_NOARGS) {
@@ -56,11 +58,14 @@ class Reader {
             reinterpret_cast<PyCFunctionWithKeywords>(reinterpret_cast<void (*)()>(def->ml_meth));
       }
     }
+    // Anything else (another kind of descriptor, a Python override) takes the generic lookup.
+    // Registered once, when gradfuse first meets a torch tensor: a later monkeypatch of
+    // torch.Tensor is not seen here (the Python path would see it).
   }
-  bool is_method() const { return noargs_ || varkw_; }
 
-  // New reference to t.name (or t.name() for a method), or nullptr with the error cleared.
-  PyObject* operator()(PyObject* t, bool call) const {
+  // New reference to t.name (or t.name()), or nullptr with the error cleared (the caller then
+  // refuses the fast path, or says which read failed).
+  PyObject* operator()(PyObject* t) const {
     PyObject* r;
     if (get_) {
       r = get_(t, closure_);
@@ -69,7 +74,7 @@ class Reader {
     } else if (varkw_) {
       r = varkw_(t, empty_args(), nullptr);
     } else {
-      r = call ? PyObject_CallMethodNoArgs(t, name_) : PyObject_GetAttr(t, name_);
+      r = kind_ == Kind::kMethod ? PyObject_CallMethodNoArgs(t, name_) : PyObject_GetAttr(t, name_);
     }
     if (!r) PyErr_Clear();
     return r;
@@ -81,6 +86,7 @@ class Reader {
     return empty;
   }
   PyObject* name_ = nullptr;
+  Kind kind_ = Kind::kAttribute;
   getter get_ = nullptr;
   void* closure_ = nullptr;
   PyCFunction noargs_ = nullptr;
@@ -98,14 +104,14 @@ struct PlainTypes {
   // The dtypes table's entries with their native codes (DType), to turn an entry into a code.
   std::vector<std::pair<PyObject*, int>> codes;
   // The attributes (a) and methods (m) read from tensors.
-  Reader dtype, is_cpu, is_cuda, is_leaf, shape, requires_grad, grad, is_sparse;  // a
-  Reader is_contiguous, is_neg, get_device, data_ptr, stride;                     // m
+  Reader dtype, is_cpu, is_cuda, is_leaf, shape, requires_grad, grad, is_sparse;  // attributes
+  Reader is_contiguous, is_neg, get_device, data_ptr, stride;                     // methods
 };
 PlainTypes g_types;
 
 // obj.name is truthy: 1, falsy: 0, could not tell: -1 (error cleared).
 int attr_true(PyObject* obj, const Reader& read) {
-  PyObject* v = read(obj, false);
+  PyObject* v = read(obj);
   if (!v) return -1;
   const int t = PyObject_IsTrue(v);
   Py_DECREF(v);
@@ -115,7 +121,7 @@ int attr_true(PyObject* obj, const Reader& read) {
 
 // obj.name() is `expected` (Py_True or Py_False); false also when the call raised.
 bool call_is(PyObject* obj, const Reader& read, PyObject* expected) {
-  PyObject* r = read(obj, true);
+  PyObject* r = read(obj);
   Py_XDECREF(r);  // True and False are singletons: comparing the address after this is safe
   return r == expected;
 }
@@ -203,8 +209,8 @@ bool free_strides(PyObject* shape, std::int64_t numel) {
 
 // a.stride() == b.stride(); false also when either could not be read.
 bool same_strides(PyObject* a, PyObject* b) {
-  const py::object sa = py::reinterpret_steal<py::object>(g_types.stride(a, true));
-  const py::object sb = py::reinterpret_steal<py::object>(g_types.stride(b, true));
+  const py::object sa = py::reinterpret_steal<py::object>(g_types.stride(a));
+  const py::object sb = py::reinterpret_steal<py::object>(g_types.stride(b));
   return sa && sb && same_ints(sa.ptr(), sb.ptr());
 }
 
@@ -228,7 +234,7 @@ struct Entry {
 bool read_plain(PyObject* t, bool writable, Entry& e, PyObject** shape_out) {
   const PlainTypes& T = g_types;
   if (Py_TYPE(t) != T.tensor && Py_TYPE(t) != T.param) return false;
-  PyObject* dtype = T.dtype(t, false);
+  PyObject* dtype = T.dtype(t);
   if (!dtype) return false;
   PyObject* info = PyDict_GetItemWithError(T.dtypes, dtype);  // borrowed
   Py_DECREF(dtype);
@@ -247,12 +253,12 @@ bool read_plain(PyObject* t, bool writable, Entry& e, PyObject** shape_out) {
   e.device = -1;
   if (!cpu) {
     if (!kWithCuda || attr_true(t, T.is_cuda) != 1) return false;
-    e.device = as_int(T.get_device(t, true));
+    e.device = as_int(T.get_device(t));
     if (e.device < 0) return false;
   }
   if (writable && attr_true(t, T.is_leaf) != 1) return false;  // an autograd graph's output
   e.itemsize = PyLong_AsLongLong(PyTuple_GET_ITEM(info, 1));
-  PyObject* ptr = T.data_ptr(t, true);
+  PyObject* ptr = T.data_ptr(t);
   if (!ptr) return false;
   const unsigned long long address = PyLong_AsUnsignedLongLong(ptr);
   Py_DECREF(ptr);
@@ -261,7 +267,7 @@ bool read_plain(PyObject* t, bool writable, Entry& e, PyObject** shape_out) {
     PyErr_Clear();
     return false;
   }
-  PyObject* shape = T.shape(t, false);  // raises for, e.g., a nested tensor
+  PyObject* shape = T.shape(t);  // raises for, e.g., a nested tensor
   const long long count = shape ? product(shape) : -1;
   if (count < 0) {
     Py_XDECREF(shape);
@@ -274,9 +280,10 @@ bool read_plain(PyObject* t, bool writable, Entry& e, PyObject** shape_out) {
 }
 
 // The tensors of a call that passed prepare_plain's checks, slot-major (entries[d * n + i]),
-// each holding a strong reference to its tensor. Python sees a read-only sequence of Buffers
-// (made on demand, for the paths that need one); the engine's fast path hands the whole list
-// back to optimizer_step, which reads the addresses from here.
+// each holding a strong reference to its tensor (invisible to the garbage collector: a list
+// lives for one call and is referenced by nothing its tensors reference). Python sees a read-only
+// sequence of Buffers (made on demand, for the paths that need one); the engine's fast path hands
+// the whole list back to optimizer_step, which reads the addresses from here.
 class PreparedList {
  public:
   PreparedList(std::size_t depth, std::size_t n) : depth_(depth), n_(n), entries_(depth * n) {}
@@ -297,12 +304,14 @@ class PreparedList {
     const Entry& e = entries_[k];
     if (!e.obj) return py::none();
     const PlainTypes& T = g_types;
-    py::object shape = py::reinterpret_steal<py::object>(T.shape(e.obj, false));
-    if (!shape) throw py::error_already_set();
+    // The tensor as prepare_plain found it (address and count), its shape and strides read
+    // now: a tensor resized in between would show its new shape (the list is used at once).
+    py::object shape = py::reinterpret_steal<py::object>(T.shape(e.obj));
+    if (!shape) throw py::type_error("PreparedList: could not read the shape of a tensor");
     py::object strides =
         py::reinterpret_steal<py::object>(e.numel > 0 ? contiguous_strides(shape.ptr()) : nullptr);
-    if (!strides) strides = py::reinterpret_steal<py::object>(T.stride(e.obj, true));
-    if (!strides) throw py::error_already_set();
+    if (!strides) strides = py::reinterpret_steal<py::object>(T.stride(e.obj));
+    if (!strides) throw py::type_error("PreparedList: could not read the strides of a tensor");
     // Buffer(obj, ptr, numel, itemsize, dtype, device, shape, strides, is_torch, sharding)
     py::tuple fields = py::make_tuple(
         py::reinterpret_borrow<py::object>(e.obj), py::int_(static_cast<std::uint64_t>(e.start)),
@@ -442,7 +451,7 @@ py::object increment_counters(const py::list& counters) {
   for (const py::handle h : counters) {
     PyObject* t = h.ptr();
     if (Py_TYPE(t) != T.tensor) return py::none();
-    PyObject* dtype = T.dtype(t, false);
+    PyObject* dtype = T.dtype(t);
     if (!dtype) return py::none();
     PyObject* info = PyDict_GetItemWithError(T.dtypes, dtype);  // borrowed
     Py_DECREF(dtype);
@@ -454,11 +463,11 @@ py::object increment_counters(const py::list& counters) {
     if (name != "float32" && name != "float64") return py::none();
     if (attr_true(t, T.is_cpu) != 1 || attr_true(t, T.requires_grad) != 0) return py::none();
     if (!call_is(t, T.is_neg, Py_False)) return py::none();
-    PyObject* shape = T.shape(t, false);
+    PyObject* shape = T.shape(t);
     const long long count = shape ? product(shape) : -1;
     Py_XDECREF(shape);
     if (count != 1) return py::none();
-    const std::int64_t ptr = as_int(T.data_ptr(t, true));
+    const std::int64_t ptr = as_int(T.data_ptr(t));
     if (ptr <= 0) return py::none();
     found.push_back({static_cast<std::uintptr_t>(ptr), name == "float64"});
   }
@@ -487,11 +496,12 @@ py::object increment_counters(const py::list& counters) {
 // dtype is not a real floating type gradfuse supports (a complex one takes real views), a
 // missing counter.
 //
-// `state` is the optimizer's defaultdict, keyed by the params. Looking a param up in it would
-// call Tensor.__hash__, a Python function (~150-250 ns, the most of this path per param), so
-// the params' state is found by identity instead (what Tensor's hash and a dict lookup amount
-// to: hash(t) is id(t)), from one walk over the dict's entries. Nothing is created by looking,
-// as `state[p]` would.
+// `state` is the optimizer's defaultdict, keyed by the params. Looking a param up in it calls
+// Tensor.__hash__, a Python function (~150-250 ns, the most of this path per param), so the
+// params' state is found by identity instead (what Tensor's hash and a dict lookup amount to:
+// hash(t) is id(t)), from one walk over the dict's entries. Nothing is created by looking, as
+// `state[p]` would. Each param's state must be a plain dict (a subclass could answer
+// differently): anything else takes the Python path.
 py::object gather_state(const py::object& param_list, const py::object& state,
                         const py::tuple& keys, const py::tuple& counter_keys) {
   const PlainTypes& T = g_types;
@@ -505,13 +515,13 @@ py::object gather_state(const py::object& param_list, const py::object& state,
   for (Py_ssize_t i = 0; i < PyList_GET_SIZE(params.ptr()); ++i) {
     const auto p = py::reinterpret_borrow<py::object>(PyList_GET_ITEM(params.ptr(), i));
     if (Py_TYPE(p.ptr()) != T.tensor && Py_TYPE(p.ptr()) != T.param) return py::none();
-    const py::object grad = py::reinterpret_steal<py::object>(T.grad(p.ptr(), false));
+    const py::object grad = py::reinterpret_steal<py::object>(T.grad(p.ptr()));
     if (!grad) return py::none();
     if (grad.is_none()) continue;
     if (Py_TYPE(grad.ptr()) != T.tensor || attr_true(grad.ptr(), T.is_sparse) != 0) {
       return py::none();
     }
-    const py::object dtype = py::reinterpret_steal<py::object>(T.dtype(p.ptr(), false));
+    const py::object dtype = py::reinterpret_steal<py::object>(T.dtype(p.ptr()));
     if (!dtype || !PyDict_GetItemWithError(T.dtypes, dtype.ptr())) {  // complex, say
       PyErr_Clear();
       return py::none();
@@ -523,25 +533,43 @@ py::object gather_state(const py::object& param_list, const py::object& state,
   if (keys.size() + counter_keys.size() == 0) {  // as torch: no state at all (SGD, no momentum)
     return py::make_tuple(with_grad, grads, state_lists, counter_lists);
   }
-  // Then only C: the dict walk, and lookups of str keys (borrowed references stay valid).
-  std::unordered_map<PyObject*, PyObject*> own_state;
-  own_state.reserve(static_cast<std::size_t>(PyDict_GET_SIZE(state.ptr())));
-  Py_ssize_t pos = 0;
-  PyObject *key, *value;
-  while (PyDict_Next(state.ptr(), &pos, &key, &value)) own_state.emplace(key, value);
   const std::size_t n = with_grad.size();
-  std::vector<py::list> lists(keys.size(), py::list(0)), counters(counter_keys.size());
-  for (auto& l : lists) l = py::list(n);
-  for (auto& l : counters) l = py::list(n);
+  std::vector<py::list> lists, counters;  // allocated before any borrowed reference is taken
+  for (std::size_t k = 0; k < keys.size(); ++k) lists.emplace_back(n);
+  for (std::size_t k = 0; k < counter_keys.size(); ++k) counters.emplace_back(n);
+  // Each param's own state dict, held. By identity from one walk over the state dict when it
+  // is not much larger than the group (the usual one or few groups; the walk runs no Python
+  // code); otherwise (many groups) by the dict's own lookup, which calls Tensor.__hash__.
+  std::vector<py::object> own(n);
+  const auto state_size = static_cast<std::size_t>(PyDict_GET_SIZE(state.ptr()));
+  if (state_size <= 4 * n + 64) {
+    std::unordered_map<PyObject*, PyObject*> by_id;
+    by_id.reserve(state_size);
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(state.ptr(), &pos, &key, &value)) by_id.emplace(key, value);
+    for (std::size_t i = 0; i < n; ++i) {
+      const auto found = by_id.find(PyList_GET_ITEM(with_grad.ptr(), i));
+      if (found != by_id.end()) own[i] = py::reinterpret_borrow<py::object>(found->second);
+    }
+  } else {
+    for (std::size_t i = 0; i < n; ++i) {
+      PyObject* v = PyDict_GetItemWithError(state.ptr(), PyList_GET_ITEM(with_grad.ptr(), i));
+      if (!v) {
+        PyErr_Clear();
+        return py::none();
+      }
+      own[i] = py::reinterpret_borrow<py::object>(v);
+    }
+  }
+  // Then the entries: lookups of str keys in plain dicts (no Python code runs).
   for (std::size_t i = 0; i < n; ++i) {
-    const auto found = own_state.find(PyList_GET_ITEM(with_grad.ptr(), i));
-    if (found == own_state.end() || !PyDict_Check(found->second) ||
-        PyDict_GET_SIZE(found->second) == 0) {
+    PyObject* entries = own[i].ptr();
+    if (!entries || !PyDict_CheckExact(entries) || PyDict_GET_SIZE(entries) == 0) {
       return py::none();  // no state yet: created on the Python path
     }
-    PyObject* own = found->second;
     for (std::size_t k = 0; k < keys.size(); ++k) {
-      PyObject* v = PyDict_GetItemWithError(own, keys[k].ptr());  // borrowed
+      PyObject* v = PyDict_GetItemWithError(entries, keys[k].ptr());  // borrowed
       if (!v && PyErr_Occurred()) {
         PyErr_Clear();
         return py::none();
@@ -549,7 +577,7 @@ py::object gather_state(const py::object& param_list, const py::object& state,
       lists[k][i] = v ? py::handle(v) : py::handle(Py_None);  // state.get(key)
     }
     for (std::size_t k = 0; k < counter_keys.size(); ++k) {
-      PyObject* v = PyDict_GetItemWithError(own, counter_keys[k].ptr());  // borrowed
+      PyObject* v = PyDict_GetItemWithError(entries, counter_keys[k].ptr());  // borrowed
       if (!v) {
         PyErr_Clear();
         return py::none();
@@ -574,23 +602,30 @@ void register_plain_types(const py::type& buffer, const py::type& tensor, const 
   for (const auto& [key, info] : dtypes) {
     const auto name = py::cast<std::string>(py::reinterpret_borrow<py::tuple>(info)[0]);
     for (int code = 0; code <= 3; ++code) {
-      if (name == dtype_name(static_cast<DType>(code))) t.codes.emplace_back(info.ptr(), code);
+      // A strong reference: Entry::info and the codes compare against these tuples' addresses.
+      if (name == dtype_name(static_cast<DType>(code)))
+        t.codes.emplace_back(info.inc_ref().ptr(), code);
     }
   }
-  const auto reader = [&](const char* name) { return Reader(t.tensor, t.param, name); };
-  t.dtype = reader("dtype");
-  t.is_cpu = reader("is_cpu");
-  t.is_cuda = reader("is_cuda");
-  t.is_leaf = reader("is_leaf");
-  t.shape = reader("shape");
-  t.requires_grad = reader("requires_grad");
-  t.is_contiguous = reader("is_contiguous");
-  t.is_neg = reader("is_neg");
-  t.get_device = reader("get_device");
-  t.data_ptr = reader("data_ptr");
-  t.stride = reader("stride");
-  t.grad = reader("grad");
-  t.is_sparse = reader("is_sparse");
+  const auto attribute = [&](const char* name) {
+    return Reader(t.tensor, t.param, name, Reader::Kind::kAttribute);
+  };
+  const auto method = [&](const char* name) {
+    return Reader(t.tensor, t.param, name, Reader::Kind::kMethod);
+  };
+  t.dtype = attribute("dtype");
+  t.is_cpu = attribute("is_cpu");
+  t.is_cuda = attribute("is_cuda");
+  t.is_leaf = attribute("is_leaf");
+  t.shape = attribute("shape");
+  t.requires_grad = attribute("requires_grad");
+  t.grad = attribute("grad");
+  t.is_sparse = attribute("is_sparse");
+  t.is_contiguous = method("is_contiguous");
+  t.is_neg = method("is_neg");
+  t.get_device = method("get_device");
+  t.data_ptr = method("data_ptr");
+  t.stride = method("stride");
   g_types = std::move(t);
 }
 

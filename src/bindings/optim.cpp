@@ -232,8 +232,14 @@ void register_optim(py::module_& m) {
         Slots slots;
         Numels numels;
         if (!prepared_pointers(slot_lists, slots, numels)) {
-          slots = slot_lists.cast<Slots>();
-          numels = numel_list.cast<Numels>();
+          try {
+            slots = slot_lists.cast<Slots>();
+            numels = numel_list.cast<Numels>();
+          } catch (const py::cast_error&) {
+            throw py::type_error(std::string(op) +
+                                 ": slots must be a PreparedList, or lists of addresses with "
+                                 "numels a list of element counts");
+          }
         }
         auto holder = make_list(op, slots, numels, dtype, device, stream, grad_scale, found_inf,
                                 clip_coef, PrecisionArgs{state_dtype, policy, seed});

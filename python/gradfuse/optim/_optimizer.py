@@ -29,6 +29,7 @@ from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT
 
 from gradfuse import _native
+from gradfuse._compile import is_compiling
 from gradfuse._options import show_options
 from gradfuse.functional._engine import Spec
 from gradfuse.optim._precision import PrecisionPolicy
@@ -206,8 +207,10 @@ class FusedOptimizer(Optimizer):
     def _gather_plain(self, group: dict[str, Any]) -> Gathered | None:
         """:meth:`_gather` for the usual step, natively (``_core.gather_state``): every param
         with a gradient has its state already, no gradient is sparse, no param is complex,
-        and no precision policy converts state. None otherwise (nothing created or read)."""
-        if self._precision.changes_state:
+        and no precision policy converts state; not under torch.compile, which traces the
+        Python path (dynamo cannot trace into a native function). None otherwise (nothing
+        created or read)."""
+        if self._precision.changes_state or is_compiling():
             return None
         spec = self._spec
         lists = [st for st in spec.state if st.when is None or st.when(group)]
