@@ -22,6 +22,7 @@
 #include <string>
 #include <tuple>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "bindings/common.h"
@@ -607,25 +608,24 @@ void register_plain_types(const py::type& buffer, const py::type& tensor, const 
         t.codes.emplace_back(info.inc_ref().ptr(), code);
     }
   }
-  const auto attribute = [&](const char* name) {
-    return Reader(t.tensor, t.param, name, Reader::Kind::kAttribute);
-  };
-  const auto method = [&](const char* name) {
-    return Reader(t.tensor, t.param, name, Reader::Kind::kMethod);
-  };
-  t.dtype = attribute("dtype");
-  t.is_cpu = attribute("is_cpu");
-  t.is_cuda = attribute("is_cuda");
-  t.is_leaf = attribute("is_leaf");
-  t.shape = attribute("shape");
-  t.requires_grad = attribute("requires_grad");
-  t.grad = attribute("grad");
-  t.is_sparse = attribute("is_sparse");
-  t.is_contiguous = method("is_contiguous");
-  t.is_neg = method("is_neg");
-  t.get_device = method("get_device");
-  t.data_ptr = method("data_ptr");
-  t.stride = method("stride");
+  // Each field with the name it reads, as an attribute (t.name) or a method (t.name()).
+  using Field = std::pair<Reader PlainTypes::*, const char*>;
+  const Field attributes[] = {
+      {&PlainTypes::dtype, "dtype"},     {&PlainTypes::is_cpu, "is_cpu"},
+      {&PlainTypes::is_cuda, "is_cuda"}, {&PlainTypes::is_leaf, "is_leaf"},
+      {&PlainTypes::shape, "shape"},     {&PlainTypes::requires_grad, "requires_grad"},
+      {&PlainTypes::grad, "grad"},       {&PlainTypes::is_sparse, "is_sparse"}};
+  const Field methods[] = {{&PlainTypes::is_contiguous, "is_contiguous"},
+                           {&PlainTypes::is_neg, "is_neg"},
+                           {&PlainTypes::get_device, "get_device"},
+                           {&PlainTypes::data_ptr, "data_ptr"},
+                           {&PlainTypes::stride, "stride"}};
+  for (const auto& [field, name] : attributes) {
+    t.*field = Reader(t.tensor, t.param, name, Reader::Kind::kAttribute);
+  }
+  for (const auto& [field, name] : methods) {
+    t.*field = Reader(t.tensor, t.param, name, Reader::Kind::kMethod);
+  }
   g_types = std::move(t);
 }
 
