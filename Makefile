@@ -90,8 +90,9 @@ SAN_ENV = LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so) $$($(CXX) -print-fi
     ASAN_OPTIONS=detect_leaks=0:verify_asan_link_order=0:abort_on_error=1:detect_stack_use_after_return=1:log_path=$(SAN_REPORT) \
     UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$(SAN_REPORT) GRADFUSE_SANITIZED=1
 # One ISA copy (baseline) in this build: the three copies are the same source, the sanitizers
-# check its memory accesses and arithmetic, and -O3 with ASan+UBSan costs about 3 minutes per
-# copy of adam.cpp on 2 cores (the AVX2/AVX-512 copies run under the normal test suite).
+# check its memory accesses and arithmetic, and ASan+UBSan costs about 4 CPU minutes per copy of
+# adam.cpp even at -O1, the level CMakeLists.txt picks for sanitized builds (the AVX2/AVX-512
+# copies run under the normal test suite).
 sanitize:
 	cmake -S . -B $(SAN_DIR) -G Ninja -DCMAKE_BUILD_TYPE=Release -DGRADFUSE_CUDA=OFF \
 	    -DGRADFUSE_SANITIZE=ON -DGRADFUSE_CPU_ISAS=baseline \
