@@ -14,6 +14,15 @@ FRAMEWORKS ?= transformers==5.25.0 accelerate==1.16.0 lightning==2.6.6 tqdm==4.7
 PEERS ?= schedulefree==1.4.1 pytorch-optimizer==4.1.0 bitsandbytes==0.50.2 heavyball==3.2.1 \
     torchao==0.18.0
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
+# pytest-xdist worker processes for `make test`, `make dev-test` and `make sanitize` (2: CI's
+# cores; the tests are independent: seeds per test id, TCP stores on free ports, thread counts
+# set and restored per test). TEST_WORKERS=0 runs them in this one process.
+TEST_WORKERS ?= 2
+# The CUDA architectures `make install` (so `make test`, `make bench`) compiles the kernels for.
+# Empty: CMakeLists.txt's list, the wheel's (80-real;90-real;90-virtual). CI, which has no GPU
+# and only checks that the kernels compile, sets one (.ci/run); always passed, so a build dir
+# configured with another list goes back to the default on the next plain `make install`.
+CUDA_ARCHITECTURES ?=
 
 .PHONY: help venv install bench test lint stubtest format dev dev-test sanitize gpu-check clean
 
@@ -29,8 +38,8 @@ $(VENV)/.ready:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q scikit-build-core pybind11 ninja cmake numpy pytest hypothesis \
-	    matplotlib scikit-learn ruff mypy clang-format build
+	$(PY) -m pip install -q scikit-build-core pybind11 ninja cmake numpy pytest pytest-xdist==3.8.0 \
+	    hypothesis matplotlib scikit-learn ruff mypy clang-format build
 	$(PY) -m pip install -q "$(TORCH_SPEC)" $(FRAMEWORKS) $(PEERS)
 	touch $@
 
@@ -38,14 +47,15 @@ venv: $(VENV)/.ready
 
 # Rebuilds only what changed (scikit-build-core keeps build/<wheel tag>).
 install: venv
-	$(PY) -m pip install -q --no-build-isolation --no-deps .
+	$(PY) -m pip install -q --no-build-isolation --no-deps \
+	    -Ccmake.define.CMAKE_CUDA_ARCHITECTURES="$(CUDA_ARCHITECTURES)" .
 
 bench: install
 	$(VENV)/bin/gradfuse bench $(BENCH_ARGS)
 
 # stubtest first: it needs the built module, so it runs after `install` (not in `lint`).
 test: install stubtest
-	cd tests && ../$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	cd tests && ../$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check python tests $(wildcard examples)
@@ -71,7 +81,7 @@ dev:
 	cp build/dev/_core*.so python/gradfuse/
 
 dev-test: dev
-	cd tests && PYTHONPATH=../python $(PYTHON) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	cd tests && PYTHONPATH=../python $(PYTHON) -m pytest -q -m "not slow" -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # AddressSanitizer + UndefinedBehaviorSanitizer: _core built into build/asan (CPU only), a copy of
 # the package with that module in build/asan/pkg, and the CPU tests run with the ASan runtime
@@ -90,8 +100,9 @@ SAN_ENV = LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so) $$($(CXX) -print-fi
     ASAN_OPTIONS=detect_leaks=0:verify_asan_link_order=0:abort_on_error=1:detect_stack_use_after_return=1:log_path=$(SAN_REPORT) \
     UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$(SAN_REPORT) GRADFUSE_SANITIZED=1
 # One ISA copy (baseline) in this build: the three copies are the same source, the sanitizers
-# check its memory accesses and arithmetic, and -O3 with ASan+UBSan costs about 3 minutes per
-# copy of adam.cpp on 2 cores (the AVX2/AVX-512 copies run under the normal test suite).
+# check its memory accesses and arithmetic, and ASan+UBSan costs about 4 CPU minutes per copy of
+# adam.cpp even at -O1, the level CMakeLists.txt picks for sanitized builds (the AVX2/AVX-512
+# copies run under the normal test suite).
 sanitize:
 	cmake -S . -B $(SAN_DIR) -G Ninja -DCMAKE_BUILD_TYPE=Release -DGRADFUSE_CUDA=OFF \
 	    -DGRADFUSE_SANITIZE=ON -DGRADFUSE_CPU_ISAS=baseline \
@@ -101,7 +112,7 @@ sanitize:
 	cp -r python/gradfuse $(SAN_DIR)/pkg/ && rm -f $(SAN_DIR)/pkg/gradfuse/_core*.so
 	cp $(SAN_DIR)/_core*.so $(SAN_DIR)/pkg/gradfuse/
 	cd tests && $(SAN_ENV) PYTHONPATH=../$(SAN_DIR)/pkg $(PYTHON) -m pytest -q -p no:cacheprovider \
-	    $(SANITIZE_TESTS) $(PYTEST_ARGS) || { cat $(SAN_REPORT).* 2>/dev/null; exit 1; }
+	    -n $(TEST_WORKERS) $(SANITIZE_TESTS) $(PYTEST_ARGS) || { cat $(SAN_REPORT).* 2>/dev/null; exit 1; }
 	@if ls $(SAN_REPORT).* >/dev/null 2>&1; then cat $(SAN_REPORT).*; exit 1; fi
 
 # On a GPU machine (nothing is downloaded there): benchmarks/gpu/gpu_check.sh says what it runs.
