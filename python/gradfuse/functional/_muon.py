@@ -291,8 +291,6 @@ def muon_(
         or state_absmax is not None
         or any(b.dtype != p.dtype for p, b in zip(params, momentum_buffers, strict=True))
     )
-    if lowprec:
-        _check_precision(params, grads, momentum_buffers, policy)
     # DTensors (FSDP2 and other sharded params) run on their local shards; the matrices sharded
     # across ranks are put together for the Newton-Schulz iteration (_muon_sharded).
     params, grads, momentum_buffers, layouts = _muon_sharded.unwrap(params, grads, momentum_buffers)
@@ -302,6 +300,8 @@ def muon_(
             "another dtype than the params' (state_dtype) are not supported for DTensor params "
             "yet"
         )
+    if lowprec:
+        _check_precision(params, grads, momentum_buffers, policy)
     if lowprec and _steps.found_inf_is_set(found_inf):
         return  # AMP: nothing changes (8-bit buffers must not be requantized)
     # Buffers in another dtype than their gradient's: the prepare pass runs on float32 working

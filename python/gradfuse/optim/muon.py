@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim.optimizer import ParamsT
 
+from gradfuse import _buffers
 from gradfuse.functional._muon import MUON_PREPARE, muon_
 from gradfuse.functional._updates import adamw_
 from gradfuse.optim._optimizer import FusedOptimizer, OptimizerOptions, group_values
@@ -228,6 +229,14 @@ class Muon(FusedOptimizer):
         (buffer in the state dtype or 8-bit, master copy, Kahan compensation) in a copy of its
         state dict, handed to ``state`` only once the update has checked everything."""
         precision = self._precision
+        for i, p in enumerate(params):
+            if _buffers._is_dtensor(p):
+                raise NotImplementedError(
+                    f"{type(self).__name__}: param {i} of a Muon group is a DTensor; "
+                    f"master_weights, kahan, rounding='stochastic' and momentum buffers in "
+                    f"another dtype than the params' (state_dtype) are not supported for DTensor "
+                    f"params yet"
+                )
         pending: dict[Tensor, dict[str, Any]] = {}
         for p in params:
             st = dict(self.state[p]) if p in self.state else {}
