@@ -19,6 +19,7 @@ from _more_helpers import one_torch_thread
 
 import gradfuse.optim as go
 from gradfuse.functional import muon_
+from tolerances import TRAJECTORY, assert_close
 
 pytestmark = pytest.mark.usefixtures(one_torch_thread.__name__)
 
@@ -152,6 +153,27 @@ def test_master_weights_are_the_float32_run(state_dtype: torch.dtype | None) -> 
         assert st["momentum_buffer"].dtype == want
         assert torch.equal(st["master_param"], q)
         assert torch.equal(p, q.to(torch.bfloat16))
+
+
+def test_float16_params_with_float32_momentum_follow_the_float32_run() -> None:
+    # float16 params, float32 buffers and master weights: the Newton-Schulz input is rounded to
+    # bfloat16 straight from float32 (as in the float32 run), and the orthogonalised update is
+    # handed to the float16 apply pass as float16. bfloat16 -> float16 is exact except for
+    # values under float16's normal range (2^-14), which keep fewer bits: a difference of
+    # lr * 2^-24 at most per step, far inside the float32 trajectory tolerance.
+    start = [s.to(torch.float16).float() for s in _start(SHAPES)]
+    grads = [[g.to(torch.float16).float() for g in gs] for gs in _grads(SHAPES, 4)]
+    params = _leaves(start, torch.float16)
+    opt = go.Muon(params, master_weights=True, state_dtype=torch.float32, **KW)
+    for gs in grads:
+        _step(opt, params, gs)
+    ref, ref_opt = _reference(start, grads, lambda b: b, **KW)
+    for p, q in zip(params, ref, strict=True):
+        st = opt.state[p]
+        assert st["momentum_buffer"].dtype == torch.float32
+        assert torch.equal(st["momentum_buffer"], ref_opt.state[q]["momentum_buffer"])
+        assert_close(st["master_param"], q.detach(), TRAJECTORY[torch.float32])
+        assert torch.equal(p, st["master_param"].to(torch.float16))
 
 
 def test_8bit_momentum_with_master_weights_for_bfloat16_params() -> None:
