@@ -521,3 +521,29 @@ def test_dtensor_step_with_found_inf_changes_nothing(one_rank_mesh: Any) -> None
     assert torch.equal(buf.full_tensor(), before[1])
     muon_([p], [grad], [buf], lr=0.1, found_inf=torch.zeros(1))
     assert not torch.equal(p.full_tensor(), before[0])
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"state_dtype": torch.bfloat16}, {"state_dtype": torch.uint8, "min_8bit_size": 0}],
+    ids=["bfloat16_state", "8bit"],
+)
+def test_dtensor_params_refuse_precision_policies(one_rank_mesh: Any, options: Any) -> None:
+    # Not supported for DTensor params yet: a clear error naming the options, nothing written,
+    # no state created.
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    from gradfuse.optim import Muon8bit
+
+    place = [Shard(0), Replicate()]
+    p = nn.Parameter(distribute_tensor(torch.randn(8, 4), one_rank_mesh, place))
+    p.grad = distribute_tensor(torch.randn(8, 4), one_rank_mesh, place)
+    if options["state_dtype"] is torch.uint8:
+        opt: torch.optim.Optimizer = Muon8bit([p], min_8bit_size=0)
+    else:
+        opt = Muon([p], **options)
+    before = p.detach().full_tensor().clone()
+    with pytest.raises(NotImplementedError, match=r"state_dtype\) are not supported for DTensor"):
+        opt.step()
+    assert torch.equal(p.detach().full_tensor(), before)
+    assert len(opt.state) == 0

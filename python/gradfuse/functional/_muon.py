@@ -19,6 +19,17 @@ themselves are float32 matmuls of those bfloat16 values. torch's CPU bfloat16 ma
 accumulates in float32 and rounds once, so the results agree with torch's up to the float32
 summation order (a rare last-bit difference in a bfloat16 value); on CPUs without bfloat16
 matrix units this is also much faster than a bfloat16 matmul.
+
+Precision policies (as every gradfuse update takes them): the apply pass writes the param, so
+``master_params``, ``kahan_comps`` and ``rounding="stochastic"`` act there, in the native
+pass. The momentum buffers may be kept in another dtype than the params (bfloat16 for float32
+params, float32 for float16/bfloat16 ones) or as block-wise 8-bit codes (``state_absmax``).
+The native prepare pass holds the buffer in the param's slot (its storage type is the
+gradient's), so such buffers go through a float32 working copy: dequantized (or widened),
+the prepare pass, then requantized (new absmax, nearest codes) or rounded to nearest. Per
+element that is the same sequence a fused pass runs (the same primitives,
+``src/cpu/quant8.h``), so the results are too; it costs two more passes over the buffers and
+a transient float32 copy of them (and of 16-bit gradients).
 """
 
 from __future__ import annotations
@@ -27,9 +38,10 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from gradfuse.functional import _engine, _muon_sharded
+from gradfuse import _native
+from gradfuse.functional import _engine, _muon_sharded, _steps
 from gradfuse.functional._engine import NUMBER_OR_TENSOR, Call, Hyper, Spec, State, unchanged
-from gradfuse.functional._multi_tensor import LowPrecision
+from gradfuse.functional._multi_tensor import LowPrecision, mix_seed
 
 ADJUST_LR_FNS = (None, "original", "match_rms_adamw")
 
@@ -222,6 +234,11 @@ def muon_(
     grad_scale: Any = None,
     found_inf: Any = None,
     clip_coef: Any = None,
+    master_params: Sequence[Any] | None = None,
+    kahan_comps: Sequence[Any] | None = None,
+    rounding: str = "nearest",
+    seed: int | None = None,
+    state_absmax: Sequence[Sequence[Any]] | None = None,
 ) -> None:
     """One Muon step in place (``torch.optim.Muon``'s functional ``muon``), for torch tensors.
 
@@ -236,6 +253,14 @@ def muon_(
     sharded matrices exchanged between the ranks for the iteration (every rank of the process
     group must make the same call; see :mod:`gradfuse.functional._muon_sharded`). Everything
     is checked before anything is written.
+
+    Precision (as every gradfuse update, :class:`~gradfuse.functional._multi_tensor.
+    LowPrecision`; not for DTensor params yet): ``master_params`` (float32 copies of
+    float16/bfloat16 params), ``kahan_comps`` or ``rounding="stochastic"`` with ``seed``
+    (bfloat16 params) for the param update; momentum buffers in bfloat16 for float32 params,
+    float32 for 16-bit params, or uint8 codes with ``state_absmax=[absmax per param]``
+    (block-wise 8-bit, signed map; CPU). See the module docstring for how such buffers are
+    updated.
     """
     import torch
 
@@ -258,23 +283,50 @@ def muon_(
     coefficients = tuple(_engine.to_float(v, "ns_coefficients") for v in ns_coefficients)
     if not params:
         return
+    policy = LowPrecision(master_params, kahan_comps, rounding, seed, state_absmax)
+    lowprec = (
+        master_params is not None
+        or kahan_comps is not None
+        or rounding != "nearest"
+        or state_absmax is not None
+        or any(b.dtype != p.dtype for p, b in zip(params, momentum_buffers, strict=True))
+    )
     # DTensors (FSDP2 and other sharded params) run on their local shards; the matrices sharded
     # across ranks are put together for the Newton-Schulz iteration (_muon_sharded).
     params, grads, momentum_buffers, layouts = _muon_sharded.unwrap(params, grads, momentum_buffers)
-    # Groups of one device, dtype and matrix shape: one stacked batch each, which the prepare
-    # pass writes into directly (the views are the engine's ns_inputs).
-    groups: dict[tuple[Any, Any, tuple[int, int]], list[int]] = {}
+    if lowprec and any(lay is not None for lay in layouts):
+        raise NotImplementedError(
+            "muon_: master_params, kahan_comps, rounding='stochastic' and momentum buffers in "
+            "another dtype than the params' (state_dtype) are not supported for DTensor params "
+            "yet"
+        )
+    if lowprec:
+        _check_precision(params, grads, momentum_buffers, policy)
+    if lowprec and _steps.found_inf_is_set(found_inf):
+        return  # AMP: nothing changes (8-bit buffers must not be requantized)
+    # Buffers in another dtype than their gradient's: the prepare pass runs on float32 working
+    # copies (see the module docstring); `finish` stores them back afterwards.
+    work_bufs, work_grads, finish = (
+        _working_copies(grads, momentum_buffers, state_absmax)
+        if lowprec
+        else (momentum_buffers, grads, None)
+    )
+    # Groups of one device, dtype (the param's and the prepare pass's) and matrix shape: one
+    # stacked batch each, which the prepare pass writes into directly (the views are the
+    # engine's ns_inputs).
+    groups: dict[tuple[Any, Any, Any, tuple[int, int]], list[int]] = {}
     for i, p in enumerate(params):
         if layouts[i] is None:
-            groups.setdefault((p.device, p.dtype, matrix_shape(p.shape)), []).append(i)
+            key = (p.device, p.dtype, work_bufs[i].dtype, matrix_shape(p.shape))
+            groups.setdefault(key, []).append(i)
     ns_inputs: list[Any] = [None] * len(params)
     batches = []
-    for (device, dtype, (rows, cols)), idx in groups.items():
-        stored = _stored_dtype(ns_dtype, dtype)
+    for (device, dtype, work_dtype, (rows, cols)), idx in groups.items():
+        stored = _stored_dtype(ns_dtype, work_dtype)
         batch = torch.empty((len(idx), rows, cols), dtype=stored, device=device)
         for j, i in enumerate(idx):
             ns_inputs[i] = batch[j].view(params[i].shape)
-        batches.append((dtype, (rows, cols), idx, batch))
+        batches.append((_stored_dtype(ns_dtype, dtype), (rows, cols), idx, batch))
     # Sharded weights: the prepare pass writes their local shards into the exchange's buffer.
     exchanges = _muon_sharded.plan(layouts, params)
     for ex in exchanges:
@@ -283,7 +335,7 @@ def muon_(
     _engine.run(
         MUON_PREPARE,
         Call(
-            {"params": momentum_buffers, "grads": grads, "ns_inputs": ns_inputs},
+            {"params": work_bufs, "grads": work_grads, "ns_inputs": ns_inputs},
             {},
             grad_scale,
             found_inf,
@@ -293,6 +345,8 @@ def muon_(
         ),
         h_prep,
     )
+    if finish is not None:
+        finish()
     if (
         not exchanges  # sharded weights: every rank must join the exchanges all the same
         and found_inf is not None
@@ -301,13 +355,26 @@ def muon_(
     ):
         return  # skipped by the prepare pass; the apply pass would skip too
 
-    def orthogonalise(batch: Any) -> Any:
+    def orthogonalise(batch: Any, out_dtype: Any = None) -> Any:
+        out_dtype = batch.dtype if out_dtype is None else out_dtype
         x = batch if batch.dtype == ns_dtype else batch.to(ns_dtype)
         ortho = newton_schulz_(x, coefficients, ns_steps, eps, ns_dtype)  # type: ignore[arg-type]
-        return ortho if ortho.dtype == batch.dtype else ortho.to(batch.dtype)
+        return ortho if ortho.dtype == out_dtype else ortho.to(out_dtype)
+
+    calls = 0
 
     def apply(shape: tuple[int, int], idx: list[int], updates: list[Any]) -> None:
+        nonlocal calls
         h = Hyper({**h_apply.__dict__, "adjusted_lr": adjust_lr(h_apply.lr, adjust_lr_fn, shape)})
+        store = LowPrecision()
+        if lowprec:  # the param update's policy, for this batch's params
+            store = LowPrecision(
+                None if master_params is None else [master_params[i] for i in idx],
+                None if kahan_comps is None else [kahan_comps[i] for i in idx],
+                rounding,
+                None if seed is None or rounding != "stochastic" else mix_seed(seed, calls),
+            )
+        calls += 1
         _engine.run(
             MUON_APPLY,
             Call(
@@ -321,13 +388,13 @@ def muon_(
                 found_inf,
                 None,
                 False,
-                LowPrecision(),
+                store,
             ),
             h,
         )
 
-    for _dtype, shape, idx, batch in batches:
-        ortho = orthogonalise(batch)
+    for apply_dtype, shape, idx, batch in batches:
+        ortho = orthogonalise(batch, apply_dtype)
         apply(shape, idx, [ortho[j].view(params[i].shape) for j, i in enumerate(idx)])
     for ex in exchanges:
         local = _muon_sharded.orthogonalise(ex, orthogonalise)
@@ -336,3 +403,75 @@ def muon_(
             by_shape.setdefault(matrix_shape(lay.shape), []).append(lay.index)
         for shape, idx in by_shape.items():
             apply(shape, idx, [local[i] for i in idx])
+
+
+def _check_precision(
+    params: Sequence[Any],
+    grads: Sequence[Any],
+    momentum_buffers: Sequence[Any],
+    policy: LowPrecision,
+) -> None:
+    """The precision options and the buffers' dtypes, checked as the engine checks every
+    update's (the same messages), before anything is written: the params, their gradients,
+    the buffers as the state list (bfloat16 for float32 params, float32 for 16-bit ones, or
+    uint8 codes with their absmax), master copies and Kahan compensations."""
+    import torch
+
+    for i, buf in enumerate(momentum_buffers):
+        if buf.dtype == torch.uint8 and not buf.is_contiguous():
+            raise ValueError(
+                f"muon_: momentum_buffers[{i}] holds uint8 codes (shape {tuple(buf.shape)}, "
+                f"strides {buf.stride()}); 8-bit codes must be contiguous (as "
+                f"gradfuse.optim.quantize_blockwise makes them)"
+            )
+    policy.signed = [True]  # the momentum buffer: the signed map
+    policy.prepare_buffers(
+        "muon_",
+        [("params", list(params)), ("grads", list(grads)), ("momentum_buffers", momentum_buffers)],
+        ("params", "momentum_buffers"),
+    )
+
+
+def _working_copies(
+    grads: Sequence[Any],
+    momentum_buffers: Sequence[Any],
+    state_absmax: Sequence[Sequence[Any]] | None,
+) -> tuple[list[Any], list[Any], Any]:
+    """float32 working copies of the buffers stored in another dtype than their gradient's
+    (8-bit codes dequantized, bfloat16 widened; float32 buffers of 16-bit params are used as
+    they are, with a float32 copy of the gradient), and a function that stores them back
+    (requantized: new absmax, nearest codes; or rounded to nearest)."""
+    import torch
+
+    from gradfuse.optim import _quant8
+
+    core = _native.core()
+    bufs = list(momentum_buffers)
+    work_grads = list(grads)
+    back: list[tuple[Any, Any, Any]] = []  # (buffer, working copy, absmax or None)
+    for i, (g, buf) in enumerate(zip(grads, momentum_buffers, strict=True)):
+        if buf.dtype == g.dtype:
+            continue
+        if buf.dtype == torch.uint8:
+            assert state_absmax is not None  # _check_precision
+            absmax = state_absmax[0][i]
+            work = torch.empty(buf.shape, dtype=torch.float32)
+            _quant8._blockwise8(core.dequantize_blockwise8, work, buf, absmax, True)
+            back.append((buf, work, absmax))
+        elif buf.dtype != torch.float32:  # bfloat16 buffers of float32 params
+            work = buf.to(torch.float32, memory_format=torch.preserve_format)
+            back.append((buf, work, None))
+        else:
+            work = buf
+        bufs[i] = work
+        if g.dtype != torch.float32:
+            work_grads[i] = g.to(torch.float32, memory_format=torch.preserve_format)
+
+    def finish() -> None:
+        for buf, work, absmax in back:
+            if absmax is None:
+                buf.copy_(work)
+            else:
+                _quant8._blockwise8(core.quantize_blockwise8, work, buf, absmax, True)
+
+    return bufs, work_grads, finish

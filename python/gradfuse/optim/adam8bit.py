@@ -1,7 +1,8 @@
 """The 8-bit optimizers: gradfuse's optimizers with block-wise 8-bit state
 (``state_dtype=torch.uint8``), under the names bitsandbytes users look for (``Adam8bit``,
 ``AdamW8bit``, ``Lion8bit``, ``RMSprop8bit``, ``Adagrad8bit``) and the same for Adamax, NAdam
-and RAdam, SGD (with momentum: its buffer is created from the first gradient, then 8-bit)."""
+and RAdam, SGD (with momentum: its buffer is created from the first gradient, then 8-bit), and
+Muon (8-bit momentum buffers; its AdamW groups' moments 8-bit too)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from gradfuse.optim.adamw import AdamW
 from gradfuse.optim.ademamix import AdEMAMix
 from gradfuse.optim.adopt import ADOPT
 from gradfuse.optim.lion import Lion
+from gradfuse.optim.muon import Muon
 from gradfuse.optim.nadam import NAdam
 from gradfuse.optim.radam import RAdam
 from gradfuse.optim.rmsprop import RMSprop
@@ -94,3 +96,4 @@ Lion8bit = _eight_bit(Lion, "Lion8bit")
 SGD8bit = _eight_bit(SGD, "SGD8bit")
 ADOPT8bit = _eight_bit(ADOPT, "ADOPT8bit")
 AdEMAMix8bit = _eight_bit(AdEMAMix, "AdEMAMix8bit")
+Muon8bit = _eight_bit(Muon, "Muon8bit")

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Unpack
 
 import torch
 from torch import Tensor, nn
 from torch.optim.optimizer import ParamsT
 
+from gradfuse import _buffers
 from gradfuse.functional._muon import MUON_PREPARE, muon_
 from gradfuse.functional._updates import adamw_
-from gradfuse.optim._optimizer import FusedOptimizer, group_values
+from gradfuse.optim._optimizer import FusedOptimizer, OptimizerOptions, group_values
 from gradfuse.optim._torch_compat import (
     check_betas,
     check_lr,
@@ -34,7 +35,10 @@ _MUON_KEYS = (
     "ns_steps",
     "adjust_lr_fn",
 )
-_ADAMW_KEYS = ("adamw_betas", "adamw_eps", "max_grad_norm")
+_NOT_DEFAULTS = ("adamw_betas", "adamw_eps")
+# The state keys of both kinds of group and their 8-bit maps (True: signed).
+_SIGNED_KEYS = {"momentum_buffer": True, "exp_avg": True, "exp_avg_sq": False}
+_ADAMW_STATE = ("exp_avg", "exp_avg_sq")
 
 
 class Muon(FusedOptimizer):
@@ -67,7 +71,15 @@ class Muon(FusedOptimizer):
       :func:`muon_param_groups` splits a model's parameters into the two groups;
     - ``max_grad_norm`` (global-norm clipping over every group, inside the update) and AMP:
       ``torch.amp.GradScaler`` hands this optimizer its scale and verdict, and a step with an
-      inf/NaN gradient changes nothing.
+      inf/NaN gradient changes nothing;
+    - the precision policies of every gradfuse optimizer (:mod:`gradfuse.optim._precision`),
+      in both kinds of group: ``master_weights``, ``rounding="stochastic"`` and ``kahan`` for
+      16-bit params (the param update of the apply pass), ``state_dtype`` for the momentum
+      buffers (bfloat16 for float32 params, float32 for 16-bit ones) and the AdamW moments,
+      and ``state_dtype=torch.uint8`` (or ``"8bit"``, or :class:`Muon8bit`): block-wise 8-bit
+      momentum buffers (signed map, ``momentum_buffer_absmax``) for params of at least
+      ``min_8bit_size`` elements. Buffers not in their gradient's dtype are updated through a
+      float32 working copy (see :mod:`gradfuse.functional._muon`). Not for DTensor params yet.
 
     ``ns_dtype`` is also a param-group key (a group may run its iteration in float32).
 
@@ -104,7 +116,7 @@ class Muon(FusedOptimizer):
         ns_dtype: torch.dtype = torch.bfloat16,
         adamw_betas: tuple[float, float] = (0.9, 0.999),
         adamw_eps: float = 1e-8,
-        max_grad_norm: float | None = None,
+        **options: Unpack[OptimizerOptions],
     ) -> None:
         # Same checks, same order, same messages as torch.optim.Muon.
         check_lr(lr)
@@ -123,8 +135,9 @@ class Muon(FusedOptimizer):
         if not adamw_eps >= 0.0:
             raise ValueError(f"Invalid adamw_eps value: {adamw_eps}")
         self._adamw_defaults = {"betas": tuple(adamw_betas), "eps": adamw_eps}
-        defaults = {**torch_defaults(locals(), but=_ADAMW_KEYS), "use_muon": True}
-        super().__init__(params, defaults, max_grad_norm=max_grad_norm)
+        defaults = {**torch_defaults(locals(), but=_NOT_DEFAULTS), "use_muon": True}
+        super().__init__(params, defaults, **options)
+        self._precision.signed_keys = dict(_SIGNED_KEYS)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """torch's ``add_param_group``; a Muon group's params must have 2 or more dimensions
@@ -150,6 +163,10 @@ class Muon(FusedOptimizer):
                 param_group.setdefault(key, value)
             check_betas(param_group.get("betas", (0.9, 0.999)))
         super().add_param_group(param_group)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._precision.signed_keys = dict(_SIGNED_KEYS)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
@@ -180,6 +197,10 @@ class Muon(FusedOptimizer):
             grads.append(grad)
         if not params:
             return
+        precision = self._precision
+        if precision.changes_state or precision.rounding != "nearest":
+            self._muon_update_policy(group, amp, params, grads)
+            return
         # New buffers are handed to the state only once the update has checked everything.
         state = self.state
         created: dict[int, Tensor] = {}
@@ -201,6 +222,41 @@ class Muon(FusedOptimizer):
         for i, buf in created.items():
             state[params[i]]["momentum_buffer"] = buf
 
+    def _muon_update_policy(
+        self, group: dict[str, Any], amp: dict[str, Any], params: list[Tensor], grads: list[Tensor]
+    ) -> None:
+        """The Muon step under a precision policy: each param's state brought to the policy
+        (buffer in the state dtype or 8-bit, master copy, Kahan compensation) in a copy of its
+        state dict, handed to ``state`` only once the update has checked everything."""
+        precision = self._precision
+        for i, p in enumerate(params):
+            if _buffers._is_dtensor(p):
+                raise NotImplementedError(
+                    f"{type(self).__name__}: param {i} of a Muon group is a DTensor; "
+                    f"master_weights, kahan, rounding='stochastic' and momentum buffers in "
+                    f"another dtype than the params' (state_dtype) are not supported for DTensor "
+                    f"params yet"
+                )
+        pending: dict[Tensor, dict[str, Any]] = {}
+        for p in params:
+            st = dict(self.state[p]) if p in self.state else {}
+            if st.get("momentum_buffer") is None:
+                st["momentum_buffer"] = precision.full(p, 0)
+            precision.prepare_state(p, st)
+            pending[p] = st
+        lowprec = precision.kwargs(type(self).__name__, pending, params, ("momentum_buffer",))
+        muon_(
+            params,
+            grads,
+            [pending[p]["momentum_buffer"] for p in params],
+            **group_values(group, *_MUON_KEYS),
+            ns_dtype=group.get("ns_dtype", torch.bfloat16),
+            **amp,
+            **lowprec,
+        )
+        for p, st in pending.items():
+            self.state[p] = st
+
     def _adamw_update(self, group: dict[str, Any], amp: dict[str, Any]) -> None:
         params: list[Tensor] = []
         grads: list[Tensor] = []
@@ -216,13 +272,16 @@ class Muon(FusedOptimizer):
         if not params:
             return
         state = self.state
+        precision = self._precision
         steps, exp_avgs, exp_avg_sqs = [], [], []
         for p in params:
             st = state[p]
-            if len(st) == 0:  # torch.optim.AdamW's first-step state
+            if len(st) == 0:  # torch.optim.AdamW's first-step state (in the state dtype)
                 st["step"] = scalar_state(0.0, p.device, False)
-                st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                st["exp_avg"] = self._state_zeros(p)
+                st["exp_avg_sq"] = self._state_zeros(p)
+            if precision.changes_state:
+                precision.prepare_state(p, st)
             steps.append(st["step"])
             exp_avgs.append(st["exp_avg"])
             exp_avg_sqs.append(st["exp_avg_sq"])
@@ -238,6 +297,7 @@ class Muon(FusedOptimizer):
             beta2=beta2,
             **group_values(group, "lr", "eps", "weight_decay"),
             **amp,
+            **precision.kwargs(type(self).__name__, state, params, _ADAMW_STATE),
         )
 
 
