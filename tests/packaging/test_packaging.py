@@ -121,25 +121,39 @@ def test_build_sdist_and_wheel_then_install_in_fresh_venv(tmp_path: Path) -> Non
     assert not [n for n in names if "libgomp" in n or "libomp" in n], names
     assert "gradfuse = gradfuse._cli:main" in entry_points
 
-    # A fresh environment; torch and numpy come from this interpreter's site-packages.
+    # A fresh environment; torch and numpy come from this interpreter's site-packages. When this
+    # interpreter is itself a virtual environment (make venv's .venv), system_site_packages
+    # reaches only the base interpreter's, so a .pth file names this one's as well (after the
+    # fresh environment's own, where gradfuse is installed).
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(system_site_packages=True, with_pip=True).create(env_dir)
     py = env_dir / "bin" / "python"
+    purelib = subprocess.run(
+        [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    parents = [p for p in sys.path if p.endswith("site-packages")]
+    (Path(purelib) / "_parent_site_packages.pth").write_text("\n".join(parents) + "\n")
     subprocess.run(
         [str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheels[0])],
         env=env,
         check=True,
         timeout=600,
     )
-    out = subprocess.run(
+    smoke = subprocess.run(
         [str(py), "-c", SMOKE],
         env=env,
         cwd=tmp_path,  # not the source tree: the installed package must be the one imported
-        check=True,
+        check=False,
         timeout=600,
         capture_output=True,
         text=True,
-    ).stdout
+    )
+    assert smoke.returncode == 0, smoke.stderr[-4000:]
+    out = smoke.stdout
     assert f"version {version}" in out, out
     assert "smoke ok" in out, out
     assert (env_dir / "bin" / "gradfuse").is_file()  # the console script
