@@ -4,7 +4,7 @@ AdamWScheduleFree and SGDScheduleFree (Defazio et al. 2024), fused."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar, Unpack, overload
+from typing import Any, ClassVar, Unpack
 
 import torch
 from torch import Tensor
@@ -86,21 +86,11 @@ class _ScheduleFree(FusedOptimizer):
             group["lr_max"] = after.lr_max
             group["weight_sum"] = after.weight_sum
 
-    @overload
-    def step(self, closure: None = None) -> None: ...
-
-    @overload
-    def step(self, closure: Callable[[], float]) -> float: ...
-
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        """Perform a single optimization step (in train mode, as the reference requires).
-
-        Args:
-            closure: a closure that reevaluates the model and returns the loss (optional).
-        """
+    def _step(self, closure: Callable[[], float] | None = None) -> float | None:
+        # A step runs in train mode only, as the reference requires.
         if not self.param_groups[0]["train_mode"]:
             raise Exception(_NOT_IN_TRAIN_MODE)  # noqa: TRY002 - the reference's exact type
-        return super().step(closure)
+        return super()._step(closure)
 
     @torch.no_grad()
     def _switch(self, to_train: bool) -> None:
