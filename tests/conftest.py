@@ -7,6 +7,7 @@ is visible (``pytest -m cuda`` selects only those).
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -33,3 +34,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _seed(request: pytest.FixtureRequest) -> None:
     # A different but reproducible seed per test: fresh random inputs, never zeros.
     torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
+
+
+@pytest.fixture(params=["dlpack", "getters"])
+def layout_reader(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run a test with each way the native checks read a torch tensor's layout: torch's DLPack
+    exchange table (the default where torch publishes one) and torch's Python getters."""
+    from gradfuse import _buffers
+    from gradfuse._native import core
+
+    _buffers.as_buffer(torch.zeros(1), "warm-up", writable=False)  # registers the types
+    in_use = core().use_dlpack(request.param == "dlpack")
+    if request.param == "dlpack" and not in_use:
+        assert not hasattr(torch.Tensor, "__dlpack_c_exchange_api__"), "table present, not used"
+        pytest.skip("this torch publishes no DLPack exchange table")
+    yield request.param
+    core().use_dlpack(True)

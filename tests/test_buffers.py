@@ -21,6 +21,9 @@ from gradfuse.functional import _multi_tensor
 Slots = list[tuple[str, Sequence[Any]]]
 WRITTEN = {"params", "bufs"}
 
+# Every test here runs with both ways of reading a tensor's layout (conftest.layout_reader).
+pytestmark = pytest.mark.usefixtures("layout_reader")
+
 
 def _python_prepare(slots: Slots, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     with monkeypatch.context() as m:
@@ -119,6 +122,7 @@ FALLBACKS: dict[str, Callable[[], Slots]] = {
     "missing param": _replace(0, lambda: None),
     "aliased": _aliased,
     "other strides": _strided_grad,
+    "nine dimensions": lambda: _slots(shape=(1, 2, 1, 1, 3, 1, 1, 1, 2)),  # more than native keeps
 }
 
 
@@ -130,6 +134,24 @@ def test_anything_unusual_goes_down_the_python_path(case: str) -> None:
     assert _native(slots) is None
     # Nothing taken and not given back (the Buffers built before the refusal are freed).
     assert [sys.getrefcount(x) for x in objects] == before
+
+
+def test_views_into_one_storage_keep_their_own_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Disjoint slices of one tensor (a storage offset each) and a 0-dim element of another.
+    flat = torch.randn(60)
+    params = [torch.nn.Parameter(flat[0:7]), torch.nn.Parameter(flat[7:20].view(13, 1))]
+    grads = [torch.randn(80)[3:10], torch.randn(13, 1)]
+    bufs: list[Any] = [flat[20:27], flat[40:53].view(13, 1)]
+    slots: Slots = [("params", params), ("grads", grads), ("bufs", bufs)]
+    fast = _native(slots)
+    slow = _python_prepare(slots, monkeypatch)
+    assert fast is not None
+    assert (
+        [b.ptr for b in fast]
+        == [b.ptr for b in slow]
+        == [t.data_ptr() for _, values in slots for t in values]
+    )
+    assert [tuple(f)[1:] for f in fast] == [tuple(s)[1:] for s in slow]
 
 
 def test_lists_of_other_lengths_go_down_the_python_path() -> None:

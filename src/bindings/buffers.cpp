@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "bindings/common.h"
+#include "bindings/dlpack_exchange.h"
 
 namespace gf {
 namespace {
@@ -107,6 +108,10 @@ struct PlainTypes {
   // The attributes (a) and methods (m) read from tensors.
   Reader dtype, is_cpu, is_cuda, is_leaf, shape, requires_grad, grad, is_sparse;  // attributes
   Reader is_contiguous, is_neg, get_device, data_ptr, stride;                     // methods
+  // torch's DLPack exchange table (DLPack >= 1.3, torch >= 2.10), null where it has none: then
+  // the layout is read through the getters above.
+  const dlpack::Exchange* dlpack = nullptr;
+  const dlpack::Exchange* dlpack_found = nullptr;  // what registration found (use_dlpack)
 };
 PlainTypes g_types;
 
@@ -125,20 +130,6 @@ bool call_is(PyObject* obj, const Reader& read, PyObject* expected) {
   PyObject* r = read(obj);
   Py_XDECREF(r);  // True and False are singletons: comparing the address after this is safe
   return r == expected;
-}
-
-// The number of elements of a torch.Size (a tuple of ints); -1 when it is not one.
-long long product(PyObject* shape) {
-  if (!PyTuple_Check(shape)) return -1;
-  long long n = 1;
-  for (Py_ssize_t d = 0; d < PyTuple_GET_SIZE(shape); ++d) {
-    n *= PyLong_AsLongLong(PyTuple_GET_ITEM(shape, d));
-  }
-  if (PyErr_Occurred()) {
-    PyErr_Clear();
-    return -1;
-  }
-  return n;
 }
 
 // The strides of a contiguous tensor of this shape, when they are determined by the shape: a
@@ -197,16 +188,27 @@ std::int64_t as_int(PyObject* v) {  // steals v; -1 on failure (error cleared)
   return x;
 }
 
-// Whether a contiguous tensor of this shape may have strides other than the row-major ones:
-// those of its size-1 dimensions are free (torch keeps whatever they were), and an empty one's
-// are whatever they were made with. The Python path compares strides, so this does too there.
-bool free_strides(PyObject* shape, std::int64_t numel) {
-  if (numel == 0) return true;
-  for (Py_ssize_t d = 0; d < PyTuple_GET_SIZE(shape); ++d) {
-    if (PyLong_AsLongLong(PyTuple_GET_ITEM(shape, d)) == 1) return true;
+// A tensor's sizes, copied out of torch (at most kMax dimensions: more take the Python path).
+struct Dims {
+  static constexpr int kMax = 8;
+  int ndim = 0;
+  std::int64_t size[kMax] = {};
+
+  bool operator==(const Dims& o) const {
+    return ndim == o.ndim && std::equal(size, size + ndim, o.size);
   }
-  return false;
-}
+  std::int64_t numel() const {
+    std::int64_t n = 1;
+    for (int d = 0; d < ndim; ++d) n *= size[d];
+    return n;
+  }
+  // Whether a contiguous tensor of these sizes may have strides other than the row-major ones:
+  // those of its size-1 dimensions are free (torch keeps whatever they were), and an empty
+  // one's are whatever they were made with. The Python path compares strides, so this does too.
+  bool free_strides() const {
+    return numel() == 0 || std::find(size, size + ndim, std::int64_t{1}) != size + ndim;
+  }
+};
 
 // a.stride() == b.stride(); false also when either could not be read.
 bool same_strides(PyObject* a, PyObject* b) {
@@ -227,14 +229,78 @@ struct Entry {
   std::uintptr_t end() const { return start + static_cast<std::uintptr_t>(numel * itemsize); }
 };
 
-// A plain tensor's Entry (the conditions of _buffers._fast_torch_buffer), or false. `shape`
-// receives t.shape (a new reference) for the caller's comparisons. Seven reads per tensor, each
-// one a trip through torch's bindings: is_sparse is not read because a sparse tensor is never
-// is_contiguous() (COO answers False, CSR raises), and "requires_grad and grad_fn is not None"
-// is `not is_leaf`.
-bool read_plain(PyObject* t, bool writable, Entry& e, PyObject** shape_out) {
-  const PlainTypes& T = g_types;
-  if (Py_TYPE(t) != T.tensor && Py_TYPE(t) != T.param) return false;
+// Where a tensor's elements are: dtype, device, first address, sizes, and whether it is
+// contiguous (torch's rule: row-major strides in every dimension of size > 1, or no element).
+struct Layout {
+  PyObject* info = nullptr;  // the dtypes table's entry (borrowed)
+  int code = -1;             // its DType code
+  std::int64_t device = -1;  // -1: the CPU
+  std::uintptr_t start = 0;
+  Dims dims;
+  bool contiguous = false;
+};
+
+// The DType code of a DLPack dtype, -1 for the others.
+int dtype_code(const dlpack::DataType& t) {
+  if (t.lanes != 1) return -1;
+  if (t.code == dlpack::kFloat) {
+    if (t.bits == 32) return static_cast<int>(DType::kFloat32);
+    if (t.bits == 64) return static_cast<int>(DType::kFloat64);
+    if (t.bits == 16) return static_cast<int>(DType::kFloat16);
+  }
+  if (t.code == dlpack::kBFloat && t.bits == 16) return static_cast<int>(DType::kBFloat16);
+  return -1;
+}
+
+bool set_dtype(const PlainTypes& T, int code, Layout& out) {
+  for (const auto& [entry, c] : T.codes) {
+    if (c == code) {
+      out.info = entry;
+      out.code = code;
+      return true;
+    }
+  }
+  return false;
+}
+
+// The layout in one C call through the DLPack exchange table (~100 ns; the five getters it
+// replaces cost ~350 ns: each checks for __torch_function__, is_contiguous() parses its
+// arguments, shape builds a torch.Size). An error (sparse, meta, ...) is false, cleared.
+bool read_layout_dlpack(const PlainTypes& T, PyObject* t, Layout& out) {
+  dlpack::Tensor d;
+  if (T.dlpack->dltensor_from_py_object_no_sync(t, &d) != 0) {
+    PyErr_Clear();
+    return false;
+  }
+  if (!set_dtype(T, dtype_code(d.dtype), out)) return false;
+  if (d.device.type == dlpack::kCpu) {
+    out.device = -1;
+  } else if (kWithCuda && d.device.type == dlpack::kCuda && d.device.id >= 0) {
+    out.device = d.device.id;
+  } else {
+    return false;
+  }
+  if (d.ndim < 0 || d.ndim > Dims::kMax) return false;
+  out.dims.ndim = d.ndim;
+  std::copy(d.shape, d.shape + d.ndim, out.dims.size);
+  out.start = reinterpret_cast<std::uintptr_t>(d.data) + d.byte_offset;
+  out.contiguous = true;
+  if (d.strides && out.dims.numel() != 0) {  // torch's compute_contiguous
+    std::int64_t expected = 1;
+    for (int k = d.ndim - 1; k >= 0; --k) {
+      if (d.shape[k] == 1) continue;
+      if (d.strides[k] != expected) {
+        out.contiguous = false;
+        break;
+      }
+      expected *= d.shape[k];
+    }
+  }
+  return true;
+}
+
+// The same through torch's getters (a torch without the exchange table).
+bool read_layout_getters(const PlainTypes& T, PyObject* t, Layout& out) {
   PyObject* dtype = T.dtype(t);
   if (!dtype) return false;
   PyObject* info = PyDict_GetItemWithError(T.dtypes, dtype);  // borrowed
@@ -243,40 +309,68 @@ bool read_plain(PyObject* t, bool writable, Entry& e, PyObject** shape_out) {
     PyErr_Clear();
     return false;
   }
-  e.info = info;
+  out.info = nullptr;
   for (const auto& [entry, code] : T.codes) {
-    if (entry == info) e.code = code;
+    if (entry == info) set_dtype(T, code, out);
   }
-  if (e.code < 0) return false;
-  if (!call_is(t, T.is_contiguous, Py_True) || !call_is(t, T.is_neg, Py_False)) return false;
+  if (out.code < 0) return false;
   const int cpu = attr_true(t, T.is_cpu);
   if (cpu < 0) return false;
-  e.device = -1;
+  out.device = -1;
   if (!cpu) {
     if (!kWithCuda || attr_true(t, T.is_cuda) != 1) return false;
-    e.device = as_int(T.get_device(t));
-    if (e.device < 0) return false;
+    out.device = as_int(T.get_device(t));
+    if (out.device < 0) return false;
   }
-  if (writable && attr_true(t, T.is_leaf) != 1) return false;  // an autograd graph's output
-  e.itemsize = PyLong_AsLongLong(PyTuple_GET_ITEM(info, 1));
   PyObject* ptr = T.data_ptr(t);
   if (!ptr) return false;
-  const unsigned long long address = PyLong_AsUnsignedLongLong(ptr);
+  out.start = static_cast<std::uintptr_t>(PyLong_AsUnsignedLongLong(ptr));
   Py_DECREF(ptr);
-  if (PyErr_Occurred() || e.itemsize <= 0 ||
-      address % static_cast<unsigned long long>(e.itemsize) != 0) {
+  if (PyErr_Occurred()) {
     PyErr_Clear();
     return false;
   }
-  PyObject* shape = T.shape(t);  // raises for, e.g., a nested tensor
-  const long long count = shape ? product(shape) : -1;
-  if (count < 0) {
-    Py_XDECREF(shape);
+  const py::object shape = py::reinterpret_steal<py::object>(T.shape(t));  // raises: nested
+  if (!shape || !PyTuple_Check(shape.ptr())) return false;
+  const Py_ssize_t ndim = PyTuple_GET_SIZE(shape.ptr());
+  if (ndim > Dims::kMax) return false;
+  out.dims.ndim = static_cast<int>(ndim);
+  for (Py_ssize_t k = 0; k < ndim; ++k) {
+    out.dims.size[k] = PyLong_AsLongLong(PyTuple_GET_ITEM(shape.ptr(), k));
+  }
+  if (PyErr_Occurred()) {
+    PyErr_Clear();
     return false;
   }
-  e.start = static_cast<std::uintptr_t>(address);
-  e.numel = count;
-  *shape_out = shape;
+  out.contiguous = call_is(t, T.is_contiguous, Py_True);
+  return true;
+}
+
+bool read_layout(PyObject* t, Layout& out) {
+  const PlainTypes& T = g_types;
+  return T.dlpack ? read_layout_dlpack(T, t, out) : read_layout_getters(T, t, out);
+}
+
+// A plain tensor's Entry and sizes (the conditions of _buffers._fast_torch_buffer), or false:
+// an exact torch.Tensor / torch.nn.Parameter of a supported dtype on the CPU (or a CUDA device
+// when built with CUDA), contiguous, no negative bit, an address aligned to its element, and,
+// if written, a leaf ("requires_grad and grad_fn is not None" is `not is_leaf`). A sparse
+// tensor fails the layout read or is never contiguous (COO answers False, CSR raises).
+bool read_plain(PyObject* t, bool writable, Entry& e, Dims& dims) {
+  const PlainTypes& T = g_types;
+  if (Py_TYPE(t) != T.tensor && Py_TYPE(t) != T.param) return false;
+  Layout l;
+  if (!read_layout(t, l) || !l.contiguous) return false;
+  if (!call_is(t, T.is_neg, Py_False)) return false;
+  if (writable && attr_true(t, T.is_leaf) != 1) return false;  // an autograd graph's output
+  e.info = l.info;
+  e.code = l.code;
+  e.device = l.device;
+  e.itemsize = PyLong_AsLongLong(PyTuple_GET_ITEM(l.info, 1));
+  if (e.itemsize <= 0 || l.start % static_cast<std::uintptr_t>(e.itemsize) != 0) return false;
+  e.start = l.start;
+  e.numel = l.dims.numel();
+  dims = l.dims;
   return true;
 }
 
@@ -376,9 +470,8 @@ py::object prepare_plain(const py::list& slots, const std::vector<bool>& written
   auto out = std::make_unique<PreparedList>(depth, static_cast<std::size_t>(n));
   // Index-major: the param, then its grad and state, so a call that will not qualify (float32
   // state for bfloat16 params, say) is found out at its first tensor, not after whole lists.
-  // Only one param's shape is held at a time: nothing accumulates for the garbage collector.
+  Dims ref_dims, dims;
   for (Py_ssize_t i = 0; i < n; ++i) {
-    py::object ref_shape;
     for (std::size_t d = 0; d < depth; ++d) {
       const std::size_t k = d * static_cast<std::size_t>(n) + static_cast<std::size_t>(i);
       // A strong reference: reading a tensor can run Python code (a TorchFunctionMode, a
@@ -390,21 +483,16 @@ py::object prepare_plain(const py::list& slots, const std::vector<bool>& written
         continue;                       // stays None (a state buffer not created yet)
       }
       Entry& e = out->at(k);
-      PyObject* raw_shape = nullptr;
-      if (!read_plain(x.ptr(), written[d], e, &raw_shape)) return py::none();
+      if (!read_plain(x.ptr(), written[d], e, d == 0 ? ref_dims : dims)) return py::none();
       e.obj = x.release().ptr();  // owned by the list from here
-      py::object shape = py::reinterpret_steal<py::object>(raw_shape);
-      if (d == 0) {
-        ref_shape = std::move(shape);
-        continue;
-      }
+      if (d == 0) continue;
       // Laid out like its param: same shape, dtype and device, both contiguous (so the same
       // strides where they matter); any other dtype, such as float32 state for bfloat16
       // params, goes through the Python path's policy checks.
       const Entry& ref = out->at(static_cast<std::size_t>(i));
       if (e.code != ref.code || e.device != ref.device) return py::none();
-      if (!same_ints(shape.ptr(), ref_shape.ptr())) return py::none();
-      if (free_strides(shape.ptr(), e.numel) && !same_strides(e.obj, ref.obj)) return py::none();
+      if (!(dims == ref_dims)) return py::none();
+      if (dims.free_strides() && !same_strides(e.obj, ref.obj)) return py::none();
     }
   }
   // No written tensor may share memory with any other (as _buffers.find_overlap): sorted by
@@ -452,25 +540,15 @@ py::object increment_counters(const py::list& counters) {
   for (const py::handle h : counters) {
     PyObject* t = h.ptr();
     if (Py_TYPE(t) != T.tensor) return py::none();
-    PyObject* dtype = T.dtype(t);
-    if (!dtype) return py::none();
-    PyObject* info = PyDict_GetItemWithError(T.dtypes, dtype);  // borrowed
-    Py_DECREF(dtype);
-    if (!info) {
-      PyErr_Clear();
+    Layout l;
+    if (!read_layout(t, l) || l.device != -1 || l.dims.numel() != 1 || l.start == 0) {
       return py::none();
     }
-    const std::string name = py::reinterpret_borrow<py::str>(PyTuple_GET_ITEM(info, 0));
-    if (name != "float32" && name != "float64") return py::none();
-    if (attr_true(t, T.is_cpu) != 1 || attr_true(t, T.requires_grad) != 0) return py::none();
-    if (!call_is(t, T.is_neg, Py_False)) return py::none();
-    PyObject* shape = T.shape(t);
-    const long long count = shape ? product(shape) : -1;
-    Py_XDECREF(shape);
-    if (count != 1) return py::none();
-    const std::int64_t ptr = as_int(T.data_ptr(t));
-    if (ptr <= 0) return py::none();
-    found.push_back({static_cast<std::uintptr_t>(ptr), name == "float64"});
+    const bool is_double = l.code == static_cast<int>(DType::kFloat64);
+    if (!is_double && l.code != static_cast<int>(DType::kFloat32)) return py::none();
+    if (l.start % (is_double ? sizeof(double) : sizeof(float)) != 0) return py::none();
+    if (attr_true(t, T.requires_grad) != 0 || !call_is(t, T.is_neg, Py_False)) return py::none();
+    found.push_back({l.start, is_double});
   }
   for (const Counter& c : found) {
     if (c.is_double) {
@@ -591,6 +669,27 @@ py::object gather_state(const py::object& param_list, const py::object& state,
   return py::make_tuple(with_grad, grads, state_lists, counter_lists);
 }
 
+// torch's DLPack exchange table, when torch.Tensor and torch.nn.Parameter publish the same one
+// in a layout this file knows (DLPack 1.x, x >= 3) with the function it uses; else null.
+const dlpack::Exchange* find_exchange(PyTypeObject* tensor, PyTypeObject* param) {
+  auto table = [](PyTypeObject* type) -> const dlpack::Exchange* {
+    PyObject* capsule =
+        PyObject_GetAttrString(reinterpret_cast<PyObject*>(type), "__dlpack_c_exchange_api__");
+    void* api = nullptr;
+    if (capsule && PyCapsule_IsValid(capsule, "dlpack_exchange_api")) {
+      api = PyCapsule_GetPointer(capsule, "dlpack_exchange_api");
+    }
+    Py_XDECREF(capsule);  // the table itself lives as long as the process (the ABI's promise)
+    PyErr_Clear();
+    return static_cast<const dlpack::Exchange*>(api);
+  };
+  const dlpack::Exchange* api = table(tensor);
+  if (!api || table(param) != api) return nullptr;
+  const dlpack::Version v = api->header.version;
+  if (v.major != dlpack::kMajor || v.minor < dlpack::kMinMinor) return nullptr;
+  return api->dltensor_from_py_object_no_sync ? api : nullptr;
+}
+
 void register_plain_types(const py::type& buffer, const py::type& tensor, const py::type& param,
                           const py::dict& dtypes) {
   GF_CHECK(PyType_IsSubtype(reinterpret_cast<PyTypeObject*>(buffer.ptr()), &PyTuple_Type),
@@ -626,6 +725,7 @@ void register_plain_types(const py::type& buffer, const py::type& tensor, const 
   for (const auto& [field, name] : methods) {
     t.*field = Reader(t.tensor, t.param, name, Reader::Kind::kMethod);
   }
+  t.dlpack = t.dlpack_found = find_exchange(t.tensor, t.param);
   g_types = std::move(t);
 }
 
@@ -688,6 +788,16 @@ void register_buffers(py::module_& m) {
         py::arg("counter_keys"),
         "The usual step of a param group: (params with a gradient, their gradients, per key "
         "the state entries, per counter key the counters), or None for anything unusual.");
+  m.def(
+      "use_dlpack",
+      [](bool enabled) {
+        g_types.dlpack = enabled ? g_types.dlpack_found : nullptr;
+        return g_types.dlpack != nullptr;
+      },
+      py::arg("enabled"),
+      "Read tensor layouts through torch's DLPack exchange table (True, the default where torch "
+      "has one) or through its getters (False; the tests check both). Whether the table is in "
+      "use now.");
   m.def("increment_counters", &increment_counters, py::arg("counters"),
         "step += 1 for plain 1-element float32/float64 CPU tensors, in place; their new values, "
         "or None (nothing written) for anything else.");

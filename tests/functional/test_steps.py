@@ -11,7 +11,8 @@ from gradfuse.functional import _steps
 
 
 @pytest.fixture(autouse=True)
-def _torch_types_registered() -> None:
+def _torch_types_registered(layout_reader: str) -> None:
+    # Both ways of reading a counter's layout (conftest.layout_reader), types registered.
     _buffers.as_buffer(torch.zeros(1), "x", writable=False)  # what the first step does
 
 
