@@ -31,7 +31,7 @@ from torch.optim.optimizer import Optimizer, ParamsT
 from gradfuse import _native
 from gradfuse._compile import is_compiling
 from gradfuse._options import show_options
-from gradfuse.functional._engine import Spec
+from gradfuse.functional._engine import Spec, State
 from gradfuse.optim._precision import PrecisionPolicy
 from gradfuse.optim._torch_compat import (
     capturable_step,
@@ -198,6 +198,13 @@ class FusedOptimizer(Optimizer):
             if st.name != spec.creates and (st.when is None or st.when(group)):
                 state[st.key] = self._state_zeros(p)
 
+    def _group_state(self, group: dict[str, Any]) -> tuple[list[State], list[tuple[str, str]]]:
+        """The spec's state lists that ``group``'s options use, and its counters as (functional
+        name, state key): what :meth:`_gather_plain` and :meth:`_gather_any` collect."""
+        spec = self._spec
+        lists = [st for st in spec.state if st.when is None or st.when(group)]
+        return lists, [(name, _COUNTERS[name][0]) for name in spec.counters]
+
     def _gather(self, group: dict[str, Any]) -> Gathered:
         """The params of ``group`` that have a gradient, their gradients, and the functional's state
         lists and counters for them, by functional name (state created where missing)."""
@@ -212,9 +219,7 @@ class FusedOptimizer(Optimizer):
         created or read)."""
         if self._precision.changes_state or is_compiling():
             return None
-        spec = self._spec
-        lists = [st for st in spec.state if st.when is None or st.when(group)]
-        counters = [(name, _COUNTERS[name][0]) for name in spec.counters]
+        lists, counters = self._group_state(group)
         found = _native.core().gather_state(
             group["params"],
             self.state,
@@ -229,9 +234,7 @@ class FusedOptimizer(Optimizer):
         return Gathered(params, grads, out)
 
     def _gather_any(self, group: dict[str, Any]) -> Gathered:
-        spec = self._spec
-        lists = [st for st in spec.state if st.when is None or st.when(group)]
-        counters = [(name, _COUNTERS[name][0]) for name in spec.counters]
+        lists, counters = self._group_state(group)
         params: list[Tensor] = []
         grads: list[Tensor] = []
         out: dict[str, list[Any]] = {st.name: [] for st in lists}
