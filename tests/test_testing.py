@@ -18,6 +18,7 @@ from gradfuse.testing import (
     reference_class,
     reference_optimizer,
 )
+from optim_testing import EXTENSIONS
 from tolerances import STEP, assert_close
 
 
@@ -69,14 +70,6 @@ def test_lion_follows_the_paper_with_a_tensor_lr(foreach: bool) -> None:
 
 
 KW = inspect.Parameter.KEYWORD_ONLY
-# gradfuse's extensions of every optimizer (DESIGN.md §1: keyword-only, off by default), last.
-EXTENSIONS = [
-    ("max_grad_norm", KW, None),
-    ("master_weights", KW, False),
-    ("state_dtype", KW, None),
-    ("rounding", KW, "nearest"),
-    ("kahan", KW, False),
-]
 # The optimizers whose reference is written in gradfuse.testing, the peer class each is a
 # drop-in for, and the keyword-only arguments gradfuse adds before its extensions (its defaults
 # written out here).
