@@ -22,7 +22,7 @@ import inspect
 import operator
 from collections.abc import Callable
 from itertools import repeat
-from typing import Any, ClassVar, Generic, NamedTuple, TypedDict, TypeVar, overload
+from typing import Any, ClassVar, Generic, NamedTuple, TypedDict, TypeVar, cast, overload
 
 import torch
 from torch import Tensor
@@ -123,6 +123,9 @@ class FusedOptimizer(Optimizer):
         params = inspect.signature(init).parameters
         if "options" in params:  # torch's signature, then the extensions as keyword-only
             show_options(init, _EXTENSIONS)
+        elif "kwargs" in params and "max_grad_norm" not in params:
+            # the extensions among other keywords (pytorch_optimizer's ADOPT: take_extensions)
+            show_options(init, _EXTENSIONS, OptimizerOptions)
         if "_setstate_keys" in vars(cls):
             own = vars(cls).get("_setstate_defaults", {})
             cls._setstate_defaults = {
@@ -414,6 +417,12 @@ _EXTENSIONS = {
     for p in inspect.signature(FusedOptimizer.__init__).parameters.values()
     if p.kind is inspect.Parameter.KEYWORD_ONLY
 }
+
+
+def take_extensions(kwargs: dict[str, Any]) -> OptimizerOptions:
+    """The extensions (:class:`OptimizerOptions`) taken out of the ``**kwargs`` of a constructor
+    that takes other keywords besides (its signature lists them before ``**kwargs``)."""
+    return cast(OptimizerOptions, {k: kwargs.pop(k) for k in _EXTENSIONS if k in kwargs})
 
 
 def _and_last(names: tuple[str, ...]) -> str:
