@@ -27,7 +27,7 @@ def arguments_of(
     reference's own, last.
 
     The defaults are gradfuse's: tests compare them with the peer package's signature
-    (tests/testing/test_references.py), so that check stays independent of the reference."""
+    (tests/test_testing.py), so that check stays independent of the reference."""
     skip = {*option_names(OptimizerOptions), *omit}
     new = dict(defaults or {})
     own = [
