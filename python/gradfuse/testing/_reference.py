@@ -31,7 +31,8 @@ def arguments_of(
     skip = {*option_names(OptimizerOptions), *omit}
     new = dict(defaults or {})
     own = [
-        p.replace(default=new.pop(p.name, p.default))
+        # a replaced default: the class's annotation may not allow it (Muon's ns_dtype=None)
+        p.replace(default=new.pop(p.name), annotation=p.empty) if p.name in new else p
         for p in inspect.signature(cls).parameters.values()
         if p.name not in skip and p.kind is not inspect.Parameter.VAR_KEYWORD
     ]
