@@ -3,6 +3,7 @@ optimizer and to torch's for-loop reference, compared with the tolerance table."
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -11,6 +12,17 @@ import torch
 import tolerances
 
 OptimFactory = Callable[[list[torch.Tensor]], torch.optim.Optimizer]
+
+# gradfuse's extensions of every optimizer's constructor (DESIGN.md §1: keyword-only, off by
+# default), last of all: clipping, then the low-precision policies (issue 8). Written out here
+# as (name, kind, default): the check of gradfuse's defaults, independent of the code.
+EXTENSIONS = [
+    ("max_grad_norm", inspect.Parameter.KEYWORD_ONLY, None),
+    ("master_weights", inspect.Parameter.KEYWORD_ONLY, False),
+    ("state_dtype", inspect.Parameter.KEYWORD_ONLY, None),
+    ("rounding", inspect.Parameter.KEYWORD_ONLY, "nearest"),
+    ("kahan", inspect.Parameter.KEYWORD_ONLY, False),
+]
 
 SIZES = (1, 7, 4097, 0)  # odd sizes, and an empty tensor, all in one multi-tensor call
 

@@ -3,9 +3,14 @@ compare against."""
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 import pytest
 import torch
 
+import gradfuse
+import gradfuse.testing
 from gradfuse.testing import (
     REFERENCES,
     Lion,
@@ -13,6 +18,7 @@ from gradfuse.testing import (
     reference_class,
     reference_optimizer,
 )
+from optim_testing import EXTENSIONS
 from tolerances import STEP, assert_close
 
 
@@ -61,3 +67,60 @@ def test_lion_follows_the_paper_with_a_tensor_lr(foreach: bool) -> None:
     p2 = p1 * (1 - lr * wd) - lr * torch.sign(b1 * m1 + (1 - b1) * g)
     assert_close(p.detach(), p2, STEP[torch.float64], "param")
     assert_close(opt.state[p]["exp_avg"], b2 * m1 + (1 - b2) * g, STEP[torch.float64], "exp_avg")
+
+
+KW = inspect.Parameter.KEYWORD_ONLY
+# The optimizers whose reference is written in gradfuse.testing, the peer class each is a
+# drop-in for, and the keyword-only arguments gradfuse adds before its extensions (its defaults
+# written out here).
+PEERS: dict[str, tuple[str, str, list[tuple[str, Any, Any]]]] = {
+    "ScheduleFreeAdamW": ("schedulefree", "AdamWScheduleFree", [("maximize", KW, False)]),
+    "ScheduleFreeSGD": ("schedulefree", "SGDScheduleFree", [("maximize", KW, False)]),
+    "ADOPT": ("pytorch_optimizer", "ADOPT", []),
+    "AdEMAMix": ("bitsandbytes.optim", "AdEMAMix", [("maximize", KW, False)]),
+    "Muon": (
+        "torch.optim",
+        "Muon",
+        [
+            ("ns_dtype", KW, torch.bfloat16),
+            ("adamw_betas", KW, (0.9, 0.999)),
+            ("adamw_eps", KW, 1e-8),
+        ],
+    ),
+}
+
+
+def _shape(cls: type) -> list[tuple[str, Any, Any]]:
+    """A constructor's arguments: name, kind, default (a callable by its values at steps 1-1000,
+    as ADOPT's clip_lambda)."""
+
+    def value(default: Any) -> Any:
+        if callable(default) and not isinstance(default, type):
+            return [default(step) for step in range(1, 1001)]
+        return default
+
+    return [(p.name, p.kind, value(p.default)) for p in inspect.signature(cls).parameters.values()]
+
+
+@pytest.mark.parametrize("name", sorted(PEERS))
+def test_constructor_is_the_peer_packages(name: str) -> None:
+    """gradfuse's class takes the peer's arguments, in order, with the peer's defaults; the
+    reference here takes gradfuse's (gradfuse.testing derives them), so this is their check."""
+    module, peer, own = PEERS[name]
+    theirs = _shape(getattr(pytest.importorskip(module), peer))
+    ours = _shape(getattr(gradfuse.optim, name))
+    var_kw = [p for p in theirs if p[1] is inspect.Parameter.VAR_KEYWORD]
+    positional = [p for p in theirs if p not in var_kw]
+    assert ours == [*positional, *own, *EXTENSIONS, *var_kw]
+
+
+@pytest.mark.parametrize("name", sorted(PEERS))
+def test_reference_takes_gradfuses_arguments(name: str) -> None:
+    ref = getattr(gradfuse.testing, name)([torch.randn(4, 4, dtype=torch.float64)], lr=0.5)
+    ours = getattr(gradfuse.optim, name)([torch.randn(4, 4)], lr=0.5)
+    own = {"ns_dtype": None} if name == "Muon" else {}  # Muon's reference: the params' dtype
+    shared = set(ref.defaults) & set(ours.defaults)
+    assert shared >= {"lr", "weight_decay"}
+    assert {k: ref.defaults[k] for k in shared} == {k: own.get(k, ours.defaults[k]) for k in shared}
+    with pytest.raises(TypeError, match="max_grad_norm"):  # gradfuse's extensions: not taken
+        getattr(gradfuse.testing, name)([torch.randn(4, 4, dtype=torch.float64)], max_grad_norm=1.0)

@@ -350,31 +350,38 @@ def check_same_layout(ref: Buffer, ref_name: str, other: Buffer, other_name: str
     """``other`` must match ``ref`` in shape, dtype, device and kind of array."""
     ref = ref._replace(shape=tuple(ref.shape))
     other = other._replace(shape=tuple(other.shape))
-    if other.shape != ref.shape:
-        raise ValueError(
-            f"{other_name} has shape {other.shape} but {ref_name} has shape {ref.shape}"
-        )
-    if other.dtype != ref.dtype:
-        raise TypeError(
-            f"{other_name} has dtype {other.dtype} but {ref_name} has dtype {ref.dtype} "
-            f"(both {ref.shape} on {ref.device_str}); expected the same dtype"
-        )
-    if other.device != ref.device:
-        raise ValueError(
-            f"{other_name} is on {other.device_str} but {ref_name} is on {ref.device_str} "
-            f"(shape {ref.shape}, dtype {ref.dtype}); expected the same device"
-        )
-    if other.sharding != ref.sharding:
-        raise ValueError(
-            f"{other_name} is a {other.sharding or 'plain tensor'} but {ref_name} is a "
-            f"{ref.sharding or 'plain tensor'}; expected the same distribution"
-        )
-    if other.is_torch != ref.is_torch:
-        kinds = {True: "a torch.Tensor", False: "a numpy.ndarray"}
-        raise TypeError(
-            f"{other_name} is {kinds[other.is_torch]} but {ref_name} is {kinds[ref.is_torch]}; "
-            f"expected the same kind of array"
-        )
+    kinds = {True: "a torch.Tensor", False: "a numpy.ndarray"}
+    # In order: the field compared, the error, how each side says its value, what the message
+    # adds about ref, what is expected the same.
+    checks: tuple[tuple[str, type[Exception], Callable[[Buffer], str], str, str], ...] = (
+        ("shape", ValueError, lambda b: f"has shape {b.shape}", "", ""),
+        (
+            "dtype",
+            TypeError,
+            lambda b: f"has dtype {b.dtype}",
+            f" (both {ref.shape} on {ref.device_str})",
+            "dtype",
+        ),
+        (
+            "device",
+            ValueError,
+            lambda b: f"is on {b.device_str}",
+            f" (shape {ref.shape}, dtype {ref.dtype})",
+            "device",
+        ),
+        (
+            "sharding",
+            ValueError,
+            lambda b: f"is a {b.sharding or 'plain tensor'}",
+            "",
+            "distribution",
+        ),
+        ("is_torch", TypeError, lambda b: f"is {kinds[b.is_torch]}", "", "kind of array"),
+    )
+    for field, error, says, about_ref, expected in checks:
+        if getattr(other, field) != getattr(ref, field):
+            end = f"{about_ref}; expected the same {expected}" if expected else ""
+            raise error(f"{other_name} {says(other)} but {ref_name} {says(ref)}{end}")
 
 
 def find_overlap(

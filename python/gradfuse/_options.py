@@ -32,10 +32,13 @@ def option_names(types: Any) -> tuple[str, ...]:
     return tuple(types.__annotations__)
 
 
-def show_options(fn: Callable[..., Any], defaults: Mapping[str, Any]) -> None:
+def show_options(fn: Callable[..., Any], defaults: Mapping[str, Any], types: Any = None) -> None:
     """Make ``inspect.signature(fn)`` list the keys of ``fn``'s ``**options: Unpack[T]`` as
-    keyword-only parameters (annotated from ``T``, defaults from ``defaults``) in its place."""
-    types = options_type(fn)
+    keyword-only parameters (annotated from ``T``, defaults from ``defaults``) in its place.
+
+    ``types``: the ``TypedDict`` where ``fn`` takes the options among other keywords, in a
+    ``**kwargs`` of its own: they are listed before it."""
+    types = options_type(fn) if types is None else types
     options = []
     for name in option_names(types):
         annotation = types.__annotations__[name]
@@ -48,7 +51,8 @@ def show_options(fn: Callable[..., Any], defaults: Mapping[str, Any]) -> None:
         )
     sig = inspect.signature(fn)
     own = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    fn.__signature__ = sig.replace(parameters=[*own, *options])  # type: ignore[attr-defined]
+    rest = [p for p in sig.parameters.values() if p.kind is p.VAR_KEYWORD and p.name != "options"]
+    fn.__signature__ = sig.replace(parameters=[*own, *options, *rest])  # type: ignore[attr-defined]
 
 
 def check_options(name: str, options: Mapping[str, Any], allowed: Iterable[str]) -> None:

@@ -15,7 +15,7 @@ from _more_helpers import one_torch_thread
 
 import gradfuse
 import tolerances
-from optim_testing import make_params, random_grads
+from optim_testing import EXTENSIONS, make_params, random_grads
 
 pytestmark = pytest.mark.usefixtures(one_torch_thread.__name__)
 
@@ -41,18 +41,9 @@ def test_signature_matches_torch(name: str) -> None:
         return [(p.name, p.kind, p.default) for p in sig.parameters.values()]
 
     ours = shape(getattr(gradfuse.optim, name))
-    # gradfuse's extensions (DESIGN.md §1: keyword-only, off by default), last of all:
-    # clipping, then the low-precision policies (issue 8).
-    kw = inspect.Parameter.KEYWORD_ONLY
-    extensions = [
-        ("max_grad_norm", kw, None),
-        ("master_weights", kw, False),
-        ("state_dtype", kw, None),
-        ("rounding", kw, "nearest"),
-        ("kahan", kw, False),
-    ]
-    assert ours[-len(extensions) :] == extensions
-    assert ours[: -len(extensions)] == shape(getattr(torch.optim, name))
+    # gradfuse's extensions, last of all (optim_testing.EXTENSIONS).
+    assert ours[-len(EXTENSIONS) :] == EXTENSIONS
+    assert ours[: -len(EXTENSIONS)] == shape(getattr(torch.optim, name))
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -375,6 +375,35 @@ class OptimizerCase(Case):
         raise Unavailable(f"{provider} does not apply to optimizers")
 
 
+#: A row of :func:`optimizer_cases`: case name, its row of ``MIN_ACCESSES``, the
+#: ``gradfuse.optim`` class, the benchmarked keyword arguments, and the option sets ``gradfuse
+#: check`` compares (empty: another row of the same optimizer checks them).
+OptimizerRow = tuple[str, str, str, dict[str, Any], tuple[dict[str, Any], ...]]
+
+
+def optimizer_cases(
+    rows: Sequence[OptimizerRow],
+    torch_factory: Callable[..., Any] | None = None,
+    against: str = "",
+) -> list[OptimizerCase]:
+    """One :class:`OptimizerCase` per row, described as the call it times (``Name(k=v, ...)``)
+    and, with ``torch_factory`` (an optimizer torch lacks), ``against``: what the torch
+    providers run instead."""
+    return [
+        OptimizerCase(
+            name,
+            key,
+            optimizer=optimizer,
+            kwargs=kwargs,
+            torch_factory=torch_factory,
+            description=f"{optimizer}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
+            + (f"; torch: {against}" if against else ""),
+            check_configs=checks,
+        )
+        for name, key, optimizer, kwargs, checks in rows
+    ]
+
+
 @dataclass
 class FunctionCase(Case):
     """An in-place function over a list of gradients (``gradfuse.clip_grad_norm_``) against

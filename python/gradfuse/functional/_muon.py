@@ -36,11 +36,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Unpack
 
 from gradfuse import _native
+from gradfuse._options import check_options, option_names
 from gradfuse.functional import _engine, _muon_sharded, _steps
-from gradfuse.functional._engine import NUMBER_OR_TENSOR, Call, Hyper, Spec, State, unchanged
+from gradfuse.functional._engine import (
+    NUMBER_OR_TENSOR,
+    Call,
+    Hyper,
+    Spec,
+    State,
+    StepOptions,
+    unchanged,
+)
 from gradfuse.functional._multi_tensor import LowPrecision, mix_seed
 
 ADJUST_LR_FNS = (None, "original", "match_rms_adamw")
@@ -217,6 +226,7 @@ def _check(
                 )
 
 
+@_engine.with_options
 def muon_(
     params: Sequence[Any],
     grads: Sequence[Any],
@@ -231,14 +241,7 @@ def muon_(
     ns_steps: int = 5,
     adjust_lr_fn: str | None = None,
     ns_dtype: Any = None,
-    grad_scale: Any = None,
-    found_inf: Any = None,
-    clip_coef: Any = None,
-    master_params: Sequence[Any] | None = None,
-    kahan_comps: Sequence[Any] | None = None,
-    rounding: str = "nearest",
-    seed: int | None = None,
-    state_absmax: Sequence[Sequence[Any]] | None = None,
+    **options: Unpack[StepOptions],
 ) -> None:
     """One Muon step in place (``torch.optim.Muon``'s functional ``muon``), for torch tensors.
 
@@ -264,6 +267,7 @@ def muon_(
     """
     import torch
 
+    check_options("muon_", options, option_names(StepOptions))
     ns_dtype = _ns_dtype(torch.bfloat16 if ns_dtype is None else ns_dtype)
     if adjust_lr_fn not in ADJUST_LR_FNS:
         raise ValueError(
@@ -283,7 +287,10 @@ def muon_(
     coefficients = tuple(_engine.to_float(v, "ns_coefficients") for v in ns_coefficients)
     if not params:
         return
-    policy = LowPrecision(master_params, kahan_comps, rounding, seed, state_absmax)
+    policy = _engine.lowprec_of(options)
+    master_params, kahan_comps = policy.master_params, policy.kahan_comps
+    rounding, seed, state_absmax = policy.rounding, policy.seed, policy.state_absmax
+    grad_scale, found_inf = options.get("grad_scale"), options.get("found_inf")
     lowprec = (
         master_params is not None
         or kahan_comps is not None
@@ -339,7 +346,7 @@ def muon_(
             {},
             grad_scale,
             found_inf,
-            clip_coef,
+            options.get("clip_coef"),
             False,
             LowPrecision(),
         ),

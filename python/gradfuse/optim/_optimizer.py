@@ -22,7 +22,7 @@ import inspect
 import operator
 from collections.abc import Callable
 from itertools import repeat
-from typing import Any, ClassVar, Generic, NamedTuple, TypedDict, TypeVar, overload
+from typing import Any, ClassVar, Generic, NamedTuple, TypedDict, TypeVar, cast, overload
 
 import torch
 from torch import Tensor
@@ -32,7 +32,7 @@ from torch.optim.optimizer import Optimizer, ParamsT
 from gradfuse import _native
 from gradfuse._compile import is_compiling
 from gradfuse._options import show_options
-from gradfuse.functional._engine import Spec
+from gradfuse.functional._engine import Spec, State
 from gradfuse.optim._precision import PrecisionPolicy
 from gradfuse.optim._torch_compat import (
     capturable_step,
@@ -124,6 +124,9 @@ class FusedOptimizer(Optimizer):
         params = inspect.signature(init).parameters
         if "options" in params:  # torch's signature, then the extensions as keyword-only
             show_options(init, _EXTENSIONS)
+        elif "kwargs" in params and "max_grad_norm" not in params:
+            # the extensions among other keywords (pytorch_optimizer's ADOPT: take_extensions)
+            show_options(init, _EXTENSIONS, OptimizerOptions)
         if "_setstate_keys" in vars(cls):
             own = vars(cls).get("_setstate_defaults", {})
             cls._setstate_defaults = {
@@ -199,6 +202,13 @@ class FusedOptimizer(Optimizer):
             if st.name != spec.creates and (st.when is None or st.when(group)):
                 state[st.key] = self._state_zeros(p)
 
+    def _group_state(self, group: dict[str, Any]) -> tuple[list[State], list[tuple[str, str]]]:
+        """The spec's state lists that ``group``'s options use, and its counters as (functional
+        name, state key): what :meth:`_gather_plain` and :meth:`_gather_any` collect."""
+        spec = self._spec
+        lists = [st for st in spec.state if st.when is None or st.when(group)]
+        return lists, [(name, _COUNTERS[name][0]) for name in spec.counters]
+
     def _gather(self, group: dict[str, Any]) -> Gathered:
         """The params of ``group`` that have a gradient, their gradients, and the functional's state
         lists and counters for them, by functional name (state created where missing)."""
@@ -213,9 +223,7 @@ class FusedOptimizer(Optimizer):
         created or read)."""
         if self._precision.changes_state or is_compiling():
             return None
-        spec = self._spec
-        lists = [st for st in spec.state if st.when is None or st.when(group)]
-        counters = [(name, _COUNTERS[name][0]) for name in spec.counters]
+        lists, counters = self._group_state(group)
         found = _native.core().gather_state(
             group["params"],
             self.state,
@@ -230,9 +238,7 @@ class FusedOptimizer(Optimizer):
         return Gathered(params, grads, out)
 
     def _gather_any(self, group: dict[str, Any]) -> Gathered:
-        spec = self._spec
-        lists = [st for st in spec.state if st.when is None or st.when(group)]
-        counters = [(name, _COUNTERS[name][0]) for name in spec.counters]
+        lists, counters = self._group_state(group)
         params: list[Tensor] = []
         grads: list[Tensor] = []
         out: dict[str, list[Any]] = {st.name: [] for st in lists}
@@ -451,6 +457,12 @@ _EXTENSIONS = {
     for p in inspect.signature(FusedOptimizer.__init__).parameters.values()
     if p.kind is inspect.Parameter.KEYWORD_ONLY
 }
+
+
+def take_extensions(kwargs: dict[str, Any]) -> OptimizerOptions:
+    """The extensions (:class:`OptimizerOptions`) taken out of the ``**kwargs`` of a constructor
+    that takes other keywords besides (its signature lists them before ``**kwargs``)."""
+    return cast(OptimizerOptions, {k: kwargs.pop(k) for k in _EXTENSIONS if k in kwargs})
 
 
 def _and_last(names: tuple[str, ...]) -> str:

@@ -11,7 +11,7 @@ from torch.optim.optimizer import ParamsT
 
 from gradfuse.functional._adopt import ADOPT as ADOPT_SPEC
 from gradfuse.functional._adopt import adopt_, default_clip_lambda
-from gradfuse.optim._optimizer import FusedOptimizer
+from gradfuse.optim._optimizer import FusedOptimizer, take_extensions
 
 
 class ADOPT(FusedOptimizer):
@@ -67,14 +67,11 @@ class ADOPT(FusedOptimizer):
         foreach: bool | None = None,
         eps: float = 1e-6,
         maximize: bool = False,
-        *,
-        max_grad_norm: float | None = None,
-        master_weights: bool = False,
-        state_dtype: torch.dtype | None = None,
-        rounding: str = "nearest",
-        kahan: bool = False,
         **kwargs: Any,
     ) -> None:
+        # gradfuse's extensions (keyword-only, as for every gradfuse optimizer), then
+        # pytorch_optimizer's other keywords.
+        options = take_extensions(kwargs)
         # pytorch_optimizer's checks and messages, in its order.
         if lr is not None and lr < 0.0:
             raise ValueError(
@@ -111,15 +108,7 @@ class ADOPT(FusedOptimizer):
             "maximize": maximize,
             **kwargs,
         }
-        super().__init__(
-            params,
-            defaults,
-            max_grad_norm=max_grad_norm,
-            master_weights=master_weights,
-            state_dtype=state_dtype,
-            rounding=rounding,
-            kahan=kahan,
-        )
+        super().__init__(params, defaults, **options)
 
     def __str__(self) -> str:
         return "ADOPT"

@@ -51,9 +51,6 @@ class _ScheduleFree(FusedOptimizer):
     def _beta1(self, group: dict[str, Any]) -> Any:
         raise NotImplementedError
 
-    def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
-        raise NotImplementedError
-
     def _init_state(self, p: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
         # As the reference: z = a copy of the param (in the state dtype), then zeros for the rest.
         state["z"] = torch.empty_like(
@@ -73,10 +70,7 @@ class _ScheduleFree(FusedOptimizer):
             view(grads),
             **state_lists,
             k=group["k"],
-            lr_max=group["lr_max"],
-            weight_sum=group["weight_sum"],
-            **self._hyper(group),
-            maximize=group["maximize"],
+            **self._options(group),  # the spec's hyperparameters (lr_max, weight_sum too), maximize
             **amp,
             **self._precision.kwargs(type(self).__name__, self.state, params),
         )
@@ -174,19 +168,6 @@ class ScheduleFreeAdamW(_ScheduleFree):
     def _beta1(self, group: dict[str, Any]) -> Any:
         return group["betas"][0]
 
-    def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
-        beta1, beta2 = group["betas"]
-        return {
-            "lr": group["lr"],
-            "beta1": beta1,
-            "beta2": beta2,
-            "eps": group["eps"],
-            "weight_decay": group["weight_decay"],
-            "warmup_steps": group["warmup_steps"],
-            "r": group["r"],
-            "weight_lr_power": group["weight_lr_power"],
-        }
-
 
 class ScheduleFreeSGD(_ScheduleFree):
     """Schedule-free SGD (Defazio et al. 2024), fused: a drop-in for
@@ -225,13 +206,3 @@ class ScheduleFreeSGD(_ScheduleFree):
 
     def _beta1(self, group: dict[str, Any]) -> Any:
         return group["momentum"]
-
-    def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "lr": group["lr"],
-            "momentum": group["momentum"],
-            "weight_decay": group["weight_decay"],
-            "warmup_steps": group["warmup_steps"],
-            "r": group["r"],
-            "weight_lr_power": group["weight_lr_power"],
-        }

@@ -18,8 +18,10 @@ results are judged against (``gradfuse._tolerances``)::
 Adding an algorithm torch lacks (schedule-free, AdEMAMix, ADOPT, Adafactor, LAMB, Muon, 8-bit
 state, ...): write it as a :class:`torch.optim.Optimizer` in a private module of this package,
 from the paper, with state named as gradfuse's optimizer names it and the same constructor
-keywords; accept ``foreach`` (``gradfuse bench`` times a ``foreach=True`` path where there is
-one); add it to :data:`REFERENCES`. The tests, ``gradfuse check`` and ``gradfuse bench`` then
+keywords (``__signature__ = arguments_of(gradfuse.optim.<Name>)``: the defaults are checked
+against the peer package's signature in the tests, not restated here); accept ``foreach``
+(``gradfuse bench`` times a ``foreach=True`` path where there is one); add it to
+:data:`REFERENCES`. The tests, ``gradfuse check`` and ``gradfuse bench`` then
 find it by name, and this stays the only copy.
 """
 

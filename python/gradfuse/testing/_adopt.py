@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from gradfuse.optim._torch_compat import torch_defaults
-from gradfuse.testing._reference import ReferenceOptimizer
+from gradfuse import optim
+from gradfuse.testing._reference import ReferenceOptimizer, arguments_of
 
 
 def _step_of(state: dict[str, Any]) -> int:
@@ -31,21 +31,13 @@ class ADOPT(ReferenceOptimizer):
                  m = lerp(m, n, 1 - beta1);  p -= lr * m;  v = beta2 * v + (1 - beta2) * g * g
     """
 
-    def __init__(
-        self,
-        params: Any,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.9999),
-        clip_lambda: Callable[[int], float] | None = lambda step: math.pow(step, 0.25),
-        weight_decay: float = 0.0,
-        weight_decouple: bool = False,
-        fixed_decay: bool = False,
-        foreach: bool | None = None,
-        eps: float = 1e-6,
-        maximize: bool = False,
-    ) -> None:
-        self.clip_lambda = clip_lambda
-        super().__init__(params, torch_defaults(locals(), but=("clip_lambda",)))
+    __signature__ = arguments_of(optim.ADOPT)
+
+    def __init__(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        """gradfuse.optim.ADOPT's arguments (:attr:`__signature__`) without its extensions."""
+        defaults = self._bind(params, args, kwargs)
+        self.clip_lambda: Callable[[int], float] | None = defaults.pop("clip_lambda")
+        super().__init__(params, defaults)
 
     def _update(self) -> None:
         for group in self.param_groups:
@@ -87,21 +79,15 @@ class AdEMAMix(ReferenceOptimizer):
         p -= lr * (m1 / (1 - beta1**t) + alpha_t * m2) / (sqrt(nu) / sqrt(1 - beta2**t) + eps)
     """
 
-    def __init__(
-        self,
-        params: Any,
-        lr: float = 1e-3,
-        betas: tuple[float, float, float] = (0.9, 0.999, 0.9999),
-        alpha: float = 5.0,
-        t_alpha: int | None = None,
-        t_beta3: int | None = None,
-        eps: float = 1e-8,
-        weight_decay: float = 1e-2,
-        *,
-        maximize: bool = False,
-        foreach: bool | None = None,
-    ) -> None:
-        super().__init__(params, torch_defaults(locals()))
+    # bitsandbytes' 8-bit and paging options are not the reference's (a float64 rule).
+    __signature__ = arguments_of(
+        optim.AdEMAMix, omit=("optim_bits", "min_8bit_size", "is_paged"), extra={"foreach": None}
+    )
+
+    def __init__(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        """gradfuse.optim.AdEMAMix's arguments (:attr:`__signature__`) without its extensions
+        and bitsandbytes' storage options, and ``foreach`` (accepted, ignored)."""
+        super().__init__(params, self._bind(params, args, kwargs))
 
     def _update(self) -> None:
         for group in self.param_groups:

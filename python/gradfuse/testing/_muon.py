@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from gradfuse.optim._torch_compat import torch_defaults
-from gradfuse.testing._reference import ReferenceOptimizer
+from gradfuse import optim
+from gradfuse.testing._reference import ReferenceOptimizer, arguments_of
 
 
 def newton_schulz(
@@ -47,25 +47,18 @@ class Muon(ReferenceOptimizer):
     (torch writes the two EMAs as ``lerp``: the same). ``foreach`` is accepted and ignored.
     """
 
-    def __init__(
-        self,
-        params: Any,
-        lr: float = 1e-3,
-        weight_decay: float = 0.1,
-        momentum: float = 0.95,
-        nesterov: bool = True,
-        ns_coefficients: tuple[float, float, float] = (3.4445, -4.775, 2.0315),
-        eps: float = 1e-7,
-        ns_steps: int = 5,
-        adjust_lr_fn: str | None = None,
-        *,
-        ns_dtype: torch.dtype | None = None,
-        adamw_betas: tuple[float, float] = (0.9, 0.999),
-        adamw_eps: float = 1e-8,
-        foreach: bool = False,
-    ) -> None:
-        self._adamw_defaults = {"betas": adamw_betas, "eps": adamw_eps}
-        defaults = torch_defaults(locals(), but=("adamw_betas", "adamw_eps", "foreach"))
+    # ns_dtype=None: the iteration in the params' dtype (float64 for a float64 reference).
+    __signature__ = arguments_of(optim.Muon, defaults={"ns_dtype": None}, extra={"foreach": False})
+
+    def __init__(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        """gradfuse.optim.Muon's arguments (:attr:`__signature__`) without its extensions, the
+        Newton-Schulz iteration in the params' dtype by default, and ``foreach`` (ignored)."""
+        defaults = self._bind(params, args, kwargs)
+        self._adamw_defaults = {
+            "betas": defaults.pop("adamw_betas"),
+            "eps": defaults.pop("adamw_eps"),
+        }
+        del defaults["foreach"]
         super().__init__(params, {**defaults, "use_muon": True})
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from gradfuse.optim._torch_compat import torch_defaults
-from gradfuse.testing._reference import ReferenceOptimizer
+from gradfuse import optim
+from gradfuse.testing._reference import ReferenceOptimizer, arguments_of
 
 # The group's running sums before the first step (the reference keeps them in the group).
 _BOOKKEEPING = {"k": 0, "train_mode": False, "weight_sum": 0.0, "lr_max": -1.0, "scheduled_lr": 0.0}
@@ -33,6 +33,10 @@ class _ScheduleFree(ReferenceOptimizer):
     Unlike the package, gradients are not modified; ``maximize`` negates them; ``foreach`` is
     accepted (the package's foreach path computes the same ops).
     """
+
+    def __init__(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        """The arguments of gradfuse's class (:attr:`__signature__`), without its extensions."""
+        super().__init__(params, {**self._bind(params, args, kwargs), **_BOOKKEEPING})
 
     def _beta1(self, group: dict[str, Any]) -> float:
         raise NotImplementedError
@@ -104,21 +108,7 @@ class ScheduleFreeAdamW(_ScheduleFree):
     """Schedule-free AdamW: ``gn = g / (sqrt(v / (1 - beta2 ** (k + 1))) + eps)`` with
     ``v = state["exp_avg_sq"]`` updated as ``v = beta2 * v + (1 - beta2) * g * g`` first."""
 
-    def __init__(
-        self,
-        params: Any,
-        lr: float | torch.Tensor = 0.0025,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0,
-        warmup_steps: int = 0,
-        r: float = 0.0,
-        weight_lr_power: float = 2.0,
-        foreach: bool | None = True,
-        *,
-        maximize: bool = False,
-    ) -> None:
-        super().__init__(params, {**torch_defaults(locals()), **_BOOKKEEPING})
+    __signature__ = arguments_of(optim.ScheduleFreeAdamW)
 
     def _beta1(self, group: dict[str, Any]) -> float:
         return float(group["betas"][0])
@@ -140,20 +130,7 @@ class ScheduleFreeAdamW(_ScheduleFree):
 class ScheduleFreeSGD(_ScheduleFree):
     """Schedule-free SGD: ``gn = g``, and ``momentum`` in place of beta1."""
 
-    def __init__(
-        self,
-        params: Any,
-        lr: float | torch.Tensor = 1.0,
-        momentum: float = 0.9,
-        weight_decay: float = 0,
-        warmup_steps: int = 0,
-        r: float = 0.0,
-        weight_lr_power: float = 2,
-        foreach: bool | None = True,
-        *,
-        maximize: bool = False,
-    ) -> None:
-        super().__init__(params, {**torch_defaults(locals()), **_BOOKKEEPING})
+    __signature__ = arguments_of(optim.ScheduleFreeSGD)
 
     def _beta1(self, group: dict[str, Any]) -> float:
         return float(group["momentum"])

@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from gradfuse.bench._case import OptimizerCase, Unavailable
+from gradfuse.bench._case import Unavailable, optimizer_cases
 
 
 def _pytorch_optimizer_adopt(params: Any, *, foreach: bool = False, **kwargs: Any) -> Any:
@@ -61,36 +61,25 @@ def _ademamix_reference(params: Any, *, foreach: bool = False, **kwargs: Any) ->
 
 
 CASES = [
-    OptimizerCase(
-        "adopt",
-        "adopt",
-        optimizer="ADOPT",
-        kwargs={"lr": 1e-3},
-        torch_factory=_pytorch_optimizer_adopt,
-        description="ADOPT(lr=1e-3); torch: pytorch_optimizer.ADOPT (per-param / foreach path)",
-        check_configs=(
+    *optimizer_cases(
+        [("adopt", "adopt", "ADOPT", {"lr": 1e-3}, (
             {},
             {"weight_decay": 1e-2},
             {"weight_decay": 1e-2, "weight_decouple": True},
             {"weight_decay": 1e-2, "weight_decouple": True, "fixed_decay": True},
             {"clip_lambda": None, "maximize": True, "betas": (0.8, 0.99)},
-        ),
+        ))],
+        _pytorch_optimizer_adopt,
+        "pytorch_optimizer.ADOPT (per-param / foreach path)",
     ),
-    OptimizerCase(
-        "ademamix",
-        "ademamix",
-        optimizer="AdEMAMix",
-        kwargs={"lr": 1e-3, "t_alpha": 1000, "t_beta3": 1000},
-        torch_factory=_ademamix_reference,
-        description=(
-            "AdEMAMix(lr=1e-3, t_alpha=1000, t_beta3=1000); torch-forloop: bitsandbytes "
-            "AdEMAMix (32-bit), torch-foreach: heavyball AdEMAMix (compiled)"
-        ),
-        check_configs=(
+    *optimizer_cases(
+        [("ademamix", "ademamix", "AdEMAMix", {"lr": 1e-3, "t_alpha": 1000, "t_beta3": 1000}, (
             {},
             {"weight_decay": 0.0, "alpha": 2.0},
             {"t_alpha": 4, "t_beta3": 6},
             {"betas": (0.8, 0.99, 0.999), "eps": 1e-6, "t_beta3": 3},
-        ),
+        ))],
+        _ademamix_reference,
+        "bitsandbytes AdEMAMix (32-bit) for-loop, heavyball AdEMAMix (compiled) foreach",
     ),
-]
+]  # fmt: skip

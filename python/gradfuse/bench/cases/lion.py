@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gradfuse.bench._case import OptimizerCase
+from gradfuse.bench._case import optimizer_cases
 
 
 def _torch_lion(params: Any, *, foreach: bool = False, **kwargs: Any) -> Any:
@@ -23,14 +23,9 @@ def _torch_lion(params: Any, *, foreach: bool = False, **kwargs: Any) -> Any:
     return reference_optimizer("Lion", params, foreach=foreach, **kwargs)
 
 
-CASES = [
-    OptimizerCase(
-        "lion",
-        "lion",
-        optimizer="Lion",
-        kwargs={"lr": 1e-4, "weight_decay": 1e-2},
-        torch_factory=_torch_lion,
-        description="Lion(lr=1e-4, weight_decay=1e-2); torch: the published algorithm in torch ops",
-        check_configs=({}, {"weight_decay": 0.0}, {"betas": (0.95, 0.98), "maximize": True}),
-    ),
-]
+CASES = optimizer_cases(
+    [("lion", "lion", "Lion", {"lr": 1e-4, "weight_decay": 1e-2},
+      ({}, {"weight_decay": 0.0}, {"betas": (0.95, 0.98), "maximize": True}))],
+    _torch_lion,
+    "the published algorithm in torch ops",
+)  # fmt: skip

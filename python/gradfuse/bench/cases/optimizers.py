@@ -8,13 +8,9 @@ low-precision AdamW cases have modules of their own.
 
 from __future__ import annotations
 
-from typing import Any
+from gradfuse.bench._case import OptimizerCase, OptimizerRow, optimizer_cases
 
-from gradfuse.bench._case import OptimizerCase
-
-_Row = tuple[str, str, str, dict[str, Any], tuple[dict[str, Any], ...]]
-
-_ROWS: tuple[_Row, ...] = (
+_ROWS: tuple[OptimizerRow, ...] = (
     # SGD: plain, and with momentum + weight decay (the foundation issue's bar).
     ("sgd", "sgd", "SGD", {"lr": 1e-3}, (
         {},
@@ -65,30 +61,16 @@ _ROWS: tuple[_Row, ...] = (
 )  # fmt: skip
 
 
-def _description(optimizer: str, kwargs: dict[str, Any]) -> str:
-    return f"{optimizer}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
+# AdamW with the global-norm clipping keyword, against torch.nn.utils.clip_grad_norm_ followed by
+# torch's AdamW step.
+_CLIPPED = OptimizerCase(
+    "adamw_clip",
+    "adam_clip",
+    optimizer="AdamW",
+    kwargs={"lr": 1e-3, "weight_decay": 1e-2},
+    max_grad_norm=1.0,
+    description="AdamW(max_grad_norm=1.0) vs clip_grad_norm_(1.0) + AdamW",
+    check_configs=({},),
+)
 
-
-CASES = [
-    OptimizerCase(
-        name,
-        key,
-        optimizer=optimizer,
-        kwargs=kwargs,
-        description=_description(optimizer, kwargs),
-        check_configs=checks,
-    )
-    for name, key, optimizer, kwargs, checks in _ROWS
-] + [
-    # AdamW with the global-norm clipping keyword, against torch.nn.utils.clip_grad_norm_
-    # followed by torch's AdamW step.
-    OptimizerCase(
-        "adamw_clip",
-        "adam_clip",
-        optimizer="AdamW",
-        kwargs={"lr": 1e-3, "weight_decay": 1e-2},
-        max_grad_norm=1.0,
-        description="AdamW(max_grad_norm=1.0) vs clip_grad_norm_(1.0) + AdamW",
-        check_configs=({},),
-    ),
-]
+CASES = [*optimizer_cases(_ROWS), _CLIPPED]
