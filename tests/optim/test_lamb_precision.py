@@ -231,6 +231,45 @@ def test_8bit_first_step_codes_are_the_engine_quantizer_s() -> None:
             assert torch.equal(st[key + "_absmax"], absmax), key
 
 
+STORAGES: list[tuple[torch.dtype, dict[str, Any], Store]] = [
+    (torch.bfloat16, {"state_dtype": torch.uint8}, _q8),
+    (torch.float16, {"state_dtype": torch.uint8}, _q8),
+    (torch.bfloat16, {"state_dtype": torch.uint8, "kahan": True}, _q8),
+    (torch.bfloat16, {"state_dtype": torch.uint8, "rounding": "stochastic"}, _q8),
+    (torch.float16, {"state_dtype": torch.uint8, "master_weights": True}, _q8),
+    (torch.bfloat16, {"state_dtype": torch.float32}, _keep),
+    (torch.float16, {"state_dtype": torch.float32}, _keep),
+    (torch.bfloat16, {"state_dtype": torch.float32, "kahan": True}, _keep),
+    (torch.bfloat16, {"state_dtype": torch.float32, "rounding": "stochastic"}, _keep),
+    (torch.bfloat16, {"kahan": True}, _bf16),
+    (torch.bfloat16, {"rounding": "stochastic"}, _bf16),
+]
+
+
+@pytest.mark.parametrize(
+    ("dtype", "options", "store"),
+    STORAGES,
+    ids=[f"{d}-" + ",".join(f"{k}={v}" for k, v in o.items()) for d, o, _ in STORAGES],
+)
+def test_moments_are_the_emulation_s_for_every_storage(
+    dtype: torch.dtype, options: dict[str, Any], store: Store
+) -> None:
+    # adam_w_mode: the moments depend on the gradients only, so whatever the param policy does
+    # to the params, the stored moments are the emulation's bit for bit (state rounded to its
+    # dtype, or dequantized and requantized per block, by every storage the kernel visits).
+    start, grads = _problem(6)
+    torch.manual_seed(5)
+    params, opt = _run(lambda ps: go.LAMB(ps, **KW, **options), start, grads, dtype)
+    _, wm, wv = _emulate(start, grads, store)
+    for i, p in enumerate(params):
+        assert torch.equal(_stored(opt, p, "exp_avg", True), wm[i]), f"exp_avg {i}"
+        assert torch.equal(_stored(opt, p, "exp_avg_sq", False), wv[i]), f"exp_avg_sq {i}"
+        assert p.dtype == dtype
+        assert torch.isfinite(p).all()
+        if p.numel():
+            assert not torch.equal(p.detach().float(), start[i]), i  # the params moved
+
+
 def test_state_dtype_8bit_string_is_lamb8bit() -> None:
     start, grads = _problem(3)
     a, _ = _run(lambda ps: go.LAMB8bit(ps, **KW), start, grads, torch.float32)
