@@ -16,8 +16,8 @@
 //           (so that u, and its norm, come from the moments pass 2 will read); u and the norms;
 //   pass 2, per tile: load p, m, v; p - ratio * u; store p by its policy.
 // A LAMB block (kLambBlock) is a whole number of tiles and of 8-bit blocks (kQ8Block), and the
-// norms' lanes are the element's index from the block's start as in lamb_pass1, so a storage
-// whose values round-trip (float32 state, the master copy) gives the default path's bits.
+// norms' lanes are the element's index from the block's start as in lamb_pass1, so 16-bit params
+// with master weights and float32 state give the float32 run's bits (test_lamb_precision.py).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
