@@ -150,6 +150,18 @@ void lamb_stored(const LambArgs& a) {
   if (gf.skip) return;  // AMP found inf/NaN: change nothing
   const auto s = math::LambScalars<OpT>::from(a.hyper);
   const auto flip = math::SignFlip<OpT>::when(a.maximize);
+  // Slots already stored in OpT (float32 params rounded to nearest, float32 state) are used in
+  // place, as map_span_tiled does: loading and storing them would only copy.
+  constexpr bool kParamInPlace =
+      std::is_same_v<typename St::Param, OpT> && St::kPolicy == kParamNearest;
+  constexpr bool kStateInPlace = std::is_same_v<typename St::State, OpT>;
+  constexpr unsigned kInPlace = (kParamInPlace ? kP | kG : 0u) | (kStateInPlace ? kM | kV : 0u);
+  // Slot d of elements [o, o + n): the tensor itself when in place, else its tile row.
+  auto at = [](const SpanSlots<St>& sl, int d, std::int64_t o, OpT* row) -> OpT* {
+    if (((kInPlace >> d) & 1u) == 0) return row;
+    if (d < 2) return reinterpret_cast<OpT*>(sl.param[d]) + o;
+    return reinterpret_cast<OpT*>(sl.state[d]) + o;
+  };
   const RunBlocks blocks(tl, kLambBlock);
   std::vector<double> part_u(static_cast<std::size_t>(blocks.count()));
   std::vector<double> part_p(part_u.size());
@@ -160,11 +172,16 @@ void lamb_stored(const LambArgs& a) {
     OpT acc[2][kReduceLanes] = {};
     for (std::int64_t o = b; o < e; o += kTile) {
       const std::int64_t n = std::min(kTile, e - o);
-      tile_load(sl, kP | kG | kM | kV, o, n, rows);
-      lamb_rows_moments<kDecoupled>(rows[0], rows[1], rows[2], rows[3], n, s, gf, flip);
-      tile_store(sl, kM | kV, o, n, rows);
-      tile_load(sl, kM | kV, o, n, rows);
-      lamb_rows_norms<kDecoupled>(rows[0], rows[2], rows[3], n, s, acc);
+      OpT* p = at(sl, 0, o, rows[0]);
+      OpT* m = at(sl, 2, o, rows[2]);
+      OpT* v = at(sl, 3, o, rows[3]);
+      tile_load(sl, (kP | kG | kM | kV) & ~kInPlace, o, n, rows);
+      lamb_rows_moments<kDecoupled>(p, at(sl, 1, o, rows[1]), m, v, n, s, gf, flip);
+      if constexpr (!kStateInPlace) {
+        tile_store(sl, kM | kV, o, n, rows);
+        tile_load(sl, kM | kV, o, n, rows);  // the moments as stored
+      }
+      lamb_rows_norms<kDecoupled>(p, m, v, n, s, acc);
     }
     part_u[blk] = static_cast<double>(fold_lanes(acc[0]));
     part_p[blk] = static_cast<double>(fold_lanes(acc[1]));
@@ -182,9 +199,10 @@ void lamb_stored(const LambArgs& a) {
         alignas(64) TileBuffers<OpT> rows;
         for (std::int64_t o = b; o < e; o += kTile) {
           const std::int64_t n = std::min(kTile, e - o);
-          tile_load(sl, kP | kM | kV, o, n, rows);
-          lamb_pass2<kDecoupled, OpT>(rows[0], rows[2], rows[3], 0, n, s, ratio[t]);
-          tile_store(sl, kP, o, n, rows);
+          tile_load(sl, (kP | kM | kV) & ~kInPlace, o, n, rows);
+          lamb_pass2<kDecoupled, OpT>(at(sl, 0, o, rows[0]), at(sl, 2, o, rows[2]),
+                                      at(sl, 3, o, rows[3]), 0, n, s, ratio[t]);
+          tile_store(sl, kP & ~kInPlace, o, n, rows);
         }
       },
       Blocks::Order::kBackward);
