@@ -40,10 +40,9 @@ class LAMB(FusedOptimizer):
 
     apex supports float16/float32 params on CUDA only; this runs float32, float64, float16 and
     bfloat16 params on the CPU (a CUDA kernel is compiled but has not run on a GPU yet).
-    ``amsgrad=True`` raises as in apex;
-    ``set_grad_none`` is :meth:`zero_grad`'s default. ``maximize`` (keyword-only) is a gradfuse
-    extension. AMP: GradScaler's scale and inf check are applied inside the step (a skipped step
-    changes nothing, ``step`` included).
+    ``amsgrad=True`` raises as in apex; ``set_grad_none`` is :meth:`zero_grad`'s default.
+    ``maximize`` (keyword-only) is a gradfuse extension. AMP: GradScaler's scale and inf check
+    are applied inside the step (a skipped step changes nothing, ``step`` included).
 
     The precision policies (keyword-only, off by default) are every gradfuse optimizer's
     (:mod:`gradfuse.optim._precision`): ``master_weights``, ``state_dtype`` (bfloat16 state for
