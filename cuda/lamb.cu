@@ -8,10 +8,14 @@
 //   pass 2 (lamb_apply_kernel): p -= ratio * u, u recomputed from p and the new moments.
 // One launch of each per tensor: simple and correct first; a multi-tensor table (as grad_norm.cu
 // has) would cut the launches for models of many small tensors. Not yet run on a GPU.
+// The default storage only (state in the params' dtype, params rounded to nearest): the storage
+// policies (master weights, Kahan, stochastic rounding, another state dtype, 8-bit state) are the
+// CPU kernel's (src/cpu/kernels/lamb.cpp) and refused here before anything runs.
 #include <cstdint>
 #include <vector>
 
 #include "common.cuh"
+#include "gradfuse/check.h"
 #include "gradfuse/cuda.h"
 #include "gradfuse/dispatch.h"
 #include "gradfuse/math/bits.h"
@@ -149,6 +153,10 @@ void lamb_typed(const LambArgs& a) {
 }  // namespace
 
 void lamb(const LambArgs& a) {
+  GF_CHECK(a.tensors.precision.is_default(a.tensors.dtype),
+           "lamb: master weights, state_dtype, stochastic rounding and Kahan compensation are only "
+           "available for CPU tensors in this version (got CUDA tensors of ",
+           dtype_name(a.tensors.dtype), ")");
   visit_dtype(a.tensors.dtype, "lamb", [&](auto tag) {
     using T = typename decltype(tag)::type;
     bool_switch([&](auto dec_c) { lamb_typed<decltype(dec_c)::value, T>(a); }, a.decoupled);

@@ -155,6 +155,9 @@ def lamb(
     grad_scale: int = 0,
     found_inf: int = 0,
     clip_coef: int = 0,
+    state_dtype: int = -1,
+    policy: int = 0,
+    seed: int = 0,
 ) -> None: ...
 def adafactor(
     slots: list[list[int]],

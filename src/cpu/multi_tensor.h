@@ -171,6 +171,33 @@ struct SpanSlots {
 template <typename St>
 constexpr bool kQ8State = std::is_same_v<typename St::State, Q8>;
 
+// The slots of tensor t of a call under storage St: its first `depth` pointers, the policy's
+// extra array, the rounding key, the 8-bit absmax arrays and maps (from the list's Precision).
+template <typename St>
+SpanSlots<St> span_slots(const TensorList& tl, std::int64_t t, int depth) {
+  const Precision& pr = tl.precision;
+  SpanSlots<St> sl{};
+  sl.depth = depth;
+  for (int d = 0; d < depth; ++d) {
+    if (d < 2) {
+      sl.param[d] = tl.ptr<typename St::Param>(d, t);
+    } else {
+      sl.state[d] = tl.ptr<typename St::State>(d, t);
+    }
+  }
+  if constexpr (St::kPolicy == kParamMaster || St::kPolicy == kParamKahan) {
+    sl.extra = reinterpret_cast<typename St::Extra*>(pr.extra[t]);
+  }
+  if constexpr (St::kPolicy == kParamStochastic) sl.key = math::rounding_key(pr.seed, t);
+  if constexpr (kQ8State<St>) {
+    for (int d = 2; d < depth; ++d) {
+      sl.absmax[d] = reinterpret_cast<float*>(pr.absmax[(d - 2) * tl.size + t]);
+      sl.map[d] = &q8::dynamic_map(pr.signed_slot(d));
+    }
+  }
+  return sl;
+}
+
 // Loads elements [o, o + n) of the slots in `reads` (bit d = slot d) into tile rows, converted
 // to OpT (math::load; the float32 master instead of the param under kParamMaster). Compiled once
 // per storage, for every rule.
@@ -308,7 +335,6 @@ void map_elements(const TensorList& tl, const Op& op) {
     const OpT inv_scale =
         gs.grad_scale ? OpT(static_cast<float>(1.0 / static_cast<double>(*gs.grad_scale))) : OpT(1);
     const OpT clip_coef = gs.clip_coef ? OpT(*gs.clip_coef) : OpT(1);
-    const Precision& pr = tl.precision;
     for_each_span(
         tl,
         [&](std::int64_t t, std::int64_t b, std::int64_t e) {
@@ -318,26 +344,7 @@ void map_elements(const TensorList& tl, const Op& op) {
             map_span(slot(0), slot(1), slot(2), slot(3), slot(4), slot(5), b, e, op_t, inv_scale,
                      clip_coef);
           } else {
-            SpanSlots<St> sl{};
-            sl.depth = kDepth;
-            for (int d = 0; d < kDepth; ++d) {
-              if (d < 2) {
-                sl.param[d] = tl.ptr<typename St::Param>(d, t);
-              } else {
-                sl.state[d] = tl.ptr<typename St::State>(d, t);
-              }
-            }
-            if constexpr (St::kPolicy == kParamMaster || St::kPolicy == kParamKahan) {
-              sl.extra = reinterpret_cast<typename St::Extra*>(pr.extra[t]);
-            }
-            if constexpr (St::kPolicy == kParamStochastic) sl.key = math::rounding_key(pr.seed, t);
-            if constexpr (kQ8State<St>) {
-              for (int d = 2; d < kDepth; ++d) {
-                sl.absmax[d] = reinterpret_cast<float*>(pr.absmax[(d - 2) * tl.size + t]);
-                sl.map[d] = &q8::dynamic_map(pr.signed_slot(d));
-              }
-            }
-            map_span_tiled(sl, b, e, op_t, inv_scale, clip_coef);
+            map_span_tiled(span_slots<St>(tl, t, kDepth), b, e, op_t, inv_scale, clip_coef);
           }
         },
         tl.precision.is_q8() ? kQ8Block : kSplitAlign);

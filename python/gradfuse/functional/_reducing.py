@@ -16,22 +16,25 @@ call per group cannot express:
 :func:`lamb_` and :func:`adafactor_` drive their calls in the engine's order (:func:`_call` makes
 each native call from the spec): check every argument, read AMP's
 verdict on the host (the scalars need the step), advance the counters, group by (device, dtype,
-step[, factored]) and make one native call per group. The storage defaults only: state in the
-params' dtype, params rounded to nearest (no master weights, state dtype or stochastic
-rounding for these two yet).
+step[, factored]) and make one native call per group. :func:`lamb_` takes the engine's
+low-precision options (``master_params``, ``kahan_comps``, ``rounding``/``seed``, state of
+another dtype, 8-bit state with ``state_absmax``), checked and grouped by the engine's
+:class:`~gradfuse.functional._multi_tensor.LowPrecision` (CPU tensors). :func:`adafactor_` has the
+storage defaults only: state in the params' dtype, params rounded to nearest.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Unpack
 
 from gradfuse import _buffers, _native
 from gradfuse._compile import traceable
+from gradfuse._options import check_options, option_names
 from gradfuse.functional import _engine, _steps
-from gradfuse.functional._engine import NUMBER_OR_TENSOR, HostMath, Hyper, Spec, State
-from gradfuse.functional._multi_tensor import GradScaling, Group, group, prepare
+from gradfuse.functional._engine import NUMBER_OR_TENSOR, HostMath, Hyper, Spec, State, StepOptions
+from gradfuse.functional._multi_tensor import GradScaling, Group, LowPrecision, group, prepare
 
 # --- LAMB ------------------------------------------------------------------------------------
 
@@ -66,7 +69,7 @@ LAMB = Spec(
     op="lamb_",
     kernel="lamb",
     hyper=("lr", "beta1", "beta2", "eps", "weight_decay"),
-    state=(State("exp_avgs", "exp_avg"), State("exp_avg_sqs", "exp_avg_sq")),
+    state=(State("exp_avgs", "exp_avg"), State("exp_avg_sqs", "exp_avg_sq", signed=False)),
     scalars=_lamb_scalars,
     modes=_lamb_modes,
     flags=("bias_correction", "grad_averaging", "adam_w_mode", "use_nvlamb", "maximize"),
@@ -74,7 +77,8 @@ LAMB = Spec(
 )
 
 
-@traceable(written=("params", "exp_avgs", "exp_avg_sqs"))
+@traceable(written=_engine.written(LAMB))
+@_engine.with_options
 def lamb_(
     params: Sequence[Any],
     grads: Sequence[Any],
@@ -92,9 +96,7 @@ def lamb_(
     adam_w_mode: bool = True,
     use_nvlamb: bool = False,
     maximize: bool = False,
-    grad_scale: Any = None,
-    found_inf: Any = None,
-    clip_coef: Any = None,
+    **options: Unpack[StepOptions],
 ) -> None:
     """One LAMB step (You et al. 2019) with apex ``FusedLAMB``'s semantics, in place.
 
@@ -111,8 +113,12 @@ def lamb_(
     and per tensor ``p -= ratio * u`` with ``ratio = lr * ||p|| / ||u||`` where the trust ratio
     applies (``weight_decay != 0`` or ``use_nvlamb``) and both norms are nonzero, else ``lr``.
     apex's global gradient clipping is the caller's ``clip_coef`` (:class:`gradfuse.optim.LAMB`
-    computes it).
+    computes it). AMP and the low-precision options (CPU tensors: master copies, Kahan
+    compensation, stochastic rounding, bfloat16/float32 or 8-bit state with ``state_absmax``)
+    as for every update (:mod:`gradfuse.functional._updates`); the norms are those of the param
+    the update computes with (the master copy) and of ``u`` from the moments as stored.
     """
+    check_options(LAMB.op, options, _STEP_OPTIONS)
     if isinstance(step, bool) or not isinstance(step, int) or step < 1:
         raise ValueError(f"lamb_: step must be an int >= 1 (this step's number), got {step!r}")
     h = _engine.check_hyper(
@@ -138,13 +144,37 @@ def lamb_(
         ("exp_avg_sqs", exp_avg_sqs),
     ]
     _check_none(LAMB.op, slots[2:])
-    buffers = prepare(LAMB.op, slots, ("params", "exp_avgs", "exp_avg_sqs"))
-    scaling = _scaling(LAMB.op, grad_scale, found_inf, clip_coef)
+    lowprec = _engine.lowprec_of(options)
+    lowprec.signed = [st.signed for st in LAMB.state]
+    buffers, depth = lowprec.prepare_buffers(LAMB.op, slots, ("params", "exp_avgs", "exp_avg_sqs"))
+    n = len(params)
+    _policies_on_cpu(LAMB.op, lowprec, buffers, n)
+    scaling = _scaling(
+        LAMB.op, options.get("grad_scale"), options.get("found_inf"), options.get("clip_coef")
+    )
     if scaling is None:
         return
-    n = len(params)
-    for g in group(buffers, 4, n):
-        _call(LAMB, h, g, float(step), scaling)
+    for k, g in enumerate(group(buffers, depth, n, None, *lowprec.layout)):
+        g.slots.extend(lowprec.absmax_slots(g))  # 8-bit state: the absmax lists last
+        _call(LAMB, h, g, float(step), scaling, **lowprec.kwargs(g, k))
+
+
+_STEP_OPTIONS = option_names(StepOptions)
+
+
+def _policies_on_cpu(op: str, lowprec: LowPrecision, buffers: Sequence[Any], n: int) -> None:
+    """The CUDA kernel has the default storage only: refuse a policy there before anything is
+    written (the native check would come after the CPU groups of a mixed call have run)."""
+    if lowprec.is_default:
+        return
+    for i in range(n):
+        b = buffers[i]
+        if b is not None and b.device >= 0:
+            raise NotImplementedError(
+                f"{op}: params[{i}] is {b.describe()}: master_params, kahan_comps, "
+                f"rounding='stochastic' and state of another dtype than the params' are only "
+                f"available for CPU tensors in this version"
+            )
 
 
 # --- Adafactor -------------------------------------------------------------------------------

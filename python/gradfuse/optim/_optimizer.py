@@ -78,16 +78,24 @@ def group_values(group: dict[str, Any], *names: str) -> dict[str, Any]:
     return {name: group[name] for name in names}
 
 
-class OptimizerOptions(TypedDict, total=False):
-    """gradfuse's keyword-only extensions of an optimizer (the defaults, off, and what they do:
-    :meth:`FusedOptimizer.__init__`). A subclass takes them as
-    ``**options: Unpack[OptimizerOptions]`` after torch's arguments."""
-
+class _ClipOption(TypedDict, total=False):
     max_grad_norm: float | None
+
+
+class PolicyOptions(TypedDict, total=False):
+    """The precision policies alone (:mod:`._precision`): the ``**options`` of an optimizer
+    whose own constructor already takes ``max_grad_norm`` (LAMB's is apex's)."""
+
     master_weights: bool
     state_dtype: torch.dtype | None
     rounding: str
     kahan: bool
+
+
+class OptimizerOptions(_ClipOption, PolicyOptions, total=False):
+    """gradfuse's keyword-only extensions of an optimizer (the defaults, off, and what they do:
+    :meth:`FusedOptimizer.__init__`): ``max_grad_norm``, then the precision policies. A
+    subclass takes them as ``**options: Unpack[OptimizerOptions]`` after torch's arguments."""
 
 
 class FusedOptimizer(Optimizer):

@@ -286,6 +286,8 @@ class PrecisionPolicy:
                     key == "master_param"
                     or (self.state_dtype is not None and value.dtype == self.state_dtype)
                     or key.endswith("_absmax")
+                    # 8-bit state: the float32 state of 16-bit params below min_8bit_size
+                    or (self.q8 and value.dtype == self.dtype_for(p))
                 ):
                     current[key] = value.to(device=p.device, copy=True)
             if self.q8 or any(

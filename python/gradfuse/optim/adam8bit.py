@@ -1,8 +1,9 @@
 """The 8-bit optimizers: gradfuse's optimizers with block-wise 8-bit state
 (``state_dtype=torch.uint8``), under the names bitsandbytes users look for (``Adam8bit``,
 ``AdamW8bit``, ``Lion8bit``, ``RMSprop8bit``, ``Adagrad8bit``) and the same for Adamax, NAdam
-and RAdam, SGD (with momentum: its buffer is created from the first gradient, then 8-bit), and
-Muon (8-bit momentum buffers; its AdamW groups' moments 8-bit too)."""
+and RAdam, SGD (with momentum: its buffer is created from the first gradient, then 8-bit),
+Muon (8-bit momentum buffers; its AdamW groups' moments 8-bit too) and LAMB (bitsandbytes'
+``LAMB8bit``)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from gradfuse.optim.adamax import Adamax
 from gradfuse.optim.adamw import AdamW
 from gradfuse.optim.ademamix import AdEMAMix
 from gradfuse.optim.adopt import ADOPT
+from gradfuse.optim.lamb import LAMB
 from gradfuse.optim.lion import Lion
 from gradfuse.optim.muon import Muon
 from gradfuse.optim.nadam import NAdam
@@ -97,3 +99,22 @@ SGD8bit = _eight_bit(SGD, "SGD8bit")
 ADOPT8bit = _eight_bit(ADOPT, "ADOPT8bit")
 AdEMAMix8bit = _eight_bit(AdEMAMix, "AdEMAMix8bit")
 Muon8bit = _eight_bit(Muon, "Muon8bit")
+LAMB8bit = _eight_bit(
+    LAMB,
+    "LAMB8bit",
+    """LAMB with block-wise 8-bit state: :class:`gradfuse.optim.LAMB` with
+    ``state_dtype=torch.uint8`` (see :mod:`gradfuse.optim._quant8`).
+
+    ``exp_avg`` (signed dynamic map) and ``exp_avg_sq`` (unsigned) of every param with at least
+    ``min_8bit_size`` elements (default 4096) are uint8 codes with a float32 ``*_absmax`` per 256
+    elements; smaller params keep float32 state. Each of the kernel's two passes dequantizes the
+    moments tile by tile; the first updates and requantizes them (new absmax, nearest codes) and
+    takes the trust ratio's norms from the moments as stored. CPU params of float32, float16 or
+    bfloat16; every other argument, default and option as :class:`LAMB` (apex ``FusedLAMB``'s).
+
+    bitsandbytes' ``LAMB8bit`` shares the names ``lr``, ``bias_correction``, ``betas``, ``eps``,
+    ``weight_decay``, ``amsgrad`` (refused), ``adam_w_mode`` and ``min_8bit_size``; its defaults
+    ``eps=1e-8`` and ``weight_decay=0`` are not taken (with apex's semantics ``weight_decay=0``
+    turns the trust ratio off); its ``args`` and ``max_unorm`` have no counterpart.
+    """,
+)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Unpack
 
 import torch
 from torch import Tensor
@@ -11,7 +11,7 @@ from torch.optim.optimizer import ParamsT
 from gradfuse.functional import _steps
 from gradfuse.functional._reducing import LAMB as LAMB_SPEC
 from gradfuse.functional._reducing import lamb_
-from gradfuse.optim._optimizer import FusedOptimizer, group_values
+from gradfuse.optim._optimizer import FusedOptimizer, PolicyOptions, group_values
 from gradfuse.optim._torch_compat import torch_defaults
 
 
@@ -39,10 +39,19 @@ class LAMB(FusedOptimizer):
     README's LAMB table maps apex's options onto pytorch-optimizer's).
 
     apex supports float16/float32 params on CUDA only; this runs float32, float64, float16 and
-    bfloat16 params on the CPU (the CUDA kernel is not written yet). ``amsgrad=True`` raises as
-    in apex; ``set_grad_none`` is :meth:`zero_grad`'s default. ``maximize`` (keyword-only) is a
-    gradfuse extension. AMP: GradScaler's scale and inf check are applied inside the step (a
-    skipped step changes nothing, ``step`` included).
+    bfloat16 params on the CPU (a CUDA kernel is compiled but has not run on a GPU yet).
+    ``amsgrad=True`` raises as in apex; ``set_grad_none`` is :meth:`zero_grad`'s default.
+    ``maximize`` (keyword-only) is a gradfuse extension. AMP: GradScaler's scale and inf check
+    are applied inside the step (a skipped step changes nothing, ``step`` included).
+
+    The precision policies (keyword-only, off by default) are every gradfuse optimizer's
+    (:mod:`gradfuse.optim._precision`): ``master_weights``, ``state_dtype`` (bfloat16 state for
+    float32 params, float32 state for 16-bit ones, ``torch.uint8`` / ``"8bit"``: block-wise
+    8-bit ``exp_avg`` / ``exp_avg_sq``, as :class:`gradfuse.optim.LAMB8bit`), ``rounding=
+    "stochastic"`` and ``kahan``, with the same state keys and checkpoints. Both norms of the
+    trust ratio are those of the param the update computes with (the float32 master under master
+    weights) and of the update from the moments as stored. CPU tensors only for these (the CUDA
+    kernel has the default storage).
     """
 
     _update_fn = staticmethod(lamb_)
@@ -66,6 +75,7 @@ class LAMB(FusedOptimizer):
         use_nvlamb: bool = False,
         *,
         maximize: bool = False,
+        **options: Unpack[PolicyOptions],
     ) -> None:
         if amsgrad:
             raise RuntimeError("LAMB does not support the AMSGrad variant.")
@@ -84,7 +94,7 @@ class LAMB(FusedOptimizer):
         defaults = torch_defaults(
             locals(), but=("amsgrad", "adam_w_mode", "set_grad_none", "use_nvlamb")
         )
-        super().__init__(params, defaults, max_grad_norm=max_grad_norm or None)
+        super().__init__(params, defaults, max_grad_norm=max_grad_norm or None, **options)
         self.adam_w_mode = bool(adam_w_mode)
         self.set_grad_none = bool(set_grad_none)
         self.use_nvlamb = bool(use_nvlamb)
@@ -114,6 +124,8 @@ class LAMB(FusedOptimizer):
         params, grads, lists = self._gather(group)
         step = int(group.get("step", 0)) + 1
         beta1, beta2 = group["betas"]
+        keys = tuple(st.key for st in self._spec.state)
+        lowprec = self._precision.kwargs(type(self).__name__, self.state, params, keys)
         lamb_(
             params,
             grads,
@@ -129,6 +141,7 @@ class LAMB(FusedOptimizer):
             use_nvlamb=self.use_nvlamb,
             maximize=bool(group["maximize"]),
             **amp,
+            **lowprec,
         )
         if not _steps.found_inf_is_set(amp["found_inf"]):
             group["step"] = step  # apex: every group counts every step, grads or not
