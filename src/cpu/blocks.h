@@ -69,6 +69,15 @@ struct Blocks {
   // Tensor t's total of the per-block partials part[0..count()), in a fixed pairwise order.
   template <typename A>
   A sum(const std::vector<A>& part, std::int64_t t) const;
+
+  // f(t) as OpT for each of `tensors` tensors: the per-tensor scalars a reducing update
+  // computes between its passes from the partials (a trust ratio, a step size).
+  template <typename OpT, typename F>
+  std::vector<OpT> per_tensor(std::int64_t tensors, F&& f) const {
+    std::vector<OpT> out(static_cast<std::size_t>(tensors));
+    for (std::int64_t t = 0; t < tensors; ++t) out[static_cast<std::size_t>(t)] = OpT(f(t));
+    return out;
+  }
 };
 
 // Blocks of at most `size` elements, in order, over every tensor of a list.

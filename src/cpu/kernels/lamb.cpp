@@ -73,6 +73,18 @@ __attribute__((noinline)) void lamb_pass2(T* GF_RESTRICT p, const T* GF_RESTRICT
   }
 }
 
+// Each tensor's step size from its blocks' partial sums of u^2 and p^2, combined in a fixed
+// order (the same for any thread count).
+template <typename OpT>
+std::vector<OpT> trust_ratios(const LambArgs& a, const RunBlocks& blocks,
+                              const std::vector<double>& part_u,
+                              const std::vector<double>& part_p) {
+  return blocks.per_tensor<OpT>(a.tensors.size, [&](std::int64_t t) {
+    return math::lamb_ratio(a.lr, a.trust, std::sqrt(blocks.sum(part_p, t)),
+                            std::sqrt(blocks.sum(part_u, t)));
+  });
+}
+
 template <bool kDecoupled, typename T>
 void lamb_typed(const LambArgs& a) {
   using OpT = OpMath<T>;
@@ -89,12 +101,7 @@ void lamb_typed(const LambArgs& a) {
     lamb_pass1<kDecoupled>(tl.ptr<T>(0, t), tl.ptr<const T>(1, t), tl.ptr<T>(2, t), tl.ptr<T>(3, t),
                            b, e, s, gf, flip, &part_u[blk], &part_p[blk]);
   });
-  std::vector<OpT> ratio(static_cast<std::size_t>(tl.size));
-  for (std::int64_t t = 0; t < tl.size; ++t) {
-    const double un = std::sqrt(blocks.sum(part_u, t));
-    const double pn = std::sqrt(blocks.sum(part_p, t));
-    ratio[t] = static_cast<OpT>(math::lamb_ratio(a.lr, a.trust, pn, un));
-  }
+  const std::vector<OpT> ratio = trust_ratios<OpT>(a, blocks, part_u, part_p);
   blocks.run(
       [&](std::int64_t, std::int64_t t, std::int64_t k) {
         const auto [b, e] = blocks.range(t, k);
@@ -186,12 +193,7 @@ void lamb_stored(const LambArgs& a) {
     part_u[blk] = static_cast<double>(fold_lanes(acc[0]));
     part_p[blk] = static_cast<double>(fold_lanes(acc[1]));
   });
-  std::vector<OpT> ratio(static_cast<std::size_t>(tl.size));
-  for (std::int64_t t = 0; t < tl.size; ++t) {
-    const double un = std::sqrt(blocks.sum(part_u, t));
-    const double pn = std::sqrt(blocks.sum(part_p, t));
-    ratio[t] = static_cast<OpT>(math::lamb_ratio(a.lr, a.trust, pn, un));
-  }
+  const std::vector<OpT> ratio = trust_ratios<OpT>(a, blocks, part_u, part_p);
   blocks.run(
       [&](std::int64_t, std::int64_t t, std::int64_t k) {
         const auto [b, e] = blocks.range(t, k);
