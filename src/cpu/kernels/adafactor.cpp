@@ -14,6 +14,10 @@
 // Tensors of rank < 2 (slots p, g, variance):
 //   pass A: read p, g, variance: variance = lerp(variance, g^2, w) (stored); sums of p^2, u^2;
 //   pass C: read p, g, variance: p = p * decay + step * u.
+// Storage (cpu visit_storage, gradfuse/storage.h): the state (row_var, col_var, variance) in
+// St::State, loaded into opmath and rounded to it when stored; the param loaded and stored by
+// the param policy (ParamSlot: the float32 master copy instead of the param, stochastic
+// rounding, Kahan compensation). The default storage is the plain loop over T.
 // u is recomputed where it is needed: no temporary the size of the params. Each pass runs the
 // blocks in the opposite order of the one before (A forward, B backward, C forward; rank < 2:
 // A forward, C backward), so that it starts on the data the previous pass left in the cache.
@@ -27,6 +31,8 @@
 #include "gradfuse/dispatch.h"
 #include "gradfuse/kernels.h"
 #include "gradfuse/math/convert.h"
+#include "gradfuse/math/rounding.h"
+#include "gradfuse/storage.h"
 
 namespace gf::cpu::GF_ISA {
 namespace {
@@ -47,18 +53,68 @@ struct Common {
   GF_INLINE OpT grad(OpT g) const { return g * grad_factor; }
 };
 
+// The param of one tensor under the storage's policy (Precision in gradfuse/tensor_list.h):
+// load gives the value the update reads (the float32 master copy under kParamMaster), store
+// writes the new value by the policy. i counts from the tensor's first element (the stochastic
+// rounding bits depend on it). For the default storage these are math::load and math::store.
+template <typename St>
+struct ParamSlot {
+  using P = typename St::Param;
+  using OpT = OpMath<P>;
+  P* p;
+  typename St::Extra* extra;
+  math::RoundingKey key;
+  std::int64_t offset;  // of p from the tensor's first element (stochastic rounding's index)
+
+  GF_INLINE OpT load(std::int64_t i) const {
+    if constexpr (St::kPolicy == kParamMaster) {
+      return extra[i];
+    } else {
+      return math::load(p, i);
+    }
+  }
+  // old: what load(i) returned (Kahan compensates from it).
+  GF_INLINE void store(std::int64_t i, OpT old, OpT v) const {
+    constexpr int kPolicy = St::kPolicy;
+    if constexpr (kPolicy == kParamNearest) {
+      math::store(p, i, v);
+    } else if constexpr (kPolicy == kParamStochastic) {
+      p[i].bits = math::float_to_bf16_stochastic(v, math::rounding_bits(key, offset + i));
+    } else if constexpr (kPolicy == kParamMaster) {
+      extra[i] = v;
+      math::store(p, i, v);
+    } else {  // kParamKahan
+      math::kahan_bf16(old, v, math::load(extra, i), p[i].bits, extra[i].bits);
+    }
+  }
+};
+
+template <typename St>
+ParamSlot<St> param_slot(const TensorList& tl, std::int64_t t) {
+  ParamSlot<St> s{tl.ptr<typename St::Param>(0, t), nullptr, {}, 0};
+  if constexpr (St::kPolicy == kParamMaster || St::kPolicy == kParamKahan) {
+    s.extra = reinterpret_cast<typename St::Extra*>(tl.precision.extra[t]);
+  }
+  if constexpr (St::kPolicy == kParamStochastic) {
+    s.key = math::rounding_key(tl.precision.seed, t);
+  }
+  return s;
+}
+
 // ---- rank < 2 ---------------------------------------------------------------------------------
 
-template <typename T, typename OpT = OpMath<T>>
-__attribute__((noinline)) void flat_pass_a(const T* GF_RESTRICT p, const T* GF_RESTRICT g,
-                                           T* GF_RESTRICT var, std::int64_t b, std::int64_t e,
-                                           const Common<OpT> c, double* out_p, double* out_u) {
+template <typename St, typename OpT = OpMath<typename St::Param>>
+__attribute__((noinline)) void flat_pass_a(const ParamSlot<St> p,
+                                           const typename St::Param* GF_RESTRICT g,
+                                           typename St::State* GF_RESTRICT var, std::int64_t b,
+                                           std::int64_t e, const Common<OpT> c, double* out_p,
+                                           double* out_u) {
   OpT ap[kReduceLanes] = {}, au[kReduceLanes] = {};
   auto element = [&](std::int64_t j, int k) {
-    const OpT pj = math::load(p, j);
+    const OpT pj = p.load(j);
     const OpT gj = c.grad(math::load(g, j));
-    math::store(var, j, math::adafactor_lerp(math::load(var, j), gj * gj, c.w));
-    const OpT u = math::adafactor_direction(gj, math::load(var, j), c.eps1_sq);
+    math::store(var, j, math::adafactor_lerp<OpT>(math::load(var, j), gj * gj, c.w));
+    const OpT u = math::adafactor_direction<OpT>(gj, math::load(var, j), c.eps1_sq);
     ap[k] += pj * pj;
     au[k] += u * u;
   };
@@ -67,15 +123,18 @@ __attribute__((noinline)) void flat_pass_a(const T* GF_RESTRICT p, const T* GF_R
   *out_u = static_cast<double>(fold_lanes(au));
 }
 
-template <typename T, typename OpT = OpMath<T>>
-__attribute__((noinline)) void flat_pass_c(T* GF_RESTRICT p, const T* GF_RESTRICT g,
-                                           const T* GF_RESTRICT var, std::int64_t b, std::int64_t e,
-                                           const Common<OpT> c, const OpT step) {
+template <typename St, typename OpT = OpMath<typename St::Param>>
+__attribute__((noinline)) void flat_pass_c(const ParamSlot<St> p,
+                                           const typename St::Param* GF_RESTRICT g,
+                                           const typename St::State* GF_RESTRICT var,
+                                           std::int64_t b, std::int64_t e, const Common<OpT> c,
+                                           const OpT step) {
 #pragma GCC ivdep
   for (std::int64_t j = b; j < e; ++j) {
     const OpT u =
-        math::adafactor_direction(c.grad(math::load(g, j)), math::load(var, j), c.eps1_sq);
-    math::store(p, j, math::load(p, j) * c.decay + step * u);
+        math::adafactor_direction<OpT>(c.grad(math::load(g, j)), math::load(var, j), c.eps1_sq);
+    const OpT pj = p.load(j);
+    p.store(j, pj, pj * c.decay + step * u);
   }
 }
 
@@ -93,44 +152,48 @@ std::vector<OpT> adafactor_steps(const AdafactorArgs& a, const Blocks& blocks,
   return step;
 }
 
-template <typename T>
-void adafactor_flat(const AdafactorArgs& a, const Common<OpMath<T>>& c) {
-  using OpT = OpMath<T>;
+template <typename St>
+void adafactor_flat(const AdafactorArgs& a, const Common<OpMath<typename St::Param>>& c) {
+  using P = typename St::Param;
+  using S = typename St::State;
+  using OpT = OpMath<P>;
   const TensorList& tl = a.tensors;
   const RunBlocks blocks(tl, kFlatBlock);
   std::vector<double> part_p(static_cast<std::size_t>(blocks.count()));
   std::vector<double> part_u(part_p.size());
   blocks.run([&](std::int64_t blk, std::int64_t t, std::int64_t k) {
     const auto [b, e] = blocks.range(t, k);
-    flat_pass_a<T>(tl.ptr<const T>(0, t), tl.ptr<const T>(1, t), tl.ptr<T>(2, t), b, e, c,
-                   &part_p[blk], &part_u[blk]);
+    flat_pass_a<St>(param_slot<St>(tl, t), tl.ptr<const P>(1, t), tl.ptr<S>(2, t), b, e, c,
+                    &part_p[blk], &part_u[blk]);
   });
   const std::vector<OpT> step = adafactor_steps<OpT>(a, blocks, part_p, part_u);
   blocks.run(
       [&](std::int64_t, std::int64_t t, std::int64_t k) {
         const auto [b, e] = blocks.range(t, k);
-        flat_pass_c<T>(tl.ptr<T>(0, t), tl.ptr<const T>(1, t), tl.ptr<const T>(2, t), b, e, c,
-                       step[t]);
+        flat_pass_c<St>(param_slot<St>(tl, t), tl.ptr<const P>(1, t), tl.ptr<const S>(2, t), b, e,
+                        c, step[t]);
       },
       Blocks::Order::kBackward);
 }
 
 // ---- rank >= 2 --------------------------------------------------------------------------------
 
-// Rows [r0, r1) of one matrix (p, g point to its first element).
-template <typename T, typename OpT = OpMath<T>>
-__attribute__((noinline)) void factored_pass_a(const T* GF_RESTRICT p, const T* GF_RESTRICT g,
-                                               T* GF_RESTRICT row_var, OpT* GF_RESTRICT colp,
-                                               std::int64_t r0, std::int64_t r1, std::int64_t cols,
+// Rows [r0, r1) of one matrix (g points to its first element, p's indices count from it too).
+template <typename St, typename OpT = OpMath<typename St::Param>>
+__attribute__((noinline)) void factored_pass_a(const ParamSlot<St> p,
+                                               const typename St::Param* GF_RESTRICT g,
+                                               typename St::State* GF_RESTRICT row_var,
+                                               OpT* GF_RESTRICT colp, std::int64_t r0,
+                                               std::int64_t r1, std::int64_t cols,
                                                const Common<OpT> c, double* out_p) {
   OpT ap[kReduceLanes] = {};
   for (std::int64_t j = 0; j < cols; ++j) colp[j] = OpT(0);
   for (std::int64_t r = r0; r < r1; ++r) {
-    const T* GF_RESTRICT pr = p + r * cols;
-    const T* GF_RESTRICT gr = g + r * cols;
+    const std::int64_t o = r * cols;
+    const typename St::Param* GF_RESTRICT gr = g + o;
     OpT ar[kReduceLanes] = {};
     for_lanes(0, cols, [&](std::int64_t j, int k) {
-      const OpT pj = math::load(pr, j);
+      const OpT pj = p.load(o + j);
       const OpT gj = c.grad(math::load(gr, j));
       const OpT g2 = gj * gj;
       ap[k] += pj * pj;
@@ -138,30 +201,32 @@ __attribute__((noinline)) void factored_pass_a(const T* GF_RESTRICT p, const T* 
       colp[j] += g2;
     });
     const OpT mean = fold_lanes(ar) / static_cast<OpT>(cols);
-    math::store(row_var, r, math::adafactor_lerp(math::load(row_var, r), mean, c.w));
+    math::store(row_var, r, math::adafactor_lerp<OpT>(math::load(row_var, r), mean, c.w));
   }
   *out_p = static_cast<double>(fold_lanes(ap));
 }
 
 // u of rows [r0, r1): sum of u^2 (pass B) or p = p * decay + step * u (pass C), with
 // u = g * min(row factor * col factor, 1 / eps1) (math::adafactor_factored_scale).
-template <bool kApply, typename T, typename OpT = OpMath<T>>
-__attribute__((noinline)) void factored_pass_u(T* GF_RESTRICT p, const T* GF_RESTRICT g,
-                                               const T* GF_RESTRICT row_var,
+template <bool kApply, typename St, typename OpT = OpMath<typename St::Param>>
+__attribute__((noinline)) void factored_pass_u(const ParamSlot<St> p,
+                                               const typename St::Param* GF_RESTRICT g,
+                                               const typename St::State* GF_RESTRICT row_var,
                                                const OpT* GF_RESTRICT col_factor, std::int64_t r0,
                                                std::int64_t r1, std::int64_t cols, OpT rmean,
                                                OpT inv_eps1, const Common<OpT> c, OpT step,
                                                double* out_u) {
   OpT au[kReduceLanes] = {};
   for (std::int64_t r = r0; r < r1; ++r) {
-    const T* GF_RESTRICT gr = g + r * cols;
-    T* GF_RESTRICT pr = kApply ? p + r * cols : nullptr;
+    const std::int64_t o = r * cols;
+    const typename St::Param* GF_RESTRICT gr = g + o;
     const OpT row_factor = OpT(1) / std::sqrt(math::load(row_var, r) / rmean);
     auto element = [&](std::int64_t j, int k) {
       const OpT scale = math::adafactor_factored_scale(row_factor, col_factor[j], inv_eps1);
       const OpT u = c.grad(math::load(gr, j)) * scale;
       if constexpr (kApply) {
-        math::store(pr, j, math::load(pr, j) * c.decay + step * u);
+        const OpT pj = p.load(o + j);
+        p.store(o + j, pj, pj * c.decay + step * u);
       } else {
         au[k] += u * u;
       }
@@ -171,9 +236,21 @@ __attribute__((noinline)) void factored_pass_u(T* GF_RESTRICT p, const T* GF_RES
   if constexpr (!kApply) *out_u = static_cast<double>(fold_lanes(au));
 }
 
-template <typename T>
-void adafactor_factored(const AdafactorArgs& a, const Common<OpMath<T>>& c) {
-  using OpT = OpMath<T>;
+// The param slot of matrix `mat` of tensor t: its pointers moved to the matrix's first element
+// (the stochastic-rounding key stays the tensor's, so its bits count from the tensor's start).
+template <typename St>
+ParamSlot<St> at_offset(ParamSlot<St> s, std::int64_t off) {
+  s.p += off;
+  if constexpr (St::kPolicy == kParamMaster || St::kPolicy == kParamKahan) s.extra += off;
+  s.offset = off;
+  return s;
+}
+
+template <typename St>
+void adafactor_factored(const AdafactorArgs& a, const Common<OpMath<typename St::Param>>& c) {
+  using P = typename St::Param;
+  using S = typename St::State;
+  using OpT = OpMath<P>;
   const TensorList& tl = a.tensors;
   const std::int64_t n = tl.size;
   // Per tensor: matrices, rows per block, blocks per matrix, and where its column partials go.
@@ -204,9 +281,9 @@ void adafactor_factored(const AdafactorArgs& a, const Common<OpMath<T>>& c) {
   blocks.run([&](std::int64_t blk, std::int64_t t, std::int64_t k) {
     const Where w = where(t, k);
     const std::int64_t rows = a.rows[t], cols = a.cols[t], off = w.mat * rows * cols;
-    factored_pass_a<T>(tl.ptr<const T>(0, t) + off, tl.ptr<const T>(1, t) + off,
-                       tl.ptr<T>(2, t) + w.mat * rows, colp.data() + col_off[t] + k * cols, w.r0,
-                       w.r1, cols, c, &part_p[blk]);
+    factored_pass_a<St>(at_offset(param_slot<St>(tl, t), off), tl.ptr<const P>(1, t) + off,
+                        tl.ptr<S>(2, t) + w.mat * rows, colp.data() + col_off[t] + k * cols, w.r0,
+                        w.r1, cols, c, &part_p[blk]);
   });
   // Column means into col_var, and the clamped mean of row_var per matrix.
   std::vector<std::int64_t> mat_first(n + 1, 0);
@@ -219,8 +296,8 @@ void adafactor_factored(const AdafactorArgs& a, const Common<OpMath<T>>& c) {
   const OpT inv_eps1 = static_cast<OpT>(1.0 / a.hyper.eps1);
   for (std::int64_t t = 0; t < n; ++t) {
     const std::int64_t rows = a.rows[t], cols = a.cols[t];
-    T* col_var = tl.ptr<T>(3, t);
-    const T* row_var = tl.ptr<const T>(2, t);
+    S* col_var = tl.ptr<S>(3, t);
+    const S* row_var = tl.ptr<const S>(2, t);
     std::vector<OpT> sum(static_cast<std::size_t>(cols));
     for (std::int64_t mat = 0; mat < mats[t]; ++mat) {
       // The column sums over the matrix's blocks, block by block (rows of the partials in
@@ -233,10 +310,11 @@ void adafactor_factored(const AdafactorArgs& a, const Common<OpMath<T>>& c) {
       }
       for (std::int64_t j = 0; j < cols; ++j) {
         const std::int64_t at = mat * cols + j;
-        math::store(
-            col_var, at,
-            math::adafactor_lerp(math::load(col_var, at), sum[j] / static_cast<OpT>(rows), c.w));
-        col_factor[colf_off[t] + at] = OpT(1) / std::sqrt(math::load(col_var, at));
+        math::store(col_var, at,
+                    math::adafactor_lerp<OpT>(math::load(col_var, at),
+                                              sum[j] / static_cast<OpT>(rows), c.w));
+        col_factor[colf_off[t] + at] =
+            OpT(1) / std::sqrt(static_cast<OpT>(math::load(col_var, at)));
       }
       OpT acc[kReduceLanes] = {};
       for (std::int64_t r = 0; r < rows; ++r)
@@ -249,40 +327,47 @@ void adafactor_factored(const AdafactorArgs& a, const Common<OpMath<T>>& c) {
       [&](std::int64_t blk, std::int64_t t, std::int64_t k) {
         const Where w = where(t, k);
         const std::int64_t rows = a.rows[t], cols = a.cols[t], off = w.mat * rows * cols;
-        factored_pass_u<false, T>(nullptr, tl.ptr<const T>(1, t) + off,
-                                  tl.ptr<const T>(2, t) + w.mat * rows,
-                                  col_factor.data() + colf_off[t] + w.mat * cols, w.r0, w.r1, cols,
-                                  rmean[mat_first[t] + w.mat], inv_eps1, c, OpT(0), &part_u[blk]);
+        factored_pass_u<false, St>(ParamSlot<St>{}, tl.ptr<const P>(1, t) + off,
+                                   tl.ptr<const S>(2, t) + w.mat * rows,
+                                   col_factor.data() + colf_off[t] + w.mat * cols, w.r0, w.r1, cols,
+                                   rmean[mat_first[t] + w.mat], inv_eps1, c, OpT(0), &part_u[blk]);
       },
       Blocks::Order::kBackward);
   const std::vector<OpT> step = adafactor_steps<OpT>(a, blocks, part_p, part_u);
   blocks.run([&](std::int64_t, std::int64_t t, std::int64_t k) {
     const Where w = where(t, k);
     const std::int64_t rows = a.rows[t], cols = a.cols[t], off = w.mat * rows * cols;
-    factored_pass_u<true, T>(tl.ptr<T>(0, t) + off, tl.ptr<const T>(1, t) + off,
-                             tl.ptr<const T>(2, t) + w.mat * rows,
-                             col_factor.data() + colf_off[t] + w.mat * cols, w.r0, w.r1, cols,
-                             rmean[mat_first[t] + w.mat], inv_eps1, c, step[t], nullptr);
+    factored_pass_u<true, St>(at_offset(param_slot<St>(tl, t), off), tl.ptr<const P>(1, t) + off,
+                              tl.ptr<const S>(2, t) + w.mat * rows,
+                              col_factor.data() + colf_off[t] + w.mat * cols, w.r0, w.r1, cols,
+                              rmean[mat_first[t] + w.mat], inv_eps1, c, step[t], nullptr);
   });
 }
 
 }  // namespace
 
 void adafactor(const AdafactorArgs& a) {
-  visit_dtype(a.tensors.dtype, "adafactor", [&](auto tag) {
+  const TensorList& tl = a.tensors;
+  GF_CHECK(!tl.precision.is_q8(),
+           "adafactor: 8-bit state is not available (the factored state "
+           "is already O(rows + cols) per matrix)");
+  visit_dtype(tl.dtype, "adafactor", [&](auto tag) {
     using T = typename decltype(tag)::type;
     using OpT = OpMath<T>;
-    const GradFactors<OpT> gf(a.tensors.grad_scaling);
-    if (gf.skip) return;  // AMP found inf/NaN: change nothing
-    const OpT sign = a.maximize ? OpT(-1) : OpT(1);
-    const Common<OpT> c{(gf.inv_scale * gf.clip) * sign, static_cast<OpT>(a.hyper.one_minus_beta2),
-                        static_cast<OpT>(a.hyper.eps1 * a.hyper.eps1),
-                        static_cast<OpT>(a.hyper.decay)};
-    if (a.factored) {
-      adafactor_factored<T>(a, c);
-    } else {
-      adafactor_flat<T>(a, c);
-    }
+    visit_storage<T, true>(tl, "adafactor", [&](auto storage) {
+      using St = decltype(storage);
+      const GradFactors<OpT> gf(tl.grad_scaling);
+      if (gf.skip) return;  // AMP found inf/NaN: change nothing
+      const OpT sign = a.maximize ? OpT(-1) : OpT(1);
+      const Common<OpT> c{
+          (gf.inv_scale * gf.clip) * sign, static_cast<OpT>(a.hyper.one_minus_beta2),
+          static_cast<OpT>(a.hyper.eps1 * a.hyper.eps1), static_cast<OpT>(a.hyper.decay)};
+      if (a.factored) {
+        adafactor_factored<St>(a, c);
+      } else {
+        adafactor_flat<St>(a, c);
+      }
+    });
   });
 }
 
