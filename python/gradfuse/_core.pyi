@@ -178,6 +178,9 @@ def adafactor(
     grad_scale: int = 0,
     found_inf: int = 0,
     clip_coef: int = 0,
+    state_dtype: int = -1,
+    policy: int = 0,
+    seed: int = 0,
 ) -> None: ...
 
 # Block-wise 8-bit quantization (cpu/quant8.h): n float32 values <-> uint8 codes and one float32

@@ -1,6 +1,8 @@
 // Binding of the Adafactor kernel (gradfuse/reducing_optim_kernels.h). The scalars are the
 // fields of math::AdafactorHyper in order; rows/cols give the matrix shape of every factored
-// tensor (empty lists for a call of tensors of rank < 2).
+// tensor (empty lists for a call of tensors of rank < 2). The storage policy (state dtype of
+// row_var/col_var/variance, the param policy, its extra pointer list after the slots) as for
+// every optimizer (bindings/common.h); 8-bit state is refused by the kernel.
 #include "bindings/common.h"
 
 namespace gf {
@@ -11,9 +13,10 @@ void register_optim_adafactor(py::module_& m) {
       [](const Slots& slots, const Numels& numels, int dtype, int device, std::uintptr_t stream,
          double one_minus_beta2, double rho, double eps1, double eps2, double d, double decay,
          const Numels& rows, const Numels& cols, bool maximize, std::uintptr_t grad_scale,
-         std::uintptr_t found_inf, std::uintptr_t clip_coef) {
+         std::uintptr_t found_inf, std::uintptr_t clip_coef, int state_dtype, int policy,
+         std::uint64_t seed) {
         auto holder = make_list("adafactor", slots, numels, dtype, device, stream, grad_scale,
-                                found_inf, clip_coef);
+                                found_inf, clip_coef, PrecisionArgs{state_dtype, policy, seed});
         const bool factored = !rows.empty();
         if (factored) {
           check_depth(holder.view, "adafactor", 4, "param, grad, row_var, col_var");
@@ -37,9 +40,10 @@ void register_optim_adafactor(py::module_& m) {
       },
       GF_LIST_ARGS, py::kw_only(), py::arg("one_minus_beta2"), py::arg("rho"), py::arg("eps1"),
       py::arg("eps2"), py::arg("d"), py::arg("decay"), py::arg("rows"), py::arg("cols"),
-      py::arg("maximize"), GF_SCALING_ARGS,
+      py::arg("maximize"), GF_SCALING_ARGS, GF_PRECISION_ARGS,
       "In-place Adafactor (torch.optim.Adafactor's update) over slots [params, grads, row_vars,\n"
-      "col_vars] (rows/cols given: factored tensors) or [params, grads, variances].");
+      "col_vars] (rows/cols given: factored tensors) or [params, grads, variances], then the\n"
+      "param policy's extra list (master copies or Kahan compensations) if any.");
 }
 
 }  // namespace gf

@@ -289,3 +289,32 @@ def test_functional_numpy() -> None:
     assert_close(torch.from_numpy(p), tp.detach(), STEP[torch.float64], "numpy")
     assert_close(torch.from_numpy(row), ref.state[tp]["row_var"], STEP[torch.float64], "row")
     assert float(steps[0]) == 3.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("eps1", [1e-3, None])
+def test_clamped_zero_and_tiny_rows_match_torch(dtype: torch.dtype, eps1: float | None) -> None:
+    # The kernel sums u^2 of a factored param from its row and column weights unless the eps1
+    # clamp may be active for some nonzero gradient (then it reads g once more): rows and
+    # columns of zeros (their factors are infinite), rows of tiny gradients (clamped with
+    # eps1=1e-3: sqrt(v) < eps1), a 1e-30 column, against torch in both cases.
+    shapes = [(40, 24), (3, 17, 33), (300, 5)]
+    gen = torch.Generator().manual_seed(11)
+    start = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
+    grads = []
+    for t in range(12):
+        gs = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
+        gs[0][3] = 0.0  # a zero row in every step
+        gs[0][:, 5] = 0.0  # a zero column
+        gs[1][..., 7, :] *= 1e-6  # tiny rows: clamped under eps1=1e-3
+        gs[2][:, 1] = 1e-30 if t % 2 else 0.0
+        if t == 4:
+            gs[2].zero_()  # a step without any gradient
+        grads.append(gs)
+    kw: dict[str, Any] = {"lr": 0.05, "eps": (eps1, 1e-3), "weight_decay": 0.01}
+    ours, theirs = leaves(start, dtype), leaves(start, dtype)
+    run_steps(Adafactor(ours, **kw), ours, grads)
+    run_steps(reference(theirs, **kw), theirs, grads)
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.isfinite(a).all()
+        assert_close(a.detach(), b.detach(), TRAJECTORY[dtype], str(kw))

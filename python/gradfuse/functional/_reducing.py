@@ -19,8 +19,9 @@ verdict on the host (the scalars need the step), advance the counters, group by 
 step[, factored]) and make one native call per group. :func:`lamb_` takes the engine's
 low-precision options (``master_params``, ``kahan_comps``, ``rounding``/``seed``, state of
 another dtype, 8-bit state with ``state_absmax``), checked and grouped by the engine's
-:class:`~gradfuse.functional._multi_tensor.LowPrecision` (CPU tensors). :func:`adafactor_` has the
-storage defaults only: state in the params' dtype, params rounded to nearest.
+:class:`~gradfuse.functional._multi_tensor.LowPrecision` (CPU tensors). :func:`adafactor_` takes
+the same policies but 8-bit state (master weights, Kahan, stochastic rounding, a state dtype for
+its row/column factors and unfactored variance).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from gradfuse._compile import traceable
 from gradfuse._options import check_options, option_names
 from gradfuse.functional import _engine, _steps
 from gradfuse.functional._engine import NUMBER_OR_TENSOR, HostMath, Hyper, Spec, State, StepOptions
-from gradfuse.functional._multi_tensor import GradScaling, Group, LowPrecision, group, prepare
+from gradfuse.functional._multi_tensor import GradScaling, Group, LowPrecision, group
 
 # --- LAMB ------------------------------------------------------------------------------------
 
@@ -227,6 +228,10 @@ def adafactor_(
     grad_scale: Any = None,
     found_inf: Any = None,
     clip_coef: Any = None,
+    master_params: Sequence[Any] | None = None,
+    kahan_comps: Sequence[Any] | None = None,
+    rounding: str = "nearest",
+    seed: int | None = None,
 ) -> None:
     """One Adafactor step, in place, as ``torch.optim.adafactor`` computes it (its argument
     names and lists: ``row_vars[i]``/``col_vars[i]`` for params of rank >= 2, ``variances[i]``
@@ -240,6 +245,14 @@ def adafactor_(
     ``eps1=None`` is the machine epsilon of the first param's dtype (as torch). Params of rank
     >= 2 must be contiguous. An empty param only advances its step (torch divides by its zero
     size there).
+
+    Precision policies (as every update's, :class:`~._multi_tensor.LowPrecision`):
+    ``master_params`` (float32 copies of float16/bfloat16 params, read and updated instead of
+    them, RMS(p) included; ``eps1=None`` is then float32's machine epsilon, the dtype the update
+    runs in), ``kahan_comps`` or ``rounding="stochastic"`` with ``seed`` (bfloat16 params), and
+    the state (``row_vars``/``col_vars``, ``variances``) in float32 for float16/bfloat16 params
+    or bfloat16 for float32 params. No 8-bit state: the factored state is already
+    O(rows + cols) per matrix.
     """
     h = _engine.check_hyper(
         ADAFACTOR,
@@ -275,16 +288,38 @@ def adafactor_(
                 )
     flat = [i for i in range(n) if not factored[i]]
     fact = [i for i in range(n) if factored[i]]
-    flat_bufs = prepare(
-        op,
-        [
-            ("params", pick(params, flat)),
-            ("grads", pick(grads, flat)),
-            ("variances", pick(variances, flat)),
-        ],
-        ("params", "variances"),
+    # The policy's extra list (master copies, Kahan compensations) joins each part's slots.
+    for name, extra in (("master_params", master_params), ("kahan_comps", kahan_comps)):
+        if extra is not None and len(extra) != n:
+            raise ValueError(
+                f"{op}: expected one entry of {name} per entry of params, got {len(extra)} "
+                f"{name} for {n} params"
+            )
+    flat_lp, fact_lp = (
+        LowPrecision(
+            None if master_params is None else pick(master_params, idx),
+            None if kahan_comps is None else pick(kahan_comps, idx),
+            rounding,
+            seed,
+        )
+        for idx in (flat, fact)
     )
-    fact_bufs = prepare(
+    try:
+        flat_bufs, flat_depth = flat_lp.prepare_buffers(
+            op,
+            [
+                ("params", pick(params, flat)),
+                ("grads", pick(grads, flat)),
+                ("variances", pick(variances, flat)),
+            ],
+            ("params", "variances"),
+        )
+    except TypeError as exc:  # 8-bit codes: say why Adafactor has none
+        for i in flat:
+            if str(getattr(variances[i], "dtype", "")).endswith("uint8"):
+                raise ValueError(f"{op}: variances[{i}] holds uint8 codes; {_NO_8BIT}") from exc
+        raise
+    fact_bufs, fact_depth = fact_lp.prepare_buffers(
         op, [("params", pick(params, fact)), ("grads", pick(grads, fact))], ("params",)
     )
     shapes = _factored_state(op, fact, fact_bufs, row_vars, col_vars)
@@ -292,30 +327,47 @@ def adafactor_(
     _cpu_only(op, every)
     # No written buffer (all but the gradients) may share memory with another of the call.
     nf, nc = len(flat), len(fact)
-    grads_at = (range(nf, 2 * nf), range(3 * nf + nc, 3 * nf + 2 * nc))
+    grads_at = (range(nf, 2 * nf), range(flat_depth * nf + nc, flat_depth * nf + 2 * nc))
     clash = _buffers.find_overlap(every, lambda k: not any(k in r for r in grads_at))
     if clash is not None:
-        _buffers.raise_overlap(*(_buffer_name(op, k, flat, fact) for k in clash))
+        extra = ("master_params",) if master_params is not None else ()
+        extra = ("kahan_comps",) if kahan_comps is not None else extra
+        _buffers.raise_overlap(*(_buffer_name(op, k, flat, fact, extra) for k in clash))
     scaling = _scaling(op, grad_scale, found_inf, clip_coef)
     if scaling is None:
         return
     if n and eps1 is None:
-        eps1 = _machine_eps(params[0])
+        # The dtype the update runs in: the param's, or its float32 master copy's.
+        master = None if master_params is None else master_params[0]
+        eps1 = _machine_eps(params[0] if master is None else master)
     h.__dict__["eps1"] = _engine.to_float(eps1 if eps1 is not None else 0.0, "eps1")
     steps = _steps.increment_all(state_steps) if n else []
+    salt = 0  # the native calls' ordinal: each draws its own stochastic-rounding bits
     if flat:
         keys = [steps[i] for i in flat]
-        for g in group(flat_bufs, 3, len(flat), keys):
-            _call(ADAFACTOR, h, g, keys[g.indices[0]], scaling, rows=[], cols=[])
+        for g in group(flat_bufs, flat_depth, nf, keys, *flat_lp.layout):
+            precision = flat_lp.kwargs(g, salt)
+            salt += 1
+            _call(ADAFACTOR, h, g, keys[g.indices[0]], scaling, rows=[], cols=[], **precision)
     if fact:
-        keys = [steps[i] for i in fact]
+        # Grouped by step and by the row/col state's dtype code (-1: the params').
+        fact_keys = [(steps[i], shapes.state_codes[k]) for k, i in enumerate(fact)]
         row_ptrs, col_ptrs = shapes.row_ptrs, shapes.col_ptrs
-        for g in group(fact_bufs, 2, len(fact), keys):
-            g.slots.append([row_ptrs[k] for k in g.indices])
-            g.slots.append([col_ptrs[k] for k in g.indices])
+        for g in group(fact_bufs, fact_depth, nc, fact_keys, *fact_lp.layout):
+            g.slots[2:2] = [[row_ptrs[k] for k in g.indices], [col_ptrs[k] for k in g.indices]]
             rows = [shapes.rows[k] for k in g.indices]
             cols = [shapes.cols[k] for k in g.indices]
-            _call(ADAFACTOR, h, g, keys[g.indices[0]], scaling, rows=rows, cols=cols)
+            step, state_code = fact_keys[g.indices[0]]
+            precision = fact_lp.kwargs(g, salt)
+            precision["state_dtype"] = state_code
+            salt += 1
+            _call(ADAFACTOR, h, g, step, scaling, rows=rows, cols=cols, **precision)
+
+
+_NO_8BIT = (
+    "Adafactor has no 8-bit state: its factored state is already O(rows + cols) per matrix, "
+    "and the full variance of the other params (vectors) is a small share of the memory"
+)
 
 
 class _Factored:
@@ -325,6 +377,7 @@ class _Factored:
         self.buffers: list[Any] = []  # row_vars[i], col_vars[i] of each factored param i
         self.rows: list[int] = []
         self.cols: list[int] = []
+        self.state_codes: list[int] = []  # dtype code of row/col, -1 where it is the param's
 
     @property
     def row_ptrs(self) -> list[int]:
@@ -343,7 +396,8 @@ def _factored_state(
     col_vars: Sequence[Any],
 ) -> _Factored:
     """Checks row_var/col_var of every factored param: torch's shapes (the param's with the last
-    or the second-to-last dim 1), the param's dtype and device, contiguous and writable."""
+    or the second-to-last dim 1), the param's device, contiguous and writable, both of one dtype:
+    the param's, or float32 for float16/bfloat16 params, bfloat16 for float32 params."""
     out = _Factored()
     # The usual case at once, natively (plain contiguous tensors, none sharing memory); else
     # one by one (the full path names what is wrong).
@@ -364,10 +418,23 @@ def _factored_state(
             b = plain[2 * k + j] if plain is not None else None
             if b is None:
                 b = _buffers.as_buffer(state[2 * k + j], f"{op}: {name}[{i}]", writable=True)
-            if tuple(b.shape) != want or b.dtype != p.dtype or b.device != p.device:
+            if tuple(b.shape) != want or b.device != p.device:
                 raise ValueError(
-                    f"{op}: {name}[{i}] has {b.describe()}, expected shape {want}, dtype "
-                    f"{p.dtype}, device {p.device_str} (params[{i}] has {p.describe()})"
+                    f"{op}: {name}[{i}] has {b.describe()}, expected shape {want}, device "
+                    f"{p.device_str} (params[{i}] has {p.describe()})"
+                )
+            if j == 1:  # col_var: row_var's dtype
+                ok = b.dtype == out.buffers[-1].dtype
+            else:
+                ok = b.dtype == p.dtype or (b.dtype, p.dtype) in _OTHER_STATE_DTYPES
+            if not ok:
+                if b.dtype == _buffers.CODES_DTYPE:
+                    raise ValueError(f"{op}: {name}[{i}] holds uint8 codes; {_NO_8BIT}")
+                raise TypeError(
+                    f"{op}: {name}[{i}] has dtype {b.dtype} but params[{i}] has dtype "
+                    f"{p.dtype} ({p.describe()}); expected the same dtype, or float32 state for "
+                    f"float16/bfloat16 params, or bfloat16 state for float32 params"
+                    + (f" (and row_vars[{i}]'s dtype)" if j == 1 else "")
                 )
             if b.numel and not _row_major(want, tuple(b.strides)):
                 raise ValueError(
@@ -376,7 +443,17 @@ def _factored_state(
             out.buffers.append(b)
         out.rows.append(rows)
         out.cols.append(cols)
+        row = out.buffers[-2]
+        out.state_codes.append(-1 if row.dtype == p.dtype else row.dtype_code)
     return out
+
+
+# (state dtype, param dtype) pairs other than the same dtype (LowPrecision's rule).
+_OTHER_STATE_DTYPES = {
+    ("float32", "float16"),
+    ("float32", "bfloat16"),
+    ("bfloat16", "float32"),
+}
 
 
 @functools.lru_cache(maxsize=4096)
@@ -385,10 +462,14 @@ def _row_major(shape: tuple[int, ...], strides: tuple[int, ...]) -> bool:
     return strides == _buffers.contiguous_strides(shape)
 
 
-def _buffer_name(op: str, k: int, flat: list[int], fact: list[int]) -> str:
+def _buffer_name(
+    op: str, k: int, flat: list[int], fact: list[int], extra: tuple[str, ...] = ()
+) -> str:
     """The argument behind buffer ``k`` of adafactor_'s call list (flat params' slots, factored
-    params' slots, then row_vars/col_vars pairs), for an error message."""
-    for idx, names in ((flat, ("params", "grads", "variances")), (fact, ("params", "grads"))):
+    params' slots, each with the policy's ``extra`` list, then row_vars/col_vars pairs), for an
+    error message."""
+    parts = ((flat, ("params", "grads", "variances", *extra)), (fact, ("params", "grads", *extra)))
+    for idx, names in parts:
         m = len(idx)
         if k < m * len(names):
             return f"{op}: {names[k // m]}[{idx[k % m]}]"

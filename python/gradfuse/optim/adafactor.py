@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Unpack
 
 import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from gradfuse.functional._reducing import ADAFACTOR, adafactor_
-from gradfuse.optim._optimizer import FusedOptimizer, group_values
+from gradfuse.optim._optimizer import FusedOptimizer, OptimizerOptions, group_values
 from gradfuse.optim._torch_compat import check_lr, scalar_state, torch_defaults
 
 
@@ -33,15 +33,26 @@ class Adafactor(FusedOptimizer):
     Differences from torch: params of rank >= 2 must be contiguous; an empty param only
     advances its step (torch raises ZeroDivisionError); ``foreach`` is accepted and changes
     nothing. gradfuse extensions (keyword-only): ``max_grad_norm`` (clipping inside the step,
-    see :class:`~gradfuse.optim.FusedOptimizer`) and AMP support (GradScaler's scale and inf
-    check are applied inside the step; torch's Adafactor leaves both to the GradScaler). CPU
-    tensors only for now (the CUDA kernel is not written yet).
+    see :class:`~gradfuse.optim.FusedOptimizer`), AMP support (GradScaler's scale and inf
+    check are applied inside the step; torch's Adafactor leaves both to the GradScaler) and the
+    precision policies (:mod:`gradfuse.optim._precision`): ``master_weights`` (the update, RMS(p)
+    included, runs on the float32 copy; with ``eps=(None, ...)`` eps1 is then float32's machine
+    epsilon, the dtype the update runs in, where torch takes the param's), ``kahan``,
+    ``rounding="stochastic"`` and ``state_dtype`` for ``row_var``/``col_var``/``variance``
+    (bfloat16 for float32 params, float32 for 16-bit ones). No 8-bit state
+    (``state_dtype=torch.uint8`` is refused): the factored state is already O(rows + cols) per
+    matrix and only vectors keep a full ``variance``. CPU tensors only for now (the CUDA kernel
+    is not written yet).
     """
 
     _update_fn = staticmethod(adafactor_)
     _spec = ADAFACTOR
     _sparse_error = "Adafactor does not support sparse gradients"
     _setstate_defaults: ClassVar[dict[str, Any]] = {"foreach": None, "maximize": False}
+    _no_8bit = (
+        "Adafactor's factored state is already O(rows + cols) per matrix, and only vectors keep "
+        "a full variance (a small share of the memory): 8-bit codes would save almost nothing"
+    )
 
     def __init__(
         self,
@@ -54,7 +65,7 @@ class Adafactor(FusedOptimizer):
         *,
         foreach: bool | None = None,
         maximize: bool = False,
-        max_grad_norm: float | None = None,
+        **options: Unpack[OptimizerOptions],
     ) -> None:
         check_lr(lr)
         if not beta2_decay <= 0.0:
@@ -67,29 +78,37 @@ class Adafactor(FusedOptimizer):
             raise ValueError(f"Clipping threshold d should be >= 1 but is: {d}")
         if not weight_decay >= 0.0:
             raise ValueError(f"weight_decay should be >= 0 but is: {weight_decay}")
-        defaults = torch_defaults(locals(), but=("max_grad_norm",))
-        super().__init__(params, defaults, max_grad_norm=max_grad_norm)
+        super().__init__(params, torch_defaults(locals()), **options)
 
     def _init_state(self, p: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
         """torch's first-step state: ``step``, then row/col factors or the full variance."""
         state["step"] = scalar_state(0.0, p.device, False)
         grad = p.grad
         assert grad is not None
+        dtype = self._precision.dtype_for(p)  # the state dtype (the param's by default)
         if grad.dim() > 1:
             row_shape = list(grad.shape)
             row_shape[-1] = 1
-            state["row_var"] = grad.new_zeros(row_shape)
+            state["row_var"] = grad.new_zeros(row_shape, dtype=dtype)
             col_shape = list(grad.shape)
             col_shape[-2] = 1
-            state["col_var"] = grad.new_zeros(col_shape)
+            state["col_var"] = grad.new_zeros(col_shape, dtype=dtype)
         else:
-            state["variance"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
+            state["variance"] = torch.zeros_like(
+                grad, dtype=dtype, memory_format=torch.preserve_format
+            )
 
     def _update(self, group: dict[str, Any], amp: dict[str, Any]) -> None:
         for p in group["params"]:
             if p.grad is not None and torch.is_complex(p):
                 raise RuntimeError("Adafactor does not support complex parameters")
         params, grads, lists = self._gather(group)
+        precision = self._precision
+        if precision.state_dtype is not None:
+            # The policy casts the state shaped like the param (variance); row_var/col_var of
+            # a torch checkpoint are cast here.
+            self._cast_factored(params, lists)
+        lowprec = precision.kwargs(type(self).__name__, self.state, params)
         eps1, eps2 = group["eps"]
         adafactor_(
             params,
@@ -103,4 +122,14 @@ class Adafactor(FusedOptimizer):
             eps2=eps2,
             maximize=bool(group["maximize"]),
             **amp,
+            **lowprec,
         )
+
+    def _cast_factored(self, params: list[Tensor], lists: dict[str, list[Any]]) -> None:
+        for key, name in (("row_var", "row_vars"), ("col_var", "col_vars")):
+            for i, p in enumerate(params):
+                state = self.state[p]
+                value = state.get(key)
+                want = self._precision.dtype_for(p)
+                if value is not None and value.dtype != want:
+                    state[key] = lists[name][i] = value.to(want)

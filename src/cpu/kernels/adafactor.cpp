@@ -5,21 +5,30 @@
 // matrix (about kRowBlockElements elements), so each row's sum of g^2 is one block's work and
 // is folded into row_var at once; the column sums are per-block partial vectors, summed over the
 // blocks of the matrix in order afterwards.
-//   pass A: read p, g: sum p^2; row sums of g^2 (-> row_var); partial column sums of g^2;
-//   then:   col_var from the column sums; the clamped mean of row_var per matrix;
-//   pass B: read g: sum u^2 of u = g / sqrt(max(row * col / rmean, eps1^2)), from per-row and
-//           per-column factors (math::adafactor_factored_scale);
+//   pass A: read p, g: sum p^2; row sums of g^2 (-> row_var); partial column sums of g^2 and
+//           of g^2 / row_var (the row again, from L1: the weights of sum u^2 below);
+//   then:   col_var from the column sums; the clamped mean of row_var per matrix; sum u^2 of
+//           u = g / sqrt(max(row * col / rmean, eps1^2)) without a pass over g where the clamp
+//           is nowhere active: rmean * sum_j w_j / col_j with w_j = sum_i g_ij^2 / row_i;
+//   pass B: only for a tensor where the clamp may be active (or a value is not finite): read g:
+//           sum u^2 from per-row and per-column factors (math::adafactor_factored_scale);
 //   then:   the per-tensor step -alpha / max(1, RMS(u) / d) in double;
 //   pass C: read p, g: p = p * decay + step * u.
 // Tensors of rank < 2 (slots p, g, variance):
 //   pass A: read p, g, variance: variance = lerp(variance, g^2, w) (stored); sums of p^2, u^2;
 //   pass C: read p, g, variance: p = p * decay + step * u.
+// Storage (cpu visit_storage, gradfuse/storage.h): the state (row_var, col_var, variance) in
+// St::State, loaded into opmath and rounded to it when stored; the param loaded and stored by
+// the param policy (ParamSlot: the float32 master copy instead of the param, stochastic
+// rounding, Kahan compensation). The default storage is the plain loop over T.
 // u is recomputed where it is needed: no temporary the size of the params. Each pass runs the
-// blocks in the opposite order of the one before (A forward, B backward, C forward; rank < 2:
-// A forward, C backward), so that it starts on the data the previous pass left in the cache.
+// blocks in the opposite order of the one before (A forward, [B backward,] C the other way of
+// the last; rank < 2: A forward, C backward), so that it starts on the data the previous pass
+// left in the cache.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <utility>
 #include <vector>
 
@@ -27,6 +36,8 @@
 #include "gradfuse/dispatch.h"
 #include "gradfuse/kernels.h"
 #include "gradfuse/math/convert.h"
+#include "gradfuse/math/rounding.h"
+#include "gradfuse/storage.h"
 
 namespace gf::cpu::GF_ISA {
 namespace {
@@ -47,18 +58,72 @@ struct Common {
   GF_INLINE OpT grad(OpT g) const { return g * grad_factor; }
 };
 
+// The param of one tensor under the storage's policy (Precision in gradfuse/tensor_list.h):
+// load gives the value the update reads (the float32 master copy under kParamMaster), store
+// writes the new value by the policy. i counts from the tensor's first element (the stochastic
+// rounding bits depend on it). For the default storage these are math::load and math::store.
+// The passes take the pointers p and extra again as restrict arguments (pp, px), which the
+// loads and stores use: so the compiler knows they alias nothing else and vectorizes.
+template <typename St>
+struct ParamSlot {
+  using P = typename St::Param;
+  using OpT = OpMath<P>;
+  P* p;
+  typename St::Extra* extra;
+  math::RoundingKey key;
+  std::int64_t offset;  // of p from the tensor's first element (stochastic rounding's index)
+
+  using Extra = typename St::Extra;
+
+  GF_INLINE OpT load(const P* GF_RESTRICT pp, const Extra* GF_RESTRICT px, std::int64_t i) const {
+    if constexpr (St::kPolicy == kParamMaster) {
+      return px[i];
+    } else {
+      return math::load(pp, i);
+    }
+  }
+  // old: what load(i) returned (Kahan compensates from it).
+  GF_INLINE void store(P* GF_RESTRICT pp, Extra* GF_RESTRICT px, std::int64_t i, OpT old,
+                       OpT v) const {
+    constexpr int kPolicy = St::kPolicy;
+    if constexpr (kPolicy == kParamNearest) {
+      math::store(pp, i, v);
+    } else if constexpr (kPolicy == kParamStochastic) {
+      pp[i].bits = math::float_to_bf16_stochastic(v, math::rounding_bits(key, offset + i));
+    } else if constexpr (kPolicy == kParamMaster) {
+      px[i] = v;
+      math::store(pp, i, v);
+    } else {  // kParamKahan
+      math::kahan_bf16(old, v, math::load(px, i), pp[i].bits, px[i].bits);
+    }
+  }
+};
+
+template <typename St>
+ParamSlot<St> param_slot(const TensorList& tl, std::int64_t t) {
+  ParamSlot<St> s{tl.ptr<typename St::Param>(0, t), nullptr, {}, 0};
+  if constexpr (St::kPolicy == kParamMaster || St::kPolicy == kParamKahan) {
+    s.extra = reinterpret_cast<typename St::Extra*>(tl.precision.extra[t]);
+  }
+  if constexpr (St::kPolicy == kParamStochastic) {
+    s.key = math::rounding_key(tl.precision.seed, t);
+  }
+  return s;
+}
+
 // ---- rank < 2 ---------------------------------------------------------------------------------
 
-template <typename T, typename OpT = OpMath<T>>
-__attribute__((noinline)) void flat_pass_a(const T* GF_RESTRICT p, const T* GF_RESTRICT g,
-                                           T* GF_RESTRICT var, std::int64_t b, std::int64_t e,
-                                           const Common<OpT> c, double* out_p, double* out_u) {
+template <typename St, typename OpT = OpMath<typename St::Param>>
+__attribute__((noinline)) void flat_pass_a(
+    const ParamSlot<St> p, typename St::Param* GF_RESTRICT pp, typename St::Extra* GF_RESTRICT px,
+    const typename St::Param* GF_RESTRICT g, typename St::State* GF_RESTRICT var, std::int64_t b,
+    std::int64_t e, const Common<OpT> c, double* out_p, double* out_u) {
   OpT ap[kReduceLanes] = {}, au[kReduceLanes] = {};
   auto element = [&](std::int64_t j, int k) {
-    const OpT pj = math::load(p, j);
+    const OpT pj = p.load(pp, px, j);
     const OpT gj = c.grad(math::load(g, j));
-    math::store(var, j, math::adafactor_lerp(math::load(var, j), gj * gj, c.w));
-    const OpT u = math::adafactor_direction(gj, math::load(var, j), c.eps1_sq);
+    math::store(var, j, math::adafactor_lerp<OpT>(math::load(var, j), gj * gj, c.w));
+    const OpT u = math::adafactor_direction<OpT>(gj, math::load(var, j), c.eps1_sq);
     ap[k] += pj * pj;
     au[k] += u * u;
   };
@@ -67,15 +132,17 @@ __attribute__((noinline)) void flat_pass_a(const T* GF_RESTRICT p, const T* GF_R
   *out_u = static_cast<double>(fold_lanes(au));
 }
 
-template <typename T, typename OpT = OpMath<T>>
-__attribute__((noinline)) void flat_pass_c(T* GF_RESTRICT p, const T* GF_RESTRICT g,
-                                           const T* GF_RESTRICT var, std::int64_t b, std::int64_t e,
-                                           const Common<OpT> c, const OpT step) {
+template <typename St, typename OpT = OpMath<typename St::Param>>
+__attribute__((noinline)) void flat_pass_c(
+    const ParamSlot<St> p, typename St::Param* GF_RESTRICT pp, typename St::Extra* GF_RESTRICT px,
+    const typename St::Param* GF_RESTRICT g, const typename St::State* GF_RESTRICT var,
+    std::int64_t b, std::int64_t e, const Common<OpT> c, const OpT step) {
 #pragma GCC ivdep
   for (std::int64_t j = b; j < e; ++j) {
     const OpT u =
-        math::adafactor_direction(c.grad(math::load(g, j)), math::load(var, j), c.eps1_sq);
-    math::store(p, j, math::load(p, j) * c.decay + step * u);
+        math::adafactor_direction<OpT>(c.grad(math::load(g, j)), math::load(var, j), c.eps1_sq);
+    const OpT pj = p.load(pp, px, j);
+    p.store(pp, px, j, pj, pj * c.decay + step * u);
   }
 }
 
@@ -93,75 +160,107 @@ std::vector<OpT> adafactor_steps(const AdafactorArgs& a, const Blocks& blocks,
   return step;
 }
 
-template <typename T>
-void adafactor_flat(const AdafactorArgs& a, const Common<OpMath<T>>& c) {
-  using OpT = OpMath<T>;
+template <typename St>
+void adafactor_flat(const AdafactorArgs& a, const Common<OpMath<typename St::Param>>& c) {
+  using P = typename St::Param;
+  using S = typename St::State;
+  using OpT = OpMath<P>;
   const TensorList& tl = a.tensors;
   const RunBlocks blocks(tl, kFlatBlock);
   std::vector<double> part_p(static_cast<std::size_t>(blocks.count()));
   std::vector<double> part_u(part_p.size());
   blocks.run([&](std::int64_t blk, std::int64_t t, std::int64_t k) {
     const auto [b, e] = blocks.range(t, k);
-    flat_pass_a<T>(tl.ptr<const T>(0, t), tl.ptr<const T>(1, t), tl.ptr<T>(2, t), b, e, c,
-                   &part_p[blk], &part_u[blk]);
+    const ParamSlot<St> ps = param_slot<St>(tl, t);
+    flat_pass_a<St>(ps, ps.p, ps.extra, tl.ptr<const P>(1, t), tl.ptr<S>(2, t), b, e, c,
+                    &part_p[blk], &part_u[blk]);
   });
   const std::vector<OpT> step = adafactor_steps<OpT>(a, blocks, part_p, part_u);
   blocks.run(
       [&](std::int64_t, std::int64_t t, std::int64_t k) {
         const auto [b, e] = blocks.range(t, k);
-        flat_pass_c<T>(tl.ptr<T>(0, t), tl.ptr<const T>(1, t), tl.ptr<const T>(2, t), b, e, c,
-                       step[t]);
+        const ParamSlot<St> ps = param_slot<St>(tl, t);
+        flat_pass_c<St>(ps, ps.p, ps.extra, tl.ptr<const P>(1, t), tl.ptr<const S>(2, t), b, e, c,
+                        step[t]);
       },
       Blocks::Order::kBackward);
 }
 
 // ---- rank >= 2 --------------------------------------------------------------------------------
 
-// Rows [r0, r1) of one matrix (p, g point to its first element).
-template <typename T, typename OpT = OpMath<T>>
-__attribute__((noinline)) void factored_pass_a(const T* GF_RESTRICT p, const T* GF_RESTRICT g,
-                                               T* GF_RESTRICT row_var, OpT* GF_RESTRICT colp,
-                                               std::int64_t r0, std::int64_t r1, std::int64_t cols,
-                                               const Common<OpT> c, double* out_p) {
+// What pass A finds in one block for the sum of u^2 without pass B: the smallest row_var of
+// a row with a nonzero g^2 sum (the largest row factor that multiplies a nonzero g), and
+// whether some row_var is not finite.
+template <typename OpT>
+struct RowBound {
+  OpT min_row = std::numeric_limits<OpT>::infinity();
+  bool bad = false;
+};
+
+// Rows [r0, r1) of one matrix (g points to its first element, p's indices count from it too).
+// colp: this block's column sums of g^2; colw: of g^2 / row_var over the rows whose g^2 sum is
+// nonzero (their u is not all zero).
+template <typename St, typename OpT = OpMath<typename St::Param>>
+__attribute__((noinline)) void factored_pass_a(
+    const ParamSlot<St> p, typename St::Param* GF_RESTRICT pp, typename St::Extra* GF_RESTRICT px,
+    const typename St::Param* GF_RESTRICT g, typename St::State* GF_RESTRICT row_var,
+    OpT* GF_RESTRICT colp, OpT* GF_RESTRICT colw, std::int64_t r0, std::int64_t r1,
+    std::int64_t cols, const Common<OpT> c, double* out_p, RowBound<OpT>* out_bound) {
   OpT ap[kReduceLanes] = {};
+  RowBound<OpT> bound;
   for (std::int64_t j = 0; j < cols; ++j) colp[j] = OpT(0);
+  for (std::int64_t j = 0; j < cols; ++j) colw[j] = OpT(0);
   for (std::int64_t r = r0; r < r1; ++r) {
-    const T* GF_RESTRICT pr = p + r * cols;
-    const T* GF_RESTRICT gr = g + r * cols;
+    const std::int64_t o = r * cols;
+    const typename St::Param* GF_RESTRICT gr = g + o;
     OpT ar[kReduceLanes] = {};
     for_lanes(0, cols, [&](std::int64_t j, int k) {
-      const OpT pj = math::load(pr, j);
+      const OpT pj = p.load(pp, px, o + j);
       const OpT gj = c.grad(math::load(gr, j));
       const OpT g2 = gj * gj;
       ap[k] += pj * pj;
       ar[k] += g2;
       colp[j] += g2;
     });
-    const OpT mean = fold_lanes(ar) / static_cast<OpT>(cols);
-    math::store(row_var, r, math::adafactor_lerp(math::load(row_var, r), mean, c.w));
+    const OpT sum = fold_lanes(ar);
+    math::store(
+        row_var, r,
+        math::adafactor_lerp<OpT>(math::load(row_var, r), sum / static_cast<OpT>(cols), c.w));
+    const OpT rv = math::load(row_var, r);  // as the later passes read it
+    if (!std::isfinite(rv)) bound.bad = true;
+    if (sum > OpT(0)) {
+      if (rv < bound.min_row) bound.min_row = rv;
+      const OpT q = OpT(1) / rv;
+#pragma GCC ivdep
+      for (std::int64_t j = 0; j < cols; ++j) {
+        const OpT gj = c.grad(math::load(gr, j));
+        colw[j] += gj * gj * q;
+      }
+    }
   }
   *out_p = static_cast<double>(fold_lanes(ap));
+  *out_bound = bound;
 }
 
 // u of rows [r0, r1): sum of u^2 (pass B) or p = p * decay + step * u (pass C), with
 // u = g * min(row factor * col factor, 1 / eps1) (math::adafactor_factored_scale).
-template <bool kApply, typename T, typename OpT = OpMath<T>>
-__attribute__((noinline)) void factored_pass_u(T* GF_RESTRICT p, const T* GF_RESTRICT g,
-                                               const T* GF_RESTRICT row_var,
-                                               const OpT* GF_RESTRICT col_factor, std::int64_t r0,
-                                               std::int64_t r1, std::int64_t cols, OpT rmean,
-                                               OpT inv_eps1, const Common<OpT> c, OpT step,
-                                               double* out_u) {
+template <bool kApply, typename St, typename OpT = OpMath<typename St::Param>>
+__attribute__((noinline)) void factored_pass_u(
+    const ParamSlot<St> p, typename St::Param* GF_RESTRICT pp, typename St::Extra* GF_RESTRICT px,
+    const typename St::Param* GF_RESTRICT g, const typename St::State* GF_RESTRICT row_var,
+    const OpT* GF_RESTRICT col_factor, std::int64_t r0, std::int64_t r1, std::int64_t cols,
+    OpT rmean, OpT inv_eps1, const Common<OpT> c, OpT step, double* out_u) {
   OpT au[kReduceLanes] = {};
   for (std::int64_t r = r0; r < r1; ++r) {
-    const T* GF_RESTRICT gr = g + r * cols;
-    T* GF_RESTRICT pr = kApply ? p + r * cols : nullptr;
+    const std::int64_t o = r * cols;
+    const typename St::Param* GF_RESTRICT gr = g + o;
     const OpT row_factor = OpT(1) / std::sqrt(math::load(row_var, r) / rmean);
     auto element = [&](std::int64_t j, int k) {
       const OpT scale = math::adafactor_factored_scale(row_factor, col_factor[j], inv_eps1);
       const OpT u = c.grad(math::load(gr, j)) * scale;
       if constexpr (kApply) {
-        math::store(pr, j, math::load(pr, j) * c.decay + step * u);
+        const OpT pj = p.load(pp, px, o + j);
+        p.store(pp, px, o + j, pj, pj * c.decay + step * u);
       } else {
         au[k] += u * u;
       }
@@ -171,9 +270,21 @@ __attribute__((noinline)) void factored_pass_u(T* GF_RESTRICT p, const T* GF_RES
   if constexpr (!kApply) *out_u = static_cast<double>(fold_lanes(au));
 }
 
-template <typename T>
-void adafactor_factored(const AdafactorArgs& a, const Common<OpMath<T>>& c) {
-  using OpT = OpMath<T>;
+// The param slot of matrix `mat` of tensor t: its pointers moved to the matrix's first element
+// (the stochastic-rounding key stays the tensor's, so its bits count from the tensor's start).
+template <typename St>
+ParamSlot<St> at_offset(ParamSlot<St> s, std::int64_t off) {
+  s.p += off;
+  if constexpr (St::kPolicy == kParamMaster || St::kPolicy == kParamKahan) s.extra += off;
+  s.offset = off;
+  return s;
+}
+
+template <typename St>
+void adafactor_factored(const AdafactorArgs& a, const Common<OpMath<typename St::Param>>& c) {
+  using P = typename St::Param;
+  using S = typename St::State;
+  using OpT = OpMath<P>;
   const TensorList& tl = a.tensors;
   const std::int64_t n = tl.size;
   // Per tensor: matrices, rows per block, blocks per matrix, and where its column partials go.
@@ -192,8 +303,10 @@ void adafactor_factored(const AdafactorArgs& a, const Common<OpMath<T>>& c) {
   }
   const Blocks blocks(counts, total);
   std::vector<OpT> colp(static_cast<std::size_t>(col_off[n]));
+  std::vector<OpT> colw(colp.size());
   std::vector<double> part_p(static_cast<std::size_t>(blocks.count()));
   std::vector<double> part_u(part_p.size());
+  std::vector<RowBound<OpT>> bounds(part_p.size());
   struct Where {
     std::int64_t mat, r0, r1;
   };
@@ -204,10 +317,16 @@ void adafactor_factored(const AdafactorArgs& a, const Common<OpMath<T>>& c) {
   blocks.run([&](std::int64_t blk, std::int64_t t, std::int64_t k) {
     const Where w = where(t, k);
     const std::int64_t rows = a.rows[t], cols = a.cols[t], off = w.mat * rows * cols;
-    factored_pass_a<T>(tl.ptr<const T>(0, t) + off, tl.ptr<const T>(1, t) + off,
-                       tl.ptr<T>(2, t) + w.mat * rows, colp.data() + col_off[t] + k * cols, w.r0,
-                       w.r1, cols, c, &part_p[blk]);
+    const ParamSlot<St> ps = at_offset(param_slot<St>(tl, t), off);
+    factored_pass_a<St>(ps, ps.p, ps.extra, tl.ptr<const P>(1, t) + off,
+                        tl.ptr<S>(2, t) + w.mat * rows, colp.data() + col_off[t] + k * cols,
+                        colw.data() + col_off[t] + k * cols, w.r0, w.r1, cols, c, &part_p[blk],
+                        &bounds[blk]);
   });
+  // Per tensor: sum u^2 without pass B (u_sq[t]), unless the clamp may be active somewhere
+  // (need_b[t]).
+  std::vector<double> u_sq(static_cast<std::size_t>(n), 0.0);
+  std::vector<char> need_b(static_cast<std::size_t>(n), 0);
   // Column means into col_var, and the clamped mean of row_var per matrix.
   std::vector<std::int64_t> mat_first(n + 1, 0);
   for (std::int64_t t = 0; t < n; ++t) mat_first[t + 1] = mat_first[t] + mats[t];
@@ -219,70 +338,120 @@ void adafactor_factored(const AdafactorArgs& a, const Common<OpMath<T>>& c) {
   const OpT inv_eps1 = static_cast<OpT>(1.0 / a.hyper.eps1);
   for (std::int64_t t = 0; t < n; ++t) {
     const std::int64_t rows = a.rows[t], cols = a.cols[t];
-    T* col_var = tl.ptr<T>(3, t);
-    const T* row_var = tl.ptr<const T>(2, t);
-    std::vector<OpT> sum(static_cast<std::size_t>(cols));
+    S* col_var = tl.ptr<S>(3, t);
+    const S* row_var = tl.ptr<const S>(2, t);
+    std::vector<OpT> sum(static_cast<std::size_t>(cols)), sumw(sum.size());
     for (std::int64_t mat = 0; mat < mats[t]; ++mat) {
       // The column sums over the matrix's blocks, block by block (rows of the partials in
       // order: sequential reads, the same additions per column as a loop over blocks).
-      const OpT* base = colp.data() + col_off[t] + mat * per_mat[t] * cols;
+      const std::int64_t first = mat * per_mat[t];
+      const OpT* base = colp.data() + col_off[t] + first * cols;
+      const OpT* base_w = colw.data() + col_off[t] + first * cols;
       std::fill(sum.begin(), sum.end(), OpT(0));
+      std::fill(sumw.begin(), sumw.end(), OpT(0));
       for (std::int64_t q = 0; q < per_mat[t]; ++q) {
         const OpT* row = base + q * cols;
+        const OpT* row_w = base_w + q * cols;
         for (std::int64_t j = 0; j < cols; ++j) sum[j] += row[j];
+        for (std::int64_t j = 0; j < cols; ++j) sumw[j] += row_w[j];
       }
+      // The largest column factor of a column with a nonzero g^2 sum, and sum_j w_j / col_j.
+      OpT max_col = OpT(0);
+      double dot = 0.0;
+      bool bad = false;
       for (std::int64_t j = 0; j < cols; ++j) {
         const std::int64_t at = mat * cols + j;
-        math::store(
-            col_var, at,
-            math::adafactor_lerp(math::load(col_var, at), sum[j] / static_cast<OpT>(rows), c.w));
-        col_factor[colf_off[t] + at] = OpT(1) / std::sqrt(math::load(col_var, at));
+        math::store(col_var, at,
+                    math::adafactor_lerp<OpT>(math::load(col_var, at),
+                                              sum[j] / static_cast<OpT>(rows), c.w));
+        const OpT cv = math::load(col_var, at);
+        const OpT cf = OpT(1) / std::sqrt(cv);
+        col_factor[colf_off[t] + at] = cf;
+        if (!std::isfinite(cv)) bad = true;
+        if (sum[j] > OpT(0) && max_col < cf) max_col = cf;
+        if (sumw[j] > OpT(0)) dot += static_cast<double>(sumw[j]) / static_cast<double>(cv);
       }
       OpT acc[kReduceLanes] = {};
       for (std::int64_t r = 0; r < rows; ++r)
         acc[r % kReduceLanes] += math::load(row_var, mat * rows + r);
       const OpT mean = fold_lanes(acc) / static_cast<OpT>(rows);
-      rmean[mat_first[t] + mat] = mean < eps1 ? eps1 : mean;
+      const OpT rm = mean < eps1 ? eps1 : mean;
+      rmean[mat_first[t] + mat] = rm;
+      OpT min_row = std::numeric_limits<OpT>::infinity();
+      for (std::int64_t q = 0; q < per_mat[t]; ++q) {
+        const RowBound<OpT>& b = bounds[blocks.first[t] + first + q];
+        bad = bad || b.bad;
+        if (b.min_row < min_row) min_row = b.min_row;
+      }
+      // Pass B's scale is min(row factor * col factor, 1 / eps1) with the row factor
+      // 1 / sqrt(row / rmean), decreasing in row: below 1 / eps1 for every nonzero g when the
+      // largest factors' product is (float arithmetic is monotone), and then u^2 sums to
+      // rmean * sum_j w_j / col_j. Rows and columns of zeros add zeros either way.
+      const OpT max_row = OpT(1) / std::sqrt(min_row / rm);
+      if (bad || !(max_row * max_col <= inv_eps1)) {
+        if (min_row != std::numeric_limits<OpT>::infinity() || bad) need_b[t] = 1;
+      } else {
+        u_sq[t] += static_cast<double>(rm) * dot;
+      }
     }
   }
+  const bool any_b = std::find(need_b.begin(), need_b.end(), 1) != need_b.end();
+  if (any_b) {
+    blocks.run(
+        [&](std::int64_t blk, std::int64_t t, std::int64_t k) {
+          if (!need_b[t]) return;
+          const Where w = where(t, k);
+          const std::int64_t rows = a.rows[t], cols = a.cols[t], off = w.mat * rows * cols;
+          factored_pass_u<false, St>(
+              ParamSlot<St>{}, nullptr, nullptr, tl.ptr<const P>(1, t) + off,
+              tl.ptr<const S>(2, t) + w.mat * rows, col_factor.data() + colf_off[t] + w.mat * cols,
+              w.r0, w.r1, cols, rmean[mat_first[t] + w.mat], inv_eps1, c, OpT(0), &part_u[blk]);
+        },
+        Blocks::Order::kBackward);
+  }
+  std::vector<OpT> step(static_cast<std::size_t>(n));
+  for (std::int64_t t = 0; t < n; ++t) {
+    const double usq = need_b[t] ? blocks.sum(part_u, t) : u_sq[t];
+    step[t] = static_cast<OpT>(math::adafactor_step(a.hyper, blocks.sum(part_p, t), usq,
+                                                    static_cast<double>(tl.numels[t])));
+  }
   blocks.run(
-      [&](std::int64_t blk, std::int64_t t, std::int64_t k) {
+      [&](std::int64_t, std::int64_t t, std::int64_t k) {
         const Where w = where(t, k);
         const std::int64_t rows = a.rows[t], cols = a.cols[t], off = w.mat * rows * cols;
-        factored_pass_u<false, T>(nullptr, tl.ptr<const T>(1, t) + off,
-                                  tl.ptr<const T>(2, t) + w.mat * rows,
+        const ParamSlot<St> ps = at_offset(param_slot<St>(tl, t), off);
+        factored_pass_u<true, St>(ps, ps.p, ps.extra, tl.ptr<const P>(1, t) + off,
+                                  tl.ptr<const S>(2, t) + w.mat * rows,
                                   col_factor.data() + colf_off[t] + w.mat * cols, w.r0, w.r1, cols,
-                                  rmean[mat_first[t] + w.mat], inv_eps1, c, OpT(0), &part_u[blk]);
+                                  rmean[mat_first[t] + w.mat], inv_eps1, c, step[t], nullptr);
       },
-      Blocks::Order::kBackward);
-  const std::vector<OpT> step = adafactor_steps<OpT>(a, blocks, part_p, part_u);
-  blocks.run([&](std::int64_t, std::int64_t t, std::int64_t k) {
-    const Where w = where(t, k);
-    const std::int64_t rows = a.rows[t], cols = a.cols[t], off = w.mat * rows * cols;
-    factored_pass_u<true, T>(tl.ptr<T>(0, t) + off, tl.ptr<const T>(1, t) + off,
-                             tl.ptr<const T>(2, t) + w.mat * rows,
-                             col_factor.data() + colf_off[t] + w.mat * cols, w.r0, w.r1, cols,
-                             rmean[mat_first[t] + w.mat], inv_eps1, c, step[t], nullptr);
-  });
+      any_b ? Blocks::Order::kForward : Blocks::Order::kBackward);
 }
 
 }  // namespace
 
 void adafactor(const AdafactorArgs& a) {
-  visit_dtype(a.tensors.dtype, "adafactor", [&](auto tag) {
+  const TensorList& tl = a.tensors;
+  GF_CHECK(!tl.precision.is_q8(),
+           "adafactor: 8-bit state is not available (the factored state "
+           "is already O(rows + cols) per matrix)");
+  visit_dtype(tl.dtype, "adafactor", [&](auto tag) {
     using T = typename decltype(tag)::type;
     using OpT = OpMath<T>;
-    const GradFactors<OpT> gf(a.tensors.grad_scaling);
-    if (gf.skip) return;  // AMP found inf/NaN: change nothing
-    const OpT sign = a.maximize ? OpT(-1) : OpT(1);
-    const Common<OpT> c{(gf.inv_scale * gf.clip) * sign, static_cast<OpT>(a.hyper.one_minus_beta2),
-                        static_cast<OpT>(a.hyper.eps1 * a.hyper.eps1),
-                        static_cast<OpT>(a.hyper.decay)};
-    if (a.factored) {
-      adafactor_factored<T>(a, c);
-    } else {
-      adafactor_flat<T>(a, c);
-    }
+    visit_storage<T, true>(tl, "adafactor", [&](auto storage) {
+      using St = decltype(storage);
+      const GradFactors<OpT> gf(tl.grad_scaling);
+      if (gf.skip) return;  // AMP found inf/NaN: change nothing
+      const OpT sign = a.maximize ? OpT(-1) : OpT(1);
+      const Common<OpT> c{
+          (gf.inv_scale * gf.clip) * sign, static_cast<OpT>(a.hyper.one_minus_beta2),
+          static_cast<OpT>(a.hyper.eps1 * a.hyper.eps1), static_cast<OpT>(a.hyper.decay)};
+      if (a.factored) {
+        adafactor_factored<St>(a, c);
+      } else {
+        adafactor_flat<St>(a, c);
+      }
+    });
   });
 }
 

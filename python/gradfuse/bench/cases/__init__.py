@@ -43,7 +43,10 @@ MIN_ACCESSES: dict[str, tuple[int, str]] = {
         6,
         (
             "rank >= 2: pass A param r, grad r (RMS, row/col means of g^2); pass B grad"
-            " r (RMS of the update); pass C param r+w, grad r (row/col state negligible)"
+            " r (RMS of the update); pass C param r+w, grad r (row/col state negligible)."
+            " The CPU kernel skips pass B where the eps1 clamp is nowhere active (RMS of"
+            " the update from pass A's row-weighted column sums): 5 accesses there; the"
+            " bar stays counted at 6"
         ),
     ),
     # Losses with their input gradient (forward + backward), per input element.
