@@ -3,9 +3,8 @@
 // X-macro list. They are not one elementwise rule over map_elements: each kernel runs a few
 // passes over fixed blocks of every tensor (src/cpu/kernels/lamb.cpp, adafactor.cpp), with
 // the per-element rules of gradfuse/math/lamb.h and adafactor.h shared by CPU and CUDA.
-// LAMB takes the call's storage policy on the CPU (TensorList::precision: master weights, Kahan,
-// stochastic rounding, a state dtype, 8-bit state); Adafactor the storage defaults only (state in
-// the params' dtype, params rounded to nearest).
+// Both take the call's storage policy on the CPU (TensorList::precision: master weights, Kahan,
+// stochastic rounding, a state dtype; LAMB also 8-bit state).
 #pragma once
 
 #include <cstdint>
