@@ -7,6 +7,7 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import pytest
 import torch
 
 import tolerances
@@ -116,3 +117,78 @@ def assert_unchanged(before: Sequence[Any], after: Sequence[Any]) -> None:
             assert torch.equal(_bits(a), _bits(b)), f"tensor {i} changed"
         else:
             assert a.tobytes() == b.tobytes(), f"array {i} changed"
+
+
+# --- the precision-policy tests' fixtures (LAMB, Adafactor, Muon) ---------------------------
+
+
+def seeded_tensors(shapes: Sequence[tuple[int, ...]], seed: int = 0) -> list[torch.Tensor]:
+    """float32 normals of these shapes from their own generator."""
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=gen) for s in shapes]
+
+
+def seeded_grads(
+    shapes: Sequence[tuple[int, ...]], steps: int, seed: int = 1
+) -> list[list[torch.Tensor]]:
+    """One list of float32 gradients per step, from their own generator."""
+    gen = torch.Generator().manual_seed(seed)
+    return [[torch.randn(s, generator=gen) for s in shapes] for _ in range(steps)]
+
+
+def leaves(start: Sequence[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
+    """Fresh leaf params in ``dtype`` from the same starting values."""
+    return [s.to(dtype).clone().requires_grad_(True) for s in start]
+
+
+def step_with(opt: torch.optim.Optimizer, params: Sequence[torch.Tensor], grads: Any) -> None:
+    """One step of ``opt`` with these gradients (cast to each param's dtype)."""
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g.to(p.dtype).clone()
+    opt.step()
+
+
+def assert_same_state(
+    opt: torch.optim.Optimizer,
+    params: Sequence[torch.Tensor],
+    other: torch.optim.Optimizer,
+    other_params: Sequence[torch.Tensor],
+) -> None:
+    """Both optimizers hold the same state, key for key, dtype and bits (a checkpoint loaded)."""
+    for p, q in zip(params, other_params, strict=True):
+        assert opt.state[p].keys() == other.state[q].keys()
+        for k, v in opt.state[p].items():
+            assert v.dtype == other.state[q][k].dtype, k
+            assert torch.equal(v, other.state[q][k]), k
+
+
+def unchanged(tensors: Sequence[torch.Tensor]) -> Callable[[], bool]:
+    """A check, for later, that ``tensors`` still hold the values they hold now."""
+    saved = [t.clone() for t in tensors]
+    return lambda: all(torch.equal(a, b) for a, b in zip(tensors, saved, strict=True))
+
+
+def assert_policy_refusals(
+    cls: type[torch.optim.Optimizer],
+    shape: tuple[int, ...],
+    eight_bit: type[torch.optim.Optimizer] | None = None,
+) -> None:
+    """The precision-policy refusals every optimizer shares, each naming its option: Kahan and
+    stochastic rounding need bfloat16 params, no bfloat16 state for float64 params, master
+    weights not with Kahan; with ``eight_bit`` (its 8-bit class) no 8-bit state for float64
+    params and no other state_dtype for the 8-bit class."""
+    f32 = [torch.randn(shape, requires_grad=True)]
+    f64 = [torch.randn(shape, dtype=torch.float64, requires_grad=True)]
+    with pytest.raises(ValueError, match=r"kahan=True needs bfloat16 params"):
+        cls(f32, kahan=True)
+    with pytest.raises(ValueError, match=r"rounding='stochastic' needs bfloat16 params"):
+        cls(f32, rounding="stochastic")
+    with pytest.raises(ValueError, match=r"state_dtype=torch.bfloat16 is not available"):
+        cls(f64, state_dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="cannot be combined"):
+        cls(f32, master_weights=True, kahan=True)
+    if eight_bit is not None:
+        with pytest.raises(ValueError, match=r"state_dtype=torch.uint8 \(8-bit state\) needs"):
+            eight_bit(f64)
+        with pytest.raises(TypeError, match=r"state_dtype is torch\.uint8"):
+            eight_bit(f32, state_dtype=torch.float32)

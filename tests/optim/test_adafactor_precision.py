@@ -20,6 +20,15 @@ from _more_helpers import one_torch_thread
 
 import gradfuse.optim as go
 from gradfuse.functional import adafactor_
+from optim_testing import (
+    assert_policy_refusals,
+    assert_same_state,
+    leaves,
+    seeded_grads,
+    seeded_tensors,
+    step_with,
+    unchanged,
+)
 from tolerances import TRAJECTORY, assert_close
 
 pytestmark = pytest.mark.usefixtures(one_torch_thread.__name__)
@@ -30,32 +39,10 @@ SHAPES = [(96, 40), (3, 7, 9), (1500, 200), (33,), (4097,), ()]
 KW: dict[str, Any] = {"lr": 0.02, "weight_decay": 0.1, "eps": (1e-30, 1e-3)}
 
 
-def _start(shapes: Sequence[tuple[int, ...]], seed: int = 0) -> list[torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(s, generator=gen) for s in shapes]
-
-
-def _grads(
-    shapes: Sequence[tuple[int, ...]], steps: int, seed: int = 1
-) -> list[list[torch.Tensor]]:
-    gen = torch.Generator().manual_seed(seed)
-    return [[torch.randn(s, generator=gen) for s in shapes] for _ in range(steps)]
-
-
-def _leaves(start: Sequence[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
-    return [s.to(dtype).clone().requires_grad_(True) for s in start]
-
-
-def _step(opt: torch.optim.Optimizer, params: Sequence[torch.Tensor], gs: Any) -> None:
-    for p, g in zip(params, gs, strict=True):
-        p.grad = g.to(p.dtype).clone()
-    opt.step()
-
-
 def _run(params: list[torch.Tensor], grads: Any, **kw: Any) -> go.Adafactor:
     opt = go.Adafactor(params, **kw)
     for gs in grads:
-        _step(opt, params, gs)
+        step_with(opt, params, gs)
     return opt
 
 
@@ -115,12 +102,12 @@ def _reference(
 
 def test_reference_is_torch() -> None:
     # The reference above, storing nothing differently, is torch.optim.Adafactor.
-    start, grads = _start(SHAPES), _grads(SHAPES, 5)
+    start, grads = seeded_tensors(SHAPES), seeded_grads(SHAPES, 5)
     ref, _ = _reference(start, grads, lambda x: x, lambda x: x, **KW)
-    theirs = _leaves(start, torch.float32)
+    theirs = leaves(start, torch.float32)
     opt = torch.optim.Adafactor(theirs, foreach=False, **KW)
     for gs in grads:
-        _step(opt, theirs, gs)
+        step_with(opt, theirs, gs)
     for p, q in zip(ref, theirs, strict=True):
         assert_close(p, q.detach(), TRAJECTORY[torch.float32])
 
@@ -130,12 +117,12 @@ def test_master_weights_with_float32_state_are_the_float32_run(dtype: torch.dtyp
     # 16-bit params with master weights and float32 state: the master copy is float32 Adafactor
     # bit for bit (the kernel reads the copy, computes and stores in float32), the param its
     # nearest rounding. eps1=None is float32's epsilon under master weights (the run's dtype).
-    start = [s.to(dtype).float() for s in _start(SHAPES)]
-    grads = [[g.to(dtype).float() for g in gs] for gs in _grads(SHAPES, 6)]
+    start = [s.to(dtype).float() for s in seeded_tensors(SHAPES)]
+    grads = [[g.to(dtype).float() for g in gs] for gs in seeded_grads(SHAPES, 6)]
     kw = {**KW, "eps": (None, 1e-3)}
-    params = _leaves(start, dtype)
+    params = leaves(start, dtype)
     opt = _run(params, grads, master_weights=True, state_dtype=torch.float32, **kw)
-    ref = _leaves(start, torch.float32)
+    ref = leaves(start, torch.float32)
     ref_opt = _run(ref, grads, **kw)
     for p, q in zip(params, ref, strict=True):
         st, rst = opt.state[p], ref_opt.state[q]
@@ -151,11 +138,11 @@ def test_master_weights_with_float32_state_are_the_float32_run(dtype: torch.dtyp
 def test_master_weights_with_bfloat16_state_are_float32_with_bfloat16_state() -> None:
     # bfloat16 params, master weights, state in the params' dtype (bfloat16): float32 params
     # with state_dtype=bfloat16 compute the same, bit for bit.
-    start = [_bf16(s) for s in _start(SHAPES)]
-    grads = [[_bf16(g) for g in gs] for gs in _grads(SHAPES, 6)]
-    params = _leaves(start, torch.bfloat16)
+    start = [_bf16(s) for s in seeded_tensors(SHAPES)]
+    grads = [[_bf16(g) for g in gs] for gs in seeded_grads(SHAPES, 6)]
+    params = leaves(start, torch.bfloat16)
     opt = _run(params, grads, master_weights=True, **KW)
-    ref = _leaves(start, torch.float32)
+    ref = leaves(start, torch.float32)
     ref_opt = _run(ref, grads, state_dtype=torch.bfloat16, **KW)
     for p, q in zip(params, ref, strict=True):
         st, rst = opt.state[p], ref_opt.state[q]
@@ -173,8 +160,8 @@ def test_bfloat16_state_for_float32_params_follows_the_reference() -> None:
     # float32 trajectories), which can move a bfloat16 rounding by one unit (2^-8 relative) of
     # a state value: the params then differ by that fraction of one step, far below the
     # difference bfloat16 state makes (checked against the float32-state run).
-    start, grads = _start(SHAPES), _grads(SHAPES, 8)
-    params = _leaves(start, torch.float32)
+    start, grads = seeded_tensors(SHAPES), seeded_grads(SHAPES, 8)
+    params = leaves(start, torch.float32)
     opt = _run(params, grads, state_dtype=torch.bfloat16, **KW)
     ref, ref_states = _reference(start, grads, _bf16, lambda x: x, **KW)
     plain, _ = _reference(start, grads, lambda x: x, lambda x: x, **KW)
@@ -195,10 +182,10 @@ def test_float32_state_for_16bit_params_follows_the_reference() -> None:
     # step, the state is float32 Adafactor's. Where the float32 sums differ from torch's in the
     # last bit, a param's rounding can flip (then carried on): about one element in 10^3, and a
     # mean difference far below what rounding the params to bfloat16 changes.
-    start = [_bf16(s) for s in _start(SHAPES)]
-    grads = [[_bf16(g) for g in gs] for gs in _grads(SHAPES, 6)]
+    start = [_bf16(s) for s in seeded_tensors(SHAPES)]
+    grads = [[_bf16(g) for g in gs] for gs in seeded_grads(SHAPES, 6)]
     kw = {**KW, "lr": 0.05}
-    params = _leaves(start, torch.bfloat16)
+    params = leaves(start, torch.bfloat16)
     opt = _run(params, grads, state_dtype=torch.float32, **kw)
     ref, _ = _reference(start, grads, lambda x: x, _bf16, **kw)
     plain, _ = _reference(start, grads, lambda x: x, lambda x: x, **kw)
@@ -216,7 +203,7 @@ def test_kahan_and_stochastic_rounding_keep_small_updates() -> None:
     # bfloat16 rounds most of them away; Kahan compensation keeps them, stochastic rounding
     # keeps them on average.
     shapes = [(64, 64), (256,)]
-    start = [_bf16(s) for s in _start(shapes, 5)]
+    start = [_bf16(s) for s in seeded_tensors(shapes, 5)]
     gen = torch.Generator().manual_seed(6)
     drift = [torch.randn(s, generator=gen) for s in shapes]
     grads = [
@@ -226,7 +213,7 @@ def test_kahan_and_stochastic_rounding_keep_small_updates() -> None:
     expected, _ = _reference(start, grads, lambda x: x, lambda x: x, weight_decay=0.0, **kw)
 
     def error(**options: Any) -> float:
-        ps = _leaves(start, torch.bfloat16)
+        ps = leaves(start, torch.bfloat16)
         opt = _run(ps, grads, state_dtype=torch.float32, **kw, **options)
         total = 0.0
         for p, e in zip(ps, expected, strict=True):
@@ -245,22 +232,22 @@ def test_kahan_and_stochastic_rounding_keep_small_updates() -> None:
 
 
 def test_stochastic_rounding_checkpoint_continues_the_same_bits() -> None:
-    start, grads = _start(SHAPES), _grads(SHAPES, 4)
+    start, grads = seeded_tensors(SHAPES), seeded_grads(SHAPES, 4)
     torch.manual_seed(1)
-    params = _leaves(start, torch.bfloat16)
+    params = leaves(start, torch.bfloat16)
     opt = go.Adafactor(params, rounding="stochastic", **KW)
     for gs in grads[:2]:
-        _step(opt, params, gs)
+        step_with(opt, params, gs)
     sd = copy.deepcopy(opt.state_dict())
     assert "gradfuse_low_precision" in sd
     other = [p.detach().clone().requires_grad_(True) for p in params]
     opt2 = go.Adafactor(other, rounding="stochastic", **KW)
     opt2.load_state_dict(sd)
     for gs in grads[2:]:
-        _step(opt, params, gs)
-        _step(opt2, other, gs)
+        step_with(opt, params, gs)
+        step_with(opt2, other, gs)
     assert all(torch.equal(p, q) for p, q in zip(params, other, strict=True))
-    nearest = _leaves(start, torch.bfloat16)
+    nearest = leaves(start, torch.bfloat16)
     _run(nearest, grads, **KW)
     for p, q in zip(params, nearest, strict=True):  # the bits are really random
         if p.numel() > 1000:
@@ -280,43 +267,39 @@ def test_stochastic_rounding_checkpoint_continues_the_same_bits() -> None:
 )
 def test_state_dict_round_trip_is_exact(options: dict[str, Any]) -> None:
     dtype = torch.float32 if options.get("state_dtype") == torch.bfloat16 else torch.bfloat16
-    start, grads = _start(SHAPES), _grads(SHAPES, 5)
-    params = _leaves(start, dtype)
+    start, grads = seeded_tensors(SHAPES), seeded_grads(SHAPES, 5)
+    params = leaves(start, dtype)
     groups = [{"params": params[:3]}, {"params": params[3:], "lr": 0.01}]
     opt = go.Adafactor(groups, **KW, **options)
     for gs in grads[:3]:
-        _step(opt, params, gs)
+        step_with(opt, params, gs)
     sd = copy.deepcopy(opt.state_dict())  # as torch.save / torch.load would
     other = [p.detach().clone().requires_grad_(True) for p in params]
     opt2 = go.Adafactor([{"params": other[:3]}, {"params": other[3:], "lr": 0.01}], **KW, **options)
     opt2.load_state_dict(sd)
-    for p, q in zip(params, other, strict=True):
-        assert opt.state[p].keys() == opt2.state[q].keys()
-        for k, v in opt.state[p].items():
-            assert v.dtype == opt2.state[q][k].dtype, k
-            assert torch.equal(v, opt2.state[q][k]), k
+    assert_same_state(opt, params, opt2, other)
     for gs in grads[3:]:
-        _step(opt, params, gs)
-        _step(opt2, other, gs)
+        step_with(opt, params, gs)
+        step_with(opt2, other, gs)
     assert all(torch.equal(p, q) for p, q in zip(params, other, strict=True))
 
 
 def test_torch_checkpoint_into_bfloat16_state_and_back() -> None:
-    start, grads = _start(SHAPES), _grads(SHAPES, 3)
-    theirs = _leaves(start, torch.float32)
+    start, grads = seeded_tensors(SHAPES), seeded_grads(SHAPES, 3)
+    theirs = leaves(start, torch.float32)
     topt = torch.optim.Adafactor(theirs, foreach=False, **KW)
     for gs in grads[:2]:
-        _step(topt, theirs, gs)
-    ours = _leaves([t.detach() for t in theirs], torch.float32)
+        step_with(topt, theirs, gs)
+    ours = leaves([t.detach() for t in theirs], torch.float32)
     opt = go.Adafactor(ours, state_dtype=torch.bfloat16, **KW)
     opt.load_state_dict(copy.deepcopy(topt.state_dict()))
-    _step(opt, ours, grads[2])
+    step_with(opt, ours, grads[2])
     for p, q in zip(ours, theirs, strict=True):
         for key, value in topt.state[q].items():
             if key != "step":
                 assert opt.state[p][key].dtype == torch.bfloat16, key
                 assert opt.state[p][key].shape == value.shape, key
-    back = torch.optim.Adafactor(_leaves(start, torch.float32), foreach=False, **KW)
+    back = torch.optim.Adafactor(leaves(start, torch.float32), foreach=False, **KW)
     back.load_state_dict(copy.deepcopy(opt.state_dict()))
     for p in back.param_groups[0]["params"]:
         for key, value in back.state[p].items():
@@ -324,12 +307,12 @@ def test_torch_checkpoint_into_bfloat16_state_and_back() -> None:
 
 
 def test_amp_skip_with_master_weights_changes_nothing() -> None:
-    params = _leaves(_start(SHAPES[:4]), torch.bfloat16)
+    params = leaves(seeded_tensors(SHAPES[:4]), torch.bfloat16)
     opt = go.Adafactor(params, master_weights=True, **KW)
-    _step(opt, params, _grads(SHAPES[:4], 1)[0])
+    step_with(opt, params, seeded_grads(SHAPES[:4], 1)[0])
     before = [p.detach().clone() for p in params]
     state = [v.clone() for p in params for k, v in opt.state[p].items() if k != "step"]
-    for p, g in zip(params, _grads(SHAPES[:4], 1, seed=3)[0], strict=True):
+    for p, g in zip(params, seeded_grads(SHAPES[:4], 1, seed=3)[0], strict=True):
         p.grad = g.to(p.dtype)
     opt.grad_scale = torch.tensor([2.0])  # as GradScaler sets them
     opt.found_inf = torch.tensor([1.0])
@@ -357,21 +340,7 @@ def test_8bit_state_is_refused_with_the_reason() -> None:
 
 
 def test_optimizer_refusals_name_the_option() -> None:
-    f32 = [torch.randn(8, 8, requires_grad=True)]
-    f64 = [torch.randn(8, 8, dtype=torch.float64, requires_grad=True)]
-    with pytest.raises(ValueError, match=r"kahan=True needs bfloat16 params"):
-        go.Adafactor(f32, kahan=True)
-    with pytest.raises(ValueError, match=r"rounding='stochastic' needs bfloat16 params"):
-        go.Adafactor(f32, rounding="stochastic")
-    with pytest.raises(ValueError, match=r"state_dtype=torch.bfloat16 is not available"):
-        go.Adafactor(f64, state_dtype=torch.bfloat16)
-    with pytest.raises(ValueError, match="cannot be combined"):
-        go.Adafactor(f32, master_weights=True, kahan=True)
-
-
-def _unchanged(tensors: Sequence[torch.Tensor]) -> Callable[[], bool]:
-    saved = [t.clone() for t in tensors]
-    return lambda: all(torch.equal(a, b) for a, b in zip(tensors, saved, strict=True))
+    assert_policy_refusals(go.Adafactor, (8, 8))
 
 
 def test_functional_bad_precision_input_writes_nothing() -> None:
@@ -380,7 +349,7 @@ def test_functional_bad_precision_input_writes_nothing() -> None:
     steps = [torch.tensor(0.0), torch.tensor(0.0)]
     bm, bv = pm.to(torch.bfloat16), pv.to(torch.bfloat16)
     brow, bcol, bvar = (x.to(torch.bfloat16) for x in (row, col, var))
-    same = _unchanged([pm, pv, row, col, var, bm, bv, brow, bcol, bvar, *steps])
+    same = unchanged([pm, pv, row, col, var, bm, bv, brow, bcol, bvar, *steps])
 
     def call(params: Any, rows: Any, cols: Any, vars_: Any, **kw: Any) -> None:
         grads = [gm.to(params[0].dtype), gv.to(params[1].dtype)]

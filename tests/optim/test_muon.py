@@ -20,6 +20,7 @@ import gradfuse
 from gradfuse.functional import muon_
 from gradfuse.optim import AdamW, Muon, muon_param_groups
 from gradfuse.testing import Muon as ReferenceMuon
+from optim_testing import leaves
 from tolerances import MUON_BF16_NS, TRAJECTORY, assert_close, assert_low_precision
 
 pytestmark = pytest.mark.usefixtures(one_torch_thread.__name__)
@@ -42,17 +43,13 @@ def _problem(
     return start, grads
 
 
-def _leaves(start: Sequence[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
-    return [s.to(dtype).clone().requires_grad_(True) for s in start]
-
-
 def _run(
     make: Callable[[list[torch.Tensor]], torch.optim.Optimizer],
     start: Sequence[torch.Tensor],
     grads: Sequence[Sequence[torch.Tensor]],
     dtype: torch.dtype,
 ) -> tuple[list[torch.Tensor], torch.optim.Optimizer]:
-    params = _leaves(start, dtype)
+    params = leaves(start, dtype)
     opt = make(params)
     for gs in grads:
         for p, g in zip(params, gs, strict=True):
@@ -285,7 +282,7 @@ def test_grad_scale_and_found_inf() -> None:
         )
 
     plain, _ = _run(make, start, grads, torch.float64)
-    params = _leaves(start, torch.float64)
+    params = leaves(start, torch.float64)
     opt = make(params)
     scale = torch.tensor([1024.0])
     for gs in grads:
@@ -309,9 +306,9 @@ def test_max_grad_norm_equals_clip_then_step() -> None:
     def groups(ps: list[torch.Tensor]) -> list[dict[str, Any]]:
         return [{"params": ps[:2]}, {"params": ps[2:], "use_muon": False}]
 
-    ours = _leaves(start, torch.float64)
+    ours = leaves(start, torch.float64)
     opt = Muon(groups(ours), lr=0.02, ns_dtype=torch.float64, max_grad_norm=0.5)
-    ref = _leaves(start, torch.float64)
+    ref = leaves(start, torch.float64)
     ref_opt = Muon(groups(ref), lr=0.02, ns_dtype=torch.float64)
     for gs in grads:
         for p, q, g in zip(ours, ref, gs, strict=True):

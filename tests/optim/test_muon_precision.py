@@ -19,6 +19,15 @@ from _more_helpers import one_torch_thread
 
 import gradfuse.optim as go
 from gradfuse.functional import muon_
+from optim_testing import (
+    assert_policy_refusals,
+    assert_same_state,
+    leaves,
+    seeded_grads,
+    seeded_tensors,
+    step_with,
+    unchanged,
+)
 from tolerances import TRAJECTORY, assert_close
 
 pytestmark = pytest.mark.usefixtures(one_torch_thread.__name__)
@@ -29,28 +38,6 @@ SHAPES = [(64, 128), (96, 64), (64, 128), (32, 8, 4, 4), (12, 7)]
 KW: dict[str, Any] = {"lr": 0.02, "weight_decay": 0.1}
 
 
-def _start(shapes: Sequence[tuple[int, ...]], seed: int = 0) -> list[torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(s, generator=gen) for s in shapes]
-
-
-def _grads(
-    shapes: Sequence[tuple[int, ...]], steps: int, seed: int = 1
-) -> list[list[torch.Tensor]]:
-    gen = torch.Generator().manual_seed(seed)
-    return [[torch.randn(s, generator=gen) for s in shapes] for _ in range(steps)]
-
-
-def _leaves(start: Sequence[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
-    return [s.to(dtype).clone().requires_grad_(True) for s in start]
-
-
-def _step(opt: torch.optim.Optimizer, params: Sequence[torch.Tensor], gs: Any) -> None:
-    for p, g in zip(params, gs, strict=True):
-        p.grad = g.to(p.dtype).clone()
-    opt.step()
-
-
 def _reference(
     start: Sequence[torch.Tensor],
     grads: Sequence[Sequence[torch.Tensor]],
@@ -58,10 +45,10 @@ def _reference(
     **kw: Any,
 ) -> tuple[list[torch.Tensor], torch.optim.Optimizer]:
     """float32 Muon whose momentum buffers are replaced by ``store(buffer)`` after each step."""
-    params = _leaves(start, torch.float32)
+    params = leaves(start, torch.float32)
     opt = go.Muon(params, **kw)
     for gs in grads:
-        _step(opt, params, gs)
+        step_with(opt, params, gs)
         for p in params:
             st = opt.state[p]
             st["momentum_buffer"] = store(st["momentum_buffer"])
@@ -78,11 +65,11 @@ def _q8_round_trip(min_size: int) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def test_8bit_momentum_is_float32_muon_with_a_quantized_buffer() -> None:
-    start, grads = _start(SHAPES), _grads(SHAPES, 4)
-    params = _leaves(start, torch.float32)
+    start, grads = seeded_tensors(SHAPES), seeded_grads(SHAPES, 4)
+    params = leaves(start, torch.float32)
     opt = go.Muon8bit(params, **KW)
     for gs in grads:
-        _step(opt, params, gs)
+        step_with(opt, params, gs)
     ref, ref_opt = _reference(start, grads, _q8_round_trip(4096), **KW)
     for p, q in zip(params, ref, strict=True):
         assert torch.equal(p, q)
@@ -96,10 +83,10 @@ def test_8bit_momentum_is_float32_muon_with_a_quantized_buffer() -> None:
             assert "momentum_buffer_absmax" not in st
             assert torch.equal(st["momentum_buffer"], buf)
     # state_dtype="8bit" is the same optimizer
-    same = _leaves(start, torch.float32)
+    same = leaves(start, torch.float32)
     other = go.Muon(same, state_dtype="8bit", **KW)
     for gs in grads:
-        _step(other, same, gs)
+        step_with(other, same, gs)
     assert all(torch.equal(p, q) for p, q in zip(params, same, strict=True))
 
 
@@ -107,24 +94,24 @@ def test_8bit_momentum_is_float32_muon_with_a_quantized_buffer() -> None:
 def test_8bit_momentum_tracks_float32_muon(nesterov: bool) -> None:
     # The 8-bit buffer's relative error is ~1%: the trajectory stays near float32 Muon's.
     shapes = [(64, 128)]
-    start, grads = _start(shapes, 3), _grads(shapes, 30, 4)
-    ours, ref = _leaves(start, torch.float32), _leaves(start, torch.float32)
+    start, grads = seeded_tensors(shapes, 3), seeded_grads(shapes, 30, 4)
+    ours, ref = leaves(start, torch.float32), leaves(start, torch.float32)
     opt = go.Muon8bit(ours, nesterov=nesterov, **KW)
     ref_opt = go.Muon(ref, nesterov=nesterov, **KW)
     for gs in grads:
-        _step(opt, ours, gs)
-        _step(ref_opt, ref, gs)
+        step_with(opt, ours, gs)
+        step_with(ref_opt, ref, gs)
     moved = (ref[0] - start[0]).abs().mean().item()
     assert moved > 0.05
     assert (ours[0] - ref[0]).abs().mean().item() < 0.05 * moved
 
 
 def test_bfloat16_momentum_is_float32_muon_with_a_rounded_buffer() -> None:
-    start, grads = _start(SHAPES), _grads(SHAPES, 4)
-    params = _leaves(start, torch.float32)
+    start, grads = seeded_tensors(SHAPES), seeded_grads(SHAPES, 4)
+    params = leaves(start, torch.float32)
     opt = go.Muon(params, state_dtype=torch.bfloat16, **KW)
     for gs in grads:
-        _step(opt, params, gs)
+        step_with(opt, params, gs)
     ref, ref_opt = _reference(start, grads, lambda b: b.to(torch.bfloat16).to(torch.float32), **KW)
     for p, q in zip(params, ref, strict=True):
         buf = opt.state[p]["momentum_buffer"]
@@ -137,12 +124,12 @@ def test_bfloat16_momentum_is_float32_muon_with_a_rounded_buffer() -> None:
 def test_master_weights_are_the_float32_run(state_dtype: torch.dtype | None) -> None:
     # bfloat16 params with master weights: the master copy follows float32 Muon exactly (with
     # the buffer kept as this policy keeps it), the param is its bfloat16 rounding.
-    start = [s.to(torch.bfloat16).float() for s in _start(SHAPES)]
-    grads = [[g.to(torch.bfloat16).float() for g in gs] for gs in _grads(SHAPES, 4)]
-    params = _leaves(start, torch.bfloat16)
+    start = [s.to(torch.bfloat16).float() for s in seeded_tensors(SHAPES)]
+    grads = [[g.to(torch.bfloat16).float() for g in gs] for gs in seeded_grads(SHAPES, 4)]
+    params = leaves(start, torch.bfloat16)
     opt = go.Muon(params, master_weights=True, state_dtype=state_dtype, **KW)
     for gs in grads:
-        _step(opt, params, gs)
+        step_with(opt, params, gs)
     if state_dtype is None:  # bfloat16 buffers, as the params
         ref, _ = _reference(start, grads, lambda b: b.to(torch.bfloat16).float(), **KW)
     else:
@@ -161,12 +148,12 @@ def test_float16_params_with_float32_momentum_follow_the_float32_run() -> None:
     # handed to the float16 apply pass as float16. bfloat16 -> float16 is exact except for
     # values under float16's normal range (2^-14), which keep fewer bits: a difference of
     # lr * 2^-24 at most per step, far inside the float32 trajectory tolerance.
-    start = [s.to(torch.float16).float() for s in _start(SHAPES)]
-    grads = [[g.to(torch.float16).float() for g in gs] for gs in _grads(SHAPES, 4)]
-    params = _leaves(start, torch.float16)
+    start = [s.to(torch.float16).float() for s in seeded_tensors(SHAPES)]
+    grads = [[g.to(torch.float16).float() for g in gs] for gs in seeded_grads(SHAPES, 4)]
+    params = leaves(start, torch.float16)
     opt = go.Muon(params, master_weights=True, state_dtype=torch.float32, **KW)
     for gs in grads:
-        _step(opt, params, gs)
+        step_with(opt, params, gs)
     ref, ref_opt = _reference(start, grads, lambda b: b, **KW)
     for p, q in zip(params, ref, strict=True):
         st = opt.state[p]
@@ -177,12 +164,12 @@ def test_float16_params_with_float32_momentum_follow_the_float32_run() -> None:
 
 
 def test_8bit_momentum_with_master_weights_for_bfloat16_params() -> None:
-    start = [s.to(torch.bfloat16).float() for s in _start(SHAPES)]
-    grads = [[g.to(torch.bfloat16).float() for g in gs] for gs in _grads(SHAPES, 3)]
-    params = _leaves(start, torch.bfloat16)
+    start = [s.to(torch.bfloat16).float() for s in seeded_tensors(SHAPES)]
+    grads = [[g.to(torch.bfloat16).float() for g in gs] for gs in seeded_grads(SHAPES, 3)]
+    params = leaves(start, torch.bfloat16)
     opt = go.Muon8bit(params, master_weights=True, **KW)
     for gs in grads:
-        _step(opt, params, gs)
+        step_with(opt, params, gs)
     ref, _ = _reference(start, grads, _q8_round_trip(4096), **KW)
     for p, q in zip(params, ref, strict=True):
         assert torch.equal(opt.state[p]["master_param"], q)
@@ -194,7 +181,7 @@ def test_kahan_and_stochastic_rounding_keep_small_updates() -> None:
     # bfloat16 rounds nearly every one away; Kahan compensation keeps them, stochastic rounding
     # keeps them on average (a random walk of about sqrt(steps * update * spacing)).
     shapes = [(64, 64)]
-    start = [s.to(torch.bfloat16).float() for s in _start(shapes, 5)]
+    start = [s.to(torch.bfloat16).float() for s in seeded_tensors(shapes, 5)]
     gen = torch.Generator().manual_seed(6)
     drift = torch.randn(64, 64, generator=gen)
     grads = [[(drift + 0.3 * torch.randn(64, 64, generator=gen)).to(torch.bfloat16).float()]]
@@ -204,10 +191,10 @@ def test_kahan_and_stochastic_rounding_keep_small_updates() -> None:
     expected = ref.detach()
 
     def error(**options: Any) -> float:
-        ps = _leaves(start, torch.bfloat16)
+        ps = leaves(start, torch.bfloat16)
         opt = go.Muon(ps, **kw, **options)
         for gs in grads:
-            _step(opt, ps, gs)
+            step_with(opt, ps, gs)
         value = ps[0].detach().float()
         if options.get("kahan"):
             value = value + opt.state[ps[0]]["kahan_comp"].float()
@@ -222,26 +209,26 @@ def test_kahan_and_stochastic_rounding_keep_small_updates() -> None:
 
 
 def test_stochastic_rounding_checkpoint_continues_the_same_bits() -> None:
-    start, grads = _start(SHAPES[:2]), _grads(SHAPES[:2], 4)
+    start, grads = seeded_tensors(SHAPES[:2]), seeded_grads(SHAPES[:2], 4)
     torch.manual_seed(1)
-    params = _leaves(start, torch.bfloat16)
+    params = leaves(start, torch.bfloat16)
     opt = go.Muon(params, rounding="stochastic", **KW)
     for gs in grads[:2]:
-        _step(opt, params, gs)
+        step_with(opt, params, gs)
     sd = copy.deepcopy(opt.state_dict())
     assert "gradfuse_low_precision" in sd
     other = [p.detach().clone().requires_grad_(True) for p in params]
     opt2 = go.Muon(other, rounding="stochastic", **KW)
     opt2.load_state_dict(sd)
     for gs in grads[2:]:
-        _step(opt, params, gs)
-        _step(opt2, other, gs)
+        step_with(opt, params, gs)
+        step_with(opt2, other, gs)
     assert all(torch.equal(p, q) for p, q in zip(params, other, strict=True))
     # and the bits are really random: not the nearest-rounded run
-    nearest = _leaves(start, torch.bfloat16)
+    nearest = leaves(start, torch.bfloat16)
     plain = go.Muon(nearest, **KW)
     for gs in grads:
-        _step(plain, nearest, gs)
+        step_with(plain, nearest, gs)
     assert not torch.equal(params[0], nearest[0])
 
 
@@ -257,43 +244,39 @@ def test_stochastic_rounding_checkpoint_continues_the_same_bits() -> None:
 )
 def test_state_dict_round_trip_is_exact(options: dict[str, Any]) -> None:
     dtype = torch.float32 if "state_dtype" in options else torch.bfloat16
-    start, grads = _start(SHAPES), _grads(SHAPES, 5)
-    params = _leaves(start, dtype)
+    start, grads = seeded_tensors(SHAPES), seeded_grads(SHAPES, 5)
+    params = leaves(start, dtype)
     groups = [{"params": params[:-1]}, {"params": params[-1:], "use_muon": False}]
     opt = go.Muon(groups, **KW, **options)
     for gs in grads[:3]:
-        _step(opt, params, gs)
+        step_with(opt, params, gs)
     sd = copy.deepcopy(opt.state_dict())  # as torch.save / torch.load would
     other = [p.detach().clone().requires_grad_(True) for p in params]
     groups2 = [{"params": other[:-1]}, {"params": other[-1:], "use_muon": False}]
     opt2 = go.Muon(groups2, **KW, **options)
     opt2.load_state_dict(sd)
-    for p, q in zip(params, other, strict=True):
-        assert opt.state[p].keys() == opt2.state[q].keys()
-        for k, v in opt.state[p].items():
-            assert v.dtype == opt2.state[q][k].dtype, k
-            assert torch.equal(v, opt2.state[q][k]), k
+    assert_same_state(opt, params, opt2, other)
     for gs in grads[3:]:
-        _step(opt, params, gs)
-        _step(opt2, other, gs)
+        step_with(opt, params, gs)
+        step_with(opt2, other, gs)
     assert all(torch.equal(p, q) for p, q in zip(params, other, strict=True))
 
 
 def test_torch_checkpoint_into_muon8bit_and_back() -> None:
-    start, grads = _start(SHAPES[:2]), _grads(SHAPES[:2], 3)
-    theirs = _leaves(start, torch.float32)
+    start, grads = seeded_tensors(SHAPES[:2]), seeded_grads(SHAPES[:2], 3)
+    theirs = leaves(start, torch.float32)
     topt = torch.optim.Muon(theirs, **KW)
     for gs in grads[:2]:
-        _step(topt, theirs, gs)
-    ours = _leaves([t.detach() for t in theirs], torch.float32)
+        step_with(topt, theirs, gs)
+    ours = leaves([t.detach() for t in theirs], torch.float32)
     opt = go.Muon8bit(ours, **KW)
     opt.load_state_dict(copy.deepcopy(topt.state_dict()))
     for p, q in zip(ours, theirs, strict=True):
         codes, absmax = go.quantize_blockwise(topt.state[q]["momentum_buffer"])
         assert torch.equal(opt.state[p]["momentum_buffer"], codes)
         assert torch.equal(opt.state[p]["momentum_buffer_absmax"], absmax)
-    _step(opt, ours, grads[2])
-    back = torch.optim.Muon(_leaves(start, torch.float32), **KW)
+    step_with(opt, ours, grads[2])
+    back = torch.optim.Muon(leaves(start, torch.float32), **KW)
     back.load_state_dict(go.dequantize_state_dict(opt.state_dict()))
     for p, q in zip(ours, back.param_groups[0]["params"], strict=True):
         deq = go.dequantize_blockwise(
@@ -316,17 +299,17 @@ def test_torch_checkpoint_into_muon8bit_and_back() -> None:
 def test_adamw_groups_take_adamw_options(options: dict[str, Any]) -> None:
     dtype = torch.float32 if "state_dtype" in options else torch.bfloat16
     shapes = [(64, 128), (100,), (7, 5)]
-    start, grads = _start(shapes), _grads(shapes, 4)
+    start, grads = seeded_tensors(shapes), seeded_grads(shapes, 4)
     adam_kw: dict[str, Any] = {"lr": 3e-3, "betas": (0.8, 0.95), "eps": 1e-6, "weight_decay": 0.05}
     torch.manual_seed(2)
-    ours = _leaves(start, dtype)
+    ours = leaves(start, dtype)
     opt = go.Muon([{"params": ours, "use_muon": False, **adam_kw}], lr=0.02, **options)
     torch.manual_seed(2)
-    theirs = _leaves(start, dtype)
+    theirs = leaves(start, dtype)
     ref = go.AdamW(theirs, **adam_kw, **options)
     for gs in grads:
-        _step(opt, ours, gs)
-        _step(ref, theirs, gs)
+        step_with(opt, ours, gs)
+        step_with(ref, theirs, gs)
     for p, q in zip(ours, theirs, strict=True):
         assert torch.equal(p, q)
         assert opt.state[p].keys() == ref.state[q].keys()
@@ -335,10 +318,10 @@ def test_adamw_groups_take_adamw_options(options: dict[str, Any]) -> None:
 
 
 def test_8bit_amp_skip_changes_nothing_and_grad_scale_unscales() -> None:
-    start, grads = _start(SHAPES[:1]), _grads(SHAPES[:1], 3)
-    params = _leaves(start, torch.float32)
+    start, grads = seeded_tensors(SHAPES[:1]), seeded_grads(SHAPES[:1], 3)
+    params = leaves(start, torch.float32)
     opt = go.Muon8bit(params, **KW)
-    _step(opt, params, grads[0])
+    step_with(opt, params, grads[0])
     before = {k: v.clone() for k, v in opt.state[params[0]].items()}
     p0 = params[0].detach().clone()
     opt.grad_scale = torch.full((1,), 1024.0)  # type: ignore[attr-defined]
@@ -350,12 +333,12 @@ def test_8bit_amp_skip_changes_nothing_and_grad_scale_unscales() -> None:
         assert torch.equal(v, before[k]), k
     # A power-of-two scale unscales exactly: the same step as the unscaled gradient.
     opt.found_inf = torch.zeros(1)  # type: ignore[attr-defined]
-    ref = _leaves([p0], torch.float32)
+    ref = leaves([p0], torch.float32)
     ref_opt = go.Muon8bit(ref, **KW)
     ref_opt.load_state_dict(copy.deepcopy(opt.state_dict()))
     params[0].grad = grads[1][0] * 1024.0
     opt.step()
-    _step(ref_opt, ref, grads[1])
+    step_with(ref_opt, ref, grads[1])
     assert torch.equal(params[0], ref[0])
     assert torch.equal(
         opt.state[params[0]]["momentum_buffer"], ref_opt.state[ref[0]]["momentum_buffer"]
@@ -365,16 +348,11 @@ def test_8bit_amp_skip_changes_nothing_and_grad_scale_unscales() -> None:
 # --- bad input ----------------------------------------------------------------------------------
 
 
-def _unchanged(tensors: Sequence[torch.Tensor]) -> Callable[[], bool]:
-    saved = [t.clone() for t in tensors]
-    return lambda: all(torch.equal(a, b) for a, b in zip(tensors, saved, strict=True))
-
-
 def test_functional_bad_precision_input_writes_nothing() -> None:
     p, g = torch.randn(64, 128), torch.randn(64, 128)
     codes, absmax = go.quantize_blockwise(torch.randn(64, 128))
     bf = torch.randn(64, 128).to(torch.bfloat16)
-    same = _unchanged([p, codes, absmax, bf])
+    same = unchanged([p, codes, absmax, bf])
     with pytest.raises(TypeError, match="no state_absmax"):
         muon_([p], [g], [codes])
     with pytest.raises(ValueError, match="state_absmax"):
@@ -391,7 +369,7 @@ def test_functional_bad_precision_input_writes_nothing() -> None:
     with pytest.raises(TypeError, match="has dtype float16"):
         muon_([p], [g], [torch.zeros(64, 128, dtype=torch.float16)])
     pb, gb = p.to(torch.bfloat16), g.to(torch.bfloat16)
-    same_b = _unchanged([pb])
+    same_b = unchanged([pb])
     with pytest.raises(TypeError, match="has dtype float16"):  # 16-bit params: float32 only
         muon_([pb], [gb], [torch.zeros(64, 128, dtype=torch.float16)])
     with pytest.raises(ValueError, match="cannot be combined"):
@@ -401,26 +379,13 @@ def test_functional_bad_precision_input_writes_nothing() -> None:
 
 
 def test_optimizer_refusals_name_the_option() -> None:
-    f32 = [torch.randn(8, 8, requires_grad=True)]
-    f64 = [torch.randn(8, 8, dtype=torch.float64, requires_grad=True)]
-    with pytest.raises(ValueError, match=r"kahan=True needs bfloat16 params"):
-        go.Muon(f32, kahan=True)
-    with pytest.raises(ValueError, match=r"rounding='stochastic' needs bfloat16 params"):
-        go.Muon(f32, rounding="stochastic")
-    with pytest.raises(ValueError, match=r"state_dtype=torch.uint8 \(8-bit state\) needs"):
-        go.Muon8bit(f64)
-    with pytest.raises(ValueError, match=r"state_dtype=torch.bfloat16 is not available"):
-        go.Muon(f64, state_dtype=torch.bfloat16)
-    with pytest.raises(TypeError, match=r"state_dtype is torch\.uint8"):
-        go.Muon8bit(f32, state_dtype=torch.float32)
-    with pytest.raises(ValueError, match="cannot be combined"):
-        go.Muon(f32, master_weights=True, kahan=True)
+    assert_policy_refusals(go.Muon, (8, 8), go.Muon8bit)
 
 
 def test_bad_checkpoint_into_muon8bit_loads_nothing() -> None:
-    params = _leaves(_start(SHAPES[:1]), torch.float32)
+    params = leaves(seeded_tensors(SHAPES[:1]), torch.float32)
     opt = go.Muon8bit(params, **KW)
-    _step(opt, params, _grads(SHAPES[:1], 1)[0])
+    step_with(opt, params, seeded_grads(SHAPES[:1], 1)[0])
     good = opt.state_dict()
     before = {k: v.clone() for k, v in opt.state[params[0]].items()}
     bad = copy.deepcopy(good)
