@@ -151,13 +151,10 @@ template <typename OpT>
 std::vector<OpT> adafactor_steps(const AdafactorArgs& a, const Blocks& blocks,
                                  const std::vector<double>& part_p,
                                  const std::vector<double>& part_u) {
-  std::vector<OpT> step(static_cast<std::size_t>(a.tensors.size));
-  for (std::int64_t t = 0; t < a.tensors.size; ++t) {
-    step[t] =
-        static_cast<OpT>(math::adafactor_step(a.hyper, blocks.sum(part_p, t), blocks.sum(part_u, t),
-                                              static_cast<double>(a.tensors.numels[t])));
-  }
-  return step;
+  return blocks.per_tensor<OpT>(a.tensors.size, [&](std::int64_t t) {
+    return math::adafactor_step(a.hyper, blocks.sum(part_p, t), blocks.sum(part_u, t),
+                                static_cast<double>(a.tensors.numels[t]));
+  });
 }
 
 template <typename St>
