@@ -14,6 +14,7 @@
 
 #include "cpu/parallel.h"
 #include "cpu/quant8.h"
+#include "cpu/spans.h"
 #include "gradfuse/config.h"
 #include "gradfuse/math/convert.h"
 #include "gradfuse/math/per_tensor.h"
@@ -35,63 +36,6 @@ __attribute__((noinline)) inline const char* engine_isa() {
 #else
   return "baseline";
 #endif
-}
-
-// Below this many elements in a call, threads cost more than they save.
-constexpr std::int64_t kParallelGrain = std::int64_t{1} << 15;
-// Chunks (the unit of work a thread claims) are this many elements of the concatenated range:
-// about 30 us of streaming each, so a late thread costs at most that, while one atomic claim per
-// chunk costs nothing measurable.
-constexpr std::int64_t kChunkElements = std::int64_t{1} << 15;
-// Chunk boundaries inside a tensor sit at multiples of this many elements from its start (a
-// cache line even for bfloat16 data), so two threads never write the same line of a tensor.
-constexpr std::int64_t kSplitAlign = 64;
-
-// Calls fn(tensor, begin, end) exactly once for every element range, covering every element
-// of every tensor. The ranges depend only on the sizes (and, for work above kParallelGrain,
-// which thread runs which range depends on timing: fn must not care, see parallel_chunks).
-// Every range starts at a multiple of `align` elements from its tensor's start (a multiple of
-// kSplitAlign; 8-bit state needs whole blocks, kQ8Block).
-template <typename Fn>
-void for_each_span(const TensorList& tl, Fn&& fn, std::int64_t align = kSplitAlign) {
-  std::vector<std::int64_t> ends(static_cast<std::size_t>(tl.size));
-  std::int64_t total = 0;
-  for (std::int64_t i = 0; i < tl.size; ++i) ends[i] = (total += tl.numels[i]);
-  if (total == 0) return;
-
-  // The spans of the concatenated range [lo, hi), lo and hi being chunk boundaries.
-  auto spans = [&](std::int64_t lo, std::int64_t hi) {
-    // First tensor whose range ends after lo.
-    std::int64_t i = std::upper_bound(ends.begin(), ends.end(), lo) - ends.begin();
-    for (; i < tl.size; ++i) {
-      const std::int64_t start = ends[i] - tl.numels[i];
-      if (start >= hi) break;
-      const std::int64_t b = std::max(lo, start) - start;
-      const std::int64_t e = std::min(hi, ends[i]) - start;
-      if (b < e) fn(i, b, e);
-    }
-  };
-  const std::int64_t by_size = (total + kParallelGrain - 1) / kParallelGrain;
-  const int threads = static_cast<int>(std::min<std::int64_t>(get_num_threads(), by_size));
-  if (threads <= 1) {
-    spans(0, total);
-    return;
-  }
-  // Chunk c covers [bound(c * kChunkElements), bound((c + 1) * kChunkElements)): bound rounds a
-  // position up to the next multiple of kSplitAlign from the start of the tensor it falls in
-  // (capped at that tensor's end). bound is non-decreasing with bound(0) = 0 and
-  // bound(total) = total, so the chunks tile the range exactly.
-  auto bound = [&](std::int64_t x) {
-    if (x >= total) return total;
-    const std::int64_t i = std::upper_bound(ends.begin(), ends.end(), x) - ends.begin();
-    const std::int64_t start = ends[i] - tl.numels[i];
-    const std::int64_t aligned = start + (x - start + align - 1) / align * align;
-    return std::min(aligned, ends[i]);
-  };
-  const std::int64_t n_chunks = (total + kChunkElements - 1) / kChunkElements;
-  parallel_chunks(threads, n_chunks, [&](std::int64_t c) {
-    spans(bound(c * kChunkElements), bound((c + 1) * kChunkElements));
-  });
 }
 
 template <unsigned Mask, int Slot>

@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <vector>
 
 #include "gradfuse/check.h"
 #include "gradfuse/cpu.h"
@@ -65,6 +66,47 @@ int get_num_threads() {
   if (serial_only() || omp_in_parallel()) return 1;
   const int n = g_num_threads.load(std::memory_order_relaxed);
   return n > 0 ? n : omp_get_max_threads();
+}
+
+void parallel_tasks(int n_tasks, FunctionRef<void(int)> f) {
+  if (n_tasks <= 1 || serial_only()) {
+    for (int t = 0; t < n_tasks; ++t) f(t);
+    return;
+  }
+#pragma omp parallel num_threads(n_tasks)
+  {
+    const int team = omp_get_num_threads();
+    for (int t = omp_get_thread_num(); t < n_tasks; t += team) f(t);
+  }
+}
+
+void parallel_chunks(int tasks, std::int64_t n_chunks, FunctionRef<void(std::int64_t)> fn) {
+  if (tasks <= 1 || n_chunks <= 1 || serial_only()) {
+    for (std::int64_t c = 0; c < n_chunks; ++c) fn(c);
+    return;
+  }
+  if (n_chunks < tasks) tasks = static_cast<int>(n_chunks);
+  struct alignas(64) Cursor {  // one cache line each: a task's own claims touch only its line
+    std::atomic<std::int64_t> next;
+    std::int64_t end;
+  };
+  std::vector<Cursor> runs(static_cast<std::size_t>(tasks));
+  for (int t = 0; t < tasks; ++t) {
+    runs[t].next.store(n_chunks * t / tasks, std::memory_order_relaxed);
+    runs[t].end = n_chunks * (t + 1) / tasks;
+  }
+  // The region's start and end barriers order these relaxed claims against the caller's reads
+  // and writes.
+  parallel_tasks(tasks, [&](int t) {
+    for (int k = 0; k < tasks; ++k) {
+      Cursor& run = runs[(t + k) % tasks];
+      for (;;) {
+        const std::int64_t c = run.next.fetch_add(1, std::memory_order_relaxed);
+        if (c >= run.end) break;
+        fn(c);
+      }
+    }
+  });
 }
 
 void set_num_threads(int n) {

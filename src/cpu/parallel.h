@@ -17,11 +17,10 @@
 // concurrent torch ops do: libgomp keeps one thread pool per calling thread.
 #pragma once
 
-#include <omp.h>
-
-#include <atomic>
 #include <cstdint>
-#include <vector>
+#include <memory>
+#include <type_traits>
+#include <utility>
 
 namespace gf::cpu {
 
@@ -37,20 +36,37 @@ int get_num_threads();
 // DataLoader workers are). gradfuse then runs every region on the calling thread.
 bool serial_only();
 
+// A non-owning reference to a callable (C++26's std::function_ref): a pointer to the callable
+// and one to a function that calls it. The parallel drivers below take their work through it, so
+// each is compiled once, not once per kernel that uses it: their OpenMP regions and chunk
+// bookkeeping were instantiated for every rule x storage x dtype of the engine, most of the
+// engine's object code and compile time (issue 14). The price, one indirect call per task,
+// chunk or span (tens of thousands of elements each, or one tensor), is not measurable.
+template <typename Signature>
+class FunctionRef;
+
+template <typename R, typename... Args>
+class FunctionRef<R(Args...)> {
+ public:
+  template <typename F, typename = std::enable_if_t<
+                            !std::is_same_v<std::remove_cv_t<std::remove_reference_t<F>>,
+                                            FunctionRef>>>
+  FunctionRef(F&& f) noexcept  // NOLINT(google-explicit-constructor): used like a lambda
+      : callable_(const_cast<void*>(static_cast<const void*>(std::addressof(f)))),
+        call_([](void* c, Args... args) -> R {
+          return (*static_cast<std::remove_reference_t<F>*>(c))(std::forward<Args>(args)...);
+        }) {}
+
+  R operator()(Args... args) const { return call_(callable_, std::forward<Args>(args)...); }
+
+ private:
+  void* callable_;
+  R (*call_)(void*, Args...);
+};
+
 // Runs f(t) exactly once for every t in [0, n_tasks), on up to n_tasks threads of the OpenMP
 // team (a smaller team than asked runs the extra tasks on its threads in turn).
-template <typename F>
-void parallel_tasks(int n_tasks, F&& f) {
-  if (n_tasks <= 1 || serial_only()) {
-    for (int t = 0; t < n_tasks; ++t) f(t);
-    return;
-  }
-#pragma omp parallel num_threads(n_tasks)
-  {
-    const int team = omp_get_num_threads();
-    for (int t = omp_get_thread_num(); t < n_tasks; t += team) f(t);
-  }
-}
+void parallel_tasks(int n_tasks, FunctionRef<void(int)> f);
 
 // Runs fn(c) exactly once for every chunk c in [0, n_chunks), on `tasks` tasks. Task t starts on
 // its own contiguous run of chunks (so each thread streams through adjacent memory, as with a
@@ -59,34 +75,6 @@ void parallel_tasks(int n_tasks, F&& f) {
 // process) then delays the call by about one chunk instead of by its whole share. Which task
 // runs a chunk depends on timing: fn's result must not (elementwise updates, per-block partials
 // do not).
-template <typename F>
-void parallel_chunks(int tasks, std::int64_t n_chunks, F&& fn) {
-  if (tasks <= 1 || n_chunks <= 1 || serial_only()) {
-    for (std::int64_t c = 0; c < n_chunks; ++c) fn(c);
-    return;
-  }
-  if (n_chunks < tasks) tasks = static_cast<int>(n_chunks);
-  struct alignas(64) Cursor {  // one cache line each: a task's own claims touch only its line
-    std::atomic<std::int64_t> next;
-    std::int64_t end;
-  };
-  std::vector<Cursor> runs(static_cast<std::size_t>(tasks));
-  for (int t = 0; t < tasks; ++t) {
-    runs[t].next.store(n_chunks * t / tasks, std::memory_order_relaxed);
-    runs[t].end = n_chunks * (t + 1) / tasks;
-  }
-  // The region's start and end barriers order these relaxed claims against the caller's reads
-  // and writes.
-  parallel_tasks(tasks, [&](int t) {
-    for (int k = 0; k < tasks; ++k) {
-      Cursor& run = runs[(t + k) % tasks];
-      for (;;) {
-        const std::int64_t c = run.next.fetch_add(1, std::memory_order_relaxed);
-        if (c >= run.end) break;
-        fn(c);
-      }
-    }
-  });
-}
+void parallel_chunks(int tasks, std::int64_t n_chunks, FunctionRef<void(std::int64_t)> fn);
 
 }  // namespace gf::cpu
