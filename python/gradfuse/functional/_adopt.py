@@ -20,7 +20,16 @@ from typing import Any, Unpack
 from gradfuse import _native
 from gradfuse._compile import traceable
 from gradfuse.functional import _engine
-from gradfuse.functional._engine import Hyper, Spec, State, StepOptions, written
+from gradfuse.functional._engine import (
+    EXP_AVG,
+    EXP_AVG_SQ,
+    MOMENTS,
+    Hyper,
+    Spec,
+    State,
+    StepOptions,
+    written,
+)
 
 _WD_MODE = _native.codes("weight_decay_mode")
 
@@ -69,7 +78,7 @@ ADOPT = Spec(
     op="adopt_",
     kernel="adopt",
     hyper=("lr", "beta1", "beta2", "weight_decay", "eps"),
-    state=(State("exp_avgs", "exp_avg"), State("exp_avg_sqs", "exp_avg_sq", signed=False)),
+    state=MOMENTS,
     scalars=_adopt_scalars,
     modes=_adopt_modes,
     flags=("weight_decouple", "fixed_decay", "maximize"),
@@ -167,11 +176,7 @@ ADEMAMIX = Spec(
     op="ademamix_",
     kernel="ademamix",
     hyper=("lr", "beta1", "beta2", "beta3", "alpha", "eps", "weight_decay"),
-    state=(
-        State("exp_avgs", "exp_avg"),
-        State("exp_avg_slows", "exp_avg_slow"),
-        State("exp_avg_sqs", "exp_avg_sq", signed=False),
-    ),
+    state=(EXP_AVG, State("exp_avg_slows", "exp_avg_slow"), EXP_AVG_SQ),
     scalars=_ademamix_scalars,
     flags=("t_alpha", "t_beta3", "maximize"),
     counters=("state_steps",),

@@ -80,6 +80,13 @@ class State:
     signed: bool = True  # 8-bit state: the signed dynamic map (False: a non-negative moment)
 
 
+# torch's first and second moments (Adam's family, and every rule that keeps them): exp_avg, and
+# exp_avg_sq, which is never negative (8-bit state takes the unsigned map for it).
+EXP_AVG = State("exp_avgs", "exp_avg")
+EXP_AVG_SQ = State("exp_avg_sqs", "exp_avg_sq", signed=False)
+MOMENTS = (EXP_AVG, EXP_AVG_SQ)
+
+
 @dataclass(frozen=True)
 class Negated:
     """A table field that the rule takes negated (RMSprop's ``-lr``)."""

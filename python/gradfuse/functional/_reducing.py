@@ -34,7 +34,15 @@ from gradfuse import _buffers, _native
 from gradfuse._compile import traceable
 from gradfuse._options import check_options, option_names
 from gradfuse.functional import _engine, _steps
-from gradfuse.functional._engine import NUMBER_OR_TENSOR, HostMath, Hyper, Spec, State, StepOptions
+from gradfuse.functional._engine import (
+    MOMENTS,
+    NUMBER_OR_TENSOR,
+    HostMath,
+    Hyper,
+    Spec,
+    State,
+    StepOptions,
+)
 from gradfuse.functional._multi_tensor import GradScaling, Group, LowPrecision, group
 
 # --- LAMB ------------------------------------------------------------------------------------
@@ -70,7 +78,7 @@ LAMB = Spec(
     op="lamb_",
     kernel="lamb",
     hyper=("lr", "beta1", "beta2", "eps", "weight_decay"),
-    state=(State("exp_avgs", "exp_avg"), State("exp_avg_sqs", "exp_avg_sq", signed=False)),
+    state=MOMENTS,
     scalars=_lamb_scalars,
     modes=_lamb_modes,
     flags=("bias_correction", "grad_averaging", "adam_w_mode", "use_nvlamb", "maximize"),

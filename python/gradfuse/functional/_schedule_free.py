@@ -23,7 +23,14 @@ from typing import Any, NamedTuple, Unpack
 from gradfuse import _native
 from gradfuse._options import check_options, option_names
 from gradfuse.functional import _engine, _steps
-from gradfuse.functional._engine import Hyper, PrecisionOptions, Spec, State, StepOptions
+from gradfuse.functional._engine import (
+    EXP_AVG_SQ,
+    Hyper,
+    PrecisionOptions,
+    Spec,
+    State,
+    StepOptions,
+)
 from gradfuse.functional._multi_tensor import group
 
 
@@ -90,7 +97,7 @@ SCHEDULE_FREE_ADAMW = Spec(
     op="schedule_free_adamw_",
     kernel="schedule_free_adamw",
     hyper=("lr", "beta1", "beta2", "eps", "weight_decay", *_SCHEDULE_HYPER),
-    state=(State("zs", "z"), State("exp_avg_sqs", "exp_avg_sq", signed=False)),
+    state=(State("zs", "z"), EXP_AVG_SQ),
     scalars=_adamw_scalars,
     step_on_host=True,
 )

@@ -33,6 +33,8 @@ from gradfuse._compile import traceable
 from gradfuse.functional import _engine
 from gradfuse.functional._engine import (
     DEVICE_NUMBER,
+    EXP_AVG,
+    MOMENTS,
     NUMBER_OR_TENSOR,
     CapturableOptions,
     Hyper,
@@ -61,10 +63,6 @@ def _adam_modes(h: Hyper) -> dict[str, Any]:
     }
 
 
-_MOMENTS = (
-    State("exp_avgs", "exp_avg"),
-    State("exp_avg_sqs", "exp_avg_sq", signed=False),
-)
 # The Adam family's hyperparameters whose betas are numbers (Adamax, NAdam, RAdam); checked in
 # this order.
 _ADAM_FAMILY_HYPER = (("lr", NUMBER_OR_TENSOR), "beta1", "beta2", "eps", "weight_decay")
@@ -164,7 +162,7 @@ ADAM = Spec(
         "weight_decay",
     ),
     state=(
-        *_MOMENTS,
+        *MOMENTS,
         State(
             "max_exp_avg_sqs",
             "max_exp_avg_sq",
@@ -265,7 +263,7 @@ ADAMAX = Spec(
     op="adamax_",
     kernel="adamax",
     hyper=_ADAM_FAMILY_HYPER,
-    state=(State("exp_avgs", "exp_avg"), State("exp_infs", "exp_inf", signed=False)),
+    state=(EXP_AVG, State("exp_infs", "exp_inf", signed=False)),
     scalars=_adamax_scalars,
     counters=("state_steps",),
     step_on_host=True,
@@ -333,7 +331,7 @@ NADAM = Spec(
     op="nadam_",
     kernel="nadam",
     hyper=(*_ADAM_FAMILY_HYPER, "momentum_decay"),
-    state=_MOMENTS,
+    state=MOMENTS,
     scalars=_nadam_scalars,
     modes=_adam_modes,
     flags=("decoupled_weight_decay", "maximize"),
@@ -414,7 +412,7 @@ RADAM = Spec(
     op="radam_",
     kernel="radam",
     hyper=_ADAM_FAMILY_HYPER,
-    state=_MOMENTS,
+    state=MOMENTS,
     scalars=_radam_scalars,
     modes=_adam_modes,
     flags=("decoupled_weight_decay", "maximize"),
@@ -569,7 +567,7 @@ LION = Spec(
     op="lion_",
     kernel="lion",
     hyper=("lr", "beta1", "beta2", "weight_decay"),
-    state=(State("exp_avgs", "exp_avg"),),
+    state=(EXP_AVG,),
     scalars=unchanged("lr", "beta1", "beta2", "weight_decay"),
 )
 

@@ -11,7 +11,7 @@ from torch.optim.optimizer import ParamsT
 from gradfuse.functional import _steps
 from gradfuse.functional._reducing import LAMB as LAMB_SPEC
 from gradfuse.functional._reducing import lamb_
-from gradfuse.optim._optimizer import FusedOptimizer, PolicyOptions, group_values
+from gradfuse.optim._optimizer import FusedOptimizer, PolicyOptions
 from gradfuse.optim._torch_compat import torch_defaults
 
 
@@ -120,31 +120,20 @@ class LAMB(FusedOptimizer):
         coef = torch.where(norm > limit, limit / norm, torch.ones_like(norm))
         return coef.to(torch.float32).reshape(1)
 
+    def _options(self, group: dict[str, Any]) -> dict[str, Any]:
+        """:func:`lamb_`'s keyword arguments from the spec (apex's ``adam_w_mode`` and
+        ``use_nvlamb`` are the optimizer's, not the group's), and this step's number."""
+        own = {"adam_w_mode": self.adam_w_mode, "use_nvlamb": self.use_nvlamb}
+        return {**super()._options({**group, **own}), "step": int(group.get("step", 0)) + 1}
+
     def _update(self, group: dict[str, Any], amp: dict[str, Any]) -> None:
         params, grads, lists = self._gather(group)
-        step = int(group.get("step", 0)) + 1
-        beta1, beta2 = group["betas"]
+        options = self._options(group)
         keys = tuple(st.key for st in self._spec.state)
         lowprec = self._precision.kwargs(type(self).__name__, self.state, params, keys)
-        lamb_(
-            params,
-            grads,
-            lists["exp_avgs"],
-            lists["exp_avg_sqs"],
-            step=step,
-            beta1=beta1,
-            beta2=beta2,
-            **group_values(group, "lr", "eps", "weight_decay"),
-            bias_correction=bool(group["bias_correction"]),
-            grad_averaging=bool(group["grad_averaging"]),
-            adam_w_mode=self.adam_w_mode,
-            use_nvlamb=self.use_nvlamb,
-            maximize=bool(group["maximize"]),
-            **amp,
-            **lowprec,
-        )
+        lamb_(params, grads, **lists, **options, **amp, **lowprec)
         if not _steps.found_inf_is_set(amp["found_inf"]):
-            group["step"] = step  # apex: every group counts every step, grads or not
+            group["step"] = options["step"]  # apex: every group counts every step, grads or not
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)

@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from gradfuse.optim._torch_compat import torch_defaults
-from gradfuse.testing._reference import ReferenceOptimizer
+from gradfuse import optim
+from gradfuse.testing._reference import ReferenceOptimizer, arguments_of
 
 
 class LAMB(ReferenceOptimizer):
@@ -28,33 +28,18 @@ class LAMB(ReferenceOptimizer):
     ``foreach`` is accepted and changes nothing (one for-loop path).
     """
 
-    def __init__(
-        self,
-        params: Any,
-        lr: float = 1e-3,
-        bias_correction: bool = True,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-6,
-        weight_decay: float = 0.01,
-        amsgrad: bool = False,
-        adam_w_mode: bool = True,
-        grad_averaging: bool = True,
-        set_grad_none: bool = True,
-        max_grad_norm: float | None = 1.0,
-        use_nvlamb: bool = False,
-        *,
-        maximize: bool = False,
-        foreach: bool = False,
-    ) -> None:
-        if amsgrad:
+    __signature__ = arguments_of(optim.LAMB, extra={"foreach": False})
+
+    def __init__(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        """gradfuse.optim.LAMB's arguments (:attr:`__signature__`) without its precision
+        policies, and ``foreach`` (ignored)."""
+        defaults = self._bind(params, args, kwargs)
+        if defaults.pop("amsgrad"):
             raise RuntimeError("LAMB does not support the AMSGrad variant.")
-        defaults = torch_defaults(
-            locals(), but=("amsgrad", "adam_w_mode", "set_grad_none", "use_nvlamb")
-        )
+        self.adam_w_mode = defaults.pop("adam_w_mode")
+        self.use_nvlamb = defaults.pop("use_nvlamb")
+        del defaults["set_grad_none"]
         super().__init__(params, defaults)
-        self.adam_w_mode = adam_w_mode
-        self.use_nvlamb = use_nvlamb
-        del set_grad_none
 
     def _update(self) -> None:
         grads_all = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]

@@ -6,7 +6,8 @@ from typing import Any
 
 import torch
 
-from gradfuse.testing._reference import ReferenceOptimizer
+from gradfuse import optim
+from gradfuse.testing._reference import ReferenceOptimizer, arguments_of
 
 
 class Lion(ReferenceOptimizer):
@@ -22,18 +23,14 @@ class Lion(ReferenceOptimizer):
     faster baseline ``gradfuse bench`` times); ``lr`` may be a 1-element tensor.
     """
 
-    def __init__(
-        self,
-        params: Any,
-        lr: float | torch.Tensor = 1e-4,
-        betas: tuple[float, float] = (0.9, 0.99),
-        weight_decay: float = 0.0,
-        *,
-        maximize: bool = False,
-        foreach: bool = False,
-    ) -> None:
-        hyper = {"lr": lr, "betas": betas, "weight_decay": weight_decay}
-        super().__init__(params, {**hyper, "maximize": maximize, "foreach": foreach})
+    __signature__ = arguments_of(
+        optim.Lion, omit=("differentiable", "fused"), defaults={"foreach": False}
+    )
+
+    def __init__(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        """gradfuse.optim.Lion's arguments (:attr:`__signature__`) without its extensions,
+        ``differentiable`` and ``fused``; ``foreach`` picks the ``_foreach`` path."""
+        super().__init__(params, self._bind(params, args, kwargs))
 
     def _update(self) -> None:
         for group in self.param_groups:

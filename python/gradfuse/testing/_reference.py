@@ -21,20 +21,22 @@ def arguments_of(
     extra: Mapping[str, Any] | None = None,
 ) -> inspect.Signature:
     """The constructor of ``gradfuse.optim.<cls>`` as a reference takes it: torch's (or the peer
-    package's) arguments, in their order, with their defaults, but gradfuse's extensions
-    (:class:`~gradfuse.optim.OptimizerOptions`), a ``**kwargs`` and ``omit``; ``defaults``
-    replace some defaults, ``extra`` (name: default) are keyword-only arguments of the
-    reference's own, last.
+    package's) arguments, in their order, with their defaults, but gradfuse's keyword-only
+    extensions (:class:`~gradfuse.optim.OptimizerOptions`; LAMB's positional ``max_grad_norm``
+    is apex's own argument and stays), a ``**kwargs`` and ``omit``; ``defaults`` replace some
+    defaults, ``extra`` (name: default) are keyword-only arguments of the reference's own, last.
 
     The defaults are gradfuse's: tests compare them with the peer package's signature
     (tests/test_testing.py), so that check stays independent of the reference."""
-    skip = {*option_names(OptimizerOptions), *omit}
+    extensions = set(option_names(OptimizerOptions))
     new = dict(defaults or {})
     own = [
         # a replaced default: the class's annotation may not allow it (Muon's ns_dtype=None)
         p.replace(default=new.pop(p.name), annotation=p.empty) if p.name in new else p
         for p in inspect.signature(cls).parameters.values()
-        if p.name not in skip and p.kind is not inspect.Parameter.VAR_KEYWORD
+        if p.name not in omit
+        and p.kind is not inspect.Parameter.VAR_KEYWORD
+        and not (p.kind is inspect.Parameter.KEYWORD_ONLY and p.name in extensions)
     ]
     assert not new, f"{cls.__name__} has no arguments {sorted(new)}"
     kw = inspect.Parameter.KEYWORD_ONLY
