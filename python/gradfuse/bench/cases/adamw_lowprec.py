@@ -62,34 +62,50 @@ class LowPrecisionCase(OptimizerCase):
         return super().gradfuse_optimizer(params, **policy, **extra)
 
 
-def _case(
-    suffix: str, policy: dict[str, Any], param_dtype: str, nbytes: Callable[[int], int]
-) -> LowPrecisionCase:
-    return LowPrecisionCase(
-        f"adamw_lp_{suffix}",
-        "adam",
-        optimizer="AdamW",
-        kwargs={"lr": 1e-3, "weight_decay": 1e-2},
-        description=f"AdamW({', '.join(f'{k}={v}' for k, v in policy.items()) or 'plain'}) "
-        f"on {param_dtype} params",
-        check_configs=(),
-        param_dtype=param_dtype,
-        bytes_per_param=nbytes,
-        policy=policy,
-    )
+def policy_cases(
+    prefix: str,
+    optimizer: str,
+    bytes_key: str,
+    kwargs: dict[str, Any],
+    rows: tuple[tuple[str, dict[str, Any], str, Callable[[int], int]], ...],
+    case: type[LowPrecisionCase] = LowPrecisionCase,
+) -> list[LowPrecisionCase]:
+    """One ``case`` per row (suffix, policy, param dtype, bytes per param from the param's
+    itemsize), named ``<prefix>_<suffix>``."""
+    return [
+        case(
+            f"{prefix}_{suffix}",
+            bytes_key,
+            optimizer=optimizer,
+            kwargs=kwargs,
+            description=f"{optimizer}({', '.join(f'{k}={v}' for k, v in policy.items()) or 'plain'})"
+            f" on {param_dtype} params",
+            check_configs=(),
+            param_dtype=param_dtype,
+            bytes_per_param=nbytes,
+            policy=policy,
+        )
+        for suffix, policy, param_dtype, nbytes in rows
+    ]
 
 
-CASES = [
-    _case("plain", {}, "bfloat16", lambda p: 7 * p),
-    _case("stochastic", {"rounding": "stochastic"}, "bfloat16", lambda p: 7 * p),
-    _case("kahan", {"kahan": True}, "bfloat16", lambda p: 7 * p + 4),
-    _case("master", {"master_weights": True}, "bfloat16", lambda p: 6 * p + 8),
-    _case(
-        "master_f32state",
-        {"master_weights": True, "state_dtype": "float32"},
-        "bfloat16",
-        lambda p: 2 * p + 24,
+CASES = policy_cases(
+    "adamw_lp",
+    "AdamW",
+    "adam",
+    {"lr": 1e-3, "weight_decay": 1e-2},
+    (
+        ("plain", {}, "bfloat16", lambda p: 7 * p),
+        ("stochastic", {"rounding": "stochastic"}, "bfloat16", lambda p: 7 * p),
+        ("kahan", {"kahan": True}, "bfloat16", lambda p: 7 * p + 4),
+        ("master", {"master_weights": True}, "bfloat16", lambda p: 6 * p + 8),
+        (
+            "master_f32state",
+            {"master_weights": True, "state_dtype": "float32"},
+            "bfloat16",
+            lambda p: 2 * p + 24,
+        ),
+        ("f32state", {"state_dtype": "float32"}, "bfloat16", lambda p: 3 * p + 16),
+        ("bf16state", {"state_dtype": "bfloat16"}, "float32", lambda p: 3 * p + 8),
     ),
-    _case("f32state", {"state_dtype": "float32"}, "bfloat16", lambda p: 3 * p + 16),
-    _case("bf16state", {"state_dtype": "bfloat16"}, "float32", lambda p: 3 * p + 8),
-]
+)
