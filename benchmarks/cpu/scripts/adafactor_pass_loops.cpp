@@ -1,7 +1,7 @@
 // The loops of Adafactor's CPU passes on one 4096 x 4096 float32 matrix (or COLS columns), 2 OpenMP
 // threads over 64-row blocks, median of 9: an in-place stream, a pass-C-like loop, pass A as before
-// (cur), without the w loop (now), a pure read of p and g (rd), and the row-group variants (k2,
-// k4, k8; k4n without the grad factor; vkp/vkq software prefetch, not in the list: slower).
+// (cur), a pure read of p and g (rd), and pass A by groups of 2, 4 or 8
+// rows (k2, k4, k8; k4 is the kernel's).
 // Build: g++ -O3 -fno-math-errno -ffp-contract=off -mavx2 -mfma -fopenmp adafactor_pass_loops.cpp
 // Run:   OMP_NUM_THREADS=2 ./a.out [p offset in floats, 16] [COLS, 4096]
 #include <omp.h>
@@ -48,19 +48,6 @@ __attribute__((noinline)) void cur(const float* R p, const float* R g, float* R 
   }
   *outp = fold(ap);
 }
-// no w loop
-__attribute__((noinline)) void now(const float* R p, const float* R g, float* R rowv, float* R colp, float* R colw, i64 r0, i64 r1, i64 cols, float gf, float w, double* outp) {
-  float ap[L] = {};
-  for (i64 j = 0; j < cols; ++j) colp[j] = 0;
-  for (i64 r = r0; r < r1; ++r) {
-    const i64 o = r * cols; const float* R gr = g + o;
-    float ar[L] = {};
-    for_lanes(0, cols, [&](i64 j, int k) { float pj = p[o+j]; float gj = gr[j]*gf; float g2 = gj*gj; ap[k]+=pj*pj; ar[k]+=g2; colp[j]+=g2; });
-    float s = fold(ar);
-    rowv[r] = rowv[r] + w * (s / cols - rowv[r]);
-  }
-  *outp = fold(ap);
-}
 // pure read reduction
 __attribute__((noinline)) void rd(const float* R p, const float* R g, float* R rowv, float* R colp, float* R colw, i64 r0, i64 r1, i64 cols, float gf, float w, double* outp) {
   float ap[L] = {};
@@ -69,23 +56,6 @@ __attribute__((noinline)) void rd(const float* R p, const float* R g, float* R r
     float ar[L] = {};
     for_lanes(0, cols, [&](i64 j, int k) { float pj = p[o+j]; float gj = gr[j]*gf; ap[k]+=pj*pj; ar[k]+=gj*gj; });
     rowv[r] = fold(ar);
-  }
-  *outp = fold(ap);
-}
-// loop1 read-only (p,g sums), loop2 g again -> colp, colw
-__attribute__((noinline)) void v2(const float* R p, const float* R g, float* R rowv, float* R colp, float* R colw, i64 r0, i64 r1, i64 cols, float gf, float w, double* outp) {
-  float ap[L] = {};
-  for (i64 j = 0; j < cols; ++j) colp[j] = 0;
-  for (i64 j = 0; j < cols; ++j) colw[j] = 0;
-  for (i64 r = r0; r < r1; ++r) {
-    const i64 o = r * cols; const float* R gr = g + o;
-    float ar[L] = {};
-    for_lanes(0, cols, [&](i64 j, int k) { float pj = p[o+j]; float gj = gr[j]*gf; ap[k]+=pj*pj; ar[k]+=gj*gj; });
-    float s = fold(ar);
-    rowv[r] = rowv[r] + w * (s / cols - rowv[r]);
-    float q = 1.f / rowv[r];
-#pragma GCC ivdep
-    for (i64 j = 0; j < cols; ++j) { float gj = gr[j]*gf; float g2=gj*gj; colp[j]+=g2; colw[j] += g2*q; }
   }
   *outp = fold(ap);
 }
@@ -118,98 +88,7 @@ __attribute__((noinline)) void vk(const float* R p, const float* R g, float* R r
 }
 
 
-template<int K, int PF>
-__attribute__((noinline)) void vkp(const float* R p, const float* R g, float* R rowv, float* R colp, float* R colw, i64 r0, i64 r1, i64 cols, float gf, float w, double* outp) {
-  float ap[L] = {};
-  for (i64 j = 0; j < cols; ++j) colp[j] = 0;
-  for (i64 j = 0; j < cols; ++j) colw[j] = 0;
-  i64 r = r0;
-  for (; r + K <= r1; r += K) {
-    float q[K];
-    for (int t = 0; t < K; ++t) {
-      const i64 o = (r+t) * cols; const float* R gr = g + o; const float* R pr = p + o;
-      float ar[L] = {};
-      i64 j = 0;
-      for (; j + L <= cols; j += L) {
-        __builtin_prefetch(pr + j + PF); __builtin_prefetch(gr + j + PF);
-#pragma GCC ivdep
-        for (int k = 0; k < L; ++k) { float pj = pr[j+k]; float gj = gr[j+k]*gf; ap[k]+=pj*pj; ar[k]+=gj*gj; }
-      }
-      for (int k = 0; j < cols; ++j, ++k) { float pj = pr[j]; float gj = gr[j]*gf; ap[k]+=pj*pj; ar[k]+=gj*gj; }
-      float s = fold(ar);
-      rowv[r+t] = rowv[r+t] + w * (s / cols - rowv[r+t]);
-      q[t] = 1.f / rowv[r+t];
-    }
-    const float* R g0 = g + r*cols;
-#pragma GCC ivdep
-    for (i64 j = 0; j < cols; ++j) {
-      float cp = colp[j], cw = colw[j];
-      for (int t = 0; t < K; ++t) { float gj = g0[t*cols + j]*gf; float g2 = gj*gj; cp += g2; cw += g2*q[t]; }
-      colp[j] = cp; colw[j] = cw;
-    }
-  }
-  *outp = fold(ap);
-}
 
-// k-row groups; loop 2 prefetches the next group's rows of p and g (into L2) while it runs
-template<int K, int HINT>
-__attribute__((noinline)) void vkq(const float* R p, const float* R g, float* R rowv, float* R colp, float* R colw, i64 r0, i64 r1, i64 cols, float gf, float w, double* outp) {
-  float ap[L] = {};
-  for (i64 j = 0; j < cols; ++j) colp[j] = 0;
-  for (i64 j = 0; j < cols; ++j) colw[j] = 0;
-  i64 r = r0;
-  for (; r + K <= r1; r += K) {
-    float q[K];
-    for (int t = 0; t < K; ++t) {
-      const i64 o = (r+t) * cols; const float* R gr = g + o;
-      float ar[L] = {};
-      for_lanes(0, cols, [&](i64 j, int k) { float pj = p[o+j]; float gj = gr[j]*gf; ap[k]+=pj*pj; ar[k]+=gj*gj; });
-      float s = fold(ar);
-      rowv[r+t] = rowv[r+t] + w * (s / cols - rowv[r+t]);
-      q[t] = 1.f / rowv[r+t];
-    }
-    const float* R g0 = g + r*cols;
-    const bool more = r + 2*K <= r1;
-    const float* pn = p + (r+K)*cols; const float* gn = g + (r+K)*cols;
-    for (i64 jb = 0; jb < cols; jb += 16) {
-      if (more) for (int t = 0; t < K; ++t) { __builtin_prefetch(pn + t*cols + jb, 0, HINT); __builtin_prefetch(gn + t*cols + jb, 0, HINT); }
-      const i64 je = std::min(jb + 16, cols);
-#pragma GCC ivdep
-      for (i64 j = jb; j < je; ++j) {
-        float cp = colp[j], cw = colw[j];
-        for (int t = 0; t < K; ++t) { float gj = g0[t*cols + j]*gf; float g2 = gj*gj; cp += g2; cw += g2*q[t]; }
-        colp[j] = cp; colw[j] = cw;
-      }
-    }
-  }
-  *outp = fold(ap);
-}
-template<int K>
-__attribute__((noinline)) void vkn(const float* R p, const float* R g, float* R rowv, float* R colp, float* R colw, i64 r0, i64 r1, i64 cols, float gf, float w, double* outp) {
-  float ap[L] = {};
-  for (i64 j = 0; j < cols; ++j) colp[j] = 0;
-  for (i64 j = 0; j < cols; ++j) colw[j] = 0;
-  i64 r = r0;
-  for (; r + K <= r1; r += K) {
-    float q[K];
-    for (int t = 0; t < K; ++t) {
-      const i64 o = (r+t) * cols; const float* R gr = g + o;
-      float ar[L] = {};
-      for_lanes(0, cols, [&](i64 j, int k) { float pj = p[o+j]; float gj = gr[j]; (void)gf; ap[k]+=pj*pj; ar[k]+=gj*gj; });
-      float s = fold(ar);
-      rowv[r+t] = rowv[r+t] + w * (s / cols - rowv[r+t]);
-      q[t] = 1.f / rowv[r+t];
-    }
-    const float* R g0 = g + r*cols;
-#pragma GCC ivdep
-    for (i64 j = 0; j < cols; ++j) {
-      float cp = colp[j], cw = colw[j];
-      for (int t = 0; t < K; ++t) { float gj = g0[t*cols + j]; (void)gf; float g2 = gj*gj; cp += g2; cw += g2*q[t]; }
-      colp[j] = cp; colw[j] = cw;
-    }
-  }
-  *outp = fold(ap);
-}
 
 // pass C like: read p,g, write p
 __attribute__((noinline)) void passc(float* R p, const float* R g, const float* R rowv, const float* R colf, i64 r0, i64 r1, i64 cols, float gf, float step, double*) {
@@ -235,8 +114,8 @@ int main(int argc, char** argv) {
   i64 nb = ROWS / RB;
   std::vector<float> colp(nb*COLS), colw(nb*COLS); std::vector<double> outp(nb);
   using Fn = void(*)(const float*, const float*, float*, float*, float*, i64, i64, i64, float, float, double*);
-  struct V { const char* n; Fn f; } vs[] = {{"cur",cur},{"now",now},{"rd",rd},{"v2",v2},{"k4",vk<4>},{"k8",vk<8>},{"k2",vk<2>},{"k4n",vkn<4>},{"k8n",vkn<8>}};
-  auto time = [&](auto&& body) { double best = 1e9, med; std::vector<double> ts; for (int it = 0; it < 9; ++it) { auto t0 = std::chrono::steady_clock::now(); body(); auto t1 = std::chrono::steady_clock::now(); ts.push_back(std::chrono::duration<double>(t1-t0).count()*1e3);} std::sort(ts.begin(), ts.end()); return ts[4]; };
+  struct V { const char* n; Fn f; } vs[] = {{"cur",cur},{"rd",rd},{"k4",vk<4>},{"k8",vk<8>},{"k2",vk<2>}};
+  auto time = [&](auto&& body) { std::vector<double> ts; for (int it = 0; it < 9; ++it) { auto t0 = std::chrono::steady_clock::now(); body(); auto t1 = std::chrono::steady_clock::now(); ts.push_back(std::chrono::duration<double>(t1-t0).count()*1e3);} std::sort(ts.begin(), ts.end()); return ts[4]; };
   for (int round = 0; round < 2; ++round) {
     double tm = time([&]{
 #pragma omp parallel for schedule(static)

@@ -62,31 +62,46 @@ class LowPrecisionCase(OptimizerCase):
         return super().gradfuse_optimizer(params, **policy, **extra)
 
 
+# Each policy's keywords, and the param dtype it is for.
+POLICIES: dict[str, tuple[dict[str, Any], str]] = {
+    "plain": ({}, "bfloat16"),
+    "stochastic": ({"rounding": "stochastic"}, "bfloat16"),
+    "kahan": ({"kahan": True}, "bfloat16"),
+    "master": ({"master_weights": True}, "bfloat16"),
+    "master_f32state": ({"master_weights": True, "state_dtype": "float32"}, "bfloat16"),
+    "f32state": ({"state_dtype": "float32"}, "bfloat16"),
+    "bf16state": ({"state_dtype": "bfloat16"}, "float32"),
+}
+
+
 def policy_cases(
     prefix: str,
     optimizer: str,
     bytes_key: str,
     kwargs: dict[str, Any],
-    rows: tuple[tuple[str, dict[str, Any], str, Callable[[int], int]], ...],
+    nbytes: dict[str, Callable[[int], int]],
     case: type[LowPrecisionCase] = LowPrecisionCase,
 ) -> list[LowPrecisionCase]:
-    """One ``case`` per row (suffix, policy, param dtype, bytes per param from the param's
-    itemsize), named ``<prefix>_<suffix>``."""
-    return [
-        case(
-            f"{prefix}_{suffix}",
-            bytes_key,
-            optimizer=optimizer,
-            kwargs=kwargs,
-            description=f"{optimizer}({', '.join(f'{k}={v}' for k, v in policy.items()) or 'plain'})"
-            f" on {param_dtype} params",
-            check_configs=(),
-            param_dtype=param_dtype,
-            bytes_per_param=nbytes,
-            policy=policy,
+    """One ``case`` per policy of ``nbytes`` (its bytes per param from the param's itemsize),
+    named ``<prefix>_<policy>``."""
+    cases = []
+    for name, per_param in nbytes.items():
+        policy, param_dtype = POLICIES[name]
+        settings = ", ".join(f"{k}={v}" for k, v in policy.items()) or "plain"
+        cases.append(
+            case(
+                f"{prefix}_{name}",
+                bytes_key,
+                optimizer=optimizer,
+                kwargs=kwargs,
+                description=f"{optimizer}({settings}) on {param_dtype} params",
+                check_configs=(),
+                param_dtype=param_dtype,
+                bytes_per_param=per_param,
+                policy=policy,
+            )
         )
-        for suffix, policy, param_dtype, nbytes in rows
-    ]
+    return cases
 
 
 CASES = policy_cases(
@@ -94,18 +109,13 @@ CASES = policy_cases(
     "AdamW",
     "adam",
     {"lr": 1e-3, "weight_decay": 1e-2},
-    (
-        ("plain", {}, "bfloat16", lambda p: 7 * p),
-        ("stochastic", {"rounding": "stochastic"}, "bfloat16", lambda p: 7 * p),
-        ("kahan", {"kahan": True}, "bfloat16", lambda p: 7 * p + 4),
-        ("master", {"master_weights": True}, "bfloat16", lambda p: 6 * p + 8),
-        (
-            "master_f32state",
-            {"master_weights": True, "state_dtype": "float32"},
-            "bfloat16",
-            lambda p: 2 * p + 24,
-        ),
-        ("f32state", {"state_dtype": "float32"}, "bfloat16", lambda p: 3 * p + 16),
-        ("bf16state", {"state_dtype": "bfloat16"}, "float32", lambda p: 3 * p + 8),
-    ),
+    {
+        "plain": lambda p: 7 * p,
+        "stochastic": lambda p: 7 * p,
+        "kahan": lambda p: 7 * p + 4,
+        "master": lambda p: 6 * p + 8,
+        "master_f32state": lambda p: 2 * p + 24,
+        "f32state": lambda p: 3 * p + 16,
+        "bf16state": lambda p: 3 * p + 8,
+    },
 )
