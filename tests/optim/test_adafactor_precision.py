@@ -337,6 +337,18 @@ def test_8bit_state_is_refused_with_the_reason() -> None:
     codes = torch.zeros(5000, dtype=torch.uint8)
     with pytest.raises(ValueError, match=r"variances\[0\] holds uint8 codes; .*rows \+ cols"):
         adafactor_([p], [g], [None], [None], [codes], [torch.tensor(0.0)])
+    # The functional takes the shared options (lamb_'s): 8-bit's state_absmax is refused by
+    # name, an unknown keyword as Python does, nothing written either way.
+    pm, gm, row, col = torch.randn(6, 8), torch.randn(6, 8), torch.zeros(6, 1), torch.zeros(1, 8)
+    var, steps = torch.zeros(5000), [torch.tensor(0.0), torch.tensor(0.0)]
+    same = unchanged([pm, p, row, col, var, *steps])
+    lists = ([pm, p], [gm, g], [row, None], [col, None], [None, var], steps)
+    absmax = [[torch.ones(1)], [torch.ones(1)], [torch.ones(20)]]
+    with pytest.raises(ValueError, match=r"adafactor_: state_absmax is for 8-bit state; .*rows"):
+        adafactor_(*lists, state_absmax=absmax)
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'absmax'"):
+        adafactor_(*lists, absmax=absmax)
+    assert same()
 
 
 def test_optimizer_refusals_name_the_option() -> None:

@@ -158,9 +158,7 @@ def lamb_(
     buffers, depth = lowprec.prepare_buffers(LAMB.op, slots, ("params", "exp_avgs", "exp_avg_sqs"))
     n = len(params)
     _policies_on_cpu(LAMB.op, lowprec, buffers, n)
-    scaling = _scaling(
-        LAMB.op, options.get("grad_scale"), options.get("found_inf"), options.get("clip_coef")
-    )
+    scaling = _scaling(LAMB.op, options)
     if scaling is None:
         return
     for k, g in enumerate(group(buffers, depth, n, None, *lowprec.layout)):
@@ -217,7 +215,8 @@ ADAFACTOR = Spec(
 )
 
 
-@traceable(written=("params", "row_vars", "col_vars", "variances"))
+@traceable(written=_engine.written(ADAFACTOR))
+@_engine.with_options
 def adafactor_(
     params: Sequence[Any],
     grads: Sequence[Any],
@@ -233,13 +232,7 @@ def adafactor_(
     eps1: float | None = None,
     eps2: float = 1e-3,
     maximize: bool = False,
-    grad_scale: Any = None,
-    found_inf: Any = None,
-    clip_coef: Any = None,
-    master_params: Sequence[Any] | None = None,
-    kahan_comps: Sequence[Any] | None = None,
-    rounding: str = "nearest",
-    seed: int | None = None,
+    **options: Unpack[StepOptions],
 ) -> None:
     """One Adafactor step, in place, as ``torch.optim.adafactor`` computes it (its argument
     names and lists: ``row_vars[i]``/``col_vars[i]`` for params of rank >= 2, ``variances[i]``
@@ -259,9 +252,14 @@ def adafactor_(
     them, RMS(p) included; ``eps1=None`` is then float32's machine epsilon, the dtype the update
     runs in), ``kahan_comps`` or ``rounding="stochastic"`` with ``seed`` (bfloat16 params), and
     the state (``row_vars``/``col_vars``, ``variances``) in float32 for float16/bfloat16 params
-    or bfloat16 for float32 params. No 8-bit state: the factored state is already
-    O(rows + cols) per matrix.
+    or bfloat16 for float32 params. No 8-bit state (``state_absmax``, uint8 ``variances``: a
+    ValueError that says so, nothing written): the factored state is already O(rows + cols)
+    per matrix.
     """
+    op = ADAFACTOR.op
+    check_options(op, options, _STEP_OPTIONS)
+    if options.get("state_absmax") is not None:
+        raise ValueError(f"{op}: state_absmax is for 8-bit state; {_NO_8BIT}")
     h = _engine.check_hyper(
         ADAFACTOR,
         {
@@ -274,7 +272,6 @@ def adafactor_(
         },
         capturable=False,
     )
-    op = ADAFACTOR.op
     n = len(params)
     lists = {"grads": grads, "row_vars": row_vars, "col_vars": col_vars, "variances": variances}
     for name, values in (*lists.items(), ("state_steps", state_steps)):
@@ -296,6 +293,10 @@ def adafactor_(
                 )
     flat = [i for i in range(n) if not factored[i]]
     fact = [i for i in range(n) if factored[i]]
+    for i in flat:  # 8-bit codes: say why Adafactor has none
+        if str(getattr(variances[i], "dtype", "")).endswith("uint8"):
+            raise ValueError(f"{op}: variances[{i}] holds uint8 codes; {_NO_8BIT}")
+    master_params, kahan_comps = options.get("master_params"), options.get("kahan_comps")
     # The policy's extra list (master copies, Kahan compensations) joins each part's slots.
     for name, extra in (("master_params", master_params), ("kahan_comps", kahan_comps)):
         if extra is not None and len(extra) != n:
@@ -307,26 +308,20 @@ def adafactor_(
         LowPrecision(
             None if master_params is None else pick(master_params, idx),
             None if kahan_comps is None else pick(kahan_comps, idx),
-            rounding,
-            seed,
+            options.get("rounding", "nearest"),
+            options.get("seed"),
         )
         for idx in (flat, fact)
     )
-    try:
-        flat_bufs, flat_depth = flat_lp.prepare_buffers(
-            op,
-            [
-                ("params", pick(params, flat)),
-                ("grads", pick(grads, flat)),
-                ("variances", pick(variances, flat)),
-            ],
-            ("params", "variances"),
-        )
-    except TypeError as exc:  # 8-bit codes: say why Adafactor has none
-        for i in flat:
-            if str(getattr(variances[i], "dtype", "")).endswith("uint8"):
-                raise ValueError(f"{op}: variances[{i}] holds uint8 codes; {_NO_8BIT}") from exc
-        raise
+    flat_bufs, flat_depth = flat_lp.prepare_buffers(
+        op,
+        [
+            ("params", pick(params, flat)),
+            ("grads", pick(grads, flat)),
+            ("variances", pick(variances, flat)),
+        ],
+        ("params", "variances"),
+    )
     fact_bufs, fact_depth = fact_lp.prepare_buffers(
         op, [("params", pick(params, fact)), ("grads", pick(grads, fact))], ("params",)
     )
@@ -341,7 +336,7 @@ def adafactor_(
         extra = ("master_params",) if master_params is not None else ()
         extra = ("kahan_comps",) if kahan_comps is not None else extra
         _buffers.raise_overlap(*(_buffer_name(op, k, flat, fact, extra) for k in clash))
-    scaling = _scaling(op, grad_scale, found_inf, clip_coef)
+    scaling = _scaling(op, options)
     if scaling is None:
         return
     if n and eps1 is None:
@@ -534,9 +529,11 @@ def _cpu_only(op: str, buffers: Sequence[Any]) -> None:
             )
 
 
-def _scaling(op: str, grad_scale: Any, found_inf: Any, clip_coef: Any) -> GradScaling | None:
-    """AMP's scalars, checked; None when AMP skips this step (read on the host: the scalars
-    need the step, which a skipped step does not advance)."""
+def _scaling(op: str, options: StepOptions) -> GradScaling | None:
+    """AMP's scalars of the call's ``options``, checked; None when AMP skips this step (read on
+    the host: the scalars need the step, which a skipped step does not advance)."""
+    grad_scale, found_inf = options.get("grad_scale"), options.get("found_inf")
+    clip_coef = options.get("clip_coef")
     GradScaling(grad_scale, found_inf, clip_coef).check(op)
     if _steps.found_inf_is_set(found_inf):
         return None

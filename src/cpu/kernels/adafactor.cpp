@@ -6,7 +6,8 @@
 // is folded into row_var at once; the column sums are per-block partial vectors, summed over the
 // blocks of the matrix in order afterwards.
 //   pass A: read p, g: sum p^2; row sums of g^2 (-> row_var); partial column sums of g^2 and
-//           of g^2 / row_var (the row again, from L1: the weights of sum u^2 below);
+//           of g^2 / row_var (a few rows at a time, read again from the core's caches: the
+//           weights of sum u^2 below);
 //   then:   col_var from the column sums; the clamped mean of row_var per matrix; sum u^2 of
 //           u = g / sqrt(max(row * col / rmean, eps1^2)) without a pass over g where the clamp
 //           is nowhere active: rmean * sum_j w_j / col_j with w_j = sum_i g_ij^2 / row_i;
@@ -157,12 +158,24 @@ std::vector<OpT> adafactor_steps(const AdafactorArgs& a, const Blocks& blocks,
   });
 }
 
+// One call under storage St: its arguments and the factors every pass applies. flat() runs the
+// tensors of rank < 2, factored() those of rank >= 2 (a call holds one kind).
 template <typename St>
-void adafactor_flat(const AdafactorArgs& a, const Common<OpMath<typename St::Param>>& c) {
+struct Step {
   using P = typename St::Param;
   using S = typename St::State;
   using OpT = OpMath<P>;
-  const TensorList& tl = a.tensors;
+
+  const AdafactorArgs& a;
+  const TensorList& tl;
+  const Common<OpT> c;
+
+  void flat() const;
+  void factored() const;
+};
+
+template <typename St>
+void Step<St>::flat() const {
   const RunBlocks blocks(tl, kFlatBlock);
   std::vector<double> part_p(static_cast<std::size_t>(blocks.count()));
   std::vector<double> part_u(part_p.size());
@@ -194,9 +207,35 @@ struct RowBound {
   bool bad = false;
 };
 
+// Rows per group of pass A's column partials: they are loaded and stored once per group, and
+// the group's rows of g, read a second time, come from the core's caches (a group of 4096-column
+// rows and both partial vectors overflow L1 either way; this cuts the partials' L1 traffic and
+// the per-row loop overhead of narrow matrices).
+constexpr int kColumnRows = 4;
+
+// colp[j] += g_tj^2 and colw[j] += g_tj^2 * q[t] for the K rows t of g (row t at g + t * cols):
+// per column the rows in order, the same additions as one row after another.
+template <int K, typename P, typename OpT>
+GF_INLINE void add_columns(const P* GF_RESTRICT g, std::int64_t cols, const OpT* q,
+                           OpT* GF_RESTRICT colp, OpT* GF_RESTRICT colw, const Common<OpT>& c) {
+#pragma GCC ivdep
+  for (std::int64_t j = 0; j < cols; ++j) {
+    OpT sp = colp[j], sw = colw[j];
+    for (int t = 0; t < K; ++t) {
+      const OpT gj = c.grad(math::load(g + t * cols, j));
+      const OpT g2 = gj * gj;
+      sp += g2;
+      sw += g2 * q[t];
+    }
+    colp[j] = sp;
+    colw[j] = sw;
+  }
+}
+
 // Rows [r0, r1) of one matrix (g points to its first element, p's indices count from it too).
 // colp: this block's column sums of g^2; colw: of g^2 / row_var over the rows whose g^2 sum is
-// nonzero (their u is not all zero).
+// nonzero (their u is not all zero; the others add g^2 * 0 = 0, or their row_var is not finite
+// and pass B runs instead).
 template <typename St, typename OpT = OpMath<typename St::Param>>
 __attribute__((noinline)) void factored_pass_a(
     const ParamSlot<St> p, typename St::Param* GF_RESTRICT pp, typename St::Extra* GF_RESTRICT px,
@@ -207,32 +246,36 @@ __attribute__((noinline)) void factored_pass_a(
   RowBound<OpT> bound;
   for (std::int64_t j = 0; j < cols; ++j) colp[j] = OpT(0);
   for (std::int64_t j = 0; j < cols; ++j) colw[j] = OpT(0);
-  for (std::int64_t r = r0; r < r1; ++r) {
-    const std::int64_t o = r * cols;
-    const typename St::Param* GF_RESTRICT gr = g + o;
-    OpT ar[kReduceLanes] = {};
-    for_lanes(0, cols, [&](std::int64_t j, int k) {
-      const OpT pj = p.load(pp, px, o + j);
-      const OpT gj = c.grad(math::load(gr, j));
-      const OpT g2 = gj * gj;
-      ap[k] += pj * pj;
-      ar[k] += g2;
-      colp[j] += g2;
-    });
-    const OpT sum = fold_lanes(ar);
-    math::store(
-        row_var, r,
-        math::adafactor_lerp<OpT>(math::load(row_var, r), sum / static_cast<OpT>(cols), c.w));
-    const OpT rv = math::load(row_var, r);  // as the later passes read it
-    if (!std::isfinite(rv)) bound.bad = true;
-    if (sum > OpT(0)) {
-      if (rv < bound.min_row) bound.min_row = rv;
-      const OpT q = OpT(1) / rv;
-#pragma GCC ivdep
-      for (std::int64_t j = 0; j < cols; ++j) {
+  for (std::int64_t r = r0; r < r1; r += kColumnRows) {
+    const int k = static_cast<int>(std::min<std::int64_t>(kColumnRows, r1 - r));
+    OpT q[kColumnRows];  // 1 / row_var of each row of the group, 0 where the g^2 sum is 0
+    for (int t = 0; t < k; ++t) {
+      const std::int64_t o = (r + t) * cols;
+      const typename St::Param* GF_RESTRICT gr = g + o;
+      OpT ar[kReduceLanes] = {};
+      for_lanes(0, cols, [&](std::int64_t j, int l) {
+        const OpT pj = p.load(pp, px, o + j);
         const OpT gj = c.grad(math::load(gr, j));
-        colw[j] += gj * gj * q;
+        ap[l] += pj * pj;
+        ar[l] += gj * gj;
+      });
+      const OpT sum = fold_lanes(ar);
+      math::store(
+          row_var, r + t,
+          math::adafactor_lerp<OpT>(math::load(row_var, r + t), sum / static_cast<OpT>(cols), c.w));
+      const OpT rv = math::load(row_var, r + t);  // as the later passes read it
+      if (!std::isfinite(rv)) bound.bad = true;
+      q[t] = OpT(0);
+      if (sum > OpT(0)) {
+        if (rv < bound.min_row) bound.min_row = rv;
+        q[t] = OpT(1) / rv;
       }
+    }
+    const typename St::Param* gk = g + r * cols;
+    if (k == kColumnRows) {
+      add_columns<kColumnRows>(gk, cols, q, colp, colw, c);
+    } else {
+      for (int t = 0; t < k; ++t) add_columns<1>(gk + t * cols, cols, q + t, colp, colw, c);
     }
   }
   *out_p = static_cast<double>(fold_lanes(ap));
@@ -278,11 +321,7 @@ ParamSlot<St> at_offset(ParamSlot<St> s, std::int64_t off) {
 }
 
 template <typename St>
-void adafactor_factored(const AdafactorArgs& a, const Common<OpMath<typename St::Param>>& c) {
-  using P = typename St::Param;
-  using S = typename St::State;
-  using OpT = OpMath<P>;
-  const TensorList& tl = a.tensors;
+void Step<St>::factored() const {
   const std::int64_t n = tl.size;
   // Per tensor: matrices, rows per block, blocks per matrix, and where its column partials go.
   std::vector<std::int64_t> mats(n), rb(n), per_mat(n), counts(n), col_off(n + 1, 0);
@@ -440,13 +479,15 @@ void adafactor(const AdafactorArgs& a) {
       const GradFactors<OpT> gf(tl.grad_scaling);
       if (gf.skip) return;  // AMP found inf/NaN: change nothing
       const OpT sign = a.maximize ? OpT(-1) : OpT(1);
-      const Common<OpT> c{
-          (gf.inv_scale * gf.clip) * sign, static_cast<OpT>(a.hyper.one_minus_beta2),
-          static_cast<OpT>(a.hyper.eps1 * a.hyper.eps1), static_cast<OpT>(a.hyper.decay)};
+      const Step<St> step{
+          a,
+          tl,
+          {(gf.inv_scale * gf.clip) * sign, static_cast<OpT>(a.hyper.one_minus_beta2),
+           static_cast<OpT>(a.hyper.eps1 * a.hyper.eps1), static_cast<OpT>(a.hyper.decay)}};
       if (a.factored) {
-        adafactor_factored<St>(a, c);
+        step.factored();
       } else {
-        adafactor_flat<St>(a, c);
+        step.flat();
       }
     });
   });

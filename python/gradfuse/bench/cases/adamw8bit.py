@@ -10,7 +10,7 @@ AdamW moves 28 B per parameter). State memory: 2 + 1/32 bytes per parameter.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gradfuse.bench._case import (
@@ -23,50 +23,62 @@ from gradfuse.bench._case import (
 )
 
 _KWARGS = {"lr": 1e-3, "weight_decay": 1e-2}
+_ADAMW8BIT = {"bitsandbytes": "bitsandbytes.optim:AdamW8bit", "torchao": "torchao.optim:AdamW8bit"}
 
 
 @dataclass
 class EightBitCase(OptimizerCase):
-    """AdamW with 8-bit state; providers: gradfuse, torch-fused (float32 state), bitsandbytes,
-    torchao."""
+    """An optimizer with 8-bit state; providers: gradfuse, ``float32_provider`` (the float32
+    reference's step through the case's torch side) and the 8-bit classes of ``references``
+    (provider: ``"module:Class"``, called with ``reference_kwargs``), each where installed.
+
+    Minimal traffic per float32 parameter: ``param_accesses`` reads/writes of the param, one
+    grad read, ``code_accesses`` of the uint8 codes and as many of their float32 absmax (one
+    per 256 elements). AdamW: 2 param, 4 code accesses (16 B + 16/256)."""
+
+    float32_provider: str = "torch-fused"
+    references: dict[str, str] = field(default_factory=lambda: dict(_ADAMW8BIT))
+    reference_kwargs: dict[str, Any] = field(default_factory=lambda: dict(_KWARGS))
+    param_accesses: int = 2
+    code_accesses: int = 4
 
     needs_keyword = ("state_dtype", "state_dtype= keyword (8-bit state)")
 
     def min_bytes(self, size: Size, itemsize: int) -> int:
-        return (2 * itemsize + itemsize + 4) * size.numel + (size.numel * 16) // 256
+        per = (self.param_accesses + 1) * itemsize + self.code_accesses
+        return per * size.numel + (size.numel * 4 * self.code_accesses) // 256
 
     def providers(self, compile: bool) -> tuple[str, ...]:
-        return ("gradfuse", "torch-fused", "bitsandbytes", "torchao")
+        return ("gradfuse", self.float32_provider, *self.references)
 
     def gradfuse_optimizer(self, params: list[Any], **extra: Any) -> Any:
         import torch
 
-        # gradfuse.optim.AdamW8bit is this (with min_8bit_size=4096); `gradfuse check` covers
-        # the AdamW it shares with the adamw case.
+        # gradfuse.optim.<Name>8bit is this (with min_8bit_size=4096); `gradfuse check` covers
+        # the float32-state optimizer it shares with its plain case.
         return super().gradfuse_optimizer(params, state_dtype=torch.uint8, **extra)
 
     def build(
         self, provider: str, size: Size, dtype: str, device: str, copies: int, seed: int
     ) -> Runner:
-        if provider in ("gradfuse", "torch-fused"):
+        if provider in ("gradfuse", self.float32_provider):
             return super().build(provider, size, dtype, device, copies, seed)
         calls = []
         for c in range(copies):
             params0, grads0 = _optimizer_inputs(size.shapes, dtype, device, seed + c)
             params = _leaves(params0, grads0, clone_grads=False)
-            calls.append(_reference(provider, params).step)
+            calls.append(self._reference(provider, params).step)
         return Runner(calls)
 
-
-def _reference(provider: str, params: list[Any]) -> Any:
-    try:
+    def _reference(self, provider: str, params: list[Any]) -> Any:
         import importlib
 
-        if provider == "bitsandbytes":
-            return importlib.import_module("bitsandbytes.optim").AdamW8bit(params, **_KWARGS)
-        return importlib.import_module("torchao.optim").AdamW8bit(params, **_KWARGS)
-    except ImportError as exc:
-        raise Unavailable(f"{provider} is not installed ({exc})") from None
+        module, name = self.references[provider].split(":")
+        try:
+            cls = getattr(importlib.import_module(module), name)
+        except ImportError as exc:
+            raise Unavailable(f"{provider} is not installed ({exc})") from None
+        return cls(params, **self.reference_kwargs)
 
 
 CASES = [

@@ -62,34 +62,60 @@ class LowPrecisionCase(OptimizerCase):
         return super().gradfuse_optimizer(params, **policy, **extra)
 
 
-def _case(
-    suffix: str, policy: dict[str, Any], param_dtype: str, nbytes: Callable[[int], int]
-) -> LowPrecisionCase:
-    return LowPrecisionCase(
-        f"adamw_lp_{suffix}",
-        "adam",
-        optimizer="AdamW",
-        kwargs={"lr": 1e-3, "weight_decay": 1e-2},
-        description=f"AdamW({', '.join(f'{k}={v}' for k, v in policy.items()) or 'plain'}) "
-        f"on {param_dtype} params",
-        check_configs=(),
-        param_dtype=param_dtype,
-        bytes_per_param=nbytes,
-        policy=policy,
-    )
+# Each policy's keywords, and the param dtype it is for.
+POLICIES: dict[str, tuple[dict[str, Any], str]] = {
+    "plain": ({}, "bfloat16"),
+    "stochastic": ({"rounding": "stochastic"}, "bfloat16"),
+    "kahan": ({"kahan": True}, "bfloat16"),
+    "master": ({"master_weights": True}, "bfloat16"),
+    "master_f32state": ({"master_weights": True, "state_dtype": "float32"}, "bfloat16"),
+    "f32state": ({"state_dtype": "float32"}, "bfloat16"),
+    "bf16state": ({"state_dtype": "bfloat16"}, "float32"),
+}
 
 
-CASES = [
-    _case("plain", {}, "bfloat16", lambda p: 7 * p),
-    _case("stochastic", {"rounding": "stochastic"}, "bfloat16", lambda p: 7 * p),
-    _case("kahan", {"kahan": True}, "bfloat16", lambda p: 7 * p + 4),
-    _case("master", {"master_weights": True}, "bfloat16", lambda p: 6 * p + 8),
-    _case(
-        "master_f32state",
-        {"master_weights": True, "state_dtype": "float32"},
-        "bfloat16",
-        lambda p: 2 * p + 24,
-    ),
-    _case("f32state", {"state_dtype": "float32"}, "bfloat16", lambda p: 3 * p + 16),
-    _case("bf16state", {"state_dtype": "bfloat16"}, "float32", lambda p: 3 * p + 8),
-]
+def policy_cases(
+    prefix: str,
+    optimizer: str,
+    bytes_key: str,
+    kwargs: dict[str, Any],
+    nbytes: dict[str, Callable[[int], int]],
+    case: type[LowPrecisionCase] = LowPrecisionCase,
+) -> list[LowPrecisionCase]:
+    """One ``case`` per policy of ``nbytes`` (its bytes per param from the param's itemsize),
+    named ``<prefix>_<policy>``."""
+    cases = []
+    for name, per_param in nbytes.items():
+        policy, param_dtype = POLICIES[name]
+        settings = ", ".join(f"{k}={v}" for k, v in policy.items()) or "plain"
+        cases.append(
+            case(
+                f"{prefix}_{name}",
+                bytes_key,
+                optimizer=optimizer,
+                kwargs=kwargs,
+                description=f"{optimizer}({settings}) on {param_dtype} params",
+                check_configs=(),
+                param_dtype=param_dtype,
+                bytes_per_param=per_param,
+                policy=policy,
+            )
+        )
+    return cases
+
+
+CASES = policy_cases(
+    "adamw_lp",
+    "AdamW",
+    "adam",
+    {"lr": 1e-3, "weight_decay": 1e-2},
+    {
+        "plain": lambda p: 7 * p,
+        "stochastic": lambda p: 7 * p,
+        "kahan": lambda p: 7 * p + 4,
+        "master": lambda p: 6 * p + 8,
+        "master_f32state": lambda p: 2 * p + 24,
+        "f32state": lambda p: 3 * p + 16,
+        "bf16state": lambda p: 3 * p + 8,
+    },
+)
