@@ -40,13 +40,12 @@ MIN_ACCESSES: dict[str, tuple[int, str]] = {
         ),
     ),
     "adafactor": (
-        6,
+        5,
         (
-            "rank >= 2: pass A param r, grad r (RMS, row/col means of g^2); pass B grad"
-            " r (RMS of the update); pass C param r+w, grad r (row/col state negligible)."
-            " The CPU kernel skips pass B where the eps1 clamp is nowhere active (RMS of"
-            " the update from pass A's row-weighted column sums): 5 accesses there; the"
-            " bar stays counted at 6"
+            "rank >= 2: pass A param r, grad r (RMS, row/col means of g^2, the update's RMS"
+            " from row-weighted column sums); pass C param r+w, grad r (row/col state"
+            " negligible). A pass B (grad r again) runs only where the eps1 clamp may apply:"
+            " 6 accesses there"
         ),
     ),
     # Losses with their input gradient (forward + backward), per input element.
