@@ -3,6 +3,7 @@ optimizer and to torch's for-loop reference, compared with the tolerance table."
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -160,6 +161,37 @@ def assert_same_state(
         for k, v in opt.state[p].items():
             assert v.dtype == other.state[q][k].dtype, k
             assert torch.equal(v, other.state[q][k]), k
+
+
+def stochastic_checkpoint_runs(
+    make: Callable[..., torch.optim.Optimizer],
+    start: Sequence[torch.Tensor],
+    grads: Sequence[Any],
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """bfloat16 params from ``start`` with ``make(params, rounding="stochastic")``: two steps,
+    a state_dict (which carries the rounding seed), a second optimizer loaded from it, and the
+    remaining steps in both, which must give the same bits. Returns the stochastic run's params
+    and those of a nearest-rounded run (``make(params)``) over all the steps, for the caller to
+    check that the bits really are random."""
+    torch.manual_seed(1)
+    params = leaves(start, torch.bfloat16)
+    opt = make(params, rounding="stochastic")
+    for gs in grads[:2]:
+        step_with(opt, params, gs)
+    sd = copy.deepcopy(opt.state_dict())
+    assert "gradfuse_low_precision" in sd
+    other = [p.detach().clone().requires_grad_(True) for p in params]
+    opt2 = make(other, rounding="stochastic")
+    opt2.load_state_dict(sd)
+    for gs in grads[2:]:
+        step_with(opt, params, gs)
+        step_with(opt2, other, gs)
+    assert all(torch.equal(p, q) for p, q in zip(params, other, strict=True))
+    nearest = leaves(start, torch.bfloat16)
+    plain = make(nearest)
+    for gs in grads:
+        step_with(plain, nearest, gs)
+    return params, nearest
 
 
 def unchanged(tensors: Sequence[torch.Tensor]) -> Callable[[], bool]:

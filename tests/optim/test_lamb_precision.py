@@ -29,7 +29,12 @@ from _more_helpers import (
 import gradfuse.optim as go
 from gradfuse.functional import lamb_
 from gradfuse.testing import LAMB as ReferenceLAMB
-from optim_testing import assert_policy_refusals, assert_same_state, unchanged
+from optim_testing import (
+    assert_policy_refusals,
+    assert_same_state,
+    stochastic_checkpoint_runs,
+    unchanged,
+)
 from tolerances import TRAJECTORY, assert_close, assert_low_precision
 
 pytestmark = pytest.mark.usefixtures(one_torch_thread.__name__)
@@ -348,19 +353,9 @@ def test_kahan_and_stochastic_rounding_keep_small_updates() -> None:
 
 def test_stochastic_rounding_checkpoint_continues_the_same_bits() -> None:
     start, grads = _problem(4, (7, 4097))
-    torch.manual_seed(1)
-    params, opt = _run(
-        lambda ps: go.LAMB(ps, rounding="stochastic", **KW), start, grads[:2], torch.bfloat16
+    params, nearest = stochastic_checkpoint_runs(
+        lambda ps, **kw: go.LAMB(ps, **kw, **KW), start, grads
     )
-    sd = copy.deepcopy(opt.state_dict())
-    assert "gradfuse_low_precision" in sd
-    other = [p.detach().clone().requires_grad_(True) for p in params]
-    opt2 = go.LAMB(other, rounding="stochastic", **KW)
-    opt2.load_state_dict(sd)
-    run_steps(opt, params, grads[2:])
-    run_steps(opt2, other, grads[2:])
-    assert all(torch.equal(p, q) for p, q in zip(params, other, strict=True))
-    nearest, _ = _run(lambda ps: go.LAMB(ps, **KW), start, grads, torch.bfloat16)
     assert not torch.equal(params[1], nearest[1])  # the bits really are random
 
 

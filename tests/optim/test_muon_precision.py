@@ -26,6 +26,7 @@ from optim_testing import (
     seeded_grads,
     seeded_tensors,
     step_with,
+    stochastic_checkpoint_runs,
     unchanged,
 )
 from tolerances import TRAJECTORY, assert_close
@@ -209,26 +210,12 @@ def test_kahan_and_stochastic_rounding_keep_small_updates() -> None:
 
 
 def test_stochastic_rounding_checkpoint_continues_the_same_bits() -> None:
-    start, grads = seeded_tensors(SHAPES[:2]), seeded_grads(SHAPES[:2], 4)
-    torch.manual_seed(1)
-    params = leaves(start, torch.bfloat16)
-    opt = go.Muon(params, rounding="stochastic", **KW)
-    for gs in grads[:2]:
-        step_with(opt, params, gs)
-    sd = copy.deepcopy(opt.state_dict())
-    assert "gradfuse_low_precision" in sd
-    other = [p.detach().clone().requires_grad_(True) for p in params]
-    opt2 = go.Muon(other, rounding="stochastic", **KW)
-    opt2.load_state_dict(sd)
-    for gs in grads[2:]:
-        step_with(opt, params, gs)
-        step_with(opt2, other, gs)
-    assert all(torch.equal(p, q) for p, q in zip(params, other, strict=True))
+    params, nearest = stochastic_checkpoint_runs(
+        lambda ps, **kw: go.Muon(ps, **kw, **KW),
+        seeded_tensors(SHAPES[:2]),
+        seeded_grads(SHAPES[:2], 4),
+    )
     # and the bits are really random: not the nearest-rounded run
-    nearest = leaves(start, torch.bfloat16)
-    plain = go.Muon(nearest, **KW)
-    for gs in grads:
-        step_with(plain, nearest, gs)
     assert not torch.equal(params[0], nearest[0])
 
 
