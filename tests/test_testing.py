@@ -124,3 +124,28 @@ def test_reference_takes_gradfuses_arguments(name: str) -> None:
     assert {k: ref.defaults[k] for k in shared} == {k: own.get(k, ours.defaults[k]) for k in shared}
     with pytest.raises(TypeError, match="max_grad_norm"):  # gradfuse's extensions: not taken
         getattr(gradfuse.testing, name)([torch.randn(4, 4, dtype=torch.float64)], max_grad_norm=1.0)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_nearest_codes_is_brute_force(signed: bool) -> None:
+    """gradfuse.testing.nearest_codes (the two codes around a value) against the argmin over
+    all 256 codes, on random values and on every midpoint between codes +-3 floats."""
+    from gradfuse.optim import dynamic_map
+    from gradfuse.testing import nearest_codes
+
+    code = dynamic_map(signed)
+    mids = (code[1:] + code[:-1]) / 2
+    near = [mids]
+    for direction in (2.0, -2.0):
+        x = mids
+        for _ in range(3):
+            x = torch.nextafter(x, torch.tensor(direction))
+            near.append(x)
+    g = torch.Generator().manual_seed(0)
+    random = torch.rand(20_000, generator=g) * torch.pow(10.0, -7 * torch.rand(20_000, generator=g))
+    xn = torch.cat([*near, random, -random, code, torch.tensor([0.0, 1.0, -1.0])])
+    xn = xn if signed else xn.abs()
+    brute = (xn[:, None] - code[None, :]).abs().argmin(1)  # first of equal distances: the lower
+    if not signed:
+        brute = torch.where((brute == 0) & (xn > 0), 1, brute)
+    assert torch.equal(nearest_codes(xn, code, signed), brute)

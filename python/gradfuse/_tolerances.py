@@ -46,6 +46,12 @@ TRAJECTORY: dict[torch.dtype, Tol] = {
 LOW_PRECISION_FACTOR = 2.0
 LOW_PRECISION_ULPS = 2.0
 LOW_PRECISION_DTYPES = (torch.float16, torch.bfloat16)
+# The same rule judges 8-bit state (gradfuse.testing.compare_8bit_steps), a step at a time from
+# the same dequantized state: the params, each block's absmax, and the value each code stands
+# for, against the float64 reference, may be at most LOW_PRECISION_FACTOR times as far as the
+# float32 reference's, plus LOW_PRECISION_ULPS float32 epsilons of the update's operands (the
+# old value and the new one bound them: where new = mu * old + term cancels, as a momentum
+# buffer or a lerp may, float32 is off by an ulp of old and term, not of new).
 
 # Loss values and input gradients against torch.nn.functional + autograd, same dtype.
 LOSS: dict[torch.dtype, Tol] = {

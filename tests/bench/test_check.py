@@ -16,6 +16,8 @@ def test_check_passes_on_cpu(capsys: pytest.CaptureFixture[str]) -> None:
     assert "gradfuse check:" in out
     assert " 0 FAIL" in out
     assert "sgd" in out
+    assert "adamw8bit" in out  # 8-bit state, a step at a time
+    assert "adagrad8bit" in out
     for dtype in ("float32", "float64", "float16", "bfloat16"):
         assert dtype in out
 

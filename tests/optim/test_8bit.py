@@ -24,6 +24,7 @@ import pytest
 import torch
 
 import gradfuse.optim as gopt
+from gradfuse.testing import nearest_codes
 
 bnb = pytest.importorskip("bitsandbytes")
 F = pytest.importorskip("bitsandbytes.functional")
@@ -88,20 +89,12 @@ def test_dequantize_matches_bitsandbytes(signed: bool) -> None:
     )
 
 
-def _nearest_codes(xn: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
-    """The nearest code of each value by brute force, in float32 as bitsandbytes measures the
-    distance; argmin keeps the first (lower) code of a tie, bitsandbytes' rule."""
-    out = torch.empty(xn.shape, dtype=torch.long)
-    for i in range(0, xn.numel(), 4096):
-        out[i : i + 4096] = (xn[i : i + 4096, None] - code[None, :]).abs().argmin(1)
-    return out
-
-
 @pytest.mark.parametrize("signed", [True, False])
 def test_quantize_is_nearest_at_every_threshold(signed: bool) -> None:
     """The quantizer computes codes arithmetically and searches only near a threshold
     (cpu/quant8.h): every midpoint between two codes, a few floats either side of it, both
-    signs, in blocks with other absmax values than 1, against the brute-force nearest code."""
+    signs, in blocks with other absmax values than 1, against the nearest code
+    (gradfuse.testing.nearest_codes; tests/test_testing.py holds it to brute force)."""
     code = gopt.dynamic_map(signed)
     mids = ((code[1:] + code[:-1]) / 2).double()
     near = [mids]
@@ -122,10 +115,7 @@ def test_quantize_is_nearest_at_every_threshold(signed: bool) -> None:
     scale = torch.pow(2.0, torch.arange(blocks) % 60 - 30.0).repeat_interleave(256)
     codes, absmax = gopt.quantize_blockwise(xn * scale, signed)
     assert torch.equal(absmax, scale[::256])
-    want = _nearest_codes(xn, code)
-    if not signed:  # a positive second moment never rounds to 0 (cpu/quant8.h, code_of)
-        want = torch.where((want == 0) & (xn > 0), 1, want)
-    assert torch.equal(codes.long(), want)
+    assert torch.equal(codes.long(), nearest_codes(xn, code, signed))
 
 
 def test_quantize_bad_input() -> None:
@@ -454,6 +444,85 @@ def test_sgd8bit_first_step_is_the_gradient_and_small_params_stay_float() -> Non
     assert small["momentum_buffer"].dtype == torch.float32
     assert torch.equal(small["momentum_buffer"], grads[1])
     assert "momentum_buffer_absmax" not in small
+
+
+EIGHT_BIT = [
+    ("AdamW", {"lr": 1e-3, "weight_decay": 1e-2}),
+    ("Adam", {"amsgrad": True, "maximize": True}),
+    ("Adamax", {"lr": 2e-3, "weight_decay": 0.1}),
+    ("NAdam", {"decoupled_weight_decay": True, "weight_decay": 0.1}),
+    ("RAdam", {"weight_decay": 0.1}),
+    ("Adagrad", {"lr": 1e-2, "lr_decay": 0.01, "initial_accumulator_value": 0.1}),
+    ("RMSprop", {"centered": True, "momentum": 0.9, "weight_decay": 0.1}),
+    ("RMSprop", {"alpha": 0.9}),
+    ("SGD", {"lr": 1e-2, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3}),
+    ("SGD", {"lr": 1e-2, "momentum": 0.9, "dampening": 0.5, "maximize": True}),
+    ("Lion", {"lr": 1e-4, "weight_decay": 0.1}),
+    ("ADOPT", {"weight_decay": 0.1, "weight_decouple": True}),
+    ("AdEMAMix", {"t_alpha": 5, "t_beta3": 5, "weight_decay": 0.1}),
+]
+STEP_SHAPES = [(1,), (7,), (4097,), (0,), (33, 17)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("name", "kwargs"), EIGHT_BIT)
+def test_each_8bit_step_is_its_float32_reference(
+    name: str, kwargs: dict[str, object], dtype: torch.dtype
+) -> None:
+    """Every 8-bit optimizer, every param 8-bit at odd sizes: a step from gradfuse's own state
+    is the float32 reference's step from that state dequantized (gradfuse.testing.
+    compare_8bit_steps: params, absmax and every code, by the low-precision rule against
+    float64), six steps in a row (RAdam rectifies, AdEMAMix warms up, over them)."""
+    from gradfuse.testing import compare_8bit_steps, judge_8bit_steps
+
+    g = torch.Generator().manual_seed(5)
+    params = [torch.randn(s, generator=g).to(dtype).requires_grad_(True) for s in STEP_SHAPES]
+    grads = [[torch.randn(s, generator=g) for s in STEP_SHAPES] for _ in range(6)]
+    found = compare_8bit_steps(name, params, grads, **kwargs)
+    assert found.codes > 6 * 4000
+    assert judge_8bit_steps(found) == []
+
+
+def test_the_8bit_step_comparison_fails_a_wrong_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """compare_8bit_steps tells a wrong update from a right one (AdamW's weight decay at
+    0.02 in the reference instead of 0.01), and a state read with the wrong map."""
+    import gradfuse.testing
+    from gradfuse.optim import _quant8
+    from gradfuse.testing import compare_8bit_steps, judge_8bit_steps
+
+    def run() -> list[str]:
+        g = torch.Generator().manual_seed(6)
+        params = [torch.randn(s, generator=g).requires_grad_(True) for s in STEP_SHAPES]
+        grads = [[torch.randn(s, generator=g) for s in STEP_SHAPES] for _ in range(3)]
+        return judge_8bit_steps(compare_8bit_steps("AdamW", params, grads))
+
+    assert run() == []
+    right = gradfuse.testing.reference_optimizer
+
+    def other_decay(name: str, params: object, **kwargs: object) -> torch.optim.Optimizer:
+        return right(name, params, **{**kwargs, "weight_decay": 0.02})
+
+    monkeypatch.setattr(gradfuse.testing, "reference_optimizer", other_decay)
+    problems = run()
+    assert any(p.startswith("params") for p in problems), problems
+    monkeypatch.setattr(gradfuse.testing, "reference_optimizer", right)
+    monkeypatch.setitem(_quant8.SIGNED_KEYS, "exp_avg_sq", True)
+    problems = run()
+    assert any("code" in p or "absmax" in p for p in problems), problems
+
+
+def test_every_8bit_state_key_has_its_optimizers_map() -> None:
+    """dequantize_state_dict reads a checkpoint without its optimizer: its table of maps
+    (SIGNED_KEYS) must be what each optimizer quantizes with (Adagrad's ``sum`` was once
+    signed in the optimizer and unsigned in the table)."""
+    from gradfuse.optim._quant8 import SIGNED_KEYS
+
+    names = sorted(n for n in dir(gopt) if n.endswith("8bit") and n[0].isupper())
+    assert len(names) >= 13
+    for name in names:
+        opt = getattr(gopt, name)([torch.zeros(64, 64, requires_grad=True)])
+        for key, signed in opt._precision.signed_keys.items():
+            assert SIGNED_KEYS.get(key) is signed, (name, key)
 
 
 @pytest.mark.parametrize("name", ["ScheduleFreeAdamW", "ScheduleFreeSGD"])

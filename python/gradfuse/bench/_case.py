@@ -279,6 +279,10 @@ class OptimizerCase(Case):
     torch_factory: Callable[..., Any] | None = None  # (params, foreach=..., **kwargs)
     max_grad_norm: float | None = None
     check_configs: tuple[dict[str, Any], ...] = ({},)
+    # ``gradfuse check`` of 8-bit state: (name, options) of ``gradfuse.optim.<name>8bit``, each
+    # judged one step at a time against the float32 reference from the same dequantized state
+    # (gradfuse.testing.compare_8bit_steps).
+    check_8bit: tuple[tuple[str, dict[str, Any]], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.symbol:

@@ -205,6 +205,41 @@ def _check_optimizer(
     return row
 
 
+def _check_8bit(
+    name: str, cfg: dict[str, Any], device: str, dtype: str, steps: int, seed: int
+) -> Row | None:
+    """``gradfuse.optim.<name>8bit`` with every param 8-bit (``min_8bit_size=1``), one step
+    at a time from the same dequantized state as the float32 reference (params, absmax, and
+    each code a nearest one); None where 8-bit state does not apply (it is for CPU params of
+    float32, float16 or bfloat16)."""
+    import torch
+
+    import gradfuse._tolerances as tol
+    from gradfuse.testing._quant8 import compare_8bit_steps, judge_8bit_steps
+
+    dt = torch_dtype(dtype)
+    if device != "cpu" or dt == torch.float64:
+        return None
+    row = Row(f"{name.lower()}8bit", _label(cfg), device, dtype)
+    gen = torch.Generator().manual_seed(seed)
+    params = [torch.randn(s, generator=gen).to(dt).requires_grad_(True) for s in OPTIM_SHAPES]
+    grads = [[torch.randn(s, generator=gen) for s in OPTIM_SHAPES] for _ in range(steps)]
+    try:
+        found = compare_8bit_steps(name, params, grads, **cfg)
+    except Exception as exc:  # noqa: BLE001 - a gradfuse error is a failure, reported
+        row.status, row.note = "FAIL", f"raised {type(exc).__name__}: {exc}"
+        return row
+    row.max_abs, row.max_rel = tol.max_errors(found.flat("params"), found.flat("params64"))
+    row.tolerance = (
+        f"a step: <= {tol.LOW_PRECISION_FACTOR:g}x float32's error vs float64 "
+        f"+ {tol.LOW_PRECISION_ULPS:g} eps"
+    )
+    problems = judge_8bit_steps(found)
+    if problems:
+        row.status, row.note = "FAIL", "; ".join(problems)
+    return row
+
+
 def _loss_inputs(
     case: LossCase, cfg: dict[str, Any], shape: tuple[int, ...], seed: int
 ) -> tuple[Any, Any, dict[str, Any]]:
@@ -294,6 +329,10 @@ def check_case(case: Case, device: str, dtype: str, steps: int, seed: int) -> li
     elif isinstance(case, OptimizerCase | FunctionCase):
         for cfg in case.check_configs:
             rows.append(_check_optimizer(case, cfg, device, dtype, steps, seed))
+    if isinstance(case, OptimizerCase):
+        for name, cfg in case.check_8bit:
+            row = _check_8bit(name, cfg, device, dtype, steps, seed)
+            rows += [row] if row is not None else []
     return rows
 
 

@@ -465,7 +465,9 @@ ADAGRAD = Spec(
     op="adagrad_",
     kernel="adagrad",
     hyper=("lr", "lr_decay", "weight_decay", "eps"),
-    state=(State("state_sums", "sum"),),
+    # A sum of squares, never negative: 8-bit state takes the unsigned map for it (twice the
+    # signed one's resolution), as for exp_avg_sq and square_avg.
+    state=(State("state_sums", "sum", signed=False),),
     scalars=_adagrad_scalars,
     counters=("state_steps",),
     step_on_host=True,

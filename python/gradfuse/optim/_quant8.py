@@ -30,9 +30,12 @@ from gradfuse import _native
 BLOCK = 256
 ABSMAX_SUFFIX = "_absmax"  # state[p][key + ABSMAX_SUFFIX]: the absmax of the 8-bit state[p][key]
 
-# Which map each state key of the gradfuse optimizers uses (True: signed).
+# Which map each state key of the gradfuse optimizers uses (True: signed): what their specs say
+# (State.signed; tests/optim/test_8bit.py holds every 8-bit optimizer to this table), for
+# dequantize_state_dict, which sees a checkpoint without its optimizer.
 SIGNED_KEYS: dict[str, bool] = {
     "exp_avg": True,
+    "exp_avg_slow": True,
     "exp_avg_sq": False,
     "max_exp_avg_sq": False,
     "exp_inf": False,

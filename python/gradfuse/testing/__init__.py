@@ -35,6 +35,7 @@ from gradfuse.testing._adopt import ADOPT, AdEMAMix
 from gradfuse.testing._lamb import LAMB
 from gradfuse.testing._lion import Lion
 from gradfuse.testing._muon import Muon
+from gradfuse.testing._quant8 import compare_8bit_steps, judge_8bit_steps, nearest_codes
 from gradfuse.testing._schedule_free import ScheduleFreeAdamW, ScheduleFreeSGD
 
 #: Optimizers torch has no class for, by the name of the gradfuse class they are a reference for.
@@ -87,7 +88,10 @@ __all__ = [
     "Muon",
     "ScheduleFreeAdamW",
     "ScheduleFreeSGD",
+    "compare_8bit_steps",
     "has_torch_class",
+    "judge_8bit_steps",
+    "nearest_codes",
     "reference_class",
     "reference_optimizer",
 ]

@@ -89,6 +89,25 @@ CASES = [
         kwargs=_KWARGS,
         description="AdamW(lr=1e-3, weight_decay=1e-2, state_dtype=torch.uint8), i.e. AdamW8bit; "
         "torch-fused: float32 AdamW(fused=True)",
+        # The float32-state AdamW is checked by its plain case; here every 8-bit optimizer, a
+        # step at a time from the same dequantized state as its float32 reference. LAMB8bit is
+        # not among them: its update reads the moments as stored (8-bit), by design
+        # (src/cpu/kernels/lamb.cpp), so the float32 reference is not its rule.
         check_configs=(),
+        check_8bit=(
+            ("AdamW", _KWARGS),
+            ("AdamW", {"amsgrad": True}),
+            ("Adam", {"maximize": True, "weight_decay": 0.1}),
+            ("Adamax", {"lr": 2e-3}),
+            ("NAdam", {"decoupled_weight_decay": True, "weight_decay": 0.1}),
+            ("RAdam", {}),
+            ("Adagrad", {"lr": 1e-2, "lr_decay": 0.01, "initial_accumulator_value": 0.1}),
+            ("RMSprop", {"centered": True, "momentum": 0.9}),
+            ("SGD", {"lr": 1e-2, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3}),
+            ("SGD", {"lr": 1e-2, "momentum": 0.9, "dampening": 0.5}),
+            ("Lion", {"lr": 1e-4, "weight_decay": 0.1}),
+            ("ADOPT", {}),
+            ("AdEMAMix", {"t_alpha": 20, "t_beta3": 20}),
+        ),
     ),
 ]
