@@ -30,6 +30,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <utility>
 #include <vector>
 
@@ -310,6 +311,33 @@ __attribute__((noinline)) void factored_pass_u(
   if constexpr (!kApply) *out_u = static_cast<double>(fold_lanes(au));
 }
 
+// Room for n column partials (pass A's per-block vectors: cols per block of ~kRowBlockElements,
+// 1 MB per partial vector for a 4096 x 4096 matrix). A fresh allocation each step cost ~1 ms of
+// page faults and zeroing, 10% of that step; so up to kKeptPartials elements stay with the
+// calling thread from one step to the next, and a bigger call allocates its own as before.
+// Never initialized: every block zeroes its own slice.
+constexpr std::size_t kKeptPartials = std::size_t{1} << 22;
+
+template <typename OpT>
+class ColumnPartials {
+ public:
+  explicit ColumnPartials(std::size_t n) {
+    thread_local std::vector<OpT> kept;
+    if (n <= kKeptPartials) {
+      if (kept.size() < n) kept.resize(n);
+      data_ = kept.data();
+    } else {
+      own_.reset(new OpT[n]);
+      data_ = own_.get();
+    }
+  }
+  OpT* data() const { return data_; }
+
+ private:
+  std::unique_ptr<OpT[]> own_;
+  OpT* data_ = nullptr;
+};
+
 // The param slot of matrix `mat` of tensor t: its pointers moved to the matrix's first element
 // (the stochastic-rounding key stays the tensor's, so its bits count from the tensor's start).
 template <typename St>
@@ -338,8 +366,10 @@ void Step<St>::factored() const {
     total += numel;
   }
   const Blocks blocks(counts, total);
-  std::vector<OpT> colp(static_cast<std::size_t>(col_off[n]));
-  std::vector<OpT> colw(colp.size());
+  const std::size_t partials = static_cast<std::size_t>(col_off[n]);
+  const ColumnPartials<OpT> room(2 * partials);
+  OpT* const colp = room.data();
+  OpT* const colw = colp + partials;
   std::vector<double> part_p(static_cast<std::size_t>(blocks.count()));
   std::vector<double> part_u(part_p.size());
   std::vector<RowBound<OpT>> bounds(part_p.size());
@@ -355,8 +385,8 @@ void Step<St>::factored() const {
     const std::int64_t rows = a.rows[t], cols = a.cols[t], off = w.mat * rows * cols;
     const ParamSlot<St> ps = at_offset(param_slot<St>(tl, t), off);
     factored_pass_a<St>(ps, ps.p, ps.extra, tl.ptr<const P>(1, t) + off,
-                        tl.ptr<S>(2, t) + w.mat * rows, colp.data() + col_off[t] + k * cols,
-                        colw.data() + col_off[t] + k * cols, w.r0, w.r1, cols, c, &part_p[blk],
+                        tl.ptr<S>(2, t) + w.mat * rows, colp + col_off[t] + k * cols,
+                        colw + col_off[t] + k * cols, w.r0, w.r1, cols, c, &part_p[blk],
                         &bounds[blk]);
   });
   // Per tensor: sum u^2 without pass B (u_sq[t]), unless the clamp may be active somewhere
@@ -381,8 +411,8 @@ void Step<St>::factored() const {
       // The column sums over the matrix's blocks, block by block (rows of the partials in
       // order: sequential reads, the same additions per column as a loop over blocks).
       const std::int64_t first = mat * per_mat[t];
-      const OpT* base = colp.data() + col_off[t] + first * cols;
-      const OpT* base_w = colw.data() + col_off[t] + first * cols;
+      const OpT* base = colp + col_off[t] + first * cols;
+      const OpT* base_w = colw + col_off[t] + first * cols;
       std::fill(sum.begin(), sum.end(), OpT(0));
       std::fill(sumw.begin(), sumw.end(), OpT(0));
       for (std::int64_t q = 0; q < per_mat[t]; ++q) {
