@@ -130,22 +130,7 @@ def lamb_(
     check_options(LAMB.op, options, _STEP_OPTIONS)
     if isinstance(step, bool) or not isinstance(step, int) or step < 1:
         raise ValueError(f"lamb_: step must be an int >= 1 (this step's number), got {step!r}")
-    h = _engine.check_hyper(
-        LAMB,
-        {
-            "lr": lr,
-            "beta1": beta1,
-            "beta2": beta2,
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "bias_correction": bias_correction,
-            "grad_averaging": grad_averaging,
-            "adam_w_mode": adam_w_mode,
-            "use_nvlamb": use_nvlamb,
-            "maximize": maximize,
-        },
-        capturable=False,
-    )
+    h = _engine.hyper_of(LAMB, locals())
     slots = [
         ("params", params),
         ("grads", grads),
@@ -260,18 +245,7 @@ def adafactor_(
     check_options(op, options, _STEP_OPTIONS)
     if options.get("state_absmax") is not None:
         raise ValueError(f"{op}: state_absmax is for 8-bit state; {_NO_8BIT}")
-    h = _engine.check_hyper(
-        ADAFACTOR,
-        {
-            "lr": lr,
-            "beta2_decay": beta2_decay,
-            "eps2": eps2,
-            "d": d,
-            "weight_decay": weight_decay,
-            "maximize": maximize,
-        },
-        capturable=False,
-    )
+    h = _engine.hyper_of(ADAFACTOR, locals())
     n = len(params)
     lists = {"grads": grads, "row_vars": row_vars, "col_vars": col_vars, "variances": variances}
     for name, values in (*lists.items(), ("state_steps", state_steps)):
