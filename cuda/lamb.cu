@@ -140,8 +140,8 @@ void lamb_typed(const LambArgs& a) {
         tl.ptr<const T>(0, t), tl.ptr<const T>(1, t), tl.ptr<T>(2, t), tl.ptr<T>(3, t),
         tl.numels[t], s, flip, sc, part_u + first[t], part_p + first[t]);
     GF_CUDA_CHECK_LAUNCH();
-    lamb_ratio_kernel<OpT><<<1, 1, 0, stream>>>(part_u + first[t], part_p + first[t], chunks, a.lr,
-                                                a.trust, sc, ratio + t);
+    lamb_ratio_kernel<OpT><<<1, 1, 0, stream>>>(part_u + first[t], part_p + first[t], chunks,
+                                                a.hyper.lr, a.trust, sc, ratio + t);
     GF_CUDA_CHECK_LAUNCH();
     lamb_apply_kernel<kDecoupled, T><<<static_cast<unsigned>(chunks), kLambThreads, 0, stream>>>(
         tl.ptr<T>(0, t), tl.ptr<const T>(2, t), tl.ptr<const T>(3, t), tl.numels[t], s, sc,

@@ -33,6 +33,8 @@ def optimizer_step(
     clip_coef: int = 0,
     step_table: int = 0,
     step_table_stride: int = 0,
+    rows: list[int] | None = None,
+    cols: list[int] | None = None,
     state_dtype: int = -1,
     policy: int = 0,
     seed: int = 0,
@@ -134,54 +136,6 @@ def gather_state(
 ) -> tuple[list[Any], list[Any], tuple[list[Any], ...], tuple[list[Any], ...]] | None: ...
 def increment_counters(counters: list[Any]) -> list[float] | None: ...
 def use_dlpack(enabled: bool) -> bool: ...
-def lamb(
-    slots: list[list[int]],
-    numels: list[int],
-    dtype: int,
-    device: int,
-    stream: int,
-    *,
-    beta1: float,
-    beta2: float,
-    beta3: float,
-    eps: float,
-    weight_decay: float,
-    bias_correction1: float,
-    bias_correction2: float,
-    lr: float,
-    decoupled: bool,
-    trust: bool,
-    maximize: bool,
-    grad_scale: int = 0,
-    found_inf: int = 0,
-    clip_coef: int = 0,
-    state_dtype: int = -1,
-    policy: int = 0,
-    seed: int = 0,
-) -> None: ...
-def adafactor(
-    slots: list[list[int]],
-    numels: list[int],
-    dtype: int,
-    device: int,
-    stream: int,
-    *,
-    one_minus_beta2: float,
-    rho: float,
-    eps1: float,
-    eps2: float,
-    d: float,
-    decay: float,
-    rows: list[int],
-    cols: list[int],
-    maximize: bool,
-    grad_scale: int = 0,
-    found_inf: int = 0,
-    clip_coef: int = 0,
-    state_dtype: int = -1,
-    policy: int = 0,
-    seed: int = 0,
-) -> None: ...
 
 # Block-wise 8-bit quantization (cpu/quant8.h): n float32 values <-> uint8 codes and one float32
 # absmax per 256 values, host memory, addresses as ints.

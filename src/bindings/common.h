@@ -210,7 +210,5 @@ void register_losses(py::module_& m);
 void register_losses_softmax(py::module_& m);
 void register_buffers(py::module_& m);
 void register_quant8(py::module_& m);
-void register_optim_lamb(py::module_& m);
-void register_optim_adafactor(py::module_& m);
 
 }  // namespace gf

@@ -110,6 +110,4 @@ PYBIND11_MODULE(_core, m) {
   register_losses_softmax(m);
   register_buffers(m);
   register_quant8(m);
-  register_optim_lamb(m);
-  register_optim_adafactor(m);
 }

@@ -6,6 +6,9 @@
 // (Hyper::kFields, exported as _core.CODES["hyper_fields"]) and the mode flags by name. This file
 // checks the call once, fills the kernel's plain Args struct (gradfuse/optim_kernels.h) and runs
 // it without the GIL. Adding a kernel: its Args line in GF_OPTIM_KERNELS and one args_for below.
+// LAMB and Adafactor (GF_REDUCING_OPTIM_KERNELS: kernels of their own, not rules over
+// map_elements) are called the same way; Adafactor also takes its factored tensors' matrix
+// shapes (rows, cols).
 #include <cstring>
 #include <iterator>
 #include <map>
@@ -28,6 +31,8 @@ struct StepCall {
   const std::vector<double>& hyper;
   const Modes& modes;
   StepTable step_table;
+  const Numels& rows;  // Adafactor's factored tensors: matrix shape per tensor (else empty)
+  const Numels& cols;
 
   // The hyperparameter list as the kernel's Hyper struct (a plain struct of doubles).
   template <typename Hyper>
@@ -190,6 +195,41 @@ MuonApplyArgs args_for(const StepCall& c, Tag<MuonApplyArgs>) {
   return {c.tensors, c.hyper_as<math::MuonApplyHyper>(), c.flag("weight_decay")};
 }
 
+LambArgs args_for(const StepCall& c, Tag<LambArgs>) {
+  const auto h = c.hyper_as<math::LambHyper>();
+  c.depth(4, kMoments);
+  c.no_step_table();
+  GF_CHECK(h.bias_correction1 > 0.0 && h.bias_correction2 > 0.0, c.op,
+           ": bias corrections must be positive, got ", h.bias_correction1, " and ",
+           h.bias_correction2);
+  return {c.tensors, h, c.flag("decoupled"), c.flag("trust"), c.flag("maximize")};
+}
+
+// Factored (rows/cols given): slots param, grad, row_var, col_var; else param, grad, variance.
+AdafactorArgs args_for(const StepCall& c, Tag<AdafactorArgs>) {
+  const bool factored = !c.rows.empty();
+  const std::size_t n = static_cast<std::size_t>(c.tensors.size);
+  c.no_step_table();
+  if (factored) {
+    c.depth(4, "param, grad, row_var, col_var");
+    GF_CHECK(c.rows.size() == n && c.cols.size() == n, c.op,
+             ": expected rows and cols for each of the ", n, " tensors, got ", c.rows.size(),
+             " and ", c.cols.size());
+    for (std::size_t i = 0; i < n; ++i) {
+      const std::int64_t numel = c.tensors.numels[i], rows = c.rows[i], cols = c.cols[i];
+      GF_CHECK(rows >= 0 && cols >= 0 &&
+                   (numel == 0 || (rows > 0 && cols > 0 && numel % (rows * cols) == 0)),
+               c.op, ": tensor ", i, " of ", numel, " elements is not made of ", rows, " x ", cols,
+               " matrices");
+    }
+  } else {
+    c.depth(3, "param, grad, variance");
+  }
+  return {c.tensors,     c.hyper_as<math::AdafactorHyper>(),
+          factored,      c.rows.data(),
+          c.cols.data(), c.flag("maximize")};
+}
+
 using Runner = void (*)(const StepCall&);
 
 // Every kernel by name: its Args from the call, run on the tensors' backend.
@@ -197,7 +237,8 @@ const std::unordered_map<std::string, Runner>& runners() {
 #define GF_RUNNER(name, ArgsType) \
   {#name,                         \
    [](const StepCall& c) { run(&cpu::name, GF_CUDA_FN(name), args_for(c, Tag<ArgsType>{})); }},
-  static const std::unordered_map<std::string, Runner> table{GF_OPTIM_KERNELS(GF_RUNNER)};
+  static const std::unordered_map<std::string, Runner> table{
+      GF_OPTIM_KERNELS(GF_RUNNER) GF_REDUCING_OPTIM_KERNELS(GF_RUNNER)};
 #undef GF_RUNNER
   return table;
 }
@@ -213,6 +254,7 @@ py::dict hyper_fields() {
     d[#name] = names;                                                         \
   }
   GF_OPTIM_KERNELS(GF_FIELDS)
+  GF_REDUCING_OPTIM_KERNELS(GF_FIELDS)
 #undef GF_FIELDS
   return d;
 }
@@ -224,7 +266,8 @@ void register_optim(py::module_& m) {
          int dtype, int device, std::uintptr_t stream, const std::vector<double>& hyper,
          const Modes& modes, std::uintptr_t grad_scale, std::uintptr_t found_inf,
          std::uintptr_t clip_coef, std::uintptr_t step_table, std::int64_t step_table_stride,
-         int state_dtype, int policy, std::uint64_t seed) {
+         const py::object& row_list, const py::object& col_list, int state_dtype, int policy,
+         std::uint64_t seed) {
         const auto& table = runners();
         const auto it = table.find(kernel);
         GF_CHECK(it != table.end(), "optimizer_step: unknown kernel '", kernel, "'");
@@ -243,17 +286,21 @@ void register_optim(py::module_& m) {
         }
         auto holder = make_list(op, slots, numels, dtype, device, stream, grad_scale, found_inf,
                                 clip_coef, PrecisionArgs{state_dtype, policy, seed});
-        it->second(
-            StepCall{op, holder.view, hyper, modes, StepTable{step_table, step_table_stride}});
+        const Numels rows = row_list.is_none() ? Numels{} : row_list.cast<Numels>();
+        const Numels cols = col_list.is_none() ? Numels{} : col_list.cast<Numels>();
+        it->second(StepCall{op, holder.view, hyper, modes, StepTable{step_table, step_table_stride},
+                            rows, cols});
       },
       py::arg("kernel"), GF_LIST_ARGS, py::arg("hyper"), py::arg("modes"), py::kw_only(),
-      GF_SCALING_ARGS, GF_STEP_TABLE_ARGS, GF_PRECISION_ARGS,
+      GF_SCALING_ARGS, GF_STEP_TABLE_ARGS, py::arg("rows") = py::none(),
+      py::arg("cols") = py::none(), GF_PRECISION_ARGS,
       "One in-place optimizer step of `kernel` over its slots (pointer lists: params, grads,\n"
       "state; or a PreparedList, numels then None) of one dtype and device. hyper: the kernel's "
       "per-step scalars in the order of\n"
       "CODES['hyper_fields'][kernel]; modes: its flags by name. grad_scale/found_inf/clip_coef:\n"
       "addresses of float32 scalars, 0 for none; step_table: a capturable call's per-tensor\n"
-      "scalars (gradfuse/math/per_tensor.h), 0 for none.");
+      "scalars (gradfuse/math/per_tensor.h), 0 for none; rows/cols: adafactor's matrix shape of\n"
+      "each factored tensor.");
 }
 
 }  // namespace gf

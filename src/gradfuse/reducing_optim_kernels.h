@@ -20,7 +20,6 @@ namespace gf {
 struct LambArgs {
   TensorList tensors;
   math::LambHyper hyper;
-  double lr;
   bool decoupled;  // adam_w_mode: weight decay added to the update, not to the gradient
   bool trust;      // apply the trust ratio (weight_decay != 0 or use_nvlamb)
   bool maximize;

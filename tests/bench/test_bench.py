@@ -203,6 +203,25 @@ def test_minimal_bytes_table() -> None:
     assert sgd.min_bytes(Size("x", ((10,),)), itemsize=2) == 60  # scales with the dtype
 
 
+def test_low_precision_bytes_follow_the_policy_tables() -> None:
+    # adamw_lowprec's docstring table (bfloat16 params, but bf16state: float32 params) and
+    # Adafactor's (reducing_precision: two passes, row/col state negligible), from one model.
+    per = {c.name: c.bytes_per_param for c in _registry.discover() if "_lp_" in c.name}
+    assert {k: per[f"adamw_lp_{k}"](2) for k in ("plain", "stochastic", "kahan", "master")} == {
+        "plain": 14,
+        "stochastic": 14,
+        "kahan": 18,
+        "master": 20,
+    }
+    assert per["adamw_lp_master_f32state"](2) == 28
+    assert per["adamw_lp_f32state"](2) == 22
+    assert per["adamw_lp_bf16state"](4) == 20
+    assert per["adafactor_lp_plain"](2) == 10
+    assert per["adafactor_lp_kahan"](2) == 14
+    assert per["adafactor_lp_master"](2) == 18
+    assert per["adafactor_lp_bf16state"](4) == 20
+
+
 def test_model_like_set_has_real_layer_shapes() -> None:
     shapes = transformer_shapes(d=384, layers=12, vocab=8192, ctx=512)
     assert len(shapes) == 148 == MODEL.tensors

@@ -171,6 +171,13 @@ def check_hyper(spec: Spec, values: dict[str, Any], capturable: bool) -> Hyper:
     return Hyper(out)
 
 
+def hyper_of(spec: Spec, arguments: dict[str, Any]) -> Hyper:
+    """``spec``'s hyperparameters and flags picked by name from a public update's arguments (its
+    ``locals()``), checked as for a host call (:func:`check_hyper`, not capturable)."""
+    names = (*(name for name, _ in spec.hyper_kinds()), *spec.flags)
+    return check_hyper(spec, {name: arguments[name] for name in names}, capturable=False)
+
+
 class HostMath:
     """The spec expressions' helpers for host numbers (one native call per distinct step)."""
 

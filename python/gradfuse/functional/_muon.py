@@ -275,9 +275,7 @@ def muon_(
             f"{adjust_lr_fn!r}"
         )
     _check(params, grads, momentum_buffers, ns_coefficients, ns_steps)
-    h_prep = _engine.check_hyper(
-        MUON_PREPARE, {"momentum": momentum, "nesterov": nesterov}, capturable=False
-    )
+    h_prep = _engine.hyper_of(MUON_PREPARE, locals())
     h_apply = _engine.check_hyper(
         MUON_APPLY,
         {"lr": lr, "weight_decay": weight_decay, "adjusted_lr": 0.0},

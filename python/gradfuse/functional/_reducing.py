@@ -49,7 +49,7 @@ from gradfuse.functional._multi_tensor import GradScaling, Group, LowPrecision, 
 
 
 def _lamb_scalars(h: Hyper, xp: Any, step: Any, counters: dict[str, Any]) -> dict[str, Any]:
-    """math::LambHyper's fields in order, then lr (apex's multi_tensor_lamb_cuda)."""
+    """math::LambHyper's fields (apex's multi_tensor_lamb_cuda)."""
     bc1 = 1.0 - h.beta1**step if h.bias_correction else 1.0
     bc2 = 1.0 - h.beta2**step if h.bias_correction else 1.0
     return {
@@ -130,22 +130,7 @@ def lamb_(
     check_options(LAMB.op, options, _STEP_OPTIONS)
     if isinstance(step, bool) or not isinstance(step, int) or step < 1:
         raise ValueError(f"lamb_: step must be an int >= 1 (this step's number), got {step!r}")
-    h = _engine.check_hyper(
-        LAMB,
-        {
-            "lr": lr,
-            "beta1": beta1,
-            "beta2": beta2,
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "bias_correction": bias_correction,
-            "grad_averaging": grad_averaging,
-            "adam_w_mode": adam_w_mode,
-            "use_nvlamb": use_nvlamb,
-            "maximize": maximize,
-        },
-        capturable=False,
-    )
+    h = _engine.hyper_of(LAMB, locals())
     slots = [
         ("params", params),
         ("grads", grads),
@@ -188,7 +173,7 @@ def _policies_on_cpu(op: str, lowprec: LowPrecision, buffers: Sequence[Any], n: 
 
 
 def _adafactor_scalars(h: Hyper, xp: Any, step: Any, counters: dict[str, Any]) -> dict[str, Any]:
-    """math::AdafactorHyper's fields in order, from torch's expressions (_single_tensor_adafactor)."""
+    """math::AdafactorHyper's fields, from torch's expressions (_single_tensor_adafactor)."""
     lr = h.lr
     return {
         "one_minus_beta2": step**h.beta2_decay,
@@ -260,18 +245,7 @@ def adafactor_(
     check_options(op, options, _STEP_OPTIONS)
     if options.get("state_absmax") is not None:
         raise ValueError(f"{op}: state_absmax is for 8-bit state; {_NO_8BIT}")
-    h = _engine.check_hyper(
-        ADAFACTOR,
-        {
-            "lr": lr,
-            "beta2_decay": beta2_decay,
-            "eps2": eps2,
-            "d": d,
-            "weight_decay": weight_decay,
-            "maximize": maximize,
-        },
-        capturable=False,
-    )
+    h = _engine.hyper_of(ADAFACTOR, locals())
     n = len(params)
     lists = {"grads": grads, "row_vars": row_vars, "col_vars": col_vars, "variances": variances}
     for name, values in (*lists.items(), ("state_steps", state_steps)):
@@ -541,22 +515,22 @@ def _scaling(op: str, options: StepOptions) -> GradScaling | None:
 
 
 def _call(spec: Spec, h: Hyper, g: Group, step: float, scaling: GradScaling, **extra: Any) -> None:
-    """One native call for group ``g`` at ``step``: the spec's scalars as host numbers (their
-    keys are the kernel's Hyper fields), its modes, AMP's pointers."""
+    """One native call (``optimizer_step``, as the engine's) for group ``g`` at ``step``: the
+    spec's scalars as host numbers in the kernel's Hyper order, its modes, AMP's pointers."""
     fields = spec.scalars(h, HostMath(g), step, {})
-    fields = {k: float(v) for k, v in fields.items()}
-    kernel = getattr(_native.core(), spec.kernel)
+    core = _native.core()
     grad_scale, found_inf, clip_coef = scaling.pointers(g.device)
-    kernel(
+    core.optimizer_step(
+        spec.kernel,
         g.slots,
         g.numels,
         g.dtype_code,
         g.device,
         g.stream,
-        **fields,
-        **extra,
-        **spec.modes(h),
+        [float(fields[name]) for name in core.CODES["hyper_fields"][spec.kernel]],
+        spec.modes(h),
         grad_scale=grad_scale,
         found_inf=found_inf,
         clip_coef=clip_coef,
+        **extra,
     )

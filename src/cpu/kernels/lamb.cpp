@@ -80,7 +80,7 @@ std::vector<OpT> trust_ratios(const LambArgs& a, const RunBlocks& blocks,
                               const std::vector<double>& part_u,
                               const std::vector<double>& part_p) {
   return blocks.per_tensor<OpT>(a.tensors.size, [&](std::int64_t t) {
-    return math::lamb_ratio(a.lr, a.trust, std::sqrt(blocks.sum(part_p, t)),
+    return math::lamb_ratio(a.hyper.lr, a.trust, std::sqrt(blocks.sum(part_p, t)),
                             std::sqrt(blocks.sum(part_u, t)));
   });
 }

@@ -26,6 +26,8 @@ struct AdafactorHyper {
   double eps2;
   double d;
   double decay;  // 1 - lr * weight_decay
+  // The fields by name, in order: Python passes them as one list (CODES["hyper_fields"]).
+  static constexpr const char* kFields[] = {"one_minus_beta2", "rho", "eps1", "eps2", "d", "decay"};
 };
 
 // torch.lerp's formula (ATen's lerp: two branches for accuracy at both ends).

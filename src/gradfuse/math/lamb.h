@@ -28,6 +28,11 @@ struct LambHyper {
   double weight_decay;
   double bias_correction1;
   double bias_correction2;
+  double lr;  // the trust-ratio step's (per call: one param group), not the per-element rule's
+  // The fields by name, in order: Python passes them as one list (CODES["hyper_fields"]).
+  static constexpr const char* kFields[] = {
+      "beta1", "beta2", "beta3", "eps", "weight_decay", "bias_correction1", "bias_correction2",
+      "lr"};
 };
 
 // The bias corrections as factors (1 / bc1, 1 / sqrt(bc2), computed in double): one division

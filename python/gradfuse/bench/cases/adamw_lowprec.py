@@ -25,6 +25,7 @@ bf16 state (fp32 P)    param r+w, grad r, 2 bf16 states r+w:       20 B
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,48 +75,68 @@ POLICIES: dict[str, tuple[dict[str, Any], str]] = {
 }
 
 
+@dataclass(frozen=True)
+class Traffic:
+    """An update's minimal memory traffic per parameter, in element accesses: ``param_reads``
+    reads of the param, ``grad_reads`` of the gradient, ``state_accesses`` reads and writes of
+    state elements; the param is written once."""
+
+    param_reads: int
+    grad_reads: int
+    state_accesses: int
+
+    def bytes_per_param(self, policy: dict[str, Any], p: int) -> int:
+        """The bytes per parameter under ``policy`` (P = ``p``, the param's itemsize): a float32
+        master copy is read instead of the param and written beside it, a bfloat16 Kahan
+        compensation is read and written once, the state is in ``state_dtype`` (else P)."""
+        state = _ITEMSIZE.get(policy.get("state_dtype", ""), p)
+        param = self.param_reads * p + p
+        if policy.get("master_weights"):
+            param = (self.param_reads + 1) * 4 + p
+        if policy.get("kahan"):
+            param += 2 * 2
+        return param + self.grad_reads * p + self.state_accesses * state
+
+
+_ITEMSIZE = {"float32": 4, "bfloat16": 2}
+
+
 def policy_cases(
-    prefix: str,
     optimizer: str,
     bytes_key: str,
     kwargs: dict[str, Any],
-    nbytes: dict[str, Callable[[int], int]],
+    traffic: Traffic,
+    policies: tuple[str, ...],
     case: type[LowPrecisionCase] = LowPrecisionCase,
 ) -> list[LowPrecisionCase]:
-    """One ``case`` per policy of ``nbytes`` (its bytes per param from the param's itemsize),
-    named ``<prefix>_<policy>``."""
+    """One ``case`` per name of ``policies`` (keys of :data:`POLICIES`), named
+    ``<optimizer in lower case>_lp_<policy>``, its bytes per param from ``traffic`` under that
+    policy."""
     cases = []
-    for name, per_param in nbytes.items():
+    for name in policies:
         policy, param_dtype = POLICIES[name]
         settings = ", ".join(f"{k}={v}" for k, v in policy.items()) or "plain"
         cases.append(
             case(
-                f"{prefix}_{name}",
+                f"{optimizer.lower()}_lp_{name}",
                 bytes_key,
                 optimizer=optimizer,
                 kwargs=kwargs,
                 description=f"{optimizer}({settings}) on {param_dtype} params",
                 check_configs=(),
                 param_dtype=param_dtype,
-                bytes_per_param=per_param,
+                bytes_per_param=functools.partial(traffic.bytes_per_param, policy),
                 policy=policy,
             )
         )
     return cases
 
 
+# Param r+w, grad r, exp_avg and exp_avg_sq r+w.
 CASES = policy_cases(
-    "adamw_lp",
     "AdamW",
     "adam",
     {"lr": 1e-3, "weight_decay": 1e-2},
-    {
-        "plain": lambda p: 7 * p,
-        "stochastic": lambda p: 7 * p,
-        "kahan": lambda p: 7 * p + 4,
-        "master": lambda p: 6 * p + 8,
-        "master_f32state": lambda p: 2 * p + 24,
-        "f32state": lambda p: 3 * p + 16,
-        "bf16state": lambda p: 3 * p + 8,
-    },
+    Traffic(param_reads=1, grad_reads=1, state_accesses=4),
+    tuple(POLICIES),
 )

@@ -18,7 +18,7 @@ from gradfuse.bench.cases.adafactor_lamb import (
     _pytorch_optimizer_lamb,
 )
 from gradfuse.bench.cases.adamw8bit import EightBitCase
-from gradfuse.bench.cases.adamw_lowprec import LowPrecisionCase, policy_cases
+from gradfuse.bench.cases.adamw_lowprec import LowPrecisionCase, Traffic, policy_cases
 
 
 @dataclass
@@ -31,18 +31,11 @@ class _MatrixPolicyCase(_MatrixCase, LowPrecisionCase):
 # the param (and the master copy, or the Kahan compensation). Where the eps1 clamp may be
 # active (bfloat16 params with torch's eps1, 2^-7) pass B reads the grad again: P more.
 _ADAFACTOR_POLICIES = policy_cases(
-    "adafactor_lp",
     "Adafactor",
     "adafactor",
     {"lr": 1e-2, "weight_decay": 1e-2},
-    {
-        "plain": lambda p: 5 * p,
-        "stochastic": lambda p: 5 * p,
-        "kahan": lambda p: 5 * p + 4,
-        "master": lambda p: 3 * p + 12,
-        "f32state": lambda p: 5 * p,
-        "bf16state": lambda p: 5 * p,
-    },
+    Traffic(param_reads=2, grad_reads=2, state_accesses=0),
+    ("plain", "stochastic", "kahan", "master", "f32state", "bf16state"),
     _MatrixPolicyCase,
 )
 
