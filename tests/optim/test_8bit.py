@@ -460,6 +460,9 @@ EIGHT_BIT = [
     ("Lion", {"lr": 1e-4, "weight_decay": 0.1}),
     ("ADOPT", {"weight_decay": 0.1, "weight_decouple": True}),
     ("AdEMAMix", {"t_alpha": 5, "t_beta3": 5, "weight_decay": 0.1}),
+    # LAMB without clipping (bench/cases/adamw8bit.py says why); u from the stored moments.
+    ("LAMB", {"weight_decay": 0.01, "max_grad_norm": 0.0}),
+    ("LAMB", {"adam_w_mode": False, "weight_decay": 0.01, "max_grad_norm": 0.0}),
 ]
 STEP_SHAPES = [(1,), (7,), (4097,), (0,), (33, 17)]
 

@@ -26,6 +26,11 @@ class LAMB(ReferenceOptimizer):
 
     ``step`` counts per param group. Same constructor as :class:`gradfuse.optim.LAMB`;
     ``foreach`` is accepted and changes nothing (one for-loop path).
+
+    :attr:`stored_moments` (param -> (m, v)): the moments ``u`` is computed from for that
+    param instead of the updated ones. gradfuse's kernel computes ``u`` from its moments as the
+    state stores them (8-bit, or rounded to bfloat16); a reference for such a state gives them
+    here (:func:`gradfuse.testing.compare_8bit_steps`).
     """
 
     __signature__ = arguments_of(optim.LAMB, extra={"foreach": False})
@@ -40,6 +45,7 @@ class LAMB(ReferenceOptimizer):
         self.use_nvlamb = defaults.pop("use_nvlamb")
         del defaults["set_grad_none"]
         super().__init__(params, defaults)
+        self.stored_moments: dict[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _update(self) -> None:
         grads_all = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
@@ -75,7 +81,8 @@ class LAMB(ReferenceOptimizer):
                     g = g + wd * p
                 m.mul_(beta1).add_(g, alpha=beta3)
                 v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
-                u = (m / bc1) / ((v / bc2).sqrt() + eps)
+                m_u, v_u = self.stored_moments.get(p, (m, v))
+                u = (m_u / bc1) / ((v_u / bc2).sqrt() + eps)
                 if self.adam_w_mode:
                     u = u + wd * p
                 ratio = lr

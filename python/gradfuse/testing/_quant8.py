@@ -166,29 +166,40 @@ def compare_8bit_steps(
     and dequantized state; ``params`` are stepped in place."""
     import gradfuse.optim as gopt
     from gradfuse.optim._quant8 import SIGNED_KEYS
-    from gradfuse.testing import reference_optimizer
+    from gradfuse.testing import LAMB, reference_optimizer
 
     opt = getattr(gopt, f"{name}8bit")(params, min_8bit_size=min_8bit_size, **kwargs)
     found = EightBitSteps()
     for k, gs in enumerate(grads):
-        refs = {}
-        before = _float_state(opt, params, torch.float64)
-        for dtype in (torch.float32, torch.float64):
-            ref_params = [p.detach().to(dtype, copy=True).requires_grad_(True) for p in params]
-            ref = reference_optimizer(name, ref_params, **kwargs)
-            states = _float_state(opt, params, dtype)
-            for p, rp, st, g in zip(params, ref_params, states, gs, strict=True):
-                rp.grad = g.to(p.dtype).to(dtype)  # the gradient gradfuse sees
-                if st:
-                    ref.state[rp] = st
-            for ours, theirs in zip(opt.param_groups, ref.param_groups, strict=True):
-                if "step" in ours:  # a step counted per group (LAMB, as apex)
-                    theirs["step"] = ours["step"]
-            ref.step()
-            refs[dtype] = (ref, ref_params)
+        start = [p.detach().clone() for p in params]
+        before = {dt: _float_state(opt, params, dt) for dt in (torch.float32, torch.float64)}
+        group_steps = [group.get("step") for group in opt.param_groups]  # LAMB's, as apex
         for p, g in zip(params, gs, strict=True):
             p.grad = g.to(p.dtype, copy=True)
         opt.step()
+        refs = {}
+        for dtype in (torch.float32, torch.float64):
+            ref_params = [s.to(dtype, copy=True).requires_grad_(True) for s in start]
+            ref = reference_optimizer(name, ref_params, **kwargs)
+            for p, rp, st, g in zip(params, ref_params, before[dtype], gs, strict=True):
+                rp.grad = g.to(p.dtype).to(dtype)  # the gradient gradfuse saw
+                if st:  # a copy: the step updates it in place, and `before` stays the old state
+                    ref.state[rp] = {
+                        k: v.clone() if isinstance(v, Tensor) else v for k, v in st.items()
+                    }
+            for theirs, step in zip(ref.param_groups, group_steps, strict=True):
+                if step is not None:
+                    theirs["step"] = step
+            if isinstance(ref, LAMB):
+                # LAMB's kernel computes u from its moments as stored (src/cpu/kernels/lamb.cpp).
+                after = _float_state(opt, params, dtype)
+                ref.stored_moments = {
+                    rp: (st["exp_avg"], st["exp_avg_sq"])
+                    for rp, st in zip(ref_params, after, strict=True)
+                    if "exp_avg" in st
+                }
+            ref.step()
+            refs[dtype] = (ref, ref_params)
         (ref32, ps32), (ref64, ps64) = refs[torch.float32], refs[torch.float64]
         for i, (p, p32, p64) in enumerate(zip(params, ps32, ps64, strict=True)):
             found.params.append(p.detach().clone())
@@ -203,7 +214,7 @@ def compare_8bit_steps(
                         st[key + "_absmax"],
                         ref32.state[p32][key],
                         ref64.state[p64][key],
-                        before[i].get(key, torch.zeros_like(p64)),
+                        before[torch.float64][i].get(key, torch.zeros_like(p64)),
                         SIGNED_KEYS[key],
                         f"step {k + 1}, param {i} {key}",
                     )
