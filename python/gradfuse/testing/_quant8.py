@@ -110,6 +110,9 @@ def _judge_state(
     signed: bool,
     where: str,
 ) -> None:
+    """Judges one 8-bit state tensor after a step into ``found``: gradfuse's ``codes`` and
+    ``absmax`` against the float32 (``x32``) and float64 (``x64``) references' new values,
+    ``old`` being the value before the step (the update's other operand)."""
     from gradfuse.optim import dynamic_map
     from gradfuse.optim._quant8 import BLOCK
 
