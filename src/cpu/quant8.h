@@ -6,15 +6,20 @@
 //
 // The nearest code is never searched per element. The map's thresholds (T[k]: the smallest
 // float32 x whose distance to map[k + 1] is below its distance to map[k], both computed in float
-// as bitsandbytes computes them, so a tie keeps the lower code) are found once; a table indexed by
-// the sign, exponent and top 7 mantissa bits of x gives the rank of the bucket's lowest value
-// among the thresholds, and one comparison with the next threshold finishes:
+// as bitsandbytes computes them, so a tie keeps the lower code) are found once. The exact search
+// (code_of, every value on the baseline ISA) is a table indexed by the sign, exponent and top 7
+// mantissa bits of x that gives the rank of the bucket's lowest value among the thresholds, and
+// one comparison with the next threshold:
 //   code = base[bucket(x)] + (x >= T[base[bucket(x)]])
 // The buckets are narrower than the map's gaps, so at most one threshold falls in a bucket
-// (checked when the tables are built). The result is the nearest code with bitsandbytes' tie rule,
-// which is what bitsandbytes' CPU quantize_blockwise returns wherever its own search is exact
-// (tests/optim/test_8bit.py documents where it is not: |x / absmax| below ~1e-4, where its bucketed
-// search returns a code a few places from the nearest).
+// (checked when the tables are built). With AVX2, quantize_block computes the code instead (the
+// region of the map by an estimate and one comparison, the code in it by one multiply-add: see
+// Regions) and searches only within 1/16384 of a code's spacing from a threshold; its constants
+// are used only if check_regions proves them against every threshold of the map. Either way the
+// result is the nearest code with bitsandbytes' tie rule, which is what bitsandbytes' CPU
+// quantize_blockwise returns wherever its own search is exact (tests/optim/test_8bit.py documents
+// where it is not: |x / absmax| below ~1e-4, where its bucketed search returns a code a few
+// places from the nearest).
 //
 // Host only: the CUDA engine refuses 8-bit state (gradfuse/storage.h).
 #pragma once
