@@ -1,6 +1,7 @@
 """Per-element costs of the 8-bit step's parts on one thread (benchmarks/cpu/2026-12-06-8bit.md):
-quantize and dequantize 4M values alone, a whole AdamW8bit step, torch's fused float32 AdamW
-step and gradfuse's float32 AdamW step, in ns per element.
+quantize and dequantize 4M values alone (from memory) and 256K values (1 MiB, in cache, as the
+step's tiles are), a whole AdamW8bit step, torch's fused float32 AdamW step and gradfuse's float32 AdamW
+step, in ns per element.
 
     OMP_NUM_THREADS=1 PYTHONPATH=python python benchmarks/cpu/scripts/eight_bit_costs.py
 """
@@ -17,12 +18,12 @@ x = torch.randn(n) * torch.exp(torch.randn(n))
 ax = x.abs()
 
 
-def per_element(f, repeat: int = 10) -> float:
+def per_element(f, repeat: int = 10, size: int = n) -> float:
     f()
     start = time.perf_counter()
     for _ in range(repeat):
         f()
-    return (time.perf_counter() - start) / repeat / n * 1e9
+    return (time.perf_counter() - start) / repeat / size * 1e9
 
 
 codes, absmax = gopt.quantize_blockwise(x)
@@ -31,6 +32,14 @@ print("quantize (signed map)   ", per_element(lambda: gopt.quantize_blockwise(x)
 print("quantize (unsigned map) ", per_element(lambda: gopt.quantize_blockwise(ax, False)))
 print("dequantize              ", per_element(lambda: gopt.dequantize_blockwise(codes, absmax)))
 print("copy (4 B in, 4 B out)  ", per_element(lambda: out.copy_(x)))
+m = 1 << 18
+xs, axs = x[:m].clone(), ax[:m].clone()
+cs, ams = gopt.quantize_blockwise(xs)
+print("in cache: quantize (signed)", per_element(lambda: gopt.quantize_blockwise(xs), 50, m))
+print(
+    "in cache: quantize (unsigned)", per_element(lambda: gopt.quantize_blockwise(axs, False), 50, m)
+)
+print("in cache: dequantize      ", per_element(lambda: gopt.dequantize_blockwise(cs, ams), 50, m))
 p = torch.randn(n, requires_grad=True)
 p.grad = torch.randn(n) * 0.01
 eight = gopt.AdamW8bit([p])
