@@ -1,6 +1,7 @@
 // Bindings of the block-wise 8-bit primitives (issue 16; cpu/quant8.h): quantize float32 values
 // into codes and absmax, dequantize back, and the dynamic maps. Python
 // (gradfuse/optim/_quant8.py) checks the tensors; these check the sizes they are told.
+#include <utility>
 #include <vector>
 
 #include "bindings/common.h"
@@ -56,6 +57,32 @@ void register_quant8(py::module_& m) {
       },
       py::arg("signed"),
       "bitsandbytes' dynamic quantization map (create_dynamic_map), 256 sorted float32 values.");
+  m.def(
+      "q8_self_test",
+      [](std::uintptr_t values, std::uintptr_t codes, std::uintptr_t forced, std::int64_t n,
+         bool is_signed, int damage) {
+        GF_CHECK(n >= 0 && (n == 0 || (values != 0 && codes != 0 && forced != 0)),
+                 "q8_self_test: bad buffers");
+        std::int32_t flags[2] = {0, 0};
+        Q8SelfTestArgs args{reinterpret_cast<const float*>(values),
+                            reinterpret_cast<std::uint8_t*>(codes),
+                            reinterpret_cast<std::uint8_t*>(forced),
+                            flags,
+                            n,
+                            is_signed,
+                            damage};
+        {
+          py::gil_scoped_release release;
+          cpu::q8_self_test(args);
+        }
+        return std::make_pair(flags[0] != 0, flags[1] != 0);
+      },
+      py::arg("values"), py::arg("codes"), py::arg("forced"), py::arg("n"), py::arg("signed"),
+      py::arg("damage"),
+      "Tests only (cpu/quant8.h): quantize n float32 values with the arithmetic quantizer's "
+      "constants damaged (1..3; 0: as built); codes by quantize_block, forced with the damaged "
+      "constants used anyway. Returns (the constants passed their checks, this ISA has the "
+      "arithmetic quantizer).");
   m.def(
       "state_q8_code", []() { return kStateQ8; },
       "The first state dtype code of 8-bit state (gradfuse/tensor_list.h).");

@@ -39,10 +39,27 @@ struct Blockwise8Args {
   bool quantize;
 };
 
+// The 8-bit quantizer's own checks, for tests (cpu/quant8.h): on this ISA's copy, quantize n
+// float32 values (blocks of 256) with the map's arithmetic quantizer constants damaged in one way
+// (`damage` 1..3; 0: as built). codes: quantize_block with that map (exact search wherever the
+// checks refuse the constants); forced: with the constants used although the checks refused
+// them. flags[0]: the checks passed; flags[1]: this ISA has the arithmetic quantizer.
+struct Q8SelfTestArgs {
+  const float* values;
+  std::uint8_t* codes;
+  std::uint8_t* forced;
+  std::int32_t* flags;
+  std::int64_t n;
+  bool is_signed;
+  int damage;
+};
+
 }  // namespace gf
 
 #define GF_GRAD_KERNELS(X)   \
   X(grad_norm, GradNormArgs) \
   X(scale_grads, ScaleGradsArgs)
 // Kernels that only the CPU has (declared in gradfuse/cpu.h, dispatched by ISA).
-#define GF_CPU_ONLY_KERNELS(X) X(blockwise8, Blockwise8Args)
+#define GF_CPU_ONLY_KERNELS(X)  \
+  X(blockwise8, Blockwise8Args) \
+  X(q8_self_test, Q8SelfTestArgs)

@@ -2,6 +2,7 @@
 // uses inside the update (cpu/quant8.h), exposed for tests and for converting checkpoints.
 // Compiled once per ISA (CMakeLists.txt).
 #include <algorithm>
+#include <memory>
 
 #include "cpu/multi_tensor.h"
 #include "cpu/parallel.h"
@@ -37,6 +38,38 @@ void blockwise8(const Blockwise8Args& a) {
     return;
   }
   parallel_chunks(threads, n_chunks, chunk);
+}
+
+void q8_self_test(const Q8SelfTestArgs& a) {
+  auto map = std::make_unique<q8::DynamicMap>(q8::dynamic_map(a.is_signed));
+  q8::Regions& r = map->regions;
+  switch (a.damage) {
+    case 1:  // one decade's frame 0.2% too steep: its thresholds drift away from the integers
+      r.scale[5] *= 1.002f;
+      break;
+    case 2:  // region 4 begins 3% late
+      r.next[3] += 1 << 18;
+      break;
+    case 3:  // the region estimate three quarters of a decade early: up to two regions high
+      r.est_base -= 320;
+      break;
+    default:
+      break;
+  }
+  a.flags[0] = q8::check_regions(*map) ? 1 : 0;
+#if defined(__AVX2__) && defined(__FMA__)
+  a.flags[1] = 1;
+#else
+  a.flags[1] = 0;
+#endif
+  for (int pass = 0; pass < 2; ++pass) {
+    r.exact = pass == 0 ? a.flags[0] != 0 : true;
+    std::uint8_t* out = pass == 0 ? a.codes : a.forced;
+    for (std::int64_t o = 0; o < a.n; o += kQ8Block) {
+      const std::int64_t len = std::min(kQ8Block, a.n - o);
+      q8::quantize_block(*map, a.values + o, q8::block_absmax(a.values + o, len), out + o, len);
+    }
+  }
 }
 
 }  // namespace gf::cpu::GF_ISA
