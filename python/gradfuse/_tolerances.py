@@ -48,10 +48,13 @@ LOW_PRECISION_ULPS = 2.0
 LOW_PRECISION_DTYPES = (torch.float16, torch.bfloat16)
 # The same rule judges 8-bit state (gradfuse.testing.compare_8bit_steps), a step at a time from
 # the same dequantized state: the params, each block's absmax, and the value each code stands
-# for, against the float64 reference, may be at most LOW_PRECISION_FACTOR times as far as the
-# float32 reference's, plus LOW_PRECISION_ULPS float32 epsilons of the update's operands (the
-# old value and the new one bound them: where new = mu * old + term cancels, as a momentum
-# buffer or a lerp may, float32 is off by an ulp of old and term, not of new).
+# for may be as far from the float64 reference as LOW_PRECISION_FACTOR times the float32
+# reference's own error, plus LOW_PRECISION_ULPS float32 epsilons of the value, plus
+# LOW_PRECISION_FACTOR times how far the float64 result moves when its inputs move by one
+# float32 epsilon (the problem's conditioning: where an update cancels, as -g + wd * p or
+# mu * buf + g / avg may, any float32 implementation is off by an ulp of the operands, even
+# where the float32 reference happened to round well). 16-bit params: rounded once from a value
+# within that.
 
 # Loss values and input gradients against torch.nn.functional + autograd, same dtype.
 LOSS: dict[torch.dtype, Tol] = {

@@ -486,32 +486,36 @@ def test_each_8bit_step_is_its_float32_reference(
     assert judge_8bit_steps(found) == []
 
 
-def test_the_8bit_step_comparison_fails_a_wrong_step(monkeypatch: pytest.MonkeyPatch) -> None:
-    """compare_8bit_steps tells a wrong update from a right one (AdamW's weight decay at
-    0.02 in the reference instead of 0.01), and a state read with the wrong map."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_the_8bit_step_comparison_fails_a_wrong_step(
+    monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype
+) -> None:
+    """compare_8bit_steps tells a wrong update from a right one (the reference's lr at 2e-3
+    instead of 1e-3: a 16-bit param must be the float64 result rounded once, not merely near
+    it), and a state read with the wrong map."""
     import gradfuse.testing
     from gradfuse.optim import _quant8
     from gradfuse.testing import compare_8bit_steps, judge_8bit_steps
 
     def run() -> list[str]:
         g = torch.Generator().manual_seed(6)
-        params = [torch.randn(s, generator=g).requires_grad_(True) for s in STEP_SHAPES]
+        params = [torch.randn(s, generator=g).to(dtype).requires_grad_(True) for s in STEP_SHAPES]
         grads = [[torch.randn(s, generator=g) for s in STEP_SHAPES] for _ in range(3)]
         return judge_8bit_steps(compare_8bit_steps("AdamW", params, grads))
 
     assert run() == []
     right = gradfuse.testing.reference_optimizer
 
-    def other_decay(name: str, params: object, **kwargs: object) -> torch.optim.Optimizer:
-        return right(name, params, **{**kwargs, "weight_decay": 0.02})
+    def other_lr(name: str, params: object, **kwargs: object) -> torch.optim.Optimizer:
+        return right(name, params, **{**kwargs, "lr": 2e-3})
 
-    monkeypatch.setattr(gradfuse.testing, "reference_optimizer", other_decay)
+    monkeypatch.setattr(gradfuse.testing, "reference_optimizer", other_lr)
     problems = run()
-    assert any(p.startswith("params") for p in problems), problems
+    assert any(p.startswith("param") for p in problems), problems
     monkeypatch.setattr(gradfuse.testing, "reference_optimizer", right)
     monkeypatch.setitem(_quant8.SIGNED_KEYS, "exp_avg_sq", True)
     problems = run()
-    assert any("code" in p or "absmax" in p for p in problems), problems
+    assert any(p.startswith(("code", "absmax")) for p in problems), problems
 
 
 def test_every_8bit_state_key_has_its_optimizers_map() -> None:

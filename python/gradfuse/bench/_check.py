@@ -232,7 +232,7 @@ def _check_8bit(
     row.max_abs, row.max_rel = tol.max_errors(found.flat("params"), found.flat("params64"))
     row.tolerance = (
         f"a step: <= {tol.LOW_PRECISION_FACTOR:g}x float32's error vs float64 "
-        f"+ {tol.LOW_PRECISION_ULPS:g} eps"
+        f"+ {tol.LOW_PRECISION_ULPS:g} eps + conditioning"
     )
     problems = judge_8bit_steps(found)
     if problems:

@@ -1,17 +1,23 @@
 """The reference of block-wise 8-bit state (:mod:`gradfuse.optim._quant8`).
 
 An 8-bit step is judged one step at a time. Its reference (torch's class, or this package's) runs
-twice from gradfuse's params and its state as :func:`~gradfuse.optim.dequantize_state_dict`
-gives it, in float32 and in float64, with the same gradient. By the tolerance table's
-low-precision rule (``gradfuse._tolerances``: at most ``LOW_PRECISION_FACTOR`` times the float32
-reference's own error against float64, plus ``LOW_PRECISION_ULPS`` epsilons):
+from gradfuse's params and its state as :func:`~gradfuse.optim.dequantize_state_dict` gives it,
+with the same gradient: in float32, in float64, and twice more in float64 with every input (the
+params, the gradient, the old state) moved by one float32 epsilon in random directions. Each
+value gradfuse produces may then be as far from the float64 one as
+``LOW_PRECISION_FACTOR`` times the float32 reference's own error, plus ``LOW_PRECISION_ULPS``
+float32 epsilons of the value, plus ``LOW_PRECISION_FACTOR`` times how far the float64 result
+moved with its inputs (``gradfuse._tolerances``): the last term is the problem's own
+conditioning (an update that cancels, as ``-g + wd * p`` or ``mu * buf + g / avg`` may, is off
+by an ulp of its operands in any float32 implementation, even where the float32 reference
+happened to round well). So:
 
-- the params (16-bit params: against the float32 result rounded to their dtype);
+- the params (16-bit params: gradfuse's must lie between the allowed interval's ends rounded
+  to the dtype, rounding being monotone);
 - each block's new absmax, against the float64 state's block maximum;
 - each new code: the value it stands for must be a nearest code (:func:`nearest_codes`) of a
-  value within that error of the float64 state. The fused pass quantizes the float32 value it
-  computed; where the update cancels (a momentum buffer's ``mu * buf + g / avg``), float32
-  itself is off by more than its epsilon, and the rule allows as much.
+  value within the allowance of the float64 state (gradfuse quantizes the float32 value it
+  computed).
 
 Starting each step from gradfuse's own state keeps the comparison exact over many steps: a value
 a few ulps from a threshold may take the other code, and a trajectory compared as a whole would
@@ -48,35 +54,50 @@ def nearest_codes(xn: Tensor, code: Tensor, signed: bool) -> Tensor:
     return out.view(xn.shape)
 
 
-def _allowed(theirs: Tensor, reference: Tensor, old: Tensor) -> Tensor:
-    """Per element, how far from the float64 ``reference`` a new state value may be: the
-    table's low-precision rule with float32's own error ``theirs - reference``, its epsilons
-    taken of the update's operands, bounded by the old value and the new one (``new = a * old +
-    term``: where it cancels, float32 is off by an ulp of ``old`` and ``term``, not of ``new``)."""
+def _allowed(theirs: Tensor, reference: Tensor, moved: Tensor) -> Tensor:
+    """Per element, how far from the float64 ``reference`` a value may be: the tolerance
+    table's low-precision rule (float32's own error ``theirs - reference`` and epsilons of the
+    value) plus the conditioning term, ``moved`` (how far the float64 result moved when its
+    inputs moved by one float32 epsilon)."""
     eps = torch.finfo(torch.float32).eps
-    return tol.LOW_PRECISION_FACTOR * (
-        theirs.double() - reference
-    ).abs() + tol.LOW_PRECISION_ULPS * eps * (reference.abs() + old.abs())
+    return (
+        tol.LOW_PRECISION_FACTOR * ((theirs.double() - reference).abs() + moved)
+        + tol.LOW_PRECISION_ULPS * eps * reference.abs()
+    )
+
+
+def _moved(reference: Tensor, *perturbed: Tensor) -> Tensor:
+    """The largest move of the float64 result over the perturbed runs."""
+    return torch.stack([(x.detach().double() - reference).abs() for x in perturbed]).amax(0)
 
 
 @dataclass
 class EightBitSteps:
-    """What :func:`compare_8bit_steps` found, over all steps."""
+    """What :func:`compare_8bit_steps` found, over all steps: for each value judged, the largest
+    excess over what the rule allows (<= 0: all within), and where."""
 
-    params: list[Tensor] = field(default_factory=list)  # gradfuse's, after each step
-    params32: list[Tensor] = field(default_factory=list)  # float32 reference, in params' dtype
-    params64: list[Tensor] = field(default_factory=list)  # float64 reference
-    # The largest excess of an absmax, and of a code's distance, over what the rule allows
-    # (<= 0: all within), and where.
+    param_excess: float = float("-inf")
     absmax_excess: float = float("-inf")
     code_excess: float = float("-inf")
-    worst_absmax: str = ""
-    worst_code: str = ""
+    worst: dict[str, str] = field(default_factory=dict)
     codes: int = 0  # how many codes were judged
+    # gradfuse's params after each step and the float64 reference's, for reporting
+    params: list[Tensor] = field(default_factory=list)
+    params64: list[Tensor] = field(default_factory=list)
 
     def flat(self, which: str) -> Tensor:
-        parts = [t.detach().reshape(-1) for t in getattr(self, which)]
-        return torch.cat(parts) if parts else torch.zeros(0)
+        parts = [t.detach().double().reshape(-1) for t in getattr(self, which)]
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+
+    def note(self, what: str, excess: Tensor, describe: Any) -> None:
+        """Keeps the largest of ``excess`` for ``what``; ``describe(i)`` says where it is."""
+        if excess.numel() == 0:
+            return
+        i = int(excess.argmax())
+        if float(excess[i]) > getattr(self, f"{what}_excess"):
+            setattr(self, f"{what}_excess", float(excess[i]))
+            if excess[i] > 0:
+                self.worst[what] = describe(i)
 
 
 def _float_state(
@@ -100,19 +121,41 @@ def _float_state(
     ]
 
 
+def _judge_params(
+    found: EightBitSteps, ours: Tensor, p32: Tensor, p64: Tensor, moved: Tensor, where: str
+) -> None:
+    allowed = _allowed(p32, p64, moved)
+    found.params.append(ours.detach().clone())
+    found.params64.append(p64.detach().clone())
+    if ours.dtype == torch.float32:
+        excess = (ours.double() - p64).abs() - allowed
+    else:  # rounded once from a value within the allowance: between the ends rounded
+        lo, hi = (p64 - allowed).to(ours.dtype), (p64 + allowed).to(ours.dtype)
+        excess = torch.maximum(lo.double() - ours.double(), ours.double() - hi.double())
+    excess = excess.reshape(-1)
+    flat = ours.reshape(-1)
+    found.note(
+        "param",
+        excess,
+        lambda i: (
+            f"{where}, element {i}: {float(flat[i]):.9g}, float64 {float(p64.reshape(-1)[i]):.9g}"
+        ),
+    )
+
+
 def _judge_state(
     found: EightBitSteps,
     codes: Tensor,
     absmax: Tensor,
     x32: Tensor,
     x64: Tensor,
-    old: Tensor,
+    moved: Sequence[Tensor],
     signed: bool,
     where: str,
 ) -> None:
     """Judges one 8-bit state tensor after a step into ``found``: gradfuse's ``codes`` and
-    ``absmax`` against the float32 (``x32``) and float64 (``x64``) references' new values,
-    ``old`` being the value before the step (the update's other operand)."""
+    ``absmax`` against the float32 (``x32``) and float64 (``x64``) references' new values and
+    the perturbed float64 runs' (``moved``)."""
     from gradfuse.optim import dynamic_map
     from gradfuse.optim._quant8 import BLOCK
 
@@ -120,39 +163,33 @@ def _judge_state(
     if n == 0:
         return
     x32, x64 = x32.detach().reshape(-1), x64.detach().reshape(-1)
-    old = old.detach().double().reshape(-1)
+    xs = [x.detach().reshape(-1) for x in moved]
 
     def block_max(x: Tensor) -> Tensor:
         return torch.nn.functional.pad(x.abs(), (0, (-n) % BLOCK)).view(-1, BLOCK).amax(1)
 
     a64 = block_max(x64)
-    a_excess = (absmax.double() - a64).abs() - _allowed(block_max(x32), a64, block_max(old))
-    if float(a_excess.max()) > found.absmax_excess:
-        i = int(a_excess.argmax())
-        found.absmax_excess = float(a_excess[i])
-        if found.absmax_excess > 0:
-            found.worst_absmax = (
-                f"{where}, block {i}: absmax {float(absmax[i]):.9g}, float64 {a64[i]:.9g}"
-            )
+    a_allowed = _allowed(block_max(x32), a64, _moved(a64, *(block_max(x) for x in xs)))
+    found.note(
+        "absmax",
+        (absmax.double() - a64).abs() - a_allowed,
+        lambda i: f"{where}, block {i}: absmax {float(absmax[i]):.9g}, float64 {a64[i]:.9g}",
+    )
     # A block whose absmax is 0 holds zeros whatever its codes (bitsandbytes writes code 0 for
     # 0 / 0): its absmax is judged above, its codes are not.
     scale = absmax.double().repeat_interleave(BLOCK)[:n]
     kept = scale > 0
     c, scale = codes.reshape(-1)[kept].long(), scale[kept]
     found.codes += c.numel()
-    if c.numel() == 0:
-        return
     # gradfuse picked the nearest code to its own x / absmax, at most delta from xn; so its
     # code is at most 2 delta farther from xn than xn's nearest code.
     xn = x64[kept] / scale
-    delta = _allowed(x32[kept], x64[kept], old[kept]) / scale
+    delta = _allowed(x32[kept], x64[kept], _moved(x64, *xs)[kept]) / scale
     code = dynamic_map(signed).double()
     excess = (code[c] - xn).abs() - (code[nearest_codes(xn, code, signed)] - xn).abs() - 2 * delta
-    i = int(excess.argmax())
-    if float(excess[i]) > found.code_excess:
-        found.code_excess = float(excess[i])
-        if found.code_excess > 0:
-            found.worst_code = f"{where}: code {int(c[i])} for x / absmax = {float(xn[i]):.9g}"
+    found.note(
+        "code", excess, lambda i: f"{where}: code {int(c[i])} for x / absmax = {float(xn[i]):.9g}"
+    )
 
 
 def compare_8bit_steps(
@@ -164,15 +201,60 @@ def compare_8bit_steps(
     **kwargs: Any,
 ) -> EightBitSteps:
     """Steps ``gradfuse.optim.<name>8bit(params, min_8bit_size=..., **kwargs)`` once per entry
-    of ``grads`` (a gradient per param), each step beside the float32 and float64 references
-    of ``name`` (:func:`gradfuse.testing.reference_optimizer`) started from gradfuse's params
-    and dequantized state; ``params`` are stepped in place."""
+    of ``grads`` (a gradient per param), each step beside the references of ``name``
+    (:func:`gradfuse.testing.reference_optimizer`) started from gradfuse's params and
+    dequantized state; ``params`` are stepped in place."""
     import gradfuse.optim as gopt
     from gradfuse.optim._quant8 import SIGNED_KEYS
     from gradfuse.testing import LAMB, reference_optimizer
 
     opt = getattr(gopt, f"{name}8bit")(params, min_8bit_size=min_8bit_size, **kwargs)
     found = EightBitSteps()
+    eps = torch.finfo(torch.float32).eps
+    signs = torch.Generator().manual_seed(0)
+
+    def nudged(x: Tensor, direction: Tensor | None) -> Tensor:
+        return x if direction is None else x * (1 + eps * direction)
+
+    def reference(
+        dtype: torch.dtype,
+        start: list[Tensor],
+        before: list[dict[str, Any]],
+        gs: Sequence[Tensor],
+        group_steps: list[Any],
+        after: list[dict[str, Any]],
+        nudge: list[dict[str, Any]] | None,
+    ) -> tuple[torch.optim.Optimizer, list[Tensor]]:
+        """The reference's step from ``start``/``before`` (each input times 1 + eps * its
+        direction in ``nudge``)."""
+        ds = nudge or [{} for _ in start]
+        ref_params = [
+            nudged(s.to(dtype, copy=True), d.get("param")).requires_grad_(True)
+            for s, d in zip(start, ds, strict=True)
+        ]
+        ref = reference_optimizer(name, ref_params, **kwargs)
+        for p, rp, st, g, d in zip(params, ref_params, before, gs, ds, strict=True):
+            rp.grad = nudged(g.to(p.dtype).to(dtype), d.get("grad"))  # the gradient gradfuse saw
+            if st:  # a copy: the step updates it in place, and `before` stays the old state
+                ref.state[rp] = {
+                    k: nudged(v, d.get(k))
+                    if isinstance(v, Tensor) and v.dim()
+                    else (v.clone() if isinstance(v, Tensor) else v)
+                    for k, v in st.items()
+                }
+        for theirs, step in zip(ref.param_groups, group_steps, strict=True):
+            if step is not None:
+                theirs["step"] = step
+        if isinstance(ref, LAMB):
+            # LAMB's kernel computes u from its moments as stored (src/cpu/kernels/lamb.cpp).
+            ref.stored_moments = {
+                rp: (st["exp_avg"].to(dtype), st["exp_avg_sq"].to(dtype))
+                for rp, st in zip(ref_params, after, strict=True)
+                if "exp_avg" in st
+            }
+        ref.step()
+        return ref, ref_params
+
     for k, gs in enumerate(grads):
         start = [p.detach().clone() for p in params]
         before = {dt: _float_state(opt, params, dt) for dt in (torch.float32, torch.float64)}
@@ -180,34 +262,38 @@ def compare_8bit_steps(
         for p, g in zip(params, gs, strict=True):
             p.grad = g.to(p.dtype, copy=True)
         opt.step()
-        refs = {}
-        for dtype in (torch.float32, torch.float64):
-            ref_params = [s.to(dtype, copy=True).requires_grad_(True) for s in start]
-            ref = reference_optimizer(name, ref_params, **kwargs)
-            for p, rp, st, g in zip(params, ref_params, before[dtype], gs, strict=True):
-                rp.grad = g.to(p.dtype).to(dtype)  # the gradient gradfuse saw
-                if st:  # a copy: the step updates it in place, and `before` stays the old state
-                    ref.state[rp] = {
-                        k: v.clone() if isinstance(v, Tensor) else v for k, v in st.items()
-                    }
-            for theirs, step in zip(ref.param_groups, group_steps, strict=True):
-                if step is not None:
-                    theirs["step"] = step
-            if isinstance(ref, LAMB):
-                # LAMB's kernel computes u from its moments as stored (src/cpu/kernels/lamb.cpp).
-                after = _float_state(opt, params, dtype)
-                ref.stored_moments = {
-                    rp: (st["exp_avg"], st["exp_avg_sq"])
-                    for rp, st in zip(ref_params, after, strict=True)
-                    if "exp_avg" in st
-                }
-            ref.step()
-            refs[dtype] = (ref, ref_params)
-        (ref32, ps32), (ref64, ps64) = refs[torch.float32], refs[torch.float64]
-        for i, (p, p32, p64) in enumerate(zip(params, ps32, ps64, strict=True)):
-            found.params.append(p.detach().clone())
-            found.params32.append(p32.detach().to(p.dtype))
-            found.params64.append(p64.detach().clone())
+        after = _float_state(opt, params, torch.float64)
+
+        def direction(t: Tensor) -> Tensor:
+            return torch.randint(0, 2, t.shape, generator=signs).double() * 2 - 1
+
+        # Two nudges: the gradient the same way in both, the params and the state opposite,
+        # so that one of them adds what the other may cancel.
+        nudge_a = [
+            {
+                "param": direction(p),
+                "grad": direction(p),
+                **{key: direction(v) for key, v in st.items() if isinstance(v, Tensor) and v.dim()},
+            }
+            for p, st in zip(params, before[torch.float64], strict=True)
+        ]
+        nudge_b = [{key: (d if key == "grad" else -d) for key, d in n.items()} for n in nudge_a]
+        runs = [
+            reference(torch.float32, start, before[torch.float32], gs, group_steps, after, None),
+            reference(torch.float64, start, before[torch.float64], gs, group_steps, after, None),
+            reference(torch.float64, start, before[torch.float64], gs, group_steps, after, nudge_a),
+            reference(torch.float64, start, before[torch.float64], gs, group_steps, after, nudge_b),
+        ]
+        for i, p in enumerate(params):
+            (r32, q32), (r64, q64), (ra, qa), (rb, qb) = ((r, q[i]) for r, q in runs)
+            _judge_params(
+                found,
+                p.detach(),
+                q32.detach(),
+                q64.detach(),
+                _moved(q64.detach(), qa, qb),
+                f"step {k + 1}, param {i}",
+            )
             st = opt.state[p]
             for key, value in st.items():
                 if isinstance(value, Tensor) and value.dtype == torch.uint8:
@@ -215,9 +301,9 @@ def compare_8bit_steps(
                         found,
                         value,
                         st[key + "_absmax"],
-                        ref32.state[p32][key],
-                        ref64.state[p64][key],
-                        before[torch.float64][i].get(key, torch.zeros_like(p64)),
+                        r32.state[q32][key],
+                        r64.state[q64][key],
+                        (ra.state[qa][key], rb.state[qb][key]),
                         SIGNED_KEYS[key],
                         f"step {k + 1}, param {i} {key}",
                     )
@@ -225,22 +311,12 @@ def compare_8bit_steps(
 
 
 def judge_8bit_steps(found: EightBitSteps) -> list[str]:
-    """What is wrong with ``found`` by the tolerance table's low-precision rule; [] if
-    nothing is."""
-    problems = []
-    ours, theirs, ref = found.flat("params"), found.flat("params32"), found.flat("params64")
-    our_err, their_err, bound = tol.low_precision_bound(ours, theirs, ref)
-    if not our_err <= bound:
-        problems.append(
-            f"params: error vs float64 {our_err:.3g} > bound {bound:.3g} (the float32 "
-            f"reference's {their_err:.3g})"
-        )
-    if found.absmax_excess > 0:
-        problems.append(f"absmax {found.absmax_excess:.3g} beyond the bound ({found.worst_absmax})")
-    if found.code_excess > 0:
-        problems.append(
-            f"a code {found.code_excess:.3g} farther than a nearest one ({found.worst_code})"
-        )
+    """What is wrong with ``found``; [] if nothing is."""
+    problems = [
+        f"{what}: {getattr(found, f'{what}_excess'):.3g} beyond the allowance ({found.worst[what]})"
+        for what in ("param", "absmax", "code")
+        if getattr(found, f"{what}_excess") > 0
+    ]
     if found.codes == 0:
         problems.append("no 8-bit state was written")
     return problems
