@@ -27,6 +27,7 @@ find it by name, and this stays the only copy.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -74,8 +75,12 @@ def reference_optimizer(
 ) -> torch.optim.Optimizer:
     """The reference optimizer for ``gradfuse.optim.<name>`` over ``params``, built with the
     same keyword arguments as gradfuse's class; torch's for-loop path unless ``foreach``."""
-    cls: Any = reference_class(name)  # every reference takes foreach (torch's all do)
-    opt: torch.optim.Optimizer = cls(params, foreach=foreach, **kwargs)
+    cls: Any = reference_class(name)
+    if "foreach" in inspect.signature(cls).parameters:
+        kwargs["foreach"] = foreach
+    elif foreach:  # torch.optim.Muon has one path
+        raise ValueError(f"reference_optimizer: {cls.__qualname__} has no foreach path")
+    opt: torch.optim.Optimizer = cls(params, **kwargs)
     return opt
 
 
