@@ -11,6 +11,7 @@
 // shapes (rows, cols).
 #include <cstring>
 #include <iterator>
+#include <limits>
 #include <map>
 #include <string>
 #include <type_traits>
@@ -33,6 +34,7 @@ struct StepCall {
   StepTable step_table;
   const Numels& rows;  // Adafactor's factored tensors: matrix shape per tensor (else empty)
   const Numels& cols;
+  bool shapes_given;  // rows or cols was passed (not None)
 
   // The hyperparameter list as the kernel's Hyper struct (a plain struct of doubles).
   template <typename Hyper>
@@ -57,6 +59,16 @@ struct StepCall {
 
   void depth(int expected, const char* names) const { check_depth(tensors, op, expected, names); }
   void no_step_table() const { GF_CHECK(step_table.data == 0, op, ": takes no step table"); }
+  // Only a kernel whose Args take matrix shapes (kTakesShapes) accepts rows/cols; every call
+  // passes both or neither, of one length.
+  void check_shapes(bool takes_shapes) const {
+    GF_CHECK(takes_shapes || !shapes_given, op,
+             ": takes no rows/cols (only adafactor's factored tensors have a matrix shape); "
+             "pass None for both");
+    GF_CHECK(rows.size() == cols.size(), op,
+             ": rows and cols must have one entry per tensor each, got ", rows.size(), " rows and ",
+             cols.size(), " cols");
+  }
   // A capturable call's table holds every field the op reads per tensor.
   void table_fields(int fields) const {
     check_step_table(step_table.data, step_table.stride, op, fields);
@@ -65,6 +77,12 @@ struct StepCall {
 
 template <typename Args>
 struct Tag {};
+
+// The kernels that take rows/cols (matrix shapes per tensor); every other refuses them.
+template <typename Args>
+constexpr bool kTakesShapes = false;
+template <>
+constexpr bool kTakesShapes<AdafactorArgs> = true;
 
 int weight_decay_mode(const StepCall& c) {
   const int mode = c.mode("weight_decay_mode");
@@ -217,10 +235,14 @@ AdafactorArgs args_for(const StepCall& c, Tag<AdafactorArgs>) {
              " and ", c.cols.size());
     for (std::size_t i = 0; i < n; ++i) {
       const std::int64_t numel = c.tensors.numels[i], rows = c.rows[i], cols = c.cols[i];
-      GF_CHECK(rows >= 0 && cols >= 0 &&
-                   (numel == 0 || (rows > 0 && cols > 0 && numel % (rows * cols) == 0)),
-               c.op, ": tensor ", i, " of ", numel, " elements is not made of ", rows, " x ", cols,
-               " matrices");
+      // rows * cols only once it is known not to overflow (the kernel computes it too).
+      const bool fits = rows >= 0 && cols >= 0 &&
+                        (rows == 0 || cols <= std::numeric_limits<std::int64_t>::max() / rows);
+      GF_CHECK(fits && (numel == 0 || (rows > 0 && cols > 0 && numel % (rows * cols) == 0)), c.op,
+               ": rows[", i, "] = ", rows, " and cols[", i, "] = ", cols, " do not fit tensor ", i,
+               " of ", numel, " elements: expected positive rows[", i, "] and cols[", i,
+               "] whose product divides ", numel,
+               " (for an empty tensor: non-negative, the product within int64)");
     }
   } else {
     c.depth(3, "param, grad, variance");
@@ -232,11 +254,26 @@ AdafactorArgs args_for(const StepCall& c, Tag<AdafactorArgs>) {
 
 using Runner = void (*)(const StepCall&);
 
+// rows/cols as given: a list of ints or None (empty).
+Numels shapes_arg(const char* op, const char* name, const py::object& list) {
+  if (list.is_none()) return {};
+  try {
+    return list.cast<Numels>();
+  } catch (const py::cast_error&) {
+    std::string got = py::repr(list);
+    if (got.size() > 80) got = got.substr(0, 77) + "...";
+    throw py::type_error(std::string(op) + ": " + name +
+                         " must be a list of ints, one per tensor, or None, got " + got);
+  }
+}
+
 // Every kernel by name: its Args from the call, run on the tensors' backend.
 const std::unordered_map<std::string, Runner>& runners() {
-#define GF_RUNNER(name, ArgsType) \
-  {#name,                         \
-   [](const StepCall& c) { run(&cpu::name, GF_CUDA_FN(name), args_for(c, Tag<ArgsType>{})); }},
+#define GF_RUNNER(name, ArgsType)                                     \
+  {#name, [](const StepCall& c) {                                     \
+     c.check_shapes(kTakesShapes<ArgsType>);                          \
+     run(&cpu::name, GF_CUDA_FN(name), args_for(c, Tag<ArgsType>{})); \
+   }},
   static const std::unordered_map<std::string, Runner> table{
       GF_OPTIM_KERNELS(GF_RUNNER) GF_REDUCING_OPTIM_KERNELS(GF_RUNNER)};
 #undef GF_RUNNER
@@ -286,10 +323,10 @@ void register_optim(py::module_& m) {
         }
         auto holder = make_list(op, slots, numels, dtype, device, stream, grad_scale, found_inf,
                                 clip_coef, PrecisionArgs{state_dtype, policy, seed});
-        const Numels rows = row_list.is_none() ? Numels{} : row_list.cast<Numels>();
-        const Numels cols = col_list.is_none() ? Numels{} : col_list.cast<Numels>();
+        const Numels rows = shapes_arg(op, "rows", row_list);
+        const Numels cols = shapes_arg(op, "cols", col_list);
         it->second(StepCall{op, holder.view, hyper, modes, StepTable{step_table, step_table_stride},
-                            rows, cols});
+                            rows, cols, !row_list.is_none() || !col_list.is_none()});
       },
       py::arg("kernel"), GF_LIST_ARGS, py::arg("hyper"), py::arg("modes"), py::kw_only(),
       GF_SCALING_ARGS, GF_STEP_TABLE_ARGS, py::arg("rows") = py::none(),
@@ -300,7 +337,8 @@ void register_optim(py::module_& m) {
       "CODES['hyper_fields'][kernel]; modes: its flags by name. grad_scale/found_inf/clip_coef:\n"
       "addresses of float32 scalars, 0 for none; step_table: a capturable call's per-tensor\n"
       "scalars (gradfuse/math/per_tensor.h), 0 for none; rows/cols: adafactor's matrix shape of\n"
-      "each factored tensor.");
+      "each factored tensor (two lists of one length; empty or None for an unfactored call,\n"
+      "None for every other kernel).");
 }
 
 }  // namespace gf

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import copy
 import itertools
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -318,3 +321,137 @@ def test_clamped_zero_and_tiny_rows_match_torch(dtype: torch.dtype, eps1: float 
     for a, b in zip(ours, theirs, strict=True):
         assert torch.isfinite(a).all()
         assert_close(a.detach(), b.detach(), TRAJECTORY[dtype], str(kw))
+
+
+def test_errors_name_the_callers_index() -> None:
+    # adafactor_ checks its factored and its flat params apart: the messages still name the
+    # caller's index (params[1] is the first flat param, params[2] the second factored one).
+    p = [torch.randn(4, 6), torch.randn(5)]
+    g = [torch.randn(4, 6), torch.randn(5, dtype=torch.float64)]
+    with pytest.raises(TypeError, match=r"grads\[1\] has dtype float64 but params\[1\]"):
+        gradfuse.functional.adafactor_(
+            p, g, [torch.zeros(4, 1), None], [torch.zeros(1, 6), None], [None, torch.zeros(5)],
+            [torch.tensor(0.0), torch.tensor(0.0)],
+        )  # fmt: skip
+    p = [torch.randn(5), torch.randn(4, 6).bfloat16(), torch.randn(3, 6).bfloat16()]
+    g = [torch.randn(5), torch.randn(4, 6).bfloat16(), torch.randn(3, 6).bfloat16()]
+    rows, cols = [None, torch.zeros(4, 1), torch.zeros(3, 1)], [None, *[torch.zeros(1, 6)] * 2]
+    variances, steps = [torch.zeros(5), None, None], [torch.tensor(0.0) for _ in range(3)]
+    masters = [None, p[1].float(), p[2].float()[:2]]
+    with pytest.raises(ValueError, match=r"master_params\[2\] has shape \(2, 6\) but params\[2\]"):
+        gradfuse.functional.adafactor_(p, g, rows, cols, variances, steps, master_params=masters)
+    masters = [None, p[1].float(), p[2].double()]
+    with pytest.raises(TypeError, match=r"master_params\[2\] must be a float32 tensor"):
+        gradfuse.functional.adafactor_(p, g, rows, cols, variances, steps, master_params=masters)
+    p[0], g[0] = p[0].bfloat16(), g[0].bfloat16()
+    variances[0] = torch.zeros(5, dtype=torch.bfloat16)
+    comps = [torch.zeros_like(p[0]), torch.zeros_like(p[1]), None]
+    with pytest.raises(TypeError, match=r"kahan_comps\[2\] is None"):
+        gradfuse.functional.adafactor_(p, g, rows, cols, variances, steps, kahan_comps=comps)
+
+
+# The native binding, called directly (as functional.adafactor_ does): rows/cols are checked
+# before anything is written.
+_MODES = {
+    "adafactor": ["maximize"],
+    "lion": ["maximize"],
+    "lamb": ["decoupled", "trust", "maximize"],
+}
+
+
+def _binding_call(kernel: str, ts: list[torch.Tensor], **shapes: Any) -> None:
+    """One optimizer_step of ``kernel`` over float32 tensors ``ts`` (one per slot), every
+    hyperparameter 1."""
+    core = gradfuse._native.core()
+    fields = core.CODES["hyper_fields"][kernel]
+    core.optimizer_step(
+        kernel, [[t.data_ptr()] for t in ts], [ts[0].numel()], core.CODES["dtype"]["float32"],
+        -1, 0, [1.0] * len(fields), dict.fromkeys(_MODES[kernel], 0), **shapes,
+    )  # fmt: skip
+
+
+def _refused(kernel: str, error: type[Exception], match: str, **shapes: Any) -> None:
+    ts = [torch.full((12,), 0.5) for _ in range(3 if kernel == "lion" else 4)]
+    with pytest.raises(error, match=match):
+        _binding_call(kernel, ts, **shapes)
+    for t in ts:
+        assert torch.equal(t, torch.full((12,), 0.5))
+
+
+def test_binding_refuses_rows_cols_that_do_not_fit() -> None:
+    # rows * cols overflowed int64 in the check: 2**32 x 2**32 and 2**62 x 4 divided by zero
+    # (SIGFPE: the process died), 2**62 + 1 x 4 wrapped to 4 and passed. In a subprocess, so
+    # that a crash fails this test rather than ending the run.
+    cases = [
+        (4, 2**32, 2**32, False),
+        (4, 2**62, 4, False),
+        (4, 2**62 + 1, 4, False),
+        (0, 2**62, 4, False),  # an empty tensor's shape: its product must fit in int64 too
+        (0, 3, 5, True),
+        (0, 0, 5, True),
+        (4, 3, 1, False),  # 3 x 1 does not divide 4
+        (4, 0, 4, False),
+        (4, -4, -1, False),
+        (12, 2, 3, True),
+    ]
+    script = (
+        f"import sys; sys.path[:0] = {sys.path!r}\n"
+        "import torch, test_adafactor as t\n"
+        f"for numel, r, c, _ in {cases!r}:\n"
+        "    try:\n"
+        "        ts = [torch.zeros(numel) for _ in range(4)]\n"
+        "        t._binding_call('adafactor', ts, rows=[r], cols=[c])\n"
+        "        print('ok', flush=True)\n"
+        "    except ValueError as e:\n"
+        "        print(e, flush=True)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).parent,
+    )
+    assert run.returncode == 0, f"{run.returncode}: {run.stdout}{run.stderr}"
+    lines = run.stdout.splitlines()
+    assert len(lines) == len(cases), run.stdout
+    for (numel, r, c, ok), line in zip(cases, lines, strict=True):
+        if ok:
+            assert line == "ok"
+            continue
+        assert f"rows[0] = {r} and cols[0] = {c} do not fit tensor 0 of {numel} elements" in line
+        assert "expected positive rows[0] and cols[0]" in line
+    _refused(
+        "adafactor", ValueError, r"rows\[0\] = 4611686018427387905", rows=[2**62 + 1], cols=[4]
+    )
+
+
+@pytest.mark.parametrize("bad", [[3.5], ["a"], 3, "3", [2**64], {"r": 1}], ids=repr)
+def test_binding_malformed_rows_cols_is_a_type_error(bad: Any) -> None:
+    # Was pybind's "Unable to cast Python instance of type <class 'list'> to C++ type '?'".
+    for name in ("rows", "cols"):
+        shapes = {"rows": [3], "cols": [4], name: bad}
+        match = rf"adafactor: {name} must be a list of ints, one per tensor, or None, got "
+        _refused("adafactor", TypeError, match, **shapes)
+
+
+@pytest.mark.parametrize("kernel", ["lion", "lamb"])
+@pytest.mark.parametrize("shapes", [{"rows": [3], "cols": [4]}, {"rows": [7]}, {"cols": []}])
+def test_binding_rows_cols_only_for_adafactor(kernel: str, shapes: dict[str, Any]) -> None:
+    _refused(kernel, ValueError, rf"{kernel}: takes no rows/cols", **shapes)
+
+
+@pytest.mark.parametrize(
+    "shapes",
+    [{"rows": [], "cols": [4]}, {"rows": [3], "cols": []}, {"rows": [3]}, {"cols": [4]},
+     {"rows": [3, 4], "cols": [4, 3]}],
+)  # fmt: skip
+def test_binding_adafactor_rows_cols_one_per_tensor(shapes: dict[str, Any]) -> None:
+    # rows=[] with cols=[4] ran unfactored, ignoring cols.
+    _refused(
+        "adafactor",
+        ValueError,
+        r"adafactor: (rows and cols must have one entry per tensor|expected rows and cols for each of the 1 tensors)",
+        **shapes,
+    )

@@ -376,7 +376,8 @@ def test_functional_bad_precision_input_writes_nothing() -> None:
         call([pm, pv], row.half(), col.half(), var)
     with pytest.raises(TypeError, match=r"col_vars\[0\] has dtype float32 .*row_vars\[0\]"):
         call([pm, pv], brow, col, var)
-    with pytest.raises(TypeError, match=r"variances\[0\] has dtype float16"):
+    # params[1]'s, the caller's index (not the flat params' 0)
+    with pytest.raises(TypeError, match=r"variances\[1\] has dtype float16 but params\[1\]"):
         call([pm, pv], row, col, var.half())
     with pytest.raises(TypeError, match=r"has dtype float16"):  # 16-bit params: float32 only
         call([bm, bv], row.half(), col.half(), bvar)

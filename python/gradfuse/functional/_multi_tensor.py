@@ -7,7 +7,7 @@ aliasing, and only then are the tensors grouped by (device, dtype) into native c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,6 +100,11 @@ def _copy_like(ref: Buffer, src: Buffer) -> Any:
     return out_np
 
 
+def _index_of(index: Sequence[int] | None) -> Callable[[int], int]:
+    """Entry ``i`` of a part's lists as the caller's index (for error messages)."""
+    return (lambda i: i) if index is None else index.__getitem__
+
+
 def prepare(
     op: str,
     slots: Sequence[tuple[str, Sequence[Any]]],
@@ -107,16 +112,19 @@ def prepare(
     free_dtype: Sequence[str] = (),
     mismatches: list[tuple[int, int]] | None = None,
     codes: Sequence[str] = (),
+    index: Sequence[int] | None = None,
 ) -> Sequence[Buffer | None]:
     """Check every list; return nothing written yet. See :func:`group`.
 
     ``free_dtype``: slots whose dtype may differ from the params' (state kept in another
     dtype, master copies); :meth:`LowPrecision.check` says which dtypes they may have, from
     the (slot, index) pairs whose dtype differs, appended to ``mismatches``. ``codes``: slots
-    that may hold uint8 codes (8-bit state).
+    that may hold uint8 codes (8-bit state). ``index``: the caller's index of each entry, for
+    the messages, where the lists are a part of the caller's (identity if None).
     Returns the flat list of buffers, slot-major: ``buffers[d * n + i]``.
     """
     names = [name for name, _ in slots]
+    at = _index_of(index)
     n = len(slots[0][1])
     for name, values in slots[1:]:
         if len(values) != n:
@@ -144,7 +152,7 @@ def prepare(
                     b
                     if b is not None
                     else _buffers.as_buffer(
-                        x, f"{op}: {name}[{i}]", writable=writable, codes=is_codes
+                        x, f"{op}: {name}[{at(i)}]", writable=writable, codes=is_codes
                     )
                 )
     for d, (name, _) in enumerate(slots[1:], start=1):
@@ -161,26 +169,26 @@ def prepare(
             ):
                 _buffers.check_same_layout(
                     ref._replace(dtype=other.dtype) if name in free_set else ref,
-                    f"{names[0]}[{i}]",
+                    f"{names[0]}[{at(i)}]",
                     other,
-                    f"{op}: {name}[{i}]",
+                    f"{op}: {name}[{at(i)}]",
                 )
             if other.dtype != ref.dtype and mismatches is not None:
                 mismatches.append((d, i))
             if other.strides != ref.strides:
                 if name in written_set:
                     raise ValueError(
-                        f"{op}: {name}[{i}] has strides {other.strides} but {names[0]}[{i}] "
+                        f"{op}: {name}[{at(i)}] has strides {other.strides} but {names[0]}[{at(i)}] "
                         f"has strides {ref.strides}; tensors updated in place must share the "
                         f"params' memory layout"
                     )
                 buffers[d * n + i] = _buffers.as_buffer(
-                    _copy_like(ref, other), f"{op}: {name}[{i}]", writable=False
+                    _copy_like(ref, other), f"{op}: {name}[{at(i)}]", writable=False
                 )
     written_slots = [name in written_set for name in names]
     clash = _buffers.find_overlap(buffers, lambda k: written_slots[k // n] if n else False)
     if clash is not None:
-        first, second = (f"{op}: {names[k // n]}[{k % n}]" for k in clash)
+        first, second = (f"{op}: {names[k // n]}[{at(k % n)}]" for k in clash)
         _buffers.raise_overlap(first, second)
     return buffers
 
@@ -314,6 +322,7 @@ class LowPrecision:
     seed: int | None = None
     state_absmax: Sequence[Sequence[Any]] | None = None
     signed: list[bool] = field(default_factory=list)  # per state slot: the signed map (8-bit)
+    index: Sequence[int] | None = None  # the caller's index of each entry (messages): see prepare
     _absmax: dict[tuple[int, int], Buffer] = field(default_factory=dict, init=False)
     _policy: int = field(default=_NEAREST, init=False)
     _depth: int = field(default=0, init=False)
@@ -390,6 +399,7 @@ class LowPrecision:
             free_dtype=free,
             mismatches=self.mismatches,
             codes=free,
+            index=self.index,
         )
         self.check(op, buffers, n)
         return buffers, len(slots)
@@ -416,6 +426,7 @@ class LowPrecision:
         """Every dtype against the policy, before anything is written. Costs nothing more
         than :func:`prepare` for a default call (no policy, state in the params' dtype)."""
         extra = self._extra_slot
+        at = _index_of(self.index)
         for d, i in self.mismatches:
             if d == extra:
                 continue  # master copies: checked below
@@ -431,7 +442,7 @@ class LowPrecision:
             first = buffers[2 * n + i]
             if not ok or (first is not None and first.dtype != s.dtype):
                 raise TypeError(
-                    f"{op}: {self._names[d]}[{i}] has dtype {s.dtype} but {self._names[0]}[{i}] "
+                    f"{op}: {self._names[d]}[{at(i)}] has dtype {s.dtype} but {self._names[0]}[{at(i)}] "
                     f"has dtype {p.dtype} (both {tuple(p.shape)} on {p.device_str}); expected "
                     f"the same dtype, or float32 state for float16/bfloat16 params, or bfloat16 "
                     f"state for float32 params (one state dtype per param)"
@@ -448,25 +459,27 @@ class LowPrecision:
                 if p.dtype not in ("float16", "bfloat16"):
                     if m is not None:
                         raise TypeError(
-                            f"{op}: master_params[{i}] must be None: params[{i}] "
+                            f"{op}: master_params[{at(i)}] must be None: params[{at(i)}] "
                             f"({p.describe()}) is updated in its own precision (master copies "
                             f"are for float16/bfloat16 params)"
                         )
                     continue
                 if m is None or m.dtype != "float32":
                     raise TypeError(
-                        f"{op}: master_params[{i}] must be a float32 tensor like params[{i}] "
+                        f"{op}: master_params[{at(i)}] must be a float32 tensor like params[{at(i)}] "
                         f"({p.describe()}), got {'None' if m is None else m.describe()}"
                     )
             elif p.dtype != "bfloat16":
                 what = "kahan_comps" if self._policy == _KAHAN else "rounding='stochastic'"
                 raise TypeError(
-                    f"{op}: {what} is for bfloat16 params; params[{i}] is {p.describe()}"
+                    f"{op}: {what} is for bfloat16 params; params[{at(i)}] is {p.describe()}"
                 )
             elif self._policy == _KAHAN:
                 assert extra is not None
                 if buffers[extra * n + i] is None:
-                    raise TypeError(f"{op}: kahan_comps[{i}] is None; expected a bfloat16 tensor")
+                    raise TypeError(
+                        f"{op}: kahan_comps[{at(i)}] is None; expected a bfloat16 tensor"
+                    )
 
     def _check_codes(
         self, op: str, buffers: Sequence[Buffer | None], n: int, d: int, i: int
@@ -477,7 +490,8 @@ class LowPrecision:
         assert p is not None
         assert s is not None
         name = self._names[d]
-        where = f"{op}: {name}[{i}]"
+        at = _index_of(self.index)
+        where = f"{op}: {name}[{at(i)}]"
         if self.state_absmax is None:
             raise TypeError(
                 f"{where} holds uint8 codes ({s.describe()}) but no state_absmax was given; 8-bit "
@@ -485,13 +499,13 @@ class LowPrecision:
             )
         if p.dtype not in ("float32", "float16", "bfloat16") or p.device >= 0:
             raise TypeError(
-                f"{where}: 8-bit state needs float32/float16/bfloat16 CPU params, params[{i}] is "
+                f"{where}: 8-bit state needs float32/float16/bfloat16 CPU params, params[{at(i)}] is "
                 f"{p.describe()}"
             )
         first = buffers[2 * n + i]
         if first is None or first.dtype != s.dtype:
             raise TypeError(
-                f"{where} holds uint8 codes but {self._names[2]}[{i}] does not ({first and first.describe()}); "
+                f"{where} holds uint8 codes but {self._names[2]}[{at(i)}] does not ({first and first.describe()}); "
                 f"8-bit state is all of a param's state or none of it"
             )
         k = d - 2
@@ -501,7 +515,7 @@ class LowPrecision:
                 f"{op}: state_absmax needs one list of {n} entries per state list; got "
                 f"{len(lists)} lists" + (f", list {k} of {len(lists[k])}" if k < len(lists) else "")
             )
-        a = _buffers.as_buffer(lists[k][i], f"{op}: state_absmax[{k}][{i}]", writable=True)
+        a = _buffers.as_buffer(lists[k][i], f"{op}: state_absmax[{k}][{at(i)}]", writable=True)
         want = -(-p.numel // 256)
         if (
             a.dtype != "float32"
@@ -511,8 +525,8 @@ class LowPrecision:
             or len(a.shape) != 1
         ):
             raise ValueError(
-                f"{op}: state_absmax[{k}][{i}] must be a contiguous float32 vector of {want} "
-                f"values (one per 256 elements of {name}[{i}], {s.describe()}) on "
+                f"{op}: state_absmax[{k}][{at(i)}] must be a contiguous float32 vector of {want} "
+                f"values (one per 256 elements of {name}[{at(i)}], {s.describe()}) on "
                 f"{p.device_str}, got {a.describe()}"
             )
         self._absmax[(d, i)] = a

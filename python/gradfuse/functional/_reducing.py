@@ -284,6 +284,7 @@ def adafactor_(
             None if kahan_comps is None else pick(kahan_comps, idx),
             options.get("rounding", "nearest"),
             options.get("seed"),
+            index=idx,  # messages name the caller's params[i], not the part's
         )
         for idx in (flat, fact)
     )
