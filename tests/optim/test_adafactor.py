@@ -455,3 +455,13 @@ def test_binding_adafactor_rows_cols_one_per_tensor(shapes: dict[str, Any]) -> N
         r"adafactor: (rows and cols must have one entry per tensor|expected rows and cols for each of the 1 tensors)",
         **shapes,
     )
+
+
+def test_empty_param_of_huge_dims_steps_without_allocating_its_columns() -> None:
+    """An empty (0, 2^31, 2^31) param is valid: its step advances the counter and allocates
+    nothing per column (the column-mean loop once built 2^31-element vectors for it: ~16 GiB)."""
+    p = torch.empty(0, 2**31, 2**31, requires_grad=True)
+    p.grad = torch.empty(0, 2**31, 2**31)
+    opt = Adafactor([p])
+    opt.step()
+    assert float(opt.state[p]["step"]) == 1.0

@@ -403,6 +403,8 @@ void Step<St>::factored() const {
   const OpT eps1 = static_cast<OpT>(a.hyper.eps1);
   const OpT inv_eps1 = static_cast<OpT>(1.0 / a.hyper.eps1);
   for (std::int64_t t = 0; t < n; ++t) {
+    // An empty tensor has no matrix (and maybe 2^31 columns of a (0, 2^31, 2^31) shape).
+    if (mats[t] == 0) continue;
     const std::int64_t rows = a.rows[t], cols = a.cols[t];
     S* col_var = tl.ptr<S>(3, t);
     const S* row_var = tl.ptr<const S>(2, t);
