@@ -49,12 +49,13 @@ LOW_PRECISION_DTYPES = (torch.float16, torch.bfloat16)
 # The same rule judges 8-bit state (gradfuse.testing.compare_8bit_steps), a step at a time from
 # the same dequantized state: the params, each block's absmax, and the value each code stands
 # for may be as far from the float64 reference as LOW_PRECISION_FACTOR times the float32
-# reference's own error, plus LOW_PRECISION_ULPS float32 epsilons of the value, plus
-# LOW_PRECISION_FACTOR times how far the float64 result moves when its inputs move by one
-# float32 epsilon (the problem's conditioning: where an update cancels, as -g + wd * p or
-# mu * buf + g / avg may, any float32 implementation is off by an ulp of the operands, even
-# where the float32 reference happened to round well). 16-bit params: rounded once from a value
-# within that.
+# reference's own error, plus LOW_PRECISION_ULPS float32 epsilons of the value and of its change
+# this step (the update's own roundings are relative to the update: p - lr * u near 0 is still
+# a few ulps of lr * u off), plus LOW_PRECISION_FACTOR times how far the float64 result moves
+# when each input in turn moves by one float32 epsilon (the problem's conditioning: where an
+# update cancels, as -g + wd * p or mu * buf + g / avg may, any float32 implementation is off by
+# an ulp of the operands, even where the float32 reference happened to round well). 16-bit
+# params: rounded once from a value within that.
 
 # Loss values and input gradients against torch.nn.functional + autograd, same dtype.
 LOSS: dict[torch.dtype, Tol] = {

@@ -2,15 +2,15 @@
 
 An 8-bit step is judged one step at a time. Its reference (torch's class, or this package's) runs
 from gradfuse's params and its state as :func:`~gradfuse.optim.dequantize_state_dict` gives it,
-with the same gradient: in float32, in float64, and twice more in float64 with every input (the
-params, the gradient, the old state) moved by one float32 epsilon in random directions. Each
-value gradfuse produces may then be as far from the float64 one as
-``LOW_PRECISION_FACTOR`` times the float32 reference's own error, plus ``LOW_PRECISION_ULPS``
-float32 epsilons of the value, plus ``LOW_PRECISION_FACTOR`` times how far the float64 result
-moved with its inputs (``gradfuse._tolerances``): the last term is the problem's own
-conditioning (an update that cancels, as ``-g + wd * p`` or ``mu * buf + g / avg`` may, is off
-by an ulp of its operands in any float32 implementation, even where the float32 reference
-happened to round well). So:
+with the same gradient: in float32, in float64, and once more in float64 per input (the params,
+the gradient, each state tensor), that input moved up by one float32 epsilon. Each value
+gradfuse produces may then be as far from the float64 one as ``LOW_PRECISION_FACTOR`` times the
+float32 reference's own error, plus ``LOW_PRECISION_ULPS`` float32 epsilons of the value, plus
+``LOW_PRECISION_FACTOR`` times the sum of how far the float64 result moved with each input
+(``gradfuse._tolerances``). The last term is the problem's own conditioning: an update that
+cancels (``-g + wd * p``, ``mu * buf + g / avg``, ``p - lr * u``) is off by an ulp of its
+operands in any float32 implementation, even where the float32 reference happened to round
+well. So:
 
 - the params (16-bit params: gradfuse's must lie between the allowed interval's ends rounded
   to the dtype, rounding being monotone);
@@ -26,7 +26,8 @@ carry that into every later step.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,31 +55,34 @@ def nearest_codes(xn: Tensor, code: Tensor, signed: bool) -> Tensor:
     return out.view(xn.shape)
 
 
-def _allowed(theirs: Tensor, reference: Tensor, moved: Tensor) -> Tensor:
+def _allowed(theirs: Tensor, reference: Tensor, moved: Tensor, change: Tensor) -> Tensor:
     """Per element, how far from the float64 ``reference`` a value may be: the tolerance
-    table's low-precision rule (float32's own error ``theirs - reference`` and epsilons of the
-    value) plus the conditioning term, ``moved`` (how far the float64 result moved when its
-    inputs moved by one float32 epsilon)."""
+    table's low-precision rule (float32's own error ``theirs - reference``, and epsilons of the
+    value and of its ``change`` this step, the update's own roundings being relative to it)
+    plus the conditioning term ``moved`` (:func:`_moved`)."""
     eps = torch.finfo(torch.float32).eps
-    return (
-        tol.LOW_PRECISION_FACTOR * ((theirs.double() - reference).abs() + moved)
-        + tol.LOW_PRECISION_ULPS * eps * reference.abs()
-    )
+    return tol.LOW_PRECISION_FACTOR * (
+        (theirs.double() - reference).abs() + moved
+    ) + tol.LOW_PRECISION_ULPS * eps * (reference.abs() + change)
 
 
 def _moved(reference: Tensor, *perturbed: Tensor) -> Tensor:
-    """The largest move of the float64 result over the perturbed runs."""
-    return torch.stack([(x.detach().double() - reference).abs() for x in perturbed]).amax(0)
+    """How far the float64 result moves when each input moves by one float32 epsilon: the sum
+    over the runs that nudged one input each (the rules are elementwise, so that is the sum
+    of each input's |derivative| times an epsilon of it, to first order)."""
+    reference = reference.detach().double()
+    return torch.stack([(x.detach().double() - reference).abs() for x in perturbed]).sum(0)
+
+
+JUDGED = ("param", "absmax", "code")  # what compare_8bit_steps judges
 
 
 @dataclass
 class EightBitSteps:
-    """What :func:`compare_8bit_steps` found, over all steps: for each value judged, the largest
-    excess over what the rule allows (<= 0: all within), and where."""
+    """What :func:`compare_8bit_steps` found, over all steps: for each of :data:`JUDGED`, the
+    largest excess over what the rule allows (<= 0: all within), and where it was."""
 
-    param_excess: float = float("-inf")
-    absmax_excess: float = float("-inf")
-    code_excess: float = float("-inf")
+    excess: dict[str, float] = field(default_factory=lambda: dict.fromkeys(JUDGED, -math.inf))
     worst: dict[str, str] = field(default_factory=dict)
     codes: int = 0  # how many codes were judged
     # gradfuse's params after each step and the float64 reference's, for reporting
@@ -89,13 +93,13 @@ class EightBitSteps:
         parts = [t.detach().double().reshape(-1) for t in getattr(self, which)]
         return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
 
-    def note(self, what: str, excess: Tensor, describe: Any) -> None:
+    def note(self, what: str, excess: Tensor, describe: Callable[[int], str]) -> None:
         """Keeps the largest of ``excess`` for ``what``; ``describe(i)`` says where it is."""
         if excess.numel() == 0:
             return
         i = int(excess.argmax())
-        if float(excess[i]) > getattr(self, f"{what}_excess"):
-            setattr(self, f"{what}_excess", float(excess[i]))
+        if float(excess[i]) > self.excess[what]:
+            self.excess[what] = float(excess[i])
             if excess[i] > 0:
                 self.worst[what] = describe(i)
 
@@ -103,8 +107,9 @@ class EightBitSteps:
 def _float_state(
     optimizer: torch.optim.Optimizer, params: Sequence[Tensor], dtype: torch.dtype
 ) -> list[dict[str, Any]]:
-    """Each param's state as ``dequantize_state_dict`` gives it, its tensors copied to
-    ``dtype`` (the step counters too, which torch keeps as float32 tensors: exact)."""
+    """Each param's state as ``dequantize_state_dict`` gives it, copied, its tensors in
+    ``dtype``; 0-dim ones (step counters, NAdam's mu_product) keep theirs, as torch keeps them
+    float32 for any param dtype."""
     from gradfuse.optim import dequantize_state_dict
 
     ids = {id(p): i for i, p in enumerate(params)}
@@ -122,9 +127,16 @@ def _float_state(
 
 
 def _judge_params(
-    found: EightBitSteps, ours: Tensor, p32: Tensor, p64: Tensor, moved: Tensor, where: str
+    found: EightBitSteps,
+    ours: Tensor,
+    p32: Tensor,
+    p64: Tensor,
+    moved: Tensor,
+    start: Tensor,
+    where: str,
 ) -> None:
-    allowed = _allowed(p32, p64, moved)
+    """Judges a param after a step (``start`` before it) into ``found``."""
+    allowed = _allowed(p32, p64, moved, (p64 - start.double()).abs())
     found.params.append(ours.detach().clone())
     found.params64.append(p64.detach().clone())
     if ours.dtype == torch.float32:
@@ -150,12 +162,14 @@ def _judge_state(
     x32: Tensor,
     x64: Tensor,
     moved: Sequence[Tensor],
+    old: Tensor,
     signed: bool,
     where: str,
 ) -> None:
     """Judges one 8-bit state tensor after a step into ``found``: gradfuse's ``codes`` and
-    ``absmax`` against the float32 (``x32``) and float64 (``x64``) references' new values and
-    the perturbed float64 runs' (``moved``)."""
+    ``absmax`` against the float32 (``x32``) and float64 (``x64``) references' new values,
+    those of the float64 runs with one input nudged each (``moved``), and the value before the
+    step (``old``)."""
     from gradfuse.optim import dynamic_map
     from gradfuse.optim._quant8 import BLOCK
 
@@ -164,12 +178,15 @@ def _judge_state(
         return
     x32, x64 = x32.detach().reshape(-1), x64.detach().reshape(-1)
     xs = [x.detach().reshape(-1) for x in moved]
+    change = (x64.double() - old.detach().double().reshape(-1)).abs()
 
     def block_max(x: Tensor) -> Tensor:
         return torch.nn.functional.pad(x.abs(), (0, (-n) % BLOCK)).view(-1, BLOCK).amax(1)
 
     a64 = block_max(x64)
-    a_allowed = _allowed(block_max(x32), a64, _moved(a64, *(block_max(x) for x in xs)))
+    a_allowed = _allowed(
+        block_max(x32), a64, _moved(a64, *(block_max(x) for x in xs)), block_max(change)
+    )
     found.note(
         "absmax",
         (absmax.double() - a64).abs() - a_allowed,
@@ -184,12 +201,73 @@ def _judge_state(
     # gradfuse picked the nearest code to its own x / absmax, at most delta from xn; so its
     # code is at most 2 delta farther from xn than xn's nearest code.
     xn = x64[kept] / scale
-    delta = _allowed(x32[kept], x64[kept], _moved(x64, *xs)[kept]) / scale
+    delta = _allowed(x32[kept], x64[kept], _moved(x64, *xs)[kept], change[kept]) / scale
     code = dynamic_map(signed).double()
     excess = (code[c] - xn).abs() - (code[nearest_codes(xn, code, signed)] - xn).abs() - 2 * delta
     found.note(
         "code", excess, lambda i: f"{where}: code {int(c[i])} for x / absmax = {float(xn[i]):.9g}"
     )
+
+
+_EPS32 = torch.finfo(torch.float32).eps
+
+
+def _nudged(x: Tensor, direction: Tensor | None) -> Tensor:
+    """A copy of ``x`` (times 1 + eps * direction): a step updates its inputs in place."""
+    return x.clone() if direction is None else x * (1 + _EPS32 * direction)
+
+
+@dataclass(frozen=True)
+class _StepStart:
+    """What a step of gradfuse's started from, and the state it stored after."""
+
+    params: list[Tensor]  # gradfuse's params, as they were
+    dtypes: list[torch.dtype]
+    grads: Sequence[Tensor]
+    before: dict[torch.dtype, list[dict[str, Any]]]  # the state dequantized, per dtype
+    group_steps: list[Any]  # per param group: the step counted there (LAMB's), else None
+    after: list[dict[str, Any]]  # the state it stored, dequantized to float64
+
+
+def _reference(
+    name: str,
+    kwargs: dict[str, Any],
+    at: _StepStart,
+    dtype: torch.dtype,
+    nudge: list[dict[str, Tensor]] | None = None,
+) -> tuple[torch.optim.Optimizer, list[Tensor]]:
+    """The reference of ``name``'s step from ``at``, in ``dtype``, each input times
+    1 + eps * its direction in ``nudge``."""
+    from gradfuse.testing import LAMB, reference_optimizer
+
+    ds: list[dict[str, Tensor]] = nudge or [{} for _ in at.params]
+    ref_params = [
+        _nudged(p.to(dtype), d.get("param")).requires_grad_(True)
+        for p, d in zip(at.params, ds, strict=True)
+    ]
+    ref = reference_optimizer(name, ref_params, **kwargs)
+    for rp, pd, st, g, d in zip(ref_params, at.dtypes, at.before[dtype], at.grads, ds, strict=True):
+        rp.grad = _nudged(g.to(pd).to(dtype), d.get("grad"))  # the gradient gradfuse saw
+        if st:
+            ref.state[rp] = {
+                key: _nudged(v, d.get(key)) if isinstance(v, Tensor) else v for key, v in st.items()
+            }
+    for theirs, step in zip(ref.param_groups, at.group_steps, strict=True):
+        if step is not None:
+            theirs["step"] = step
+    if isinstance(ref, LAMB):
+        # LAMB's kernel computes u from its moments as stored (src/cpu/kernels/lamb.cpp).
+        # Nudged as the state is: they are what u is computed from.
+        ref.stored_moments = {
+            rp: (
+                _nudged(st["exp_avg"].to(dtype), d.get("exp_avg")),
+                _nudged(st["exp_avg_sq"].to(dtype), d.get("exp_avg_sq")),
+            )
+            for rp, st, d in zip(ref_params, at.after, ds, strict=True)
+            if "exp_avg" in st
+        }
+    ref.step()
+    return ref, ref_params
 
 
 def compare_8bit_steps(
@@ -206,94 +284,46 @@ def compare_8bit_steps(
     dequantized state; ``params`` are stepped in place."""
     import gradfuse.optim as gopt
     from gradfuse.optim._quant8 import SIGNED_KEYS
-    from gradfuse.testing import LAMB, reference_optimizer
 
     opt = getattr(gopt, f"{name}8bit")(params, min_8bit_size=min_8bit_size, **kwargs)
     found = EightBitSteps()
-    eps = torch.finfo(torch.float32).eps
-    signs = torch.Generator().manual_seed(0)
-
-    def nudged(x: Tensor, direction: Tensor | None) -> Tensor:
-        return x if direction is None else x * (1 + eps * direction)
-
-    def reference(
-        dtype: torch.dtype,
-        start: list[Tensor],
-        before: list[dict[str, Any]],
-        gs: Sequence[Tensor],
-        group_steps: list[Any],
-        after: list[dict[str, Any]],
-        nudge: list[dict[str, Any]] | None,
-    ) -> tuple[torch.optim.Optimizer, list[Tensor]]:
-        """The reference's step from ``start``/``before`` (each input times 1 + eps * its
-        direction in ``nudge``)."""
-        ds = nudge or [{} for _ in start]
-        ref_params = [
-            nudged(s.to(dtype, copy=True), d.get("param")).requires_grad_(True)
-            for s, d in zip(start, ds, strict=True)
-        ]
-        ref = reference_optimizer(name, ref_params, **kwargs)
-        for p, rp, st, g, d in zip(params, ref_params, before, gs, ds, strict=True):
-            rp.grad = nudged(g.to(p.dtype).to(dtype), d.get("grad"))  # the gradient gradfuse saw
-            if st:  # a copy: the step updates it in place, and `before` stays the old state
-                ref.state[rp] = {
-                    k: nudged(v, d.get(k))
-                    if isinstance(v, Tensor) and v.dim()
-                    else (v.clone() if isinstance(v, Tensor) else v)
-                    for k, v in st.items()
-                }
-        for theirs, step in zip(ref.param_groups, group_steps, strict=True):
-            if step is not None:
-                theirs["step"] = step
-        if isinstance(ref, LAMB):
-            # LAMB's kernel computes u from its moments as stored (src/cpu/kernels/lamb.cpp).
-            ref.stored_moments = {
-                rp: (st["exp_avg"].to(dtype), st["exp_avg_sq"].to(dtype))
-                for rp, st in zip(ref_params, after, strict=True)
-                if "exp_avg" in st
-            }
-        ref.step()
-        return ref, ref_params
-
     for k, gs in enumerate(grads):
         start = [p.detach().clone() for p in params]
         before = {dt: _float_state(opt, params, dt) for dt in (torch.float32, torch.float64)}
-        group_steps = [group.get("step") for group in opt.param_groups]  # LAMB's, as apex
+        group_steps = [group.get("step") for group in opt.param_groups]
         for p, g in zip(params, gs, strict=True):
             p.grad = g.to(p.dtype, copy=True)
         opt.step()
-        after = _float_state(opt, params, torch.float64)
-
-        def direction(t: Tensor) -> Tensor:
-            return torch.randint(0, 2, t.shape, generator=signs).double() * 2 - 1
-
-        # Two nudges: the gradient the same way in both, the params and the state opposite,
-        # so that one of them adds what the other may cancel.
-        nudge_a = [
-            {
-                "param": direction(p),
-                "grad": direction(p),
-                **{key: direction(v) for key, v in st.items() if isinstance(v, Tensor) and v.dim()},
-            }
-            for p, st in zip(params, before[torch.float64], strict=True)
+        at = _StepStart(
+            start,
+            [p.dtype for p in params],
+            gs,
+            before,
+            group_steps,
+            _float_state(opt, params, torch.float64),
+        )
+        # One float64 run per input (the params, the gradient, each state tensor but the step
+        # counters), that input moved up by one float32 epsilon.
+        state_keys = {
+            key
+            for st in before[torch.float64]
+            for key, v in st.items()
+            if isinstance(v, Tensor) and v.dim()
+        }
+        up = [torch.ones((), dtype=torch.float64) for _ in params]
+        nudged = [
+            _reference(name, kwargs, at, torch.float64, [{key: u} for u in up])
+            for key in ("param", "grad", *sorted(state_keys))
         ]
-        nudge_b = [{key: (d if key == "grad" else -d) for key, d in n.items()} for n in nudge_a]
-        runs = [
-            reference(torch.float32, start, before[torch.float32], gs, group_steps, after, None),
-            reference(torch.float64, start, before[torch.float64], gs, group_steps, after, None),
-            reference(torch.float64, start, before[torch.float64], gs, group_steps, after, nudge_a),
-            reference(torch.float64, start, before[torch.float64], gs, group_steps, after, nudge_b),
-        ]
+        (r32, ps32), (r64, ps64) = (
+            _reference(name, kwargs, at, torch.float32),
+            _reference(name, kwargs, at, torch.float64),
+        )
         for i, p in enumerate(params):
-            (r32, q32), (r64, q64), (ra, qa), (rb, qb) = ((r, q[i]) for r, q in runs)
-            _judge_params(
-                found,
-                p.detach(),
-                q32.detach(),
-                q64.detach(),
-                _moved(q64.detach(), qa, qb),
-                f"step {k + 1}, param {i}",
-            )
+            q32, q64 = ps32[i], ps64[i]
+            where = f"step {k + 1}, param {i}"
+            moved = _moved(q64, *(q[i] for _, q in nudged))
+            _judge_params(found, p.detach(), q32.detach(), q64.detach(), moved, start[i], where)
             st = opt.state[p]
             for key, value in st.items():
                 if isinstance(value, Tensor) and value.dtype == torch.uint8:
@@ -303,9 +333,10 @@ def compare_8bit_steps(
                         st[key + "_absmax"],
                         r32.state[q32][key],
                         r64.state[q64][key],
-                        (ra.state[qa][key], rb.state[qb][key]),
+                        [r.state[q[i]][key] for r, q in nudged],
+                        before[torch.float64][i].get(key, torch.zeros(())),
                         SIGNED_KEYS[key],
-                        f"step {k + 1}, param {i} {key}",
+                        f"{where} {key}",
                     )
     return found
 
@@ -313,9 +344,9 @@ def compare_8bit_steps(
 def judge_8bit_steps(found: EightBitSteps) -> list[str]:
     """What is wrong with ``found``; [] if nothing is."""
     problems = [
-        f"{what}: {getattr(found, f'{what}_excess'):.3g} beyond the allowance ({found.worst[what]})"
-        for what in ("param", "absmax", "code")
-        if getattr(found, f"{what}_excess") > 0
+        f"{what}: {found.excess[what]:.3g} beyond the allowance ({found.worst[what]})"
+        for what in JUDGED
+        if found.excess[what] > 0
     ]
     if found.codes == 0:
         problems.append("no 8-bit state was written")
