@@ -51,19 +51,24 @@ void mul_inplace() {
     _mm256_store_ps(a + i, _mm256_mul_ps(_mm256_load_ps(a + i), _mm256_set1_ps(1.0000001f)));
 }
 
+// x0, x1 += the squares of 16 floats at a; y0, y1 += those at b.
+inline void add_squares(const float* a, const float* b, __m256& x0, __m256& x1, __m256& y0,
+                        __m256& y1) {
+  const __m256 u = _mm256_load_ps(a), v = _mm256_load_ps(a + 8);
+  const __m256 w = _mm256_load_ps(b), z = _mm256_load_ps(b + 8);
+  x0 = _mm256_add_ps(x0, _mm256_mul_ps(u, u));
+  x1 = _mm256_add_ps(x1, _mm256_mul_ps(v, v));
+  y0 = _mm256_add_ps(y0, _mm256_mul_ps(w, w));
+  y1 = _mm256_add_ps(y1, _mm256_mul_ps(z, z));
+}
+
 double read_p_g() {
   double s = 0;
 #pragma omp parallel for reduction(+ : s) schedule(static)
   for (long b = 0; b < kBlocks; ++b) {
     __m256 x0 = _mm256_setzero_ps(), x1 = x0, y0 = x0, y1 = x0;
-    for (long i = b * (kN / kBlocks); i < (b + 1) * (kN / kBlocks); i += 16) {
-      const __m256 u = _mm256_load_ps(p + i), v = _mm256_load_ps(p + i + 8);
-      const __m256 w = _mm256_load_ps(g + i), z = _mm256_load_ps(g + i + 8);
-      x0 = _mm256_add_ps(x0, _mm256_mul_ps(u, u));
-      x1 = _mm256_add_ps(x1, _mm256_mul_ps(v, v));
-      y0 = _mm256_add_ps(y0, _mm256_mul_ps(w, w));
-      y1 = _mm256_add_ps(y1, _mm256_mul_ps(z, z));
-    }
+    for (long i = b * (kN / kBlocks); i < (b + 1) * (kN / kBlocks); i += 16)
+      add_squares(p + i, g + i, x0, x1, y0, y1);
     s += hsum(x0) + hsum(x1) + hsum(y0) + hsum(y1);
   }
   return s;
@@ -111,14 +116,7 @@ double pass_a() {
         const float* pr = p + (r + t) * kCols;
         const float* gr = g + (r + t) * kCols;
         __m256 y0 = _mm256_setzero_ps(), y1 = y0;
-        for (long j = 0; j < kCols; j += 16) {
-          const __m256 u = _mm256_load_ps(pr + j), v = _mm256_load_ps(pr + j + 8);
-          const __m256 w = _mm256_load_ps(gr + j), z = _mm256_load_ps(gr + j + 8);
-          x0 = _mm256_add_ps(x0, _mm256_mul_ps(u, u));
-          x1 = _mm256_add_ps(x1, _mm256_mul_ps(v, v));
-          y0 = _mm256_add_ps(y0, _mm256_mul_ps(w, w));
-          y1 = _mm256_add_ps(y1, _mm256_mul_ps(z, z));
-        }
+        for (long j = 0; j < kCols; j += 16) add_squares(pr + j, gr + j, x0, x1, y0, y1);
         row_var[r + t] = 0.2f * row_var[r + t] + 0.8f * (hsum(y0) + hsum(y1)) / kCols;
         q[t] = 1.f / row_var[r + t];
       }
