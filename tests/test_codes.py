@@ -212,3 +212,26 @@ def test_optimizer_step_refuses_a_malformed_call() -> None:
     with pytest.raises(ValueError, match="sgd: expected 3 pointer lists"):
         _core.optimizer_step("sgd", *args, [0.1, 0.9, 0.0, 0.0], flags)
     assert torch.equal(p, before)
+
+
+# The kernels whose per-step scalars can come per tensor from a step table (capturable steps, a
+# tensor lr): every other kernel refuses a table, before it reads anything else of the call.
+_STEP_TABLE_KERNELS = {"sgd", "adam", "adamax", "nadam", "radam", "adagrad", "rmsprop"}
+
+
+@pytest.mark.parametrize("kernel", sorted(CODES["hyper_fields"]))
+def test_optimizer_step_refuses_a_step_table_it_cannot_read(kernel: str) -> None:
+    p = torch.randn(3)
+    before = p.clone()
+    table = torch.ones(16, dtype=torch.float32)
+    fields = CODES["hyper_fields"][kernel]
+    # One pointer list and no modes: every kernel's call is malformed past the table, so a taker
+    # fails later (depth, modes) with another message, and nothing runs either way.
+    with pytest.raises(ValueError, match=rf"^{kernel}: ") as refused:
+        _core.optimizer_step(
+            kernel, *_list(p), CODES["dtype"]["float32"], _HOST, 0, [0.5] * len(fields), {},
+            step_table=table.data_ptr(), step_table_stride=4,
+        )  # fmt: skip
+    takes_none = f"{kernel}: takes no step table" in str(refused.value)
+    assert takes_none == (kernel not in _STEP_TABLE_KERNELS), str(refused.value)
+    assert torch.equal(p, before)

@@ -16,6 +16,7 @@
 #include <string>
 #include <type_traits>
 #include <unordered_map>
+#include <utility>
 
 #include "bindings/common.h"
 
@@ -58,7 +59,11 @@ struct StepCall {
   bool flag(const char* name) const { return mode(name) != 0; }
 
   void depth(int expected, const char* names) const { check_depth(tensors, op, expected, names); }
-  void no_step_table() const { GF_CHECK(step_table.data == 0, op, ": takes no step table"); }
+  // Only a kernel whose Args hold a step table (kTakesStepTable: a capturable step's per-tensor
+  // scalars) accepts one.
+  void refuse_step_table(bool takes_step_table) const {
+    GF_CHECK(takes_step_table || step_table.data == 0, op, ": takes no step table");
+  }
   // Only a kernel whose Args take matrix shapes (kTakesShapes) accepts rows/cols; every call
   // passes both or neither, of one length.
   void check_shapes(bool takes_shapes) const {
@@ -83,6 +88,16 @@ template <typename Args>
 constexpr bool kTakesShapes = false;
 template <>
 constexpr bool kTakesShapes<AdafactorArgs> = true;
+
+// The kernels whose Args hold a step table (a member step_table); every other refuses one, so a
+// new kernel refuses it until its Args take it.
+template <typename Args, typename = void>
+constexpr bool kTakesStepTable = false;
+template <typename Args>
+constexpr bool kTakesStepTable<Args, std::void_t<decltype(std::declval<Args&>().step_table)>> =
+    true;
+static_assert(kTakesStepTable<AdamArgs> && !kTakesStepTable<LionArgs>,
+              "kTakesStepTable must see an Args' step_table member");
 
 int weight_decay_mode(const StepCall& c) {
   const int mode = c.mode("weight_decay_mode");
@@ -162,61 +177,52 @@ RmspropArgs args_for(const StepCall& c, Tag<RmspropArgs>) {
 LionArgs args_for(const StepCall& c, Tag<LionArgs>) {
   const auto h = c.hyper_as<math::LionHyper>();
   c.depth(3, "param, grad, exp_avg");
-  c.no_step_table();
   return {c.tensors, h, h.weight_decay != 0.0, c.flag("maximize")};
 }
 
 AdoptArgs args_for(const StepCall& c, Tag<AdoptArgs>) {
   c.depth(4, kMoments);
-  c.no_step_table();
   return {c.tensors, c.hyper_as<math::AdoptHyper>(), weight_decay_mode(c), c.flag("maximize"),
           c.flag("first_step")};
 }
 
 AdemamixArgs args_for(const StepCall& c, Tag<AdemamixArgs>) {
   c.depth(5, "param, grad, exp_avg, exp_avg_slow, exp_avg_sq");
-  c.no_step_table();
   return {c.tensors, c.hyper_as<math::AdemamixHyper>(), c.flag("maximize")};
 }
 
 ScheduleFreeAdamwArgs args_for(const StepCall& c, Tag<ScheduleFreeAdamwArgs>) {
   const auto h = c.hyper_as<math::ScheduleFreeAdamwHyper>();
   c.depth(4, "param, grad, z, exp_avg_sq");
-  c.no_step_table();
   return {c.tensors, h, h.weight_decay != 0.0, c.flag("maximize")};
 }
 
 ScheduleFreeSgdArgs args_for(const StepCall& c, Tag<ScheduleFreeSgdArgs>) {
   const auto h = c.hyper_as<math::ScheduleFreeSgdHyper>();
   c.depth(3, "param, grad, z");
-  c.no_step_table();
   return {c.tensors, h, h.weight_decay != 0.0, c.flag("maximize")};
 }
 
 // The train/eval switch: no gradient (its slot is z again, never read) and nothing to maximize.
 ScheduleFreeSwitchArgs args_for(const StepCall& c, Tag<ScheduleFreeSwitchArgs>) {
   c.depth(3, "param, unused, z");
-  c.no_step_table();
   return {c.tensors, c.hyper_as<math::ScheduleFreeSwitchHyper>(), false};
 }
 
 // Muon's two elementwise passes around the Newton-Schulz matmuls (gradfuse/math/muon.h).
 MuonPrepareArgs args_for(const StepCall& c, Tag<MuonPrepareArgs>) {
   c.depth(3, "momentum_buffer, grad, ns_input");
-  c.no_step_table();
   return {c.tensors, c.hyper_as<math::MuonPrepareHyper>(), c.flag("nesterov")};
 }
 
 MuonApplyArgs args_for(const StepCall& c, Tag<MuonApplyArgs>) {
   c.depth(3, "param, grad, update");
-  c.no_step_table();
   return {c.tensors, c.hyper_as<math::MuonApplyHyper>(), c.flag("weight_decay")};
 }
 
 LambArgs args_for(const StepCall& c, Tag<LambArgs>) {
   const auto h = c.hyper_as<math::LambHyper>();
   c.depth(4, kMoments);
-  c.no_step_table();
   GF_CHECK(h.bias_correction1 > 0.0 && h.bias_correction2 > 0.0, c.op,
            ": bias corrections must be positive, got ", h.bias_correction1, " and ",
            h.bias_correction2);
@@ -227,7 +233,6 @@ LambArgs args_for(const StepCall& c, Tag<LambArgs>) {
 AdafactorArgs args_for(const StepCall& c, Tag<AdafactorArgs>) {
   const bool factored = !c.rows.empty();
   const std::size_t n = static_cast<std::size_t>(c.tensors.size);
-  c.no_step_table();
   if (factored) {
     c.depth(4, "param, grad, row_var, col_var");
     GF_CHECK(c.rows.size() == n && c.cols.size() == n, c.op,
@@ -271,6 +276,7 @@ Numels shapes_arg(const char* op, const char* name, const py::object& list) {
 const std::unordered_map<std::string, Runner>& runners() {
 #define GF_RUNNER(name, ArgsType)                                     \
   {#name, [](const StepCall& c) {                                     \
+     c.refuse_step_table(kTakesStepTable<ArgsType>);                  \
      c.check_shapes(kTakesShapes<ArgsType>);                          \
      run(&cpu::name, GF_CUDA_FN(name), args_for(c, Tag<ArgsType>{})); \
    }},
