@@ -12,7 +12,8 @@
 //   floor:  pass A as a bare read of p and g (sums of squares, nothing else) + pass C as a bare
 //           p = p * c1 + g * c2: no implementation moves the bytes faster;
 //   simple: pass A with row sums and per-block column partials (4 rows at a time, the rows read
-//           again from L2), then the bare pass C: a plain hand-vectorized Adafactor.
+//           again from L2), then the bare pass C: a plain hand-vectorized Adafactor;
+//   pipelined: simple, with each row's column partials added while the next row streams.
 // It prints each as a percentage of the 20 B at the mul_ rate, the bench's "% of ceiling".
 //
 // Build and run (AVX2, 2 threads, the machine otherwise quiet):
@@ -127,6 +128,45 @@ double pass_a() {
   return s;
 }
 
+// pass A with one touch of each row (tried in the seventh session, slower: see
+// 2026-12-06-adafactor-floor.md): the column partials of row r - 1 (its weight is known once its
+// sum is) are added in the loop that streams p and g of row r, from the core's caches, so that
+// the stream never pauses for them.
+double pass_a_pipelined() {
+  double s = 0;
+#pragma omp parallel for reduction(+ : s) schedule(static)
+  for (long b = 0; b < kBlocks; ++b) {
+    float* cp = colp + b * (kCols + kPad) + kPad;
+    float* cw = colw + b * (kCols + kPad) + 3 * kPad;
+    std::fill(cp, cp + kCols, 0.f);
+    std::fill(cw, cw + kCols, 0.f);
+    __m256 x0 = _mm256_setzero_ps(), x1 = x0;
+    const long r0 = b * kBlockRows, r1 = (b + 1) * kBlockRows;
+    for (long r = r0; r <= r1; ++r) {
+      const bool stream = (r < r1), add = (r > r0);
+      const float* pr = p + (stream ? r : r0) * kCols;
+      const float* gr = g + (stream ? r : r0) * kCols;
+      const float* gq = g + (add ? r - 1 : r0) * kCols;
+      const __m256 q = _mm256_set1_ps(add ? 1.f / row_var[r - 1] : 0.f);
+      __m256 y0 = _mm256_setzero_ps(), y1 = y0;
+      for (long j = 0; j < kCols; j += 16) {
+        if (stream) add_squares(pr + j, gr + j, x0, x1, y0, y1);
+        if (add) {
+          for (long h = j; h < j + 16; h += 8) {
+            const __m256 x = _mm256_load_ps(gq + h);
+            const __m256 x2 = _mm256_mul_ps(x, x);
+            _mm256_storeu_ps(cp + h, _mm256_add_ps(_mm256_loadu_ps(cp + h), x2));
+            _mm256_storeu_ps(cw + h, _mm256_add_ps(_mm256_loadu_ps(cw + h), _mm256_mul_ps(x2, q)));
+          }
+        }
+      }
+      if (stream) row_var[r] = 0.2f * row_var[r] + 0.8f * (hsum(y0) + hsum(y1)) / kCols;
+    }
+    s += hsum(x0) + hsum(x1);
+  }
+  return s;
+}
+
 double median_ms(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2] * 1e3;
@@ -146,7 +186,7 @@ int main() {
   }
   std::fill(row_var, row_var + kRows, 1.f);
   volatile double sink = 0;
-  std::vector<double> t_mul, t_read, t_c1, t_mul2, t_a, t_c2;
+  std::vector<double> t_mul, t_read, t_c1, t_mul2, t_a, t_c2, t_mul3, t_ap, t_c3;
   auto time = [](std::vector<double>& v, auto f) {
     const double t = now();
     f();
@@ -159,6 +199,9 @@ int main() {
     time(t_mul2, mul_inplace);
     time(t_a, [&] { sink = pass_a(); });
     time(t_c2, pass_c);
+    time(t_mul3, mul_inplace);
+    time(t_ap, [&] { sink = pass_a_pipelined(); });
+    time(t_c3, pass_c);
   }
   const double mul = median_ms(t_mul), mul2 = median_ms(t_mul2);
   const double floor = median_ms(t_read) + median_ms(t_c1);
@@ -171,5 +214,10 @@ int main() {
   std::printf(
       "simple (row and column sums; bare pass C): %.2f + %.2f = %.2f ms: %.0f%% (mul_ %.2f)\n",
       median_ms(t_a), median_ms(t_c2), simple, 2.5 * mul2 / simple * 100, mul2);
+  const double piped = median_ms(t_ap) + median_ms(t_c3), mul3 = median_ms(t_mul3);
+  std::printf(
+      "pipelined (row r's sums beside row r-1's columns; bare pass C): %.2f + %.2f = "
+      "%.2f ms: %.0f%% (mul_ %.2f)\n",
+      median_ms(t_ap), median_ms(t_c3), piped, 2.5 * mul3 / piped * 100, mul3);
   return static_cast<int>(sink) & 0;
 }
