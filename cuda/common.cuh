@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "gradfuse/check.h"
@@ -30,6 +31,14 @@ namespace gf::cuda::detail {
 #define GF_CUDA_CHECK_LAUNCH() GF_CUDA_CHECK(cudaGetLastError())
 
 namespace gf::cuda {
+
+// kernel<<<grid, block, 0, stream>>>(args...), the launch checked.
+template <typename... Params, typename... Args>
+void launch(void (*kernel)(Params...), unsigned grid, unsigned block, cudaStream_t stream,
+            Args&&... args) {
+  kernel<<<grid, block, 0, stream>>>(std::forward<Args>(args)...);
+  GF_CUDA_CHECK_LAUNCH();
+}
 
 // Makes `device` current for the scope and restores the caller's device after.
 class DeviceGuard {

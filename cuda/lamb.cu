@@ -20,41 +20,13 @@
 #include "gradfuse/dispatch.h"
 #include "gradfuse/math/bits.h"
 #include "gradfuse/math/convert.h"
+#include "reduce.cuh"
 
 namespace gf::cuda {
 namespace {
 
 constexpr int kLambChunk = 16384;
 constexpr int kLambThreads = 256;
-
-struct Scaling {
-  const float* grad_scale;
-  const float* found_inf;
-  const float* clip_coef;
-
-  __device__ GF_INLINE bool skip() const { return found_inf != nullptr && *found_inf != 0.0f; }
-  template <typename OpT>
-  __device__ GF_INLINE OpT apply(OpT g) const {
-    const OpT inv =
-        grad_scale ? OpT(static_cast<float>(1.0 / static_cast<double>(*grad_scale))) : OpT(1);
-    const OpT clip = clip_coef ? OpT(*clip_coef) : OpT(1);
-    return (g * inv) * clip;
-  }
-};
-
-template <typename OpT>
-__device__ GF_INLINE OpT block_sum(OpT x, OpT* sh) {
-  sh[threadIdx.x] = x;
-  __syncthreads();
-#pragma unroll
-  for (int s = kLambThreads / 2; s > 0; s >>= 1) {
-    if (static_cast<int>(threadIdx.x) < s) sh[threadIdx.x] += sh[threadIdx.x + s];
-    __syncthreads();
-  }
-  const OpT out = sh[0];
-  __syncthreads();
-  return out;
-}
 
 template <bool kDecoupled, typename T>
 __global__ void __launch_bounds__(kLambThreads)
@@ -78,12 +50,7 @@ __global__ void __launch_bounds__(kLambThreads)
     au += u * u;
     ap += pi * pi;
   }
-  const OpT su = block_sum(au, sh);
-  const OpT sp = block_sum(ap, sh);
-  if (threadIdx.x == 0) {
-    part_u[blockIdx.x] = static_cast<double>(su);
-    part_p[blockIdx.x] = static_cast<double>(sp);
-  }
+  write_block_sums<kLambThreads>(au, ap, sh, part_u, part_p);
 }
 
 template <typename OpT>
@@ -136,27 +103,23 @@ void lamb_typed(const LambArgs& a) {
   for (std::int64_t t = 0; t < n; ++t) {
     const std::int64_t chunks = first[t + 1] - first[t];
     if (chunks == 0) continue;
-    lamb_moments_kernel<kDecoupled, T><<<static_cast<unsigned>(chunks), kLambThreads, 0, stream>>>(
-        tl.ptr<const T>(0, t), tl.ptr<const T>(1, t), tl.ptr<T>(2, t), tl.ptr<T>(3, t),
-        tl.numels[t], s, flip, sc, part_u + first[t], part_p + first[t]);
-    GF_CUDA_CHECK_LAUNCH();
-    lamb_ratio_kernel<OpT><<<1, 1, 0, stream>>>(part_u + first[t], part_p + first[t], chunks,
-                                                a.hyper.lr, a.trust, sc, ratio + t);
-    GF_CUDA_CHECK_LAUNCH();
-    lamb_apply_kernel<kDecoupled, T><<<static_cast<unsigned>(chunks), kLambThreads, 0, stream>>>(
-        tl.ptr<T>(0, t), tl.ptr<const T>(2, t), tl.ptr<const T>(3, t), tl.numels[t], s, sc,
-        ratio + t);
-    GF_CUDA_CHECK_LAUNCH();
+    const auto blocks = static_cast<unsigned>(chunks);
+    double* pu = part_u + first[t];
+    double* pp = part_p + first[t];
+    launch(lamb_moments_kernel<kDecoupled, T>, blocks, kLambThreads, stream, tl.ptr<const T>(0, t),
+           tl.ptr<const T>(1, t), tl.ptr<T>(2, t), tl.ptr<T>(3, t), tl.numels[t], s, flip, sc, pu,
+           pp);
+    launch(lamb_ratio_kernel<OpT>, 1, 1, stream, pu, pp, chunks, a.hyper.lr, a.trust, sc,
+           ratio + t);
+    launch(lamb_apply_kernel<kDecoupled, T>, blocks, kLambThreads, stream, tl.ptr<T>(0, t),
+           tl.ptr<const T>(2, t), tl.ptr<const T>(3, t), tl.numels[t], s, sc, ratio + t);
   }
 }
 
 }  // namespace
 
 void lamb(const LambArgs& a) {
-  GF_CHECK(a.tensors.precision.is_default(a.tensors.dtype),
-           "lamb: master weights, state_dtype, stochastic rounding and Kahan compensation are only "
-           "available for CPU tensors in this version (got CUDA tensors of ",
-           dtype_name(a.tensors.dtype), ")");
+  check_default_storage(a.tensors, "lamb");
   visit_dtype(a.tensors.dtype, "lamb", [&](auto tag) {
     using T = typename decltype(tag)::type;
     bool_switch([&](auto dec_c) { lamb_typed<decltype(dec_c)::value, T>(a); }, a.decoupled);

@@ -27,7 +27,14 @@ from _more_helpers import (
 import gradfuse
 from conftest import DTYPES
 from gradfuse.optim import Adafactor
-from tolerances import CLIPPED_FLOAT64, STEP, TRAJECTORY, assert_close, assert_low_precision
+from tolerances import (
+    CLIPPED_FLOAT64,
+    CPU_VS_CUDA,
+    STEP,
+    TRAJECTORY,
+    assert_close,
+    assert_low_precision,
+)
 
 pytestmark = pytest.mark.usefixtures(one_torch_thread.__name__)
 
@@ -465,3 +472,77 @@ def test_empty_param_of_huge_dims_steps_without_allocating_its_columns() -> None
     opt = Adafactor([p])
     opt.step()
     assert float(opt.state[p]["step"]) == 1.0
+
+
+# ---- CUDA (cuda/adafactor.cu; these run only where a GPU is visible) ----------------------------
+
+CUDA_SHAPES: list[Any] = [*SHAPES, (0,), (0, 5), (64, 33), (1, 4097), (70_001,)]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("maximize", [False, True])
+def test_cuda_matches_cpu(dtype: torch.dtype, maximize: bool) -> None:
+    # One rule (gradfuse/math/adafactor.h) on both; the sums are reduced in another order on
+    # CUDA, and its sum of u^2 always reads g again (the CPU's skips that where it can).
+    kw: dict[str, Any] = {"lr": 0.05, "weight_decay": 0.01, "maximize": maximize}
+    start, grads = random_problem(5, CUDA_SHAPES)
+    a = leaves(start, dtype)
+    b = [x.to(dtype).cuda().requires_grad_() for x in start]
+    run_steps(Adafactor(a, **kw), a, grads)
+    run_steps(Adafactor(b, **kw), b, [[g.cuda() for g in gs] for gs in grads])
+    for x, y in zip(a, b, strict=True):
+        assert_close(y.detach().cpu(), x.detach(), CPU_VS_CUDA[dtype], f"cuda vs cpu {x.shape}")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_cuda_trajectory_against_torch_on_cuda(dtype: torch.dtype) -> None:
+    # torch.optim.Adafactor divides by the size of an empty param: none here.
+    shapes = [s for s in CUDA_SHAPES if 0 not in s]
+    start, grads = random_problem(20, shapes)
+    ours = [x.to(dtype).cuda().requires_grad_() for x in start]
+    theirs = [x.to(dtype).cuda().requires_grad_() for x in start]
+    cuda_grads = [[g.cuda() for g in gs] for gs in grads]
+    run_steps(Adafactor(ours, weight_decay=0.1), ours, cuda_grads)
+    run_steps(reference(theirs, weight_decay=0.1), theirs, cuda_grads)
+    for x, y in zip(ours, theirs, strict=True):
+        assert_close(x.detach().cpu(), y.detach().cpu(), TRAJECTORY[dtype], f"{x.shape}")
+
+
+@pytest.mark.cuda
+def test_cuda_found_inf_changes_nothing() -> None:
+    ps = [torch.randn(s, device="cuda", requires_grad=True) for s in ((7, 13), (4097,))]
+    opt = Adafactor(ps)
+    for p in ps:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    before = [p.detach().clone() for p in ps]
+    state = copy.deepcopy(opt.state_dict())
+    for p in ps:
+        p.grad = torch.randn_like(p) * 256
+    ps[0].grad[1, 2] = float("inf")
+    opt.grad_scale = torch.tensor([256.0], device="cuda")
+    opt.found_inf = torch.tensor([1.0], device="cuda")
+    opt.step()
+    for p, b in zip(ps, before, strict=True):
+        assert torch.equal(p.detach(), b)
+    for k, st in state["state"].items():
+        for key, v in st.items():
+            assert torch.equal(opt.state_dict()["state"][k][key], v), key
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("shape", [(7, 13), (4097,)], ids=str)
+def test_cuda_refuses_precision_policies_writing_nothing(shape: tuple[int, ...]) -> None:
+    # A CPU param first: its group would run before the CUDA kernel refused the policy.
+    ps = [torch.randn(5, 3, requires_grad=True), torch.randn(shape, device="cuda")]
+    ps[1].requires_grad_()
+    for p in ps:
+        p.grad = torch.randn_like(p)
+    before = [p.detach().clone() for p in ps]
+    opt = Adafactor(ps, state_dtype=torch.bfloat16)
+    with pytest.raises(NotImplementedError, match=r"adafactor: params\[1\] is .*CPU tensors"):
+        opt.step()
+    for p, b in zip(ps, before, strict=True):
+        assert torch.equal(p.detach(), b)

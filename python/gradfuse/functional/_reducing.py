@@ -154,16 +154,26 @@ def lamb_(
 _STEP_OPTIONS = option_names(StepOptions)
 
 
-def _policies_on_cpu(op: str, lowprec: LowPrecision, buffers: Sequence[Any], n: int) -> None:
-    """The CUDA kernel has the default storage only: refuse a policy there before anything is
-    written (the native check would come after the CPU groups of a mixed call have run)."""
-    if lowprec.is_default:
-        return
+def _policies_on_cpu(
+    op: str,
+    lowprec: LowPrecision,
+    buffers: Sequence[Any],
+    n: int,
+    index: Sequence[int] | None = None,
+    state_codes: Sequence[int] | None = None,
+) -> None:
+    """The CUDA kernels have the default storage only: refuse a policy, or a state of another
+    dtype than the params' (``state_codes[i] != -1``: Adafactor's row/col state), on a CUDA
+    param before anything is written (the native check would come after the CPU groups of a
+    mixed call have run). ``index`` maps the first ``n`` buffers (the params) to the caller's
+    indices."""
     for i in range(n):
         b = buffers[i]
-        if b is not None and b.device >= 0:
+        other_state = state_codes is not None and state_codes[i] != -1
+        if b is not None and b.device >= 0 and (not lowprec.is_default or other_state):
+            at = i if index is None else index[i]
             raise NotImplementedError(
-                f"{op}: params[{i}] is {b.describe()}: master_params, kahan_comps, "
+                f"{op}: params[{at}] is {b.describe()}: master_params, kahan_comps, "
                 f"rounding='stochastic' and state of another dtype than the params' are only "
                 f"available for CPU tensors in this version"
             )
@@ -302,7 +312,8 @@ def adafactor_(
     )
     shapes = _factored_state(op, fact, fact_bufs, row_vars, col_vars)
     every = [*flat_bufs, *fact_bufs, *shapes.buffers]
-    _cpu_only(op, every)
+    _policies_on_cpu(op, flat_lp, flat_bufs, len(flat), flat)
+    _policies_on_cpu(op, fact_lp, fact_bufs, len(fact), fact, shapes.state_codes)
     # No written buffer (all but the gradients) may share memory with another of the call.
     nf, nc = len(flat), len(fact)
     grads_at = (range(nf, 2 * nf), range(flat_depth * nf + nc, flat_depth * nf + 2 * nc))
@@ -492,16 +503,6 @@ def _check_none(op: str, slots: Sequence[tuple[str, Sequence[Any]]]) -> None:
 
 def pick(values: Sequence[Any], idx: Sequence[int]) -> list[Any]:
     return [values[i] for i in idx]
-
-
-def _cpu_only(op: str, buffers: Sequence[Any]) -> None:
-    """Adafactor's CUDA kernel is not written yet: refuse before anything changes."""
-    for b in buffers:
-        if b is not None and b.device >= 0:
-            raise NotImplementedError(
-                f"{op}: CUDA tensors are not supported yet (got {b.describe()}); the CPU "
-                f"kernel is the only one written so far"
-            )
 
 
 def _scaling(op: str, options: StepOptions) -> GradScaling | None:

@@ -41,8 +41,8 @@ class Adafactor(FusedOptimizer):
     ``rounding="stochastic"`` and ``state_dtype`` for ``row_var``/``col_var``/``variance``
     (bfloat16 for float32 params, float32 for 16-bit ones). No 8-bit state
     (``state_dtype=torch.uint8`` is refused): the factored state is already O(rows + cols) per
-    matrix and only vectors keep a full ``variance``. CPU tensors only for now (the CUDA kernel
-    is not written yet).
+    matrix and only vectors keep a full ``variance``. CUDA tensors run a CUDA kernel (compiled,
+    not yet run on a GPU) with the default storage; the precision policies are CPU-only there.
     """
 
     _update_fn = staticmethod(adafactor_)

@@ -1,0 +1,84 @@
+// Deterministic reductions and AMP's scalars for the CUDA kernels that reduce before they write
+// (lamb.cu, adafactor.cu): fixed per-thread strides, then fixed trees, never float atomics, so a
+// step gives the same bits on every run.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "gradfuse/check.h"
+#include "gradfuse/config.h"
+#include "gradfuse/dtype.h"
+#include "gradfuse/tensor_list.h"
+
+namespace gf::cuda {
+
+// AMP's scalars of a call, in device memory (null where absent). A step that found inf/NaN
+// changes nothing: every kernel of it returns at once.
+struct Scaling {
+  const float* grad_scale;
+  const float* found_inf;
+  const float* clip_coef;
+
+  __device__ GF_INLINE bool skip() const { return found_inf != nullptr && *found_inf != 0.0f; }
+  // g unscaled and clipped, in that order (as the multi-tensor kernels scale their gradient).
+  template <typename OpT>
+  __device__ GF_INLINE OpT apply(OpT g) const {
+    return (g * inv_scale<OpT>()) * clip<OpT>();
+  }
+  // 1 / grad_scale, rounded to float first (as the CPU's GradFactors).
+  template <typename OpT>
+  __device__ GF_INLINE OpT inv_scale() const {
+    return grad_scale ? OpT(static_cast<float>(1.0 / static_cast<double>(*grad_scale))) : OpT(1);
+  }
+  template <typename OpT>
+  __device__ GF_INLINE OpT clip() const {
+    return clip_coef ? OpT(*clip_coef) : OpT(1);
+  }
+};
+
+// The sum of x over the kThreads threads of a block, in a fixed tree; every thread gets it. sh
+// holds kThreads values; the block's threads must all call it.
+template <int kThreads, typename OpT>
+__device__ GF_INLINE OpT block_sum(OpT x, OpT* sh) {
+  sh[threadIdx.x] = x;
+  __syncthreads();
+#pragma unroll
+  for (int s = kThreads / 2; s > 0; s >>= 1) {
+    if (static_cast<int>(threadIdx.x) < s) sh[threadIdx.x] += sh[threadIdx.x + s];
+    __syncthreads();
+  }
+  const OpT out = sh[0];
+  __syncthreads();
+  return out;
+}
+
+// This block's partials of two sums: each summed over the block, then written by thread 0 at
+// part_a[blockIdx.x] and part_b[blockIdx.x], in double (the per-tensor merge's type).
+template <int kThreads, typename OpT>
+__device__ GF_INLINE void write_block_sums(OpT a, OpT b, OpT* sh, double* part_a, double* part_b) {
+  const OpT sa = block_sum<kThreads>(a, sh);
+  const OpT sb = block_sum<kThreads>(b, sh);
+  if (threadIdx.x == 0) {
+    part_a[blockIdx.x] = static_cast<double>(sa);
+    part_b[blockIdx.x] = static_cast<double>(sb);
+  }
+}
+
+// The sum of x over the 32 lanes of a warp, in a fixed tree; lane 0 gets it.
+template <typename OpT>
+__device__ GF_INLINE OpT warp_sum(OpT x) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x += __shfl_down_sync(0xffffffffu, x, o);
+  return x;
+}
+
+// These kernels have the default storage only (state in the params' dtype, params rounded to
+// nearest); the storage policies are the CPU kernels'. Refused before anything runs.
+inline void check_default_storage(const TensorList& tl, const char* op) {
+  GF_CHECK(tl.precision.is_default(tl.dtype), op,
+           ": master weights, state_dtype, stochastic rounding and Kahan compensation are only "
+           "available for CPU tensors in this version (got CUDA tensors of ",
+           dtype_name(tl.dtype), ")");
+}
+
+}  // namespace gf::cuda
