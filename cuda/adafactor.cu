@@ -1,23 +1,32 @@
 // Adafactor on CUDA (gradfuse/math/adafactor.h), as torch.optim.Adafactor computes it,
-// deterministic (fixed strides and trees, no float atomics; reduce.cuh), nothing read on the
-// host. Per tensor of the call (one launch of each kernel per tensor, as lamb.cu: simple and
-// correct first; not yet run on a GPU):
+// deterministic (fixed strides and trees, no float atomics; reduce.cuh; every grid size depends
+// only on the shapes), nothing read on the host. Per tensor of the call (one set of launches per
+// tensor, as lamb.cu; not yet run on a GPU):
 //   rank < 2 (slots p, g, variance), fixed chunks of kFlatChunk elements, one block each:
 //     flat_pass_a:  variance = lerp(variance, g^2, w) (stored); partial sums of p^2 and u^2;
-//     step:         one thread: the partials in chunk order, the step -alpha / max(1, RMS(u) / d);
+//     step:         one thread: the partials in order, the step -alpha / max(1, RMS(u) / d);
 //     flat_pass_c:  p = p * decay + step * u.
-//   rank >= 2 (slots p, g, row_var, col_var; mats matrices of rows x cols), a warp per row:
-//     row_pass:     each row's sum of g^2 -> row_var, and its sum of p^2 (one partial per row);
-//     col_pass:     a thread per (matrix, column) sums its g^2 down the rows -> col_var;
-//     row_mean:     a block per matrix: max(mean of row_var, eps1);
-//     u_pass:       each row's sum of u^2, u = g * min(row factor * col factor, 1 / eps1)
-//                   (math::adafactor_factored_scale), one partial per row;
-//     step:         as above, the partials in row order;
+//   rank >= 2 (slots p, g, row_var, col_var; mats matrices of rows x cols; rows numbered over
+//   the matrices, r = mat * rows + i, as row_var is laid out):
+//     row_pass:     a warp per row: its sum of g^2 -> row_var; p^2 summed per block (at most
+//                   kReduceBlocks partials, however many rows: a 1x1 convolution's weight has a
+//                   row per element);
+//     col_partial:  a thread per (row chunk, matrix, column) sums g^2 down its chunk of rows
+//                   (enough chunks for ~kColumnThreads threads: a tall matrix's few columns
+//                   would leave most of the GPU idle), col_finish adds the chunks in order ->
+//                   col_var, and the column factors 1 / sqrt(col_var);
+//     row_factors:  a warp per matrix: rmean = max(mean of row_var, eps1), then the row factors
+//                   1 / sqrt(row_var / rmean);
+//     u_pass:       a warp per row: sum of u^2, u = g * min(row factor * col factor, 1 / eps1)
+//                   (math::adafactor_factored_scale), per block as row_pass;
+//     step:         as above;
 //     apply:        p = p * decay + step * u, a thread per element.
-// The CPU kernel (src/cpu/kernels/adafactor.cpp) sums u^2 without reading g again where the
-// clamp is nowhere active; here u_pass always runs: the same value to rounding, one more read
-// of g. The default storage only (state in the params' dtype, params rounded to nearest): the
-// storage policies are the CPU kernel's and refused here before anything runs.
+// The factors are computed once per row and per column, as the CPU kernel's are (the same IEEE
+// division and square root: the same bits). The CPU kernel (src/cpu/kernels/adafactor.cpp) sums
+// u^2 without reading g again where the clamp is nowhere active; here u_pass always runs: the
+// same value to rounding, one more read of g. The default storage only (state in the params'
+// dtype, params rounded to nearest): the storage policies are the CPU kernel's and refused here
+// before anything runs.
 #include <algorithm>
 #include <cstdint>
 #include <vector>
@@ -35,13 +44,32 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr std::int64_t kFlatChunk = 16384;
-// Grid-stride kernels launch at most this many blocks (every kernel loops over what is left).
+// Grid-stride kernels launch at most this many blocks (every kernel loops over what is left);
+// the reducing ones at most kReduceBlocks (one partial each: the step's merge stays short).
 constexpr std::int64_t kMaxBlocks = std::int64_t{1} << 20;
+constexpr std::int64_t kReduceBlocks = 1024;
+// col_partial's target thread count.
+constexpr std::int64_t kColumnThreads = std::int64_t{1} << 16;
 
-unsigned grid_for(std::int64_t work, std::int64_t per_block) {
+unsigned grid_for(std::int64_t work, std::int64_t per_block, std::int64_t most = kMaxBlocks) {
   return static_cast<unsigned>(
-      std::min(kMaxBlocks, std::max<std::int64_t>(1, (work + per_block - 1) / per_block)));
+      std::min(most, std::max<std::int64_t>(1, (work + per_block - 1) / per_block)));
 }
+
+// The warp-per-row kernels' grid over `rows` rows: one partial per block.
+unsigned row_grid(std::int64_t rows) {
+  return grid_for(rows, kWarps, kReduceBlocks);
+}
+
+// col_partial's cut of the rows: chunks of `per` rows, `count` of them (none empty).
+struct RowChunks {
+  std::int64_t per, count;
+  static RowChunks of(std::int64_t rows, std::int64_t columns) {
+    const std::int64_t want = std::clamp<std::int64_t>(kColumnThreads / columns, 1, rows);
+    const std::int64_t per = (rows + want - 1) / want;
+    return {per, (rows + per - 1) / per};
+  }
+};
 
 // The per-call factors every kernel applies (the CPU kernel's Common): the gradient's factor
 // (AMP's unscaling, the clipping coefficient and maximize's sign, in that order) is read from
@@ -111,20 +139,34 @@ __global__ void step_kernel(const double* part_p, const double* part_u, std::int
 
 // ---- rank >= 2 --------------------------------------------------------------------------------
 
-// The warp's row of this iteration: rows are numbered over the tensor's matrices (row r of
-// matrix m is m * rows + r, as row_var is laid out).
-#define GF_FOR_EACH_ROW(r, total_rows)                                                     \
+// The warp's item (a row, or a matrix) of each iteration: the same for all 32 lanes, so every lane
+// reaches every warp_sum.
+#define GF_FOR_EACH_WARP_ITEM(r, count)                                                    \
   for (std::int64_t r = static_cast<std::int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32; \
-       r < (total_rows); r += static_cast<std::int64_t>(gridDim.x) * kWarps)
+       r < (count); r += static_cast<std::int64_t>(gridDim.x) * kWarps)
+
+// The block's sum of its warps' lane-0 sums, in warp order, written by thread 0 as its partial.
+template <typename OpT>
+__device__ GF_INLINE void write_warp_sums(OpT lane0_sum, OpT* sh, double* part) {
+  if (threadIdx.x % 32 == 0) sh[threadIdx.x / 32] = lane0_sum;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    OpT s = OpT(0);
+    for (int w = 0; w < kWarps; ++w) s += sh[w];
+    part[blockIdx.x] = static_cast<double>(s);
+  }
+}
 
 template <typename T, typename OpT = OpMath<T>>
 __global__ void __launch_bounds__(kThreads)
     row_pass(const T* p, const T* g, T* row_var, std::int64_t total_rows, std::int64_t cols,
              const Common<OpT> c, double* part_p) {
+  __shared__ OpT sh[kWarps];
   if (c.sc.skip()) return;
   const OpT gf = c.grad_factor();
   const int lane = static_cast<int>(threadIdx.x % 32);
-  GF_FOR_EACH_ROW(r, total_rows) {
+  OpT block_p = OpT(0);  // lane 0: this warp's rows' sums of p^2, in row order
+  GF_FOR_EACH_WARP_ITEM(r, total_rows) {
     const std::int64_t o = r * cols;
     OpT ap = OpT(0), ar = OpT(0);
     for (std::int64_t j = lane; j < cols; j += 32) {
@@ -138,91 +180,104 @@ __global__ void __launch_bounds__(kThreads)
       math::store(
           row_var, r,
           math::adafactor_lerp<OpT>(math::load(row_var, r), sr / static_cast<OpT>(cols), c.w));
-      part_p[r] = static_cast<double>(sp);
+      block_p += sp;
     }
   }
+  write_warp_sums(block_p, sh, part_p);
 }
 
-// A thread per column of each matrix: adjacent threads read adjacent elements of a row.
+// colp[k * mats * cols + q]: the sum of g^2 of column q (= mat * cols + j) over chunk k of the
+// matrix's rows.
 template <typename T, typename OpT = OpMath<T>>
 __global__ void __launch_bounds__(kThreads)
-    col_pass(const T* g, T* col_var, std::int64_t mats, std::int64_t rows, std::int64_t cols,
-             const Common<OpT> c) {
+    col_partial(const T* g, std::int64_t mats, std::int64_t rows, std::int64_t cols,
+                const RowChunks chunks, const Common<OpT> c, OpT* colp) {
   if (c.sc.skip()) return;
   const OpT gf = c.grad_factor();
+  const std::int64_t columns = mats * cols;
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * kThreads;
   for (std::int64_t k = static_cast<std::int64_t>(blockIdx.x) * kThreads + threadIdx.x;
-       k < mats * cols; k += stride) {
-    const std::int64_t mat = k / cols, j = k % cols;
+       k < chunks.count * columns; k += stride) {
+    const std::int64_t chunk = k / columns, q = k % columns;
+    const std::int64_t mat = q / cols, j = q % cols;
+    const std::int64_t first = chunk * chunks.per, last = min(rows, first + chunks.per);
     const T* column = g + mat * rows * cols + j;
     OpT s = OpT(0);
-    for (std::int64_t i = 0; i < rows; ++i) {
+    for (std::int64_t i = first; i < last; ++i) {
       const OpT gi = math::load(column, i * cols) * gf;
       s += gi * gi;
     }
-    math::store(col_var, k,
-                math::adafactor_lerp<OpT>(math::load(col_var, k), s / static_cast<OpT>(rows), c.w));
+    colp[k] = s;
   }
 }
 
-// A block per matrix: rmean = max(mean of its row_var, eps1).
+// col_var of each column from its chunks' sums (in chunk order), and its factor
+// 1 / sqrt(col_var) as stored.
 template <typename T, typename OpT = OpMath<T>>
 __global__ void __launch_bounds__(kThreads)
-    row_mean(const T* row_var, std::int64_t mats, std::int64_t rows, const Common<OpT> c,
-             OpT* rmean) {
-  __shared__ OpT sh[kThreads];
+    col_finish(const OpT* colp, T* col_var, std::int64_t columns, std::int64_t rows,
+               std::int64_t chunks, const Common<OpT> c, OpT* col_factor) {
   if (c.sc.skip()) return;
-  for (std::int64_t mat = blockIdx.x; mat < mats; mat += gridDim.x) {
-    OpT acc = OpT(0);
-    for (std::int64_t r = threadIdx.x; r < rows; r += kThreads) {
-      acc += math::load(row_var, mat * rows + r);
-    }
-    const OpT mean = block_sum<kThreads>(acc, sh) / static_cast<OpT>(rows);
-    if (threadIdx.x == 0) rmean[mat] = mean < c.eps1 ? c.eps1 : mean;
+  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * kThreads;
+  for (std::int64_t q = static_cast<std::int64_t>(blockIdx.x) * kThreads + threadIdx.x; q < columns;
+       q += stride) {
+    OpT s = OpT(0);
+    for (std::int64_t k = 0; k < chunks; ++k) s += colp[k * columns + q];
+    math::store(col_var, q,
+                math::adafactor_lerp<OpT>(math::load(col_var, q), s / static_cast<OpT>(rows), c.w));
+    col_factor[q] = OpT(1) / GF_LIBM(sqrt)(math::load(col_var, q));
   }
 }
 
-// u of element (r, j): g * min(row factor * col factor, 1 / eps1), the factors from the state
-// as stored (the CPU kernel's factored_pass_u).
-template <typename T, typename OpT>
-__device__ GF_INLINE OpT factored_u(const T* g, const T* col_var, std::int64_t o,
-                                    std::int64_t mat_col, OpT row_factor, OpT gf,
-                                    const Common<OpT>& c) {
-  const OpT col_factor = OpT(1) / GF_LIBM(sqrt)(math::load(col_var, mat_col));
-  return (math::load(g, o) * gf) *
-         math::adafactor_factored_scale(row_factor, col_factor, c.inv_eps1);
-}
-
-template <typename T, typename OpT>
-__device__ GF_INLINE OpT row_factor_of(const T* row_var, const OpT* rmean, std::int64_t r,
-                                       std::int64_t rows) {
-  return OpT(1) / GF_LIBM(sqrt)(math::load(row_var, r) / rmean[r / rows]);
+// A warp per matrix: rmean = max(mean of its row_var, eps1), then each row's factor
+// 1 / sqrt(row_var / rmean).
+template <typename T, typename OpT = OpMath<T>>
+__global__ void __launch_bounds__(kThreads)
+    row_factors(const T* row_var, std::int64_t mats, std::int64_t rows, const Common<OpT> c,
+                OpT* row_factor) {
+  if (c.sc.skip()) return;
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  GF_FOR_EACH_WARP_ITEM(mat, mats) {
+    const T* rv = row_var + mat * rows;
+    OpT acc = OpT(0);
+    for (std::int64_t i = lane; i < rows; i += 32) acc += math::load(rv, i);
+    const OpT sum = __shfl_sync(0xffffffffu, warp_sum(acc), 0);  // lane 0's, to every lane
+    const OpT mean = sum / static_cast<OpT>(rows);
+    const OpT rm = mean < c.eps1 ? c.eps1 : mean;
+    for (std::int64_t i = lane; i < rows; i += 32) {
+      row_factor[mat * rows + i] = OpT(1) / GF_LIBM(sqrt)(math::load(rv, i) / rm);
+    }
+  }
 }
 
 template <typename T, typename OpT = OpMath<T>>
 __global__ void __launch_bounds__(kThreads)
-    u_pass(const T* g, const T* row_var, const T* col_var, const OpT* rmean,
-           std::int64_t total_rows, std::int64_t rows, std::int64_t cols, const Common<OpT> c,
-           double* part_u) {
+    u_pass(const T* g, const OpT* row_factor, const OpT* col_factor, std::int64_t total_rows,
+           std::int64_t rows, std::int64_t cols, const Common<OpT> c, double* part_u) {
+  __shared__ OpT sh[kWarps];
   if (c.sc.skip()) return;
   const OpT gf = c.grad_factor();
   const int lane = static_cast<int>(threadIdx.x % 32);
-  GF_FOR_EACH_ROW(r, total_rows) {
-    const OpT rf = row_factor_of(row_var, rmean, r, rows);
-    const std::int64_t o = r * cols, mat_cols = (r / rows) * cols;
+  OpT block_u = OpT(0);
+  GF_FOR_EACH_WARP_ITEM(r, total_rows) {
+    const OpT rf = row_factor[r];
+    const OpT* cf = col_factor + (r / rows) * cols;
+    const T* gr = g + r * cols;
     OpT au = OpT(0);
     for (std::int64_t j = lane; j < cols; j += 32) {
-      const OpT u = factored_u(g, col_var, o + j, mat_cols + j, rf, gf, c);
+      const OpT u =
+          (math::load(gr, j) * gf) * math::adafactor_factored_scale(rf, cf[j], c.inv_eps1);
       au += u * u;
     }
     const OpT su = warp_sum(au);
-    if (lane == 0) part_u[r] = static_cast<double>(su);
+    if (lane == 0) block_u += su;
   }
+  write_warp_sums(block_u, sh, part_u);
 }
 
 template <typename T, typename OpT = OpMath<T>>
 __global__ void __launch_bounds__(kThreads)
-    apply(T* p, const T* g, const T* row_var, const T* col_var, const OpT* rmean, std::int64_t n,
+    apply(T* p, const T* g, const OpT* row_factor, const OpT* col_factor, std::int64_t n,
           std::int64_t rows, std::int64_t cols, const Common<OpT> c, const OpT* step) {
   if (c.sc.skip()) return;
   const OpT gf = c.grad_factor();
@@ -230,20 +285,39 @@ __global__ void __launch_bounds__(kThreads)
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * kThreads;
   for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < n;
        i += stride) {
-    const std::int64_t r = i / cols, j = i % cols;
-    const OpT rf = row_factor_of(row_var, rmean, r, rows);
-    const OpT u = factored_u(g, col_var, i, (r / rows) * cols + j, rf, gf, c);
+    const std::int64_t r = i / cols, j = i - r * cols;
+    const OpT scale = math::adafactor_factored_scale(row_factor[r],
+                                                     col_factor[(r / rows) * cols + j], c.inv_eps1);
+    const OpT u = (math::load(g, i) * gf) * scale;
     math::store(p, i, math::load(p, i) * c.decay + st * u);
   }
 }
 
-#undef GF_FOR_EACH_ROW
+#undef GF_FOR_EACH_WARP_ITEM
 
 // ---- the call ---------------------------------------------------------------------------------
 
-// Where each tensor's partial sums (and, factored, its row means) go in one scratch buffer.
-struct Layout {
-  std::vector<std::int64_t> parts, means;  // offsets per tensor, then the totals
+// One tensor's scratch needs: its reductions' partials, and (factored) its row and column
+// factors and col_partial's chunk sums. Launches run in stream order, so every tensor reuses one
+// buffer sized for the largest need of each kind.
+struct Need {
+  std::int64_t parts = 0, rows = 0, columns = 0, chunk_sums = 0;
+
+  static Need of(const AdafactorArgs& a, std::int64_t t) {
+    const std::int64_t numel = a.tensors.numels[t];
+    if (numel == 0) return {};
+    if (!a.factored) return {(numel + kFlatChunk - 1) / kFlatChunk, 0, 0, 0};
+    const std::int64_t rows = a.rows[t], cols = a.cols[t], total_rows = numel / cols;
+    const std::int64_t columns = numel / rows;  // mats * cols
+    return {static_cast<std::int64_t>(row_grid(total_rows)), total_rows, columns,
+            RowChunks::of(rows, columns).count * columns};
+  }
+  void widen(const Need& o) {
+    parts = std::max(parts, o.parts);
+    rows = std::max(rows, o.rows);
+    columns = std::max(columns, o.columns);
+    chunk_sums = std::max(chunk_sums, o.chunk_sums);
+  }
 };
 
 template <typename T>
@@ -253,29 +327,18 @@ void adafactor_typed(const AdafactorArgs& a) {
   const std::int64_t n = tl.size;
   DeviceGuard guard(tl.device);
   const auto stream = reinterpret_cast<cudaStream_t>(tl.stream);
-  // Partials per tensor: one per chunk (rank < 2) or per row (factored); row means per matrix.
-  Layout lay{std::vector<std::int64_t>(static_cast<std::size_t>(n) + 1, 0),
-             std::vector<std::int64_t>(static_cast<std::size_t>(n) + 1, 0)};
-  for (std::int64_t t = 0; t < n; ++t) {
-    const std::int64_t numel = tl.numels[t];
-    std::int64_t parts = 0, mats = 0;
-    if (numel > 0 && a.factored) {
-      parts = numel / a.cols[t];
-      mats = numel / (a.rows[t] * a.cols[t]);
-    } else if (numel > 0) {
-      parts = (numel + kFlatChunk - 1) / kFlatChunk;
-    }
-    lay.parts[t + 1] = lay.parts[t] + parts;
-    lay.means[t + 1] = lay.means[t] + mats;
-  }
-  const std::size_t parts = static_cast<std::size_t>(lay.parts[n]);
-  const std::size_t means = static_cast<std::size_t>(lay.means[n]);
-  Scratch scratch(2 * parts * sizeof(double) + (means + static_cast<std::size_t>(n)) * sizeof(OpT),
+  Need most;
+  for (std::int64_t t = 0; t < n; ++t) most.widen(Need::of(a, t));
+  const auto count = [](std::int64_t k) { return static_cast<std::size_t>(k); };
+  Scratch scratch(2 * count(most.parts) * sizeof(double) +
+                      (1 + count(most.rows + most.columns + most.chunk_sums)) * sizeof(OpT),
                   stream);
-  auto* part_p = scratch.as<double>();
-  double* part_u = part_p + parts;
-  auto* rmean = reinterpret_cast<OpT*>(part_u + parts);
-  OpT* step = rmean + means;
+  double* const part_p = scratch.as<double>();
+  double* const part_u = part_p + most.parts;
+  OpT* const step = reinterpret_cast<OpT*>(part_u + most.parts);
+  OpT* const row_factor = step + 1;
+  OpT* const col_factor = row_factor + most.rows;
+  OpT* const chunk_sums = col_factor + most.columns;
   const math::AdafactorHyper& h = a.hyper;
   const GradScaling& gs = tl.grad_scaling;
   const Scaling sc{gs.grad_scale, gs.found_inf, gs.clip_coef};
@@ -289,35 +352,36 @@ void adafactor_typed(const AdafactorArgs& a) {
   for (std::int64_t t = 0; t < n; ++t) {
     const std::int64_t numel = tl.numels[t];
     if (numel == 0) continue;  // an empty tensor only counts its step (the Python layer)
-    const std::int64_t count = lay.parts[t + 1] - lay.parts[t];
-    double* pp = part_p + lay.parts[t];
-    double* pu = part_u + lay.parts[t];
+    const Need need = Need::of(a, t);
     T* p = tl.ptr<T>(0, t);
     const T* g = tl.ptr<const T>(1, t);
     const double size = static_cast<double>(numel);
     if (!a.factored) {
-      const auto blocks = static_cast<unsigned>(count);
+      const auto blocks = static_cast<unsigned>(need.parts);
       T* var = tl.ptr<T>(2, t);
-      launch(flat_pass_a<T>, blocks, kThreads, stream, p, g, var, numel, c, pp, pu);
-      launch(step_kernel<OpT>, 1, 1, stream, pp, pu, count, h, size, sc, step + t);
-      launch(flat_pass_c<T>, blocks, kThreads, stream, p, g, var, numel, c, step + t);
+      launch(flat_pass_a<T>, blocks, kThreads, stream, p, g, var, numel, c, part_p, part_u);
+      launch(step_kernel<OpT>, 1, 1, stream, part_p, part_u, need.parts, h, size, sc, step);
+      launch(flat_pass_c<T>, blocks, kThreads, stream, p, g, var, numel, c, step);
       continue;
     }
-    const std::int64_t rows = a.rows[t], cols = a.cols[t], total_rows = count;
-    const std::int64_t mats = lay.means[t + 1] - lay.means[t];
-    OpT* rm = rmean + lay.means[t];
+    const std::int64_t rows = a.rows[t], cols = a.cols[t];
+    const std::int64_t total_rows = need.rows, columns = need.columns, mats = total_rows / rows;
+    const RowChunks chunks = RowChunks::of(rows, columns);
     T* row_var = tl.ptr<T>(2, t);
     T* col_var = tl.ptr<T>(3, t);
-    const unsigned row_grid = grid_for(total_rows, kWarps);
-    launch(row_pass<T>, row_grid, kThreads, stream, p, g, row_var, total_rows, cols, c, pp);
-    launch(col_pass<T>, grid_for(mats * cols, kThreads), kThreads, stream, g, col_var, mats, rows,
-           cols, c);
-    launch(row_mean<T>, grid_for(mats, 1), kThreads, stream, row_var, mats, rows, c, rm);
-    launch(u_pass<T>, row_grid, kThreads, stream, g, row_var, col_var, rm, total_rows, rows, cols,
-           c, pu);
-    launch(step_kernel<OpT>, 1, 1, stream, pp, pu, count, h, size, sc, step + t);
-    launch(apply<T>, grid_for(numel, kThreads), kThreads, stream, p, g, row_var, col_var, rm, numel,
-           rows, cols, c, step + t);
+    const unsigned rgrid = row_grid(total_rows);
+    launch(row_pass<T>, rgrid, kThreads, stream, p, g, row_var, total_rows, cols, c, part_p);
+    launch(col_partial<T>, grid_for(chunks.count * columns, kThreads), kThreads, stream, g, mats,
+           rows, cols, chunks, c, chunk_sums);
+    launch(col_finish<T>, grid_for(columns, kThreads), kThreads, stream, chunk_sums, col_var,
+           columns, rows, chunks.count, c, col_factor);
+    launch(row_factors<T>, grid_for(mats, kWarps), kThreads, stream, row_var, mats, rows, c,
+           row_factor);
+    launch(u_pass<T>, rgrid, kThreads, stream, g, row_factor, col_factor, total_rows, rows, cols, c,
+           part_u);
+    launch(step_kernel<OpT>, 1, 1, stream, part_p, part_u, need.parts, h, size, sc, step);
+    launch(apply<T>, grid_for(numel, kThreads), kThreads, stream, p, g, row_factor, col_factor,
+           numel, rows, cols, c, step);
   }
 }
 

@@ -103,15 +103,15 @@ void lamb_typed(const LambArgs& a) {
   for (std::int64_t t = 0; t < n; ++t) {
     const std::int64_t chunks = first[t + 1] - first[t];
     if (chunks == 0) continue;
-    const auto blocks = static_cast<unsigned>(chunks);
+    const auto grid = static_cast<unsigned>(chunks);
     double* pu = part_u + first[t];
     double* pp = part_p + first[t];
-    launch(lamb_moments_kernel<kDecoupled, T>, blocks, kLambThreads, stream, tl.ptr<const T>(0, t),
+    launch(lamb_moments_kernel<kDecoupled, T>, grid, kLambThreads, stream, tl.ptr<const T>(0, t),
            tl.ptr<const T>(1, t), tl.ptr<T>(2, t), tl.ptr<T>(3, t), tl.numels[t], s, flip, sc, pu,
            pp);
     launch(lamb_ratio_kernel<OpT>, 1, 1, stream, pu, pp, chunks, a.hyper.lr, a.trust, sc,
            ratio + t);
-    launch(lamb_apply_kernel<kDecoupled, T>, blocks, kLambThreads, stream, tl.ptr<T>(0, t),
+    launch(lamb_apply_kernel<kDecoupled, T>, grid, kLambThreads, stream, tl.ptr<T>(0, t),
            tl.ptr<const T>(2, t), tl.ptr<const T>(3, t), tl.numels[t], s, sc, ratio + t);
   }
 }

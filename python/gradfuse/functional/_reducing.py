@@ -164,13 +164,18 @@ def _policies_on_cpu(
 ) -> None:
     """The CUDA kernels have the default storage only: refuse a policy, or a state of another
     dtype than the params' (``state_codes[i] != -1``: Adafactor's row/col state), on a CUDA
-    param before anything is written (the native check would come after the CPU groups of a
+    param whose native call would use them (:meth:`LowPrecision.is_default_for`), before
+    anything is written (the native check would come after the CPU groups of a
     mixed call have run). ``index`` maps the first ``n`` buffers (the params) to the caller's
     indices."""
     for i in range(n):
         b = buffers[i]
         other_state = state_codes is not None and state_codes[i] != -1
-        if b is not None and b.device >= 0 and (not lowprec.is_default or other_state):
+        if (
+            b is not None
+            and b.device >= 0
+            and (other_state or not lowprec.is_default_for(i, buffers, n))
+        ):
             at = i if index is None else index[i]
             raise NotImplementedError(
                 f"{op}: params[{at}] is {b.describe()}: master_params, kahan_comps, "
