@@ -2,7 +2,8 @@
 // deterministic (fixed strides and trees, no float atomics; reduce.cuh; every grid size depends
 // only on the shapes), nothing read on the host. Per tensor of the call (one set of launches per
 // tensor, as lamb.cu; not yet run on a GPU):
-//   rank < 2 (slots p, g, variance), fixed chunks of kFlatChunk elements, one block each:
+//   rank < 2 (slots p, g, variance), chunks of kFlatChunk elements, at most kReduceBlocks blocks
+//   (each takes every gridDim.x-th chunk):
 //     flat_pass_a:  variance = lerp(variance, g^2, w) (stored); partial sums of p^2 and u^2;
 //     step:         one thread: the partials in order, the step -alpha / max(1, RMS(u) / d);
 //     flat_pass_c:  p = p * decay + step * u.
@@ -15,14 +16,15 @@
 //                   (enough chunks for ~kColumnThreads threads: a tall matrix's few columns
 //                   would leave most of the GPU idle), col_finish adds the chunks in order ->
 //                   col_var, and the column factors 1 / sqrt(col_var);
-//     row_factors:  a warp per matrix: rmean = max(mean of row_var, eps1), then the row factors
-//                   1 / sqrt(row_var / rmean);
+//     row_means:    max(mean of row_var, eps1) per matrix, by a block (tall matrices) or a warp;
 //     u_pass:       a warp per row: sum of u^2, u = g * min(row factor * col factor, 1 / eps1)
-//                   (math::adafactor_factored_scale), per block as row_pass;
+//                   (math::adafactor_factored_scale), per block as row_pass; it stores the row
+//                   factors 1 / sqrt(row_var / rmean) for apply;
 //     step:         as above;
 //     apply:        p = p * decay + step * u, a thread per element.
-// The factors are computed once per row and per column, as the CPU kernel's are (the same IEEE
-// division and square root: the same bits). The CPU kernel (src/cpu/kernels/adafactor.cpp) sums
+// The factors are computed once per row and per column, with the CPU kernel's formulas (IEEE
+// division and square root; nvcc may fuse a multiply and an add where the CPU build does not, so
+// the last bit can differ). The CPU kernel (src/cpu/kernels/adafactor.cpp) sums
 // u^2 without reading g again where the clamp is nowhere active; here u_pass always runs: the
 // same value to rounding, one more read of g. The default storage only (state in the params'
 // dtype, params rounded to nearest): the storage policies are the CPU kernel's and refused here
@@ -56,10 +58,16 @@ unsigned grid_for(std::int64_t work, std::int64_t per_block, std::int64_t most =
       std::min(most, std::max<std::int64_t>(1, (work + per_block - 1) / per_block)));
 }
 
-// The warp-per-row kernels' grid over `rows` rows: one partial per block.
+// The reducing kernels' grids: one partial per block. Rank < 2: chunks of kFlatChunk elements;
+// factored: a warp per row.
+unsigned flat_grid(std::int64_t numel) {
+  return grid_for(numel, kFlatChunk, kReduceBlocks);
+}
 unsigned row_grid(std::int64_t rows) {
   return grid_for(rows, kWarps, kReduceBlocks);
 }
+// Matrices of more rows than this have their row mean summed by a block, the others by a warp.
+constexpr std::int64_t kTallRows = 32 * 32;
 
 // col_partial's cut of the rows: chunks of `per` rows, `count` of them (none empty).
 struct RowChunks {
@@ -86,6 +94,13 @@ struct Common {
 
 // ---- rank < 2 ---------------------------------------------------------------------------------
 
+// The block's chunks [begin, end) of kFlatChunk elements: blockIdx.x, then every gridDim.x-th
+// (at most kReduceBlocks blocks: one partial each, however long the tensor).
+#define GF_FOR_EACH_CHUNK(begin, end, n)                                                 \
+  for (std::int64_t begin = static_cast<std::int64_t>(blockIdx.x) * kFlatChunk, end = 0; \
+       begin < (n) && (end = min((n), begin + kFlatChunk), true);                        \
+       begin += static_cast<std::int64_t>(gridDim.x) * kFlatChunk)
+
 template <typename T, typename OpT = OpMath<T>>
 __global__ void __launch_bounds__(kThreads)
     flat_pass_a(const T* p, const T* g, T* var, std::int64_t n, const Common<OpT> c, double* part_p,
@@ -93,16 +108,16 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ OpT sh[kThreads];
   if (c.sc.skip()) return;
   const OpT gf = c.grad_factor();
-  const std::int64_t begin = static_cast<std::int64_t>(blockIdx.x) * kFlatChunk;
-  const std::int64_t end = min(n, begin + kFlatChunk);
   OpT ap = OpT(0), au = OpT(0);
-  for (std::int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
-    const OpT pi = math::load(p, i);
-    const OpT gi = math::load(g, i) * gf;
-    math::store(var, i, math::adafactor_lerp<OpT>(math::load(var, i), gi * gi, c.w));
-    const OpT u = math::adafactor_direction<OpT>(gi, math::load(var, i), c.eps1_sq);
-    ap += pi * pi;
-    au += u * u;
+  GF_FOR_EACH_CHUNK(begin, end, n) {
+    for (std::int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
+      const OpT pi = math::load(p, i);
+      const OpT gi = math::load(g, i) * gf;
+      math::store(var, i, math::adafactor_lerp<OpT>(math::load(var, i), gi * gi, c.w));
+      const OpT u = math::adafactor_direction<OpT>(gi, math::load(var, i), c.eps1_sq);
+      ap += pi * pi;
+      au += u * u;
+    }
   }
   write_block_sums<kThreads>(ap, au, sh, part_p, part_u);
 }
@@ -114,12 +129,12 @@ __global__ void __launch_bounds__(kThreads)
   if (c.sc.skip()) return;
   const OpT gf = c.grad_factor();
   const OpT st = *step;
-  const std::int64_t begin = static_cast<std::int64_t>(blockIdx.x) * kFlatChunk;
-  const std::int64_t end = min(n, begin + kFlatChunk);
-  for (std::int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
-    const OpT u =
-        math::adafactor_direction<OpT>(math::load(g, i) * gf, math::load(var, i), c.eps1_sq);
-    math::store(p, i, math::load(p, i) * c.decay + st * u);
+  GF_FOR_EACH_CHUNK(begin, end, n) {
+    for (std::int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
+      const OpT u =
+          math::adafactor_direction<OpT>(math::load(g, i) * gf, math::load(var, i), c.eps1_sq);
+      math::store(p, i, math::load(p, i) * c.decay + st * u);
+    }
   }
 }
 
@@ -229,38 +244,60 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// A warp per matrix: rmean = max(mean of its row_var, eps1), then each row's factor
-// 1 / sqrt(row_var / rmean).
-template <typename T, typename OpT = OpMath<T>>
+// rmean = max(mean of row_var, eps1) per matrix, by kGroup threads per matrix: the whole block
+// (256) for tall matrices, a warp (32) for short ones, so that neither a single tall matrix nor
+// a million one-row matrices (a 1x1 convolution's weight) leaves the GPU idle.
+template <int kGroup, typename T, typename OpT = OpMath<T>>
 __global__ void __launch_bounds__(kThreads)
-    row_factors(const T* row_var, std::int64_t mats, std::int64_t rows, const Common<OpT> c,
-                OpT* row_factor) {
+    row_means(const T* row_var, std::int64_t mats, std::int64_t rows, const Common<OpT> c,
+              OpT* rmean) {
+  __shared__ OpT sh[kThreads];
   if (c.sc.skip()) return;
-  const int lane = static_cast<int>(threadIdx.x % 32);
-  GF_FOR_EACH_WARP_ITEM(mat, mats) {
-    const T* rv = row_var + mat * rows;
+  constexpr int kPerBlock = kThreads / kGroup;
+  const int lane = static_cast<int>(threadIdx.x % kGroup);
+  // Every thread runs the same number of iterations (the block's barriers need all of them).
+  for (std::int64_t base = static_cast<std::int64_t>(blockIdx.x) * kPerBlock; base < mats;
+       base += static_cast<std::int64_t>(gridDim.x) * kPerBlock) {
+    const std::int64_t mat = base + threadIdx.x / kGroup;
     OpT acc = OpT(0);
-    for (std::int64_t i = lane; i < rows; i += 32) acc += math::load(rv, i);
-    const OpT sum = __shfl_sync(0xffffffffu, warp_sum(acc), 0);  // lane 0's, to every lane
-    const OpT mean = sum / static_cast<OpT>(rows);
-    const OpT rm = mean < c.eps1 ? c.eps1 : mean;
-    for (std::int64_t i = lane; i < rows; i += 32) {
-      row_factor[mat * rows + i] = OpT(1) / GF_LIBM(sqrt)(math::load(rv, i) / rm);
+    if (mat < mats) {
+      for (std::int64_t i = lane; i < rows; i += kGroup) acc += math::load(row_var, mat * rows + i);
+    }
+    OpT sum;
+    if constexpr (kGroup == kThreads) {
+      sum = block_sum<kThreads>(acc, sh);
+    } else {
+      static_assert(kGroup == 32, "a block or a warp per matrix");
+      sum = warp_sum(acc);
+    }
+    if (lane == 0 && mat < mats) {
+      const OpT mean = sum / static_cast<OpT>(rows);
+      rmean[mat] = mean < c.eps1 ? c.eps1 : mean;
     }
   }
 }
 
+// Row factor 1 / sqrt(row_var / rmean) of row r (every lane of its warp computes it: the same
+// value).
+template <typename T, typename OpT>
+__device__ GF_INLINE OpT row_factor_of(const T* row_var, const OpT* rmean, std::int64_t r,
+                                       std::int64_t rows) {
+  return OpT(1) / GF_LIBM(sqrt)(math::load(row_var, r) / rmean[r / rows]);
+}
+
 template <typename T, typename OpT = OpMath<T>>
 __global__ void __launch_bounds__(kThreads)
-    u_pass(const T* g, const OpT* row_factor, const OpT* col_factor, std::int64_t total_rows,
-           std::int64_t rows, std::int64_t cols, const Common<OpT> c, double* part_u) {
+    u_pass(const T* g, const T* row_var, const OpT* rmean, const OpT* col_factor,
+           std::int64_t total_rows, std::int64_t rows, std::int64_t cols, const Common<OpT> c,
+           OpT* row_factor, double* part_u) {
   __shared__ OpT sh[kWarps];
   if (c.sc.skip()) return;
   const OpT gf = c.grad_factor();
   const int lane = static_cast<int>(threadIdx.x % 32);
   OpT block_u = OpT(0);
   GF_FOR_EACH_WARP_ITEM(r, total_rows) {
-    const OpT rf = row_factor[r];
+    const OpT rf = row_factor_of(row_var, rmean, r, rows);
+    if (lane == 0) row_factor[r] = rf;  // for apply
     const OpT* cf = col_factor + (r / rows) * cols;
     const T* gr = g + r * cols;
     OpT au = OpT(0);
@@ -275,17 +312,20 @@ __global__ void __launch_bounds__(kThreads)
   write_warp_sums(block_u, sh, part_u);
 }
 
-template <typename T, typename OpT = OpMath<T>>
+// Index: the type of the element index and of its division into row and column (32-bit
+// unsigned where the tensor allows: a 64-bit division is a long emulated routine on the GPU).
+template <typename Index, typename T, typename OpT = OpMath<T>>
 __global__ void __launch_bounds__(kThreads)
-    apply(T* p, const T* g, const OpT* row_factor, const OpT* col_factor, std::int64_t n,
-          std::int64_t rows, std::int64_t cols, const Common<OpT> c, const OpT* step) {
+    apply(T* p, const T* g, const OpT* row_factor, const OpT* col_factor, Index n, Index rows,
+          Index cols, const Common<OpT> c, const OpT* step) {
   if (c.sc.skip()) return;
   const OpT gf = c.grad_factor();
   const OpT st = *step;
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * kThreads;
-  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < n;
-       i += stride) {
-    const std::int64_t r = i / cols, j = i - r * cols;
+  for (std::int64_t e = static_cast<std::int64_t>(blockIdx.x) * kThreads + threadIdx.x; e < n;
+       e += stride) {
+    const Index i = static_cast<Index>(e);
+    const Index r = i / cols, j = i - r * cols;
     const OpT scale = math::adafactor_factored_scale(row_factor[r],
                                                      col_factor[(r / rows) * cols + j], c.inv_eps1);
     const OpT u = (math::load(g, i) * gf) * scale;
@@ -294,6 +334,7 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 #undef GF_FOR_EACH_WARP_ITEM
+#undef GF_FOR_EACH_CHUNK
 
 // ---- the call ---------------------------------------------------------------------------------
 
@@ -301,22 +342,23 @@ __global__ void __launch_bounds__(kThreads)
 // factors and col_partial's chunk sums. Launches run in stream order, so every tensor reuses one
 // buffer sized for the largest need of each kind.
 struct Need {
-  std::int64_t parts = 0, rows = 0, columns = 0, chunk_sums = 0;
+  std::int64_t parts = 0, rows = 0, columns = 0, chunk_sums = 0, mats = 0;
 
   static Need of(const AdafactorArgs& a, std::int64_t t) {
     const std::int64_t numel = a.tensors.numels[t];
     if (numel == 0) return {};
-    if (!a.factored) return {(numel + kFlatChunk - 1) / kFlatChunk, 0, 0, 0};
+    if (!a.factored) return {static_cast<std::int64_t>(flat_grid(numel)), 0, 0, 0, 0};
     const std::int64_t rows = a.rows[t], cols = a.cols[t], total_rows = numel / cols;
     const std::int64_t columns = numel / rows;  // mats * cols
     return {static_cast<std::int64_t>(row_grid(total_rows)), total_rows, columns,
-            RowChunks::of(rows, columns).count * columns};
+            RowChunks::of(rows, columns).count * columns, total_rows / rows};
   }
   void widen(const Need& o) {
     parts = std::max(parts, o.parts);
     rows = std::max(rows, o.rows);
     columns = std::max(columns, o.columns);
     chunk_sums = std::max(chunk_sums, o.chunk_sums);
+    mats = std::max(mats, o.mats);
   }
 };
 
@@ -330,15 +372,17 @@ void adafactor_typed(const AdafactorArgs& a) {
   Need most;
   for (std::int64_t t = 0; t < n; ++t) most.widen(Need::of(a, t));
   const auto count = [](std::int64_t k) { return static_cast<std::size_t>(k); };
-  Scratch scratch(2 * count(most.parts) * sizeof(double) +
-                      (1 + count(most.rows + most.columns + most.chunk_sums)) * sizeof(OpT),
-                  stream);
+  Scratch scratch(
+      2 * count(most.parts) * sizeof(double) +
+          (1 + count(most.rows + most.columns + most.chunk_sums + most.mats)) * sizeof(OpT),
+      stream);
   double* const part_p = scratch.as<double>();
   double* const part_u = part_p + most.parts;
   OpT* const step = reinterpret_cast<OpT*>(part_u + most.parts);
   OpT* const row_factor = step + 1;
   OpT* const col_factor = row_factor + most.rows;
   OpT* const chunk_sums = col_factor + most.columns;
+  OpT* const rmean = chunk_sums + most.chunk_sums;
   const math::AdafactorHyper& h = a.hyper;
   const GradScaling& gs = tl.grad_scaling;
   const Scaling sc{gs.grad_scale, gs.found_inf, gs.clip_coef};
@@ -375,13 +419,25 @@ void adafactor_typed(const AdafactorArgs& a) {
            rows, cols, chunks, c, chunk_sums);
     launch(col_finish<T>, grid_for(columns, kThreads), kThreads, stream, chunk_sums, col_var,
            columns, rows, chunks.count, c, col_factor);
-    launch(row_factors<T>, grid_for(mats, kWarps), kThreads, stream, row_var, mats, rows, c,
-           row_factor);
-    launch(u_pass<T>, rgrid, kThreads, stream, g, row_factor, col_factor, total_rows, rows, cols, c,
-           part_u);
+    if (rows > kTallRows) {
+      launch(row_means<kThreads, T>, grid_for(mats, 1), kThreads, stream, row_var, mats, rows, c,
+             rmean);
+    } else {
+      launch(row_means<32, T>, grid_for(mats, kWarps), kThreads, stream, row_var, mats, rows, c,
+             rmean);
+    }
+    launch(u_pass<T>, rgrid, kThreads, stream, g, row_var, rmean, col_factor, total_rows, rows,
+           cols, c, row_factor, part_u);
     launch(step_kernel<OpT>, 1, 1, stream, part_p, part_u, need.parts, h, size, sc, step);
-    launch(apply<T>, grid_for(numel, kThreads), kThreads, stream, p, g, row_factor, col_factor,
-           numel, rows, cols, c, step);
+    const unsigned agrid = grid_for(numel, kThreads);
+    if (numel <= static_cast<std::int64_t>(UINT32_MAX)) {
+      using U = std::uint32_t;
+      launch(apply<U, T>, agrid, kThreads, stream, p, g, row_factor, col_factor,
+             static_cast<U>(numel), static_cast<U>(rows), static_cast<U>(cols), c, step);
+    } else {
+      launch(apply<std::int64_t, T>, agrid, kThreads, stream, p, g, row_factor, col_factor, numel,
+             rows, cols, c, step);
+    }
   }
 }
 

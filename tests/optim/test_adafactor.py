@@ -476,7 +476,22 @@ def test_empty_param_of_huge_dims_steps_without_allocating_its_columns() -> None
 
 # ---- CUDA (cuda/adafactor.cu; these run only where a GPU is visible) ----------------------------
 
-CUDA_SHAPES: list[Any] = [*SHAPES, (0,), (0, 5), (64, 33), (1, 4097), (70_001,)]
+# Beyond SHAPES: empty ones; more rows than the row kernels' 1024 blocks x 8 warps, with chunks
+# of 3 rows and a short last one (70001 x 2); 1x1 convolution weights (a row per element); a
+# matrix whose row mean a whole block sums (2000 rows); a vector of more chunks than the flat
+# kernels' 1024 blocks.
+CUDA_SHAPES: list[Any] = [
+    *SHAPES,
+    (0,),
+    (0, 5),
+    (64, 33),
+    (1, 4097),
+    (70_001, 2),
+    (8, 4, 1, 1),
+    (2000, 3),
+    (70_001,),
+    (1024 * 16384 + 3,),
+]
 
 
 @pytest.mark.cuda
@@ -546,3 +561,30 @@ def test_cuda_refuses_precision_policies_writing_nothing(shape: tuple[int, ...])
         opt.step()
     for p, b in zip(ps, before, strict=True):
         assert torch.equal(p.detach(), b)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("factored", [False, True])
+def test_cuda_kernels_skip_on_device_found_inf(factored: bool) -> None:
+    # The Python layer reads found_inf on the host and makes no call; the kernels' own check
+    # (capturable-style device scalars) is reached by calling the binding directly.
+    core = gradfuse._native.core()
+    shape = (7, 13) if factored else (4097,)
+    ts = [torch.rand(shape, device="cuda") + 0.5 for _ in range(2)]
+    ts += (
+        [torch.rand(7, device="cuda"), torch.rand(13, device="cuda")]
+        if factored
+        else [torch.rand(shape, device="cuda")]
+    )
+    before = [t.clone() for t in ts]
+    found_inf = torch.ones(1, device="cuda")
+    fields = core.CODES["hyper_fields"]["adafactor"]
+    core.optimizer_step(
+        "adafactor", [[t.data_ptr()] for t in ts], [ts[0].numel()],
+        core.CODES["dtype"]["float32"], ts[0].device.index, 0, [0.5] * len(fields),
+        {"maximize": 0}, found_inf=found_inf.data_ptr(),
+        rows=[7] if factored else [], cols=[13] if factored else [],
+    )  # fmt: skip
+    torch.cuda.synchronize()
+    for t, b in zip(ts, before, strict=True):
+        assert torch.equal(t, b)
