@@ -478,8 +478,9 @@ def test_empty_param_of_huge_dims_steps_without_allocating_its_columns() -> None
 
 # Beyond SHAPES: empty ones; more rows than the row kernels' 1024 blocks x 8 warps, with chunks
 # of 3 rows and a short last one (70001 x 2); 1x1 convolution weights (a row per element); a
-# matrix whose row mean a whole block sums (2000 rows); a vector of more chunks than the flat
-# kernels' 1024 blocks.
+# matrix whose row mean a whole block sums (2000 rows). A vector of more chunks than the flat
+# kernels' 1024 blocks has a test of its own, without "cuda" in its name: gpu_check.sh runs the
+# tests named "cuda" under compute-sanitizer, where 16M elements would take most of its time.
 CUDA_SHAPES: list[Any] = [
     *SHAPES,
     (0,),
@@ -490,7 +491,6 @@ CUDA_SHAPES: list[Any] = [
     (8, 4, 1, 1),
     (2000, 3),
     (70_001,),
-    (1024 * 16384 + 3,),
 ]
 
 
@@ -508,6 +508,17 @@ def test_cuda_matches_cpu(dtype: torch.dtype, maximize: bool) -> None:
     run_steps(Adafactor(b, **kw), b, [[g.cuda() for g in gs] for gs in grads])
     for x, y in zip(a, b, strict=True):
         assert_close(y.detach().cpu(), x.detach(), CPU_VS_CUDA[dtype], f"cuda vs cpu {x.shape}")
+
+
+@pytest.mark.cuda
+def test_long_vector_on_the_gpu_matches_cpu() -> None:
+    start, grads = random_problem(3, [(1024 * 16384 + 3,), (5, 7)])
+    a = leaves(start, torch.float32)
+    b = [x.float().cuda().requires_grad_() for x in start]
+    run_steps(Adafactor(a, lr=0.05), a, grads)
+    run_steps(Adafactor(b, lr=0.05), b, [[g.cuda() for g in gs] for gs in grads])
+    for x, y in zip(a, b, strict=True):
+        assert_close(y.detach().cpu(), x.detach(), CPU_VS_CUDA[torch.float32], "long vector")
 
 
 @pytest.mark.cuda
