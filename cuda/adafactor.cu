@@ -85,10 +85,12 @@ struct RowChunks {
 template <typename OpT>
 struct Common {
   OpT sign, w, eps1_sq, decay, inv_eps1, eps1;
-  Scaling sc;
+  GradScaling gs;
 
+  __device__ GF_INLINE bool skip() const { return skipped(gs); }
   __device__ GF_INLINE OpT grad_factor() const {
-    return (sc.inv_scale<OpT>() * sc.clip<OpT>()) * sign;
+    const auto f = GradFactors<OpT>::of(gs);
+    return (f.inv_scale * f.clip_coef) * sign;
   }
 };
 
@@ -106,7 +108,7 @@ __global__ void __launch_bounds__(kThreads)
     flat_pass_a(const T* p, const T* g, T* var, std::int64_t n, const Common<OpT> c, double* part_p,
                 double* part_u) {
   __shared__ OpT sh[kThreads];
-  if (c.sc.skip()) return;
+  if (c.skip()) return;
   const OpT gf = c.grad_factor();
   OpT ap = OpT(0), au = OpT(0);
   GF_FOR_EACH_CHUNK(begin, end, n) {
@@ -126,7 +128,7 @@ template <typename T, typename OpT = OpMath<T>>
 __global__ void __launch_bounds__(kThreads)
     flat_pass_c(T* p, const T* g, const T* var, std::int64_t n, const Common<OpT> c,
                 const OpT* step) {
-  if (c.sc.skip()) return;
+  if (c.skip()) return;
   const OpT gf = c.grad_factor();
   const OpT st = *step;
   GF_FOR_EACH_CHUNK(begin, end, n) {
@@ -141,9 +143,9 @@ __global__ void __launch_bounds__(kThreads)
 // The per-tensor step from `count` partial sums of p^2 and u^2, merged in order.
 template <typename OpT>
 __global__ void step_kernel(const double* part_p, const double* part_u, std::int64_t count,
-                            const math::AdafactorHyper h, double numel, const Scaling sc,
+                            const math::AdafactorHyper h, double numel, const GradScaling gs,
                             OpT* step) {
-  if (sc.skip()) return;
+  if (skipped(gs)) return;
   double sp = 0.0, su = 0.0;
   for (std::int64_t k = 0; k < count; ++k) {
     sp += part_p[k];
@@ -177,7 +179,7 @@ __global__ void __launch_bounds__(kThreads)
     row_pass(const T* p, const T* g, T* row_var, std::int64_t total_rows, std::int64_t cols,
              const Common<OpT> c, double* part_p) {
   __shared__ OpT sh[kWarps];
-  if (c.sc.skip()) return;
+  if (c.skip()) return;
   const OpT gf = c.grad_factor();
   const int lane = static_cast<int>(threadIdx.x % 32);
   OpT block_p = OpT(0);  // lane 0: this warp's rows' sums of p^2, in row order
@@ -207,7 +209,7 @@ template <typename T, typename OpT = OpMath<T>>
 __global__ void __launch_bounds__(kThreads)
     col_partial(const T* g, std::int64_t mats, std::int64_t rows, std::int64_t cols,
                 const RowChunks chunks, const Common<OpT> c, OpT* colp) {
-  if (c.sc.skip()) return;
+  if (c.skip()) return;
   const OpT gf = c.grad_factor();
   const std::int64_t columns = mats * cols;
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * kThreads;
@@ -232,7 +234,7 @@ template <typename T, typename OpT = OpMath<T>>
 __global__ void __launch_bounds__(kThreads)
     col_finish(const OpT* colp, T* col_var, std::int64_t columns, std::int64_t rows,
                std::int64_t chunks, const Common<OpT> c, OpT* col_factor) {
-  if (c.sc.skip()) return;
+  if (c.skip()) return;
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * kThreads;
   for (std::int64_t q = static_cast<std::int64_t>(blockIdx.x) * kThreads + threadIdx.x; q < columns;
        q += stride) {
@@ -252,7 +254,7 @@ __global__ void __launch_bounds__(kThreads)
     row_means(const T* row_var, std::int64_t mats, std::int64_t rows, const Common<OpT> c,
               OpT* rmean) {
   __shared__ OpT sh[kThreads];
-  if (c.sc.skip()) return;
+  if (c.skip()) return;
   constexpr int kPerBlock = kThreads / kGroup;
   const int lane = static_cast<int>(threadIdx.x % kGroup);
   // Every thread runs the same number of iterations (the block's barriers need all of them).
@@ -291,7 +293,7 @@ __global__ void __launch_bounds__(kThreads)
            std::int64_t total_rows, std::int64_t rows, std::int64_t cols, const Common<OpT> c,
            OpT* row_factor, double* part_u) {
   __shared__ OpT sh[kWarps];
-  if (c.sc.skip()) return;
+  if (c.skip()) return;
   const OpT gf = c.grad_factor();
   const int lane = static_cast<int>(threadIdx.x % 32);
   OpT block_u = OpT(0);
@@ -318,7 +320,7 @@ template <typename Index, typename T, typename OpT = OpMath<T>>
 __global__ void __launch_bounds__(kThreads)
     apply(T* p, const T* g, const OpT* row_factor, const OpT* col_factor, Index n, Index rows,
           Index cols, const Common<OpT> c, const OpT* step) {
-  if (c.sc.skip()) return;
+  if (c.skip()) return;
   const OpT gf = c.grad_factor();
   const OpT st = *step;
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * kThreads;
@@ -385,14 +387,13 @@ void adafactor_typed(const AdafactorArgs& a) {
   OpT* const rmean = chunk_sums + most.chunk_sums;
   const math::AdafactorHyper& h = a.hyper;
   const GradScaling& gs = tl.grad_scaling;
-  const Scaling sc{gs.grad_scale, gs.found_inf, gs.clip_coef};
   const Common<OpT> c{a.maximize ? OpT(-1) : OpT(1),
                       static_cast<OpT>(h.one_minus_beta2),
                       static_cast<OpT>(h.eps1 * h.eps1),
                       static_cast<OpT>(h.decay),
                       static_cast<OpT>(1.0 / h.eps1),
                       static_cast<OpT>(h.eps1),
-                      sc};
+                      gs};
   for (std::int64_t t = 0; t < n; ++t) {
     const std::int64_t numel = tl.numels[t];
     if (numel == 0) continue;  // an empty tensor only counts its step (the Python layer)
@@ -404,7 +405,7 @@ void adafactor_typed(const AdafactorArgs& a) {
       const auto blocks = static_cast<unsigned>(need.parts);
       T* var = tl.ptr<T>(2, t);
       launch(flat_pass_a<T>, blocks, kThreads, stream, p, g, var, numel, c, part_p, part_u);
-      launch(step_kernel<OpT>, 1, 1, stream, part_p, part_u, need.parts, h, size, sc, step);
+      launch(step_kernel<OpT>, 1, 1, stream, part_p, part_u, need.parts, h, size, gs, step);
       launch(flat_pass_c<T>, blocks, kThreads, stream, p, g, var, numel, c, step);
       continue;
     }
@@ -428,7 +429,7 @@ void adafactor_typed(const AdafactorArgs& a) {
     }
     launch(u_pass<T>, rgrid, kThreads, stream, g, row_var, rmean, col_factor, total_rows, rows,
            cols, c, row_factor, part_u);
-    launch(step_kernel<OpT>, 1, 1, stream, part_p, part_u, need.parts, h, size, sc, step);
+    launch(step_kernel<OpT>, 1, 1, stream, part_p, part_u, need.parts, h, size, gs, step);
     const unsigned agrid = grid_for(numel, kThreads);
     if (numel <= static_cast<std::int64_t>(UINT32_MAX)) {
       using U = std::uint32_t;

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "gradfuse/check.h"
+#include "gradfuse/config.h"
 #include "gradfuse/tensor_list.h"
 
 namespace gf::cuda::detail {
@@ -31,6 +32,25 @@ namespace gf::cuda::detail {
 #define GF_CUDA_CHECK_LAUNCH() GF_CUDA_CHECK(cudaGetLastError())
 
 namespace gf::cuda {
+
+// AMP found inf/NaN (GradScaling in gradfuse/tensor_list.h): the step changes nothing.
+__device__ GF_INLINE bool skipped(const GradScaling& gs) {
+  return gs.found_inf != nullptr && *gs.found_inf != 0.0f;
+}
+
+// The GradScaling factors of a call, read once per thread from device memory; apply unscales,
+// then clips, a gradient.
+template <typename OpT>
+struct GradFactors {
+  OpT inv_scale, clip_coef;
+
+  static __device__ GF_INLINE GradFactors of(const GradScaling& gs) {
+    return {
+        gs.grad_scale ? OpT(static_cast<float>(1.0 / static_cast<double>(*gs.grad_scale))) : OpT(1),
+        gs.clip_coef ? OpT(*gs.clip_coef) : OpT(1)};
+  }
+  __device__ GF_INLINE OpT apply(OpT g) const { return (g * inv_scale) * clip_coef; }
+};
 
 // kernel<<<grid, block, 0, stream>>>(args...), the launch checked.
 template <typename... Params, typename... Args>

@@ -32,16 +32,16 @@ template <bool kDecoupled, typename T>
 __global__ void __launch_bounds__(kLambThreads)
     lamb_moments_kernel(const T* p, const T* g, T* m, T* v, std::int64_t n,
                         const math::LambScalars<OpMath<T>> s, const math::SignFlip<OpMath<T>> flip,
-                        const Scaling sc, double* part_u, double* part_p) {
+                        const GradScaling gs, double* part_u, double* part_p) {
   using OpT = OpMath<T>;
   __shared__ OpT sh[kLambThreads];
-  if (sc.skip()) return;
+  if (skipped(gs)) return;
   const std::int64_t begin = static_cast<std::int64_t>(blockIdx.x) * kLambChunk;
   const std::int64_t end = min(n, begin + kLambChunk);
   OpT au = OpT(0), ap = OpT(0);
   for (std::int64_t i = begin + threadIdx.x; i < end; i += kLambThreads) {
     const OpT pi = math::load(p, i);
-    const OpT gi = flip(sc.apply(math::load(g, i)));
+    const OpT gi = flip(GradFactors<OpT>::of(gs).apply(math::load(g, i)));
     OpT mi = math::load(m, i), vi = math::load(v, i);
     math::lamb_moments<kDecoupled>(pi, gi, mi, vi, s);
     math::store(m, i, mi);
@@ -55,8 +55,8 @@ __global__ void __launch_bounds__(kLambThreads)
 
 template <typename OpT>
 __global__ void lamb_ratio_kernel(const double* part_u, const double* part_p, std::int64_t count,
-                                  double lr, bool trust, const Scaling sc, OpT* ratio) {
-  if (sc.skip()) return;
+                                  double lr, bool trust, const GradScaling gs, OpT* ratio) {
+  if (skipped(gs)) return;
   double su = 0.0, sp = 0.0;
   for (std::int64_t k = 0; k < count; ++k) {
     su += part_u[k];
@@ -68,10 +68,10 @@ __global__ void lamb_ratio_kernel(const double* part_u, const double* part_p, st
 template <bool kDecoupled, typename T>
 __global__ void __launch_bounds__(kLambThreads)
     lamb_apply_kernel(T* p, const T* m, const T* v, std::int64_t n,
-                      const math::LambScalars<OpMath<T>> s, const Scaling sc,
+                      const math::LambScalars<OpMath<T>> s, const GradScaling gs,
                       const OpMath<T>* ratio) {
   using OpT = OpMath<T>;
-  if (sc.skip()) return;
+  if (skipped(gs)) return;
   const OpT r = *ratio;
   const std::int64_t begin = static_cast<std::int64_t>(blockIdx.x) * kLambChunk;
   const std::int64_t end = min(n, begin + kLambChunk);
@@ -99,7 +99,6 @@ void lamb_typed(const LambArgs& a) {
   const auto s = math::LambScalars<OpT>::from(a.hyper);
   const auto flip = math::SignFlip<OpT>::when(a.maximize);
   const GradScaling& gs = tl.grad_scaling;
-  const Scaling sc{gs.grad_scale, gs.found_inf, gs.clip_coef};
   for (std::int64_t t = 0; t < n; ++t) {
     const std::int64_t chunks = first[t + 1] - first[t];
     if (chunks == 0) continue;
@@ -107,12 +106,12 @@ void lamb_typed(const LambArgs& a) {
     double* pu = part_u + first[t];
     double* pp = part_p + first[t];
     launch(lamb_moments_kernel<kDecoupled, T>, grid, kLambThreads, stream, tl.ptr<const T>(0, t),
-           tl.ptr<const T>(1, t), tl.ptr<T>(2, t), tl.ptr<T>(3, t), tl.numels[t], s, flip, sc, pu,
+           tl.ptr<const T>(1, t), tl.ptr<T>(2, t), tl.ptr<T>(3, t), tl.numels[t], s, flip, gs, pu,
            pp);
-    launch(lamb_ratio_kernel<OpT>, 1, 1, stream, pu, pp, chunks, a.hyper.lr, a.trust, sc,
+    launch(lamb_ratio_kernel<OpT>, 1, 1, stream, pu, pp, chunks, a.hyper.lr, a.trust, gs,
            ratio + t);
     launch(lamb_apply_kernel<kDecoupled, T>, grid, kLambThreads, stream, tl.ptr<T>(0, t),
-           tl.ptr<const T>(2, t), tl.ptr<const T>(3, t), tl.numels[t], s, sc, ratio + t);
+           tl.ptr<const T>(2, t), tl.ptr<const T>(3, t), tl.numels[t], s, gs, ratio + t);
   }
 }
 

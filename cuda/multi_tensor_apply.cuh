@@ -49,18 +49,6 @@ struct TensorTable : Extras {
 template <unsigned Mask, int Slot>
 constexpr bool kSlotBit = ((Mask >> Slot) & 1u) != 0;
 
-// The GradScaling factors of a call, read once per thread from device memory.
-template <typename OpT>
-struct GradFactors {
-  OpT inv_scale, clip_coef;
-
-  static __device__ GF_INLINE GradFactors of(const GradScaling& gs) {
-    return {
-        gs.grad_scale ? OpT(static_cast<float>(1.0 / static_cast<double>(*gs.grad_scale))) : OpT(1),
-        gs.clip_coef ? OpT(*gs.clip_coef) : OpT(1)};
-  }
-};
-
 // The (table entry, element range) of this thread block's chunk.
 struct BlockChunk {
   int entry;
@@ -76,8 +64,7 @@ __device__ GF_INLINE BlockChunk block_chunk(const Table& table) {
 
 template <typename Op, typename OpT>
 __device__ GF_INLINE void scale_grad(OpT* v, const GradFactors<OpT>& f) {
-  if constexpr (Op::kGradSlot >= 0)
-    v[Op::kGradSlot] = (v[Op::kGradSlot] * f.inv_scale) * f.clip_coef;
+  if constexpr (Op::kGradSlot >= 0) v[Op::kGradSlot] = f.apply(v[Op::kGradSlot]);
 }
 
 template <typename T, typename Op>
@@ -108,7 +95,7 @@ __global__ void __launch_bounds__(kBlockThreads)
   };
 
   const GradScaling& gs = table.grad_scaling;
-  if (gs.found_inf && *gs.found_inf != 0.0f) return;  // AMP found inf/NaN: change nothing
+  if (skipped(gs)) return;  // AMP found inf/NaN: change nothing
   const auto factors = GradFactors<OpT>::of(gs);
   const auto [entry, chunk_begin, chunk_end] = block_chunk(table);
   // This tensor's op: per-tensor step scalars for capturable steps (math/per_tensor.h).
@@ -180,7 +167,7 @@ __global__ void __launch_bounds__(kBlockThreads)
   constexpr int kPolicy = St::kPolicy;
 
   const GradScaling& gs = table.grad_scaling;
-  if (gs.found_inf && *gs.found_inf != 0.0f) return;  // AMP found inf/NaN: change nothing
+  if (skipped(gs)) return;  // AMP found inf/NaN: change nothing
   const auto factors = GradFactors<OpT>::of(gs);
   const auto [entry, chunk_begin, chunk_end] = block_chunk(table);
   X* const x = static_cast<X*>(table.extra[entry]);

@@ -1,4 +1,4 @@
-// Deterministic reductions and AMP's scalars for the CUDA kernels that reduce before they write
+// Deterministic reductions for the CUDA kernels that reduce before they write
 // (lamb.cu, adafactor.cu): fixed per-thread strides, then fixed trees, never float atomics, so a
 // step gives the same bits on every run.
 #pragma once
@@ -11,30 +11,6 @@
 #include "gradfuse/tensor_list.h"
 
 namespace gf::cuda {
-
-// AMP's scalars of a call, in device memory (null where absent). A step that found inf/NaN
-// changes nothing: every kernel of it returns at once.
-struct Scaling {
-  const float* grad_scale;
-  const float* found_inf;
-  const float* clip_coef;
-
-  __device__ GF_INLINE bool skip() const { return found_inf != nullptr && *found_inf != 0.0f; }
-  // g unscaled and clipped, in that order (as the multi-tensor kernels scale their gradient).
-  template <typename OpT>
-  __device__ GF_INLINE OpT apply(OpT g) const {
-    return (g * inv_scale<OpT>()) * clip<OpT>();
-  }
-  // 1 / grad_scale, rounded to float first (as the CPU's GradFactors).
-  template <typename OpT>
-  __device__ GF_INLINE OpT inv_scale() const {
-    return grad_scale ? OpT(static_cast<float>(1.0 / static_cast<double>(*grad_scale))) : OpT(1);
-  }
-  template <typename OpT>
-  __device__ GF_INLINE OpT clip() const {
-    return clip_coef ? OpT(*clip_coef) : OpT(1);
-  }
-};
 
 // The sum of x over the kThreads threads of a block, in a fixed tree; every thread gets it. sh
 // holds kThreads values; the block's threads must all call it.
