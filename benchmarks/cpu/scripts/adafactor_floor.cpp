@@ -102,7 +102,10 @@ void add_columns(const float* rows, const float* q, float* cp, float* cw) {
   }
 }
 
-double pass_a() {
+// Pass A's frame: every block of kBlockRows rows, in parallel, with its column partials (offset
+// from the rows' 4 KiB alignment) zeroed and its sum of p^2 in two accumulators; the sum of p^2.
+template <typename Body>
+double over_blocks(Body body) {
   double s = 0;
 #pragma omp parallel for reduction(+ : s) schedule(static)
   for (long b = 0; b < kBlocks; ++b) {
@@ -111,21 +114,32 @@ double pass_a() {
     std::fill(cp, cp + kCols, 0.f);
     std::fill(cw, cw + kCols, 0.f);
     __m256 x0 = _mm256_setzero_ps(), x1 = x0;
-    for (long r = b * kBlockRows; r < (b + 1) * kBlockRows; r += 4) {
+    body(b * kBlockRows, (b + 1) * kBlockRows, cp, cw, x0, x1);
+    s += hsum(x0) + hsum(x1);
+  }
+  return s;
+}
+
+// row_var[r] from the row's sum of g^2 in two accumulators.
+void fold_row(long r, __m256 y0, __m256 y1) {
+  row_var[r] = 0.2f * row_var[r] + 0.8f * (hsum(y0) + hsum(y1)) / kCols;
+}
+
+double pass_a() {
+  return over_blocks([](long r0, long r1, float* cp, float* cw, __m256& x0, __m256& x1) {
+    for (long r = r0; r < r1; r += 4) {
       float q[4];
       for (int t = 0; t < 4; ++t) {
         const float* pr = p + (r + t) * kCols;
         const float* gr = g + (r + t) * kCols;
         __m256 y0 = _mm256_setzero_ps(), y1 = y0;
         for (long j = 0; j < kCols; j += 16) add_squares(pr + j, gr + j, x0, x1, y0, y1);
-        row_var[r + t] = 0.2f * row_var[r + t] + 0.8f * (hsum(y0) + hsum(y1)) / kCols;
+        fold_row(r + t, y0, y1);
         q[t] = 1.f / row_var[r + t];
       }
       add_columns(g + r * kCols, q, cp, cw);
     }
-    s += hsum(x0) + hsum(x1);
-  }
-  return s;
+  });
 }
 
 // pass A with one touch of each row (tried in the seventh session, slower: see
@@ -133,15 +147,7 @@ double pass_a() {
 // sum is) are added in the loop that streams p and g of row r, from the core's caches, so that
 // the stream never pauses for them.
 double pass_a_pipelined() {
-  double s = 0;
-#pragma omp parallel for reduction(+ : s) schedule(static)
-  for (long b = 0; b < kBlocks; ++b) {
-    float* cp = colp + b * (kCols + kPad) + kPad;
-    float* cw = colw + b * (kCols + kPad) + 3 * kPad;
-    std::fill(cp, cp + kCols, 0.f);
-    std::fill(cw, cw + kCols, 0.f);
-    __m256 x0 = _mm256_setzero_ps(), x1 = x0;
-    const long r0 = b * kBlockRows, r1 = (b + 1) * kBlockRows;
+  return over_blocks([](long r0, long r1, float* cp, float* cw, __m256& x0, __m256& x1) {
     for (long r = r0; r <= r1; ++r) {
       const bool stream = (r < r1), add = (r > r0);
       const float* pr = p + (stream ? r : r0) * kCols;
@@ -160,11 +166,9 @@ double pass_a_pipelined() {
           }
         }
       }
-      if (stream) row_var[r] = 0.2f * row_var[r] + 0.8f * (hsum(y0) + hsum(y1)) / kCols;
+      if (stream) fold_row(r, y0, y1);
     }
-    s += hsum(x0) + hsum(x1);
-  }
-  return s;
+  });
 }
 
 double median_ms(std::vector<double> v) {
