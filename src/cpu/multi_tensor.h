@@ -182,23 +182,10 @@ template <typename St>
 __attribute__((noinline)) void tile_store(const SpanSlots<St>& sl, unsigned writes, std::int64_t o,
                                           std::int64_t n,
                                           const TileBuffers<OpMath<typename St::Param>>& v) {
-  constexpr int kPolicy = St::kPolicy;
   if (writes & 1u) {
     const auto* GF_RESTRICT in = v[0];
-    auto* GF_RESTRICT p0 = sl.param[0];
     for (std::int64_t j = 0; j < n; ++j) {
-      const std::int64_t i = o + j;
-      if constexpr (kPolicy == kParamNearest) {
-        math::store(p0, i, in[j]);
-      } else if constexpr (kPolicy == kParamStochastic) {
-        p0[i].bits = math::float_to_bf16_stochastic(in[j], math::rounding_bits(sl.key, i));
-      } else if constexpr (kPolicy == kParamMaster) {
-        sl.extra[i] = in[j];
-        math::store(p0, i, in[j]);
-      } else {  // kParamKahan
-        math::kahan_bf16(math::load(p0, i), in[j], math::load(sl.extra, i), p0[i].bits,
-                         sl.extra[i].bits);
-      }
+      store_param<St>(sl.param[0], sl.extra, o + j, in[j], sl.key, o + j);
     }
   }
   for (int d = 1; d < sl.depth; ++d) {

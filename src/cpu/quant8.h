@@ -1,15 +1,11 @@
-// Block-wise 8-bit state (issue 16): the scheme of Dettmers et al. 2022 as bitsandbytes implements
-// it. A tensor is cut into blocks of kQ8Block elements from its start; each block keeps a float32
-// absmax (the largest |x| of the block) and one uint8 code per element, the index of the code
-// value nearest to x / absmax in bitsandbytes' dynamic (tree) map: signed for first moments,
-// unsigned for second moments. Dequantizing is map[code] * absmax.
+// Block-wise 8-bit state on the CPU (issue 16): the scheme of Dettmers et al. 2022 as bitsandbytes
+// implements it. The block size, the code type, the map, its thresholds and the code rule are
+// shared with the CUDA kernels (gradfuse/math/quant8.h); this file finds the codes fast.
 //
-// The nearest code is never searched per element. The map's thresholds (T[k]: the smallest
-// float32 x whose distance to map[k + 1] is below its distance to map[k], both computed in float
-// as bitsandbytes computes them, so a tie keeps the lower code) are found once. The exact search
-// (code_of, every value on the baseline ISA) is a table indexed by the sign, exponent and top 7
-// mantissa bits of x that gives the rank of the bucket's lowest value among the thresholds, and
-// one comparison with the next threshold:
+// The nearest code is never searched per element. The exact search (code_of, every value on the
+// baseline ISA) is a table indexed by the sign, exponent and top 7 mantissa bits of x that gives
+// the rank of the bucket's lowest value among the thresholds T, and one comparison with the next
+// threshold:
 //   code = base[bucket(x)] + (x >= T[base[bucket(x)]])
 // The buckets are narrower than the map's gaps, so at most one threshold falls in a bucket
 // (checked when the tables are built). With AVX2, quantize_block computes the code instead (the
@@ -20,8 +16,6 @@
 // quantize_blockwise returns wherever its own search is exact (tests/optim/test_8bit.py documents
 // where it is not: |x / absmax| below ~1e-4, where its bucketed search returns a code a few
 // places from the nearest).
-//
-// Host only: the CUDA engine refuses 8-bit state (gradfuse/storage.h).
 #pragma once
 
 #include <algorithm>
@@ -37,15 +31,9 @@
 
 #include "gradfuse/check.h"
 #include "gradfuse/config.h"
+#include "gradfuse/math/quant8.h"
 
 namespace gf::cpu {
-
-constexpr std::int64_t kQ8Block = 256;
-
-// The code of one state element (gradfuse/storage.h's state type for 8-bit state).
-struct Q8 {
-  std::uint8_t bits;
-};
 
 namespace q8 {
 // Everything here is compiled per ISA (config.h): the table builder too, so that no copy built
@@ -105,68 +93,13 @@ struct DynamicMap {
   bool is_signed;
 };
 
-// torch.linspace(start, end, steps, dtype=float32) on the CPU: both halves from their own end,
-// each point one fused multiply-add (as torch's vectorized kernel computes it; the tests compare
-// the map with bitsandbytes' bit for bit).
-inline std::vector<float> linspace_f32(float start, float end, int steps) {
-  std::vector<float> out(static_cast<std::size_t>(steps));
-  const float step = (end - start) / static_cast<float>(steps - 1);
-  const int halfway = steps / 2;
-  for (int i = 0; i < steps; ++i) {
-    out[static_cast<std::size_t>(i)] =
-        i < halfway ? std::fma(step, static_cast<float>(i), start)
-                    : std::fma(-step, static_cast<float>(steps - i - 1), end);
-  }
-  return out;
-}
+using gf::q8::code_of_rank;
+using gf::q8::from_order_key;
+using gf::q8::rank_of;
 
-// bitsandbytes.functional.create_dynamic_map(signed, max_exponent_bits=7, total_bits=8), in the
-// same float32 operations (tests compare it bit for bit).
-inline void build_code(bool is_signed, float* code) {
-  std::vector<float> data;
-  for (int i = 0; i < 7; ++i) {
-    const int items = is_signed ? (1 << i) + 1 : (1 << (i + 1)) + 1;
-    const std::vector<float> b = linspace_f32(0.1f, 1.0f, items);
-    const float scale = static_cast<float>(std::pow(10.0, -6 + i));
-    for (int j = 0; j + 1 < items; ++j) {
-      const float mean = (b[j] + b[j + 1]) / 2.0f;
-      data.push_back(scale * mean);
-      if (is_signed) data.push_back(-scale * mean);
-    }
-  }
-  data.push_back(0.0f);
-  data.push_back(1.0f);
-  GF_CHECK(data.size() == 256, "dynamic map: expected 256 codes, got ", data.size());
-  std::sort(data.begin(), data.end());
-  std::memcpy(code, data.data(), sizeof(float) * 256);
-}
-
-// A float's position in the order of floats (monotone, -0 and +0 adjacent), and back.
-inline std::int64_t order_key(float f) {
-  std::int32_t i;
-  std::memcpy(&i, &f, sizeof i);
-  return i >= 0 ? static_cast<std::int64_t>(i) : -static_cast<std::int64_t>(i & 0x7fffffff) - 1;
-}
-inline float from_order_key(std::int64_t k) {
-  const std::int32_t i =
-      k >= 0 ? static_cast<std::int32_t>(k) : static_cast<std::int32_t>((-(k + 1)) | INT32_MIN);
-  float f;
-  std::memcpy(&f, &i, sizeof f);
-  return f;
-}
-
-// rank(x) = #{k : T[k] <= x}, by bisection (table building and tests only).
+// rank(x) = #{k : T[k] <= x} (table building and tests only).
 inline int rank_slow(const DynamicMap& m, float x) {
-  int lo = 0, hi = 255;
-  while (lo < hi) {
-    const int mid = (lo + hi) / 2;
-    if (m.threshold[mid] <= x) {
-      lo = mid + 1;
-    } else {
-      hi = mid;
-    }
-  }
-  return lo;
+  return rank_of(m.threshold, x);
 }
 
 inline std::int32_t bits_of(float f) {
@@ -319,23 +252,9 @@ inline bool check_regions(const DynamicMap& m) {
 
 inline DynamicMap build_map(bool is_signed) {
   DynamicMap m{};
-  build_code(is_signed, m.code);
-  for (int k = 0; k < 255; ++k) {
-    const float a = m.code[k], b = m.code[k + 1];
-    // The predicate is monotone in x: |x - b| only shrinks and |x - a| only grows as x grows.
-    std::int64_t lo = order_key(a), hi = order_key(b);
-    while (lo < hi) {
-      const std::int64_t mid = lo + (hi - lo) / 2;
-      const float x = from_order_key(mid);
-      if (std::fabs(x - b) < std::fabs(x - a)) {
-        hi = mid;
-      } else {
-        lo = mid + 1;
-      }
-    }
-    m.threshold[k] = from_order_key(lo);
-  }
-  m.threshold[255] = std::numeric_limits<float>::infinity();
+  const gf::q8::MapTable& table = gf::q8::map_table(is_signed);
+  std::memcpy(m.code, table.code, sizeof m.code);
+  std::memcpy(m.threshold, table.threshold, sizeof table.threshold);
   m.threshold[256] = std::numeric_limits<float>::infinity();
   for (std::uint32_t sign = 0; sign < 2; ++sign) {
     for (std::uint32_t b = 0; b < kBuckets; ++b) {
@@ -374,18 +293,11 @@ GF_INLINE std::uint32_t bucket_of(float xn) {
   return (key - kFirstKey) + (bits >> 31) * kBuckets;
 }
 
-// The code of a normalized value (NaN: code 0, as bitsandbytes' search returns for it).
-// The unsigned map (second moments) never rounds a positive value to 0: Adam-like updates divide
-// by the root of the second moment, and a zero there under a nonzero first moment turns a small
-// gradient into a step of lr * m / eps. Such values (below half the smallest code, ~5e-7 of the
-// block's absmax) take the smallest code instead; bitsandbytes' CPU search floors them higher
-// still (its code 7, 1.6e-5). On the digits MLP this is the difference between a held-out loss
-// 3% above float32 AdamW's and one level with it (examples/train_8bit.py).
+// The code of a normalized value (gf::q8::code_of_rank: NaN code 0, the unsigned map's floor).
 GF_INLINE std::uint8_t code_of(const DynamicMap& m, float xn) {
   const Bucket& bk = m.bucket[bucket_of(xn)];
-  int c = bk.base + (xn >= bk.next ? 1 : 0);
-  if (!m.is_signed && c == 0 && xn > 0.0f) c = 1;
-  return static_cast<std::uint8_t>(xn == xn ? c : 0);
+  return static_cast<std::uint8_t>(
+      code_of_rank(bk.base + (xn >= bk.next ? 1 : 0), xn, m.is_signed));
 }
 
 // absmax of n values: max |x| from 0, NaN ignored (bitsandbytes: fmax from -FLT_MAX, which only

@@ -8,6 +8,8 @@
 
 #include "gradfuse/check.h"
 #include "gradfuse/dispatch.h"
+#include "gradfuse/math/convert.h"
+#include "gradfuse/math/rounding.h"
 #include "gradfuse/tensor_list.h"
 
 namespace gf {
@@ -23,11 +25,33 @@ struct Storage {
                                    std::conditional_t<Policy == kParamKahan, BFloat16, P>>;
 };
 
+// Stores element i of a param, the rule's result `value`, by the storage's policy: rounded to
+// nearest; stochastically rounded (bfloat16, the bits of element `index` of the tensor under the
+// call's key); into the float32 master and its nearest copy; or Kahan-compensated against the
+// param's old value, still in memory, and its compensation `extra` (math/rounding.h). Every
+// loop of both engines stores a param through it.
+template <typename St, typename OpT>
+GF_HD GF_INLINE void store_param(typename St::Param* GF_RESTRICT param,
+                                 typename St::Extra* GF_RESTRICT extra, std::int64_t i, OpT value,
+                                 const math::RoundingKey& key, std::int64_t index) {
+  if constexpr (St::kPolicy == kParamNearest) {
+    math::store(param, i, value);
+  } else if constexpr (St::kPolicy == kParamStochastic) {
+    param[i].bits = math::float_to_bf16_stochastic(value, math::rounding_bits(key, index));
+  } else if constexpr (St::kPolicy == kParamMaster) {
+    extra[i] = value;
+    math::store(param, i, value);
+  } else {  // kParamKahan
+    math::kahan_bf16(math::load(param, i), value, math::load(extra, i), param[i].bits,
+                     extra[i].bits);
+  }
+}
+
 // visit_storage<T, kLowPrecisionOk>(tl, op, [&](auto storage) { using St = decltype(storage); })
 // kLowPrecisionOk: the op's slot 0 is a param and slot 1 its gradient (every optimizer rule);
 // other ops (the gradient-scaling pass) only take the default storage.
-// Q8State: the engine's type for 8-bit block-wise state (the CPU's cpu::Q8), void where the
-// engine has none (CUDA): such calls are refused.
+// Q8State: gf::Q8 where the loop keeps 8-bit block-wise state (gradfuse/math/quant8.h), void where
+// it has none: such calls are refused.
 template <typename T, bool kLowPrecisionOk, typename Q8State = void, typename F>
 void visit_storage(const TensorList& tl, const char* op, F&& f) {
   const Precision& pr = tl.precision;
@@ -35,7 +59,7 @@ void visit_storage(const TensorList& tl, const char* op, F&& f) {
   if (pr.is_q8()) {
     constexpr bool kHasQ8 = !std::is_void_v<Q8State>;
     constexpr bool kQ8Ok = kLowPrecisionOk && !std::is_same_v<T, double>;
-    GF_CHECK(kHasQ8, op, ": 8-bit state is only available for CPU tensors in this version");
+    GF_CHECK(kHasQ8, op, ": 8-bit state is not available for it");
     GF_CHECK(kQ8Ok, op, ": 8-bit state is not available for ", dtype_name(tl.dtype), " tensors");
   }
   if constexpr (!kLowPrecisionOk || std::is_same_v<T, double>) {

@@ -62,10 +62,10 @@ struct Common {
 
 // The param of one tensor under the storage's policy (Precision in gradfuse/tensor_list.h):
 // load gives the value the update reads (the float32 master copy under kParamMaster), store
-// writes the new value by the policy. i counts from the tensor's first element (the stochastic
-// rounding bits depend on it). For the default storage these are math::load and math::store.
-// The passes take the pointers p and extra again as restrict arguments (pp, px), which the
-// loads and stores use: so the compiler knows they alias nothing else and vectorizes.
+// writes the new value by the policy (store_param, gradfuse/storage.h; the stochastic rounding
+// bits are those of element offset + i of the tensor). For the default storage these are math::load
+// and math::store. The passes take the pointers p and extra again as restrict arguments (pp, px),
+// which the loads and stores use: so the compiler knows they alias nothing else and vectorizes.
 template <typename St>
 struct ParamSlot {
   using P = typename St::Param;
@@ -84,20 +84,8 @@ struct ParamSlot {
       return math::load(pp, i);
     }
   }
-  // old: what load(i) returned (Kahan compensates from it).
-  GF_INLINE void store(P* GF_RESTRICT pp, Extra* GF_RESTRICT px, std::int64_t i, OpT old,
-                       OpT v) const {
-    constexpr int kPolicy = St::kPolicy;
-    if constexpr (kPolicy == kParamNearest) {
-      math::store(pp, i, v);
-    } else if constexpr (kPolicy == kParamStochastic) {
-      pp[i].bits = math::float_to_bf16_stochastic(v, math::rounding_bits(key, offset + i));
-    } else if constexpr (kPolicy == kParamMaster) {
-      px[i] = v;
-      math::store(pp, i, v);
-    } else {  // kParamKahan
-      math::kahan_bf16(old, v, math::load(px, i), pp[i].bits, px[i].bits);
-    }
+  GF_INLINE void store(P* GF_RESTRICT pp, Extra* GF_RESTRICT px, std::int64_t i, OpT v) const {
+    store_param<St>(pp, px, i, v, key, offset + i);
   }
 };
 
@@ -144,7 +132,7 @@ __attribute__((noinline)) void flat_pass_c(
     const OpT u =
         math::adafactor_direction<OpT>(c.grad(math::load(g, j)), math::load(var, j), c.eps1_sq);
     const OpT pj = p.load(pp, px, j);
-    p.store(pp, px, j, pj, pj * c.decay + step * u);
+    p.store(pp, px, j, pj * c.decay + step * u);
   }
 }
 
@@ -301,7 +289,7 @@ __attribute__((noinline)) void factored_pass_u(
       const OpT u = c.grad(math::load(gr, j)) * scale;
       if constexpr (kApply) {
         const OpT pj = p.load(pp, px, o + j);
-        p.store(pp, px, o + j, pj, pj * c.decay + step * u);
+        p.store(pp, px, o + j, pj * c.decay + step * u);
       } else {
         au[k] += u * u;
       }
