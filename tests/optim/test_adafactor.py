@@ -479,8 +479,8 @@ def test_empty_param_of_huge_dims_steps_without_allocating_its_columns() -> None
 # Beyond SHAPES: empty ones; more rows than the row kernels' 1024 blocks x 8 warps, with chunks
 # of 3 rows and a short last one (70001 x 2); 1x1 convolution weights (a row per element); a
 # matrix whose row mean a whole block sums (2000 rows). A vector of more chunks than the flat
-# kernels' 1024 blocks has a test of its own, without "cuda" in its name: gpu_check.sh runs the
-# tests named "cuda" under compute-sanitizer, where 16M elements would take most of its time.
+# kernels' 1024 blocks has a test of its own, marked no_sanitizer: gpu_check.sh leaves it out of
+# its compute-sanitizer runs, where 16M elements would take most of its time.
 CUDA_SHAPES: list[Any] = [
     *SHAPES,
     (0,),
@@ -511,6 +511,7 @@ def test_cuda_matches_cpu(dtype: torch.dtype, maximize: bool) -> None:
 
 
 @pytest.mark.cuda
+@pytest.mark.no_sanitizer
 def test_long_vector_on_the_gpu_matches_cpu() -> None:
     start, grads = random_problem(3, [(1024 * 16384 + 3,), (5, 7)])
     a = leaves(start, torch.float32)
