@@ -10,11 +10,13 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "common.cuh"
 #include "gradfuse/math/convert.h"
 #include "gradfuse/math/per_tensor.h"
+#include "gradfuse/math/quant8.h"
 #include "gradfuse/math/rounding.h"
 #include "gradfuse/storage.h"
 #include "gradfuse/tensor_list.h"
@@ -27,13 +29,63 @@ constexpr int kMaxTensors = 192;
 constexpr int kMaxBlocks = 768;
 constexpr int kVecBytes = 16;
 
-// What a launch with a non-default storage policy (issue 8) carries besides the slots: per
-// entry the policy's extra array (master / compensation), and the call's seed (the
-// stochastic-rounding counter also uses the entry's tensor_index, as the CPU engine does).
-struct NoExtras {};
+// What a launch carries besides the slots, by storage. Each kind fills itself on the host:
+// begin(tl) once per call, set(entry, tl, i) when tensor i of the list becomes a table entry,
+// keep(entry) when that entry continues as entry 0 of the next launch.
+// The default storage: nothing.
+struct NoExtras {
+  void begin(const TensorList&) {}
+  void set(int, const TensorList&, std::int64_t) {}
+  void keep(int) {}
+};
+
+// A non-default storage policy (issue 8): per entry the policy's extra array (master /
+// compensation), and the call's seed (the stochastic-rounding counter also uses the entry's
+// tensor_index, as the CPU engine does).
 struct PolicyExtras {
   void* extra[kMaxTensors];
   std::uint64_t seed;
+
+  void begin(const TensorList& tl) { seed = tl.precision.seed; }
+  void set(int entry, const TensorList& tl, std::int64_t i) {
+    extra[entry] = tl.precision.extra ? reinterpret_cast<void*>(tl.precision.extra[i]) : nullptr;
+  }
+  void keep(int entry) { extra[0] = extra[entry]; }
+};
+
+// 8-bit block-wise state (issue 16; gradfuse/math/quant8.h), under any param policy: per entry
+// and state slot its absmax array, and both dynamic maps (values and thresholds, 4 KiB; the
+// kernel copies them to shared memory). Map 0 is the signed one; slot d takes map
+// unsigned_slot[d - 2].
+template <int Depth>
+struct Q8Extras : PolicyExtras {
+  static constexpr int kSlots = Depth > 2 ? Depth - 2 : 1;
+  float* absmax[kSlots][kMaxTensors];
+  float code[2][256];
+  float threshold[2][256];
+  std::uint8_t unsigned_slot[kSlots];
+
+  void begin(const TensorList& tl) {
+    PolicyExtras::begin(tl);
+    for (int m = 0; m < 2; ++m) {
+      const q8::MapTable& t = q8::map_table(m == 0);
+      std::memcpy(code[m], t.code, sizeof code[m]);
+      std::memcpy(threshold[m], t.threshold, sizeof threshold[m]);
+    }
+    for (int k = 0; k < kSlots; ++k) {
+      unsigned_slot[k] = tl.precision.signed_slot(k + 2) ? 0 : 1;
+    }
+  }
+  void set(int entry, const TensorList& tl, std::int64_t i) {
+    PolicyExtras::set(entry, tl, i);
+    for (int k = 0; k + 2 < Depth; ++k) {
+      absmax[k][entry] = reinterpret_cast<float*>(tl.precision.absmax[k * tl.size + i]);
+    }
+  }
+  void keep(int entry) {
+    PolicyExtras::keep(entry);
+    for (int k = 0; k + 2 < Depth; ++k) absmax[k][0] = absmax[k][entry];
+  }
 };
 
 template <int Depth, typename Extras = NoExtras>
@@ -186,20 +238,9 @@ __global__ void __launch_bounds__(kBlockThreads)
       }
     }
     if constexpr (kPolicy == kParamMaster) v[0] = x[i];
-    const OpT p_old = v[0];
     scale_grad<Op>(v, factors);
     op_t(v);
-    P* const param = static_cast<P*>(table.ptrs[0][entry]);
-    if constexpr (kPolicy == kParamNearest) {
-      math::store(param, i, v[0]);
-    } else if constexpr (kPolicy == kParamStochastic) {
-      param[i].bits = math::float_to_bf16_stochastic(v[0], math::rounding_bits(key, i));
-    } else if constexpr (kPolicy == kParamMaster) {
-      x[i] = v[0];
-      math::store(param, i, v[0]);
-    } else {  // kParamKahan
-      math::kahan_bf16(p_old, v[0], math::load(x, i), param[i].bits, x[i].bits);
-    }
+    store_param<St>(static_cast<P*>(table.ptrs[0][entry]), x, i, v[0], key, i);
 #pragma unroll
     for (int d = 1; d < kDepth; ++d) {
       if ((Op::kWrites >> d) & 1u) {
@@ -213,17 +254,123 @@ __global__ void __launch_bounds__(kBlockThreads)
   }
 }
 
-// Launches multi_tensor_kernel over every chunk of every tensor in `tl`, as few launches as the
-// table sizes allow, on the caller's stream and device.
-// The host side of one call: fills launch tables and launches Kernel over every chunk of every
-// tensor. Extras: NoExtras (the default storage) or PolicyExtras.
+// The kernel of a call with 8-bit state (St::State is Q8; gradfuse/math/quant8.h), under any param
+// policy. A warp takes one block of kQ8Block elements at a time, kQ8PerLane per lane (element
+// base + 32 * j + lane: every slot's loads coalesce): it dequantizes each state element
+// (map[code] * absmax), runs the rule with the policy's loads and stores as the policy kernel
+// does, then per written state slot finds the block's new absmax (a warp max; NaN ignored, as on
+// the CPU) and each element's code by bisecting the thresholds in shared memory. Each state
+// element is read once and written once, and blocks never straddle a chunk (kChunkSize is a
+// multiple of kQ8Block), so no block is shared between warps.
+constexpr int kQ8PerLane = static_cast<int>(kQ8Block) / 32;
+static_assert(kChunkSize % kQ8Block == 0, "an 8-bit block must not straddle two chunks");
+
+template <typename St, typename Op>
+__global__ void __launch_bounds__(kBlockThreads) multi_tensor_kernel_q8(
+    const __grid_constant__ TensorTable<Op::kDepth, Q8Extras<Op::kDepth>> table, const Op op) {
+  using P = typename St::Param;
+  using X = typename St::Extra;
+  using OpT = OpMath<P>;
+  constexpr int kDepth = Op::kDepth;
+  static_assert(std::is_same_v<OpT, float>, "8-bit state is for float32/float16/bfloat16 params");
+
+  const GradScaling& gs = table.grad_scaling;
+  if (skipped(gs)) return;  // AMP found inf/NaN: change nothing
+  __shared__ float code[2][256];
+  __shared__ float threshold[2][256];
+  for (int k = threadIdx.x; k < 2 * 256; k += blockDim.x) {
+    code[k / 256][k % 256] = table.code[k / 256][k % 256];
+    threshold[k / 256][k % 256] = table.threshold[k / 256][k % 256];
+  }
+  __syncthreads();
+
+  const auto factors = GradFactors<OpT>::of(gs);
+  const auto [entry, chunk_begin, chunk_end] = block_chunk(table);
+  X* const x = static_cast<X*>(table.extra[entry]);
+  P* const param = static_cast<P*>(table.ptrs[0][entry]);
+  const math::RoundingKey key = math::rounding_key(table.seed, table.tensor_index[entry]);
+  const auto& op_t = math::op_for_tensor(op, table.tensor_index[entry]);
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  const std::int64_t warps = blockDim.x / 32;
+
+  for (std::int64_t base = chunk_begin + (threadIdx.x / 32) * kQ8Block; base < chunk_end;
+       base += warps * kQ8Block) {
+    const std::int64_t block = base / kQ8Block;
+    // The block's absmax per state slot, read once, before any lane can replace it below.
+    float scale[kDepth];
+#pragma unroll
+    for (int d = 2; d < kDepth; ++d) {
+      scale[d] = ((Op::kReads >> d) & 1u) != 0 ? table.absmax[d - 2][entry][block] : 0.0f;
+    }
+    OpT v[kQ8PerLane][kDepth];
+#pragma unroll
+    for (int j = 0; j < kQ8PerLane; ++j) {
+      const std::int64_t i = base + 32 * j + lane;
+      const bool in = i < chunk_end;
+#pragma unroll
+      for (int d = 0; d < kDepth; ++d) {
+        const bool read = in && ((Op::kReads >> d) & 1u) != 0;
+        if (d < 2) {
+          v[j][d] = read ? math::load(static_cast<const P*>(table.ptrs[d][entry]), i) : OpT(0);
+        } else {
+          // __fmul_rn: never contracted into the rule's first add, so the value is the CPU's.
+          const float* map = code[table.unsigned_slot[d - 2]];
+          v[j][d] =
+              read ? __fmul_rn(map[static_cast<const Q8*>(table.ptrs[d][entry])[i].bits], scale[d])
+                   : OpT(0);
+        }
+      }
+      if (!in) continue;
+      if constexpr (St::kPolicy == kParamMaster) v[j][0] = x[i];
+      scale_grad<Op>(v[j], factors);
+      op_t(v[j]);
+      store_param<St>(param, x, i, v[j][0], key, i);
+      if constexpr (((Op::kWrites >> 1) & 1u) != 0) {
+        math::store(static_cast<P*>(table.ptrs[1][entry]), i, v[j][1]);
+      }
+    }
+#pragma unroll
+    for (int d = 2; d < kDepth; ++d) {
+      if (((Op::kWrites >> d) & 1u) == 0) continue;
+      float amax = 0.0f;
+#pragma unroll
+      for (int j = 0; j < kQ8PerLane; ++j) {
+        const float a = fabsf(v[j][d]);
+        amax = a > amax ? a : amax;  // NaN (and the zeros past the end) never win
+      }
+#pragma unroll
+      for (int offset = 16; offset > 0; offset >>= 1) {
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
+      }
+      // Every lane read the old absmax into scale[] before the rule; the barrier orders those
+      // reads before lane 0 replaces it.
+      __syncwarp();
+      if (lane == 0) table.absmax[d - 2][entry][block] = amax;
+      const bool is_signed = table.unsigned_slot[d - 2] == 0;
+      const float* thresholds = threshold[table.unsigned_slot[d - 2]];
+      Q8* const codes = static_cast<Q8*>(table.ptrs[d][entry]);
+#pragma unroll
+      for (int j = 0; j < kQ8PerLane; ++j) {
+        const std::int64_t i = base + 32 * j + lane;
+        if (i >= chunk_end) continue;
+        const float xn = v[j][d] / amax;
+        codes[i].bits =
+            static_cast<std::uint8_t>(q8::code_of_rank(q8::rank_of(thresholds, xn), xn, is_signed));
+      }
+    }
+  }
+}
+
+// The host side of one call: fills launch tables and launches a kernel over every chunk of every
+// tensor, as few launches as the table sizes allow. Extras: NoExtras (the default storage),
+// PolicyExtras or Q8Extras.
 template <typename Extras, typename Op, typename Launch>
 void fill_and_launch(const TensorList& tl, Launch&& launch_kernel) {
   constexpr int kDepth = Op::kDepth;
-  constexpr bool kPolicy = std::is_same_v<Extras, PolicyExtras>;
   TensorTable<kDepth, Extras> table;
+  static_assert(sizeof(table) <= 32764, "a launch table must fit the kernel parameter space");
   table.grad_scaling = tl.grad_scaling;
-  if constexpr (kPolicy) table.seed = tl.precision.seed;
+  table.begin(tl);
   int tensors = 0;
   int blocks = 0;
   auto launch = [&] {
@@ -238,10 +385,7 @@ void fill_and_launch(const TensorList& tl, Launch&& launch_kernel) {
     const std::int64_t chunks = (n + kChunkSize - 1) / kChunkSize;
     for (int d = 0; d < kDepth; ++d) table.ptrs[d][tensors] = tl.ptr<char>(d, i);
     table.numels[tensors] = n;
-    if constexpr (kPolicy) {
-      table.extra[tensors] =
-          tl.precision.extra ? reinterpret_cast<void*>(tl.precision.extra[i]) : nullptr;
-    }
+    table.set(tensors, tl, i);
     table.tensor_index[tensors] = static_cast<std::int32_t>(i);
     for (std::int64_t c = 0; c < chunks; ++c) {
       table.block_tensor[blocks] = static_cast<std::uint16_t>(tensors);
@@ -255,9 +399,7 @@ void fill_and_launch(const TensorList& tl, Launch&& launch_kernel) {
         if (c + 1 < chunks) {
           for (int d = 0; d < kDepth; ++d) table.ptrs[d][0] = table.ptrs[d][tensors];
           table.numels[0] = n;
-          if constexpr (kPolicy) {
-            table.extra[0] = table.extra[tensors];
-          }
+          table.keep(tensors);
           table.tensor_index[0] = static_cast<std::int32_t>(i);
           tensors = 0;
         } else {
@@ -277,7 +419,8 @@ void fill_and_launch(const TensorList& tl, Launch&& launch_kernel) {
 
 // Launches the kernels over every chunk of every tensor in `tl`, as few launches as the table
 // sizes allow, on the caller's stream and device. The default storage runs the vectorized
-// multi_tensor_kernel; a storage policy (tl.precision) runs multi_tensor_kernel_policy.
+// multi_tensor_kernel; 8-bit state runs multi_tensor_kernel_q8; another storage policy
+// (tl.precision) runs multi_tensor_kernel_policy.
 template <typename T, typename Op>
 void multi_tensor_apply(const TensorList& tl, const Op& op) {
   constexpr int kDepth = Op::kDepth;
@@ -286,11 +429,15 @@ void multi_tensor_apply(const TensorList& tl, const Op& op) {
   DeviceGuard guard(tl.device);
   const auto stream = reinterpret_cast<cudaStream_t>(tl.stream);
   constexpr bool kParamRule = Op::kGradSlot == 1 && (Op::kReads & 1u) && (Op::kWrites & 1u);
-  visit_storage<T, kParamRule>(tl, "multi_tensor_apply", [&](auto storage) {
+  visit_storage<T, kParamRule, Q8>(tl, "multi_tensor_apply", [&](auto storage) {
     using St = decltype(storage);
     if constexpr (std::is_same_v<St, Storage<T, T, kParamNearest>>) {
       fill_and_launch<NoExtras, Op>(tl, [&](const auto& table, int blocks) {
         multi_tensor_kernel<T, Op><<<blocks, kBlockThreads, 0, stream>>>(table, op);
+      });
+    } else if constexpr (std::is_same_v<typename St::State, Q8>) {
+      fill_and_launch<Q8Extras<kDepth>, Op>(tl, [&](const auto& table, int blocks) {
+        multi_tensor_kernel_q8<St, Op><<<blocks, kBlockThreads, 0, stream>>>(table, op);
       });
     } else {
       fill_and_launch<PolicyExtras, Op>(tl, [&](const auto& table, int blocks) {

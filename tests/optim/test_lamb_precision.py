@@ -531,7 +531,7 @@ def test_functional_bad_precision_input_writes_nothing() -> None:
     with pytest.raises(TypeError, match=r"has dtype float16"):  # 16-bit params: float32 state only
         lamb_([pb], [gb], [zeros.half()], [zeros.half()], **kw)
     pd, gd = p.double(), g.double()
-    with pytest.raises(TypeError, match="8-bit state needs float32/float16/bfloat16 CPU params"):
+    with pytest.raises(TypeError, match="8-bit state needs float32/float16/bfloat16 params"):
         lamb_([pd], [gd], [m_codes], [v_codes], state_absmax=[[m_absmax], [v_absmax]], **kw)
     assert same()
     assert same_b()

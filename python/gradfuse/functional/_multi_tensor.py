@@ -310,7 +310,7 @@ class LowPrecision:
     bits, which depend only on (seed, tensor index, element index): change it every call).
     State tensors (every list after ``grads``) may be float32 for float16/bfloat16 params, or
     bfloat16 for float32 params: they are computed in float32 and stored in their own dtype.
-    ``state_absmax`` (8-bit state, CPU, float32/float16/bfloat16 params): one list per state
+    ``state_absmax`` (8-bit state, float32/float16/bfloat16 params, CPU or CUDA): one list per state
     list, in slot order, of float32 tensors of ceil(numel / 256) values; where a param's state
     tensors are uint8 (all of them), they are block-wise codes and these their absmax
     (:mod:`gradfuse.optim._quant8`); entries of params whose state is float are ignored (None).
@@ -509,9 +509,9 @@ class LowPrecision:
                 f"{where} holds uint8 codes ({s.describe()}) but no state_absmax was given; 8-bit "
                 f"state needs one absmax list per state list"
             )
-        if p.dtype not in ("float32", "float16", "bfloat16") or p.device >= 0:
+        if p.dtype not in ("float32", "float16", "bfloat16"):
             raise TypeError(
-                f"{where}: 8-bit state needs float32/float16/bfloat16 CPU params, params[{at(i)}] is "
+                f"{where}: 8-bit state needs float32/float16/bfloat16 params, params[{at(i)}] is "
                 f"{p.describe()}"
             )
         first = buffers[2 * n + i]

@@ -423,6 +423,13 @@ def _check_precision(
     import torch
 
     for i, buf in enumerate(momentum_buffers):
+        if buf.dtype == torch.uint8 and buf.device.type != "cpu":
+            # The 8-bit buffer's float32 working copy is made by the host quantizer
+            # (_working_copies); the other 8-bit optimizers quantize inside the CUDA kernel.
+            raise NotImplementedError(
+                f"muon_: momentum_buffers[{i}] holds 8-bit codes on {buf.device}: Muon's 8-bit "
+                f"momentum is only available for CPU tensors in this version"
+            )
         if buf.dtype == torch.uint8 and not buf.is_contiguous():
             raise ValueError(
                 f"muon_: momentum_buffers[{i}] holds uint8 codes (shape {tuple(buf.shape)}, "

@@ -179,8 +179,8 @@ def _policies_on_cpu(
             at = i if index is None else index[i]
             raise NotImplementedError(
                 f"{op}: params[{at}] is {b.describe()}: master_params, kahan_comps, "
-                f"rounding='stochastic' and state of another dtype than the params' are only "
-                f"available for CPU tensors in this version"
+                f"rounding='stochastic', 8-bit state and state of another dtype than the "
+                f"params' are only available for CPU tensors in this version"
             )
 
 

@@ -11,8 +11,8 @@ optimizer stays a drop-in for torch's):
   state tensors (``exp_avg``, ``momentum_buffer``, ...) are kept in; None is torch's rule (the
   param's dtype). float32 state needs float16/bfloat16 params, bfloat16 state float32 params (or
   bfloat16 ones, where it is the default). Computed in float32 either way. ``torch.uint8`` (or
-  ``"8bit"``, the same): block-wise 8-bit state as bitsandbytes keeps it (CPU params of float32,
-  float16 or bfloat16; :mod:`gradfuse.optim._quant8`): each state tensor of a param with at
+  ``"8bit"``, the same): block-wise 8-bit state as bitsandbytes keeps it (params of float32,
+  float16 or bfloat16, CPU or CUDA; :mod:`gradfuse.optim._quant8`): each state tensor of a param with at
   least ``min_8bit_size`` elements (default 4096, as bitsandbytes) is uint8 codes plus
   ``state[p][key + "_absmax"]`` (float32, one per 256 elements); smaller params keep float32
   state.
@@ -107,13 +107,17 @@ class PrecisionPolicy:
             raise ValueError(f"{what}: {option} needs bfloat16 params")
         sd = self.state_dtype
         if self.q8:
-            if (
-                p.dtype not in (torch.float32, torch.float16, torch.bfloat16)
-                or p.device.type != "cpu"
+            if p.dtype not in (
+                torch.float32,
+                torch.float16,
+                torch.bfloat16,
+            ) or p.device.type not in (
+                "cpu",
+                "cuda",
             ):
                 raise ValueError(
                     f"{what}: state_dtype=torch.uint8 (8-bit state) needs float32, float16 or "
-                    f"bfloat16 CPU params"
+                    f"bfloat16 params on the CPU or a CUDA device"
                 )
             return
         if sd is not None and sd != p.dtype:

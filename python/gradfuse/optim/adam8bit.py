@@ -35,7 +35,8 @@ ADAM_DOC = """Adam with block-wise 8-bit state: :class:`gradfuse.optim.Adam` wit
     2 bytes of state per param plus 1/32 (bitsandbytes' layout; its ``Adam8bit`` checkpoints load
     with :func:`gradfuse.optim.load_bitsandbytes_state_dict`). Smaller params keep float32
     state. One fused pass per step dequantizes, updates in float32 and requantizes each block.
-    CPU params of float32, float16 or bfloat16; every other option as :class:`Adam`.
+    Params of float32, float16 or bfloat16, on the CPU or a CUDA device (the CUDA kernel is
+    compiled and tested, but has not run on a GPU yet); every other option as :class:`Adam`.
     """
 
 
@@ -110,7 +111,8 @@ LAMB8bit = _eight_bit(
     elements; smaller params keep float32 state. Each of the kernel's two passes dequantizes the
     moments tile by tile; the first updates and requantizes them (new absmax, nearest codes) and
     takes the trust ratio's norms from the moments as stored. CPU params of float32, float16 or
-    bfloat16; every other argument, default and option as :class:`LAMB` (apex ``FusedLAMB``'s).
+    bfloat16 (LAMB's CUDA kernel keeps the default storage only); every other argument, default
+    and option as :class:`LAMB` (apex ``FusedLAMB``'s).
 
     bitsandbytes' ``LAMB8bit`` shares the names ``lr``, ``bias_correction``, ``betas``, ``eps``,
     ``weight_decay``, ``amsgrad`` (refused), ``adam_w_mode`` and ``min_8bit_size``; its defaults

@@ -107,8 +107,8 @@ class EightBitSteps:
 def _float_state(
     optimizer: torch.optim.Optimizer, params: Sequence[Tensor], dtype: torch.dtype
 ) -> list[dict[str, Any]]:
-    """Each param's state as ``dequantize_state_dict`` gives it, copied, its tensors in
-    ``dtype``; 0-dim ones (step counters, NAdam's mu_product) keep theirs, as torch keeps them
+    """Each param's state as ``dequantize_state_dict`` gives it, copied to the CPU, its
+    tensors in ``dtype``; 0-dim ones (step counters, NAdam's mu_product) keep theirs, as torch keeps them
     float32 for any param dtype."""
     from gradfuse.optim import dequantize_state_dict
 
@@ -117,7 +117,9 @@ def _float_state(
     deq = dequantize_state_dict({"state": raw, "param_groups": []})["state"]
     return [
         {
-            k: v.detach().to(dtype if v.is_floating_point() and v.dim() else v.dtype, copy=True)
+            k: v.detach().to(
+                "cpu", dtype if v.is_floating_point() and v.dim() else v.dtype, copy=True
+            )
             if isinstance(v, Tensor)
             else v
             for k, v in deq.get(i, {}).items()
@@ -281,23 +283,24 @@ def compare_8bit_steps(
     """Steps ``gradfuse.optim.<name>8bit(params, min_8bit_size=..., **kwargs)`` once per entry
     of ``grads`` (a gradient per param), each step beside the references of ``name``
     (:func:`gradfuse.testing.reference_optimizer`) started from gradfuse's params and
-    dequantized state; ``params`` are stepped in place."""
+    dequantized state; ``params`` (CPU or CUDA) are stepped in place, the references run on
+    the CPU."""
     import gradfuse.optim as gopt
     from gradfuse.optim._quant8 import SIGNED_KEYS
 
     opt = getattr(gopt, f"{name}8bit")(params, min_8bit_size=min_8bit_size, **kwargs)
     found = EightBitSteps()
     for k, gs in enumerate(grads):
-        start = [p.detach().clone() for p in params]
+        start = [p.detach().to("cpu", copy=True) for p in params]
         before = {dt: _float_state(opt, params, dt) for dt in (torch.float32, torch.float64)}
         group_steps = [group.get("step") for group in opt.param_groups]
         for p, g in zip(params, gs, strict=True):
-            p.grad = g.to(p.dtype, copy=True)
+            p.grad = g.to(p.device, p.dtype, copy=True)
         opt.step()
         at = _StepStart(
             start,
             [p.dtype for p in params],
-            gs,
+            [g.cpu() for g in gs],
             before,
             group_steps,
             _float_state(opt, params, torch.float64),
@@ -323,14 +326,16 @@ def compare_8bit_steps(
             q32, q64 = ps32[i], ps64[i]
             where = f"step {k + 1}, param {i}"
             moved = _moved(q64, *(q[i] for _, q in nudged))
-            _judge_params(found, p.detach(), q32.detach(), q64.detach(), moved, start[i], where)
+            _judge_params(
+                found, p.detach().cpu(), q32.detach(), q64.detach(), moved, start[i], where
+            )
             st = opt.state[p]
             for key, value in st.items():
                 if isinstance(value, Tensor) and value.dtype == torch.uint8:
                     _judge_state(
                         found,
-                        value,
-                        st[key + "_absmax"],
+                        value.cpu(),
+                        st[key + "_absmax"].cpu(),
                         r32.state[q32][key],
                         r64.state[q64][key],
                         [r.state[q[i]][key] for r, q in nudged],
