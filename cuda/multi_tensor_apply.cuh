@@ -10,16 +10,16 @@
 #pragma once
 
 #include <cstdint>
-#include <cstring>
 #include <type_traits>
 
 #include "common.cuh"
 #include "gradfuse/math/convert.h"
 #include "gradfuse/math/per_tensor.h"
-#include "gradfuse/math/quant8.h"
 #include "gradfuse/math/rounding.h"
 #include "gradfuse/storage.h"
 #include "gradfuse/tensor_list.h"
+#include "quant8.cuh"
+#include "reduce.cuh"
 
 namespace gf::cuda {
 
@@ -53,25 +53,19 @@ struct PolicyExtras {
   void keep(int entry) { extra[0] = extra[entry]; }
 };
 
-// 8-bit block-wise state (issue 16; gradfuse/math/quant8.h), under any param policy: per entry
-// and state slot its absmax array, and both dynamic maps (values and thresholds, 4 KiB; the
-// kernel copies them to shared memory). Map 0 is the signed one; slot d takes map
-// unsigned_slot[d - 2].
+// 8-bit block-wise state (issue 16; quant8.cuh), under any param policy: per entry and state
+// slot its absmax array, and both dynamic maps (the kernel copies them to shared memory). Slot d
+// takes map unsigned_slot[d - 2] (0: the signed one).
 template <int Depth>
 struct Q8Extras : PolicyExtras {
   static constexpr int kSlots = Depth > 2 ? Depth - 2 : 1;
   float* absmax[kSlots][kMaxTensors];
-  float code[2][256];
-  float threshold[2][256];
+  Q8Maps maps;
   std::uint8_t unsigned_slot[kSlots];
 
   void begin(const TensorList& tl) {
     PolicyExtras::begin(tl);
-    for (int m = 0; m < 2; ++m) {
-      const q8::MapTable& t = q8::map_table(m == 0);
-      std::memcpy(code[m], t.code, sizeof code[m]);
-      std::memcpy(threshold[m], t.threshold, sizeof threshold[m]);
-    }
+    maps = Q8Maps::both();
     for (int k = 0; k < kSlots; ++k) {
       unsigned_slot[k] = tl.precision.signed_slot(k + 2) ? 0 : 1;
     }
@@ -262,7 +256,6 @@ __global__ void __launch_bounds__(kBlockThreads)
 // the CPU) and each element's code by bisecting the thresholds in shared memory. Each state
 // element is read once and written once, and blocks never straddle a chunk (kChunkSize is a
 // multiple of kQ8Block), so no block is shared between warps.
-constexpr int kQ8PerLane = static_cast<int>(kQ8Block) / 32;
 static_assert(kChunkSize % kQ8Block == 0, "an 8-bit block must not straddle two chunks");
 
 template <typename St, typename Op>
@@ -276,13 +269,8 @@ __global__ void __launch_bounds__(kBlockThreads) multi_tensor_kernel_q8(
 
   const GradScaling& gs = table.grad_scaling;
   if (skipped(gs)) return;  // AMP found inf/NaN: change nothing
-  __shared__ float code[2][256];
-  __shared__ float threshold[2][256];
-  for (int k = threadIdx.x; k < 2 * 256; k += blockDim.x) {
-    code[k / 256][k % 256] = table.code[k / 256][k % 256];
-    threshold[k / 256][k % 256] = table.threshold[k / 256][k % 256];
-  }
-  __syncthreads();
+  __shared__ Q8Maps maps;
+  load_maps(table.maps, maps);
 
   const auto factors = GradFactors<OpT>::of(gs);
   const auto [entry, chunk_begin, chunk_end] = block_chunk(table);
@@ -313,10 +301,9 @@ __global__ void __launch_bounds__(kBlockThreads) multi_tensor_kernel_q8(
         if (d < 2) {
           v[j][d] = read ? math::load(static_cast<const P*>(table.ptrs[d][entry]), i) : OpT(0);
         } else {
-          // __fmul_rn: never contracted into the rule's first add, so the value is the CPU's.
-          const float* map = code[table.unsigned_slot[d - 2]];
+          const float* map = maps.code[table.unsigned_slot[d - 2]];
           v[j][d] =
-              read ? __fmul_rn(map[static_cast<const Q8*>(table.ptrs[d][entry])[i].bits], scale[d])
+              read ? dequantize(map, static_cast<const Q8*>(table.ptrs[d][entry])[i].bits, scale[d])
                    : OpT(0);
         }
       }
@@ -338,24 +325,19 @@ __global__ void __launch_bounds__(kBlockThreads) multi_tensor_kernel_q8(
         const float a = fabsf(v[j][d]);
         amax = a > amax ? a : amax;  // NaN (and the zeros past the end) never win
       }
-#pragma unroll
-      for (int offset = 16; offset > 0; offset >>= 1) {
-        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
-      }
+      amax = warp_max(amax);
       // Every lane read the old absmax into scale[] before the rule; the barrier orders those
       // reads before lane 0 replaces it.
       __syncwarp();
       if (lane == 0) table.absmax[d - 2][entry][block] = amax;
       const bool is_signed = table.unsigned_slot[d - 2] == 0;
-      const float* thresholds = threshold[table.unsigned_slot[d - 2]];
+      const float* thresholds = maps.threshold[table.unsigned_slot[d - 2]];
       Q8* const codes = static_cast<Q8*>(table.ptrs[d][entry]);
 #pragma unroll
       for (int j = 0; j < kQ8PerLane; ++j) {
         const std::int64_t i = base + 32 * j + lane;
         if (i >= chunk_end) continue;
-        const float xn = v[j][d] / amax;
-        codes[i].bits =
-            static_cast<std::uint8_t>(q8::code_of_rank(q8::rank_of(thresholds, xn), xn, is_signed));
+        codes[i].bits = q8::nearest_code(thresholds, v[j][d] / amax, is_signed);
       }
     }
   }

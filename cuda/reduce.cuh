@@ -48,6 +48,13 @@ __device__ GF_INLINE OpT warp_sum(OpT x) {
   return x;
 }
 
+// The largest of x over the 32 lanes of a warp; every lane gets it. NaN never wins (fmaxf).
+__device__ GF_INLINE float warp_max(float x) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+  return x;
+}
+
 // These kernels have the default storage only (state in the params' dtype, params rounded to
 // nearest); the storage policies are the CPU kernels'. Refused before anything runs.
 inline void check_default_storage(const TensorList& tl, const char* op) {

@@ -1,6 +1,7 @@
-// Bindings of the block-wise 8-bit primitives (issue 16; cpu/quant8.h): quantize float32 values
-// into codes and absmax, dequantize back, and the dynamic maps. Python
-// (gradfuse/optim/_quant8.py) checks the tensors; these check the sizes they are told.
+// Bindings of the block-wise 8-bit primitives (issue 16; cpu/quant8.h, cuda/quant8.cu): quantize
+// float32 values into codes and absmax, dequantize back (host memory, or a CUDA device's on the
+// caller's stream), and the dynamic maps. Python (gradfuse/optim/_quant8.py) checks the tensors;
+// these check the sizes they are told.
 #include <utility>
 #include <vector>
 
@@ -14,7 +15,8 @@ namespace {
 constexpr std::int64_t kBlock = 256;
 
 void blockwise8(const char* op, std::uintptr_t values, std::uintptr_t codes, std::uintptr_t absmax,
-                std::int64_t n, std::int64_t absmax_len, bool is_signed, bool quantize) {
+                std::int64_t n, std::int64_t absmax_len, bool is_signed, bool quantize, int device,
+                std::uintptr_t stream) {
   GF_CHECK(n >= 0, op, ": negative size ", n);
   GF_CHECK(absmax_len == (n + kBlock - 1) / kBlock, op, ": absmax must hold ceil(", n,
            " / 256) = ", (n + kBlock - 1) / kBlock, " values, got ", absmax_len);
@@ -24,8 +26,18 @@ void blockwise8(const char* op, std::uintptr_t values, std::uintptr_t codes, std
                       reinterpret_cast<float*>(absmax),
                       n,
                       is_signed,
-                      quantize};
+                      quantize,
+                      device,
+                      stream};
   py::gil_scoped_release release;
+  if (device >= 0) {
+#if GRADFUSE_WITH_CUDA
+    return cuda::blockwise8(args);
+#else
+    GF_FAIL(op, ": device ", device,
+            " is a CUDA device, and this gradfuse build has no CUDA kernels");
+#endif
+  }
   cpu::blockwise8(args);
 }
 
@@ -35,20 +47,25 @@ void register_quant8(py::module_& m) {
   m.def(
       "quantize_blockwise8",
       [](std::uintptr_t values, std::uintptr_t codes, std::uintptr_t absmax, std::int64_t n,
-         std::int64_t absmax_len, bool is_signed) {
-        blockwise8("quantize_blockwise8", values, codes, absmax, n, absmax_len, is_signed, true);
+         std::int64_t absmax_len, bool is_signed, int device, std::uintptr_t stream) {
+        blockwise8("quantize_blockwise8", values, codes, absmax, n, absmax_len, is_signed, true,
+                   device, stream);
       },
       py::arg("values"), py::arg("codes"), py::arg("absmax"), py::arg("n"), py::arg("absmax_len"),
-      py::arg("signed"),
-      "n float32 values (host memory) -> uint8 codes and one float32 absmax per 256 values.");
+      py::arg("signed"), py::arg("device") = -1, py::arg("stream") = 0,
+      "n float32 values -> uint8 codes and one float32 absmax per 256 values (device -1: host "
+      "memory; else that CUDA device's, on `stream`).");
   m.def(
       "dequantize_blockwise8",
       [](std::uintptr_t values, std::uintptr_t codes, std::uintptr_t absmax, std::int64_t n,
-         std::int64_t absmax_len, bool is_signed) {
-        blockwise8("dequantize_blockwise8", values, codes, absmax, n, absmax_len, is_signed, false);
+         std::int64_t absmax_len, bool is_signed, int device, std::uintptr_t stream) {
+        blockwise8("dequantize_blockwise8", values, codes, absmax, n, absmax_len, is_signed, false,
+                   device, stream);
       },
       py::arg("values"), py::arg("codes"), py::arg("absmax"), py::arg("n"), py::arg("absmax_len"),
-      py::arg("signed"), "uint8 codes and absmax (host memory) -> n float32 values.");
+      py::arg("signed"), py::arg("device") = -1, py::arg("stream") = 0,
+      "uint8 codes and absmax -> n float32 values (device -1: host memory; else that CUDA "
+      "device's, on `stream`).");
   m.def(
       "dynamic_map",
       [](bool is_signed) {

@@ -27,9 +27,10 @@ struct ScaleGradsArgs {
   TensorList tensors;
 };
 
-// Block-wise 8-bit quantization of n float32 values (issue 16, CPU only: cpu/quant8.h): with
+// Block-wise 8-bit quantization of n float32 values (issue 16; gradfuse/math/quant8.h): with
 // `quantize`, values -> codes and one absmax per 256 values; otherwise codes and absmax ->
-// values. is_signed picks bitsandbytes' signed dynamic map, else the unsigned one.
+// values. is_signed picks bitsandbytes' signed dynamic map, else the unsigned one. device: -1
+// for host memory, else the CUDA device of the buffers, with the caller's stream.
 struct Blockwise8Args {
   float* values;
   std::uint8_t* codes;
@@ -37,6 +38,8 @@ struct Blockwise8Args {
   std::int64_t n;
   bool is_signed;
   bool quantize;
+  int device = -1;
+  std::uintptr_t stream = 0;
 };
 
 // The 8-bit quantizer's own checks, for tests (cpu/quant8.h): on this ISA's copy, quantize n
@@ -56,10 +59,9 @@ struct Q8SelfTestArgs {
 
 }  // namespace gf
 
-#define GF_GRAD_KERNELS(X)   \
-  X(grad_norm, GradNormArgs) \
-  X(scale_grads, ScaleGradsArgs)
+#define GF_GRAD_KERNELS(X)       \
+  X(grad_norm, GradNormArgs)     \
+  X(scale_grads, ScaleGradsArgs) \
+  X(blockwise8, Blockwise8Args)
 // Kernels that only the CPU has (declared in gradfuse/cpu.h, dispatched by ISA).
-#define GF_CPU_ONLY_KERNELS(X)  \
-  X(blockwise8, Blockwise8Args) \
-  X(q8_self_test, Q8SelfTestArgs)
+#define GF_CPU_ONLY_KERNELS(X) X(q8_self_test, Q8SelfTestArgs)

@@ -213,17 +213,73 @@ def test_cuda_8bit_tensor_across_two_launches() -> None:
     _state_like_cpu(opt_cuda, opt_cpu)
 
 
-def test_cuda_muon8bit_refuses_muon_groups_on_cuda() -> None:
-    """Muon's 8-bit momentum is dequantized by the host quantizer: refused for CUDA params
-    when the optimizer is made; its AdamW groups run the CUDA kernel."""
-    w = torch.randn(64, 64, device="cuda", requires_grad=True)
-    with pytest.raises(NotImplementedError, match="only available for CPU params"):
-        gopt.Muon8bit([w])
-    b = torch.randn(8192, device="cuda", requires_grad=True)
-    opt = gopt.Muon8bit([{"params": [b], "use_muon": False}])
-    b.grad = torch.randn(8192, device="cuda")
-    opt.step()
-    assert opt.state[b]["exp_avg"].dtype == torch.uint8
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize("n", [0, 1, 7, 256, 4097, 200_003])
+def test_cuda_quantize_blockwise_is_the_cpus_bit_for_bit(signed: bool, n: int) -> None:
+    """The standalone quantizer on CUDA (cuda/quant8.cu): the CPU's codes and absmax exactly
+    (no arithmetic but the division by the absmax, IEEE on both), and its dequantized values,
+    for heavy-tailed values with zeros, ties on thresholds, NaN and infinities among them."""
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(n, generator=g) * torch.exp(4 * torch.randn(n, generator=g))
+    if not signed:
+        x = x.abs()
+    if n > 300:
+        x[100:110] = 0.0
+        x[256:512] = 0.0  # a block of zeros: absmax 0, every value 0 / 0
+        x[600] = float("nan")
+        x[700] = float("inf")
+        # Values exactly on thresholds between two codes (the tie keeps the lower code).
+        m = gopt.dynamic_map(signed)
+        x[1024:1279] = (m[:-1] + m[1:]) / 2
+        x[1279] = 1.0
+    codes, absmax = gopt.quantize_blockwise(x, signed)
+    codes_c, absmax_c = gopt.quantize_blockwise(x.cuda(), signed)
+    assert codes_c.is_cuda
+    assert torch.equal(codes_c.cpu(), codes)
+    assert torch.equal(absmax_c.cpu(), absmax)
+    if n > 300:
+        # The block with inf has absmax inf, and code 0.0 times inf is NaN, which torch.equal
+        # never equals: dequantize that block with a finite absmax.
+        absmax[2] = 1.0
+        absmax_c = absmax.cuda()
+    values = gopt.dequantize_blockwise(codes, absmax, signed)
+    values_c = gopt.dequantize_blockwise(codes_c, absmax_c, signed)
+    assert torch.equal(values_c.cpu(), values)
+
+
+def test_cuda_quantize_blockwise_refuses_mixed_devices() -> None:
+    codes, absmax = gopt.quantize_blockwise(torch.randn(300, device="cuda"))
+    with pytest.raises(TypeError, match="absmax"):
+        gopt.dequantize_blockwise(codes, absmax.cpu())
+
+
+def test_cuda_muon8bit_follows_the_cpu() -> None:
+    """Muon8bit on CUDA: the 8-bit momentum's working copy made and stored back by the CUDA
+    quantizer, the Newton-Schulz iteration on the GPU; its AdamW group through the engine's
+    8-bit kernel. Ten steps end close to the CPU's (the orthogonalization's matmuls round
+    differently on the two devices)."""
+    shapes = [(64, 96), (8192,)]
+    start, grads = _start(shapes, torch.float32, 14), _grads(shapes, 10, 15)
+    runs = []
+    for device in ("cuda", "cpu"):
+        ps = [p.to(device, copy=True).requires_grad_(True) for p in start]
+        opt = gopt.Muon8bit(
+            [{"params": [ps[0]]}, {"params": [ps[1]], "use_muon": False}],
+            lr=0.02,
+            ns_dtype=torch.float32,
+            min_8bit_size=1,
+        )
+        for gs in grads:
+            for p, g in zip(ps, gs, strict=True):
+                p.grad = g.to(device)
+            opt.step()
+        assert opt.state[ps[0]]["momentum_buffer"].dtype == torch.uint8
+        assert opt.state[ps[1]]["exp_avg"].dtype == torch.uint8
+        runs.append(ps)
+    for p, q, s in zip(*runs, start, strict=True):
+        moved = (q.detach() - s).abs().max().item()
+        assert moved > 1e-3
+        assert (p.detach().cpu() - q.detach()).abs().max().item() < 0.05 * moved
 
 
 def test_cuda_8bit_found_inf_changes_nothing() -> None:

@@ -423,13 +423,6 @@ def _check_precision(
     import torch
 
     for i, buf in enumerate(momentum_buffers):
-        if buf.dtype == torch.uint8 and buf.device.type != "cpu":
-            # The 8-bit buffer's float32 working copy is made by the host quantizer
-            # (_working_copies); the other 8-bit optimizers quantize inside the CUDA kernel.
-            raise NotImplementedError(
-                f"muon_: momentum_buffers[{i}] holds 8-bit codes on {buf.device}: Muon's 8-bit "
-                f"momentum is only available for CPU tensors in this version"
-            )
         if buf.dtype == torch.uint8 and not buf.is_contiguous():
             raise ValueError(
                 f"muon_: momentum_buffers[{i}] holds uint8 codes (shape {tuple(buf.shape)}, "
@@ -467,7 +460,7 @@ def _working_copies(
         if buf.dtype == torch.uint8:
             assert state_absmax is not None  # _check_precision
             absmax = state_absmax[0][i]
-            work = torch.empty(buf.shape, dtype=torch.float32)
+            work = torch.empty(buf.shape, dtype=torch.float32, device=buf.device)
             _quant8._blockwise8(core.dequantize_blockwise8, work, buf, absmax, True)
             back.append((buf, work, absmax))
         elif buf.dtype != torch.float32:  # bfloat16 buffers of float32 params

@@ -6,9 +6,10 @@ of 256 elements (counted from the tensor's start, in memory order). A code index
 dynamic (tree) quantization map (``bitsandbytes.functional.create_dynamic_map``): the signed map
 for first moments (``exp_avg``, momentum buffers), the unsigned one for second moments
 (``exp_avg_sq``, Adagrad's ``sum``, ...). A value is ``map[code] * absmax``; quantizing picks the
-code nearest to ``x / absmax`` (ties: the lower code), computed rather than searched
-(``src/cpu/quant8.h``). The optimizers update 8-bit state in one fused pass: each block is
-dequantized, updated in float32, its new absmax taken and requantized while it is in L1.
+code nearest to ``x / absmax`` (ties: the lower code), computed rather than searched on the CPU
+(``src/cpu/quant8.h``), by bisecting the thresholds on CUDA (the same codes). The optimizers
+update 8-bit state in one fused pass: each block is dequantized, updated in float32, its new
+absmax taken and requantized while it is in L1 (a warp's registers on CUDA).
 
 Public helpers: :func:`quantize_blockwise`, :func:`dequantize_blockwise`, :func:`dynamic_map`,
 :func:`dequantize_state_dict` (an 8-bit optimizer's ``state_dict`` as a float32 one that
@@ -56,25 +57,29 @@ def dynamic_map(signed: bool = True) -> Tensor:
     return torch.tensor(_native.core().dynamic_map(signed=bool(signed)), dtype=torch.float32)
 
 
-def _check_cpu(x: Tensor, name: str, dtype: torch.dtype) -> None:
+def _check_tensor(x: Tensor, name: str, dtype: torch.dtype, device: torch.device | None) -> None:
+    """``x`` is a ``dtype`` tensor on the CPU or a CUDA device (``device``, where given)."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
-    if x.device.type != "cpu" or x.dtype != dtype:
+    on = x.device if device is None else device
+    if x.dtype != dtype or on.type not in ("cpu", "cuda") or x.device != on:
+        where = "a CPU or CUDA" if device is None else f"a {device}"
         raise TypeError(
-            f"{name}: expected a {dtype} CPU tensor, got shape {tuple(x.shape)}, dtype {x.dtype}, "
-            f"device {x.device}"
+            f"{name}: expected {where} tensor of dtype {dtype}, got shape {tuple(x.shape)}, dtype "
+            f"{x.dtype}, device {x.device}"
         )
 
 
 def quantize_blockwise(x: Tensor, signed: bool = True) -> tuple[Tensor, Tensor]:
-    """``(codes, absmax)`` of a float32 CPU tensor: uint8 codes of ``x``'s shape and one float32
-    absmax per 256 elements, as ``bitsandbytes.functional.quantize_blockwise(x, code=
-    create_dynamic_map(signed), blocksize=256)`` computes them (see tests/optim/test_8bit.py for
-    the one place they differ: values below ~1e-4 of their block's absmax)."""
-    _check_cpu(x, "quantize_blockwise: x", torch.float32)
+    """``(codes, absmax)`` of a float32 tensor (CPU or CUDA; on its device): uint8 codes of
+    ``x``'s shape and one float32 absmax per 256 elements, as ``bitsandbytes.functional.
+    quantize_blockwise(x, code=create_dynamic_map(signed), blocksize=256)`` computes them (see
+    tests/optim/test_8bit.py for the one place they differ: values below ~1e-4 of their block's
+    absmax)."""
+    _check_tensor(x, "quantize_blockwise: x", torch.float32, None)
     src = x.detach().contiguous()
-    codes = torch.empty(x.shape, dtype=torch.uint8)
-    absmax = torch.empty(blocks(src.numel()), dtype=torch.float32)
+    codes = torch.empty(x.shape, dtype=torch.uint8, device=x.device)
+    absmax = torch.empty(blocks(src.numel()), dtype=torch.float32, device=x.device)
     _blockwise8(_native.core().quantize_blockwise8, src, codes, absmax, signed)
     return codes, absmax
 
@@ -102,9 +107,10 @@ def check_codes(codes: Any, absmax: Any, name: str, shape: torch.Size | None = N
 
 
 def dequantize_blockwise(codes: Tensor, absmax: Tensor, signed: bool = True) -> Tensor:
-    """The float32 values of 8-bit state: ``map[codes] * absmax`` per block of 256."""
-    _check_cpu(codes, "dequantize_blockwise: codes", torch.uint8)
-    _check_cpu(absmax, "dequantize_blockwise: absmax", torch.float32)
+    """The float32 values of 8-bit state: ``map[codes] * absmax`` per block of 256 (CPU or
+    CUDA tensors, both on one device; the values on it)."""
+    _check_tensor(codes, "dequantize_blockwise: codes", torch.uint8, None)
+    _check_tensor(absmax, "dequantize_blockwise: absmax", torch.float32, codes.device)
     if absmax.numel() != blocks(codes.numel()):
         raise ValueError(
             f"dequantize_blockwise: absmax has {absmax.numel()} values, expected "
@@ -112,7 +118,7 @@ def dequantize_blockwise(codes: Tensor, absmax: Tensor, signed: bool = True) -> 
         )
     src = codes.contiguous()
     amax = absmax.contiguous()
-    out = torch.empty(codes.shape, dtype=torch.float32)
+    out = torch.empty(codes.shape, dtype=torch.float32, device=codes.device)
     _blockwise8(_native.core().dequantize_blockwise8, out, src, amax, signed)
     return out
 
@@ -121,8 +127,12 @@ def _blockwise8(
     op: Callable[..., None], values: Tensor, codes: Tensor, absmax: Tensor, signed: bool
 ) -> None:
     """``op`` (the native ``quantize_blockwise8`` or ``dequantize_blockwise8``) over contiguous
-    CPU tensors: float32 ``values``, their uint8 ``codes`` (as many), one float32 absmax per
-    256."""
+    tensors of one device: float32 ``values``, their uint8 ``codes`` (as many), one float32
+    absmax per 256. CUDA tensors: on the device's current stream."""
+    device, stream = -1, 0
+    if codes.device.type == "cuda":
+        device = codes.device.index if codes.device.index is not None else 0
+        stream = int(torch.cuda.current_stream(device).cuda_stream)
     op(
         values=values.data_ptr(),
         codes=codes.data_ptr(),
@@ -130,6 +140,8 @@ def _blockwise8(
         n=codes.numel(),
         absmax_len=absmax.numel(),
         signed=bool(signed),
+        device=device,
+        stream=stream,
     )
 
 

@@ -138,14 +138,6 @@ class Muon(FusedOptimizer):
         defaults = {**torch_defaults(locals(), but=_NOT_DEFAULTS), "use_muon": True}
         super().__init__(params, defaults, **options)
         self._precision.signed_keys = dict(_SIGNED_KEYS)
-        for group in self.param_groups:
-            for i, p in enumerate(group["params"]):
-                if self._precision.q8 and group["use_muon"] and p.device.type != "cpu":
-                    raise NotImplementedError(
-                        f"{type(self).__name__}: param {i} of a Muon group is on {p.device}: "
-                        f"Muon's 8-bit momentum is only available for CPU params in this version "
-                        f"(its AdamW groups, and the other 8-bit optimizers, run on CUDA)"
-                    )
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """torch's ``add_param_group``; a Muon group's params must have 2 or more dimensions

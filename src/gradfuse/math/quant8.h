@@ -57,6 +57,11 @@ GF_HD GF_INLINE int code_of_rank(int rank, float x, bool is_signed) {
   return x == x ? rank : 0;
 }
 
+// The nearest code of a normalized value x, from the map's thresholds.
+GF_HD GF_INLINE std::uint8_t nearest_code(const float* threshold, float x, bool is_signed) {
+  return static_cast<std::uint8_t>(code_of_rank(rank_of(threshold, x), x, is_signed));
+}
+
 // The map (host only). Built per ISA like the CPU kernels (gradfuse/config.h): the builder's
 // float operations must not come from a copy compiled with -mfma.
 GF_ISA_BEGIN
