@@ -1,6 +1,6 @@
 // Deterministic reductions for the CUDA kernels that reduce before they write
-// (lamb.cu, adafactor.cu): fixed per-thread strides, then fixed trees, never float atomics, so a
-// step gives the same bits on every run.
+// (lamb.cu, adafactor.cu, the 8-bit blocks' absmax): fixed per-thread strides, then fixed trees,
+// never float atomics, so a step gives the same bits on every run.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -55,8 +55,8 @@ __device__ GF_INLINE float warp_max(float x) {
   return x;
 }
 
-// These kernels have the default storage only (state in the params' dtype, params rounded to
-// nearest); the storage policies are the CPU kernels'. Refused before anything runs.
+// For a kernel with the default storage only (Adafactor's: state in the params' dtype, params
+// rounded to nearest; the storage policies are the CPU kernel's). Refused before anything runs.
 inline void check_default_storage(const TensorList& tl, const char* op) {
   GF_CHECK(tl.precision.is_default(tl.dtype), op,
            ": master weights, state_dtype, stochastic rounding and Kahan compensation are only "

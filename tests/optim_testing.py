@@ -224,3 +224,93 @@ def assert_policy_refusals(
             eight_bit(f64)
         with pytest.raises(TypeError, match=r"state_dtype is torch\.uint8"):
             eight_bit(f32, state_dtype=torch.float32)
+
+
+# ---- a CUDA kernel against the CPU's -----------------------------------------------------------
+# The CUDA kernels run the CPU engine's per-element rules, but nvcc contracts multiply-adds that
+# the CPU build keeps apart, and reductions (LAMB's norms) add in another order: a float32 result
+# may be an ulp away from the CPU's. Rounded to a 16-bit dtype or to an 8-bit code, that ulp moves
+# the stored value to the neighbouring one where it sat on a boundary: for a few elements in a
+# thousand. These helpers allow exactly that and judge the rest tightly.
+
+
+def stepped_on(
+    cls: Callable[..., torch.optim.Optimizer],
+    start: Sequence[torch.Tensor],
+    grads: Sequence[Sequence[torch.Tensor]],
+    device: str,
+    state: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> tuple[list[torch.Tensor], torch.optim.Optimizer]:
+    """``cls(params, **kwargs)`` over copies of ``start`` on ``device`` (from ``state``, a
+    ``state_dict``, where given), stepped once per entry of ``grads``."""
+    params = [p.to(device, copy=True).requires_grad_(True) for p in start]
+    opt = cls(params, **kwargs)
+    if state is not None:
+        opt.load_state_dict(copy.deepcopy(state))
+    for gs in grads:
+        for p, g in zip(params, gs, strict=True):
+            p.grad = g.to(device, p.dtype)
+        opt.step()
+    return params, opt
+
+
+def _few(flipped: torch.Tensor, what: str) -> None:
+    if flipped.numel():
+        assert flipped.float().mean().item() <= 2e-3, what
+
+
+def assert_codes_agree(ours: torch.Tensor, cpu: torch.Tensor, what: str) -> None:
+    """8-bit codes: the CPU's, but for a few neighbouring ones."""
+    assert ours.dtype == torch.uint8, what
+    assert ours.shape == cpu.shape, what
+    diff = (ours.cpu().int() - cpu.int()).abs()
+    if diff.numel():
+        assert diff.max().item() <= 1, what
+        _few(diff != 0, what)
+
+
+def assert_like_cpu(ours: torch.Tensor, cpu: torch.Tensor, what: str) -> None:
+    """float32 (or float64) values: the CPU's to rounding; 16-bit ones: the CPU's, but for a
+    few one ulp away."""
+    assert ours.dtype == cpu.dtype, what
+    ours = ours.detach().cpu()
+    cpu = cpu.detach()
+    if cpu.dtype in (torch.float32, torch.float64):
+        torch.testing.assert_close(ours, cpu, rtol=1e-5, atol=1e-6, msg=what)
+        return
+    diff = (ours.double() - cpu.double()).abs()
+    ulp = cpu.double().abs() * torch.finfo(cpu.dtype).eps + torch.finfo(cpu.dtype).tiny
+    assert (diff <= ulp).all(), what
+    _few(diff != 0, what)
+
+
+def assert_params_like_cpu(ours: Sequence[torch.Tensor], cpu: Sequence[torch.Tensor]) -> None:
+    for i, (p, q) in enumerate(zip(ours, cpu, strict=True)):
+        assert p.is_cuda, i
+        assert_like_cpu(p, q, f"param {i}")
+
+
+def assert_state_like_cpu(opt_cuda: torch.optim.Optimizer, opt_cpu: torch.optim.Optimizer) -> None:
+    """Every state tensor of ``opt_cuda`` (CUDA params) like ``opt_cpu``'s (the same params on
+    the CPU, the same steps)."""
+    for (p, st), (q, ref) in zip(opt_cuda.state.items(), opt_cpu.state.items(), strict=True):
+        assert p.is_cuda
+        assert not q.is_cuda
+        for key, value in st.items():
+            want = ref[key]
+            if not isinstance(value, torch.Tensor):
+                assert value == want, key
+            elif key == "kahan_comp":
+                # Where the param rounded the other way, its compensation moved by the same
+                # bfloat16 ulp the other way: the two sum to the same value, to the
+                # compensation's own precision.
+                ours = p.detach().cpu().double() + value.cpu().double()
+                theirs = q.detach().double() + want.double()
+                assert ((ours - theirs).abs() <= theirs.abs() * 2**-14 + 1e-30).all(), key
+            elif value.dtype == torch.uint8:
+                assert_codes_agree(value, want, key)
+            elif key.endswith("_absmax"):
+                torch.testing.assert_close(value.cpu(), want, rtol=1e-5, atol=0.0, msg=key)
+            else:
+                assert_like_cpu(value, want, key)

@@ -3,10 +3,9 @@ multi_tensor_kernel_q8), against the float32 references and against the CPU kern
 
 A file of its own, apart from test_8bit.py: that module needs bitsandbytes, which the GPU
 machine does not have, and these tests do not. The CUDA kernel runs the CPU engine's rule
-(gradfuse/math/quant8.h for the codes, the optimizers' shared rules for the update), but nvcc
-contracts multiply-adds that the CPU build keeps apart: a state value one ulp away from the
-CPU's moves its code where it sits on a threshold. So the cross-checks with the CPU allow a
-neighbouring code for a few elements in a thousand, and judge the rest exactly.
+(gradfuse/math/quant8.h for the codes, the optimizers' shared rules for the update); the
+cross-checks with the CPU allow what optim_testing's CUDA helpers say (a neighbouring code or
+16-bit value for a few elements in a thousand) and judge the rest tightly.
 """
 
 from __future__ import annotations
@@ -18,10 +17,16 @@ import torch
 
 import gradfuse.optim as gopt
 from gradfuse.testing import compare_8bit_steps, judge_8bit_steps
+from optim_testing import (
+    assert_codes_agree,
+    assert_params_like_cpu,
+    assert_state_like_cpu,
+    stepped_on,
+)
 
 pytestmark = pytest.mark.cuda
 
-# Every 8-bit optimizer the CUDA engine runs (LAMB's CUDA kernel keeps the default storage).
+# Every 8-bit optimizer (Muon8bit's own test is below).
 CUDA_EIGHT_BIT = [
     ("AdamW", {"lr": 1e-3, "weight_decay": 1e-2}),
     ("Adam", {"amsgrad": True, "maximize": True}),
@@ -34,6 +39,8 @@ CUDA_EIGHT_BIT = [
     ("Lion", {"lr": 1e-4, "weight_decay": 0.1}),
     ("ADOPT", {"weight_decay": 0.1, "weight_decouple": True}),
     ("AdEMAMix", {"t_alpha": 5, "t_beta3": 5, "weight_decay": 0.1}),
+    # LAMB without clipping (bench/cases/adamw8bit.py says why); u from the stored moments.
+    ("LAMB", {"weight_decay": 0.01, "max_grad_norm": 0.0}),
 ]
 # Empty, one element, a partial block, whole blocks plus a tail, a matrix.
 STEP_SHAPES = [(0,), (1,), (7,), (4097,), (33, 17)]
@@ -41,7 +48,7 @@ STEP_SHAPES = [(0,), (1,), (7,), (4097,), (33, 17)]
 WIDE = (2 * 65536 + 300,)
 
 
-# 33 cases of CPU reference runs: left out of gpu_check.sh's compute-sanitizer runs (the
+# 36 cases of CPU reference runs: left out of gpu_check.sh's compute-sanitizer runs (the
 # cross-checks with the CPU kernel below run there).
 @pytest.mark.no_sanitizer
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -72,57 +79,6 @@ def _grads(shapes: list[tuple[int, ...]], steps: int, seed: int) -> list[list[to
     return [[torch.randn(s, generator=g) * 0.1 for s in shapes] for _ in range(steps)]
 
 
-def _stepped(
-    cls: type[torch.optim.Optimizer],
-    start: list[torch.Tensor],
-    grads: list[list[torch.Tensor]],
-    device: str,
-    state: dict | None = None,
-    **kwargs: object,
-) -> tuple[list[torch.Tensor], torch.optim.Optimizer]:
-    params = [p.to(device, copy=True).requires_grad_(True) for p in start]
-    opt = cls(params, **kwargs)
-    if state is not None:
-        opt.load_state_dict(copy.deepcopy(state))
-    for gs in grads:
-        for p, g in zip(params, gs, strict=True):
-            p.grad = g.to(device, p.dtype)
-        opt.step()
-    return params, opt
-
-
-def _assert_codes_agree(ours: torch.Tensor, cpu: torch.Tensor, what: str) -> None:
-    """The same codes but for a few elements in a thousand, each a neighbouring code (the
-    module's docstring says why)."""
-    assert ours.dtype == torch.uint8, what
-    assert ours.shape == cpu.shape, what
-    diff = (ours.cpu().int() - cpu.int()).abs()
-    if diff.numel():
-        assert diff.max().item() <= 1, what
-        assert (diff != 0).float().mean().item() <= 2e-3, what
-
-
-def _state_like_cpu(opt_cuda: torch.optim.Optimizer, opt_cpu: torch.optim.Optimizer) -> None:
-    for (p, st), (q, ref) in zip(opt_cuda.state.items(), opt_cpu.state.items(), strict=True):
-        assert p.is_cuda
-        assert not q.is_cuda
-        for key, value in st.items():
-            want = ref[key]
-            if key == "kahan_comp":
-                # Where the param rounded the other way (see the policies test), its
-                # compensation moved by the same bfloat16 ulp the other way: the two sum to
-                # the same value, to the compensation's own precision.
-                ours = p.detach().cpu().double() + value.cpu().double()
-                theirs = q.detach().double() + want.double()
-                assert ((ours - theirs).abs() <= theirs.abs() * 2**-14 + 1e-30).all()
-            elif value.dtype == torch.uint8:
-                _assert_codes_agree(value, want, key)
-            elif key.endswith("_absmax"):
-                torch.testing.assert_close(value.cpu(), want, rtol=1e-5, atol=0.0, msg=key)
-            else:
-                torch.testing.assert_close(value.cpu(), want, msg=key)
-
-
 @pytest.mark.parametrize(
     ("cls", "kwargs"),
     [
@@ -140,14 +96,14 @@ def test_cuda_8bit_step_is_the_cpu_kernels(
     params to rounding, the same absmax, the same codes (a neighbour for a few)."""
     shapes = [WIDE, (4097,), (300, 129), (17,)]
     start, grads = _start(shapes, torch.float32, 0), _grads(shapes, 4, 1)
-    params, opt = _stepped(cls, start, grads[:3], "cpu", min_8bit_size=1, **kwargs)
+    params, opt = stepped_on(cls, start, grads[:3], "cpu", min_8bit_size=1, **kwargs)
     state = opt.state_dict()
     moved = [p.detach().clone() for p in params]
-    ours, opt_cuda = _stepped(cls, moved, grads[3:], "cuda", state, min_8bit_size=1, **kwargs)
-    theirs, opt_cpu = _stepped(cls, moved, grads[3:], "cpu", state, min_8bit_size=1, **kwargs)
+    ours, opt_cuda = stepped_on(cls, moved, grads[3:], "cuda", state, min_8bit_size=1, **kwargs)
+    theirs, opt_cpu = stepped_on(cls, moved, grads[3:], "cpu", state, min_8bit_size=1, **kwargs)
     for p, q in zip(ours, theirs, strict=True):
         torch.testing.assert_close(p.detach().cpu(), q.detach(), rtol=1e-5, atol=1e-6)
-    _state_like_cpu(opt_cuda, opt_cpu)
+    assert_state_like_cpu(opt_cuda, opt_cpu)
 
 
 @pytest.mark.parametrize(
@@ -160,19 +116,13 @@ def test_cuda_8bit_bfloat16_policies_are_the_cpu_kernels(policy: dict[str, objec
     shapes = [(4097,), (70_001,)]
     start, grads = _start(shapes, torch.bfloat16, 2), _grads(shapes, 3, 3)
     kw = {"lr": 1e-2, "min_8bit_size": 1, **policy}
-    params, opt = _stepped(gopt.AdamW8bit, start, grads[:2], "cpu", **kw)
+    params, opt = stepped_on(gopt.AdamW8bit, start, grads[:2], "cpu", **kw)
     state = opt.state_dict()
     moved = [p.detach().clone() for p in params]
-    ours, opt_cuda = _stepped(gopt.AdamW8bit, moved, grads[2:], "cuda", state, **kw)
-    theirs, opt_cpu = _stepped(gopt.AdamW8bit, moved, grads[2:], "cpu", state, **kw)
-    for p, q in zip(ours, theirs, strict=True):
-        # A float32 result one ulp from the CPU's rounds to the same bfloat16 but where it sits
-        # on a rounding boundary: one bfloat16 ulp, for a few elements.
-        diff = (p.detach().cpu().float() - q.detach().float()).abs()
-        ulp = q.detach().float().abs() * 2**-7
-        assert (diff <= ulp).all()
-        assert (diff != 0).float().mean().item() <= 2e-3
-    _state_like_cpu(opt_cuda, opt_cpu)
+    ours, opt_cuda = stepped_on(gopt.AdamW8bit, moved, grads[2:], "cuda", state, **kw)
+    theirs, opt_cpu = stepped_on(gopt.AdamW8bit, moved, grads[2:], "cpu", state, **kw)
+    assert_params_like_cpu(ours, theirs)
+    assert_state_like_cpu(opt_cuda, opt_cpu)
 
 
 def test_cuda_8bit_trajectory_follows_the_cpu() -> None:
@@ -180,8 +130,8 @@ def test_cuda_8bit_trajectory_follows_the_cpu() -> None:
     neighbouring codes do not drift apart."""
     shapes = [(5000,), (64, 129)]
     start, grads = _start(shapes, torch.float32, 4), _grads(shapes, 20, 5)
-    ours, _ = _stepped(gopt.AdamW8bit, start, grads, "cuda", lr=1e-3)
-    theirs, _ = _stepped(gopt.AdamW8bit, start, grads, "cpu", lr=1e-3)
+    ours, _ = stepped_on(gopt.AdamW8bit, start, grads, "cuda", lr=1e-3)
+    theirs, _ = stepped_on(gopt.AdamW8bit, start, grads, "cpu", lr=1e-3)
     for p, q, s in zip(ours, theirs, start, strict=True):
         moved = (q.detach() - s).abs().max().item()
         assert moved > 1e-3
@@ -193,11 +143,11 @@ def test_cuda_8bit_many_tensors_in_one_call() -> None:
     absmax arrays (Q8Extras), against the CPU kernel."""
     shapes = [(4097 + k,) for k in range(200)]
     start, grads = _start(shapes, torch.float32, 6), _grads(shapes, 2, 7)
-    ours, opt_cuda = _stepped(gopt.AdamW8bit, start, grads, "cuda", lr=1e-2)
-    theirs, opt_cpu = _stepped(gopt.AdamW8bit, start, grads, "cpu", lr=1e-2)
+    ours, opt_cuda = stepped_on(gopt.AdamW8bit, start, grads, "cuda", lr=1e-2)
+    theirs, opt_cpu = stepped_on(gopt.AdamW8bit, start, grads, "cpu", lr=1e-2)
     for p, q in zip(ours, theirs, strict=True):
         torch.testing.assert_close(p.detach().cpu(), q.detach(), rtol=1e-4, atol=1e-4)
-    _state_like_cpu(opt_cuda, opt_cpu)
+    assert_state_like_cpu(opt_cuda, opt_cpu)
 
 
 @pytest.mark.no_sanitizer
@@ -206,11 +156,11 @@ def test_cuda_8bit_tensor_across_two_launches() -> None:
     on as entry 0 of the next (Q8Extras.keep carries its absmax arrays)."""
     shapes = [(700 * 65536,), (100 * 65536 + 5,)]
     start, grads = _start(shapes, torch.float32, 12), _grads(shapes, 1, 13)
-    ours, opt_cuda = _stepped(gopt.AdamW8bit, start, grads, "cuda", lr=1e-2)
-    theirs, opt_cpu = _stepped(gopt.AdamW8bit, start, grads, "cpu", lr=1e-2)
+    ours, opt_cuda = stepped_on(gopt.AdamW8bit, start, grads, "cuda", lr=1e-2)
+    theirs, opt_cpu = stepped_on(gopt.AdamW8bit, start, grads, "cpu", lr=1e-2)
     for p, q in zip(ours, theirs, strict=True):
         torch.testing.assert_close(p.detach().cpu(), q.detach(), rtol=1e-5, atol=1e-6)
-    _state_like_cpu(opt_cuda, opt_cpu)
+    assert_state_like_cpu(opt_cuda, opt_cpu)
 
 
 @pytest.mark.parametrize("signed", [True, False])
@@ -302,20 +252,20 @@ def test_cuda_8bit_capturable_is_the_host_step() -> None:
     """capturable=True (step counts on the device, read by the kernel) takes the same steps."""
     shapes = [(4097,), (300, 7)]
     start, grads = _start(shapes, torch.float32, 8), _grads(shapes, 3, 9)
-    ours, opt_c = _stepped(gopt.AdamW8bit, start, grads, "cuda", capturable=True, min_8bit_size=1)
-    theirs, opt_h = _stepped(gopt.AdamW8bit, start, grads, "cuda", min_8bit_size=1)
+    ours, opt_c = stepped_on(gopt.AdamW8bit, start, grads, "cuda", capturable=True, min_8bit_size=1)
+    theirs, opt_h = stepped_on(gopt.AdamW8bit, start, grads, "cuda", min_8bit_size=1)
     for p, q in zip(ours, theirs, strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
     for (_, st), (_, ref) in zip(opt_c.state.items(), opt_h.state.items(), strict=True):
         for key, value in st.items():
             if value.dtype == torch.uint8:
-                _assert_codes_agree(value, ref[key].cpu(), key)
+                assert_codes_agree(value, ref[key].cpu(), key)
 
 
 def test_cuda_8bit_checkpoint_round_trip_exact() -> None:
     shapes = [(4097,), (33, 17)]
     start, grads = _start(shapes, torch.float32, 10), _grads(shapes, 6, 11)
-    params, opt = _stepped(gopt.AdamW8bit, start, grads[:3], "cuda", min_8bit_size=1)
+    params, opt = stepped_on(gopt.AdamW8bit, start, grads[:3], "cuda", min_8bit_size=1)
     sd = copy.deepcopy(opt.state_dict())
     other = [p.detach().clone().requires_grad_(True) for p in params]
     opt2 = gopt.AdamW8bit(other, min_8bit_size=1)

@@ -30,8 +30,11 @@ import gradfuse.optim as go
 from gradfuse.functional import lamb_
 from gradfuse.testing import LAMB as ReferenceLAMB
 from optim_testing import (
+    assert_params_like_cpu,
     assert_policy_refusals,
     assert_same_state,
+    assert_state_like_cpu,
+    stepped_on,
     stochastic_checkpoint_runs,
     unchanged,
 )
@@ -601,15 +604,51 @@ def test_signatures() -> None:
     assert "LAMB8bit" in go.__all__
 
 
+CUDA_STORAGES = [
+    (torch.float32, {"state_dtype": torch.bfloat16}),
+    (torch.float32, {"state_dtype": torch.uint8}),
+    (torch.float32, {"state_dtype": torch.uint8, "adam_w_mode": False}),
+    (torch.bfloat16, {"master_weights": True}),
+    (torch.float16, {"master_weights": True, "state_dtype": torch.uint8}),
+    (torch.bfloat16, {"state_dtype": torch.float32}),
+    (torch.bfloat16, {"rounding": "stochastic"}),
+    (torch.bfloat16, {"kahan": True}),
+]
+
+
 @pytest.mark.cuda
-def test_cuda_refuses_the_policies_before_writing() -> None:
-    p = torch.randn(4097, device="cuda")
-    g = torch.randn(4097, device="cuda")
-    m, v = torch.zeros(4097, device="cuda"), torch.zeros(4097, device="cuda", dtype=torch.bfloat16)
-    keep = p.clone()
-    with pytest.raises(NotImplementedError, match="only available for CPU tensors"):
-        lamb_([p], [g], [m.bfloat16()], [v], step=1)
-    assert torch.equal(p, keep)
+@pytest.mark.parametrize(("dtype", "options"), CUDA_STORAGES, ids=str)
+def test_cuda_storage_step_is_the_cpu_kernels(dtype: torch.dtype, options: dict[str, Any]) -> None:
+    """The CUDA kernels under each storage policy (cuda/lamb.cu, lamb_stored): from a CPU run's
+    state, one step on CUDA is the CPU kernel's step (optim_testing's CUDA helpers: the norms
+    add in another order, and nvcc contracts multiply-adds)."""
+    start, grads = _problem(3)
+    start = [x.to(dtype) for x in start]
+    kw = {**KW, **options}
+    params, opt = stepped_on(go.LAMB, start, grads[:2], "cpu", **kw)
+    state = opt.state_dict()
+    moved = [p.detach().clone() for p in params]
+    ours, opt_cuda = stepped_on(go.LAMB, moved, grads[2:], "cuda", state, **kw)
+    theirs, opt_cpu = stepped_on(go.LAMB, moved, grads[2:], "cpu", state, **kw)
+    assert_params_like_cpu(ours, theirs)
+    assert_state_like_cpu(opt_cuda, opt_cpu)
+
+
+@pytest.mark.cuda
+def test_cuda_found_inf_changes_nothing_under_a_policy() -> None:
+    p = torch.randn(5000, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    opt = go.LAMB8bit([p], master_weights=True, **KW)
+    p.grad = torch.randn_like(p)
+    opt.step()
+    before = {k: v.clone() for k, v in opt.state[p].items()}
+    p0 = p.detach().clone()
+    p.grad = torch.randn_like(p)
+    opt.grad_scale = torch.ones(1, device="cuda")  # type: ignore[attr-defined]
+    opt.found_inf = torch.ones(1, device="cuda")  # type: ignore[attr-defined]
+    opt.step()
+    assert torch.equal(p, p0)
+    for k, v in opt.state[p].items():
+        assert torch.equal(v, before[k]), k
 
 
 def test_8bit_checkpoint_keeps_float32_state_of_small_16bit_params() -> None:

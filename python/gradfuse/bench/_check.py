@@ -211,14 +211,14 @@ def _check_8bit(
     """``gradfuse.optim.<name>8bit`` with every param 8-bit (``min_8bit_size=1``), one step
     at a time from the same dequantized state as the float32 reference (params, absmax, and
     each code a nearest one); None where 8-bit state does not apply (it is for params of
-    float32, float16 or bfloat16, and LAMB's only on the CPU)."""
+    float32, float16 or bfloat16)."""
     import torch
 
     import gradfuse._tolerances as tol
     from gradfuse.testing._quant8 import compare_8bit_steps, judge_8bit_steps
 
     dt = torch_dtype(dtype)
-    if dt == torch.float64 or (device != "cpu" and name == "LAMB"):
+    if dt == torch.float64:
         return None
     row = Row(f"{name.lower()}8bit", _label(cfg), device, dtype)
     gen = torch.Generator().manual_seed(seed)

@@ -122,8 +122,8 @@ def lamb_(
     and per tensor ``p -= ratio * u`` with ``ratio = lr * ||p|| / ||u||`` where the trust ratio
     applies (``weight_decay != 0`` or ``use_nvlamb``) and both norms are nonzero, else ``lr``.
     apex's global gradient clipping is the caller's ``clip_coef`` (:class:`gradfuse.optim.LAMB`
-    computes it). AMP and the low-precision options (CPU tensors: master copies, Kahan
-    compensation, stochastic rounding, bfloat16/float32 or 8-bit state with ``state_absmax``)
+    computes it). AMP and the low-precision options (master copies, Kahan compensation,
+    stochastic rounding, bfloat16/float32 or 8-bit state with ``state_absmax``; CPU and CUDA)
     as for every update (:mod:`gradfuse.functional._updates`); the norms are those of the param
     the update computes with (the master copy) and of ``u`` from the moments as stored.
     """
@@ -142,7 +142,6 @@ def lamb_(
     lowprec.signed = [st.signed for st in LAMB.state]
     buffers, depth = lowprec.prepare_buffers(LAMB.op, slots, ("params", "exp_avgs", "exp_avg_sqs"))
     n = len(params)
-    _policies_on_cpu(LAMB.op, lowprec, buffers, n)
     scaling = _scaling(LAMB.op, options)
     if scaling is None:
         return
@@ -162,7 +161,7 @@ def _policies_on_cpu(
     index: Sequence[int] | None = None,
     state_codes: Sequence[int] | None = None,
 ) -> None:
-    """The CUDA kernels have the default storage only: refuse a policy, or a state of another
+    """Adafactor's CUDA kernels have the default storage only: refuse a policy, or a state of another
     dtype than the params' (``state_codes[i] != -1``: Adafactor's row/col state), on a CUDA
     param whose native call would use them (:meth:`LowPrecision.is_default_for`), before
     anything is written (the native check would come after the CPU groups of a
@@ -179,8 +178,8 @@ def _policies_on_cpu(
             at = i if index is None else index[i]
             raise NotImplementedError(
                 f"{op}: params[{at}] is {b.describe()}: master_params, kahan_comps, "
-                f"rounding='stochastic', 8-bit state and state of another dtype than the "
-                f"params' are only available for CPU tensors in this version"
+                f"rounding='stochastic' and state of another dtype than the params' are only "
+                f"available for CPU tensors in this version"
             )
 
 

@@ -110,9 +110,9 @@ LAMB8bit = _eight_bit(
     ``min_8bit_size`` elements (default 4096) are uint8 codes with a float32 ``*_absmax`` per 256
     elements; smaller params keep float32 state. Each of the kernel's two passes dequantizes the
     moments tile by tile; the first updates and requantizes them (new absmax, nearest codes) and
-    takes the trust ratio's norms from the moments as stored. CPU params of float32, float16 or
-    bfloat16 (LAMB's CUDA kernel keeps the default storage only); every other argument, default
-    and option as :class:`LAMB` (apex ``FusedLAMB``'s).
+    takes the trust ratio's norms from the moments as stored. Params of float32, float16 or
+    bfloat16, on the CPU or a CUDA device; every other argument, default and option as
+    :class:`LAMB` (apex ``FusedLAMB``'s).
 
     bitsandbytes' ``LAMB8bit`` shares the names ``lr``, ``bias_correction``, ``betas``, ``eps``,
     ``weight_decay``, ``amsgrad`` (refused), ``adam_w_mode`` and ``min_8bit_size``; its defaults

@@ -50,8 +50,7 @@ class LAMB(FusedOptimizer):
     8-bit ``exp_avg`` / ``exp_avg_sq``, as :class:`gradfuse.optim.LAMB8bit`), ``rounding=
     "stochastic"`` and ``kahan``, with the same state keys and checkpoints. Both norms of the
     trust ratio are those of the param the update computes with (the float32 master under master
-    weights) and of the update from the moments as stored. CPU tensors only for these (the CUDA
-    kernel has the default storage).
+    weights) and of the update from the moments as stored, on the CPU and on CUDA.
     """
 
     _update_fn = staticmethod(lamb_)
