@@ -26,9 +26,11 @@
 // division and square root; nvcc may fuse a multiply and an add where the CPU build does not, so
 // the last bit can differ). The CPU kernel (src/cpu/kernels/adafactor.cpp) sums
 // u^2 without reading g again where the clamp is nowhere active; here u_pass always runs: the
-// same value to rounding, one more read of g. The default storage only (state in the params'
-// dtype, params rounded to nearest): the storage policies are the CPU kernel's and refused here
-// before anything runs.
+// same value to rounding, one more read of g.
+// Storage (gradfuse/storage.h), as the CPU kernel: the state (row_var, col_var, variance) in
+// St::State, read into opmath and rounded to it when stored; the param read and written through
+// ParamRef (the float32 master under master weights, stored by store_param: stochastic rounding,
+// Kahan compensation). The default storage is the plain loads and stores of before.
 #include <algorithm>
 #include <cstdint>
 #include <vector>
@@ -38,6 +40,7 @@
 #include "gradfuse/cuda.h"
 #include "gradfuse/dispatch.h"
 #include "gradfuse/math/convert.h"
+#include "gradfuse/storage.h"
 #include "reduce.cuh"
 
 namespace gf::cuda {
@@ -94,6 +97,22 @@ struct Common {
   }
 };
 
+// One tensor's param under the storage St: load gives the value the update reads (the float32
+// master under kParamMaster), store writes the new value by the policy (store_param).
+template <typename St>
+struct ParamRef {
+  using P = typename St::Param;
+  using OpT = OpMath<P>;
+  P* p;
+  typename St::Extra* x;
+  math::RoundingKey key;
+
+  __device__ GF_INLINE OpT load(std::int64_t i) const { return load_param<St>(p, x, i); }
+  __device__ GF_INLINE void store(std::int64_t i, OpT v) const {
+    store_param<St>(p, x, i, v, key, i);
+  }
+};
+
 // ---- rank < 2 ---------------------------------------------------------------------------------
 
 // The block's chunks [begin, end) of kFlatChunk elements: blockIdx.x, then every gridDim.x-th
@@ -103,17 +122,17 @@ struct Common {
        begin < (n) && (end = min((n), begin + kFlatChunk), true);                        \
        begin += static_cast<std::int64_t>(gridDim.x) * kFlatChunk)
 
-template <typename T, typename OpT = OpMath<T>>
+template <typename St, typename OpT = OpMath<typename St::Param>>
 __global__ void __launch_bounds__(kThreads)
-    flat_pass_a(const T* p, const T* g, T* var, std::int64_t n, const Common<OpT> c, double* part_p,
-                double* part_u) {
+    flat_pass_a(const ParamRef<St> p, const typename St::Param* g, typename St::State* var,
+                std::int64_t n, const Common<OpT> c, double* part_p, double* part_u) {
   __shared__ OpT sh[kThreads];
   if (c.skip()) return;
   const OpT gf = c.grad_factor();
   OpT ap = OpT(0), au = OpT(0);
   GF_FOR_EACH_CHUNK(begin, end, n) {
     for (std::int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
-      const OpT pi = math::load(p, i);
+      const OpT pi = p.load(i);
       const OpT gi = math::load(g, i) * gf;
       math::store(var, i, math::adafactor_lerp<OpT>(math::load(var, i), gi * gi, c.w));
       const OpT u = math::adafactor_direction<OpT>(gi, math::load(var, i), c.eps1_sq);
@@ -124,10 +143,10 @@ __global__ void __launch_bounds__(kThreads)
   write_block_sums<kThreads>(ap, au, sh, part_p, part_u);
 }
 
-template <typename T, typename OpT = OpMath<T>>
+template <typename St, typename OpT = OpMath<typename St::Param>>
 __global__ void __launch_bounds__(kThreads)
-    flat_pass_c(T* p, const T* g, const T* var, std::int64_t n, const Common<OpT> c,
-                const OpT* step) {
+    flat_pass_c(const ParamRef<St> p, const typename St::Param* g, const typename St::State* var,
+                std::int64_t n, const Common<OpT> c, const OpT* step) {
   if (c.skip()) return;
   const OpT gf = c.grad_factor();
   const OpT st = *step;
@@ -135,7 +154,7 @@ __global__ void __launch_bounds__(kThreads)
     for (std::int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
       const OpT u =
           math::adafactor_direction<OpT>(math::load(g, i) * gf, math::load(var, i), c.eps1_sq);
-      math::store(p, i, math::load(p, i) * c.decay + st * u);
+      p.store(i, p.load(i) * c.decay + st * u);
     }
   }
 }
@@ -174,10 +193,10 @@ __device__ GF_INLINE void write_warp_sums(OpT lane0_sum, OpT* sh, double* part) 
   }
 }
 
-template <typename T, typename OpT = OpMath<T>>
+template <typename St, typename OpT = OpMath<typename St::Param>>
 __global__ void __launch_bounds__(kThreads)
-    row_pass(const T* p, const T* g, T* row_var, std::int64_t total_rows, std::int64_t cols,
-             const Common<OpT> c, double* part_p) {
+    row_pass(const ParamRef<St> p, const typename St::Param* g, typename St::State* row_var,
+             std::int64_t total_rows, std::int64_t cols, const Common<OpT> c, double* part_p) {
   __shared__ OpT sh[kWarps];
   if (c.skip()) return;
   const OpT gf = c.grad_factor();
@@ -187,7 +206,7 @@ __global__ void __launch_bounds__(kThreads)
     const std::int64_t o = r * cols;
     OpT ap = OpT(0), ar = OpT(0);
     for (std::int64_t j = lane; j < cols; j += 32) {
-      const OpT pj = math::load(p, o + j);
+      const OpT pj = p.load(o + j);
       const OpT gj = math::load(g, o + j) * gf;
       ap += pj * pj;
       ar += gj * gj;
@@ -287,9 +306,9 @@ __device__ GF_INLINE OpT row_factor_of(const T* row_var, const OpT* rmean, std::
   return OpT(1) / GF_LIBM(sqrt)(math::load(row_var, r) / rmean[r / rows]);
 }
 
-template <typename T, typename OpT = OpMath<T>>
+template <typename P, typename S, typename OpT = OpMath<P>>
 __global__ void __launch_bounds__(kThreads)
-    u_pass(const T* g, const T* row_var, const OpT* rmean, const OpT* col_factor,
+    u_pass(const P* g, const S* row_var, const OpT* rmean, const OpT* col_factor,
            std::int64_t total_rows, std::int64_t rows, std::int64_t cols, const Common<OpT> c,
            OpT* row_factor, double* part_u) {
   __shared__ OpT sh[kWarps];
@@ -301,7 +320,7 @@ __global__ void __launch_bounds__(kThreads)
     const OpT rf = row_factor_of(row_var, rmean, r, rows);
     if (lane == 0) row_factor[r] = rf;  // for apply
     const OpT* cf = col_factor + (r / rows) * cols;
-    const T* gr = g + r * cols;
+    const P* gr = g + r * cols;
     OpT au = OpT(0);
     for (std::int64_t j = lane; j < cols; j += 32) {
       const OpT u =
@@ -316,10 +335,11 @@ __global__ void __launch_bounds__(kThreads)
 
 // Index: the type of the element index and of its division into row and column (32-bit
 // unsigned where the tensor allows: a 64-bit division is a long emulated routine on the GPU).
-template <typename Index, typename T, typename OpT = OpMath<T>>
+template <typename Index, typename St, typename OpT = OpMath<typename St::Param>>
 __global__ void __launch_bounds__(kThreads)
-    apply(T* p, const T* g, const OpT* row_factor, const OpT* col_factor, Index n, Index rows,
-          Index cols, const Common<OpT> c, const OpT* step) {
+    apply(const ParamRef<St> p, const typename St::Param* g, const OpT* row_factor,
+          const OpT* col_factor, Index n, Index rows, Index cols, const Common<OpT> c,
+          const OpT* step) {
   if (c.skip()) return;
   const OpT gf = c.grad_factor();
   const OpT st = *step;
@@ -331,7 +351,7 @@ __global__ void __launch_bounds__(kThreads)
     const OpT scale = math::adafactor_factored_scale(row_factor[r],
                                                      col_factor[(r / rows) * cols + j], c.inv_eps1);
     const OpT u = (math::load(g, i) * gf) * scale;
-    math::store(p, i, math::load(p, i) * c.decay + st * u);
+    p.store(i, p.load(i) * c.decay + st * u);
   }
 }
 
@@ -364,10 +384,13 @@ struct Need {
   }
 };
 
-template <typename T>
-void adafactor_typed(const AdafactorArgs& a) {
-  using OpT = OpMath<T>;
+template <typename St>
+void adafactor_stored(const AdafactorArgs& a) {
+  using P = typename St::Param;
+  using S = typename St::State;
+  using OpT = OpMath<P>;
   const TensorList& tl = a.tensors;
+  const Precision& pr = tl.precision;
   const std::int64_t n = tl.size;
   DeviceGuard guard(tl.device);
   const auto stream = reinterpret_cast<cudaStream_t>(tl.stream);
@@ -398,45 +421,49 @@ void adafactor_typed(const AdafactorArgs& a) {
     const std::int64_t numel = tl.numels[t];
     if (numel == 0) continue;  // an empty tensor only counts its step (the Python layer)
     const Need need = Need::of(a, t);
-    T* p = tl.ptr<T>(0, t);
-    const T* g = tl.ptr<const T>(1, t);
+    ParamRef<St> p{tl.ptr<P>(0, t), nullptr, {}};
+    if constexpr (St::kPolicy == kParamMaster || St::kPolicy == kParamKahan) {
+      p.x = reinterpret_cast<typename St::Extra*>(pr.extra[t]);
+    }
+    if constexpr (St::kPolicy == kParamStochastic) p.key = math::rounding_key(pr.seed, t);
+    const P* g = tl.ptr<const P>(1, t);
     const double size = static_cast<double>(numel);
     if (!a.factored) {
       const auto blocks = static_cast<unsigned>(need.parts);
-      T* var = tl.ptr<T>(2, t);
-      launch(flat_pass_a<T>, blocks, kThreads, stream, p, g, var, numel, c, part_p, part_u);
+      S* var = tl.ptr<S>(2, t);
+      launch(flat_pass_a<St>, blocks, kThreads, stream, p, g, var, numel, c, part_p, part_u);
       launch(step_kernel<OpT>, 1, 1, stream, part_p, part_u, need.parts, h, size, gs, step);
-      launch(flat_pass_c<T>, blocks, kThreads, stream, p, g, var, numel, c, step);
+      launch(flat_pass_c<St>, blocks, kThreads, stream, p, g, var, numel, c, step);
       continue;
     }
     const std::int64_t rows = a.rows[t], cols = a.cols[t];
     const std::int64_t total_rows = need.rows, columns = need.columns, mats = total_rows / rows;
     const RowChunks chunks = RowChunks::of(rows, columns);
-    T* row_var = tl.ptr<T>(2, t);
-    T* col_var = tl.ptr<T>(3, t);
+    S* row_var = tl.ptr<S>(2, t);
+    S* col_var = tl.ptr<S>(3, t);
     const unsigned rgrid = row_grid(total_rows);
-    launch(row_pass<T>, rgrid, kThreads, stream, p, g, row_var, total_rows, cols, c, part_p);
-    launch(col_partial<T>, grid_for(chunks.count * columns, kThreads), kThreads, stream, g, mats,
+    launch(row_pass<St>, rgrid, kThreads, stream, p, g, row_var, total_rows, cols, c, part_p);
+    launch(col_partial<P>, grid_for(chunks.count * columns, kThreads), kThreads, stream, g, mats,
            rows, cols, chunks, c, chunk_sums);
-    launch(col_finish<T>, grid_for(columns, kThreads), kThreads, stream, chunk_sums, col_var,
+    launch(col_finish<S, OpT>, grid_for(columns, kThreads), kThreads, stream, chunk_sums, col_var,
            columns, rows, chunks.count, c, col_factor);
     if (rows > kTallRows) {
-      launch(row_means<kThreads, T>, grid_for(mats, 1), kThreads, stream, row_var, mats, rows, c,
-             rmean);
+      launch(row_means<kThreads, S, OpT>, grid_for(mats, 1), kThreads, stream, row_var, mats, rows,
+             c, rmean);
     } else {
-      launch(row_means<32, T>, grid_for(mats, kWarps), kThreads, stream, row_var, mats, rows, c,
-             rmean);
+      launch(row_means<32, S, OpT>, grid_for(mats, kWarps), kThreads, stream, row_var, mats, rows,
+             c, rmean);
     }
-    launch(u_pass<T>, rgrid, kThreads, stream, g, row_var, rmean, col_factor, total_rows, rows,
+    launch(u_pass<P, S>, rgrid, kThreads, stream, g, row_var, rmean, col_factor, total_rows, rows,
            cols, c, row_factor, part_u);
     launch(step_kernel<OpT>, 1, 1, stream, part_p, part_u, need.parts, h, size, gs, step);
     const unsigned agrid = grid_for(numel, kThreads);
     if (numel <= static_cast<std::int64_t>(UINT32_MAX)) {
       using U = std::uint32_t;
-      launch(apply<U, T>, agrid, kThreads, stream, p, g, row_factor, col_factor,
+      launch(apply<U, St>, agrid, kThreads, stream, p, g, row_factor, col_factor,
              static_cast<U>(numel), static_cast<U>(rows), static_cast<U>(cols), c, step);
     } else {
-      launch(apply<std::int64_t, T>, agrid, kThreads, stream, p, g, row_factor, col_factor, numel,
+      launch(apply<std::int64_t, St>, agrid, kThreads, stream, p, g, row_factor, col_factor, numel,
              rows, cols, c, step);
     }
   }
@@ -445,10 +472,13 @@ void adafactor_typed(const AdafactorArgs& a) {
 }  // namespace
 
 void adafactor(const AdafactorArgs& a) {
-  check_default_storage(a.tensors, "adafactor");
+  GF_CHECK(!a.tensors.precision.is_q8(),
+           "adafactor: 8-bit state is not available (the factored state is already O(rows + "
+           "cols) per matrix)");
   visit_dtype(a.tensors.dtype, "adafactor", [&](auto tag) {
     using T = typename decltype(tag)::type;
-    adafactor_typed<T>(a);
+    visit_storage<T, true>(a.tensors, "adafactor",
+                           [&](auto storage) { adafactor_stored<decltype(storage)>(a); });
   });
 }
 

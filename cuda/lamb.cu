@@ -109,17 +109,6 @@ struct LambSlots {
 template <typename St>
 constexpr bool kQ8Lamb = std::is_same_v<typename St::State, Q8>;
 
-// The value the rule reads for the param: the float32 master under kParamMaster.
-template <typename St>
-__device__ GF_INLINE OpMath<typename St::Param> param_value(const LambSlots<St>& sl,
-                                                            std::int64_t i) {
-  if constexpr (St::kPolicy == kParamMaster) {
-    return sl.x[i];
-  } else {
-    return math::load(sl.p, i);
-  }
-}
-
 // A moment as stored: its state dtype's value, or the 8-bit code's.
 template <typename St>
 __device__ GF_INLINE OpMath<typename St::Param> moment(const typename St::State* s,
@@ -142,7 +131,7 @@ __device__ GF_INLINE void lamb_moments_elements(
     OpMath<typename St::Param>& ap) {
   using OpT = OpMath<typename St::Param>;
   for (std::int64_t i = begin + threadIdx.x; i < end; i += kLambThreads) {
-    const OpT pi = param_value(sl, i);
+    const OpT pi = load_param<St>(sl.p, sl.x, i);
     const OpT gi = flip(f.apply(math::load(sl.g, i)));
     OpT mi = math::load(sl.m, i), vi = math::load(sl.v, i);
     math::lamb_moments<kDecoupled>(pi, gi, mi, vi, s);
@@ -176,7 +165,7 @@ __device__ GF_INLINE void lamb_moments_q8(const LambSlots<St>& sl, std::int64_t 
       const std::int64_t i = base + 32 * j + lane;
       pj[j] = mj[j] = vj[j] = 0.0f;
       if (i >= end) continue;
-      pj[j] = param_value(sl, i);
+      pj[j] = load_param<St>(sl.p, sl.x, i);
       const float gi = flip(f.apply(math::load(sl.g, i)));
       mj[j] = dequantize(maps.code[sl.map_m], sl.m[i].bits, scale_m);
       vj[j] = dequantize(maps.code[sl.map_v], sl.v[i].bits, scale_v);
@@ -249,7 +238,7 @@ __global__ void __launch_bounds__(kLambThreads)
   const std::int64_t begin = static_cast<std::int64_t>(blockIdx.x) * kLambChunk;
   const std::int64_t end = min(sl.n, begin + kLambChunk);
   for (std::int64_t i = begin + threadIdx.x; i < end; i += kLambThreads) {
-    const OpT pi = param_value(sl, i);
+    const OpT pi = load_param<St>(sl.p, sl.x, i);
     const OpT mi = moment<St>(sl.m, sl.absmax_m, shared_maps, sl.map_m, i);
     const OpT vi = moment<St>(sl.v, sl.absmax_v, shared_maps, sl.map_v, i);
     const OpT u = math::lamb_direction<kDecoupled>(pi, mi, vi, s);

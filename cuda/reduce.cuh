@@ -55,13 +55,4 @@ __device__ GF_INLINE float warp_max(float x) {
   return x;
 }
 
-// For a kernel with the default storage only (Adafactor's: state in the params' dtype, params
-// rounded to nearest; the storage policies are the CPU kernel's). Refused before anything runs.
-inline void check_default_storage(const TensorList& tl, const char* op) {
-  GF_CHECK(tl.precision.is_default(tl.dtype), op,
-           ": master weights, state_dtype, stochastic rounding and Kahan compensation are only "
-           "available for CPU tensors in this version (got CUDA tensors of ",
-           dtype_name(tl.dtype), ")");
-}
-
 }  // namespace gf::cuda

@@ -435,13 +435,22 @@ inline std::int64_t quantize_regions(const DynamicMap& m, const float* GF_RESTRI
 // Vectorized without a table lookup (gathers cost ~12 cycles per 8 lanes on Zen 3): the
 // region of the value by an estimate and one comparison, the code in the region by one
 // multiply-add (see Regions); about 1 group of 64 in 130 goes to the exact search. Blocks with a
-// zero or non-finite absmax divide (their values are 0, NaN or +-inf), and so does every block if
-// the regions failed their checks.
+// zero, tiny or non-finite absmax divide (their values are 0, NaN or +-inf, or small enough that
+// the quotient's residual could underflow, see kMinFastAbsmax), and so does every block if the
+// regions failed their checks.
+// The smallest absmax whose blocks take the arithmetic quantizer. Its quotient x * (1 / absmax),
+// corrected by the residual fma(-q, absmax, x), is the correctly rounded x / absmax only while
+// the residual (about 2^-24 |x|) is a normal float. Where the code can be other than the
+// smallest magnitude's, |x| is above ~2^-22 absmax, so absmax >= 2^-60 keeps the residual above
+// 2^-106. (Below ~2^-128 the reciprocal itself overflows: a block of denormals came out all
+// code 0 before this bound.)
+constexpr float kMinFastAbsmax = 0x1p-60f;
+
 inline void quantize_block(const DynamicMap& m, const float* GF_RESTRICT x, float absmax,
                            std::uint8_t* GF_RESTRICT out, std::int64_t n) {
   std::int64_t j = 0;
 #if defined(__AVX2__) && defined(__FMA__)
-  if (m.regions.exact && absmax > 0.0f && absmax <= std::numeric_limits<float>::max()) {
+  if (m.regions.exact && absmax >= kMinFastAbsmax && absmax <= std::numeric_limits<float>::max()) {
     j = m.is_signed ? quantize_regions<true>(m, x, absmax, out, n)
                     : quantize_regions<false>(m, x, absmax, out, n);
   }

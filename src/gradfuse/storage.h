@@ -25,6 +25,20 @@ struct Storage {
                                    std::conditional_t<Policy == kParamKahan, BFloat16, P>>;
 };
 
+// The value the rule reads for element i of a param: the float32 master copy under kParamMaster,
+// else the param (math::load). The loops that read a param outside the engine's tiles (Adafactor,
+// LAMB on CUDA) read it through this.
+template <typename St>
+GF_HD GF_INLINE OpMath<typename St::Param> load_param(const typename St::Param* param,
+                                                      const typename St::Extra* extra,
+                                                      std::int64_t i) {
+  if constexpr (St::kPolicy == kParamMaster) {
+    return extra[i];
+  } else {
+    return math::load(param, i);
+  }
+}
+
 // Stores element i of a param, the rule's result `value`, by the storage's policy: rounded to
 // nearest; stochastically rounded (bfloat16, the bits of element `index` of the tensor under the
 // call's key); into the float32 master and its nearest copy; or Kahan-compensated against the

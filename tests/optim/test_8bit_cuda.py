@@ -168,7 +168,8 @@ def test_cuda_8bit_tensor_across_two_launches() -> None:
 def test_cuda_quantize_blockwise_is_the_cpus_bit_for_bit(signed: bool, n: int) -> None:
     """The standalone quantizer on CUDA (cuda/quant8.cu): the CPU's codes and absmax exactly
     (no arithmetic but the division by the absmax, IEEE on both), and its dequantized values,
-    for heavy-tailed values with zeros, ties on thresholds, NaN and infinities among them."""
+    for heavy-tailed values with zeros, ties on thresholds, denormals, NaN and infinities among
+    them."""
     g = torch.Generator().manual_seed(n)
     x = torch.randn(n, generator=g) * torch.exp(4 * torch.randn(n, generator=g))
     if not signed:
@@ -182,6 +183,8 @@ def test_cuda_quantize_blockwise_is_the_cpus_bit_for_bit(signed: bool, n: int) -
         m = gopt.dynamic_map(signed)
         x[1024:1279] = (m[:-1] + m[1:]) / 2
         x[1279] = 1.0
+        # Blocks of tiny values down to denormals (the CPU divides those blocks exactly).
+        x[1280:2048] = x[1280:2048] / x[1280:2048].abs().max() * 2.0**-133
     codes, absmax = gopt.quantize_blockwise(x, signed)
     codes_c, absmax_c = gopt.quantize_blockwise(x.cuda(), signed)
     assert codes_c.is_cuda

@@ -62,6 +62,24 @@ def test_every_isa_quantizes_as_the_exact_search(signed: bool) -> None:
 
 
 @pytest.mark.parametrize("signed", [True, False])
+def test_tiny_blocks_quantize_as_the_exact_search(signed: bool) -> None:
+    """Blocks whose absmax is tiny, down to denormals (second moments of tiny gradients): every
+    ISA gives the exact search's codes. The arithmetic quantizer's reciprocal overflowed below
+    ~2^-128 (every code 0), and its residual loses bits where it is denormal: such blocks
+    divide."""
+    x = _values(signed)[: 256 * 40]
+    scale = torch.pow(2.0, -torch.arange(40, dtype=torch.float64) * 2.5 - 40).float()
+    x = (x.view(40, 256) * scale[:, None]).flatten()
+    assert (x.view(40, 256).abs().amax(1) < 2.0**-125).any()
+    results = _per_isa(lambda: gopt.quantize_blockwise(x, signed))
+    codes, absmax = results["baseline"]
+    assert (codes.view(40, 256)[-1] != 0).any()
+    for isa, (c, a) in results.items():
+        assert torch.equal(c, codes), isa
+        assert torch.equal(a, absmax), isa
+
+
+@pytest.mark.parametrize("signed", [True, False])
 def test_quantizer_constants_are_checked(signed: bool) -> None:
     """As built, the arithmetic quantizer's constants pass their checks. Damaged three ways (a
     decade's frame 0.2% too steep, a region bound 3% late, the region estimate three quarters

@@ -23,10 +23,13 @@ from gradfuse.functional import adafactor_
 from optim_testing import (
     assert_policy_refusals,
     assert_same_state,
+    assert_state_like_cpu,
+    assert_step_like_cpu,
     leaves,
     seeded_grads,
     seeded_tensors,
     step_with,
+    stepped_on,
     stochastic_checkpoint_runs,
     unchanged,
 )
@@ -384,3 +387,75 @@ def test_functional_bad_precision_input_writes_nothing() -> None:
     with pytest.raises(ValueError, match=r"expected one entry of master_params"):
         call([bm, bv], brow, bcol, bvar, master_params=[pm.clone()])
     assert same()
+
+
+# ---- CUDA (cuda/adafactor.cu under each storage policy) ----------------------------------------
+
+CUDA_STORAGES = [
+    (torch.float32, {"state_dtype": torch.bfloat16}),
+    (torch.bfloat16, {"master_weights": True}),
+    (torch.float16, {"master_weights": True, "state_dtype": torch.float32}),
+    (torch.bfloat16, {"state_dtype": torch.float32}),
+    (torch.bfloat16, {"rounding": "stochastic"}),
+    (torch.bfloat16, {"kahan": True}),
+]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize(("dtype", "options"), CUDA_STORAGES, ids=str)
+def test_cuda_storage_step_is_the_cpu_kernels(dtype: torch.dtype, options: dict[str, Any]) -> None:
+    """From a CPU run's state, one step of the CUDA kernels under each storage policy is the
+    CPU kernel's step (optim_testing's CUDA helpers: the reductions add in another order, nvcc
+    contracts multiply-adds), factored matrices and vectors alike. The update reads the state
+    as stored: a row_var or col_var stored one bfloat16 rounding away moves its whole row's or
+    column's step a little, so the params (and master copies) are judged against their step
+    (assert_step_like_cpu), the state as every CUDA result."""
+    start = [x.to(dtype) for x in seeded_tensors(SHAPES, 3)]
+    grads = seeded_grads(SHAPES, 3, 4)
+    kw = {**KW, **options}
+    params, opt = stepped_on(go.Adafactor, start, grads[:2], "cpu", **kw)
+    state = opt.state_dict()
+    moved = [p.detach().clone() for p in params]
+    ours, opt_cuda = stepped_on(go.Adafactor, moved, grads[2:], "cuda", state, **kw)
+    theirs, opt_cpu = stepped_on(go.Adafactor, moved, grads[2:], "cpu", state, **kw)
+    assert_state_like_cpu(opt_cuda, opt_cpu, skip=("master_param", "kahan_comp"))
+    cuda_states = list(opt_cuda.state.values())
+    for i, (st, ref) in enumerate(zip(cuda_states, opt_cpu.state.values(), strict=True)):
+        old = state["state"][i]
+        assert ours[i].is_cuda
+        assert_step_like_cpu(ours[i], theirs[i], moved[i], f"param {i}")
+        if "master_param" in st:
+            want = ref["master_param"]
+            assert_step_like_cpu(st["master_param"], want, old["master_param"], f"master {i}")
+        if "kahan_comp" in st:
+            got = ours[i].detach().cpu().double() + st["kahan_comp"].cpu().double()
+            want = theirs[i].detach().double() + ref["kahan_comp"].double()
+            before = moved[i].double() + old["kahan_comp"].double()
+            assert_step_like_cpu(got, want, before, f"kahan {i}")
+
+
+@pytest.mark.cuda
+def test_cuda_and_cpu_params_in_one_call_under_a_policy() -> None:
+    """A CPU param and a CUDA param in one optimizer, bfloat16 state: each device's kernel takes
+    its own (no refusal any more), and the CUDA param's step is the one it takes alone."""
+    start = seeded_tensors([(5, 3), (7, 13)], 5)
+    grads = seeded_grads([(5, 3), (7, 13)], 2, 6)
+    ps = [start[0].clone().requires_grad_(), start[1].to("cuda", copy=True).requires_grad_()]
+    opt = go.Adafactor(ps, state_dtype=torch.bfloat16, **KW)
+    for gs in grads:
+        for p, g in zip(ps, gs, strict=True):
+            p.grad = g.to(p.device)
+        opt.step()
+    alone, _ = stepped_on(
+        go.Adafactor,
+        [start[1]],
+        [[gs[1]] for gs in grads],
+        "cuda",
+        state_dtype=torch.bfloat16,
+        **KW,
+    )
+    assert torch.equal(ps[1].detach(), alone[0].detach())
+    cpu_alone, _ = stepped_on(
+        go.Adafactor, [start[0]], [[gs[0]] for gs in grads], "cpu", state_dtype=torch.bfloat16, **KW
+    )
+    assert torch.equal(ps[0].detach(), cpu_alone[0].detach())

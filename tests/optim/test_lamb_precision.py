@@ -30,10 +30,11 @@ import gradfuse.optim as go
 from gradfuse.functional import lamb_
 from gradfuse.testing import LAMB as ReferenceLAMB
 from optim_testing import (
-    assert_params_like_cpu,
+    assert_like_cpu,
     assert_policy_refusals,
     assert_same_state,
     assert_state_like_cpu,
+    assert_step_like_cpu,
     stepped_on,
     stochastic_checkpoint_runs,
     unchanged,
@@ -630,12 +631,38 @@ def test_cuda_storage_step_is_the_cpu_kernels(dtype: torch.dtype, options: dict[
     moved = [p.detach().clone() for p in params]
     ours, opt_cuda = stepped_on(go.LAMB, moved, grads[2:], "cuda", state, **kw)
     theirs, opt_cpu = stepped_on(go.LAMB, moved, grads[2:], "cpu", state, **kw)
-    assert_params_like_cpu(ours, theirs)
-    assert_state_like_cpu(opt_cuda, opt_cpu)
+    assert_state_like_cpu(opt_cuda, opt_cpu, skip=("master_param", "kahan_comp"))
+    cuda_states = list(opt_cuda.state.values())
+    for i, (st, ref) in enumerate(zip(cuda_states, opt_cpu.state.values(), strict=True)):
+        # LAMB's step comes from the moments as stored: where the CUDA run stored a neighbouring
+        # moment (which assert_state_like_cpu allows for a few elements), that element's step
+        # moves with it. Such elements are judged against their step's size, the others as
+        # every CUDA result.
+        flipped = torch.zeros(moved[i].shape, dtype=torch.bool)
+        for key in ("exp_avg", "exp_avg_sq"):
+            flipped |= (st[key].cpu() != ref[key]).reshape(moved[i].shape)
+        old = state["state"][i]
+        pairs = [(ours[i].detach().cpu(), theirs[i].detach(), moved[i])]
+        if "master_param" in st:
+            pairs.append((st["master_param"].cpu(), ref["master_param"], old["master_param"]))
+        for got, want, before in pairs:
+            assert_like_cpu(got[~flipped], want[~flipped], f"param {i}")
+            assert_step_like_cpu(got[flipped], want[flipped], before[flipped], f"param {i}")
+        if "kahan_comp" in st:
+            # The param and its compensation together: the param's rounding may differ where
+            # its compensation takes up the difference (optim_testing's kahan_comp rule).
+            got = ours[i].detach().cpu().double() + st["kahan_comp"].cpu().double()
+            want = theirs[i].detach().double() + ref["kahan_comp"].double()
+            before = moved[i].double() + old["kahan_comp"].double()
+            tight = (got - want).abs() <= want.abs() * 2**-14 + 1e-30
+            assert tight[~flipped].all(), i
+            assert_step_like_cpu(got[flipped], want[flipped], before[flipped], f"kahan {i}")
 
 
 @pytest.mark.cuda
 def test_cuda_found_inf_changes_nothing_under_a_policy() -> None:
+    # The Python layer reads found_inf on the host and makes no call (the kernels' own check is
+    # the one every CUDA kernel shares, skipped(), reached by the binding-level tests).
     p = torch.randn(5000, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     opt = go.LAMB8bit([p], master_weights=True, **KW)
     p.grad = torch.randn_like(p)

@@ -418,18 +418,6 @@ class LowPrecision:
         """After :meth:`check`: no policy, every state tensor in its param's dtype."""
         return self._policy == _NEAREST and not self.mismatches
 
-    def is_default_for(self, i: int, buffers: Sequence[Buffer | None], n: int) -> bool:
-        """After :meth:`check`: whether param ``i`` of ``n`` (``buffers`` from
-        :meth:`prepare_buffers`) has the default storage in its native call: nearest rounding,
-        no master copy or compensation of its own, its state in its dtype. (A master-weights
-        call's float32 params have no master copy: their group runs the default storage.)"""
-        if self._policy in (_STOCHASTIC, _KAHAN):
-            return False
-        extra = self._extra_slot
-        if self._policy == _MASTER and extra is not None and buffers[extra * n + i] is not None:
-            return False
-        return not any(k == i and d != extra for d, k in self.mismatches)
-
     @property
     def written(self) -> tuple[str, ...]:
         return ("master_params", "kahan_comps")

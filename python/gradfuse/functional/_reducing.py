@@ -19,7 +19,7 @@ verdict on the host (the scalars need the step), advance the counters, group by 
 step[, factored]) and make one native call per group. :func:`lamb_` takes the engine's
 low-precision options (``master_params``, ``kahan_comps``, ``rounding``/``seed``, state of
 another dtype, 8-bit state with ``state_absmax``), checked and grouped by the engine's
-:class:`~gradfuse.functional._multi_tensor.LowPrecision` (CPU tensors). :func:`adafactor_` takes
+:class:`~gradfuse.functional._multi_tensor.LowPrecision` (CPU and CUDA). :func:`adafactor_` takes
 the same policies but 8-bit state (master weights, Kahan, stochastic rounding, a state dtype for
 its row/column factors and unfactored variance).
 """
@@ -151,36 +151,6 @@ def lamb_(
 
 
 _STEP_OPTIONS = option_names(StepOptions)
-
-
-def _policies_on_cpu(
-    op: str,
-    lowprec: LowPrecision,
-    buffers: Sequence[Any],
-    n: int,
-    index: Sequence[int] | None = None,
-    state_codes: Sequence[int] | None = None,
-) -> None:
-    """Adafactor's CUDA kernels have the default storage only: refuse a policy, or a state of another
-    dtype than the params' (``state_codes[i] != -1``: Adafactor's row/col state), on a CUDA
-    param whose native call would use them (:meth:`LowPrecision.is_default_for`), before
-    anything is written (the native check would come after the CPU groups of a
-    mixed call have run). ``index`` maps the first ``n`` buffers (the params) to the caller's
-    indices."""
-    for i in range(n):
-        b = buffers[i]
-        other_state = state_codes is not None and state_codes[i] != -1
-        if (
-            b is not None
-            and b.device >= 0
-            and (other_state or not lowprec.is_default_for(i, buffers, n))
-        ):
-            at = i if index is None else index[i]
-            raise NotImplementedError(
-                f"{op}: params[{at}] is {b.describe()}: master_params, kahan_comps, "
-                f"rounding='stochastic' and state of another dtype than the params' are only "
-                f"available for CPU tensors in this version"
-            )
 
 
 # --- Adafactor -------------------------------------------------------------------------------
@@ -316,8 +286,6 @@ def adafactor_(
     )
     shapes = _factored_state(op, fact, fact_bufs, row_vars, col_vars)
     every = [*flat_bufs, *fact_bufs, *shapes.buffers]
-    _policies_on_cpu(op, flat_lp, flat_bufs, len(flat), flat)
-    _policies_on_cpu(op, fact_lp, fact_bufs, len(fact), fact, shapes.state_codes)
     # No written buffer (all but the gradients) may share memory with another of the call.
     nf, nc = len(flat), len(fact)
     grads_at = (range(nf, 2 * nf), range(flat_depth * nf + nc, flat_depth * nf + 2 * nc))

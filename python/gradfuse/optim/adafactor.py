@@ -42,7 +42,7 @@ class Adafactor(FusedOptimizer):
     (bfloat16 for float32 params, float32 for 16-bit ones). No 8-bit state
     (``state_dtype=torch.uint8`` is refused): the factored state is already O(rows + cols) per
     matrix and only vectors keep a full ``variance``. CUDA tensors run a CUDA kernel (compiled,
-    not yet run on a GPU) with the default storage; the precision policies are CPU-only there.
+    not yet run on a GPU) with the same storage policies.
     """
 
     _update_fn = staticmethod(adafactor_)

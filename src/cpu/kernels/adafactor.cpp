@@ -78,11 +78,7 @@ struct ParamSlot {
   using Extra = typename St::Extra;
 
   GF_INLINE OpT load(const P* GF_RESTRICT pp, const Extra* GF_RESTRICT px, std::int64_t i) const {
-    if constexpr (St::kPolicy == kParamMaster) {
-      return px[i];
-    } else {
-      return math::load(pp, i);
-    }
+    return load_param<St>(pp, px, i);
   }
   GF_INLINE void store(P* GF_RESTRICT pp, Extra* GF_RESTRICT px, std::int64_t i, OpT v) const {
     store_param<St>(pp, px, i, v, key, offset + i);
