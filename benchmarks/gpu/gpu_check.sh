@@ -32,17 +32,33 @@ else
 fi
 $PY -m gradfuse info > "$OUT/info.txt" 2>&1
 
-(cd tests && $PY -m pytest -q -m cuda -p no:cacheprovider) > "$OUT/pytest_cuda.log" 2>&1
-note "pytest -m cuda" "$(tail -1 "$OUT/pytest_cuda.log")"
+# Each stage has a time limit (seconds, overridable), so that a slow one still leaves the
+# stages after it their turn within a GPU session's few minutes; a stage cut short says so.
+T_PYTEST=${GRADFUSE_PYTEST_TIMEOUT:-300}
+T_SANITIZER=${GRADFUSE_SANITIZER_TIMEOUT:-120}
+T_BENCH=${GRADFUSE_BENCH_TIMEOUT:-420}
+timed_out() { [ "$1" -eq 124 ] || [ "$1" -eq 137 ]; }
+
+(cd tests && timeout "$T_PYTEST" $PY -m pytest -q -m cuda -p no:cacheprovider) > "$OUT/pytest_cuda.log" 2>&1
+rc=$?
+if timed_out $rc; then
+  note "pytest -m cuda" "CUT SHORT after ${T_PYTEST}s (see pytest_cuda.log)"
+else
+  note "pytest -m cuda" "$(tail -1 "$OUT/pytest_cuda.log")"
+fi
 
 # compute-sanitizer over the CUDA tests but those marked no_sanitizer (long ones: a 16M-element
 # tensor, every 8-bit optimizer in every dtype), which the run above covers. (-k cannot leave
 # them out by name: it matches markers too, and every one is marked cuda.)
 SAN_M=${GRADFUSE_SANITIZER_M:-"cuda and not no_sanitizer"}
 for tool in memcheck racecheck initcheck synccheck; do
-  if (cd tests && compute-sanitizer --tool "$tool" --error-exitcode 99 \
-      $PY -m pytest -q -x -m "$SAN_M" -p no:cacheprovider) > "$OUT/sanitizer_$tool.log" 2>&1; then
+  (cd tests && timeout "$T_SANITIZER" compute-sanitizer --tool "$tool" --error-exitcode 99 \
+      $PY -m pytest -q -x -m "$SAN_M" -p no:cacheprovider) > "$OUT/sanitizer_$tool.log" 2>&1
+  rc=$?
+  if [ $rc -eq 0 ]; then
     note "compute-sanitizer $tool" "clean"
+  elif timed_out $rc; then
+    note "compute-sanitizer $tool" "CUT SHORT after ${T_SANITIZER}s, no error before (see log)"
   else
     note "compute-sanitizer $tool" "ERRORS (see sanitizer_$tool.log)"
   fi
@@ -63,9 +79,13 @@ print(f"device-to-device copy: {2 * a.numel() * 4 / times[len(times) // 2] / 1e9
 PYEOF
 note "copy bandwidth" "$(tail -1 "$OUT/copy_bandwidth.txt")"
 
-if gradfuse bench --device cuda --json "$OUT/bench_cuda.json" --plot "$OUT/bench_cuda.png" \
-    > "$OUT/bench_cuda.txt" 2>&1; then
+timeout "$T_BENCH" gradfuse bench --device cuda --json "$OUT/bench_cuda.json" \
+    --plot "$OUT/bench_cuda.png" > "$OUT/bench_cuda.txt" 2>&1
+rc=$?
+if [ $rc -eq 0 ]; then
   note "gradfuse bench --device cuda" "ok (bench_cuda.txt)"
+elif timed_out $rc; then
+  note "gradfuse bench --device cuda" "CUT SHORT after ${T_BENCH}s (see bench_cuda.txt)"
 else
   note "gradfuse bench --device cuda" "FAILED (see bench_cuda.txt)"
 fi
