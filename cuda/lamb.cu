@@ -1,20 +1,20 @@
 // LAMB on CUDA (gradfuse/math/lamb.h), deterministic (no float atomics), nothing read on the
 // host. Per tensor of the call:
-//   pass 1 (lamb_moments_kernel): one thread block per fixed chunk; the moments are stored and
-//           each block writes its partial sums of u^2 and p^2 (fixed per-thread strides, then a
-//           fixed shared-memory tree);
+//   pass 1 (lamb_moments_stored_kernel): one thread block per fixed chunk; the moments are
+//           stored and each block writes its partial sums of u^2 and p^2 (fixed per-thread
+//           strides, then a fixed shared-memory tree);
 //   ratio   (lamb_ratio_kernel): one thread merges the tensor's partials in chunk order and
 //           writes its step size (math::lamb_ratio) to device memory;
-//   pass 2 (lamb_apply_kernel): p -= ratio * u, u recomputed from p and the new moments.
+//   pass 2 (lamb_apply_stored_kernel): p -= ratio * u, u recomputed from p and the new moments.
 // One launch of each per tensor: simple and correct first; a multi-tensor table (as grad_norm.cu
 // has) would cut the launches for models of many small tensors. Not yet run on a GPU.
 //
-// The storage policies (gradfuse/storage.h: master weights, Kahan compensation, stochastic
-// rounding, bfloat16/float32 state, 8-bit state) run the same passes with the CPU kernel's
-// semantics (src/cpu/kernels/lamb.cpp, lamb_stored): the float32 master stands in for the param,
-// u and its norm come from the moments as stored (rounded to the state's dtype, or requantized),
-// and pass 2 stores the param by its policy (store_param). 8-bit state: in pass 1 a warp takes a
-// 256-element block at a time (quant8.cuh), as the engine's 8-bit kernel does.
+// One path for every storage (gradfuse/storage.h; the default is plain loads and stores), with
+// the CPU kernel's semantics (src/cpu/kernels/lamb.cpp): the float32 master stands in for the
+// param under master weights, u and its norm come from the moments as stored (rounded to the
+// state's dtype, or requantized), and pass 2 stores the param by its policy (store_param).
+// 8-bit state: in pass 1 a warp takes a 256-element block at a time (quant8.cuh), as the
+// engine's 8-bit kernel does.
 #include <cstdint>
 #include <type_traits>
 #include <vector>
@@ -35,31 +35,6 @@ namespace {
 constexpr int kLambChunk = 16384;
 constexpr int kLambThreads = 256;
 
-template <bool kDecoupled, typename T>
-__global__ void __launch_bounds__(kLambThreads)
-    lamb_moments_kernel(const T* p, const T* g, T* m, T* v, std::int64_t n,
-                        const math::LambScalars<OpMath<T>> s, const math::SignFlip<OpMath<T>> flip,
-                        const GradScaling gs, double* part_u, double* part_p) {
-  using OpT = OpMath<T>;
-  __shared__ OpT sh[kLambThreads];
-  if (skipped(gs)) return;
-  const std::int64_t begin = static_cast<std::int64_t>(blockIdx.x) * kLambChunk;
-  const std::int64_t end = min(n, begin + kLambChunk);
-  OpT au = OpT(0), ap = OpT(0);
-  for (std::int64_t i = begin + threadIdx.x; i < end; i += kLambThreads) {
-    const OpT pi = math::load(p, i);
-    const OpT gi = flip(GradFactors<OpT>::of(gs).apply(math::load(g, i)));
-    OpT mi = math::load(m, i), vi = math::load(v, i);
-    math::lamb_moments<kDecoupled>(pi, gi, mi, vi, s);
-    math::store(m, i, mi);
-    math::store(v, i, vi);
-    const OpT u = math::lamb_direction<kDecoupled>(pi, math::load(m, i), math::load(v, i), s);
-    au += u * u;
-    ap += pi * pi;
-  }
-  write_block_sums<kLambThreads>(au, ap, sh, part_u, part_p);
-}
-
 template <typename OpT>
 __global__ void lamb_ratio_kernel(const double* part_u, const double* part_p, std::int64_t count,
                                   double lr, bool trust, const GradScaling gs, OpT* ratio) {
@@ -70,23 +45,6 @@ __global__ void lamb_ratio_kernel(const double* part_u, const double* part_p, st
     sp += part_p[k];
   }
   *ratio = static_cast<OpT>(math::lamb_ratio(lr, trust, sqrt(sp), sqrt(su)));
-}
-
-template <bool kDecoupled, typename T>
-__global__ void __launch_bounds__(kLambThreads)
-    lamb_apply_kernel(T* p, const T* m, const T* v, std::int64_t n,
-                      const math::LambScalars<OpMath<T>> s, const GradScaling gs,
-                      const OpMath<T>* ratio) {
-  using OpT = OpMath<T>;
-  if (skipped(gs)) return;
-  const OpT r = *ratio;
-  const std::int64_t begin = static_cast<std::int64_t>(blockIdx.x) * kLambChunk;
-  const std::int64_t end = min(n, begin + kLambChunk);
-  for (std::int64_t i = begin + threadIdx.x; i < end; i += kLambThreads) {
-    const OpT pi = math::load(p, i);
-    const OpT u = math::lamb_direction<kDecoupled>(pi, math::load(m, i), math::load(v, i), s);
-    math::store(p, i, pi - r * u);
-  }
 }
 
 // One tensor's slots under a storage policy St, and what its policy needs: the extra array
@@ -109,10 +67,16 @@ struct LambSlots {
 template <typename St>
 constexpr bool kQ8Lamb = std::is_same_v<typename St::State, Q8>;
 
-// A moment as stored: its state dtype's value, or the 8-bit code's.
+// What the kernels of storage St carry of the 8-bit maps: both (copied to shared memory by each
+// block) for 8-bit state, nothing otherwise.
+struct NoMaps {};
 template <typename St>
+using LambMaps = std::conditional_t<kQ8Lamb<St>, Q8Maps, NoMaps>;
+
+// A moment as stored: its state dtype's value, or the 8-bit code's.
+template <typename St, typename Maps>
 __device__ GF_INLINE OpMath<typename St::Param> moment(const typename St::State* s,
-                                                       const float* absmax, const Q8Maps& maps,
+                                                       const float* absmax, const Maps& maps,
                                                        int map, std::int64_t i) {
   if constexpr (kQ8Lamb<St>) {
     return dequantize(maps.code[map], s[i].bits, absmax[i / kQ8Block]);
@@ -205,7 +169,7 @@ __global__ void __launch_bounds__(kLambThreads)
     lamb_moments_stored_kernel(const LambSlots<St> sl,
                                const math::LambScalars<OpMath<typename St::Param>> s,
                                const math::SignFlip<OpMath<typename St::Param>> flip,
-                               const GradScaling gs, const __grid_constant__ Q8Maps maps,
+                               const GradScaling gs, const __grid_constant__ LambMaps<St> maps,
                                double* part_u, double* part_p) {
   using OpT = OpMath<typename St::Param>;
   __shared__ OpT sh[kLambThreads];
@@ -228,59 +192,33 @@ template <bool kDecoupled, typename St>
 __global__ void __launch_bounds__(kLambThreads)
     lamb_apply_stored_kernel(const LambSlots<St> sl,
                              const math::LambScalars<OpMath<typename St::Param>> s,
-                             const GradScaling gs, const __grid_constant__ Q8Maps maps,
+                             const GradScaling gs, const __grid_constant__ LambMaps<St> maps,
                              const OpMath<typename St::Param>* ratio) {
   using OpT = OpMath<typename St::Param>;
   if (skipped(gs)) return;
-  __shared__ Q8Maps shared_maps;
-  if constexpr (kQ8Lamb<St>) load_maps(maps, shared_maps);
   const OpT r = *ratio;
   const std::int64_t begin = static_cast<std::int64_t>(blockIdx.x) * kLambChunk;
   const std::int64_t end = min(sl.n, begin + kLambChunk);
-  for (std::int64_t i = begin + threadIdx.x; i < end; i += kLambThreads) {
-    const OpT pi = load_param<St>(sl.p, sl.x, i);
-    const OpT mi = moment<St>(sl.m, sl.absmax_m, shared_maps, sl.map_m, i);
-    const OpT vi = moment<St>(sl.v, sl.absmax_v, shared_maps, sl.map_v, i);
-    const OpT u = math::lamb_direction<kDecoupled>(pi, mi, vi, s);
-    store_param<St>(sl.p, sl.x, i, pi - r * u, sl.key, i);
+  auto apply = [&](const auto& mp) {
+    for (std::int64_t i = begin + threadIdx.x; i < end; i += kLambThreads) {
+      const OpT pi = load_param<St>(sl.p, sl.x, i);
+      const OpT mi = moment<St>(sl.m, sl.absmax_m, mp, sl.map_m, i);
+      const OpT vi = moment<St>(sl.v, sl.absmax_v, mp, sl.map_v, i);
+      const OpT u = math::lamb_direction<kDecoupled>(pi, mi, vi, s);
+      store_param<St>(sl.p, sl.x, i, pi - r * u, sl.key, i);
+    }
+  };
+  if constexpr (kQ8Lamb<St>) {
+    __shared__ Q8Maps shared_maps;
+    load_maps(maps, shared_maps);
+    apply(shared_maps);
+  } else {
+    apply(maps);
   }
 }
 
-template <bool kDecoupled, typename T>
-void lamb_typed(const LambArgs& a) {
-  using OpT = OpMath<T>;
-  const TensorList& tl = a.tensors;
-  DeviceGuard guard(tl.device);
-  const auto stream = reinterpret_cast<cudaStream_t>(tl.stream);
-  const std::int64_t n = tl.size;
-  const std::vector<std::int64_t> first = chunk_offsets(tl, kLambChunk);
-  const std::size_t blocks = static_cast<std::size_t>(first[n]);
-  Scratch scratch(2 * blocks * sizeof(double) + static_cast<std::size_t>(n) * sizeof(double),
-                  stream);
-  auto* part_u = scratch.as<double>();
-  double* part_p = part_u + blocks;
-  auto* ratio = reinterpret_cast<OpT*>(part_p + blocks);
-  const auto s = math::LambScalars<OpT>::from(a.hyper);
-  const auto flip = math::SignFlip<OpT>::when(a.maximize);
-  const GradScaling& gs = tl.grad_scaling;
-  for (std::int64_t t = 0; t < n; ++t) {
-    const std::int64_t chunks = first[t + 1] - first[t];
-    if (chunks == 0) continue;
-    const auto grid = static_cast<unsigned>(chunks);
-    double* pu = part_u + first[t];
-    double* pp = part_p + first[t];
-    launch(lamb_moments_kernel<kDecoupled, T>, grid, kLambThreads, stream, tl.ptr<const T>(0, t),
-           tl.ptr<const T>(1, t), tl.ptr<T>(2, t), tl.ptr<T>(3, t), tl.numels[t], s, flip, gs, pu,
-           pp);
-    launch(lamb_ratio_kernel<OpT>, 1, 1, stream, pu, pp, chunks, a.hyper.lr, a.trust, gs,
-           ratio + t);
-    launch(lamb_apply_kernel<kDecoupled, T>, grid, kLambThreads, stream, tl.ptr<T>(0, t),
-           tl.ptr<const T>(2, t), tl.ptr<const T>(3, t), tl.numels[t], s, gs, ratio + t);
-  }
-}
-
-// LAMB under a storage policy St (see the top of this file): the passes of lamb_typed with the
-// stored kernels.
+// LAMB under the storage St (see the top of this file; the default storage is St =
+// Storage<T, T, kParamNearest>: plain loads and stores).
 template <bool kDecoupled, typename St>
 void lamb_stored(const LambArgs& a) {
   using P = typename St::Param;
@@ -302,7 +240,8 @@ void lamb_stored(const LambArgs& a) {
   const auto s = math::LambScalars<OpT>::from(a.hyper);
   const auto flip = math::SignFlip<OpT>::when(a.maximize);
   const GradScaling& gs = tl.grad_scaling;
-  const Q8Maps& maps = Q8Maps::both();
+  LambMaps<St> maps{};
+  if constexpr (kQ8Lamb<St>) maps = Q8Maps::both();
   for (std::int64_t t = 0; t < n; ++t) {
     const std::int64_t chunks = first[t + 1] - first[t];
     if (chunks == 0) continue;
@@ -346,16 +285,7 @@ void lamb(const LambArgs& a) {
     using T = typename decltype(tag)::type;
     visit_storage<T, true, Q8>(a.tensors, "lamb", [&](auto storage) {
       using St = decltype(storage);
-      bool_switch(
-          [&](auto dec_c) {
-            constexpr bool kDec = decltype(dec_c)::value;
-            if constexpr (std::is_same_v<St, Storage<T, T, kParamNearest>>) {
-              lamb_typed<kDec, T>(a);  // the default storage: the loops on the tensors directly
-            } else {
-              lamb_stored<kDec, St>(a);
-            }
-          },
-          a.decoupled);
+      bool_switch([&](auto dec_c) { lamb_stored<decltype(dec_c)::value, St>(a); }, a.decoupled);
     });
   });
 }

@@ -210,7 +210,6 @@ __global__ void __launch_bounds__(kBlockThreads)
   using X = typename St::Extra;
   using OpT = OpMath<P>;
   constexpr int kDepth = Op::kDepth;
-  constexpr int kPolicy = St::kPolicy;
 
   const GradScaling& gs = table.grad_scaling;
   if (skipped(gs)) return;  // AMP found inf/NaN: change nothing
@@ -225,13 +224,14 @@ __global__ void __launch_bounds__(kBlockThreads)
 #pragma unroll
     for (int d = 0; d < kDepth; ++d) {
       const bool read = ((Op::kReads >> d) & 1u) != 0;
-      if (d < 2) {
+      if (d == 0) {  // the float32 master instead of the param under master weights
+        v[d] = read ? load_param<St>(static_cast<const P*>(table.ptrs[d][entry]), x, i) : OpT(0);
+      } else if (d < 2) {
         v[d] = read ? math::load(static_cast<const P*>(table.ptrs[d][entry]), i) : OpT(0);
       } else {
         v[d] = read ? math::load(static_cast<const S*>(table.ptrs[d][entry]), i) : OpT(0);
       }
     }
-    if constexpr (kPolicy == kParamMaster) v[0] = x[i];
     scale_grad<Op>(v, factors);
     op_t(v);
     store_param<St>(static_cast<P*>(table.ptrs[0][entry]), x, i, v[0], key, i);
@@ -298,7 +298,9 @@ __global__ void __launch_bounds__(kBlockThreads) multi_tensor_kernel_q8(
 #pragma unroll
       for (int d = 0; d < kDepth; ++d) {
         const bool read = in && ((Op::kReads >> d) & 1u) != 0;
-        if (d < 2) {
+        if (d == 0) {  // the float32 master instead of the param under master weights
+          v[j][d] = read ? load_param<St>(param, x, i) : OpT(0);
+        } else if (d < 2) {
           v[j][d] = read ? math::load(static_cast<const P*>(table.ptrs[d][entry]), i) : OpT(0);
         } else {
           const float* map = maps.code[table.unsigned_slot[d - 2]];
@@ -308,7 +310,6 @@ __global__ void __launch_bounds__(kBlockThreads) multi_tensor_kernel_q8(
         }
       }
       if (!in) continue;
-      if constexpr (St::kPolicy == kParamMaster) v[j][0] = x[i];
       scale_grad<Op>(v[j], factors);
       op_t(v[j]);
       store_param<St>(param, x, i, v[j][0], key, i);

@@ -28,6 +28,28 @@ EXTENSIONS = [
 
 SIZES = (1, 7, 4097, 0)  # odd sizes, and an empty tensor, all in one multi-tensor call
 
+# Every 8-bit optimizer (gradfuse.optim.<name>8bit) and options that reach its branches: the
+# configurations compare_8bit_steps judges on the CPU (test_8bit.py) and on CUDA
+# (test_8bit_cuda.py). Muon8bit has tests of its own (its params come out of a matrix iteration).
+EIGHT_BIT = [
+    ("AdamW", {"lr": 1e-3, "weight_decay": 1e-2}),
+    ("Adam", {"amsgrad": True, "maximize": True}),
+    ("Adamax", {"lr": 2e-3, "weight_decay": 0.1}),
+    ("NAdam", {"decoupled_weight_decay": True, "weight_decay": 0.1}),
+    ("RAdam", {"weight_decay": 0.1}),
+    ("Adagrad", {"lr": 1e-2, "lr_decay": 0.01, "initial_accumulator_value": 0.1}),
+    ("RMSprop", {"centered": True, "momentum": 0.9, "weight_decay": 0.1}),
+    ("RMSprop", {"alpha": 0.9}),
+    ("SGD", {"lr": 1e-2, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3}),
+    ("SGD", {"lr": 1e-2, "momentum": 0.9, "dampening": 0.5, "maximize": True}),
+    ("Lion", {"lr": 1e-4, "weight_decay": 0.1}),
+    ("ADOPT", {"weight_decay": 0.1, "weight_decouple": True}),
+    ("AdEMAMix", {"t_alpha": 5, "t_beta3": 5, "weight_decay": 0.1}),
+    # LAMB without clipping (bench/cases/adamw8bit.py says why); u from the stored moments.
+    ("LAMB", {"weight_decay": 0.01, "max_grad_norm": 0.0}),
+    ("LAMB", {"adam_w_mode": False, "weight_decay": 0.01, "max_grad_norm": 0.0}),
+]
+
 
 def make_params(
     shapes: Sequence[tuple[int, ...] | int], dtype: torch.dtype, device: str = "cpu"
@@ -234,6 +256,18 @@ def assert_policy_refusals(
 # thousand. These helpers allow exactly that and judge the rest tightly.
 
 
+# The storage policies a CUDA kernel is checked under against the CPU kernel: (param dtype,
+# options), every policy and state dtype the precision rules allow.
+CUDA_STORAGES = [
+    (torch.float32, {"state_dtype": torch.bfloat16}),
+    (torch.bfloat16, {"master_weights": True}),
+    (torch.float16, {"master_weights": True, "state_dtype": torch.float32}),
+    (torch.bfloat16, {"state_dtype": torch.float32}),
+    (torch.bfloat16, {"rounding": "stochastic"}),
+    (torch.bfloat16, {"kahan": True}),
+]
+
+
 def stepped_on(
     cls: Callable[..., torch.optim.Optimizer],
     start: Sequence[torch.Tensor],
@@ -253,6 +287,42 @@ def stepped_on(
             p.grad = g.to(device, p.dtype)
         opt.step()
     return params, opt
+
+
+def on_both(
+    cls: Callable[..., torch.optim.Optimizer],
+    start: Sequence[torch.Tensor],
+    grads: Sequence[Sequence[torch.Tensor]],
+    state: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> tuple[list[torch.Tensor], torch.optim.Optimizer, list[torch.Tensor], torch.optim.Optimizer]:
+    """The same steps (:func:`stepped_on`) on CUDA and on the CPU: ``(ours, opt_cuda, theirs,
+    opt_cpu)``."""
+    ours, opt_cuda = stepped_on(cls, start, grads, "cuda", state, **kwargs)
+    theirs, opt_cpu = stepped_on(cls, start, grads, "cpu", state, **kwargs)
+    return ours, opt_cuda, theirs, opt_cpu
+
+
+def last_step_on_both(
+    cls: Callable[..., torch.optim.Optimizer],
+    start: Sequence[torch.Tensor],
+    grads: Sequence[Sequence[torch.Tensor]],
+    **kwargs: Any,
+) -> tuple[
+    list[torch.Tensor],
+    dict[str, Any],
+    list[torch.Tensor],
+    torch.optim.Optimizer,
+    list[torch.Tensor],
+    torch.optim.Optimizer,
+]:
+    """All but the last of ``grads`` stepped on the CPU; from there the last step on CUDA and on
+    the CPU (:func:`on_both`). Returns the params before it, the ``state_dict`` before it, and
+    :func:`on_both`'s four."""
+    params, opt = stepped_on(cls, start, grads[:-1], "cpu", **kwargs)
+    state = opt.state_dict()
+    before = [p.detach().clone() for p in params]
+    return before, state, *on_both(cls, before, grads[-1:], state, **kwargs)
 
 
 def _few(flipped: torch.Tensor, what: str) -> None:

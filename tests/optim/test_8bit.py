@@ -25,6 +25,7 @@ import torch
 
 import gradfuse.optim as gopt
 from gradfuse.testing import nearest_codes
+from optim_testing import EIGHT_BIT
 
 bnb = pytest.importorskip("bitsandbytes")
 F = pytest.importorskip("bitsandbytes.functional")
@@ -446,24 +447,6 @@ def test_sgd8bit_first_step_is_the_gradient_and_small_params_stay_float() -> Non
     assert "momentum_buffer_absmax" not in small
 
 
-EIGHT_BIT = [
-    ("AdamW", {"lr": 1e-3, "weight_decay": 1e-2}),
-    ("Adam", {"amsgrad": True, "maximize": True}),
-    ("Adamax", {"lr": 2e-3, "weight_decay": 0.1}),
-    ("NAdam", {"decoupled_weight_decay": True, "weight_decay": 0.1}),
-    ("RAdam", {"weight_decay": 0.1}),
-    ("Adagrad", {"lr": 1e-2, "lr_decay": 0.01, "initial_accumulator_value": 0.1}),
-    ("RMSprop", {"centered": True, "momentum": 0.9, "weight_decay": 0.1}),
-    ("RMSprop", {"alpha": 0.9}),
-    ("SGD", {"lr": 1e-2, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3}),
-    ("SGD", {"lr": 1e-2, "momentum": 0.9, "dampening": 0.5, "maximize": True}),
-    ("Lion", {"lr": 1e-4, "weight_decay": 0.1}),
-    ("ADOPT", {"weight_decay": 0.1, "weight_decouple": True}),
-    ("AdEMAMix", {"t_alpha": 5, "t_beta3": 5, "weight_decay": 0.1}),
-    # LAMB without clipping (bench/cases/adamw8bit.py says why); u from the stored moments.
-    ("LAMB", {"weight_decay": 0.01, "max_grad_norm": 0.0}),
-    ("LAMB", {"adam_w_mode": False, "weight_decay": 0.01, "max_grad_norm": 0.0}),
-]
 STEP_SHAPES = [(1,), (7,), (4097,), (0,), (33, 17)]
 
 

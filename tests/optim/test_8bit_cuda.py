@@ -18,41 +18,28 @@ import torch
 import gradfuse.optim as gopt
 from gradfuse.testing import compare_8bit_steps, judge_8bit_steps
 from optim_testing import (
+    EIGHT_BIT,
     assert_codes_agree,
     assert_params_like_cpu,
     assert_state_like_cpu,
+    last_step_on_both,
+    on_both,
     stepped_on,
 )
 
 pytestmark = pytest.mark.cuda
 
-# Every 8-bit optimizer (Muon8bit's own test is below).
-CUDA_EIGHT_BIT = [
-    ("AdamW", {"lr": 1e-3, "weight_decay": 1e-2}),
-    ("Adam", {"amsgrad": True, "maximize": True}),
-    ("Adamax", {"lr": 2e-3, "weight_decay": 0.1}),
-    ("NAdam", {"decoupled_weight_decay": True, "weight_decay": 0.1}),
-    ("RAdam", {"weight_decay": 0.1}),
-    ("Adagrad", {"lr": 1e-2, "lr_decay": 0.01, "initial_accumulator_value": 0.1}),
-    ("RMSprop", {"centered": True, "momentum": 0.9, "weight_decay": 0.1}),
-    ("SGD", {"lr": 1e-2, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3}),
-    ("Lion", {"lr": 1e-4, "weight_decay": 0.1}),
-    ("ADOPT", {"weight_decay": 0.1, "weight_decouple": True}),
-    ("AdEMAMix", {"t_alpha": 5, "t_beta3": 5, "weight_decay": 0.1}),
-    # LAMB without clipping (bench/cases/adamw8bit.py says why); u from the stored moments.
-    ("LAMB", {"weight_decay": 0.01, "max_grad_norm": 0.0}),
-]
 # Empty, one element, a partial block, whole blocks plus a tail, a matrix.
 STEP_SHAPES = [(0,), (1,), (7,), (4097,), (33, 17)]
 # More than one chunk of the kernel (65536 elements) and a partial last block.
 WIDE = (2 * 65536 + 300,)
 
 
-# 36 cases of CPU reference runs: left out of gpu_check.sh's compute-sanitizer runs (the
+# 45 cases of CPU reference runs: left out of gpu_check.sh's compute-sanitizer runs (the
 # cross-checks with the CPU kernel below run there).
 @pytest.mark.no_sanitizer
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize(("name", "kwargs"), CUDA_EIGHT_BIT)
+@pytest.mark.parametrize(("name", "kwargs"), EIGHT_BIT)
 def test_cuda_each_8bit_step_is_its_float32_reference(
     name: str, kwargs: dict[str, object], dtype: torch.dtype
 ) -> None:
@@ -96,11 +83,9 @@ def test_cuda_8bit_step_is_the_cpu_kernels(
     params to rounding, the same absmax, the same codes (a neighbour for a few)."""
     shapes = [WIDE, (4097,), (300, 129), (17,)]
     start, grads = _start(shapes, torch.float32, 0), _grads(shapes, 4, 1)
-    params, opt = stepped_on(cls, start, grads[:3], "cpu", min_8bit_size=1, **kwargs)
-    state = opt.state_dict()
-    moved = [p.detach().clone() for p in params]
-    ours, opt_cuda = stepped_on(cls, moved, grads[3:], "cuda", state, min_8bit_size=1, **kwargs)
-    theirs, opt_cpu = stepped_on(cls, moved, grads[3:], "cpu", state, min_8bit_size=1, **kwargs)
+    _, _, ours, opt_cuda, theirs, opt_cpu = last_step_on_both(
+        cls, start, grads, min_8bit_size=1, **kwargs
+    )
     for p, q in zip(ours, theirs, strict=True):
         torch.testing.assert_close(p.detach().cpu(), q.detach(), rtol=1e-5, atol=1e-6)
     assert_state_like_cpu(opt_cuda, opt_cpu)
@@ -116,11 +101,7 @@ def test_cuda_8bit_bfloat16_policies_are_the_cpu_kernels(policy: dict[str, objec
     shapes = [(4097,), (70_001,)]
     start, grads = _start(shapes, torch.bfloat16, 2), _grads(shapes, 3, 3)
     kw = {"lr": 1e-2, "min_8bit_size": 1, **policy}
-    params, opt = stepped_on(gopt.AdamW8bit, start, grads[:2], "cpu", **kw)
-    state = opt.state_dict()
-    moved = [p.detach().clone() for p in params]
-    ours, opt_cuda = stepped_on(gopt.AdamW8bit, moved, grads[2:], "cuda", state, **kw)
-    theirs, opt_cpu = stepped_on(gopt.AdamW8bit, moved, grads[2:], "cpu", state, **kw)
+    _, _, ours, opt_cuda, theirs, opt_cpu = last_step_on_both(gopt.AdamW8bit, start, grads, **kw)
     assert_params_like_cpu(ours, theirs)
     assert_state_like_cpu(opt_cuda, opt_cpu)
 
@@ -130,8 +111,14 @@ def test_cuda_8bit_trajectory_follows_the_cpu() -> None:
     neighbouring codes do not drift apart."""
     shapes = [(5000,), (64, 129)]
     start, grads = _start(shapes, torch.float32, 4), _grads(shapes, 20, 5)
-    ours, _ = stepped_on(gopt.AdamW8bit, start, grads, "cuda", lr=1e-3)
-    theirs, _ = stepped_on(gopt.AdamW8bit, start, grads, "cpu", lr=1e-3)
+    ours, _, theirs, _ = on_both(gopt.AdamW8bit, start, grads, lr=1e-3)
+    _assert_close_runs(ours, theirs, start)
+
+
+def _assert_close_runs(
+    ours: list[torch.Tensor], theirs: list[torch.Tensor], start: list[torch.Tensor]
+) -> None:
+    """Each param of a CUDA run within 5% of the way the CPU run moved it."""
     for p, q, s in zip(ours, theirs, start, strict=True):
         moved = (q.detach() - s).abs().max().item()
         assert moved > 1e-3
@@ -143,8 +130,7 @@ def test_cuda_8bit_many_tensors_in_one_call() -> None:
     absmax arrays (Q8Extras), against the CPU kernel."""
     shapes = [(4097 + k,) for k in range(200)]
     start, grads = _start(shapes, torch.float32, 6), _grads(shapes, 2, 7)
-    ours, opt_cuda = stepped_on(gopt.AdamW8bit, start, grads, "cuda", lr=1e-2)
-    theirs, opt_cpu = stepped_on(gopt.AdamW8bit, start, grads, "cpu", lr=1e-2)
+    ours, opt_cuda, theirs, opt_cpu = on_both(gopt.AdamW8bit, start, grads, lr=1e-2)
     for p, q in zip(ours, theirs, strict=True):
         torch.testing.assert_close(p.detach().cpu(), q.detach(), rtol=1e-4, atol=1e-4)
     assert_state_like_cpu(opt_cuda, opt_cpu)
@@ -156,8 +142,7 @@ def test_cuda_8bit_tensor_across_two_launches() -> None:
     on as entry 0 of the next (Q8Extras.keep carries its absmax arrays)."""
     shapes = [(700 * 65536,), (100 * 65536 + 5,)]
     start, grads = _start(shapes, torch.float32, 12), _grads(shapes, 1, 13)
-    ours, opt_cuda = stepped_on(gopt.AdamW8bit, start, grads, "cuda", lr=1e-2)
-    theirs, opt_cpu = stepped_on(gopt.AdamW8bit, start, grads, "cpu", lr=1e-2)
+    ours, opt_cuda, theirs, opt_cpu = on_both(gopt.AdamW8bit, start, grads, lr=1e-2)
     for p, q in zip(ours, theirs, strict=True):
         torch.testing.assert_close(p.detach().cpu(), q.detach(), rtol=1e-5, atol=1e-6)
     assert_state_like_cpu(opt_cuda, opt_cpu)
@@ -229,10 +214,7 @@ def test_cuda_muon8bit_follows_the_cpu() -> None:
         assert opt.state[ps[0]]["momentum_buffer"].dtype == torch.uint8
         assert opt.state[ps[1]]["exp_avg"].dtype == torch.uint8
         runs.append(ps)
-    for p, q, s in zip(*runs, start, strict=True):
-        moved = (q.detach() - s).abs().max().item()
-        assert moved > 1e-3
-        assert (p.detach().cpu() - q.detach()).abs().max().item() < 0.05 * moved
+    _assert_close_runs(runs[0], runs[1], start)
 
 
 def test_cuda_8bit_found_inf_changes_nothing() -> None:

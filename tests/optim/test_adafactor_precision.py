@@ -21,11 +21,13 @@ from _more_helpers import one_torch_thread
 import gradfuse.optim as go
 from gradfuse.functional import adafactor_
 from optim_testing import (
+    CUDA_STORAGES,
     assert_like_cpu,
     assert_policy_refusals,
     assert_same_state,
     assert_state_like_cpu,
     assert_step_like_cpu,
+    last_step_on_both,
     leaves,
     seeded_grads,
     seeded_tensors,
@@ -392,15 +394,6 @@ def test_functional_bad_precision_input_writes_nothing() -> None:
 
 # ---- CUDA (cuda/adafactor.cu under each storage policy) ----------------------------------------
 
-CUDA_STORAGES = [
-    (torch.float32, {"state_dtype": torch.bfloat16}),
-    (torch.bfloat16, {"master_weights": True}),
-    (torch.float16, {"master_weights": True, "state_dtype": torch.float32}),
-    (torch.bfloat16, {"state_dtype": torch.float32}),
-    (torch.bfloat16, {"rounding": "stochastic"}),
-    (torch.bfloat16, {"kahan": True}),
-]
-
 
 @pytest.mark.cuda
 @pytest.mark.parametrize(("dtype", "options"), CUDA_STORAGES, ids=str)
@@ -414,11 +407,9 @@ def test_cuda_storage_step_is_the_cpu_kernels(dtype: torch.dtype, options: dict[
     start = [x.to(dtype) for x in seeded_tensors(SHAPES, 3)]
     grads = seeded_grads(SHAPES, 3, 4)
     kw = {**KW, **options}
-    params, opt = stepped_on(go.Adafactor, start, grads[:2], "cpu", **kw)
-    state = opt.state_dict()
-    moved = [p.detach().clone() for p in params]
-    ours, opt_cuda = stepped_on(go.Adafactor, moved, grads[2:], "cuda", state, **kw)
-    theirs, opt_cpu = stepped_on(go.Adafactor, moved, grads[2:], "cpu", state, **kw)
+    moved, state, ours, opt_cuda, theirs, opt_cpu = last_step_on_both(
+        go.Adafactor, start, grads, **kw
+    )
     assert_state_like_cpu(opt_cuda, opt_cpu, skip=("master_param", "kahan_comp"))
     cuda_states = list(opt_cuda.state.values())
     for i, (st, ref) in enumerate(zip(cuda_states, opt_cpu.state.values(), strict=True)):
