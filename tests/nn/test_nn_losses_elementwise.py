@@ -246,6 +246,52 @@ def test_broadcast_target_warns_like_torch(name: str, reduction: str) -> None:
         assert_close(ours, theirs, LOSS[torch.float64], f"{name} {reduction}")
 
 
+@pytest.mark.parametrize("name", ["mse_loss", "l1_loss", "huber_loss"])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_weight_with_broadcast_target(name: str, reduction: str) -> None:
+    """A weight of the input's shape and a target that broadcasts the input: torch's weighted
+    'mean' of mse/l1 divides by the weight's own sum, not by its sum over the broadcast copies."""
+    x = torch.randn(3, 1, dtype=torch.float64)
+    y = torch.randn(3, 4, dtype=torch.float64)
+    w = torch.rand(3, 1, dtype=torch.float64) + 0.5
+    res: dict[str, list[torch.Tensor]] = {}
+    for tag, fn in (("ours", getattr(GF, name)), ("torch", getattr(TF, name))):
+        xi = x.clone().requires_grad_(True)
+        with pytest.warns(UserWarning, match="Using a target size"):
+            loss = fn(xi, y, reduction=reduction, weight=w)
+        loss.backward(
+            torch.rand(loss.shape, dtype=loss.dtype, generator=torch.Generator().manual_seed(0))
+        )
+        assert xi.grad is not None
+        res[tag] = [loss.detach(), xi.grad]
+    for ours, theirs in zip(res["ours"], res["torch"], strict=True):
+        assert_close(ours, theirs, LOSS[torch.float64], f"{name} {reduction}")
+
+
+@pytest.mark.parametrize(
+    ("name", "grad_of"),
+    [
+        ("binary_cross_entropy_with_logits", "target"),
+        ("kl_div", "target"),
+        ("binary_cross_entropy_with_logits", "weight"),
+        ("mse_loss", "weight"),
+    ],
+)
+def test_no_grad_mode_takes_any_requires_grad(name: str, grad_of: str) -> None:
+    """Under torch.no_grad() no gradient is asked for: a target or weight that requires grad
+    (a teacher's output in an evaluation loop) is computed as torch computes it, not refused."""
+    x = torch.randn(5, 3)
+    y = torch.rand(5, 3, requires_grad=grad_of == "target")
+    w = torch.rand(5, 3, requires_grad=grad_of == "weight")
+    kwargs: dict[str, Any] = {"reduction": "batchmean"} if name == "kl_div" else {"weight": w}
+    with torch.no_grad():
+        ours = getattr(GF, name)(x, y, **kwargs)
+        theirs = getattr(TF, name)(x, y, **kwargs)
+    assert_close(ours, theirs, LOSS[torch.float32], name)
+    with pytest.raises(NotImplementedError, match=f"gradient with respect to {grad_of}"):
+        getattr(GF, name)(x.requires_grad_(True), y, **kwargs)
+
+
 def test_shape_errors_match_torch() -> None:
     x, y = torch.randn(3, 4), torch.rand(3, 5)
     for fn in (GF.binary_cross_entropy_with_logits, TF.binary_cross_entropy_with_logits):

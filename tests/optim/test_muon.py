@@ -135,6 +135,38 @@ def test_batched_equals_unbatched() -> None:
     assert_close(_flat(together), _flat(alone), TRAJECTORY[torch.float32])
 
 
+@pytest.mark.parametrize("layout", ["param", "grad"])
+@pytest.mark.parametrize("state_dtype", [None, torch.bfloat16], ids=str)
+def test_any_memory_layout_equals_row_major(layout: str, state_dtype: torch.dtype | None) -> None:
+    """A transposed or channels-last weight, or a gradient in such a layout (torch.optim.Muon
+    takes both): the same bits as the row-major run (the Newton-Schulz input is put in the
+    batch's rows whatever the momentum buffer's layout)."""
+    torch.manual_seed(0)
+    shapes = [(33, 5), (1, 6), (8, 4, 3, 3)]
+    start = [torch.randn(s) for s in shapes]
+    grads = [[torch.randn(s) for s in shapes] for _ in range(3)]
+
+    def relaid(x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4:
+            return x.clone(memory_format=torch.channels_last)
+        return x.t().clone(memory_format=torch.contiguous_format).t()
+
+    def run(permuted: bool) -> list[torch.Tensor]:
+        ps = [
+            (relaid(x) if permuted and layout == "param" else x.clone()).requires_grad_(True)
+            for x in start
+        ]
+        opt = Muon(ps, lr=0.02, state_dtype=state_dtype)
+        for step in grads:
+            for p, g in zip(ps, step, strict=True):
+                p.grad = relaid(g) if permuted and layout == "grad" else g.clone()
+            opt.step()
+        return [p.detach() for p in ps]
+
+    for ours, row_major in zip(run(True), run(False), strict=True):
+        assert torch.equal(ours, row_major)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_half_precision_params_follow_float64(dtype: torch.dtype) -> None:
     # 16-bit params and buffers: computed in float32, rounded once per stored value; within a

@@ -231,7 +231,9 @@ def compute(
     elif reduction == "batchmean":
         divisor = float(input_shape[0]) if input_shape else 1.0
     elif op in _MEAN_DIVIDES_BY_WEIGHT_SUM and w is not None:
-        divisor = float(w.sum(dtype=_float64_like(w)))
+        # torch divides by the weight's own sum, at the input's shape: where the target
+        # broadcasts the input, the weight is not counted once per broadcast copy.
+        divisor = float(_dense(weight, input_shape, dtype).sum(dtype=_float64_like(w)))
     else:
         divisor = float(numel)
 

@@ -86,16 +86,16 @@ def _to_device(x: Any, device: int) -> Any:
 
 
 def _copy_like(ref: Buffer, src: Buffer) -> Any:
-    """A copy of ``src``'s values laid out like ``ref`` (for a read-only slot)."""
+    """A copy of ``src``'s values (in its dtype) laid out like ``ref`` (for a read-only slot)."""
     if ref.is_torch:
         import torch
 
-        out = torch.empty_like(ref.obj)
+        out = torch.empty_like(ref.obj, dtype=src.obj.dtype)
         out.copy_(src.obj)
         return out
     import numpy as np
 
-    out_np = np.empty_like(ref.obj)
+    out_np = np.empty_like(ref.obj, dtype=src.obj.dtype)
     np.copyto(out_np, src.obj)
     return out_np
 

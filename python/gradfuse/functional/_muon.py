@@ -326,11 +326,18 @@ def muon_(
             groups.setdefault(key, []).append(i)
     ns_inputs: list[Any] = [None] * len(params)
     batches = []
+    # A buffer in another memory layout than the batch's rows (a transposed or channels-last
+    # weight; the prepare pass writes in memory order): its input is written in the buffer's
+    # layout, then copied into the batch.
+    relaid: list[tuple[Any, Any]] = []
     for (device, dtype, work_dtype, (rows, cols)), idx in groups.items():
         stored = _stored_dtype(ns_dtype, work_dtype)
         batch = torch.empty((len(idx), rows, cols), dtype=stored, device=device)
         for j, i in enumerate(idx):
             ns_inputs[i] = batch[j].view(params[i].shape)
+            if ns_inputs[i].stride() != work_bufs[i].stride():
+                relaid.append((ns_inputs[i], torch.empty_like(work_bufs[i], dtype=stored)))
+                ns_inputs[i] = relaid[-1][1]
         batches.append((_stored_dtype(ns_dtype, dtype), (rows, cols), idx, batch))
     # Sharded weights: the prepare pass writes their local shards into the exchange's buffer.
     exchanges = _muon_sharded.plan(layouts, params)
@@ -352,6 +359,8 @@ def muon_(
     )
     if finish is not None:
         finish()
+    for rows_view, written_input in relaid:
+        rows_view.copy_(written_input)
     if (
         not exchanges  # sharded weights: every rank must join the exchanges all the same
         and found_inf is not None

@@ -87,18 +87,10 @@ class _ElementwiseLossFunction(torch.autograd.Function):
         return grad_input, grad_target, None, None, None, None
 
 
-def _apply(
-    fname: str,
-    op: str,
-    input: Tensor,
-    target: Tensor,
-    weight: Tensor | None = None,
-    pos_weight: Tensor | None = None,
-    **options: Any,
-) -> Tensor:
-    for name, t in (("input", input), ("target", target), ("weight", weight)):
-        if t is not None and not isinstance(t, torch.Tensor):
-            raise TypeError(f"{fname}(): argument '{name}' must be Tensor, not {type(t).__name__}")
+def _check_grads_implemented(
+    fname: str, op: str, target: Tensor, weight: Tensor | None, pos_weight: Tensor | None
+) -> None:
+    """Refuse, before anything runs, a gradient this loss does not compute."""
     if target.requires_grad and op not in _ew.TARGET_GRAD_IS_NEGATED:
         raise NotImplementedError(
             f"gradfuse.nn.functional.{fname}: the gradient with respect to target is not "
@@ -112,11 +104,27 @@ def _apply(
                 f"implemented ({name} of shape {tuple(t.shape)} requires grad); pass "
                 f"{name}.detach(), or use torch.nn.functional for this call"
             )
-    if torch.is_grad_enabled() and (input.requires_grad or target.requires_grad):
-        out: Tensor = _ElementwiseLossFunction.apply(  # type: ignore[no-untyped-call]
-            input, target, weight, pos_weight, op, options
-        )
-        return out
+
+
+def _apply(
+    fname: str,
+    op: str,
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    pos_weight: Tensor | None = None,
+    **options: Any,
+) -> Tensor:
+    for name, t in (("input", input), ("target", target), ("weight", weight)):
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise TypeError(f"{fname}(): argument '{name}' must be Tensor, not {type(t).__name__}")
+    if torch.is_grad_enabled():  # without grad mode no gradient is asked for: nothing to refuse
+        _check_grads_implemented(fname, op, target, weight, pos_weight)
+        if input.requires_grad or target.requires_grad:
+            out: Tensor = _ElementwiseLossFunction.apply(  # type: ignore[no-untyped-call]
+                input, target, weight, pos_weight, op, options
+            )
+            return out
     r = _ew.compute(op, input, target, weight=weight, pos_weight=pos_weight, **options)
     return r.loss  # type: ignore[no-any-return]
 
