@@ -485,7 +485,7 @@ def _create_state(
             codes = _is_uint8(new)
             if codes:  # 8-bit state: codes of zero and their absmax, zero
                 new.zero_()
-                _new_absmax(spec.op, lowprec, d - 2, i, new.numel())
+                _new_absmax(spec.op, lowprec, d - 2, i, new)
             b = _buffers.as_buffer(new, f"{spec.op}: {name}[{i}]", writable=True, codes=codes)
             buffers[d * n + i] = b
             ref = buffers[i]
@@ -505,9 +505,10 @@ def _is_uint8(x: Any) -> bool:
     return isinstance(x, torch.Tensor) and x.dtype == torch.uint8
 
 
-def _new_absmax(op: str, lowprec: LowPrecision, k: int, i: int, numel: int) -> None:
-    """The absmax of new 8-bit state (slot ``k`` of the state lists, param ``i``), into the
-    caller's ``state_absmax`` list, where the caller finds it after the call."""
+def _new_absmax(op: str, lowprec: LowPrecision, k: int, i: int, codes: Any) -> None:
+    """The absmax of new 8-bit state ``codes`` (slot ``k`` of the state lists, param ``i``),
+    on their device, into the caller's ``state_absmax`` list, where the caller finds it after
+    the call."""
     import torch
 
     lists = lowprec.state_absmax
@@ -517,7 +518,7 @@ def _new_absmax(op: str, lowprec: LowPrecision, k: int, i: int, numel: int) -> N
             f"{op}: new 8-bit state needs state_absmax, one mutable list per state list (its "
             f"entries for new state are filled in)"
         )
-    target[i] = torch.zeros(-(-numel // 256), dtype=torch.float32)
+    target[i] = torch.zeros(-(-codes.numel() // 256), dtype=torch.float32, device=codes.device)
 
 
 def _empty_like(x: Any, dtype: Any = None) -> Any:

@@ -391,7 +391,17 @@ class FusedOptimizer(Optimizer):
             "clip_coef": self._clip_coef(grad_scale),
         }
         for group in self.param_groups:
-            self._update(group, amp)
+            calls = self._precision.calls
+            try:
+                self._update(group, amp)
+            except ValueError:
+                # State in another memory layout than its param's (the param re-laid since the
+                # state was made): the update refused it before writing anything; re-lay the
+                # state and step the group again (with the stochastic-rounding seed it drew).
+                if not self._relayout_state(group["params"]):
+                    raise
+                self._precision.calls = calls
+                self._update(group, amp)
         return loss
 
     # --- checkpoints and pickling ------------------------------------------------------------
@@ -405,6 +415,17 @@ class FusedOptimizer(Optimizer):
         self._precision.check_saved(type(self).__name__, self, state_dict)
         super().load_state_dict(state_dict)
         self._precision.load(self, state_dict)
+        self._relayout_state([p for g in self.param_groups for p in g["params"]])
+
+    def _relayout_state(self, params: list[Tensor]) -> bool:
+        """Each param's state in the param's memory layout (a checkpoint saved before the model
+        went channels-last, a param re-laid mid-run); True if any tensor moved."""
+        state = self.state
+        moved = False
+        for p in params:
+            if p in state:
+                moved |= self._precision.relayout(p, state[p])
+        return moved
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()

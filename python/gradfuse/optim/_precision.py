@@ -207,6 +207,39 @@ class PrecisionPolicy:
             elif isinstance(value, Tensor) and value.is_floating_point() and value.dtype != want:
                 state[key] = value.to(want)
 
+    def relayout(self, p: Tensor, state: dict[str, Any]) -> bool:
+        """Puts every state tensor of ``p``'s shape in ``p``'s memory layout (the kernels walk a
+        param and its state in one memory order); True if any moved. State keeps its layout
+        where the param's changed since: a checkpoint saved before the model went channels-last,
+        a model re-laid mid-run (``model.to(memory_format=...)``). 8-bit state is dequantized in
+        its own memory order and quantized again in the param's (its blocks change)."""
+        from gradfuse._buffers import _is_dense
+        from gradfuse.optim import _quant8
+
+        stride = p.stride()
+        if not _is_dense(p.shape, stride):
+            return False  # the update refuses the param itself
+        moved = False
+        for key, value in list(state.items()):
+            if (
+                not isinstance(value, Tensor)
+                or value.shape != p.shape
+                or value.stride() == stride
+                or key.endswith(_quant8.ABSMAX_SUFFIX)
+            ):
+                continue
+            absmax_key = key + _quant8.ABSMAX_SUFFIX
+            if value.dtype == torch.uint8 and absmax_key in state:
+                signed = (self.signed_keys or _quant8.SIGNED_KEYS)[key]
+                values = _quant8.dequantize_blockwise(value.cpu(), state[absmax_key].cpu(), signed)
+                _quant8.quantize_state(p, {key: values}, {key: signed}, into=state)
+            else:
+                relaid = torch.empty_like(p, dtype=value.dtype)
+                relaid.copy_(value)
+                state[key] = relaid
+            moved = True
+        return moved
+
     def kwargs(
         self, name: str, state: Any, params: list[Tensor], keys: tuple[str, ...] = ()
     ) -> dict[str, Any]:

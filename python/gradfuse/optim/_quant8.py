@@ -77,8 +77,8 @@ def quantize_blockwise(x: Tensor, signed: bool = True) -> tuple[Tensor, Tensor]:
     tests/optim/test_8bit.py for the one place they differ: values below ~1e-4 of their block's
     absmax)."""
     _check_tensor(x, "quantize_blockwise: x", torch.float32, None)
-    src = x.detach().contiguous()
-    codes = torch.empty(x.shape, dtype=torch.uint8, device=x.device)
+    src = _in_memory_order(x.detach())
+    codes = torch.empty_like(src, dtype=torch.uint8)  # in x's layout, as the optimizers keep it
     absmax = torch.empty(blocks(src.numel()), dtype=torch.float32, device=x.device)
     _blockwise8(_native.core().quantize_blockwise8, src, codes, absmax, signed)
     return codes, absmax
@@ -116,11 +116,20 @@ def dequantize_blockwise(codes: Tensor, absmax: Tensor, signed: bool = True) -> 
             f"dequantize_blockwise: absmax has {absmax.numel()} values, expected "
             f"{blocks(codes.numel())} (one per 256 codes of {codes.numel()})"
         )
-    src = codes.contiguous()
+    src = _in_memory_order(codes)
     amax = absmax.contiguous()
-    out = torch.empty(codes.shape, dtype=torch.float32, device=codes.device)
+    out = torch.empty_like(src, dtype=torch.float32)
     _blockwise8(_native.core().dequantize_blockwise8, out, src, amax, signed)
     return out
+
+
+def _in_memory_order(x: Tensor) -> Tensor:
+    """``x`` itself where its elements fill one block of memory in some order of its dimensions
+    (a transposed or channels-last tensor: its blocks of 256 are counted in that memory order,
+    as the optimizers count them), else a row-major copy."""
+    from gradfuse._buffers import _is_dense
+
+    return x if _is_dense(x.shape, x.stride()) else x.contiguous()
 
 
 def _blockwise8(
@@ -175,9 +184,13 @@ def dequantize_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def quantize_state(p: Tensor, state: dict[str, Any], keys: dict[str, bool]) -> None:
+def quantize_state(
+    p: Tensor, state: dict[str, Any], keys: dict[str, bool], into: dict[str, Any] | None = None
+) -> None:
     """Brings the float state tensors of ``p`` named in ``keys`` (key -> signed) to 8-bit, in
-    place of the dict entries (a float32 torch checkpoint, or a fresh float state)."""
+    the param's memory layout, in place of the dict entries (a float32 torch checkpoint, or a
+    fresh float state), or as entries of ``into``."""
+    out = state if into is None else into
     for key, signed in keys.items():
         value = state.get(key)
         if not isinstance(value, Tensor) or not value.is_floating_point():
@@ -187,9 +200,12 @@ def quantize_state(p: Tensor, state: dict[str, Any], keys: dict[str, bool]) -> N
                 f"state {key}: shape {tuple(value.shape)} does not match the param's "
                 f"{tuple(p.shape)}"
             )
-        codes, absmax = quantize_blockwise(value.detach().to("cpu", torch.float32), signed)
-        state[key] = codes.to(p.device)
-        state[key + ABSMAX_SUFFIX] = absmax.to(p.device)
+        # In the param's layout: the kernels walk state and param in one memory order.
+        src = torch.empty_like(p, dtype=torch.float32, device="cpu")
+        src.copy_(value.detach())
+        codes, absmax = quantize_blockwise(src, signed)
+        out[key] = codes.to(p.device)
+        out[key + ABSMAX_SUFFIX] = absmax.to(p.device)
 
 
 # bitsandbytes' keys of a two-state (Adam) and one-state optimizer and gradfuse's.
