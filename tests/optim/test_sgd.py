@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import pickle
@@ -372,3 +373,36 @@ def test_nan_and_inf_propagate_like_torch(opts: dict[str, float | bool]) -> None
         lambda ps: torch.optim.SGD(ps, lr=0.1, foreach=False, **opts), [p], [[g], [g]]
     )
     torch.testing.assert_close(ours[0], want[0], rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_complex_momentum_buffer_is_torchs(nesterov: bool) -> None:
+    """A complex param's momentum buffer is complex, of the param's shape, as torch keeps it (the
+    update works on real views; the buffer it creates was kept as one), so checkpoints go both
+    ways."""
+    gen = torch.Generator().manual_seed(0)
+    p0 = torch.randn(5, 3, dtype=torch.complex64, generator=gen)
+    grads = [torch.randn(5, 3, dtype=torch.complex64, generator=gen) for _ in range(4)]
+    kw = {"lr": 0.1, "momentum": 0.9, "nesterov": nesterov}
+    a, b = p0.clone().requires_grad_(True), p0.clone().requires_grad_(True)
+    ours = gradfuse.optim.SGD([a], **kw)
+    theirs = torch.optim.SGD([b], **kw, foreach=False)
+    for g in grads[:2]:
+        a.grad, b.grad = g.clone(), g.clone()
+        ours.step()
+        theirs.step()
+    buf, want = ours.state[a]["momentum_buffer"], theirs.state[b]["momentum_buffer"]
+    assert (buf.dtype, buf.shape) == (want.dtype, want.shape)
+    tolerances.assert_close(buf, want, tolerances.STEP[torch.float32])
+    # Each continues from the other's checkpoint (copied: loading shares the tensors).
+    a2, b2 = b.detach().clone().requires_grad_(True), a.detach().clone().requires_grad_(True)
+    ours2 = gradfuse.optim.SGD([a2], **kw)
+    ours2.load_state_dict(copy.deepcopy(theirs.state_dict()))
+    theirs2 = torch.optim.SGD([b2], **kw, foreach=False)
+    theirs2.load_state_dict(copy.deepcopy(ours.state_dict()))
+    for g in grads[2:]:
+        for p, opt in ((a, ours), (b, theirs), (a2, ours2), (b2, theirs2)):
+            p.grad = g.clone()
+            opt.step()
+    tolerances.assert_close(a2.detach(), b.detach(), tolerances.TRAJECTORY[torch.float32])
+    tolerances.assert_close(b2.detach(), a.detach(), tolerances.TRAJECTORY[torch.float32])

@@ -38,6 +38,7 @@ from gradfuse.optim._torch_compat import (
     capturable_step,
     check_capturable,
     check_fused_foreach,
+    real_view,
     real_views_of,
     refuse_differentiable,
     same_list,
@@ -312,6 +313,8 @@ class FusedOptimizer(Optimizer):
         for st in spec.state:
             if st.name in lists and st.name != created:
                 lists[st.name] = view(lists[st.name])
+        if view is not same_list and created in lists:  # its None entries are created
+            lists[created] = [None if t is None else real_view(t) for t in lists[created]]
         precision = self._precision
         if created is not None and created in lists and self.state_dtype is not None:
             # 8-bit state: uint8 codes for params of at least min_8bit_size elements only
@@ -331,7 +334,8 @@ class FusedOptimizer(Optimizer):
             state = self.state
             for i, (p, buf) in enumerate(zip(params, new_state, strict=True)):
                 if buf is not None and key not in state[p]:
-                    state[p][key] = buf  # created by this step (None: an AMP-skipped step)
+                    # created by this step (None: an AMP-skipped step), complex as its param
+                    state[p][key] = torch.view_as_complex(buf) if p.is_complex() else buf
                     if absmax is not None and absmax[i] is not None:
                         state[p][key + "_absmax"] = absmax[i]
 
