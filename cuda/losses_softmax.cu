@@ -187,7 +187,7 @@ __global__ void ce_row_kernel(const T* x, const void* target_ptr, const OpMath<T
   const OpT m = row.ms.m, sum = row.ms.s;
   const OpT log_s = math::vlog(sum);
   const double d = *denom;
-  const OpT scale = static_cast<OpT>(k.reduction == Reduction::kMean ? 1.0 / d : 1.0);
+  const OpT scale = static_cast<OpT>(math::mean_scale(k.reduction, d));
   OpT loss, a_over_s;
   math::ClassRowCoef<OpT> coef{};
   OpT w_y = OpT(1), shifted_y = OpT(0), weight_sum = OpT(0);
@@ -254,7 +254,7 @@ __global__ void nll_grad_kernel(const std::int64_t* target, const OpMath<T>* wei
   if (r >= rows) return;
   const std::int64_t y = target[r], n = r / inner, s = r % inner;
   if (y == ignore_index) return;
-  const OpT scale = static_cast<OpT>(reduction == Reduction::kMean ? 1.0 / *denom : 1.0);
+  const OpT scale = static_cast<OpT>(math::mean_scale(reduction, *denom));
   math::store(grad, n * classes * inner + y * inner + s,
               math::nll_grad_target(weight ? weight[y] : OpT(1), scale));
 }
@@ -270,7 +270,7 @@ __global__ void finish_kernel(const OpMath<T>* row_loss, std::int64_t rows, Redu
   }
   const double total = block_sum(acc, shared);
   if (threadIdx.x == 0) {
-    const double v = reduction == Reduction::kMean ? total / *denom : total;
+    const double v = math::mean_of(reduction, total, *denom);
     math::store(loss, 0, static_cast<OpMath<T>>(v));
   }
 }

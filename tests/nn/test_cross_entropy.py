@@ -210,6 +210,30 @@ def test_all_targets_ignored(reduction: str, label_smoothing: float) -> None:
         _check(F.nll_loss, gnf.nll_loss, x, t, weight=w, reduction=reduction)
 
 
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.25])
+@pytest.mark.parametrize("shape", [(4, 5), (2, 5, 3)], ids=str)
+def test_zero_total_target_weight(
+    reduction: str, label_smoothing: float, shape: tuple[int, ...]
+) -> None:
+    # Every target weighted 0 (one row ignored): torch's mean is 0 / 0 = NaN, label smoothing or
+    # not (its nll term is NaN), and so is the gradient of every row that is not ignored.
+    x = torch.randn(shape)
+    t = torch.full((shape[0], *shape[2:]), 3)
+    t.view(-1)[0] = -100
+    w = torch.tensor([1.0, 2.0, 0.5, 0.0, 1.5])
+    _check(
+        F.cross_entropy,
+        gnf.cross_entropy,
+        x,
+        t,
+        weight=w,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+    )
+    _check(F.nll_loss, gnf.nll_loss, x, t, weight=w, reduction=reduction)
+
+
 def test_probability_target_gradient() -> None:
     x = torch.randn(4, 6, 3, dtype=torch.float64)
     t = torch.rand(4, 6, 3, dtype=torch.float64)  # unnormalised, as torch allows

@@ -445,8 +445,7 @@ void finish_loss(const SoftmaxLossArgs& a, const std::vector<OpMath<T>>& row_los
     return;
   }
   const double total = fixed_order_sum(row_loss);
-  const double value = a.reduction == Reduction::kMean ? total / denom : total;
-  math::store(out, 0, static_cast<OpMath<T>>(value));
+  math::store(out, 0, static_cast<OpMath<T>>(math::mean_of(a.reduction, total, denom)));
 }
 
 template <typename T>
@@ -464,8 +463,7 @@ void cross_entropy_typed(const SoftmaxLossArgs& a) {
   const double eps = a.label_smoothing;
   const Consts<OpT> k{static_cast<OpT>(1.0 - eps), static_cast<OpT>(eps / static_cast<double>(C)),
                       static_cast<OpT>(weight_sum),
-                      static_cast<OpT>(a.reduction == Reduction::kMean ? 1.0 / denom : 1.0),
-                      a.ignore_index};
+                      static_cast<OpT>(math::mean_scale(a.reduction, denom)), a.ignore_index};
   std::vector<OpT> row_loss(static_cast<std::size_t>(rows));
   bool_switch(
       [&](auto grad_c, auto weighted_c, auto smoothing_c, auto prob_c) {
@@ -507,7 +505,7 @@ void nll_loss_typed(const SoftmaxLossArgs& a) {
   const std::int64_t C = a.classes, S = a.inner, rows = a.outer * a.inner;
   const OpT* w = reinterpret_cast<const OpT*>(a.weight);
   const double denom = check_targets(a, w);
-  const OpT scale = static_cast<OpT>(a.reduction == Reduction::kMean ? 1.0 / denom : 1.0);
+  const OpT scale = static_cast<OpT>(math::mean_scale(a.reduction, denom));
   const T* x = reinterpret_cast<const T*>(a.input);
   T* g = reinterpret_cast<T*>(a.grad);
   const auto* ty = reinterpret_cast<const std::int64_t*>(a.target);

@@ -23,8 +23,10 @@
 //    D = sum of w_y over non-ignored rows (class targets; torch's weighted mean) or by the
 //    number of rows (probability targets). The gradient of row i is multiplied by
 //    scale = 1 / D (mean) or 1 (sum, none); the autograd backward multiplies by grad_output.
-//    A mean over zero rows (or zero total weight) is 0 / 0 = NaN, as in torch; every row is
-//    then ignored, so no gradient element is ever multiplied by the infinite scale.
+//    D = 0 (zero rows, every row ignored, or every target weighted 0) makes torch's mean
+//    0 / 0 = NaN, whatever label smoothing adds (its nll term is NaN): the loss is NaN and so is
+//    every gradient element of a row that is not ignored (mean_scale, mean_of). 1 / D = inf
+//    would give inf where smoothing adds a positive term, and 0 * inf = NaN elsewhere.
 //
 // Numerics: everything is computed in OpT (float for float16/bfloat16/float32 storage),
 // the shifted logits x_c - m are exact for nearby values, and the target-class gradient is
@@ -41,6 +43,18 @@
 namespace gf::math {
 
 enum class Reduction : int { kNone = 0, kMean = 1, kSum = 2 };
+
+// The gradient's factor: 1 / D for 'mean' (NaN for D = 0, see 4. above), 1 otherwise.
+GF_HD GF_INLINE double mean_scale(Reduction r, double denom) {
+  if (r != Reduction::kMean) return 1.0;
+  return denom == 0.0 ? NAN : 1.0 / denom;
+}
+
+// The reduced loss of the rows' sum: total / D for 'mean' (NaN for D = 0), total otherwise.
+GF_HD GF_INLINE double mean_of(Reduction r, double total, double denom) {
+  if (r != Reduction::kMean) return total;
+  return denom == 0.0 ? NAN : total / denom;
+}
 
 // Online softmax (Milakov & Gimelshein): the running max m and the sum s of exp(x - m) of a
 // set of logits. Two partial results combine exactly like the whole set; each backend builds
