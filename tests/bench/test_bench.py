@@ -162,6 +162,31 @@ def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--ops", "sgd", "--providers", "jax"]) == 2
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--threads", "0"], "--threads 0: expected a positive number"),
+        (["--threads", "-3"], "--threads -3: expected a positive number"),
+        (["--json", "{tmp}"], "is a directory"),
+        (["--markdown", "{tmp}/no/such/r.md"], "does not exist"),
+        (["--plot", "{tmp}"], "is a directory"),
+    ],
+)
+def test_bad_run_options_exit_2_before_the_run(
+    args: list[str],
+    message: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Checked before anything runs (an output path used to be tried only after the whole run,
+    # losing its results with a traceback; --threads 0 ended in one).
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    assert main(["bench", "--ops", "sgd", "--sizes", "1K", "--repeat", "1", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
 def test_list_names_every_case(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--list"]) == 0
     out = capsys.readouterr().out

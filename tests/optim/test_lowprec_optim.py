@@ -281,6 +281,40 @@ def test_invalid_combinations_are_refused(
             cls(_params(dtype), **hyper, **options)
 
 
+@pytest.mark.parametrize(
+    ("options", "dtype", "match"),
+    [
+        ({"kahan": True}, torch.float32, "needs bfloat16 params"),
+        ({"state_dtype": torch.bfloat16}, torch.float64, "not available"),
+        ({"state_dtype": torch.uint8}, torch.float64, "8-bit state"),
+    ],
+)
+def test_add_param_group_checks_the_policy(
+    options: dict[str, Any], dtype: torch.dtype, match: str
+) -> None:
+    """A param the constructor would refuse is refused by add_param_group too, before the group
+    joins (it used to join, and the next step raised after stepping the groups before it)."""
+    for cls, _, hyper in OPTIMIZERS.values():
+        ok = _params(torch.bfloat16 if "kahan" in options else torch.float32)
+        opt = cls(ok, **hyper, **options)
+        with pytest.raises(ValueError, match=match):
+            opt.add_param_group({"params": (p for p in _params(dtype))})
+        assert len(opt.param_groups) == 1
+        opt.add_param_group({"params": (p for p in _params(ok[0].dtype))})  # a generator
+        assert len(opt.param_groups) == 2
+        assert len(opt.param_groups[1]["params"]) == len(ok)
+
+
+def test_policy_options_are_read_only() -> None:
+    for cls, _, hyper in OPTIMIZERS.values():
+        opt = cls(_params(torch.float32), **hyper, state_dtype=torch.bfloat16)
+        for name, value in (("state_dtype", None), ("kahan", True), ("master_weights", True)):
+            with pytest.raises(AttributeError, match=f"{name} is read-only"):
+                setattr(opt, name, value)
+        assert opt.state_dtype is torch.bfloat16
+        assert opt.kahan is False
+
+
 def test_functional_refusals_write_nothing() -> None:
     p = torch.randn(9).to(torch.bfloat16)
     g = torch.randn(9).to(torch.bfloat16)

@@ -11,6 +11,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from gradfuse.bench._case import (
@@ -104,6 +105,19 @@ class Item:
 
 def _csv(text: str | None) -> list[str]:
     return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def _check_output(option: str, path: str | None) -> None:
+    """An output path that can be written once the run is over (checked before it starts, so
+    that a typo does not lose a long run's results)."""
+    if path is None:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"--{option} {path}: is a directory; give a file name")
+    parent = target.parent
+    if not parent.is_dir():
+        raise ValueError(f"--{option} {path}: the folder {parent} does not exist")
 
 
 def _devices(choice: str) -> list[str]:
@@ -317,11 +331,15 @@ def run(args: argparse.Namespace) -> int:
         devices = _devices(args.device)
         _dtypes(args.dtype)
         _providers(args.providers)
+        for option in ("json", "markdown", "plot"):
+            _check_output(option, getattr(args, option))
+        if args.threads is not None:
+            if args.threads < 1:
+                raise ValueError(f"--threads {args.threads}: expected a positive number")
+            gradfuse.set_num_threads(args.threads)
     except ValueError as exc:
         print(f"gradfuse bench: {exc}", file=sys.stderr)
         return 2
-    if args.threads is not None:
-        gradfuse.set_num_threads(args.threads)
     torch.set_num_threads(gradfuse.get_num_threads())  # the same thread count for both sides
     repeat = args.repeat if args.repeat is not None else (5 if args.quick else 11)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)

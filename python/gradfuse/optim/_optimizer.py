@@ -64,6 +64,14 @@ class _PolicyOption(Generic[T]):
         value: T = getattr(optimizer._precision, self.name)
         return value
 
+    def __set__(self, optimizer: FusedOptimizer, value: T) -> None:
+        # Without this, an assignment would make an instance attribute that shadows the policy
+        # (and half the code would read one, half the other).
+        raise AttributeError(
+            f"{type(optimizer).__name__}.{self.name} is read-only: it is a precision option, set "
+            f"in the constructor ({type(optimizer).__name__}(..., {self.name}=...))"
+        )
+
 
 class Gathered(NamedTuple):
     """A group's params that have a gradient, their gradients, and the functional's state
@@ -182,6 +190,21 @@ class FusedOptimizer(Optimizer):
         differentiable = bool(defaults.get("differentiable", False))
         check_fused_foreach(defaults.get("fused"), defaults.get("foreach"), differentiable)
         refuse_differentiable(name, differentiable)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """torch's ``add_param_group``, with the params checked against the precision policy
+        as the constructor checks them (a param the policy refuses is refused here, not at a
+        later step)."""
+        params = param_group["params"]
+        # torch's __init__ adds the first groups before the policy exists (it checks them); a
+        # set is refused by torch with its own message.
+        if hasattr(self, "_precision") and not isinstance(params, set):
+            params = [params] if isinstance(params, Tensor) else list(params)
+            param_group["params"] = params  # as torch lists them (a generator is read once)
+            for i, p in enumerate(params):
+                if isinstance(p, Tensor):
+                    self._precision.check_param(type(self).__name__, p, i)
+        super().add_param_group(param_group)
 
     # The precision options, read-only (set them in the constructor).
     master_weights = _PolicyOption[bool]()
