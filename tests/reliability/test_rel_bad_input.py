@@ -460,6 +460,43 @@ def test_step_matches_torch_or_refuses_cleanly(spec: OptimSpec, case: str) -> No
     assert_unchanged(before, _snapshot([*ps, *[p.grad for p in ps]]))
 
 
+@pytest.mark.parametrize("spec", OPTIMIZERS, ids=lambda s: s.id)
+@pytest.mark.parametrize("bad", ["state_shape", "strided_param"])
+def test_a_step_refused_in_one_group_changes_no_group(spec: OptimSpec, bad: str) -> None:
+    """Every group is checked before any is written: a refusal in the last group leaves the
+    params, state and counters of the groups before it as they were (they used to have stepped),
+    and makes no first state; the message says which group."""
+    cls = require_class(spec)
+    gen = torch.Generator().manual_seed(3)
+    good = [torch.randn(5, generator=gen).requires_grad_(True) for _ in range(2)]
+    other = torch.randn(4, 3, generator=gen).requires_grad_(True)
+    opt = cls([{"params": good}, {"params": [other]}], **spec.configs[-1])
+    for p in (*good, other):
+        p.grad = torch.randn(p.shape, generator=gen)
+    opt.step()  # every param has state now
+    if bad == "state_shape":  # a checkpoint's tensor of another shape
+        key = next((k for k, v in opt.state[other].items() if torch.is_tensor(v) and v.dim()), None)
+        if key is None:
+            pytest.skip(f"{spec.name} keeps no tensor state in this configuration")
+        opt.state[other][key] = torch.zeros(7)
+    else:  # a param not laid out densely, with no state yet
+        other = torch.randn(8, 6, generator=gen)[::2, ::2].requires_grad_(True)
+        other.grad = torch.randn(other.shape, generator=gen)
+        opt.param_groups[1]["params"] = [other]
+    for p in good:
+        p.grad = torch.randn(p.shape, generator=gen)
+    tensors = [*good, *(v for p in good for v in opt.state[p].values() if torch.is_tensor(v))]
+    before = _snapshot(tensors)
+    entries = {id(p): dict(opt.state[p]) for p in good}
+    with pytest.raises((ValueError, TypeError)) as raised:
+        opt.step()
+    assert "param group 1" in "".join(getattr(raised.value, "__notes__", []))
+    assert_unchanged(before, _snapshot(tensors))
+    assert all(dict(opt.state[p]) == entries[id(p)] for p in good)
+    if bad == "strided_param":
+        assert not opt.state.get(other)  # no first state made for the refused param
+
+
 # ---------------------------------------------------------------------------------------------
 # Losses: where torch raises, gradfuse raises (a clear error, never a crash) and changes nothing.
 

@@ -26,7 +26,9 @@ whose spelling differs between the two (a conditional, a cast to a tensor ``lr``
 
 from __future__ import annotations
 
-from collections.abc import Callable, MutableSequence, Sequence
+from collections.abc import Callable, Iterator, MutableSequence, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, TypedDict, TypeVar
 
@@ -344,14 +346,48 @@ def checked(spec: Spec, arguments: dict[str, Any]) -> tuple[Hyper, Call]:
     return h, call
 
 
+# Set by an optimizer that steps several param groups: each engine update checks its group and
+# leaves its writes here, to run once every group has been checked (a failed check then leaves
+# every group as it was, not only its own). See :func:`planned`.
+_PLANS: ContextVar[list[Callable[[], None]] | None] = ContextVar("gradfuse_plans", default=None)
+
+
+@contextmanager
+def planned() -> Iterator[list[Callable[[], None]]]:
+    """Within this context, :func:`update` checks its arguments and appends the update itself
+    (everything that writes) to the list yielded, instead of running it."""
+    plans: list[Callable[[], None]] = []
+    token = _PLANS.set(plans)
+    try:
+        yield plans
+    finally:
+        _PLANS.reset(token)
+
+
 def update(spec: Spec, arguments: dict[str, Any]) -> None:
-    """The body of a public update: ``run(spec, ...)`` on its arguments (see :func:`checked`)."""
+    """The body of a public update: ``run(spec, ...)`` on its arguments (see :func:`checked`);
+    within :func:`planned`, its writes are left to the caller."""
     h, call = checked(spec, arguments)
-    run(spec, call, h)
+    apply = plan(spec, call, h)
+    plans = _PLANS.get()
+    if plans is None:
+        apply()
+    else:
+        plans.append(apply)
 
 
 def run(spec: Spec, call: Call, h: Hyper) -> None:
     """Check everything, then apply ``spec``'s update in place (see the module docstring)."""
+    plan(spec, call, h)()
+
+
+def _nothing() -> None:
+    """The update of a step that AMP skips."""
+
+
+def plan(spec: Spec, call: Call, h: Hyper) -> Callable[[], None]:
+    """Check everything (steps 1 and 2 of the module docstring, and the new state of step 3,
+    made but not yet handed to the caller's state) and return the update that writes."""
     op = spec.op
     params = call.lists["params"]
     assert params is not None
@@ -399,11 +435,30 @@ def run(spec: Spec, call: Call, h: Hyper) -> None:
         # The host needs the counters (or this step's gradient for new state): AMP's verdict
         # is read here, and a skipped step writes nothing at all.
         if _steps.found_inf_is_set(call.found_inf):
-            return
+            return _nothing
         scaling = GradScaling(call.grad_scale, None, call.clip_coef)
     if created is not None:
         buffers = list(buffers)  # a PreparedList is read-only: the new state joins a list
         keys = _create_state(spec, call, slots, buffers, n, created)
+    return lambda: _apply(spec, call, h, buffers, depth, n, counters, scaling, keys)
+
+
+def _apply(
+    spec: Spec,
+    call: Call,
+    h: Hyper,
+    buffers: Sequence[Any],
+    depth: int,
+    n: int,
+    counters: dict[str, Any],
+    scaling: GradScaling,
+    keys: list[Any] | None,
+) -> None:
+    """The writes of a checked update: the counters advanced, then one native call per group
+    (steps 3 and 4 of the module docstring)."""
+    capturable = call.capturable
+    lowprec = call.lowprec
+    options = h.__dict__
     if "state_steps" in counters:
         if spec.step_on_host and not capturable:
             keys = _advance_on_host(spec, h, counters)

@@ -32,6 +32,7 @@ from torch.optim.optimizer import Optimizer, ParamsT
 from gradfuse import _native
 from gradfuse._compile import is_compiling
 from gradfuse._options import show_options
+from gradfuse.functional import _engine
 from gradfuse.functional._engine import Spec, State
 from gradfuse.optim._precision import PrecisionPolicy
 from gradfuse.optim._torch_compat import (
@@ -126,6 +127,8 @@ class FusedOptimizer(Optimizer):
 
     max_grad_norm: float | None
     _precision: PrecisionPolicy
+    # The state dicts this step filled for the first time (emptied again if the step raises).
+    _initialized: list[dict[str, Any]] | None = None
     # Why 8-bit state is refused, for an optimizer whose state is not moments (None: allowed).
     _no_8bit: ClassVar[str | None] = None
 
@@ -292,6 +295,8 @@ class FusedOptimizer(Optimizer):
             state = state_of[p]
             if len(state) == 0:
                 self._init_state(p, group, state)
+                if self._initialized is not None:
+                    self._initialized.append(state)
             if prepare:
                 self._precision.prepare_state(p, state)
             for st in lists:
@@ -314,8 +319,10 @@ class FusedOptimizer(Optimizer):
 
     # --- step --------------------------------------------------------------------------------
 
-    def _update(self, group: dict[str, Any], amp: dict[str, Any]) -> None:
-        """One functional call for the group's params that have a gradient."""
+    def _update(self, group: dict[str, Any], amp: dict[str, Any]) -> Callable[[], None] | None:
+        """One functional call for the group's params that have a gradient: checked here, its
+        writes returned (run by :meth:`_step` once every group is checked). A subclass whose
+        update does not plan returns None, having written."""
         gathered = self._gather_plain(group)
         plain = gathered is not None  # then no gradient is sparse and no param complex
         if gathered is None:
@@ -323,7 +330,7 @@ class FusedOptimizer(Optimizer):
         params, grads, lists = gathered
         if not plain and any(g.is_sparse for g in grads):
             self._sparse_step(group, amp, gathered)
-            return
+            return None
         spec = self._spec
         options = self._options(group)
         if spec.capturable:
@@ -349,18 +356,32 @@ class FusedOptimizer(Optimizer):
         # Whether this step creates state: afterwards the list holds the new tensors.
         new_state = lists.get(created) if created is not None else None
         creates = new_state is not None and any(map(operator.is_, new_state, repeat(None)))
-        type(self)._update_fn(view(params), view(grads), **lists, **options, **amp, **lowprec)
-        if creates and new_state is not None:
-            key = next(st.key for st in spec.state if st.name == created)
-            absmax_lists = lowprec.get("state_absmax")  # 8-bit: filled in for new state
-            absmax = absmax_lists[keys.index(key)] if absmax_lists else None
-            state = self.state
-            for i, (p, buf) in enumerate(zip(params, new_state, strict=True)):
-                if buf is not None and key not in state[p]:
-                    # created by this step (None: an AMP-skipped step), complex as its param
-                    state[p][key] = torch.view_as_complex(buf) if p.is_complex() else buf
-                    if absmax is not None and absmax[i] is not None:
-                        state[p][key + "_absmax"] = absmax[i]
+        with _engine.planned() as plans:
+            type(self)._update_fn(view(params), view(grads), **lists, **options, **amp, **lowprec)
+
+        def write() -> None:
+            for apply in plans:
+                apply()
+            if creates and new_state is not None:
+                self._keep_created(params, new_state, lowprec, keys)
+
+        return write
+
+    def _keep_created(
+        self, params: list[Tensor], new: list[Any], lowprec: dict[str, Any], keys: tuple[str, ...]
+    ) -> None:
+        """The state the update created (SGD's first momentum buffers), into ``self.state``."""
+        spec = self._spec
+        key = next(st.key for st in spec.state if st.name == spec.creates)
+        absmax_lists = lowprec.get("state_absmax")  # 8-bit: filled in for new state
+        absmax = absmax_lists[keys.index(key)] if absmax_lists else None
+        state = self.state
+        for i, (p, buf) in enumerate(zip(params, new, strict=True)):
+            if buf is not None and key not in state[p]:
+                # created by this step (None: an AMP-skipped step), complex as its param
+                state[p][key] = torch.view_as_complex(buf) if p.is_complex() else buf
+                if absmax is not None and absmax[i] is not None:
+                    state[p][key + "_absmax"] = absmax[i]
 
     def _sparse_step(self, group: dict[str, Any], amp: dict[str, Any], gathered: Gathered) -> None:
         raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
@@ -417,19 +438,52 @@ class FusedOptimizer(Optimizer):
             "found_inf": getattr(self, "found_inf", None),
             "clip_coef": self._clip_coef(grad_scale),
         }
-        for group in self.param_groups:
-            calls = self._precision.calls
+        # Every group is checked before any is written: a step that raises leaves every param,
+        # state tensor and counter as it was (updates that do not plan write group by group).
+        writes = []
+        fresh = len(self.state)  # entries made from here on are this step's (dicts keep order)
+        initialized: list[dict[str, Any]] = []
+        self._initialized = initialized
+        try:
+            for index, group in enumerate(self.param_groups):
+                writes.append(self._checked_update(index, group, amp))
+        except BaseException:
+            # A param's first state (zeros, step 0) goes again: the failed step changes nothing.
+            for p in list(self.state)[fresh:]:
+                del self.state[p]
+            for state in initialized:
+                state.clear()
+            raise
+        finally:
+            self._initialized = None
+        for write in writes:
+            if write is not None:
+                write()
+        return loss
+
+    def _checked_update(
+        self, index: int, group: dict[str, Any], amp: dict[str, Any]
+    ) -> Callable[[], None] | None:
+        """:meth:`_update` of param group ``index``, its error saying which group it was."""
+        calls = self._precision.calls
+        try:
             try:
-                self._update(group, amp)
+                return self._update(group, amp)
             except ValueError:
                 # State in another memory layout than its param's (the param re-laid since the
                 # state was made): the update refused it before writing anything; re-lay the
-                # state and step the group again (with the stochastic-rounding seed it drew).
+                # state and check the group again (with the stochastic-rounding seed it drew).
                 if not self._relayout_state(group["params"]):
                     raise
                 self._precision.calls = calls
-                self._update(group, amp)
-        return loss
+                return self._update(group, amp)
+        except (ValueError, TypeError, RuntimeError) as e:
+            if len(self.param_groups) > 1:
+                e.add_note(
+                    f"(in param group {index}; params[i] there counts the group's params that "
+                    f"have a gradient)"
+                )
+            raise
 
     # --- checkpoints and pickling ------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Unpack
 
 import torch
@@ -78,7 +79,7 @@ class Adam(FusedOptimizer):
     def _counters_on_device(self, group: dict[str, Any]) -> bool:
         return bool(group["capturable"] or group["fused"])
 
-    def _update(self, group: dict[str, Any], amp: dict[str, Any]) -> None:
+    def _update(self, group: dict[str, Any], amp: dict[str, Any]) -> Callable[[], None] | None:
         if (
             group["foreach"]
             and torch.is_tensor(group["lr"])
@@ -88,7 +89,7 @@ class Adam(FusedOptimizer):
             raise RuntimeError(
                 "lr as a Tensor is not supported for capturable=False and foreach=True"
             )
-        super()._update(group, amp)
+        return super()._update(group, amp)
 
 
 def _checked_betas(

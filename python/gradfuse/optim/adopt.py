@@ -118,16 +118,22 @@ class ADOPT(FusedOptimizer):
         options["clip_lambda"] = self.__dict__.get("clip_lambda", default_clip_lambda)
         return options
 
-    def _update(self, group: dict[str, Any], amp: dict[str, Any]) -> None:
-        super()._update(group, amp)
-        # pytorch_optimizer's group-level count, kept for its checkpoints: the step of the
-        # group's first param with a gradient (one host read).
-        for p in group["params"]:
-            if p.grad is not None:
-                step = self.state.get(p, {}).get("step")
-                if step is not None:
-                    group["step"] = int(step)
-                break
+    def _update(self, group: dict[str, Any], amp: dict[str, Any]) -> Callable[[], None] | None:
+        write = super()._update(group, amp)
+
+        def write_and_count() -> None:
+            if write is not None:
+                write()
+            # pytorch_optimizer's group-level count, kept for its checkpoints: the step of the
+            # group's first param with a gradient (one host read).
+            for p in group["params"]:
+                if p.grad is not None:
+                    step = self.state.get(p, {}).get("step")
+                    if step is not None:
+                        group["step"] = int(step)
+                    break
+
+        return write_and_count
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's, and pytorch_optimizer's checkpoints: a param state without ``step`` takes
