@@ -62,6 +62,8 @@ def test_eps_tensor_lr_and_flags() -> None:
         torch.optim.Adagrad,
         [
             {"lr": torch.tensor(0.03), "eps": 1e-3},
+            # A float32 tensor lr: torch divides by the decay in float32 (clr rounded to it).
+            {"lr": torch.tensor(0.03), "lr_decay": 0.01},
             {"lr": 0.03, "foreach": True},
             {"lr": 0.03, "fused": True},
         ],

@@ -455,7 +455,8 @@ def radam_(
 
 def _adagrad_scalars(h: Hyper, xp: Any, step: Any, counters: dict[str, Any]) -> dict[str, Any]:
     return {
-        "clr": h.lr / (1 + (step - 1) * h.lr_decay),
+        # A tensor lr divides in its dtype, as torch's for-loop does (float32: clr rounded).
+        "clr": xp.lr_div(h.lr, 1 + (step - 1) * h.lr_decay),
         "eps": h.eps,
         "weight_decay": h.weight_decay,
     }
@@ -464,7 +465,7 @@ def _adagrad_scalars(h: Hyper, xp: Any, step: Any, counters: dict[str, Any]) -> 
 ADAGRAD = Spec(
     op="adagrad_",
     kernel="adagrad",
-    hyper=("lr", "lr_decay", "weight_decay", "eps"),
+    hyper=(("lr", NUMBER_OR_TENSOR), "lr_decay", "weight_decay", "eps"),
     # A sum of squares, never negative: 8-bit state takes the unsigned map for it (twice the
     # signed one's resolution), as for exp_avg_sq and square_avg.
     state=(State("state_sums", "sum", signed=False),),
@@ -495,7 +496,7 @@ def adagrad_(
     it to ``initial_accumulator_value``); ``state_steps[i]`` is its step count, incremented here
     before the update (a 0-dim tensor, updated in place, or a number, replaced in the list).
     The decayed rate ``lr / (1 + (step - 1) * lr_decay)`` is computed per step value on the
-    host in double.
+    host, in double (in a tensor ``lr``'s dtype, as torch).
     """
     _engine.update(ADAGRAD, locals())
 
