@@ -221,7 +221,8 @@ def load_bitsandbytes_state_dict(
     default) into a gradfuse Adam/AdamW optimizer (8-bit or not), params in the same order:
     ``state1``/``state2`` become ``exp_avg``/``exp_avg_sq`` with their ``absmax1``/``absmax2``;
     the groups' ``lr``, ``betas``, ``eps`` and ``weight_decay`` are taken over. Everything is
-    checked before anything is loaded."""
+    checked before anything is loaded. bitsandbytes' ``Adam8bit`` decays the weights decoupled:
+    load its checkpoint into an AdamW (``AdamW8bit``) to keep that."""
     signed = {"state1": True, "state2": False}
     maps = {True: dynamic_map(True), False: dynamic_map(False)}
     converted: dict[Any, dict[str, Any]] = {}

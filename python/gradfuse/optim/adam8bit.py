@@ -36,7 +36,10 @@ ADAM_DOC = """Adam with block-wise 8-bit state: :class:`gradfuse.optim.Adam` wit
     with :func:`gradfuse.optim.load_bitsandbytes_state_dict`). Smaller params keep float32
     state. One fused pass per step dequantizes, updates in float32 and requantizes each block.
     Params of float32, float16 or bfloat16, on the CPU or a CUDA device (the CUDA kernel is
-    compiled and tested, but has not run on a GPU yet); every other option as :class:`Adam`.
+    compiled and tested, but has not run on a GPU yet); every other option as :class:`Adam`,
+    ``weight_decay`` included: an L2 term, as torch's Adam. (bitsandbytes' ``Adam8bit`` decays
+    the weights decoupled, as AdamW: a bitsandbytes ``Adam8bit`` run with weight decay
+    continues as :class:`AdamW8bit`.)
     """
 
 
