@@ -356,8 +356,13 @@ class FusedOptimizer(Optimizer):
         # Whether this step creates state: afterwards the list holds the new tensors.
         new_state = lists.get(created) if created is not None else None
         creates = new_state is not None and any(map(operator.is_, new_state, repeat(None)))
-        with _engine.planned() as plans:
-            type(self)._update_fn(view(params), view(grads), **lists, **options, **amp, **lowprec)
+        args = (view(params), view(grads))
+        plans: list[Callable[[], None]] = []
+        if is_compiling():  # traced as one custom op, which writes (dynamo cannot trace plans)
+            type(self)._update_fn(*args, **lists, **options, **amp, **lowprec)
+        else:
+            with _engine.planned() as plans:
+                type(self)._update_fn(*args, **lists, **options, **amp, **lowprec)
 
         def write() -> None:
             for apply in plans:
