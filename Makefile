@@ -7,12 +7,19 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 # The training frameworks the tests run gradfuse under (tests/integrations/test_frameworks_*),
 # and tqdm (the bench's and the examples' progress bar); the same pins as pyproject's test extra.
-# Installed with TORCH_SPEC so that pip keeps the CPU torch. timm is not here: it needs
-# torchvision, whose PyPI wheels are CUDA builds that do not load beside the CPU torch.
+# Installed with TORCH_SPEC so that pip keeps the CPU torch. timm is not here: see TIMM_SPEC.
 # PEERS: the optimizer packages the tests and the bench compare against (all run on the CPU).
 FRAMEWORKS ?= transformers==5.25.0 accelerate==1.16.0 lightning==2.6.6 tqdm==4.70.1
 PEERS ?= schedulefree==1.4.1 pytorch-optimizer==4.1.0 bitsandbytes==0.50.2 heavyball==3.2.1 \
     torchao==0.18.0
+# timm (tests/integrations/test_frameworks_timm.py), installed on its own with --no-deps: it
+# requires torchvision, whose PyPI wheels are CUDA builds that do not load beside the CPU torch
+# (and pip could swap the CPU torch for a CUDA one to satisfy them). timm's optimizer factory
+# never calls torchvision, so the test imports timm over a stub of it
+# (tests/integrations/_torchvision_stub.py). timm's other requirements (pyyaml, huggingface_hub,
+# safetensors) come with transformers (FRAMEWORKS), and Pillow, which timm imports (torchvision
+# would bring it), with matplotlib.
+TIMM_SPEC ?= timm==1.0.31
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 # pytest-xdist worker processes for `make test`, `make dev-test` and `make sanitize` (2: CI's
 # cores; the tests are independent: seeds per test id, TCP stores on free ports, thread counts
@@ -47,6 +54,7 @@ $(VENV)/.ready:
 	$(PY) -m pip install -q scikit-build-core pybind11 ninja cmake numpy pytest pytest-xdist==3.8.0 \
 	    hypothesis matplotlib scikit-learn ruff mypy clang-format build
 	$(PY) -m pip install -q "$(TORCH_SPEC)" $(FRAMEWORKS) $(PEERS)
+	$(PY) -m pip install -q --no-deps "$(TIMM_SPEC)"
 	touch $@
 
 venv: $(VENV)/.ready
