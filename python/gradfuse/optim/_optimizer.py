@@ -358,10 +358,10 @@ class FusedOptimizer(Optimizer):
         creates = new_state is not None and any(map(operator.is_, new_state, repeat(None)))
         args = (view(params), view(grads))
         plans: list[Callable[[], None]] = []
-        if is_compiling():  # traced as one custom op, which writes (dynamo cannot trace plans)
+        if is_compiling():  # traced as one custom op, which writes (dynamo cannot trace Planned)
             type(self)._update_fn(*args, **lists, **options, **amp, **lowprec)
         else:
-            with _engine.planned() as plans:
+            with _engine.Planned() as plans:
                 type(self)._update_fn(*args, **lists, **options, **amp, **lowprec)
 
         def write() -> None:
