@@ -159,3 +159,54 @@ def test_native_refuses_options_a_loss_lacks() -> None:
                 log_target=False,
             )
     assert loss == 7.0
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_out_of_another_dtype_or_layout_is_refused(kind: str) -> None:
+    """out= receives the input's gradient: another float dtype or a non-contiguous array is
+    refused before anything is written, as cross_entropy_with_grad refuses them (it was cast or
+    re-laid into silently)."""
+    x, y = torch.randn(4, 5), torch.randn(4, 5)
+    xa: Any = x.numpy() if kind == "numpy" else x
+    ya: Any = y.numpy() if kind == "numpy" else y
+    to_kind: Any = (lambda t: t.numpy()) if kind == "numpy" else (lambda t: t)
+    for dtype in (torch.float64, torch.float16):
+        out = to_kind(torch.full((4, 5), 7.0, dtype=dtype))
+        with pytest.raises(TypeError, match=r"out has dtype .* but input has dtype float32"):
+            gf.mse_loss_with_grad(xa, ya, out=out)
+        assert (out == 7.0).all()
+    strided = to_kind(torch.full((5, 4), 7.0).t())
+    with pytest.raises(ValueError, match="out must be C-contiguous"):
+        gf.huber_loss_with_grad(xa, ya, out=strided)
+    assert (strided == 7.0).all()
+    # A broadcast target: the gradient is summed into a valid out=.
+    xb: Any = to_kind(torch.randn(1, 5))
+    out = to_kind(torch.full((1, 5), 7.0))
+    _, grad = gf.mse_loss_with_grad(xb, ya, out=out)
+    assert grad is out
+    _, ref_grad = torch_reference("mse_loss", torch.as_tensor(xb).expand(4, 5), y, "mean", {})
+    assert_close(torch.as_tensor(out), ref_grad.sum(0, keepdim=True), LOSS[torch.float32])
+
+
+def test_result_dtype_is_torchs() -> None:
+    """Operands of different dtypes: the loss in torch's result dtype (huber: the input's; BCE
+    with logits: the target's; mse / l1 with a weight: promoted with the weight's), computed in
+    the promoted dtype; the gradient in the input's dtype."""
+    x = torch.randn(3, 4)
+    y = torch.randn(3, 4, dtype=torch.float64)
+    w = torch.rand(3, 4, dtype=torch.float64)
+    for name, args, kw in (
+        ("huber_loss", (x, y), {}),
+        ("huber_loss", (x.half(), y.float()), {}),
+        ("binary_cross_entropy_with_logits", (x.double(), y.sigmoid().float()), {}),
+        ("mse_loss", (x, y.float()), {"weight": w}),
+        ("l1_loss", (x, y.float()), {"weight": w}),
+        ("kl_div", (x.log_softmax(-1), y.softmax(-1)), {"reduction": "sum"}),
+    ):
+        loss, grad = getattr(gf, f"{name}_with_grad")(*args, **kw)
+        theirs = getattr(TF, name)(*args, **kw)
+        assert loss.dtype == theirs.dtype, name
+        assert grad.dtype == args[0].dtype, name
+    loss_n, grad_n = gf.huber_loss_with_grad(x.numpy(), y.numpy())
+    assert loss_n.dtype == np.float32
+    assert grad_n.dtype == np.float32

@@ -185,3 +185,58 @@ def test_cuda_matches_cpu(dtype: torch.dtype, prob: bool) -> None:
         gpu = nll_loss_with_grad(x.cuda(), t.cuda(), w.cuda())
         for a, b in zip(cpu, gpu, strict=True):
             tolerances.assert_close(b.cpu(), a, tolerances.CPU_VS_CUDA[dtype], "cuda nll")
+
+
+def test_arguments_that_are_not_arrays_are_named() -> None:
+    """A list where an array is expected: a TypeError naming the argument (it was an
+    AttributeError about 'shape')."""
+    x = torch.randn(4, 5)
+    t = torch.tensor([0, 1, 2, 3])
+    for fn in (cross_entropy_with_grad, nll_loss_with_grad):
+        for xa, ta in ((x, t), (x.numpy(), t.numpy())):
+            for args, name in (
+                ((xa, [0, 1, 2, 3]), "target"),
+                (([[0.0] * 5] * 4, ta), "input"),
+                ((xa, ta, [1.0] * 5), "weight"),
+            ):
+                with pytest.raises(TypeError, match=f"{name} must be a torch.Tensor or numpy"):
+                    fn(*args)
+
+
+def test_probability_target_weight_of_another_dtype() -> None:
+    """Probability targets: torch promotes the weight with the input (float64, even int64);
+    cross_entropy_with_grad takes it, cast to the input's dtype (it refused it)."""
+    x = torch.randn(6, 5)
+    p = torch.softmax(torch.randn(6, 5), dim=1)
+    w = torch.tensor([1.0, 2.0, 3.0, 1.0, 2.0])
+    same = cross_entropy_with_grad(x, p, w, label_smoothing=0.1)
+    for other in (w.double(), w.long(), w.half()):
+        loss, grad = cross_entropy_with_grad(x, p, other, label_smoothing=0.1)
+        assert loss.dtype == torch.float32
+        assert torch.equal(loss, same[0])
+        assert torch.equal(grad, same[1])
+    ref = F.cross_entropy(x, p, w.double(), label_smoothing=0.1)
+    tolerances.assert_close(same[0].double(), ref, tolerances.LOSS[torch.float32], "vs torch")
+    # Class-index targets: torch's nll kernel asks for the input's dtype, and so does gradfuse.
+    with pytest.raises(RuntimeError, match="expected scalar type Float but found Double"):
+        cross_entropy_with_grad(x, torch.tensor([0, 1, 2, 3, 4, 0]), w.double())
+
+
+def test_uint8_targets_where_torch_takes_them() -> None:
+    """uint8 class targets: taken for 1-D / 2-D inputs, refused with torch's error for inputs of
+    3 or more dims and for the label-smoothed weighted 'mean' (torch's gather of the weights)."""
+    x = np.random.default_rng(0).standard_normal((4, 5, 3)).astype(np.float32)
+    t = np.random.default_rng(1).integers(0, 5, (4, 3)).astype(np.uint8)
+    with pytest.raises(RuntimeError, match="expected scalar type Long but found Byte"):
+        cross_entropy_with_grad(x, t)
+    with pytest.raises(RuntimeError, match="expected scalar type Long but found Byte"):
+        nll_loss_with_grad(torch.from_numpy(x), torch.from_numpy(t))
+    x2, t2 = x[:, :, 0].copy(), t[:, 0].copy()
+    w = np.ones(5, np.float32)
+    loss, _ = cross_entropy_with_grad(x2, t2, w, label_smoothing=0.1, reduction="sum")
+    ref = F.cross_entropy(
+        torch.from_numpy(x2), torch.from_numpy(t2).long(), label_smoothing=0.1, reduction="sum"
+    )
+    tolerances.assert_close(torch.from_numpy(loss), ref, tolerances.LOSS[torch.float32], "u8")
+    with pytest.raises(RuntimeError, match=r"gather\(\): Expected dtype int32/int64 for index"):
+        cross_entropy_with_grad(x2, t2, w, label_smoothing=0.1)

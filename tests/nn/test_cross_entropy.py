@@ -449,3 +449,296 @@ def test_training_step_matches_torch() -> None:
     torch.nn.CrossEntropyLoss(label_smoothing=0.1)(clone(x), y).backward()
     for p, q in zip(model.parameters(), clone.parameters(), strict=True):
         tolerances.assert_close(p.grad, q.grad, tolerances.LOSS[torch.float32], "param grad")
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.autocast, mixed dtypes, option and argument edge cases.
+
+
+def _outcome(fn: Any, x: torch.Tensor, t: torch.Tensor, go: torch.Tensor | None, **kw: Any) -> Any:
+    """(loss, input grad, target grad) of one call, or the exception it raised."""
+    xi = x.detach().clone().requires_grad_(True)
+    ti = t.detach().clone().requires_grad_(t.is_floating_point())
+    try:
+        loss = fn(xi, ti, **kw)
+    except Exception as e:  # noqa: BLE001 - compared with torch's
+        return e
+    loss.backward(torch.ones_like(loss) if go is None else go.to(loss))
+    return loss.detach(), xi.grad, ti.grad
+
+
+def _same_error(ours: Any, theirs: Any, what: str) -> bool:
+    """True when torch raised (and gradfuse raised the same); False when both computed."""
+    if isinstance(theirs, Exception) or isinstance(ours, Exception):
+        assert type(ours) is type(theirs), f"{what}: {ours!r} vs torch's {theirs!r}"
+        assert str(ours) == str(theirs), what
+        return True
+    return False
+
+
+def _compare_mixed(ours: torch.Tensor, theirs: torch.Tensor, ref: torch.Tensor, what: str) -> None:
+    """Operands of different dtypes: torch rounds through each operand's dtype on the way (the
+    smoothed target in the target's, the product with a 16-bit target...), gradfuse once, from
+    the promoted dtype. Either as close to torch as a result of that dtype must be, or at most
+    twice as far from the float64 run as torch (the low-precision rule)."""
+    try:
+        tolerances.assert_close(ours, theirs, tolerances.LOSS[ours.dtype], what)
+    except AssertionError:
+        tolerances.assert_low_precision(ours, theirs, ref, what)
+
+
+AUTOCAST_CONFIGS: list[tuple[str, str, dict[str, Any]]] = [
+    ("cross_entropy", "class", {}),
+    ("cross_entropy", "class", {"label_smoothing": 0.1, "weight": True}),
+    ("cross_entropy", "class", {"ignore_index": 2}),
+    ("cross_entropy", "prob", {}),
+    ("cross_entropy", "prob", {"label_smoothing": 0.2, "weight": True}),
+    ("nll_loss", "class", {}),
+    ("nll_loss", "class", {"weight": True}),
+]
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize("amp_dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize(("op", "target", "kw"), AUTOCAST_CONFIGS, ids=str)
+def test_autocast_like_torch(
+    op: str, target: str, kw: dict[str, Any], amp_dtype: torch.dtype, device: str
+) -> None:
+    """cross_entropy and nll_loss are on torch.autocast's float32 list (CUDA: cross_entropy's
+    log_softmax keeps the input's dtype, its nll_loss is float32): a 16-bit input, target or
+    weight gives a float32 loss, and the input's gradient comes back in its own dtype. gradfuse
+    returned a 16-bit loss. float64 inputs stay float64 (a 16-bit weight then fails in both)."""
+    shape = (6, 11, 3)
+    for in_dtype in (amp_dtype, torch.float32, torch.float64):
+        x = torch.randn(shape, dtype=torch.float64) * 3
+        if op == "nll_loss":
+            x = torch.log_softmax(x, dim=1)
+        t = _prob_target(shape, amp_dtype) if target == "prob" else _class_target(shape, "off")[0]
+        call_kw = dict(kw)
+        if kw.get("weight"):
+            call_kw["weight"] = _class_weight(shape, amp_dtype, True)
+        x, t = x.to(device, in_dtype), t.to(device)
+        for reduction in REDUCTIONS:
+            call_kw["reduction"] = reduction
+            runs = []
+            for fn in (getattr(gnf, op), getattr(F, op)):
+                w = call_kw.get("weight")
+                call_kw["weight"] = None if w is None else w.to(device)
+                with torch.autocast(device, dtype=amp_dtype):
+                    runs.append(_outcome(fn, x, t, None, **call_kw))
+            what = f"{op} {target} {kw} {reduction} input {in_dtype} under {amp_dtype}"
+            if _same_error(runs[0], runs[1], what):
+                continue
+            ref_kw = dict(call_kw)
+            if ref_kw.get("weight") is not None:
+                ref_kw["weight"] = ref_kw["weight"].double()
+            t64 = t.double() if t.is_floating_point() else t
+            ref = _outcome(getattr(F, op), x.double(), t64, None, **ref_kw)
+            # The operands' dtypes as autocast hands them over (16-bit ones cast to float32).
+            involved = {torch.float64 if in_dtype == torch.float64 else torch.float32}
+            if target == "prob" or kw.get("weight"):
+                involved.add(torch.float32)
+            for k, (ours, theirs, r) in enumerate(zip(runs[0], runs[1], ref, strict=True)):
+                if theirs is None:
+                    assert ours is None, what
+                    continue
+                assert ours.dtype == theirs.dtype, f"{what} output {k}"
+                if len(involved) > 1:
+                    _compare_mixed(ours, theirs, r, f"{what} output {k}")
+                else:
+                    _compare(ours, theirs, r, ours.dtype, f"{what} output {k}")
+
+
+@pytest.mark.parametrize("op", ["cross_entropy", "nll_loss"])
+def test_float16_autocast_grad_scaler_step_is_taken(op: str) -> None:
+    """float16 autocast + GradScaler (init_scale 65536): torch's loss is float32, so the scaled
+    upstream gradient stays finite and the step is taken. A float16 loss rounds it to inf:
+    every step was skipped (the scale halved, the weights stayed)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 10)
+    x = torch.randn(16, 8)
+    t = torch.randint(0, 10, (16,))
+    runs = []
+    for fn in (getattr(gnf, op), getattr(F, op)):
+        m = torch.nn.Linear(8, 10)
+        m.load_state_dict(model.state_dict())
+        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+        scaler = torch.amp.GradScaler("cpu")
+        with torch.autocast("cpu", dtype=torch.float16):
+            out = m(x)
+            if op == "nll_loss":
+                out = torch.log_softmax(out.float(), dim=1).half()
+            loss = fn(out, t)
+        assert loss.dtype == torch.float32
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        assert scaler.get_scale() == 65536.0, f"{op}: the step was skipped"
+        assert not torch.equal(m.weight, model.weight)
+        runs.append([p.grad for p in m.parameters()])
+    for ours, theirs in zip(*runs, strict=True):
+        # float16 matmuls of the same float16 logit gradients (each a unit of float16 at most
+        # apart), accumulated in float32.
+        tolerances.assert_close(ours, theirs, tolerances.LOSS[torch.float16], f"{op} grad")
+
+
+@pytest.mark.parametrize("weight_dtype", [None, *DTYPES, torch.int64], ids=str)
+def test_probability_targets_of_mixed_dtypes(weight_dtype: torch.dtype | None) -> None:
+    """Probability targets: torch computes -(log_softmax(input) * target * weight), promoting
+    all three, a float64 or integer weight included (gradfuse refused a weight of another
+    dtype); the gradients come back in the input's and the target's dtypes."""
+    shape = (5, 7, 2)
+    for xd, td in itertools.product(DTYPES, DTYPES):
+        x = (torch.randn(shape, dtype=torch.float64) * 3).to(xd)
+        t = _prob_target(shape, td)
+        w = None
+        if weight_dtype is not None:
+            w = (torch.rand(7, dtype=torch.float64) * 3 + 0.5).to(weight_dtype)
+        involved = {xd, td} | ({weight_dtype} if weight_dtype is not None else set())
+        for reduction in REDUCTIONS:
+            go = torch.rand(shape[0], shape[2], dtype=torch.float64) + 0.5
+            go = go if reduction == "none" else go[0, 0]
+            ours = _outcome(gnf.cross_entropy, x, t, go, weight=w, reduction=reduction)
+            theirs = _outcome(F.cross_entropy, x, t, go, weight=w, reduction=reduction)
+            w64 = None if w is None else w.double()
+            ref = _outcome(
+                F.cross_entropy, x.double(), t.double(), go, weight=w64, reduction=reduction
+            )
+            what = f"input {xd} target {td} weight {weight_dtype} {reduction}"
+            assert not isinstance(ours, Exception), f"{what}: {ours!r}"
+            assert ours[1].dtype == xd, what
+            assert ours[2].dtype == td, what
+            for k, (a, b, r) in enumerate(zip(ours, theirs, ref, strict=True)):
+                assert a.dtype == b.dtype, f"{what} output {k}: {a.dtype} vs {b.dtype}"
+                if involved - {torch.int64} == {a.dtype}:
+                    _compare(a, b, r, a.dtype, f"{what} output {k}")
+                else:
+                    _compare_mixed(a, b, r, f"{what} output {k}")
+
+
+@pytest.mark.parametrize("label_smoothing", [-0.1, -5.0, float("nan"), 1.5, float("inf")])
+def test_label_smoothing_out_of_range_like_torch(label_smoothing: float) -> None:
+    """torch smooths only where label_smoothing > 0 and checks <= 1 only there: a negative
+    value or NaN is no smoothing (gradfuse raised), above 1 is torch's error."""
+    x = torch.randn(4, 6, 3, dtype=torch.float64)
+    cases = [torch.randint(0, 6, (4, 3)), torch.rand(4, 6, 3, dtype=torch.float64)]
+    cases[0][0, 0] = -100
+    for t in cases:
+        for reduction in REDUCTIONS:
+            kw = {"label_smoothing": label_smoothing, "reduction": reduction}
+            go = None if reduction != "none" else torch.rand(4, 3, dtype=torch.float64)
+            ours = _outcome(gnf.cross_entropy, x, t, go, **kw)
+            theirs = _outcome(F.cross_entropy, x, t, go, **kw)
+            what = f"label_smoothing={label_smoothing} {reduction} {t.dtype}"
+            if _same_error(ours, theirs, what):
+                assert label_smoothing > 1
+                continue
+            for a, b in zip(ours, theirs, strict=True):
+                if b is None:
+                    assert a is None
+                    continue
+                tolerances.assert_close(a, b, tolerances.LOSS[torch.float64], what)
+    with pytest.raises(RuntimeError, match="label_smoothing must be between"):
+        gradfuse.functional.cross_entropy_with_grad(x, cases[0], label_smoothing=1.5)
+    if not label_smoothing > 0:
+        ours_wg = gradfuse.functional.cross_entropy_with_grad(x, cases[0], label_smoothing=-1.0)
+        plain = gradfuse.functional.cross_entropy_with_grad(x, cases[0])
+        assert torch.equal(ours_wg[0], plain[0])
+        assert torch.equal(ours_wg[1], plain[1])
+
+
+UINT8_CONFIGS: list[tuple[str, dict[str, Any]]] = [
+    ("cross_entropy", {}),
+    ("cross_entropy", {"reduction": "none"}),
+    ("cross_entropy", {"label_smoothing": 0.1}),
+    ("cross_entropy", {"label_smoothing": 0.1, "weight": True}),
+    ("cross_entropy", {"label_smoothing": 0.1, "weight": True, "reduction": "sum"}),
+    ("nll_loss", {}),
+    ("nll_loss", {"weight": True, "reduction": "none"}),
+]
+
+
+@pytest.mark.parametrize("shape", [(7,), (4, 7), (4, 7, 3), (2, 7, 3, 2), (2, 7, 2, 2, 2)], ids=str)
+@pytest.mark.parametrize(("op", "kw"), UINT8_CONFIGS, ids=str)
+def test_uint8_targets_like_torch(op: str, kw: dict[str, Any], shape: tuple[int, ...]) -> None:
+    """torch takes uint8 class targets only in nll_loss's 1-D / 2-D kernel: an input of 3 or
+    more dims asks for Long, and the label-smoothed weighted 'mean' gathers weights with the
+    targets as an index (int32/int64 only). gradfuse took uint8 everywhere."""
+    x = torch.randn(shape)
+    t = _class_target(shape, "off")[0].to(torch.uint8)
+    call_kw = dict(kw)
+    if kw.get("weight"):
+        call_kw["weight"] = torch.rand(7) + 0.5
+    ours = _outcome(getattr(gnf, op), x, t, None, **call_kw)
+    theirs = _outcome(getattr(F, op), x, t, None, **call_kw)
+    if _same_error(ours, theirs, f"{op} {kw} {shape}"):
+        return
+    for a, b in zip(ours[:2], theirs[:2], strict=True):
+        tolerances.assert_close(a, b, tolerances.LOSS[torch.float32], f"{op} {kw} {shape}")
+
+
+def test_non_tensor_arguments_like_torch() -> None:
+    """A list where torch wants a tensor: torch's TypeError naming the argument (gradfuse raised
+    AttributeError)."""
+    x = torch.randn(4, 4)
+    t = torch.tensor([0, 1, 2, 3])
+    for op in ("cross_entropy", "nll_loss"):
+        for args, kw in (
+            ((x, [0, 1, 2, 3]), {}),
+            (([[0.0] * 4] * 4, t), {}),
+            ((x, t), {"weight": [1.0] * 4}),
+        ):
+            with pytest.raises(TypeError) as theirs:
+                getattr(F, op)(*args, **kw)
+            with pytest.raises(TypeError) as ours:
+                getattr(gnf, op)(*args, **kw)
+            assert str(ours.value) == str(theirs.value)
+
+
+@pytest.mark.parametrize("op", ["cross_entropy", "nll_loss"])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
+def test_ignored_rows_have_no_gradient_under_non_finite_grad_output(
+    op: str, label_smoothing: float
+) -> None:
+    """torch's gradient of a row whose target is ignore_index is 0 whatever grad_output is:
+    nll_loss's backward writes nothing there. An all-ignored batch whose summed loss is divided
+    by 0 items (transformers' ForCausalLMLoss, num_items_in_batch=0) has grad_output inf: the
+    saved zeros times inf gave NaN."""
+    kw: dict[str, Any] = {} if op == "nll_loss" else {"label_smoothing": label_smoothing}
+    x = torch.randn(5, 7)
+    all_ignored = torch.full((5,), -100)
+    for reduction, go in (
+        ("sum", torch.tensor(float("inf"))),
+        ("mean", torch.tensor(float("nan"))),
+    ):
+        ours = _outcome(getattr(gnf, op), x, all_ignored, go, reduction=reduction, **kw)
+        theirs = _outcome(getattr(F, op), x, all_ignored, go, reduction=reduction, **kw)
+        assert torch.equal(ours[1], theirs[1]), (reduction, ours[1])
+        assert torch.equal(ours[1], torch.zeros_like(x))
+    # reduction='none': the ignored rows' grad_output may be anything.
+    t = torch.tensor([0, -100, 3, -100, 6])
+    go = torch.tensor([0.5, float("inf"), 2.0, float("nan"), 1.0])
+    ours = _outcome(getattr(gnf, op), x, t, go, reduction="none", **kw)
+    theirs = _outcome(getattr(F, op), x, t, go, reduction="none", **kw)
+    tolerances.assert_close(ours[1], theirs[1], tolerances.LOSS[torch.float32], "none")
+    assert torch.equal(ours[1][[1, 3]], torch.zeros(2, 7))
+
+
+def test_causal_lm_loss_with_no_items_like_transformers() -> None:
+    """transformers' ForCausalLMLoss on a batch whose labels are all -100, with
+    num_items_in_batch=0 (a gradient-accumulation step with nothing to predict): loss NaN, the
+    logits' gradient 0. causal_lm_loss gave a NaN gradient."""
+    loss_utils = pytest.importorskip("transformers.loss.loss_utils")
+    from gradfuse.integrations.transformers import causal_lm_loss
+
+    logits = torch.randn(2, 5, 11)
+    labels = torch.full((2, 5), -100)
+    grads = []
+    for fn in (causal_lm_loss, loss_utils.ForCausalLMLoss):
+        x = logits.clone().requires_grad_(True)
+        loss = fn(x, labels, 11, num_items_in_batch=torch.tensor(0))
+        assert torch.isnan(loss)
+        loss.backward()
+        grads.append(x.grad)
+    assert torch.equal(grads[0], grads[1])
+    assert torch.equal(grads[0], torch.zeros_like(logits))

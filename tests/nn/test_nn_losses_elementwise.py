@@ -7,6 +7,7 @@ reduction='none'. float16/bfloat16 follow the low-precision rule (tolerances.py)
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -480,3 +481,310 @@ def test_backward_twice_and_accumulation(reduction: str) -> None:
         assert torch.equal(xi.detach(), x)
     for ours, theirs in zip(res[0], res[1], strict=True):
         assert_close(ours, theirs, LOSS[torch.float64], reduction)
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.autocast, mixed dtypes, the dtypes torch refuses.
+
+
+def _loss_and_grads(
+    fn: Callable[..., torch.Tensor],
+    case: Case,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    w: torch.Tensor | None,
+    pw: torch.Tensor | None,
+    reduction: str,
+    go: torch.Tensor | None,
+    amp_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(loss, input grad, target grad) of one call, under autocast for ``x``'s device type when
+    ``amp_dtype`` is given; the grads are None where the backward raises (torch's
+    huber_loss_backward refuses operands of different dtypes)."""
+    xi = x.clone().requires_grad_(True)
+    yi = y.clone().requires_grad_(case.target_grad)
+    amp = amp_dtype or torch.bfloat16
+    with torch.autocast(x.device.type, dtype=amp, enabled=amp_dtype is not None):
+        loss = call(fn, case, xi, yi, w, pw, reduction)
+    g = torch.ones_like(loss) if go is None else go.reshape(loss.shape).to(loss)
+    try:
+        loss.backward(g)
+    except RuntimeError as e:
+        if "Found dtype" not in str(e):
+            raise
+        return loss.detach(), None, None
+    return loss.detach(), xi.grad, yi.grad if case.target_grad else None
+
+
+def _pair(
+    case: Case, xd: torch.dtype, yd: torch.dtype, wd: torch.dtype, device: str = "cpu"
+) -> tuple[Any, ...]:
+    x, y, w, pw = make_inputs(case, (6, 9), torch.float64)
+    return (
+        x.to(device, xd),
+        y.to(device, yd),
+        None if w is None else w.to(device, wd),
+        None if pw is None else pw.to(device, wd),
+    )
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize("amp_dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_autocast_computes_in_float32_like_torch(
+    case: Case, amp_dtype: torch.dtype, device: str
+) -> None:
+    """Every elementwise loss is on torch.autocast's float32 list: torch casts each floating
+    operand other than float64 to float32 and returns a float32 loss (float64 where an operand
+    is float64); the input's gradient comes back in its own dtype through the cast. Without the
+    fix gradfuse computed in the 16-bit dtype and returned a 16-bit loss. (mse / l1 with a
+    weight are plain tensor arithmetic in torch.nn.functional, which CPU autocast leaves in the
+    operands' dtypes, and CUDA autocast casts only in its pow and sum: so does gradfuse.)"""
+    pairs = [
+        (amp_dtype, amp_dtype),
+        (torch.float32, amp_dtype),
+        (amp_dtype, torch.float64),
+        (torch.float64, amp_dtype),
+    ]
+    # Weighted mse / l1 in torch: on the CPU nothing is cast; on CUDA mse's pow is, and l1's
+    # sum ('sum' and 'mean').
+    plain = (
+        case.name in ("mse_loss", "l1_loss")
+        and case.weight is not None
+        and (device == "cpu" or case.name == "l1_loss")
+    )
+
+    def autocast(d: torch.dtype) -> torch.dtype:
+        return d if plain or d == torch.float64 else torch.float32
+
+    for xd, yd in pairs:
+        x, y, w, pw = _pair(case, xd, yd, amp_dtype, device)
+        involved = {autocast(xd), autocast(yd), autocast(amp_dtype)}
+        for reduction in reductions(case):
+            go = torch.rand(6, 9, dtype=torch.float64) + 0.5 if reduction == "none" else None
+            inv = involved
+            if device == "cuda" and plain and reduction != "none":
+                inv = {xd, yd, torch.float32}  # l1's elementwise loss, then the sum's float32
+            fns = [getattr(GF, case.name), getattr(TF, case.name)]
+            ours, theirs = (
+                _loss_and_grads(fn, case, x, y, w, pw, reduction, go, amp_dtype) for fn in fns
+            )
+            ref = _loss_and_grads(fns[1], case, *_doubles(x, y, w, pw), reduction, go)
+            msg = f"{case.id} {reduction} input {xd} target {yd} under {amp_dtype} autocast"
+            for k, (a, b, r) in enumerate(zip(ours, theirs, ref, strict=True)):
+                if r is None:
+                    assert a is None, msg
+                    continue
+                assert a is not None, msg
+                _check_mixed(a, b, r, inv | {ours[0].dtype, a.dtype}, f"{msg} output {k}")
+
+
+def _doubles(*ts: torch.Tensor | None) -> list[Any]:
+    return [None if t is None else t.double() for t in ts]
+
+
+MIXED_CASES = [
+    Case("mse_loss"),
+    Case("mse_loss", weight="full"),
+    Case("l1_loss"),
+    Case("l1_loss", weight="full"),
+    Case("smooth_l1_loss", {"beta": 0.5}),
+    Case("huber_loss", {"delta": 0.7}),
+    Case("huber_loss", {"delta": 0.7}, weight="full"),
+    Case("binary_cross_entropy_with_logits", target_grad=False),
+    Case("binary_cross_entropy_with_logits", weight="full", target_grad=False),
+    Case("binary_cross_entropy_with_logits", pos_weight="full", target_grad=False),
+    Case("kl_div", {"log_target": False}, target_grad=False),
+    Case("kl_div", {"log_target": True}, target_grad=False),
+]
+
+
+def _check_mixed(
+    ours: torch.Tensor | None,
+    theirs: torch.Tensor | None,
+    ref: torch.Tensor | None,
+    involved: set[torch.dtype],
+    msg: str,
+) -> None:
+    """``ours`` against torch's ``theirs`` in the same dtype; ``involved``: the dtypes of the
+    operands as computed, of the loss and of this output. Where they differ, torch rounds
+    through each on the way (huber's elementwise loss in the input's dtype, BCE's (1 - target)
+    * input in the target's, kl_div's xlogy in the target's; a cancellation may then cost it
+    more than an ulp of the result), gradfuse once, from the promoted dtype: both are judged
+    against the float64 run, ours to at most twice torch's error (the low-precision rule, as
+    for any 16-bit result).
+    Where torch's backward raises (huber_loss with operands of two dtypes), gradfuse's gradient
+    is held to the float64 run at the lowest precision involved (the upstream gradient is
+    rounded to the loss's dtype)."""
+    assert ours is not None, msg
+    assert ref is not None, msg
+    if theirs is None:
+        lowest = max(involved, key=lambda d: torch.finfo(d).eps)
+        assert_close(ours, ref.to(ours.dtype), LOSS[lowest], f"{msg} (torch raises)")
+        return
+    assert ours.dtype == theirs.dtype, f"{msg}: dtype {ours.dtype}, torch's {theirs.dtype}"
+    assert ours.shape == theirs.shape, msg
+    if len(involved) > 1 or involved & set(LOW_PRECISION_DTYPES):
+        assert_low_precision(ours, theirs, ref, msg)
+    else:
+        assert_close(ours, theirs, LOSS[ours.dtype], msg)
+
+
+@pytest.mark.parametrize("case", MIXED_CASES, ids=lambda c: c.id)
+def test_mixed_dtypes_match_torch(case: Case) -> None:
+    """Every pair of float16 / bfloat16 / float32 / float64 for input and target (and, for the
+    weighted losses, every weight dtype): torch's result dtype (mse / l1 / smooth_l1 / kl_div:
+    the operands' promoted dtype, a weight's included; huber: the input's, promoted with a
+    weight's; BCE with logits: the target's), its values, the input gradient in the input's
+    dtype and the target gradient in the target's."""
+    weighted = case.weight is not None or case.pos_weight is not None
+    for xd, yd in itertools.product(DTYPES, DTYPES):
+        for wd in DTYPES if weighted else [torch.float32]:
+            x, y, w, pw = _pair(case, xd, yd, wd)
+            involved = {xd, yd} | ({wd} if weighted else set())
+            for reduction in reductions(case):
+                go = torch.rand(6, 9, dtype=torch.float64) + 0.5 if reduction == "none" else None
+                ours = _loss_and_grads(getattr(GF, case.name), case, x, y, w, pw, reduction, go)
+                theirs = _loss_and_grads(getattr(TF, case.name), case, x, y, w, pw, reduction, go)
+                ref = _loss_and_grads(
+                    getattr(TF, case.name),
+                    case,
+                    x.double(),
+                    y.double(),
+                    None if w is None else w.double(),
+                    None if pw is None else pw.double(),
+                    reduction,
+                    go,
+                )
+                msg = f"{case.id} {reduction} input {xd} target {yd} weight {wd}"
+                assert ours[1] is not None
+                assert ours[1].dtype == xd, msg
+                if case.target_grad:
+                    assert ours[2] is not None
+                    assert ours[2].dtype == yd, msg
+                for k in range(3):
+                    if ref[k] is None:
+                        assert ours[k] is None, msg
+                        continue
+                    _check_mixed(
+                        ours[k], theirs[k], ref[k], involved | {ours[0].dtype}, f"{msg} {k}"
+                    )
+
+
+# (loss, input dtype, target dtype, reductions) that torch refuses in its forward, with its own
+# error.
+REFUSED = [
+    ("l1_loss", torch.float32, torch.bool, ("mean", "sum", "none")),
+    ("l1_loss", torch.bool, torch.float32, ("mean", "sum", "none")),
+    ("l1_loss", torch.int64, torch.int64, ("mean",)),  # torch's mean of an integer loss
+    ("smooth_l1_loss", torch.int64, torch.int64, ("mean", "sum", "none")),
+    ("huber_loss", torch.int64, torch.float32, ("mean", "sum", "none")),
+    ("binary_cross_entropy_with_logits", torch.float32, torch.int64, ("mean", "sum", "none")),
+    ("binary_cross_entropy_with_logits", torch.float64, torch.uint8, ("mean", "sum", "none")),
+    ("binary_cross_entropy_with_logits", torch.float32, torch.bool, ("mean", "sum", "none")),
+    ("binary_cross_entropy_with_logits", torch.int64, torch.float32, ("mean", "sum", "none")),
+    ("kl_div", torch.float32, torch.int64, ("batchmean", "sum", "none")),
+    ("kl_div", torch.float32, torch.bool, ("batchmean", "sum", "none")),
+    ("kl_div", torch.int32, torch.float32, ("batchmean", "sum", "none")),
+]
+# What torch takes although an operand is not floating point: gradfuse computes it too.
+ACCEPTED = [
+    ("mse_loss", torch.float32, torch.int64),
+    ("mse_loss", torch.float32, torch.bool),
+    ("mse_loss", torch.int64, torch.float32),
+    ("l1_loss", torch.float32, torch.int64),
+    ("smooth_l1_loss", torch.float32, torch.bool),
+    ("huber_loss", torch.float32, torch.int64),
+    ("huber_loss", torch.float32, torch.bool),
+]
+
+
+def _operand(dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+    if dtype.is_floating_point:
+        return torch.rand(shape, dtype=dtype)
+    return torch.randint(0, 2, shape).to(dtype)
+
+
+@pytest.mark.parametrize(("name", "xd", "yd", "reductions"), REFUSED, ids=str)
+def test_dtypes_torch_refuses_are_refused_with_its_error(
+    name: str, xd: torch.dtype, yd: torch.dtype, reductions: tuple[str, ...]
+) -> None:
+    """An integer or bool operand torch refuses (l1: bool; BCE with logits and kl_div: integer
+    or bool targets; huber, BCE and kl_div: integer inputs...) raises torch's error, type and
+    message; gradfuse used to compute a loss for the targets."""
+    import gradfuse.functional as gfn
+
+    x, y = _operand(xd, (3, 4)), _operand(yd, (3, 4))
+    for reduction in reductions:
+        with pytest.raises(Exception) as theirs:  # noqa: PT011 - whatever torch raises
+            getattr(TF, name)(x, y, reduction=reduction)
+        for fn in (getattr(GF, name), getattr(gfn, f"{name}_with_grad")):
+            with pytest.raises(type(theirs.value)) as ours:
+                fn(x.requires_grad_(xd.is_floating_point), y, reduction=reduction)
+            assert str(ours.value) == str(theirs.value), (name, reduction)
+            x = x.detach()
+        # numpy arrays (no torch to ask): a TypeError saying which dtypes.
+        if xd is not torch.bfloat16 and yd is not torch.bfloat16:
+            with pytest.raises(TypeError, match="dtype"):
+                getattr(gfn, f"{name}_with_grad")(x.numpy(), y.numpy(), reduction=reduction)
+
+
+@pytest.mark.parametrize(("name", "xd", "yd"), ACCEPTED, ids=str)
+def test_non_float_operands_torch_accepts(name: str, xd: torch.dtype, yd: torch.dtype) -> None:
+    x, y = _operand(xd, (3, 4)) * 2, _operand(yd, (3, 4))
+    for reduction in ("mean", "none"):
+        ours = getattr(GF, name)(x, y, reduction=reduction)
+        theirs = getattr(TF, name)(x, y, reduction=reduction)
+        assert ours.dtype == theirs.dtype
+        assert_close(ours, theirs, LOSS[theirs.dtype], f"{name} {xd} {yd} {reduction}")
+
+
+def test_nan_beta_and_delta_are_refused_like_torch() -> None:
+    """torch checks beta >= 0 and delta > 0 as comparisons, which NaN fails: it raises."""
+    import gradfuse.functional as gfn
+
+    x, y = torch.randn(3, 4), torch.randn(3, 4)
+    for name, kw, match in (
+        ("smooth_l1_loss", {"beta": float("nan")}, "negative values for beta"),
+        ("huber_loss", {"delta": float("nan")}, "non-positive values for delta"),
+    ):
+        for fn in (getattr(TF, name), getattr(GF, name), getattr(gfn, f"{name}_with_grad")):
+            with pytest.raises(RuntimeError, match=match):
+                fn(x, y, **kw)
+
+
+@pytest.mark.parametrize(
+    "case", [CASES[0], CASES[2], CASES[4], CASES[8], CASES[12], CASES[13]], ids=lambda c: c.id
+)
+def test_float16_autocast_grad_scaler_step_is_taken(case: Case) -> None:
+    """float16 autocast + GradScaler (init_scale 65536), float16 targets and weights (a
+    teacher's output under the same autocast): with torch's float32 loss the scaled upstream
+    gradient stays finite and the step is taken; a float16 loss rounds it to inf and every step
+    is skipped (the scale halves, the weights stay)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 6)
+    x = torch.randn(16, 8)
+    _, y, w, pw = make_inputs(case, (16, 6), torch.float16)
+    runs = []
+    for fn in (getattr(GF, case.name), getattr(TF, case.name)):
+        m = torch.nn.Linear(8, 6)
+        m.load_state_dict(model.state_dict())
+        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+        scaler = torch.amp.GradScaler("cpu")
+        with torch.autocast("cpu", dtype=torch.float16):
+            out = m(x)
+            if case.name == "kl_div":
+                out = torch.log_softmax(out.float(), dim=-1).half()
+            loss = call(fn, case, out, y, w, pw, "mean")
+        assert loss.dtype == torch.float32, case.id
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        assert scaler.get_scale() == 65536.0, f"{case.id}: the step was skipped"
+        assert all(bool(p.grad.isfinite().all()) for p in m.parameters())
+        assert not torch.equal(m.weight, model.weight), case.id
+        runs.append([p.grad for p in m.parameters()])
+    for ours, theirs in zip(*runs, strict=True):
+        # float16 matmuls of the same float16 output gradients (each a unit of float16 at most
+        # apart), accumulated in float32.
+        assert_close(ours, theirs, LOSS[torch.float16], f"{case.id} param grad")

@@ -116,43 +116,139 @@ def sum_to_shape(g: Any, shape: tuple[int, ...]) -> Any:
     return g.sum(axis=axes, keepdims=True).reshape(shape)
 
 
-# Input dtypes torch refuses for a loss although promotion with the target would give a float:
-# huber (its output cannot be cast back to an integer input), BCE with logits (no integer
-# log_sigmoid) and kl_div refuse integer and bool inputs; l1 refuses bool (no bool subtraction).
+# torch refuses these operand kinds although type promotion would give a float (its forward;
+# each error is torch's, see _torch_error): l1 subtracts (no bool subtraction); huber writes
+# into an output of the input's dtype (a float cannot be cast to an integer input); BCE with
+# logits takes log_sigmoid of the input (no integer kernel) and computes (1 - target) * input
+# in the target's dtype; kl_div refuses integral operands outright.
+_NO_BOOL_INPUT = frozenset({"l1_loss"})
+_NO_BOOL_TARGET = frozenset({"l1_loss"})
 _NO_INTEGRAL_INPUT = frozenset({"huber_loss", "binary_cross_entropy_with_logits", "kl_div"})
-_NO_BOOL_INPUT = frozenset({"l1_loss"}) | _NO_INTEGRAL_INPUT
+_NO_INTEGRAL_TARGET = frozenset({"binary_cross_entropy_with_logits", "kl_div"})
 
 
-def _check_input_kind(op: str, input: Any) -> None:
-    name = str(input.dtype).removeprefix("torch.")
-    is_bool = name == "bool"
-    integral = is_bool or name.startswith(("int", "uint"))
-    if (op in _NO_BOOL_INPUT and is_bool) or (op in _NO_INTEGRAL_INPUT and integral):
-        raise TypeError(
-            f"{op}: input has dtype {input.dtype} ({_buffers.describe(input)}), which torch's "
-            f"{op} refuses too; expected a floating-point input"
-        )
+def _kind(x: Any) -> str:
+    """'bool', 'integral' or 'other' (floating point, complex, anything else)."""
+    name = _dtype_name(x)
+    if name == "bool":
+        return "bool"
+    return "integral" if name.startswith(("int", "uint")) else "other"
 
 
-def _promote(op: str, input: Any, target: Any) -> Any:
-    """The dtype both operands are computed in (torch's / numpy's type promotion)."""
-    _check_input_kind(op, input)
-    dtype: Any
-    if is_torch(input):
+def _torch_refuses(op: str, input: Any, target: Any) -> bool:
+    """Whether torch's forward refuses this loss for these operand kinds."""
+    ki, kt = _kind(input), _kind(target)
+    return (
+        (op in _NO_BOOL_INPUT and ki == "bool")
+        or (op in _NO_BOOL_TARGET and kt == "bool")
+        or (op in _NO_INTEGRAL_INPUT and ki != "other")
+        or (op in _NO_INTEGRAL_TARGET and kt != "other")
+    )
+
+
+def _torch_error(
+    op: str, input: Any, target: Any, pos_weight: Any, reduction: str, log_target: bool
+) -> Any:
+    """torch's own error for these operand dtypes, or None where torch computes them.
+
+    torch's aten op (the one torch.nn.functional's loss calls) runs on one-element operands of
+    the same dtypes and device, so the error type and message are exactly torch's, the device's
+    kernel name included. Only on the error path: a dtype pair gradfuse refuses. The aten op,
+    not torch.nn.functional's: a program that patched F.<loss> with gradfuse's would otherwise
+    come back here. Weights are left out where torch applies them by Python arithmetic after
+    the op (mse, l1, huber), which promotes any dtype."""
+    import torch
+
+    def one(x: Any) -> Any:
+        return None if x is None else torch.zeros(1, dtype=x.dtype, device=x.device)
+
+    x, t = one(input), one(target)
+    # torch's Reduction enum (the reduction of an integer loss may be what fails); 'batchmean'
+    # is kl_div's sum, divided in Python.
+    red = {"none": 0, "mean": 1, "sum": 2, "batchmean": 2}[reduction]
+    aten = torch.ops.aten
+    calls = {
+        "mse_loss": lambda: aten.mse_loss(x, t, red),
+        "l1_loss": lambda: aten.l1_loss(x, t, red),
+        "smooth_l1_loss": lambda: aten.smooth_l1_loss(x, t, red, 1.0),
+        "huber_loss": lambda: aten.huber_loss(x, t, red, 1.0),
+        "binary_cross_entropy_with_logits": lambda: aten.binary_cross_entropy_with_logits(
+            x, t, None, one(pos_weight), red
+        ),
+        "kl_div": lambda: aten.kl_div(x, t, red, log_target=log_target),
+    }
+    try:
+        with torch.no_grad():
+            calls[op]()
+    except Exception as e:  # noqa: BLE001 - whatever torch raises is the answer
+        return e
+    return None
+
+
+def _promote_all(like: Any, dtypes: list[Any]) -> Any:
+    """torch's (or numpy's, for arrays) type promotion of ``dtypes``."""
+    if is_torch(like):
         import torch
 
-        dtype = torch.promote_types(input.dtype, target.dtype)
-    else:
-        import numpy as np
+        out = dtypes[0]
+        for d in dtypes[1:]:
+            out = torch.promote_types(out, d)
+        return out
+    import numpy as np
 
-        dtype = np.result_type(input.dtype, target.dtype)
+    return np.result_type(*dtypes)
+
+
+def _promote(
+    op: str,
+    input: Any,
+    target: Any,
+    weight: Any,
+    pos_weight: Any,
+    reduction: str,
+    log_target: bool,
+) -> Any:
+    """The dtype the loss is computed in: every operand's dtype promoted together (torch's /
+    numpy's rules), so no operand loses precision before the one rounding to the result dtype.
+    A combination torch refuses is refused with torch's error (numpy arrays: a TypeError)."""
+    operands = [x for x in (input, target, weight, pos_weight) if x is not None]
+    dtype = _promote_all(input, [x.dtype for x in operands])
     name = str(dtype).removeprefix("torch.") if is_torch(input) else dtype.name
-    if name not in _SUPPORTED:
+    refused = _torch_refuses(op, input, target)
+    if refused or name not in _SUPPORTED:
+        if is_torch(input):
+            err = _torch_error(op, input, target, pos_weight, reduction, log_target)
+            if err is not None:
+                raise err
+        pair = f"input ({_buffers.describe(input)}) and target ({_buffers.describe(target)})"
+        if refused:
+            raise TypeError(
+                f"{op}: {pair}: torch's {op} refuses these dtypes too; expected floating-point "
+                "operands"
+            )
         raise TypeError(
-            f"{op}: input ({_buffers.describe(input)}) and target ({_buffers.describe(target)}) "
-            f"compute in {dtype}, which is not supported; expected {_buffers.SUPPORTED_DTYPES}"
+            f"{op}: {pair} compute in {dtype}, which is not supported; expected "
+            f"{_buffers.SUPPORTED_DTYPES}"
         )
     return dtype
+
+
+def _result_dtype(op: str, input: Any, target: Any, weight: Any, compute: Any) -> Any:
+    """The dtype torch's loss returns (torch 2.4+, forward): huber writes its elementwise loss
+    into a tensor of the input's dtype (a weight then multiplies it, promoting); BCE with logits
+    builds its loss from ``(1 - target)`` in place, in the target's dtype; the others return
+    their operands' promoted dtype (mse / l1's weight multiplies in, promoting)."""
+    if op == "huber_loss":
+        return input.dtype if weight is None else _promote_all(input, [input.dtype, weight.dtype])
+    if op == "binary_cross_entropy_with_logits":
+        return target.dtype
+    return compute
+
+
+def _cast(x: Any, dtype: Any) -> Any:
+    if x.dtype == dtype:
+        return x
+    return x.to(dtype) if is_torch(x) else x.astype(dtype)
 
 
 def _check_pair(op: str, input: Any, target: Any) -> None:
@@ -183,15 +279,21 @@ def compute(
     pos_weight: Any = None,
     param: float = 0.0,
     log_target: bool = False,
-    grad_out: Any = None,
+    out: Any = None,
 ) -> Result:
     """One native pass of loss ``op`` (a key of KIND_CODES). Validates everything before writing.
 
-    ``reduction`` is 'none', 'mean', 'sum' or (kl_div) 'batchmean'. ``grad_out``: an array of
-    the broadcast shape to receive the gradient (it may be the input itself).
+    ``reduction`` is 'none', 'mean', 'sum' or (kl_div) 'batchmean'. The loss is computed in the
+    promoted dtype of all operands and returned in torch's result dtype (``_result_dtype``).
+    ``out``: the caller's ``out=`` (checked by ``check_out``: the input's shape, dtype and
+    device, C-contiguous; it may be the input itself): the gradient is written straight into it
+    when it needs no reduction over broadcast dimensions and no cast (``Result.grad is out``).
     """
     kind = KIND_CODES[op]
     _check_pair(op, input, target)
+    for x in (weight, pos_weight):
+        if x is not None:
+            _check_pair(op, input, x)
     allowed = (*_REDUCTIONS, "batchmean") if op == "kl_div" else _REDUCTIONS
     if reduction not in allowed:
         raise ValueError(f"{reduction} is not a valid value for reduction")
@@ -203,12 +305,12 @@ def compute(
             f"({_size(input_shape)})"
         )
     shape = _broadcast_shapes(op, input_shape, target_shape)
-    dtype = _promote(op, input, target)
+    dtype = _promote(op, input, target, weight, pos_weight, reduction, log_target)
+    result_dtype = _result_dtype(op, input, target, weight, dtype)
     x = _dense(input, shape, dtype)
     y = _dense(target, shape, dtype)
     w = pw = None
     if weight is not None:
-        _check_pair(op, input, weight)
         if op in ("mse_loss", "l1_loss", "huber_loss") and tuple(weight.shape) != input_shape:
             raise ValueError("Weights and input must have the same size.")
         if _broadcast_shapes(op, tuple(weight.shape), shape) != shape:
@@ -218,7 +320,6 @@ def compute(
             )
         w = _dense(weight, shape, dtype)
     if pos_weight is not None:
-        _check_pair(op, input, pos_weight)
         if _broadcast_shapes(op, tuple(pos_weight.shape), shape) != shape:
             raise RuntimeError(
                 f"{op}: pos_weight of shape {tuple(pos_weight.shape)} does not broadcast to the "
@@ -247,10 +348,10 @@ def compute(
     if pw is not None:
         pwb = _buffers.as_buffer(pw, f"{op}: pos_weight", writable=False)
         named.append(("pos_weight", pwb))
-    if grad_out is None:
-        grad = empty_grad(x, shape) if is_torch(x) else _empty(x, shape)
-    else:
-        grad = grad_out
+    # ``out`` has the input's shape and dtype (check_out): it takes the gradient as is when the
+    # broadcast shape is the input's and the loss computes in the input's dtype.
+    if out is not None and shape == input_shape and _dtype_name(x) == _dtype_name(input):
+        grad = out
         gb_check = _buffers.as_buffer(grad, f"{op}: out", writable=True)
         _buffers.check_same_layout(xb, f"{op}: input (after broadcasting)", gb_check, "out")
         if gb_check.strides != xb.strides:
@@ -258,6 +359,8 @@ def compute(
                 f"{op}: out must be C-contiguous (got strides {gb_check.strides} for shape "
                 f"{gb_check.shape})"
             )
+    else:
+        grad = empty_grad(x, shape) if is_torch(x) else _empty(x, shape)
     gb = _buffers.as_buffer(grad, f"{op}: grad", writable=True)
     loss = _empty(x, shape if reduction == "none" else ())
     lb = _buffers.as_buffer(loss, f"{op}: loss", writable=True)
@@ -289,7 +392,9 @@ def compute(
         param=float(param),
         log_target=bool(log_target),
     )
-    return Result(loss, grad, shape, input_shape, target_shape)
+    # One rounding, from the promoted dtype to torch's result dtype (huber: the input's, BCE:
+    # the target's), after the reduction.
+    return Result(_cast(loss, result_dtype), grad, shape, input_shape, target_shape)
 
 
 def _is_c_contiguous(x: Any) -> bool:
@@ -313,18 +418,46 @@ def _float64_like(x: Any) -> Any:
 
 
 def check_positive(op: str, name: str, value: float, allow_zero: bool) -> None:
-    """torch's checks of beta (smooth_l1: >= 0) and delta (huber: > 0)."""
-    if allow_zero and value < 0:
+    """torch's checks of beta (smooth_l1: >= 0) and delta (huber: > 0), written as torch writes
+    them: a NaN fails the comparison, so torch refuses it with the same message."""
+    if allow_zero and not value >= 0:
         raise RuntimeError(f"{op} does not support negative values for {name}.")
-    if not allow_zero and value <= 0:
+    if not allow_zero and not value > 0:
         raise RuntimeError(f"{op} does not support non-positive values for {name}.")
 
 
-def _finish(op: str, r: Result, input: Any, out: Any) -> tuple[Any, Any]:
+def check_out(op: str, input: Any, out: Any) -> None:
+    """``out=`` of a ``*_with_grad`` call receives dloss/dinput, which has the input's shape and
+    dtype: it must have them, be on the input's device and be C-contiguous. Refused before
+    anything is written, as the softmax losses refuse it, rather than cast or re-laid silently."""
+    ob = _buffers.as_buffer(out, f"{op}: out", writable=True)
+    if is_torch(out) != is_torch(input):
+        raise TypeError(
+            f"{op}: out ({ob.describe()}) and input ({_buffers.describe(input)}) must both be "
+            "torch tensors or both numpy arrays"
+        )
+    if tuple(out.shape) != tuple(input.shape):
+        raise ValueError(
+            f"{op}: out has shape {tuple(out.shape)} but input has shape "
+            f"{tuple(input.shape)}; expected the same shape"
+        )
+    if _dtype_name(out) != _dtype_name(input):
+        raise TypeError(
+            f"{op}: out has dtype {_dtype_name(out)} but input has dtype {_dtype_name(input)}; "
+            "expected the same dtype (the gradient is the input's dtype)"
+        )
+    if is_torch(out) and out.device != input.device:
+        raise ValueError(
+            f"{op}: out is on {out.device} but input is on {input.device}; expected the same device"
+        )
+    if not _is_c_contiguous(out):
+        raise ValueError(f"{op}: out must be C-contiguous, got strides {ob.strides}")
+
+
+def _finish(r: Result, input: Any, out: Any) -> tuple[Any, Any]:
     """Reduce the gradient to the input's shape and dtype (into ``out`` when given)."""
     g = sum_to_shape(r.grad, r.input_shape)
-    if _dtype_name(g) != _dtype_name(input):
-        g = g.to(input.dtype) if is_torch(g) else g.astype(input.dtype)
+    g = _cast(g, input.dtype)
     if out is not None and g is not out:
         if is_torch(out):
             out.copy_(g)
@@ -339,24 +472,10 @@ def _finish(op: str, r: Result, input: Any, out: Any) -> tuple[Any, Any]:
 def _with_grad(
     op: str, input: Any, target: Any, out: Any, reduction: str, **kw: Any
 ) -> tuple[Any, Any]:
-    # A gradient that needs no reduction or cast goes straight into ``out``.
-    direct = (
-        out is not None
-        and tuple(out.shape) == tuple(input.shape)
-        and _broadcast_shapes(op, tuple(input.shape), tuple(target.shape)) == tuple(input.shape)
-        and _dtype_name(input) == _dtype_name(target)
-        and _dtype_name(out) == _dtype_name(input)
-        and _is_c_contiguous(out)
-    )
     if out is not None:
-        _buffers.as_buffer(out, f"{op}: out", writable=True)
-        if tuple(out.shape) != tuple(input.shape):
-            raise ValueError(
-                f"{op}: out has shape {tuple(out.shape)} but input has shape "
-                f"{tuple(input.shape)}; expected the same shape"
-            )
-    r = compute(op, input, target, reduction=reduction, grad_out=out if direct else None, **kw)
-    return _finish(op, r, input, out)
+        check_out(op, input, out)
+    r = compute(op, input, target, reduction=reduction, out=out, **kw)
+    return _finish(r, input, out)
 
 
 def mse_loss_with_grad(

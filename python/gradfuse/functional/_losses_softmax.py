@@ -17,6 +17,22 @@ from gradfuse._buffers import Buffer
 from gradfuse.functional._losses_buffers import empty_grad
 
 REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
+# Weights torch's probability-target cross_entropy promotes with the input (input * target *
+# weight): every real dtype.
+_REAL_WEIGHT_DTYPES = frozenset(
+    {
+        "float64",
+        "float32",
+        "float16",
+        "bfloat16",
+        "int64",
+        "int32",
+        "int16",
+        "int8",
+        "uint8",
+        "bool",
+    }
+)
 
 
 def _fmt_shape(shape: tuple[int, ...]) -> str:
@@ -72,12 +88,19 @@ def _shape(x: Any) -> tuple[int, ...]:
     return tuple(int(s) for s in x.shape)
 
 
-def _as_int64_target(target: Any) -> Any:
-    """Class-index targets as int64 (torch accepts Long or Byte)."""
+def _as_int64_target(target: Any, input_dim: int, weighted_smoothed_mean: bool = False) -> Any:
+    """Class-index targets as int64. torch takes Byte targets only where its kernel reads them
+    as they are: nll_loss for 1-D and 2-D inputs. Its 2-D spatial kernel (any input of 3 or more
+    dims) asks for Long, and cross_entropy's label-smoothed weighted 'mean' gathers the target
+    classes' weights with the targets as an index, which must be int32/int64."""
     name = _dtype_name(target)
     if name == "int64":
         return target
     if name == "uint8":
+        if input_dim >= 3:
+            raise RuntimeError("expected scalar type Long but found Byte")
+        if weighted_smoothed_mean:
+            raise RuntimeError("gather(): Expected dtype int32/int64 for index")
         return target.long() if _buffers._is_torch_tensor(target) else target.astype("int64")
     raise RuntimeError(
         f"expected target dtype to be Long or Byte, but got {_torch_type_name(name)}"
@@ -142,18 +165,30 @@ def _prepare_weight(op: str, weight: Any, inp: Buffer, classes: int, prob: bool)
             f"classes but got weight tensor of shape: {_fmt_shape(wshape)}"
         )
     wname = _dtype_name(weight)
-    if wname != inp.dtype:
+    # Class-index targets: torch's nll kernel asks for the input's dtype. Probability targets:
+    # torch multiplies by the weight, promoting any real dtype (float64, even an integer one);
+    # here it is cast to the compute type below like every other weight.
+    if wname != inp.dtype and not (prob and wname in _REAL_WEIGHT_DTYPES):
         raise RuntimeError(
             f"expected scalar type {_torch_type_name(inp.dtype)} but found "
             f"{_torch_type_name(wname)}"
         )
+    compute = "float64" if inp.dtype == "float64" else "float32"
+    if not _is_float_dtype(wname):
+        # An integer or bool weight (probability targets): in the compute type first, so that
+        # the device and kind checks below can read it as a buffer.
+        if _buffers._is_torch_tensor(weight):
+            import torch
+
+            weight = weight.detach().to(getattr(torch, compute))
+        else:
+            weight = weight.astype(compute)
     wb = _buffers.as_buffer(weight, f"{op}: weight", writable=False)
     if wb.device != inp.device or wb.is_torch != inp.is_torch:
         raise ValueError(
             f"{op}: weight ({wb.describe()}) must be on the same device and of the same kind as "
             f"input ({inp.describe()})"
         )
-    compute = "float64" if inp.dtype == "float64" else "float32"
     if inp.is_torch:
         import torch
 
@@ -171,7 +206,13 @@ def _plan(
     ignore_index: int,
     label_smoothing: float,
     allow_prob: bool,
+    reduction: str,
 ) -> _Plan:
+    for name, x in (("input", input), ("target", target), ("weight", weight)):
+        if x is not None and not (_buffers._is_torch_tensor(x) or _is_ndarray(x)):
+            raise TypeError(
+                f"{op}: {name} must be a torch.Tensor or numpy.ndarray, got {_buffers.describe(x)}"
+            )
     input = _contiguous(input)
     inp = _buffers.as_buffer(input, f"{op}: input", writable=False)
     in_shape = inp.shape
@@ -207,7 +248,14 @@ def _plan(
                 )
             raise ValueError("Expected 1 or more dimensions (got 0)")
         outer, classes, inner, loss_shape = _class_target_layout(op, in_shape, t_shape)
-        target = _as_int64_target(target)
+        target = _as_int64_target(
+            target,
+            len(in_shape),
+            weighted_smoothed_mean=op == "cross_entropy"
+            and label_smoothing > 0.0
+            and weight is not None
+            and reduction == "mean",
+        )
         tb = _index_buffer(_contiguous(target), f"{op}: target")
     if tb.device != inp.device or tb.is_torch != inp.is_torch:
         raise ValueError(
@@ -245,11 +293,15 @@ def _index_buffer(t: Any, name: str) -> Buffer:
     )
 
 
+def _is_ndarray(x: Any) -> bool:
+    return type(x).__module__ == "numpy" and type(x).__name__ == "ndarray"
+
+
 def _contiguous(x: Any) -> Any:
     """A row-major copy of ``x`` when it is not one already (torch: detached)."""
     if _buffers._is_torch_tensor(x):
         return x.detach().contiguous()
-    if type(x).__module__ == "numpy" and type(x).__name__ == "ndarray":
+    if _is_ndarray(x):
         import numpy as np
 
         return np.ascontiguousarray(x)
@@ -330,9 +382,14 @@ def _run(
     return loss, grad
 
 
-def _check_label_smoothing(label_smoothing: Any) -> float:
+def check_label_smoothing(label_smoothing: Any) -> float:
+    """label_smoothing as torch's cross_entropy reads it: smoothing applies only where
+    ``label_smoothing > 0``, and only there is it checked against 1; a negative value or NaN
+    fails that test and means no smoothing (torch raises for neither)."""
     ls = float(label_smoothing)
-    if not 0.0 <= ls <= 1.0:
+    if not ls > 0.0:
+        return 0.0
+    if not ls <= 1.0:
         raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {ls:g}")
     return ls
 
@@ -353,14 +410,26 @@ def cross_entropy_with_grad(
     Returns ``(loss, grad)``: ``loss`` as torch returns it (a 0-dim array/tensor for 'mean' and
     'sum', one value per row for 'none'; input's dtype) and ``grad`` = dloss/dinput with
     input's shape and dtype, for ``reduction='none'`` the gradient of the sum of the per-row
-    losses. ``target`` holds class indices (int64 or uint8) or, with input's shape, class
-    probabilities. ``out=`` receives the gradient instead of a new buffer (pass ``input`` to
-    overwrite the logits in place; never done by default). ``compute_grad=False`` computes the
-    loss only and returns ``(loss, None)``.
+    losses. ``target`` holds class indices (int64, or uint8 where torch takes it) or, with
+    input's shape, class probabilities; probability targets and their weight of another dtype
+    are cast to input's (:func:`gradfuse.nn.functional.cross_entropy` promotes all three, as
+    torch does). ``label_smoothing`` <= 0 or NaN means none, as in torch. ``out=`` receives
+    the gradient instead of a new buffer (pass ``input`` to overwrite the logits in place;
+    never done by default). ``compute_grad=False`` computes the loss only and returns
+    ``(loss, None)``.
     """
     red = _check_reduction(reduction)
-    ls = _check_label_smoothing(label_smoothing)
-    plan = _plan("cross_entropy", input, target, weight, ignore_index, ls, allow_prob=True)
+    ls = check_label_smoothing(label_smoothing)
+    plan = _plan(
+        "cross_entropy",
+        input,
+        target,
+        weight,
+        ignore_index,
+        ls,
+        allow_prob=True,
+        reduction=reduction,
+    )
     return _run("cross_entropy", plan, red, ignore_index, ls, out, compute_grad)
 
 
@@ -377,5 +446,7 @@ def nll_loss_with_grad(
     """``torch.nn.functional.nll_loss`` (``input`` holds log-probabilities) and its gradient
     w.r.t. ``input``, in one pass. Arguments and results as :func:`cross_entropy_with_grad`."""
     red = _check_reduction(reduction)
-    plan = _plan("nll_loss", input, target, weight, ignore_index, 0.0, allow_prob=False)
+    plan = _plan(
+        "nll_loss", input, target, weight, ignore_index, 0.0, allow_prob=False, reduction=reduction
+    )
     return _run("nll_loss", plan, red, ignore_index, 0.0, out, compute_grad)

@@ -17,7 +17,12 @@ from torch import Tensor
 from torch.nn import _reduction as _Reduction
 
 from gradfuse.functional import _losses_elementwise as _ew
-from gradfuse.nn._reduction import check_reduction, legacy_reduction
+from gradfuse.nn._reduction import (
+    autocast_device_type,
+    autocast_float32,
+    check_reduction,
+    legacy_reduction,
+)
 
 
 class _ElementwiseLossFunction(torch.autograd.Function):
@@ -106,6 +111,21 @@ def _check_grads_implemented(
             )
 
 
+def _autocasts(op: str, weighted: bool, device_type: str, options: dict[str, Any]) -> bool:
+    """Whether torch computes this call under autocast's float32 policy (autocast is on).
+
+    The aten losses are on its float32 list (huber's weight then multiplies a float32 loss).
+    torch.nn.functional applies mse / l1's weight by plain tensor arithmetic instead, which
+    autocast casts only where an op is on its list: none on the CPU (a 16-bit result, as
+    without autocast); on CUDA, mse's pow and the 'sum' / 'mean' reductions' sum, which give a
+    float32 result (weighted l1 with reduction='none' stays 16-bit)."""
+    if not weighted or op not in ("mse_loss", "l1_loss"):
+        return True
+    if device_type != "cuda":
+        return False
+    return op == "mse_loss" or options.get("reduction") != "none"
+
+
 def _apply(
     fname: str,
     op: str,
@@ -118,6 +138,16 @@ def _apply(
     for name, t in (("input", input), ("target", target), ("weight", weight)):
         if t is not None and not isinstance(t, torch.Tensor):
             raise TypeError(f"{fname}(): argument '{name}' must be Tensor, not {type(t).__name__}")
+    device_type = autocast_device_type(input)
+    if device_type is not None and _autocasts(op, weight is not None, device_type, options):
+        # torch.autocast runs these losses in float32 (its fp32 list): cast as it casts, so the
+        # loss has torch's dtype and the input's gradient flows back through the cast.
+        input = autocast_float32(input, device_type)
+        target = autocast_float32(target, device_type)
+        if weight is not None:
+            weight = autocast_float32(weight, device_type)
+        if pos_weight is not None:
+            pos_weight = autocast_float32(pos_weight, device_type)
     if torch.is_grad_enabled():  # without grad mode no gradient is asked for: nothing to refuse
         _check_grads_implemented(fname, op, target, weight, pos_weight)
         if input.requires_grad or target.requires_grad:

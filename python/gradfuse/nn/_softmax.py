@@ -9,6 +9,7 @@ over as is, without another pass over it.
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -17,10 +18,11 @@ from torch import Tensor
 
 from gradfuse._config import cuda_compiled
 from gradfuse.functional._losses_softmax import (
+    check_label_smoothing,
     cross_entropy_with_grad,
     nll_loss_with_grad,
 )
-from gradfuse.nn._reduction import legacy_reduction
+from gradfuse.nn._reduction import autocast_device_type, autocast_float32, legacy_reduction
 
 _NATIVE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -51,18 +53,49 @@ def _fallback_warning(op: str, reason: str) -> None:
         )
 
 
+def _check_tensors(aten_name: str, input: Any, target: Any, weight: Any) -> None:
+    """torch's error for an argument that is not a tensor (its aten function's signature)."""
+    for pos, (name, t) in enumerate((("input", input), ("target", target), ("weight", weight))):
+        if not (isinstance(t, Tensor) or (name == "weight" and t is None)):
+            raise TypeError(
+                f"{aten_name}(): argument '{name}' (position {pos + 1}) must be Tensor, not "
+                f"{type(t).__name__}"
+            )
+
+
 def _class_dim(input: Tensor) -> int:
     return 0 if input.dim() == 1 else 1
 
 
-def _scale_grad(ctx: Any, grad: Tensor, grad_output: Tensor) -> Tensor:
-    """``grad * grad_output`` (per row for reduction='none'), reusing ``grad``'s memory."""
-    if ctx.reduction == "none":
-        go = grad_output if ctx.class_dim == 0 else grad_output.unsqueeze(1)
-        return grad.mul_(go)
-    if grad_output.device.type == "cpu" and float(grad_output) == 1.0:
-        return grad  # reading a CPU scalar is no synchronisation; skip a full pass
-    return grad.mul_(grad_output)
+def _scale_grad(ctx: Any, grad: Tensor, grad_output: Tensor, target: Tensor) -> Tensor:
+    """``grad * grad_output`` (per row for reduction='none'), reusing ``grad``'s memory.
+
+    A row whose class target is ``ignore_index`` has no gradient in torch whatever
+    ``grad_output`` is (nll_loss's backward writes nothing there): its saved zeros must not turn
+    into NaN under an infinite or NaN ``grad_output``, as they would in a plain product
+    (transformers' ForCausalLMLoss divides an all-ignored batch's summed loss by
+    num_items_in_batch = 0: grad_output is inf). A finite scalar keeps zeros zero: there the
+    plain product serves."""
+    if ctx.reduction != "none" and grad_output.device.type == "cpu":
+        # Reading a CPU scalar is no synchronisation: decide on its value here.
+        g = float(grad_output)
+        if g == 1.0:
+            return grad  # skip a full pass
+        if math.isfinite(g):
+            return grad.mul_(grad_output)
+    go = grad_output
+    if not ctx.prob_target:
+        # A factor per row, 0 on the ignored rows; no host sync (CUDA, or a per-row or
+        # non-finite grad_output). Targets compare as int64 (uint8 ones would not equal -100).
+        index = target if target.dtype == torch.int64 else target.to(torch.int64)
+        ignored = index == ctx.args[0]
+        if go.shape == ignored.shape:
+            go = go.masked_fill(ignored, 0)
+        else:  # a scalar grad_output (or an unbatched input's one row)
+            go = torch.where(ignored, go.new_zeros(()), go)
+    if ctx.class_dim == 1 and go.dim() > 0:
+        go = go.unsqueeze(1)
+    return grad.mul_(go)
 
 
 def _refuse_double_backward(op: str) -> None:
@@ -107,6 +140,7 @@ class _SoftmaxLossFunction(torch.autograd.Function):
         ctx.name = name
         ctx.reduction = args[1]
         ctx.class_dim = _class_dim(input)
+        ctx.prob_target = name == "cross_entropy" and target.shape == input.shape
         ctx.args = args
         ctx.save_for_backward(input, target, weight)
         return loss  # type: ignore[no-any-return]
@@ -124,7 +158,7 @@ class _SoftmaxLossFunction(torch.autograd.Function):
         grad_input = None
         if ctx.needs_input_grad[0]:
             grad = _take_grad(ctx, lambda: _WITH_GRAD[name](input, target, weight, *ctx.args)[1])
-            grad_input = _scale_grad(ctx, grad, grad_output)
+            grad_input = _scale_grad(ctx, grad, grad_output, target)
         grad_target = None
         if ctx.needs_input_grad[1]:  # cross_entropy's probability targets
             grad_target = _prob_target_grad(ctx, input, target, weight, grad_output)
@@ -170,6 +204,14 @@ def cross_entropy(
     """Drop-in for :func:`torch.nn.functional.cross_entropy` (same signature and results);
     the loss and its input gradient come from one fused native pass."""
     reduction = legacy_reduction(size_average, reduce, reduction)
+    _check_tensors("cross_entropy_loss", input, target, weight)
+    device_type = autocast_device_type(input)
+    if device_type is not None:
+        # torch.autocast computes cross_entropy in float32 (see autocast_device_type).
+        input = autocast_float32(input, device_type)
+        target = autocast_float32(target, device_type)
+        if weight is not None:
+            weight = autocast_float32(weight, device_type)
     reason = _native_reason(input)
     if reason is not None:
         _fallback_warning("cross_entropy", reason)
@@ -181,9 +223,14 @@ def cross_entropy(
             reduction=reduction,
             label_smoothing=label_smoothing,
         )
-    if target.shape == input.shape and target.is_floating_point() and target.dtype != input.dtype:
-        # torch promotes (input, target) for probability targets; so does this path.
+    label_smoothing = check_label_smoothing(label_smoothing)
+    if target.shape == input.shape and target.is_floating_point():
+        # Probability targets: torch computes -(log_softmax(input) * target * weight), which
+        # promotes all three (a float64 or integer weight too); so does this path (the casts
+        # are differentiable: each gradient comes back in its tensor's dtype).
         common = torch.promote_types(input.dtype, target.dtype)
+        if weight is not None:
+            common = torch.promote_types(common, weight.dtype)
         input, target = input.to(common), target.to(common)
         if weight is not None:
             weight = weight.to(common)
@@ -223,6 +270,13 @@ def nll_loss(
     """Drop-in for :func:`torch.nn.functional.nll_loss` (same signature and results); the loss
     and its input gradient come from one fused native pass."""
     reduction = legacy_reduction(size_average, reduce, reduction)
+    _check_tensors("nll_loss_nd", input, target, weight)
+    device_type = autocast_device_type(input)
+    if device_type is not None:
+        # torch.autocast computes nll_loss in float32 (see autocast_device_type).
+        input = autocast_float32(input, device_type)
+        if weight is not None:
+            weight = autocast_float32(weight, device_type)
     reason = _native_reason(input)
     if reason is not None:
         _fallback_warning("nll_loss", reason)
