@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from gradfuse import _buffers, _native
+from gradfuse import _buffers, _compile, _native
 from gradfuse.functional._multi_tensor import GradScaling, group, prepare
 
 if TYPE_CHECKING:
@@ -148,6 +148,15 @@ def _dtensor_norms(op: str, grads: Sequence[Tensor], norm_type: float) -> list[T
     return norms
 
 
+def norm_dtype(grads: Sequence[Tensor]) -> Any:
+    """The dtype of :func:`total_norm`'s result: float64 if any gradient is float64 (each
+    (device, dtype) group's norms are float64 for float64 gradients, float32 otherwise, and
+    the total of several groups is float64 if any of them is)."""
+    import torch
+
+    return torch.float64 if any(g.dtype == torch.float64 for g in grads) else torch.float32
+
+
 def total_norm(op: str, grads: Sequence[Tensor], norm_type: float) -> Tensor:
     """The norm of all ``grads`` together (torch's total: the norm of the per-tensor norms),
     in float64 for float64 gradients, float32 otherwise, on the first gradient's device.
@@ -156,7 +165,14 @@ def total_norm(op: str, grads: Sequence[Tensor], norm_type: float) -> Tensor:
 
     if not grads:
         return torch.tensor(0.0)
-    if any(_buffers._is_dtensor(g) for g in grads):
+    dtensors = any(_buffers._is_dtensor(g) for g in grads)
+    if _compile.is_compiling() and not dtensors:
+        # torch.compile cannot trace the native pass: the op runs this very function on the
+        # real gradients (the same bits as eager), and the graph keeps no break.
+        _compile.require_op(_compile.NORM_OP, op)
+        traced: Tensor = torch.ops.gradfuse.total_norm(op, list(grads), float(norm_type))
+        return traced
+    if dtensors:
         norms = _dtensor_norms(op, grads, norm_type)
         dtype = torch.float64 if any(n.dtype == torch.float64 for n in norms) else torch.float32
         parts = torch.stack([n.to(grads[0].device, dtype) for n in norms])
@@ -179,6 +195,13 @@ def total_norm(op: str, grads: Sequence[Tensor], norm_type: float) -> Tensor:
 
 def scale_grads_(grads: Sequence[Tensor], clip_coef: Tensor) -> None:
     """grads *= clip_coef (a 1-element float32 tensor) in one fused pass per (device, dtype)."""
+    if _compile.is_compiling() and not any(_buffers._is_dtensor(g) for g in grads):
+        import torch
+
+        # As total_norm: the native pass as one op under torch.compile.
+        _compile.require_op(_compile.SCALE_OP, "clip_grad_norm_")
+        torch.ops.gradfuse.scale_grads_(list(grads), clip_coef)
+        return
     scaling = GradScaling(clip_coef=clip_coef)
     scaling.check("clip_grad_norm_")
     buffers = prepare("clip_grad_norm_", [("grads", grads)], written=("grads",))

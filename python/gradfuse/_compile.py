@@ -9,15 +9,32 @@ function on the real tensors (same validation, same kernels, same results as eag
 
 The op is generic: its arguments are the name of the functional (``"sgd_"``, ``"adamw_"``, ...)
 and that function's arguments flattened into typed lists (tensors updated in place, tensors
-read, float scalars, tensor scalars) plus an integer ``layout`` saying how to put them back.
+read, floats, ints, tensor scalars) plus an integer ``layout`` saying how to put them back (one
+code per argument, in signature order, each followed by its operands: the layout codes below).
 A new optimizer needs one line: ``@traceable(written=(...))`` on its functional, naming every
 list the function updates in place (params, state, per-param step tensors if it keeps them);
-its first argument must be ``params`` (new state is allocated like it).
+its first argument must be ``params`` (new state is allocated like it). ``state_absmax`` (8-bit
+state: new absmax every step) is always written.
 
-State created on the first step (``momentum_buffers`` entries that are ``None``) is created
-by the traced code with ``torch.empty_like`` (so it lands in the optimizer's state, as in
-eager), passed to the op as written tensors, and filled by the op: the eager function runs
-with ``None`` there, as on a first eager step, and its result is copied into the new tensor.
+List arguments may hold ``None`` entries (Adafactor's ``row_vars`` for a bias, the
+``master_params`` of float32 params, the ``state_absmax`` of params whose state is not 8-bit)
+and lists (``state_absmax``: one list per state list): the nesting and the ``None`` entries
+travel in the layout, and the eager function gets them back as they were.
+
+State created on the first step (SGD's ``momentum_buffers`` entries that are ``None`` when
+``momentum != 0``: the lists named in ``traceable(creates=...)``, whose predicate holds) is
+created by the traced code with ``torch.empty_like`` (in the call's ``state_dtype``; for 8-bit
+codes, their absmax too), so that it lands in the optimizer's state as in eager, passed to the
+op as written tensors, and filled by the op: the eager function runs with ``None`` there, as on
+a first eager step, and its result is copied into the new tensor. Every other ``None`` stays
+``None``. One thing eager can do that a traced program cannot: leave the state uncreated
+(AMP skips a first step whose gradients are inf/nan). The traced program has already handed
+the new tensors to the state, so the op zeroes them; the next step then starts from zero state
+(for SGD: the same buffer as eager's when ``dampening == 0``).
+
+``max_grad_norm`` and :func:`gradfuse.clip_grad_norm_` reduce the gradients natively too: under
+torch.compile :mod:`gradfuse._clip` calls the ops ``gradfuse::total_norm`` and
+``gradfuse::scale_grads_``, which run the eager functions (the same bits).
 
 Losses (hook for the loss functions): they are pure functions with outputs (loss, grad), not
 in-place updates, so they want their own ops: ``torch.library.custom_op("gradfuse::<loss>",
@@ -32,6 +49,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import numbers
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -39,29 +57,47 @@ from typing import Any, TypeVar
 F = TypeVar("F", bound=Callable[..., None])
 
 # The functionals that can be recorded, by name: (function, its parameter names, written
-# slots, predicate per slot telling whether its None entries are created by the function).
-_REGISTRY: dict[str, tuple[Callable[..., None], tuple[str, ...], frozenset[str], Any]] = {}
+# slots, predicate per slot telling whether the function creates its None entries).
+_REGISTRY: dict[
+    str, tuple[Callable[..., None], tuple[str, ...], frozenset[str], dict[str, Any]]
+] = {}
 
-# layout codes, one (code, length) pair per parameter of the functional, in signature order.
+# Written by every update that takes it: 8-bit state gets a new absmax every step.
+_ALWAYS_WRITTEN = ("state_absmax",)
+
+# Layout codes: one per parameter of the functional, in signature order, then its operands.
 (
-    _ABSENT,
+    _ABSENT,  # left to its default
     _NONE,
-    _NONE_LIST,
-    _WRITTEN,
-    _READ,
-    _FLOAT,
-    _BOOL,
-    _INT,
-    _TENSOR,
-    _NUM_LIST,
-    _NUM_TUPLE,
-) = range(11)
+    _FLOAT,  # the next value of `floats`
+    _BOOL,  # operand: 0 or 1
+    _INT,  # the next two values of `ints`: high * 2**32 + low
+    _TENSOR,  # the next of `tensors`
+    _NUM_LIST,  # operand n: the next n `floats`, as a list
+    _NUM_TUPLE,  # operand n: the next n `floats`, as a tuple
+    _DTYPE,  # operand: the dtype's index in _dtypes()
+    _DTYPES,  # operand n, then n dtype indices: a list of dtypes (a per-param state_dtype)
+    _STR,  # operand n, then n code points
+    _WRITTEN,  # operand n, then n entries from `written`
+    _READ,  # operand n, then n entries from `read`
+) = range(13)
+# Entry codes of a _WRITTEN / _READ list.
+(
+    _E_TENSOR,  # the next tensor of the list's source
+    _E_NONE,  # None, as given
+    _E_FRESH,  # the next of `written`: new state; None for the function, filled in after
+    _E_LIST,  # operand m, then m entries: a nested list (state_absmax)
+) = range(4)
 
 OP_NAME = "gradfuse::fused_update_"
 _SCHEMA = (
-    "(str name, Tensor(a!)[] written, Tensor[] read, float[] floats, Tensor[] tensors, "
-    "int[] layout, int[] fresh) -> ()"
+    "(str name, Tensor(a!)[] written, Tensor[] read, float[] floats, SymInt[] ints, "
+    "Tensor[] tensors, int[] layout) -> ()"
 )
+NORM_OP = "gradfuse::total_norm"
+_NORM_SCHEMA = "(str op, Tensor[] grads, float norm_type) -> Tensor"
+SCALE_OP = "gradfuse::scale_grads_"
+_SCALE_SCHEMA = "(Tensor(a!)[] grads, Tensor clip_coef) -> ()"
 
 
 def is_compiling() -> bool:
@@ -79,14 +115,16 @@ def traceable(
     """Let a functional update run inside torch.compile as the ``gradfuse::fused_update_`` op.
 
     ``written``: the names of the list arguments updated in place (params, state). Every other
-    list argument is read only. ``creates[name](kwargs)``: whether the function creates the
-    ``None`` entries of written list ``name`` for these arguments (default: always).
+    list argument is read only (``state_absmax`` is always written). ``creates[name](kwargs)``:
+    whether the function creates the ``None`` entries of written list ``name`` for these
+    arguments; the ``None`` entries of the lists not named stay ``None``.
     """
 
     def wrap(fn: F) -> F:
         name = fn.__name__
         params = tuple(inspect.signature(fn).parameters)
-        _REGISTRY[name] = (fn, params, frozenset(written), dict(creates or {}))
+        slots = frozenset(written) | frozenset(p for p in _ALWAYS_WRITTEN if p in params)
+        _REGISTRY[name] = (fn, params, slots, dict(creates or {}))
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> None:
@@ -102,65 +140,160 @@ def traceable(
     return wrap
 
 
+def require_op(op: str, caller: str) -> None:
+    """Raise unless ``op`` is defined (tracing must never define it: dynamo would trace the
+    definition)."""
+    if op not in _DEFINED:
+        raise RuntimeError(
+            f"{caller}: gradfuse's custom op {op} is not defined yet; import gradfuse.optim (or "
+            f"call gradfuse._compile.register_ops()) before torch.compile traces gradfuse functions"
+        )
+
+
+class _Recording:
+    """A traced call's arguments, flattened into the op's typed lists (see the layout codes)."""
+
+    def __init__(self, name: str, bound: dict[str, Any]) -> None:
+        self.name = name
+        self.bound = bound
+        self.written: list[Any] = []
+        self.read: list[Any] = []
+        self.floats: list[float] = []
+        self.ints: list[int] = []
+        self.tensors: list[Any] = []
+        self.layout: list[int] = []
+        # Params whose new state (created by this call) is 8-bit: their absmax is new too.
+        self.new_8bit: set[int] = set()
+
+    def value(self, p: str, v: Any, written: bool, creates: bool) -> None:
+        import torch
+
+        lay = self.layout
+        if v is None:
+            lay.append(_NONE)
+        elif isinstance(v, bool):
+            lay += [_BOOL, int(v)]
+        elif isinstance(v, torch.dtype):
+            lay += [_DTYPE, _dtypes().index(v)]
+        elif isinstance(v, str):
+            lay += [_STR, len(v), *(ord(c) for c in v)]
+        elif isinstance(v, torch.Tensor):
+            self.tensors.append(v)
+            lay.append(_TENSOR)
+        elif isinstance(v, int):
+            # Exactly (a float would round a 64-bit stochastic-rounding seed), as two int64
+            # halves (a seed may reach 2**64), with no comparison: a seed dynamo traces as a
+            # symbolic int would be guarded on, and recompiled for, by any test of its value.
+            self.ints += [v >> 32, v & 0xFFFFFFFF]
+            lay.append(_INT)
+        elif isinstance(v, float | numbers.Real):
+            self.floats.append(float(v))
+            lay.append(_FLOAT)
+        elif isinstance(v, list | tuple) and not written and _numbers(v):
+            # A list/tuple of numbers (e.g. betas): carried in `floats`, rebuilt as floats.
+            self.floats.extend(float(x) for x in v)
+            lay += [_NUM_TUPLE if isinstance(v, tuple) else _NUM_LIST, len(v)]
+        elif isinstance(v, list | tuple) and not written and _dtype_list(v):
+            lay += [_DTYPES, len(v), *(_dtypes().index(x) for x in v)]
+        elif isinstance(v, list | tuple):
+            lay += [_WRITTEN if written else _READ, len(v)]
+            fresh: Callable[[tuple[int, ...]], Any] | None = None
+            if p == "state_absmax":  # one list per state list, of one entry per param
+                fresh = self._fresh_absmax
+            elif creates:
+                if isinstance(v, tuple) and any(x is None for x in v):
+                    # eager's refusal (the new state could not be handed back)
+                    raise TypeError(
+                        f"{self.name}: {p} has None entries to create, so it must be a mutable "
+                        f"sequence (a list), got tuple"
+                    )
+                fresh = functools.partial(self._fresh_state, p)
+            self.entries(v, written, fresh, ())
+        else:
+            raise TypeError(
+                f"{self.name}: argument {p} ({type(v).__name__}) cannot be recorded for "
+                f"torch.compile (expected None, a number, a string, a dtype, a tensor or a list "
+                f"of them)"
+            )
+
+    def entries(
+        self,
+        v: Sequence[Any],
+        written: bool,
+        fresh: Callable[[tuple[int, ...]], Any] | None,
+        path: tuple[int, ...],
+    ) -> None:
+        """One list argument's entries, nested lists' too (``path``: the indices down to
+        ``v``); ``fresh(path)``: the new tensor for the None entry at ``path`` if the function
+        creates it (None: it stays None)."""
+        for i, entry in enumerate(v):
+            if entry is None:
+                new = None if fresh is None else fresh((*path, i))
+                if new is None:
+                    self.layout.append(_E_NONE)
+                    continue
+                if isinstance(v, list):  # the caller's list gets the new state, as in eager
+                    v[i] = new
+                self.written.append(new)
+                self.layout.append(_E_FRESH)
+            elif isinstance(entry, list | tuple):
+                self.layout += [_E_LIST, len(entry)]
+                self.entries(entry, written, fresh, (*path, i))
+            else:
+                (self.written if written else self.read).append(entry)
+                self.layout.append(_E_TENSOR)
+
+    def _fresh_state(self, p: str, path: tuple[int, ...]) -> Any:
+        """The tensor for new state entry ``p[i]``: as the eager update allocates it, like the
+        param in the call's ``state_dtype`` (one dtype, or one per param; None: the param's)."""
+        import torch
+
+        if len(path) != 1:
+            return None
+        (i,) = path
+        param = self.bound["params"][i]
+        dtype = self.bound.get("state_dtype")
+        if isinstance(dtype, list | tuple):
+            dtype = dtype[i]
+        if dtype == torch.uint8:
+            self.new_8bit.add(i)
+        return torch.empty_like(param, dtype=dtype)
+
+    def _fresh_absmax(self, path: tuple[int, ...]) -> Any:
+        """The absmax of new 8-bit state (``state_absmax[k][i]``), which the function creates with
+        the state: one float32 per 256 codes. Every other None entry stays None."""
+        import torch
+
+        # new_8bit is filled in already: the state lists precede the options in a signature.
+        if len(path) != 2 or path[1] not in self.new_8bit:
+            return None
+        i = path[1]
+        if len(self.bound["state_absmax"]) != 1:
+            # Only SGD creates state, and it has one state list: the absmax list is the first.
+            raise NotImplementedError(
+                f"{self.name}: new 8-bit state under torch.compile is supported for updates with "
+                f"one state list only"
+            )
+        param = self.bound["params"][i]
+        return torch.empty(-(-param.numel() // 256), dtype=torch.float32, device=param.device)
+
+
 def _record(name: str, bound: dict[str, Any]) -> None:
     """Flatten a traced call into the op's typed arguments and call the op."""
     import torch
 
     _, params, written_names, creates = _REGISTRY[name]
-    written: list[Any] = []
-    read: list[Any] = []
-    floats: list[float] = []
-    tensors: list[Any] = []
-    layout: list[int] = []
-    fresh: list[int] = []
+    rec = _Recording(name, bound)
     for p in params:
-        v = bound.get(p)
         if p not in bound:
-            layout += [_ABSENT, 0]  # left to its default
-        elif v is None:
-            layout += [_NONE, 0]
-        elif isinstance(v, list | tuple) and p not in written_names and _numbers(v):
-            # A list/tuple of numbers (e.g. betas): carried in `floats`, rebuilt as floats.
-            floats.extend(float(x) for x in v)
-            layout += [_NUM_TUPLE if isinstance(v, tuple) else _NUM_LIST, len(v)]
-        elif isinstance(v, list | tuple):
-            if p in written_names:
-                make = creates.get(p)
-                if make is not None and not make(bound) and any(t is None for t in v):
-                    # The function does not use this slot for these arguments (e.g. SGD's
-                    # momentum_buffers when momentum == 0): it gets the same list of None.
-                    layout += [_NONE_LIST, len(v)]
-                    continue
-                for i, entry in enumerate(v):
-                    t = entry
-                    if t is None:  # state the function creates: allocate it here (see above)
-                        t = torch.empty_like(bound["params"][i])
-                        if isinstance(v, list):  # the caller's list gets the new state
-                            v[i] = t
-                        fresh.append(len(written))
-                    written.append(t)
-                layout += [_WRITTEN, len(v)]
-            else:
-                read.extend(v)
-                layout += [_READ, len(v)]
-        elif isinstance(v, torch.Tensor):
-            tensors.append(v)
-            layout += [_TENSOR, 1]
-        elif isinstance(v, bool):
-            floats.append(float(v))
-            layout += [_BOOL, 1]
-        elif isinstance(v, int):
-            floats.append(float(v))
-            layout += [_INT, 1]
-        else:
-            floats.append(float(v))
-            layout += [_FLOAT, 1]
-    if OP_NAME not in _DEFINED:
-        raise RuntimeError(
-            f"{name}: gradfuse's custom op is not defined yet; import gradfuse.optim (or call "
-            f"gradfuse._compile.register_ops()) before torch.compile traces gradfuse functions"
-        )
-    torch.ops.gradfuse.fused_update_(name, written, read, floats, tensors, layout, fresh)
+            rec.layout.append(_ABSENT)  # left to its default
+            continue
+        make = creates.get(p)
+        rec.value(p, bound[p], p in written_names, make is not None and bool(make(bound)))
+    require_op(OP_NAME, name)
+    torch.ops.gradfuse.fused_update_(
+        name, rec.written, rec.read, rec.floats, rec.ints, rec.tensors, rec.layout
+    )
 
 
 def _numbers(v: Sequence[Any]) -> bool:
@@ -168,87 +301,206 @@ def _numbers(v: Sequence[Any]) -> bool:
     return len(v) > 0 and all(isinstance(x, int | float) and not hasattr(x, "data_ptr") for x in v)
 
 
+def _dtype_list(v: Sequence[Any]) -> bool:
+    import torch
+
+    return len(v) > 0 and all(isinstance(x, torch.dtype) for x in v)
+
+
+def _dtypes() -> tuple[Any, ...]:
+    """The dtypes a layout can name, by index (fixed: a compiled graph cached on disk keeps
+    the indices)."""
+    import torch
+
+    return (
+        torch.float32,
+        torch.float64,
+        torch.float16,
+        torch.bfloat16,
+        torch.uint8,
+        torch.int8,
+        torch.int16,
+        torch.int32,
+        torch.int64,
+        torch.bool,
+        torch.complex64,
+        torch.complex128,
+    )
+
+
+class _Reader:
+    """Rebuilds a recorded call from the op's arguments (the inverse of :class:`_Recording`)."""
+
+    def __init__(
+        self,
+        name: str,
+        written: list[Any],
+        read: list[Any],
+        floats: list[float],
+        ints: list[int],
+        tensors: list[Any],
+        layout: list[int],
+    ) -> None:
+        self.name = name
+        self.sources = {"written": written, "read": read, "floats": floats, "ints": ints}
+        self.sources["tensors"] = tensors
+        self.at = dict.fromkeys(self.sources, 0)
+        self.layout = layout
+        self.pos = 0
+        # (list, index, tensor): new state, filled in from list[index] after the call
+        self.fresh: list[tuple[list[Any], int, Any]] = []
+
+    def code(self) -> int:
+        if self.pos >= len(self.layout):
+            raise ValueError(f"{OP_NAME}: layout of {self.name} ends early (at {self.pos})")
+        c = self.layout[self.pos]
+        self.pos += 1
+        return c
+
+    def take(self, source: str, n: int = 1) -> list[Any]:
+        values, at = self.sources[source], self.at[source]
+        if at + n > len(values):
+            raise ValueError(
+                f"{OP_NAME}: the layout of {self.name} asks for more {source} than the "
+                f"{len(values)} given"
+            )
+        self.at[source] = at + n
+        return list(values[at : at + n])
+
+    def value(self) -> Any:
+        code = self.code()
+        if code == _NONE:
+            return None
+        if code == _FLOAT:
+            return float(self.take("floats")[0])
+        if code == _BOOL:
+            return bool(self.code())
+        if code == _INT:
+            high, low = self.take("ints", 2)
+            return int(high) * 2**32 + int(low)
+        if code == _TENSOR:
+            return self.take("tensors")[0]
+        if code in (_NUM_LIST, _NUM_TUPLE):
+            values = [float(x) for x in self.take("floats", self.code())]
+            return tuple(values) if code == _NUM_TUPLE else values
+        if code == _DTYPE:
+            return _dtypes()[self.code()]
+        if code == _DTYPES:
+            return [_dtypes()[self.code()] for _ in range(self.code())]
+        if code == _STR:
+            return "".join(chr(self.code()) for _ in range(self.code()))
+        if code in (_WRITTEN, _READ):
+            return self.entries(self.code(), "written" if code == _WRITTEN else "read")
+        raise ValueError(f"{OP_NAME}: unknown layout code {code} for {self.name}")
+
+    def entries(self, n: int, source: str) -> list[Any]:
+        out: list[Any] = []
+        for i in range(n):
+            code = self.code()
+            if code == _E_TENSOR:
+                out.append(self.take(source)[0])
+            elif code == _E_NONE:
+                out.append(None)
+            elif code == _E_FRESH:
+                self.fresh.append((out, i, self.take("written")[0]))
+                out.append(None)  # created by the function, as on a first eager step
+            elif code == _E_LIST:
+                out.append(self.entries(self.code(), source))
+            else:
+                raise ValueError(f"{OP_NAME}: unknown entry code {code} for {self.name}")
+        return out
+
+    def check_consumed(self) -> None:
+        left = [s for s, values in self.sources.items() if self.at[s] != len(values)]
+        if self.pos != len(self.layout) or left:
+            raise ValueError(
+                f"{OP_NAME}: the layout of {self.name} does not match its arguments (layout "
+                f"{self.pos} of {len(self.layout)} read; unused: {', '.join(left) or 'none'})"
+            )
+
+
 def _run(
     name: str,
     written: list[Any],
     read: list[Any],
     floats: list[float],
+    ints: list[int],
     tensors: list[Any],
     layout: list[int],
-    fresh: list[int],
 ) -> None:
     """The op at run time: rebuild the call and run the eager function on the real tensors."""
     if name not in _REGISTRY:
         raise KeyError(f"{OP_NAME}: no gradfuse function named {name!r} is registered")
     fn, params, _, _ = _REGISTRY[name]
-    if len(layout) != 2 * len(params):
-        raise ValueError(
-            f"{OP_NAME}: layout has {len(layout)} entries; {name} takes {len(params)} "
-            f"arguments, expected two entries (kind, length) each"
-        )
-    fresh_set = set(fresh)
+    reader = _Reader(name, written, read, floats, ints, tensors, layout)
     kwargs: dict[str, Any] = {}
-    w = r = f = t = 0
-    for k, p in enumerate(params):
-        code, n = layout[2 * k], layout[2 * k + 1]
-        if code == _NONE:
-            kwargs[p] = None
-        elif code == _NONE_LIST:
-            kwargs[p] = [None] * n
-        elif code == _WRITTEN:
-            kwargs[p] = [None if w + i in fresh_set else written[w + i] for i in range(n)]
-            w += n
-        elif code == _READ:
-            kwargs[p] = list(read[r : r + n])
-            r += n
-        elif code == _TENSOR:
-            kwargs[p] = tensors[t]
-            t += 1
-        elif code in (_NUM_LIST, _NUM_TUPLE):
-            values = [float(x) for x in floats[f : f + n]]
-            kwargs[p] = tuple(values) if code == _NUM_TUPLE else values
-            f += n
-        elif code in (_FLOAT, _BOOL, _INT):
-            kwargs[p] = {_FLOAT: float, _BOOL: bool, _INT: int}[code](floats[f])
-            f += 1
+    for p in params:
+        if reader.pos < len(layout) and layout[reader.pos] == _ABSENT:
+            reader.pos += 1
+            continue
+        kwargs[p] = reader.value()
+    reader.check_consumed()
     fn(**kwargs)
     # State the eager function created (first step): copy it into the tensors the traced
-    # program allocated for it.
-    w = 0
-    for k, p in enumerate(params):
-        code, n = layout[2 * k], layout[2 * k + 1]
-        if code == _WRITTEN:
-            for i in range(n):
-                if w + i in fresh_set:
-                    written[w + i].copy_(kwargs[p][i])
-            w += n
+    # program allocated for it. None: the function created nothing (an AMP-skipped step);
+    # zeros then, not uninitialised memory (see the module docstring).
+    for values, i, target in reader.fresh:
+        if values[i] is None:
+            target.zero_()
+        else:
+            target.copy_(values[i])
 
 
 _DEFINED: set[str] = set()  # the ops defined so far
 
 
 def _define_ops() -> None:
-    """Define ``gradfuse::fused_update_`` (torch imported here). Never called while tracing:
-    dynamo would trace into the definition."""
+    """Define ``gradfuse::fused_update_``, ``gradfuse::total_norm`` and
+    ``gradfuse::scale_grads_`` (torch imported here). Never called while tracing: dynamo would
+    trace into the definition."""
     import torch
 
-    # The schema is spelled out: annotations are strings here (``from __future__``).
+    # The schemas are spelled out: annotations are strings here (``from __future__``).
     @torch.library.custom_op(OP_NAME, mutates_args=("written",), schema=_SCHEMA)
     def fused_update_(
         name: str,
         written: list[torch.Tensor],
         read: list[torch.Tensor],
         floats: list[float],
+        ints: list[int],
         tensors: list[torch.Tensor],
         layout: list[int],
-        fresh: list[int],
     ) -> None:
-        _run(name, written, read, floats, tensors, layout, fresh)
+        _run(name, written, read, floats, ints, tensors, layout)
 
     @fused_update_.register_fake
     def _(*args: Any, **kwargs: Any) -> None:
         # The op's arguments; in-place on `written`, no outputs: nothing to describe but the
         # mutation (which the schema declares).
+        return None
+
+    @torch.library.custom_op(NORM_OP, mutates_args=(), schema=_NORM_SCHEMA)
+    def total_norm(op: str, grads: list[torch.Tensor], norm_type: float) -> torch.Tensor:
+        from gradfuse import _clip
+
+        # A copy: the eager total is a view of the native call's output, and an op's output
+        # must not alias anything.
+        return _clip.total_norm(op, grads, norm_type).clone()
+
+    @total_norm.register_fake
+    def _(op: str, grads: list[torch.Tensor], norm_type: float) -> torch.Tensor:
+        from gradfuse import _clip
+
+        return grads[0].new_empty((), dtype=_clip.norm_dtype(grads))
+
+    @torch.library.custom_op(SCALE_OP, mutates_args=("grads",), schema=_SCALE_SCHEMA)
+    def scale_grads_(grads: list[torch.Tensor], clip_coef: torch.Tensor) -> None:
+        from gradfuse import _clip
+
+        _clip.scale_grads_(grads, clip_coef)
+
+    @scale_grads_.register_fake
+    def _(grads: list[torch.Tensor], clip_coef: torch.Tensor) -> None:
         return None
 
 
@@ -257,4 +509,4 @@ def register_ops() -> None:
     gradfuse.functional when torch is already loaded), so that tracing never defines them."""
     if OP_NAME not in _DEFINED:
         _define_ops()
-        _DEFINED.add(OP_NAME)
+        _DEFINED.update((OP_NAME, NORM_OP, SCALE_OP))

@@ -1,11 +1,15 @@
 """torch.compile with gradfuse: the fused updates trace as the custom op gradfuse::fused_update_
-(gradfuse/_compile.py), with no graph break (fullgraph=True), on the CPU with inductor, and
-give the same results as eager."""
+(gradfuse/_compile.py), the max_grad_norm / clip_grad_norm_ passes as gradfuse::total_norm and
+gradfuse::scale_grads_, with no graph break (fullgraph=True), on the CPU with inductor, and
+give the same bits as eager: the precision policies (None entries in the state lists, 8-bit
+absmax lists nested per state list) and Muon (whose bfloat16 Newton-Schulz inductor would
+otherwise fuse) included."""
 
 from __future__ import annotations
 
 import copy
 import inspect
+import warnings
 from typing import Any
 
 import integration_cases
@@ -100,19 +104,31 @@ def test_custom_op_passes_opcheck() -> None:
     p = [torch.randn(5, dtype=torch.float64), torch.randn(3, dtype=torch.float64)]
     g = [torch.randn(5, dtype=torch.float64), torch.randn(3, dtype=torch.float64)]
     floats = [0.1]  # lr
-    # (code, length) per parameter of sgd_: params written, grads read, momentum_buffers
-    # None, lr a float, the other keyword arguments left at their defaults.
+    # One code per parameter of sgd_, then its operands: params written (two tensors), grads
+    # read (two tensors), momentum_buffers None, lr a float, the other keyword arguments left
+    # at their defaults.
     c = gradfuse._compile
     rest = len(inspect.signature(gradfuse.functional.sgd_).parameters) - 4
-    layout = [c._WRITTEN, 2, c._READ, 2, c._NONE, 0, c._FLOAT, 1] + [c._ABSENT, 0] * rest
+    tensors2 = [c._E_TENSOR, c._E_TENSOR]
+    layout = [c._WRITTEN, 2, *tensors2, c._READ, 2, *tensors2, c._NONE, c._FLOAT]
+    layout += [c._ABSENT] * rest
     before = [t.clone() for t in p]
-    torch.library.opcheck(
-        torch.ops.gradfuse.fused_update_.default, ("sgd_", p, g, floats, [], layout, [])
-    )
+    args = ("sgd_", p, g, floats, [], [], layout)
+    torch.library.opcheck(torch.ops.gradfuse.fused_update_.default, args)
     # opcheck ran the op on copies; running it here performs one plain SGD step.
-    torch.ops.gradfuse.fused_update_("sgd_", p, g, floats, [], layout, [])
+    torch.ops.gradfuse.fused_update_(*args)
     for a, b0, gg in zip(p, before, g, strict=True):
         tolerances.assert_close(a, b0 - 0.1 * gg, tolerances.STEP[torch.float64])
+    # A layout that does not match the arguments is refused before anything runs.
+    with pytest.raises(ValueError, match="layout of sgd_"):
+        torch.ops.gradfuse.fused_update_("sgd_", p, g, floats, [], [], layout[:-1])
+
+
+def test_norm_ops_pass_opcheck() -> None:
+    grads = [torch.randn(5, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float32)]
+    torch.library.opcheck(torch.ops.gradfuse.total_norm.default, ("clip_grad_norm_", grads, 2.0))
+    coef = torch.tensor([0.5], dtype=torch.float32)
+    torch.library.opcheck(torch.ops.gradfuse.scale_grads_.default, (grads, coef))
 
 
 def test_unregistered_name_is_an_error() -> None:
@@ -148,8 +164,12 @@ def test_tensor_lr_with_scheduler_does_not_recompile() -> None:
         assert torch.equal(a, b), f"param {i}: compiled with scheduler differs from eager"
 
 
+_SEED = 2**64 - 12345  # a 64-bit seed: exact through the op (a float would round it)
+
+
 @gradfuse._compile.traceable(
-    written=("params", "bufs"), creates={"bufs": lambda kw: kw.get("use_bufs", True)}
+    written=("params", "bufs", "spare", "nested"),
+    creates={"bufs": lambda kw: kw.get("use_bufs", True)},
 )
 def _toy_(
     params: list[torch.Tensor],
@@ -161,14 +181,33 @@ def _toy_(
     scale: torch.Tensor | None = None,
     use_bufs: bool = True,
     count: int = 1,
+    seed: int = 0,
+    mode: str = "nearest",
+    dtype: torch.dtype = torch.float32,
+    dtypes: list[torch.dtype] | None = None,
+    spare: list[torch.Tensor | None] | None = None,
+    nested: list[list[torch.Tensor | None]] | None = None,
 ) -> None:
     """Every kind of argument the generic op carries: written lists with state created on the
-    first call, a read list, a tuple and a list of numbers, an optional tensor, a bool, an int.
+    first call, a read list, a tuple and a list of numbers, an optional tensor, a bool, an int
+    (one of 64 bits), a string, a dtype and a list of them, a written list whose None entries
+    are not state to create, a nested list (as 8-bit state's absmax lists).
     Plain torch code: it only ever runs eagerly, inside the op."""
     assert isinstance(betas, tuple)
     assert isinstance(steps, list)
     assert isinstance(use_bufs, bool)
     assert isinstance(count, int)
+    assert seed == _SEED
+    assert mode == "stochastic"
+    assert dtype is torch.bfloat16
+    assert dtypes == [torch.float64, torch.uint8]
+    assert spare is not None
+    assert spare[0] is None  # not created: None, as given
+    assert nested is not None
+    assert nested[0][1] is None
+    assert nested[1] == []
+    spare[1].add_(1.0)  # type: ignore[union-attr]
+    nested[0][0].mul_(2.0)  # type: ignore[union-attr]
     for i, (p, g) in enumerate(zip(params, grads, strict=True)):
         d = g * (1.0 if scale is None else scale)
         if use_bufs:
@@ -189,11 +228,15 @@ def test_generic_op_carries_every_argument_kind(use_bufs: bool, scale: float | N
     def run(fn: Any) -> tuple[list[torch.Tensor], list[Any]]:
         ps = [p.clone() for p in params]
         bufs: list[Any] = [None] * len(ps)
+        spare: list[Any] = [None, torch.zeros(2)]
+        nested: list[list[Any]] = [[torch.ones(3), None], []]
         for gs in grads:
-            fn(ps, gs, bufs)
-        return ps, bufs
+            fn(ps, gs, bufs, spare, nested)
+        return ps, [*bufs, *spare, *nested[0], *nested[1]]
 
-    def update(ps: list[torch.Tensor], gs: list[torch.Tensor], bufs: list[Any]) -> None:
+    def update(
+        ps: list[torch.Tensor], gs: list[torch.Tensor], bufs: list[Any], spare: Any, nested: Any
+    ) -> None:
         _toy_(
             ps,
             gs,
@@ -203,6 +246,12 @@ def test_generic_op_carries_every_argument_kind(use_bufs: bool, scale: float | N
             scale=None if scale is None else torch.tensor(scale, dtype=torch.float64),
             use_bufs=use_bufs,
             count=2,
+            seed=_SEED,
+            mode="stochastic",
+            dtype=torch.bfloat16,
+            dtypes=[torch.float64, torch.uint8],
+            spare=spare,
+            nested=nested,
         )
 
     want, want_bufs = run(update)
@@ -212,3 +261,205 @@ def test_generic_op_carries_every_argument_kind(use_bufs: bool, scale: float | N
             assert a is None  # a slot the function does not use stays untouched
         else:
             assert torch.equal(a, b)
+
+
+def _wide_model(dtype: torch.dtype) -> nn.Module:
+    # A 64x80 weight (5120 elements: 8-bit state at the default min_8bit_size of 4096, a matrix
+    # for Adafactor's factored state and Muon) and 1-D biases (float32 state under 8-bit,
+    # Adafactor's unfactored variance, Muon's AdamW groups).
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 80), nn.Tanh(), nn.Linear(80, 3)).to(dtype)
+
+
+def _wide_grads(model: nn.Module, step: int) -> None:
+    g = torch.Generator().manual_seed(step)
+    dtype = next(model.parameters()).dtype
+    model.zero_grad()
+    model(torch.randn(5, 64, generator=g).to(dtype)).float().square().mean().backward()
+
+
+def _assert_same_bits(
+    compiled: torch.optim.Optimizer,
+    eager: torch.optim.Optimizer,
+    compiled_model: nn.Module,
+    eager_model: nn.Module,
+) -> None:
+    for i, (a, b) in enumerate(
+        zip(compiled_model.parameters(), eager_model.parameters(), strict=True)
+    ):
+        assert torch.equal(a, b), f"param {i}: compiled differs from eager"
+    ours, theirs = compiled.state_dict(), eager.state_dict()
+    assert ours["state"].keys() == theirs["state"].keys()
+    for k, st in ours["state"].items():
+        assert st.keys() == theirs["state"][k].keys(), k
+        for key, value in st.items():
+            ref = torch.as_tensor(theirs["state"][k][key])
+            v = torch.as_tensor(value)
+            assert v.dtype == ref.dtype, (k, key)
+            assert torch.equal(v, ref), (k, key)
+    # The stochastic-rounding seed and call counter went on as in eager.
+    assert ours.get("gradfuse_low_precision") == theirs.get("gradfuse_low_precision")
+
+
+def _compiled_and_eager(
+    make: Any, dtype: torch.dtype, fullgraph: bool, steps: int = 3
+) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer, nn.Module, nn.Module]:
+    eager_model = _wide_model(dtype)
+    compiled_model = copy.deepcopy(eager_model)
+    torch.manual_seed(1)  # the stochastic-rounding seed: the same for both
+    eager = make(eager_model)
+    torch.manual_seed(1)
+    compiled = make(compiled_model)
+    step = torch.compile(compiled.step, fullgraph=fullgraph)
+    with warnings.catch_warnings():
+        if not fullgraph:  # dynamo warns of the native calls it breaks the graph at
+            warnings.filterwarnings("ignore", "Dynamo (does not know|detected a call)", UserWarning)
+        for s in range(steps):
+            for m in (eager_model, compiled_model):
+                _wide_grads(m, s)
+            eager.step()
+            step()
+    return compiled, eager, compiled_model, eager_model
+
+
+def _ps(make: Any) -> Any:
+    return lambda model: make(model.parameters())
+
+
+go = gradfuse.optim
+
+
+def _with_amp(opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """``opt`` with the scale and verdict GradScaler hands an optimizer that unscales itself."""
+    opt.grad_scale = torch.tensor([4.0])  # type: ignore[attr-defined]
+    opt.found_inf = torch.tensor([0.0])  # type: ignore[attr-defined]
+    return opt
+
+
+# (optimizer with an option whose state lists hold None entries or nested lists, param dtype,
+# fullgraph). Every one failed to compile, or was refused, before these lists could be recorded.
+POLICY_CASES = {
+    # row_vars/col_vars for the weight, variances for the bias: None where absent
+    "Adafactor": (_ps(lambda ps: go.Adafactor(ps, lr=1e-2)), torch.float32, True),
+    # master_params: None for float32 params (a documented no-op)
+    "AdamW-master_weights-float32": (
+        _ps(lambda ps: go.AdamW(ps, master_weights=True)),
+        torch.float32,
+        True,
+    ),
+    "AdamW-master_weights": (
+        _ps(lambda ps: go.AdamW(ps, master_weights=True)),
+        torch.bfloat16,
+        True,
+    ),
+    "Adafactor-master_weights": (
+        _ps(lambda ps: go.Adafactor(ps, master_weights=True)),
+        torch.bfloat16,
+        True,
+    ),
+    "AdamW-kahan": (_ps(lambda ps: go.AdamW(ps, kahan=True)), torch.bfloat16, True),
+    # a 64-bit seed per call: exact through the op, the counter advanced as in eager
+    "AdamW-stochastic": (_ps(lambda ps: go.AdamW(ps, rounding="stochastic")), torch.bfloat16, True),
+    "AdamW-state_float32": (
+        _ps(lambda ps: go.AdamW(ps, state_dtype=torch.float32)),
+        torch.bfloat16,
+        True,
+    ),
+    # state created by the update itself, in the state dtype
+    "SGD-state_bfloat16": (
+        _ps(lambda ps: go.SGD(ps, lr=0.05, momentum=0.9, state_dtype=torch.bfloat16)),
+        torch.float32,
+        True,
+    ),
+    # 8-bit codes and their absmax created by the update: nested state_absmax lists
+    "SGD8bit": (_ps(lambda ps: go.SGD8bit(ps, lr=0.05, momentum=0.9)), torch.float32, True),
+    # The optimizer quantizes its new float state natively on the first step: a graph break.
+    "AdamW8bit": (_ps(go.AdamW8bit), torch.float32, False),
+    "Muon8bit": (lambda m: go.Muon8bit(go.muon_param_groups(m)), torch.float32, False),
+}
+_FAST_POLICY = ("Adafactor", "AdamW-master_weights-float32", "AdamW-stochastic", "AdamW8bit")
+
+
+@pytest.mark.parametrize(
+    "case",
+    [pytest.param(c, marks=() if c in _FAST_POLICY else (pytest.mark.slow,)) for c in POLICY_CASES],
+)
+def test_compiled_policy_step_equals_eager(case: str) -> None:
+    make, dtype, fullgraph = POLICY_CASES[case]
+    _assert_same_bits(*_compiled_and_eager(make, dtype, fullgraph))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(_ps(lambda ps: go.AdamW(ps, lr=1e-2, max_grad_norm=0.01)), id="AdamW"),
+        # AMP's scale as GradScaler sets it: the norm is unscaled by it in the traced program
+        pytest.param(
+            _ps(lambda ps: _with_amp(go.AdamW(ps, lr=1e-2, max_grad_norm=0.01))), id="AdamW-amp"
+        ),
+        # LAMB clips to apex's max_grad_norm=1.0 by default; 0.01 makes it bite here
+        pytest.param(_ps(lambda ps: go.LAMB(ps, max_grad_norm=0.01)), id="LAMB"),
+        pytest.param(
+            lambda m: go.Muon(go.muon_param_groups(m), max_grad_norm=0.01),
+            id="Muon",
+            marks=pytest.mark.slow,
+        ),
+    ],
+)
+def test_compiled_max_grad_norm_traces_and_equals_eager(make: Any) -> None:
+    # max_grad_norm's global norm is a native pass: under torch.compile it is the op
+    # gradfuse::total_norm, so the step traces whole (fullgraph) and clips as eager does.
+    _assert_same_bits(*_compiled_and_eager(make, torch.float32, fullgraph=True))
+
+
+def test_compiled_clip_grad_norm_equals_eager() -> None:
+    # float32 and float64 gradients: two native norm passes, their total in float64.
+    def make() -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        ps = [torch.randn(300, requires_grad=True), torch.randn(7, 3, dtype=torch.float64)]
+        for p in ps:
+            p.grad = torch.randn_like(p)
+        return ps
+
+    def clip(ps: list[torch.Tensor]) -> torch.Tensor:
+        return gradfuse.clip_grad_norm_(ps, 0.5)
+
+    want_params, got_params = make(), make()
+    want = clip(want_params)
+    got = torch.compile(clip, fullgraph=True)(got_params)
+    assert got.dtype == want.dtype
+    assert torch.equal(got, want)
+    for a, b in zip(got_params, want_params, strict=True):
+        assert torch.equal(a.grad, b.grad)  # type: ignore[arg-type]
+
+
+def test_compiled_muon_gives_eager_bits() -> None:
+    # bfloat16 Newton-Schulz: traced by inductor it would keep float32 values where eager
+    # rounds to bfloat16 (1e-4 apart after 3 steps); the op runs the eager update.
+    def make(model: nn.Module) -> torch.optim.Optimizer:
+        return go.Muon(go.muon_param_groups(model))
+
+    _assert_same_bits(*_compiled_and_eager(make, torch.float32, fullgraph=True))
+
+
+def test_amp_skipped_first_step_under_compile() -> None:
+    # A first step that AMP skips creates no momentum buffer in eager, but the traced program
+    # has already put one in the state: the op zeroes it, and with dampening == 0 the next
+    # step's buffer (0 * momentum + g) is eager's first buffer (g).
+    models = [_model(), _model()]
+    models[1].load_state_dict(models[0].state_dict())
+    opts = [gradfuse.optim.SGD(m.parameters(), lr=0.05, momentum=0.9) for m in models]
+    step = torch.compile(opts[1].step, fullgraph=True)
+    for s, inf in enumerate([1.0, 0.0, 0.0]):
+        for m, opt in zip(models, opts, strict=True):
+            _grads(m, s)
+            opt.found_inf = torch.tensor([inf], dtype=torch.float32)  # type: ignore[attr-defined]
+            opt.grad_scale = torch.tensor([1.0], dtype=torch.float32)  # type: ignore[attr-defined]
+        opts[0].step()
+        step()
+        if s == 0:
+            assert not any(opts[0].state.values())  # eager: no buffer created
+            for p in models[1].parameters():
+                assert torch.count_nonzero(opts[1].state[p]["momentum_buffer"]) == 0
+    for i, (a, b) in enumerate(zip(models[1].parameters(), models[0].parameters(), strict=True)):
+        assert torch.equal(a, b), f"param {i}"

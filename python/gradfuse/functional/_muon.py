@@ -39,6 +39,7 @@ from collections.abc import Sequence
 from typing import Any, Unpack
 
 from gradfuse import _native
+from gradfuse._compile import traceable
 from gradfuse._options import check_options, option_names
 from gradfuse.functional import _engine, _muon_sharded, _steps
 from gradfuse.functional._engine import (
@@ -226,6 +227,11 @@ def _check(
                 )
 
 
+# Under torch.compile the whole update (both native passes and the Newton-Schulz iteration
+# between them) is one call of gradfuse's custom op, run eagerly: inductor would fuse the
+# iteration's bfloat16 round trips away (its float32 values kept), and the compiled step would
+# no longer give eager's bits.
+@traceable(written=("master_params", "kahan_comps", "params", "momentum_buffers"))
 @_engine.with_options
 def muon_(
     params: Sequence[Any],

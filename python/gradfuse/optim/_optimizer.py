@@ -446,7 +446,10 @@ class FusedOptimizer(Optimizer):
         # Every group is checked before any is written: a step that raises leaves every param,
         # state tensor and counter as it was (updates that do not plan write group by group).
         writes = []
-        fresh = len(self.state)  # entries made from here on are this step's (dicts keep order)
+        # Entries made from here on are this step's (dicts keep order). Not under torch.compile:
+        # reading the state dict there makes dynamo guard each param through it (a recompile
+        # after every zero_grad).
+        fresh = None if is_compiling() else len(self.state)
         initialized: list[dict[str, Any]] = []
         self._initialized = initialized
         try:
@@ -454,7 +457,7 @@ class FusedOptimizer(Optimizer):
                 writes.append(self._checked_update(index, group, amp))
         except BaseException:
             # A param's first state (zeros, step 0) goes again: the failed step changes nothing.
-            for p in list(self.state)[fresh:]:
+            for p in list(self.state)[fresh:] if fresh is not None else ():
                 del self.state[p]
             for state in initialized:
                 state.clear()

@@ -247,11 +247,8 @@ class PrecisionPolicy:
         (``keys``: the state keys of the call's state lists, in order, for 8-bit state)."""
         if not (self.changes_state or self.rounding != "nearest"):
             return {}
-        if torch.compiler.is_compiling():
-            raise NotImplementedError(
-                f"{name}: master_weights, state_dtype, rounding and kahan are not supported "
-                f"under torch.compile yet; step this optimizer eagerly"
-            )
+        # No refusal under torch.compile: these lists (None entries, 8-bit absmax lists nested
+        # per state list) are recorded into gradfuse's custom op like any other (_compile.py).
         kwargs: dict[str, Any] = {}
         if self.master_weights:
             kwargs["master_params"] = [
