@@ -218,6 +218,18 @@ def _is_dtensor(x: object) -> bool:
     )
 
 
+def refuse_sharded(name: str, x: object, why: str) -> None:
+    """Raise NotImplementedError naming ``name`` if ``x`` is a DTensor sharded over some mesh
+    dimension (FSDP2): for an update that is not elementwise (``why``: what it needs of the
+    whole tensor), a rank's local shard is not the tensor."""
+    if _is_dtensor(x) and any(p.is_shard() for p in x.placements):  # type: ignore[attr-defined]
+        raise NotImplementedError(
+            f"{name}: DTensor sharded as {tuple(x.placements)} (global shape "  # type: ignore[attr-defined]
+            f"{tuple(x.shape)}): {why}, which a rank's shard does not hold; not supported for "  # type: ignore[attr-defined]
+            f"sharded (FSDP2) params yet"
+        )
+
+
 def _dtensor_local(t: Any, name: str) -> tuple[Any, str]:
     """A DTensor (torch.distributed.tensor: FSDP2's sharded params and grads, tensor
     parallelism) is updated through its local shard: every gradfuse update is elementwise, so

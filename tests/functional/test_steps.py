@@ -64,3 +64,23 @@ def test_increment_all_uses_either_path_with_the_same_result() -> None:
     assert _steps.increment_all(mixed) == [2.0, 3.0]
     assert mixed[1].dtype == torch.int64
     assert mixed[1].item() == 3
+
+
+def test_read_only_numpy_counter_is_refused_before_any_counter_moves() -> None:
+    # The counters advance one by one after every other check: a read-only one found then had
+    # already let the ones before it advance (and raised numpy's message, naming nothing).
+    import numpy as np
+
+    from gradfuse.functional import adam_
+
+    params = [np.random.default_rng(0).standard_normal(5).astype(np.float32) for _ in range(2)]
+    grads = [np.ones(5, np.float32) for _ in range(2)]
+    state = [[np.zeros(5, np.float32) for _ in range(2)] for _ in range(2)]
+    read_only = np.array(0.0)
+    read_only.flags.writeable = False
+    steps = [np.array(0.0), read_only]
+    before = [p.copy() for p in params]
+    with pytest.raises(ValueError, match=r"adam_: state_steps\[1\] is a read-only numpy array"):
+        adam_(params, grads, state[0], state[1], state_steps=steps, lr=0.1)
+    assert float(steps[0]) == 0.0
+    assert all(np.array_equal(p, b) for p, b in zip(params, before, strict=True))

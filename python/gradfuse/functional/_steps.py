@@ -36,6 +36,13 @@ def check_counters(op: str, name: str, counters: Sequence[Any], n: int, params_n
             f"{op}: {name} holds plain numbers, so it must be a mutable sequence (a list) to "
             f"be updated in place"
         )
+    for i, c in enumerate(counters):
+        # Checked now: the counters are advanced one by one, after every other check.
+        if type(c).__name__ == "ndarray" and not c.flags.writeable:
+            raise ValueError(
+                f"{op}: {name}[{i}] is a read-only numpy array (shape {c.shape}, dtype "
+                f"{c.dtype}); counters are advanced in place"
+            )
 
 
 def _plain_tensors(counters: Sequence[Any]) -> bool:

@@ -107,6 +107,14 @@ class PrecisionPolicy:
             raise ValueError(f"{what}: {option} needs bfloat16 params")
         sd = self.state_dtype
         if self.q8:
+            from gradfuse._buffers import refuse_sharded
+
+            refuse_sharded(
+                what,
+                p,
+                "8-bit state (state_dtype=torch.uint8) needs its blocks of 256 elements and the "
+                "param's whole state to quantize a checkpoint",
+            )
             if p.dtype not in (
                 torch.float32,
                 torch.float16,
