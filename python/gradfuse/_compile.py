@@ -331,19 +331,10 @@ def _dtypes() -> tuple[Any, ...]:
 class _Reader:
     """Rebuilds a recorded call from the op's arguments (the inverse of :class:`_Recording`)."""
 
-    def __init__(
-        self,
-        name: str,
-        written: list[Any],
-        read: list[Any],
-        floats: list[float],
-        ints: list[int],
-        tensors: list[Any],
-        layout: list[int],
-    ) -> None:
+    def __init__(self, name: str, sources: dict[str, list[Any]], layout: list[int]) -> None:
+        """``sources``: the op's lists by argument name (written, read, floats, ints, tensors)."""
         self.name = name
-        self.sources = {"written": written, "read": read, "floats": floats, "ints": ints}
-        self.sources["tensors"] = tensors
+        self.sources = sources
         self.at = dict.fromkeys(self.sources, 0)
         self.layout = layout
         self.pos = 0
@@ -432,7 +423,8 @@ def _run(
     if name not in _REGISTRY:
         raise KeyError(f"{OP_NAME}: no gradfuse function named {name!r} is registered")
     fn, params, _, _ = _REGISTRY[name]
-    reader = _Reader(name, written, read, floats, ints, tensors, layout)
+    sources = {"written": written, "read": read, "floats": floats, "ints": ints}
+    reader = _Reader(name, {**sources, "tensors": tensors}, layout)
     kwargs: dict[str, Any] = {}
     for p in params:
         if reader.pos < len(layout) and layout[reader.pos] == _ABSENT:

@@ -198,16 +198,7 @@ def test_all_targets_ignored(reduction: str, label_smoothing: float) -> None:
     x = torch.randn(4, 5)
     t = torch.full((4,), -100)
     for w in (None, torch.rand(5)):
-        _check(
-            F.cross_entropy,
-            gnf.cross_entropy,
-            x,
-            t,
-            weight=w,
-            reduction=reduction,
-            label_smoothing=label_smoothing,
-        )
-        _check(F.nll_loss, gnf.nll_loss, x, t, weight=w, reduction=reduction)
+        _check_ce_and_nll(x, t, w, reduction, label_smoothing)
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -222,6 +213,13 @@ def test_zero_total_target_weight(
     t = torch.full((shape[0], *shape[2:]), 3)
     t.view(-1)[0] = -100
     w = torch.tensor([1.0, 2.0, 0.5, 0.0, 1.5])
+    _check_ce_and_nll(x, t, w, reduction, label_smoothing)
+
+
+def _check_ce_and_nll(
+    x: torch.Tensor, t: torch.Tensor, w: torch.Tensor | None, reduction: str, smoothing: float
+) -> None:
+    """:func:`_check` of cross_entropy (with ``smoothing``) and nll_loss on the same inputs."""
     _check(
         F.cross_entropy,
         gnf.cross_entropy,
@@ -229,7 +227,7 @@ def test_zero_total_target_weight(
         t,
         weight=w,
         reduction=reduction,
-        label_smoothing=label_smoothing,
+        label_smoothing=smoothing,
     )
     _check(F.nll_loss, gnf.nll_loss, x, t, weight=w, reduction=reduction)
 

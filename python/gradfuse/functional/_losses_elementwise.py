@@ -251,20 +251,21 @@ def _cast(x: Any, dtype: Any) -> Any:
     return x.to(dtype) if is_torch(x) else x.astype(dtype)
 
 
-def _check_pair(op: str, input: Any, target: Any) -> None:
-    for name, x in (("input", input), ("target", target)):
+def _check_pair(op: str, input: Any, other: Any, name: str = "target") -> None:
+    """``other`` (the argument ``name``) is of input's kind (torch or numpy) and on its device."""
+    for arg, x in (("input", input), (name, other)):
         if not (is_torch(x) or type(x).__module__ == "numpy"):
             raise TypeError(
-                f"{op}: {name} must be a torch.Tensor or numpy.ndarray, got {_buffers.describe(x)}"
+                f"{op}: {arg} must be a torch.Tensor or numpy.ndarray, got {_buffers.describe(x)}"
             )
-    if is_torch(input) != is_torch(target):
+    if is_torch(input) != is_torch(other):
         raise TypeError(
-            f"{op}: input ({_buffers.describe(input)}) and target ({_buffers.describe(target)}) "
+            f"{op}: input ({_buffers.describe(input)}) and {name} ({_buffers.describe(other)}) "
             "must both be torch tensors or both numpy arrays"
         )
-    if is_torch(input) and input.device != target.device:
+    if is_torch(input) and input.device != other.device:
         raise ValueError(
-            f"{op}: input is on {input.device} but target is on {target.device}; expected the "
+            f"{op}: input is on {input.device} but {name} is on {other.device}; expected the "
             "same device"
         )
 
@@ -291,9 +292,9 @@ def compute(
     """
     kind = KIND_CODES[op]
     _check_pair(op, input, target)
-    for x in (weight, pos_weight):
+    for name, x in (("weight", weight), ("pos_weight", pos_weight)):
         if x is not None:
-            _check_pair(op, input, x)
+            _check_pair(op, input, x, name)
     allowed = (*_REDUCTIONS, "batchmean") if op == "kl_div" else _REDUCTIONS
     if reduction not in allowed:
         raise ValueError(f"{reduction} is not a valid value for reduction")
@@ -430,12 +431,8 @@ def check_out(op: str, input: Any, out: Any) -> None:
     """``out=`` of a ``*_with_grad`` call receives dloss/dinput, which has the input's shape and
     dtype: it must have them, be on the input's device and be C-contiguous. Refused before
     anything is written, as the softmax losses refuse it, rather than cast or re-laid silently."""
+    _check_pair(op, input, out, "out")
     ob = _buffers.as_buffer(out, f"{op}: out", writable=True)
-    if is_torch(out) != is_torch(input):
-        raise TypeError(
-            f"{op}: out ({ob.describe()}) and input ({_buffers.describe(input)}) must both be "
-            "torch tensors or both numpy arrays"
-        )
     if tuple(out.shape) != tuple(input.shape):
         raise ValueError(
             f"{op}: out has shape {tuple(out.shape)} but input has shape "
@@ -445,10 +442,6 @@ def check_out(op: str, input: Any, out: Any) -> None:
         raise TypeError(
             f"{op}: out has dtype {_dtype_name(out)} but input has dtype {_dtype_name(input)}; "
             "expected the same dtype (the gradient is the input's dtype)"
-        )
-    if is_torch(out) and out.device != input.device:
-        raise ValueError(
-            f"{op}: out is on {out.device} but input is on {input.device}; expected the same device"
         )
     if not _is_c_contiguous(out):
         raise ValueError(f"{op}: out must be C-contiguous, got strides {ob.strides}")
