@@ -218,16 +218,20 @@ def _is_dtensor(x: object) -> bool:
     )
 
 
-def refuse_sharded(name: str, x: object, why: str) -> None:
-    """Raise NotImplementedError naming ``name`` if ``x`` is a DTensor sharded over some mesh
-    dimension (FSDP2): for an update that is not elementwise (``why``: what it needs of the
-    whole tensor), a rank's local shard is not the tensor."""
-    if _is_dtensor(x) and any(p.is_shard() for p in x.placements):  # type: ignore[attr-defined]
-        raise NotImplementedError(
-            f"{name}: DTensor sharded as {tuple(x.placements)} (global shape "  # type: ignore[attr-defined]
-            f"{tuple(x.shape)}): {why}, which a rank's shard does not hold; not supported for "  # type: ignore[attr-defined]
-            f"sharded (FSDP2) params yet"
-        )
+def refuse_sharded(op: str, params: Sequence[Any], why: str) -> None:
+    """Raise NotImplementedError naming ``op``'s ``params[i]`` if it is a DTensor sharded over
+    some mesh dimension (FSDP2): for an update that is not elementwise (``why``: what it needs
+    of the whole tensor), a rank's local shard is not the tensor."""
+    plain = _plain_tensor_types
+    if plain and all(type(p) in plain for p in params):
+        return  # the usual step: a type check per param, no message built
+    for i, x in enumerate(params):
+        if _is_dtensor(x) and any(pl.is_shard() for pl in x.placements):
+            raise NotImplementedError(
+                f"{op}: params[{i}]: DTensor sharded as {tuple(x.placements)} (global shape "
+                f"{tuple(x.shape)}): {why}, which a rank's shard does not hold; not supported "
+                f"for sharded (FSDP2) params yet"
+            )
 
 
 def _dtensor_local(t: Any, name: str) -> tuple[Any, str]:

@@ -423,8 +423,8 @@ def _run(
     if name not in _REGISTRY:
         raise KeyError(f"{OP_NAME}: no gradfuse function named {name!r} is registered")
     fn, params, _, _ = _REGISTRY[name]
-    sources = {"written": written, "read": read, "floats": floats, "ints": ints}
-    reader = _Reader(name, {**sources, "tensors": tensors}, layout)
+    sources = {"written": written, "read": read, "floats": floats, "ints": ints, "tensors": tensors}
+    reader = _Reader(name, sources, layout)
     kwargs: dict[str, Any] = {}
     for p in params:
         if reader.pos < len(layout) and layout[reader.pos] == _ABSENT:

@@ -168,7 +168,7 @@ def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
         (["--threads", "0"], "--threads 0: expected a positive number"),
         (["--threads", "-3"], "--threads -3: expected a positive number"),
         (["--json", "{tmp}"], "is a directory"),
-        (["--markdown", "{tmp}/no/such/r.md"], "does not exist"),
+        (["--markdown", "{tmp}/a_file/r.md"], "is a file, not a folder"),
         (["--plot", "{tmp}"], "is a directory"),
     ],
 )
@@ -180,6 +180,7 @@ def test_bad_run_options_exit_2_before_the_run(
 ) -> None:
     # Checked before anything runs (an output path used to be tried only after the whole run,
     # losing its results with a traceback; --threads 0 ended in one).
+    (tmp_path / "a_file").write_text("")
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     assert main(["bench", "--ops", "sgd", "--sizes", "1K", "--repeat", "1", *args]) == 2
     err = capsys.readouterr().err

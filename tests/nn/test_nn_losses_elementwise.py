@@ -565,6 +565,10 @@ def test_autocast_computes_in_float32_like_torch(
             inv = involved
             if device == "cuda" and plain and reduction != "none":
                 inv = {xd, yd, torch.float32}  # l1's elementwise loss, then the sum's float32
+            if device == "cuda" and case.name == "mse_loss" and case.weight is not None:
+                # torch subtracts in the operands' dtypes before its float32 pow; gradfuse
+                # computes in float32 throughout: judged against float64, not torch's bits.
+                inv = involved | {xd, yd}
             fns = [getattr(GF, case.name), getattr(TF, case.name)]
             ours, theirs = (
                 _loss_and_grads(fn, case, x, y, w, pw, reduction, go, amp_dtype) for fn in fns

@@ -100,7 +100,7 @@ def test_state_follows_the_params_layout(name: str, kwargs: dict[str, Any], how:
                 assert torch.equal(value, straight.state[p][key]), key
 
 
-@pytest.mark.parametrize(("name", "kwargs"), EIGHT_BIT, ids=str)
+@pytest.mark.parametrize(("name", "kwargs"), [*EIGHT_BIT, ("Muon", {"lr": 0.02})], ids=str)
 @pytest.mark.parametrize("how", ["fresh", "resume", "mid_run"])
 def test_8bit_state_in_the_params_layout(name: str, kwargs: dict[str, Any], how: str) -> None:
     """8-bit state takes the param's layout (its blocks of 256 counted in that memory order);

@@ -497,6 +497,56 @@ def test_a_step_refused_in_one_group_changes_no_group(spec: OptimSpec, bad: str)
         assert not opt.state.get(other)  # no first state made for the refused param
 
 
+@pytest.mark.parametrize("name", ["LAMB", "Adafactor", "ScheduleFreeAdamW", "Muon"])
+def test_a_group_by_group_update_keeps_what_it_wrote(name: str) -> None:
+    """Updates that write group by group (LAMB, Adafactor, Muon, schedule-free): a refusal in a
+    later group leaves the earlier groups stepped, and their state is kept (a first step's
+    rollback must not delete state of params that were stepped)."""
+    gen = torch.Generator().manual_seed(5)
+    good = torch.randn(6, 4, generator=gen).requires_grad_(True)
+    bad = torch.randn(8, 6, generator=gen)[::2, ::2].requires_grad_(True)  # strided: refused
+    groups: list[dict[str, Any]] = [{"params": [good]}, {"params": [bad]}]
+    opt = getattr(gradfuse.optim, name)(groups, lr=0.01)
+    if hasattr(opt, "train"):
+        opt.train()
+    good.grad = torch.randn(6, 4, generator=gen)
+    bad.grad = torch.randn(4, 3, generator=gen)
+    before = good.detach().clone()
+    with pytest.raises((ValueError, TypeError)):
+        opt.step()
+    assert not torch.equal(good.detach(), before)  # written before the refusal (documented)
+    assert opt.state.get(good), "the stepped param's state was deleted"
+
+
+def test_a_relayout_undone_when_the_step_fails_otherwise() -> None:
+    """A re-laid param's 8-bit state is quantized again in its new layout only if the step
+    then goes through: with a refused param beside it, the state stays bit for bit."""
+    gen = torch.Generator().manual_seed(6)
+    p = torch.randn(8, 4, 3, 3, generator=gen).requires_grad_(True)
+    opt = gradfuse.optim.AdamW8bit([p], min_8bit_size=16)
+    p.grad = torch.randn(p.shape, generator=gen)
+    opt.step()
+    p.data = p.detach().clone(memory_format=torch.channels_last)  # model.to(channels_last)
+    bad = torch.randn(8, 6, generator=gen)[::2, ::2].requires_grad_(True)
+    bad.grad = torch.randn(4, 3, generator=gen)
+    opt.param_groups[0]["params"].append(bad)
+    state = [v for v in opt.state[p].values() if torch.is_tensor(v)]
+    before = _snapshot(state)
+    with pytest.raises(ValueError, match=r"params\[1\]") as raised:
+        opt.step()
+    assert raised.value.__context__ is None or raised.value.__context__ is not raised.value
+    assert_unchanged(before, _snapshot([v for v in opt.state[p].values() if torch.is_tensor(v)]))
+
+
+def test_add_param_group_checks_named_params() -> None:
+    opt = gradfuse.optim.AdamW(
+        [torch.randn(3, dtype=torch.bfloat16, requires_grad=True)], kahan=True
+    )
+    with pytest.raises(ValueError, match="kahan=True needs bfloat16 params"):
+        opt.add_param_group({"params": [("w", torch.randn(3, requires_grad=True))]})
+    assert len(opt.param_groups) == 1
+
+
 # ---------------------------------------------------------------------------------------------
 # Losses: where torch raises, gradfuse raises (a clear error, never a crash) and changes nothing.
 

@@ -109,15 +109,15 @@ def _csv(text: str | None) -> list[str]:
 
 def _check_output(option: str, path: str | None) -> None:
     """An output path that can be written once the run is over (checked before it starts, so
-    that a typo does not lose a long run's results)."""
+    that a typo does not lose a long run's results; missing folders are made when writing)."""
     if path is None:
         return
     target = Path(path)
     if target.is_dir():
         raise ValueError(f"--{option} {path}: is a directory; give a file name")
-    parent = target.parent
-    if not parent.is_dir():
-        raise ValueError(f"--{option} {path}: the folder {parent} does not exist")
+    for parent in target.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"--{option} {path}: {parent} is a file, not a folder")
 
 
 def _devices(choice: str) -> list[str]:

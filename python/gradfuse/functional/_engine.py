@@ -354,7 +354,7 @@ _PLANS: ContextVar[list[Callable[[], None]] | None] = ContextVar("gradfuse_plans
 class Planned:
     """Within this context, :func:`update` checks its arguments and appends the update itself
     (everything that writes) to the list it gives, instead of running it. (A class, not a
-    generator: entered once per param group and step, it costs a fifth of one.)"""
+    generator: entered once per param group and step, it costs a third of one.)"""
 
     __slots__ = ("plans", "token")
 

@@ -146,6 +146,10 @@ def _torch_refuses(op: str, input: Any, target: Any) -> bool:
     )
 
 
+class DtypeRefusedError(TypeError, RuntimeError):
+    """Operand dtypes a loss refuses: torch's RuntimeError (its message) and a TypeError."""
+
+
 def _torch_error(
     op: str, input: Any, target: Any, pos_weight: Any, reduction: str, log_target: bool
 ) -> Any:
@@ -216,11 +220,17 @@ def _promote(
     name = str(dtype).removeprefix("torch.") if is_torch(input) else dtype.name
     refused = _torch_refuses(op, input, target)
     if refused or name not in _SUPPORTED:
+        pair = f"input ({_buffers.describe(input)}) and target ({_buffers.describe(target)})"
         if is_torch(input):
             err = _torch_error(op, input, target, pos_weight, reduction, log_target)
+            if type(err) is RuntimeError:
+                # torch's message, for the drop-ins; a TypeError too, naming the operands, as
+                # gradfuse's own functions refuse a dtype (`except TypeError` keeps working).
+                refused_err = DtypeRefusedError(str(err))
+                refused_err.add_note(f"gradfuse {op}: {pair}: expected floating-point operands")
+                raise refused_err
             if err is not None:
                 raise err
-        pair = f"input ({_buffers.describe(input)}) and target ({_buffers.describe(target)})"
         if refused:
             raise TypeError(
                 f"{op}: {pair}: torch's {op} refuses these dtypes too; expected floating-point "

@@ -85,6 +85,11 @@ def _to_device(x: Any, device: int) -> Any:
     return x.to(target, non_blocking=True).contiguous()
 
 
+class LayoutMismatch(ValueError):
+    """A tensor the update writes is laid out otherwise than its param (refused before anything
+    is written). An optimizer that owns that tensor (its state) may re-lay it and step again."""
+
+
 def _copy_like(ref: Buffer, src: Buffer) -> Any:
     """A copy of ``src``'s values (in its dtype) laid out like ``ref`` (for a read-only slot)."""
     if ref.is_torch:
@@ -177,7 +182,7 @@ def prepare(
                 mismatches.append((d, i))
             if other.strides != ref.strides:
                 if name in written_set:
-                    raise ValueError(
+                    raise LayoutMismatch(
                         f"{op}: {name}[{at(i)}] has strides {other.strides} but {names[0]}[{at(i)}] "
                         f"has strides {ref.strides}; tensors updated in place must share the "
                         f"params' memory layout"

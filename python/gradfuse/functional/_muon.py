@@ -38,7 +38,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, Unpack
 
-from gradfuse import _native
+from gradfuse import _buffers, _native
 from gradfuse._compile import traceable
 from gradfuse._options import check_options, option_names
 from gradfuse.functional import _engine, _muon_sharded, _steps
@@ -438,11 +438,11 @@ def _check_precision(
     import torch
 
     for i, buf in enumerate(momentum_buffers):
-        if buf.dtype == torch.uint8 and not buf.is_contiguous():
+        if buf.dtype == torch.uint8 and not _buffers._is_dense(buf.shape, buf.stride()):
             raise ValueError(
                 f"muon_: momentum_buffers[{i}] holds uint8 codes (shape {tuple(buf.shape)}, "
-                f"strides {buf.stride()}); 8-bit codes must be contiguous (as "
-                f"gradfuse.optim.quantize_blockwise makes them)"
+                f"strides {buf.stride()}); 8-bit codes must fill one block of memory (their "
+                f"blocks of 256 are counted in its order)"
             )
     policy.signed = [True]  # the momentum buffer: the signed map
     policy.prepare_buffers(
@@ -475,7 +475,7 @@ def _working_copies(
         if buf.dtype == torch.uint8:
             assert state_absmax is not None  # _check_precision
             absmax = state_absmax[0][i]
-            work = torch.empty(buf.shape, dtype=torch.float32, device=buf.device)
+            work = torch.empty_like(buf, dtype=torch.float32)  # the codes' memory order
             _quant8._blockwise8(core.dequantize_blockwise8, work, buf, absmax, True)
             back.append((buf, work, absmax))
         elif buf.dtype != torch.float32:  # bfloat16 buffers of float32 params

@@ -131,8 +131,7 @@ def lamb_(
     if isinstance(step, bool) or not isinstance(step, int) or step < 1:
         raise ValueError(f"lamb_: step must be an int >= 1 (this step's number), got {step!r}")
     h = _engine.hyper_of(LAMB, locals())
-    for i, p in enumerate(params):
-        _buffers.refuse_sharded(f"lamb_: params[{i}]", p, "the trust ratio takes its norms")
+    _buffers.refuse_sharded(LAMB.op, params, "the trust ratio takes its norms")
     slots = [
         ("params", params),
         ("grads", grads),
@@ -232,10 +231,9 @@ def adafactor_(
     if options.get("state_absmax") is not None:
         raise ValueError(f"{op}: state_absmax is for 8-bit state; {_NO_8BIT}")
     h = _engine.hyper_of(ADAFACTOR, locals())
-    for i, p in enumerate(params):
-        _buffers.refuse_sharded(
-            f"{op}: params[{i}]", p, "its step takes the RMS, and a matrix its row and column means"
-        )
+    _buffers.refuse_sharded(
+        op, params, "its step takes the RMS, and a matrix its row and column means"
+    )
     n = len(params)
     lists = {"grads": grads, "row_vars": row_vars, "col_vars": col_vars, "variances": variances}
     for name, values in (*lists.items(), ("state_steps", state_steps)):

@@ -33,9 +33,13 @@ def autocast_device_type(input: Tensor) -> str | None:
     Every loss in gradfuse.nn is on autocast's float32 list on the CPU and on CUDA (aten's
     autocast_mode.cpp: mse_loss, l1_loss, smooth_l1_loss, huber_loss,
     binary_cross_entropy_with_logits, kl_div, nll_loss, and cross_entropy_loss on the CPU; on
-    CUDA cross_entropy decomposes into log_softmax and nll_loss, whose result is float32 too):
-    torch computes them in float32 and returns a float32 loss. A 16-bit loss would also round
-    the upstream gradient to 16 bits, which GradScaler's scale (65536) overflows in float16.
+    CUDA cross_entropy decomposes into log_softmax, kept in the logits' dtype, and nll_loss,
+    whose result is float32): torch returns a float32 loss. A 16-bit loss would also round the
+    upstream gradient to 16 bits, which GradScaler's scale (65536) overflows in float16.
+    gradfuse casts the operands to float32 on both devices (on the CPU so does torch); on CUDA
+    that makes cross_entropy hold a float32 copy of the logits and a float32 gradient, where
+    torch holds 16-bit log-probabilities (values: gradfuse's are the float32 ones). A float32
+    loss written by the kernel from the 16-bit logits would avoid the copy (not done yet).
     """
     device_type = input.device.type
     if device_type in _AUTOCAST_DEVICE_TYPES and torch.is_autocast_enabled(device_type):

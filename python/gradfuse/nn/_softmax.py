@@ -76,23 +76,24 @@ def _scale_grad(ctx: Any, grad: Tensor, grad_output: Tensor, target: Tensor) -> 
     (transformers' ForCausalLMLoss divides an all-ignored batch's summed loss by
     num_items_in_batch = 0: grad_output is inf). A finite scalar keeps zeros zero: there the
     plain product serves."""
-    if ctx.reduction != "none" and grad_output.device.type == "cpu":
-        # Reading a CPU scalar is no synchronisation: decide on its value here.
-        g = float(grad_output)
-        if g == 1.0:
-            return grad  # skip a full pass
-        if math.isfinite(g):
-            return grad.mul_(grad_output)
+    if grad_output.device.type == "cpu":
+        # Reading CPU values is no synchronisation: decide on them here.
+        if ctx.reduction != "none":
+            g = float(grad_output)
+            if g == 1.0:
+                return grad  # skip a full pass
+            if math.isfinite(g):
+                return grad.mul_(grad_output)
+        elif bool(torch.isfinite(grad_output).all()):
+            go = grad_output if ctx.class_dim == 0 else grad_output.unsqueeze(1)
+            return grad.mul_(go)  # finite factors keep the ignored rows' zeros zero
     go = grad_output
     if not ctx.prob_target:
         # A factor per row, 0 on the ignored rows; no host sync (CUDA, or a per-row or
         # non-finite grad_output). Targets compare as int64 (uint8 ones would not equal -100).
         index = target if target.dtype == torch.int64 else target.to(torch.int64)
         ignored = index == ctx.args[0]
-        if go.shape == ignored.shape:
-            go = go.masked_fill(ignored, 0)
-        else:  # a scalar grad_output (or an unbatched input's one row)
-            go = torch.where(ignored, go.new_zeros(()), go)
+        go = torch.where(ignored, 0.0, go)  # a per-row factor (a scalar's broadcast)
     if ctx.class_dim == 1 and go.dim() > 0:
         go = go.unsqueeze(1)
     return grad.mul_(go)

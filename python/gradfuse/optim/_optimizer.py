@@ -34,6 +34,7 @@ from gradfuse._compile import is_compiling
 from gradfuse._options import show_options
 from gradfuse.functional import _engine
 from gradfuse.functional._engine import Spec, State
+from gradfuse.functional._multi_tensor import LayoutMismatch
 from gradfuse.optim._precision import PrecisionPolicy
 from gradfuse.optim._torch_compat import (
     capturable_step,
@@ -129,6 +130,8 @@ class FusedOptimizer(Optimizer):
     _precision: PrecisionPolicy
     # The state dicts this step filled for the first time (emptied again if the step raises).
     _initialized: list[dict[str, Any]] | None = None
+    # The writes of this step's checked groups, run once all are checked (None: not in a step).
+    _writes: list[Callable[[], None]] | None = None
     # Why 8-bit state is refused, for an optimizer whose state is not moments (None: allowed).
     _no_8bit: ClassVar[str | None] = None
 
@@ -204,7 +207,9 @@ class FusedOptimizer(Optimizer):
         if hasattr(self, "_precision") and not isinstance(params, set):
             params = [params] if isinstance(params, Tensor) else list(params)
             param_group["params"] = params  # as torch lists them (a generator is read once)
-            for i, p in enumerate(params):
+            for i, entry in enumerate(params):
+                # torch's named params are (name, param) pairs
+                p = entry[1] if isinstance(entry, tuple) and len(entry) == 2 else entry
                 if isinstance(p, Tensor):
                     self._precision.check_param(type(self).__name__, p, i)
         super().add_param_group(param_group)
@@ -319,10 +324,17 @@ class FusedOptimizer(Optimizer):
 
     # --- step --------------------------------------------------------------------------------
 
-    def _update(self, group: dict[str, Any], amp: dict[str, Any]) -> Callable[[], None] | None:
+    def _defer(self, write: Callable[[], None]) -> None:
+        """Run ``write`` once every param group of this step is checked (now, outside a step)."""
+        if self._writes is None:
+            write()
+        else:
+            self._writes.append(write)
+
+    def _update(self, group: dict[str, Any], amp: dict[str, Any]) -> None:
         """One functional call for the group's params that have a gradient: checked here, its
-        writes returned (run by :meth:`_step` once every group is checked). A subclass whose
-        update does not plan returns None, having written."""
+        writes deferred (:meth:`_defer`) until every group is checked. A subclass's update that
+        does not defer writes group by group."""
         gathered = self._gather_plain(group)
         plain = gathered is not None  # then no gradient is sparse and no param complex
         if gathered is None:
@@ -330,7 +342,7 @@ class FusedOptimizer(Optimizer):
         params, grads, lists = gathered
         if not plain and any(g.is_sparse for g in grads):
             self._sparse_step(group, amp, gathered)
-            return None
+            return
         spec = self._spec
         options = self._options(group)
         if spec.capturable:
@@ -370,7 +382,7 @@ class FusedOptimizer(Optimizer):
             if creates and new_state is not None:
                 self._keep_created(params, new_state, lowprec, keys)
 
-        return write
+        self._defer(write)
 
     def _keep_created(
         self, params: list[Tensor], new: list[Any], lowprec: dict[str, Any], keys: tuple[str, ...]
@@ -444,17 +456,23 @@ class FusedOptimizer(Optimizer):
             "clip_coef": self._clip_coef(grad_scale),
         }
         # Every group is checked before any is written: a step that raises leaves every param,
-        # state tensor and counter as it was (updates that do not plan write group by group).
-        writes = []
+        # state tensor and counter as it was (updates that do not defer write group by group).
+        writes: list[Callable[[], None]] = []
         # Entries made from here on are this step's (dicts keep order). Not under torch.compile:
         # reading the state dict there makes dynamo guard each param through it (a recompile
         # after every zero_grad).
         fresh = None if is_compiling() else len(self.state)
         initialized: list[dict[str, Any]] = []
-        self._initialized = initialized
+        self._writes, self._initialized = writes, initialized
         try:
             for index, group in enumerate(self.param_groups):
-                writes.append(self._checked_update(index, group, amp))
+                deferred = len(writes)
+                self._checked_update(index, group, amp)
+                if len(writes) == deferred and fresh is not None:
+                    # This group wrote as it went (LAMB, Muon, ...): the state made so far is
+                    # in use; only what later groups make goes again if one of them raises.
+                    fresh = len(self.state)
+                    initialized.clear()
         except BaseException:
             # A param's first state (zeros, step 0) goes again: the failed step changes nothing.
             for p in list(self.state)[fresh:] if fresh is not None else ():
@@ -463,28 +481,33 @@ class FusedOptimizer(Optimizer):
                 state.clear()
             raise
         finally:
-            self._initialized = None
+            self._writes = self._initialized = None
         for write in writes:
-            if write is not None:
-                write()
+            write()
         return loss
 
-    def _checked_update(
-        self, index: int, group: dict[str, Any], amp: dict[str, Any]
-    ) -> Callable[[], None] | None:
+    def _checked_update(self, index: int, group: dict[str, Any], amp: dict[str, Any]) -> None:
         """:meth:`_update` of param group ``index``, its error saying which group it was."""
         calls = self._precision.calls
         try:
+            undo = None
             try:
-                return self._update(group, amp)
-            except ValueError:
+                self._update(group, amp)
+            except LayoutMismatch:
                 # State in another memory layout than its param's (the param re-laid since the
-                # state was made): the update refused it before writing anything; re-lay the
-                # state and check the group again (with the stochastic-rounding seed it drew).
-                if not self._relayout_state(group["params"]):
+                # state was made), refused before anything was written: re-lay the state and
+                # check the group again, with the stochastic-rounding seed it drew.
+                undo = self._relayout_state(group["params"])
+                if not undo:
                     raise
+            if undo:
                 self._precision.calls = calls
-                return self._update(group, amp)
+                try:
+                    self._update(group, amp)
+                except BaseException:
+                    for state, key, value in undo:  # the failed step changes nothing
+                        state[key] = value
+                    raise
         except (ValueError, TypeError, RuntimeError) as e:
             if len(self.param_groups) > 1:
                 e.add_note(
@@ -506,15 +529,16 @@ class FusedOptimizer(Optimizer):
         self._precision.load(self, state_dict)
         self._relayout_state([p for g in self.param_groups for p in g["params"]])
 
-    def _relayout_state(self, params: list[Tensor]) -> bool:
+    def _relayout_state(self, params: list[Tensor]) -> list[tuple[dict[str, Any], str, Any]]:
         """Each param's state in the param's memory layout (a checkpoint saved before the model
-        went channels-last, a param re-laid mid-run); True if any tensor moved."""
+        went channels-last, a param re-laid mid-run); returns (state, key, previous value) of
+        every entry replaced."""
         state = self.state
-        moved = False
+        replaced: list[tuple[dict[str, Any], str, Any]] = []
         for p in params:
             if p in state:
-                moved |= self._precision.relayout(p, state[p])
-        return moved
+                replaced += self._precision.relayout(p, state[p])
+        return replaced
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()

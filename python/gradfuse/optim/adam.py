@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, Unpack
 
 import torch
@@ -79,7 +78,7 @@ class Adam(FusedOptimizer):
     def _counters_on_device(self, group: dict[str, Any]) -> bool:
         return bool(group["capturable"] or group["fused"])
 
-    def _update(self, group: dict[str, Any], amp: dict[str, Any]) -> Callable[[], None] | None:
+    def _update(self, group: dict[str, Any], amp: dict[str, Any]) -> None:
         if (
             group["foreach"]
             and torch.is_tensor(group["lr"])
@@ -89,7 +88,7 @@ class Adam(FusedOptimizer):
             raise RuntimeError(
                 "lr as a Tensor is not supported for capturable=False and foreach=True"
             )
-        return super()._update(group, amp)
+        super()._update(group, amp)
 
 
 def _checked_betas(

@@ -118,14 +118,12 @@ class ADOPT(FusedOptimizer):
         options["clip_lambda"] = self.__dict__.get("clip_lambda", default_clip_lambda)
         return options
 
-    def _update(self, group: dict[str, Any], amp: dict[str, Any]) -> Callable[[], None] | None:
-        write = super()._update(group, amp)
+    def _update(self, group: dict[str, Any], amp: dict[str, Any]) -> None:
+        super()._update(group, amp)
 
-        def write_and_count() -> None:
-            if write is not None:
-                write()
+        def count() -> None:
             # pytorch_optimizer's group-level count, kept for its checkpoints: the step of the
-            # group's first param with a gradient (one host read).
+            # group's first param with a gradient (one host read), once the step is written.
             for p in group["params"]:
                 if p.grad is not None:
                     step = self.state.get(p, {}).get("step")
@@ -133,7 +131,7 @@ class ADOPT(FusedOptimizer):
                         group["step"] = int(step)
                     break
 
-        return write_and_count
+        self._defer(count)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's, and pytorch_optimizer's checkpoints: a param state without ``step`` takes
