@@ -32,11 +32,10 @@ import gradfuse
 import gradfuse.integrations.timm as gf_timm
 from tolerances import TRAINING_CURVE, assert_close
 
-if importlib.util.find_spec("timm") is None:  # pragma: no cover - depends on the environment
-    pytest.skip(
-        "timm is not installed (`make test` installs it: the Makefile's TIMM_SPEC)",
-        allow_module_level=True,
-    )
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("timm") is None,
+    reason="timm is not installed (`make test` installs it: the Makefile's TIMM_SPEC)",
+)
 
 CLASSES = [
     n
