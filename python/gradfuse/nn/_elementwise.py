@@ -144,10 +144,8 @@ def _apply(
         # loss has torch's dtype and the input's gradient flows back through the cast.
         input = autocast_float32(input, device_type)
         target = autocast_float32(target, device_type)
-        if weight is not None:
-            weight = autocast_float32(weight, device_type)
-        if pos_weight is not None:
-            pos_weight = autocast_float32(pos_weight, device_type)
+        weight = autocast_float32(weight, device_type)
+        pos_weight = autocast_float32(pos_weight, device_type)
     if torch.is_grad_enabled():  # without grad mode no gradient is asked for: nothing to refuse
         _check_grads_implemented(fname, op, target, weight, pos_weight)
         if input.requires_grad or target.requires_grad:

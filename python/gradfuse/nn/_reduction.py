@@ -3,6 +3,8 @@ dtypes torch.autocast gives the losses."""
 
 from __future__ import annotations
 
+from typing import overload
+
 import torch
 from torch import Tensor
 from torch.nn import _reduction as _Reduction
@@ -47,11 +49,17 @@ def autocast_device_type(input: Tensor) -> str | None:
     return None
 
 
-def autocast_float32(t: Tensor, device_type: str) -> Tensor:
+@overload
+def autocast_float32(t: Tensor, device_type: str) -> Tensor: ...
+@overload
+def autocast_float32(t: Tensor | None, device_type: str) -> Tensor | None: ...
+def autocast_float32(t: Tensor | None, device_type: str) -> Tensor | None:
     """``t`` as autocast's float32 policy hands it to the op (aten's cached_cast / is_eligible):
     a floating-point tensor on the autocast device type, other than float64, cast to float32;
-    anything else (float64, integer targets, another device) as it is. The cast is
-    differentiable: ``t``'s gradient comes back in its own dtype."""
+    anything else (float64, integer targets, another device, an absent optional ``None``) as it
+    is. The cast is differentiable: ``t``'s gradient comes back in its own dtype."""
+    if t is None:
+        return None
     if t.is_floating_point() and t.dtype != torch.float64 and t.device.type == device_type:
         return t.to(torch.float32)
     return t

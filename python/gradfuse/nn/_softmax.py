@@ -63,6 +63,21 @@ def _check_tensors(aten_name: str, input: Any, target: Any, weight: Any) -> None
             )
 
 
+def _operands(
+    aten_name: str, input: Any, target: Any, weight: Any
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The operands checked as torch checks them and cast as torch.autocast casts them:
+    cross_entropy and nll_loss are on its float32 list (see autocast_device_type), which casts
+    every eligible floating-point operand (a class-index target is not one)."""
+    _check_tensors(aten_name, input, target, weight)
+    device_type = autocast_device_type(input)
+    if device_type is not None:
+        input = autocast_float32(input, device_type)
+        target = autocast_float32(target, device_type)
+        weight = autocast_float32(weight, device_type)
+    return input, target, weight
+
+
 def _class_dim(input: Tensor) -> int:
     return 0 if input.dim() == 1 else 1
 
@@ -205,14 +220,7 @@ def cross_entropy(
     """Drop-in for :func:`torch.nn.functional.cross_entropy` (same signature and results);
     the loss and its input gradient come from one fused native pass."""
     reduction = legacy_reduction(size_average, reduce, reduction)
-    _check_tensors("cross_entropy_loss", input, target, weight)
-    device_type = autocast_device_type(input)
-    if device_type is not None:
-        # torch.autocast computes cross_entropy in float32 (see autocast_device_type).
-        input = autocast_float32(input, device_type)
-        target = autocast_float32(target, device_type)
-        if weight is not None:
-            weight = autocast_float32(weight, device_type)
+    input, target, weight = _operands("cross_entropy_loss", input, target, weight)
     reason = _native_reason(input)
     if reason is not None:
         _fallback_warning("cross_entropy", reason)
@@ -271,13 +279,7 @@ def nll_loss(
     """Drop-in for :func:`torch.nn.functional.nll_loss` (same signature and results); the loss
     and its input gradient come from one fused native pass."""
     reduction = legacy_reduction(size_average, reduce, reduction)
-    _check_tensors("nll_loss_nd", input, target, weight)
-    device_type = autocast_device_type(input)
-    if device_type is not None:
-        # torch.autocast computes nll_loss in float32 (see autocast_device_type).
-        input = autocast_float32(input, device_type)
-        if weight is not None:
-            weight = autocast_float32(weight, device_type)
+    input, target, weight = _operands("nll_loss_nd", input, target, weight)
     reason = _native_reason(input)
     if reason is not None:
         _fallback_warning("nll_loss", reason)
