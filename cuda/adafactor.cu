@@ -40,6 +40,7 @@
 #include "gradfuse/cuda.h"
 #include "gradfuse/dispatch.h"
 #include "gradfuse/math/convert.h"
+#include "gradfuse/reducing_optim_dispatch.h"
 #include "gradfuse/storage.h"
 #include "reduce.cuh"
 
@@ -472,14 +473,7 @@ void adafactor_stored(const AdafactorArgs& a) {
 }  // namespace
 
 void adafactor(const AdafactorArgs& a) {
-  GF_CHECK(!a.tensors.precision.is_q8(),
-           "adafactor: 8-bit state is not available (the factored state is already O(rows + "
-           "cols) per matrix)");
-  visit_dtype(a.tensors.dtype, "adafactor", [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    visit_storage<T, true>(a.tensors, "adafactor",
-                           [&](auto storage) { adafactor_stored<decltype(storage)>(a); });
-  });
+  dispatch(a, [&](auto storage) { adafactor_stored<decltype(storage)>(a); });
 }
 
 }  // namespace gf::cuda

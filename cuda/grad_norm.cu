@@ -16,6 +16,7 @@
 #include "gradfuse/cuda.h"
 #include "gradfuse/dispatch.h"
 #include "gradfuse/math/convert.h"
+#include "gradfuse/optim_dispatch.h"
 
 namespace gf::cuda {
 namespace {
@@ -163,29 +164,9 @@ void norms(const TensorList& tl, const Rule& rule, OpMath<T>* out) {
 }  // namespace
 
 void grad_norm(const GradNormArgs& a) {
-  visit_dtype(a.tensors.dtype, "grad_norm", [&](auto tag) {
+  dispatch(a, [&](auto tag, auto rule) {
     using T = typename decltype(tag)::type;
-    using OpT = OpMath<T>;
-    auto* out = reinterpret_cast<OpT*>(a.out);
-    using math::NormKind;
-    using math::NormRule;
-    switch (a.kind) {
-      case NormKind::kL2:
-        return norms<T>(a.tensors, NormRule<NormKind::kL2, OpT>{}, out);
-      case NormKind::kL1:
-        return norms<T>(a.tensors, NormRule<NormKind::kL1, OpT>{}, out);
-      case NormKind::kInf:
-        return norms<T>(a.tensors, NormRule<NormKind::kInf, OpT>{}, out);
-      case NormKind::kNegInf:
-        return norms<T>(a.tensors, NormRule<NormKind::kNegInf, OpT>{}, out);
-      case NormKind::kZero:
-        return norms<T>(a.tensors, NormRule<NormKind::kZero, OpT>{}, out);
-      case NormKind::kP:
-        return norms<T>(
-            a.tensors,
-            NormRule<NormKind::kP, OpT>{static_cast<OpT>(a.p), static_cast<OpT>(1.0 / a.p)}, out);
-    }
-    GF_CHECK(false, "grad_norm: unknown norm kind ", static_cast<int>(a.kind));
+    norms<T>(a.tensors, rule, reinterpret_cast<OpMath<T>*>(a.out));
   });
 }
 

@@ -25,6 +25,7 @@
 #include "gradfuse/dispatch.h"
 #include "gradfuse/math/bits.h"
 #include "gradfuse/math/convert.h"
+#include "gradfuse/reducing_optim_dispatch.h"
 #include "gradfuse/storage.h"
 #include "quant8.cuh"
 #include "reduce.cuh"
@@ -281,12 +282,8 @@ void lamb_stored(const LambArgs& a) {
 }  // namespace
 
 void lamb(const LambArgs& a) {
-  visit_dtype(a.tensors.dtype, "lamb", [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    visit_storage<T, true, Q8>(a.tensors, "lamb", [&](auto storage) {
-      using St = decltype(storage);
-      bool_switch([&](auto dec_c) { lamb_stored<decltype(dec_c)::value, St>(a); }, a.decoupled);
-    });
+  dispatch(a, [&](auto storage, auto decoupled_c) {
+    lamb_stored<decltype(decoupled_c)::value, decltype(storage)>(a);
   });
 }
 

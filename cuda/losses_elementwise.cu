@@ -48,7 +48,6 @@ __global__ void __launch_bounds__(kThreads)
   const T* __restrict__ pw = static_cast<const T*>(a.pos_weight);
   T* __restrict__ g = static_cast<T*>(a.grad);
   T* __restrict__ l = static_cast<T*>(a.loss);
-  constexpr bool kPosWeight = kKind == math::ElementwiseLoss::kBceWithLogits && kOption;
   const OpT param = static_cast<OpT>(a.param);
   const OpT gscale = static_cast<OpT>(kReduce ? 1.0 / a.divisor : 1.0);
   const std::int64_t start = static_cast<std::int64_t>(blockIdx.x) * kChunk;
@@ -57,21 +56,12 @@ __global__ void __launch_bounds__(kThreads)
   for (int k = 0; k < kPerThread; ++k) {
     const std::int64_t i = start + threadIdx.x + static_cast<std::int64_t>(k) * kThreads;
     if (i < a.numel) {
-      const OpT xi = math::load(x, i);
-      const OpT yi = math::load(y, i);
-      OpT pwi = OpT(1);
-      if constexpr (kPosWeight) pwi = math::load(pw, i);
-      math::LossGrad<OpT> r = math::elementwise_loss_rule<kKind, kOption>(xi, yi, param, pwi);
-      if constexpr (kWeight) {
-        const OpT wi = math::load(w, i);
-        r.loss = r.loss * wi;
-        r.grad = r.grad * wi;
-      }
-      math::store(g, i, r.grad * gscale);
+      const OpT loss =
+          math::elementwise_loss_at<kKind, kOption, kWeight>(x, y, pw, w, g, i, param, gscale);
       if constexpr (kReduce) {
-        acc += static_cast<double>(r.loss);
+        acc += static_cast<double>(loss);
       } else {
-        math::store(l, i, r.loss);
+        math::store(l, i, loss);
       }
     }
   }

@@ -20,6 +20,7 @@
 #include "common.cuh"
 #include "gradfuse/cuda.h"
 #include "gradfuse/dispatch.h"
+#include "gradfuse/loss_dispatch.h"
 #include "gradfuse/math/convert.h"
 #include "gradfuse/math/losses_softmax.h"
 
@@ -419,14 +420,7 @@ void nll_loss_typed(const SoftmaxLossArgs& a) {
 
 }  // namespace
 
-void cross_entropy(const SoftmaxLossArgs& a) {
-  visit_dtype(a.dtype, "cross_entropy",
-              [&](auto tag) { cross_entropy_typed<typename decltype(tag)::type>(a); });
-}
-
-void nll_loss(const SoftmaxLossArgs& a) {
-  visit_dtype(a.dtype, "nll_loss",
-              [&](auto tag) { nll_loss_typed<typename decltype(tag)::type>(a); });
-}
+GF_SOFTMAX_LOSS_ENTRY(cross_entropy)
+GF_SOFTMAX_LOSS_ENTRY(nll_loss)
 
 }  // namespace gf::cuda

@@ -63,3 +63,11 @@ void dispatch_elementwise_loss(const ElementwiseLossArgs& a, Run&& run) {
 }
 
 }  // namespace gf
+
+// A softmax loss's entry point, the same on both backends: the call's dtype code picks the
+// backend's `name##_typed<T>` (each defines cross_entropy_typed and nll_loss_typed, whose
+// flags it switches on itself: they cut the rows into work differently).
+#define GF_SOFTMAX_LOSS_ENTRY(name)                                                                \
+  void name(const SoftmaxLossArgs& a) {                                                            \
+    visit_dtype(a.dtype, #name, [&](auto tag) { name##_typed<typename decltype(tag)::type>(a); }); \
+  }

@@ -227,6 +227,33 @@ void dispatch(const MuonApplyArgs& a, Apply&& apply) {
   });
 }
 
+// The norm reduction of clip_grad_norm_: the dtype as a tag and the norm's kind as a rule
+// (math/norm.h) in the dtype's compute type. run(tag, rule).
+template <typename Run>
+void dispatch(const GradNormArgs& a, Run&& run) {
+  visit_dtype(a.tensors.dtype, "grad_norm", [&](auto tag) {
+    using OpT = OpMath<typename decltype(tag)::type>;
+    using math::NormKind;
+    using math::NormRule;
+    switch (a.kind) {
+      case NormKind::kL2:
+        return run(tag, NormRule<NormKind::kL2, OpT>{});
+      case NormKind::kL1:
+        return run(tag, NormRule<NormKind::kL1, OpT>{});
+      case NormKind::kInf:
+        return run(tag, NormRule<NormKind::kInf, OpT>{});
+      case NormKind::kNegInf:
+        return run(tag, NormRule<NormKind::kNegInf, OpT>{});
+      case NormKind::kZero:
+        return run(tag, NormRule<NormKind::kZero, OpT>{});
+      case NormKind::kP:
+        return run(tag,
+                   NormRule<NormKind::kP, OpT>{static_cast<OpT>(a.p), static_cast<OpT>(1.0 / a.p)});
+    }
+    GF_CHECK(false, "grad_norm: unknown norm kind ", static_cast<int>(a.kind));
+  });
+}
+
 // The scaling-only pass of clip_grad_norm_: GradScaling on slot 0, no rule.
 template <typename Apply>
 void dispatch(const ScaleGradsArgs& a, Apply&& apply) {

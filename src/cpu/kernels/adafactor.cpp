@@ -39,6 +39,7 @@
 #include "gradfuse/kernels.h"
 #include "gradfuse/math/convert.h"
 #include "gradfuse/math/rounding.h"
+#include "gradfuse/reducing_optim_dispatch.h"
 #include "gradfuse/storage.h"
 
 namespace gf::cpu::GF_ISA {
@@ -484,28 +485,22 @@ void Step<St>::factored() const {
 
 void adafactor(const AdafactorArgs& a) {
   const TensorList& tl = a.tensors;
-  GF_CHECK(!tl.precision.is_q8(),
-           "adafactor: 8-bit state is not available (the factored state "
-           "is already O(rows + cols) per matrix)");
-  visit_dtype(tl.dtype, "adafactor", [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    using OpT = OpMath<T>;
-    visit_storage<T, true>(tl, "adafactor", [&](auto storage) {
-      using St = decltype(storage);
-      const GradFactors<OpT> gf(tl.grad_scaling);
-      if (gf.skip) return;  // AMP found inf/NaN: change nothing
-      const OpT sign = a.maximize ? OpT(-1) : OpT(1);
-      const Step<St> step{
-          a,
-          tl,
-          {(gf.inv_scale * gf.clip) * sign, static_cast<OpT>(a.hyper.one_minus_beta2),
-           static_cast<OpT>(a.hyper.eps1 * a.hyper.eps1), static_cast<OpT>(a.hyper.decay)}};
-      if (a.factored) {
-        step.factored();
-      } else {
-        step.flat();
-      }
-    });
+  dispatch(a, [&](auto storage) {
+    using St = decltype(storage);
+    using OpT = OpMath<typename St::Param>;
+    const GradFactors<OpT> gf(tl.grad_scaling);
+    if (gf.skip) return;  // AMP found inf/NaN: change nothing
+    const OpT sign = a.maximize ? OpT(-1) : OpT(1);
+    const Step<St> step{
+        a,
+        tl,
+        {(gf.inv_scale * gf.clip) * sign, static_cast<OpT>(a.hyper.one_minus_beta2),
+         static_cast<OpT>(a.hyper.eps1 * a.hyper.eps1), static_cast<OpT>(a.hyper.decay)}};
+    if (a.factored) {
+      step.factored();
+    } else {
+      step.flat();
+    }
   });
 }
 

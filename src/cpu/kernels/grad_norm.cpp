@@ -101,29 +101,9 @@ void norms(const TensorList& tl, const Rule& rule, OpMath<T>* out) {
 }  // namespace
 
 void grad_norm(const GradNormArgs& a) {
-  visit_dtype(a.tensors.dtype, "grad_norm", [&](auto tag) {
+  dispatch(a, [&](auto tag, auto rule) {
     using T = typename decltype(tag)::type;
-    using OpT = OpMath<T>;
-    auto* out = reinterpret_cast<OpT*>(a.out);
-    auto with = [&](auto rule) { norms<T>(a.tensors, rule, out); };
-    using math::NormKind;
-    using math::NormRule;
-    switch (a.kind) {
-      case NormKind::kL2:
-        return with(NormRule<NormKind::kL2, OpT>{});
-      case NormKind::kL1:
-        return with(NormRule<NormKind::kL1, OpT>{});
-      case NormKind::kInf:
-        return with(NormRule<NormKind::kInf, OpT>{});
-      case NormKind::kNegInf:
-        return with(NormRule<NormKind::kNegInf, OpT>{});
-      case NormKind::kZero:
-        return with(NormRule<NormKind::kZero, OpT>{});
-      case NormKind::kP:
-        return with(
-            NormRule<NormKind::kP, OpT>{static_cast<OpT>(a.p), static_cast<OpT>(1.0 / a.p)});
-    }
-    GF_CHECK(false, "grad_norm: unknown norm kind ", static_cast<int>(a.kind));
+    norms<T>(a.tensors, rule, reinterpret_cast<OpMath<T>*>(a.out));
   });
 }
 

@@ -30,6 +30,7 @@
 #include "gradfuse/kernels.h"
 #include "gradfuse/math/bits.h"
 #include "gradfuse/math/convert.h"
+#include "gradfuse/reducing_optim_dispatch.h"
 
 namespace gf::cpu::GF_ISA {
 namespace {
@@ -213,21 +214,15 @@ void lamb_stored(const LambArgs& a) {
 }  // namespace
 
 void lamb(const LambArgs& a) {
-  visit_dtype(a.tensors.dtype, "lamb", [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    visit_storage<T, true, Q8>(a.tensors, "lamb", [&](auto storage) {
-      using St = decltype(storage);
-      bool_switch(
-          [&](auto dec_c) {
-            constexpr bool kDec = decltype(dec_c)::value;
-            if constexpr (std::is_same_v<St, Storage<T, T, kParamNearest>>) {
-              lamb_typed<kDec, T>(a);  // the default storage: the loops on the tensors directly
-            } else {
-              lamb_stored<kDec, St>(a);
-            }
-          },
-          a.decoupled);
-    });
+  dispatch(a, [&](auto storage, auto decoupled_c) {
+    using St = decltype(storage);
+    using T = typename St::Param;
+    constexpr bool kDecoupled = decltype(decoupled_c)::value;
+    if constexpr (std::is_same_v<St, Storage<T, T, kParamNearest>>) {
+      lamb_typed<kDecoupled, T>(a);  // the default storage: the loops on the tensors directly
+    } else {
+      lamb_stored<kDecoupled, St>(a);
+    }
   });
 }
 

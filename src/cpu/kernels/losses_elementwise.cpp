@@ -40,7 +40,6 @@ double loss_block(const ElementwiseLossArgs& a, std::int64_t begin, std::int64_t
   const T* GF_RESTRICT pw = static_cast<const T*>(a.pos_weight);
   T* GF_RESTRICT g = static_cast<T*>(a.grad);
   T* GF_RESTRICT l = static_cast<T*>(a.loss);
-  constexpr bool kPosWeight = kKind == math::ElementwiseLoss::kBceWithLogits && kOption;
   const OpT param = static_cast<OpT>(a.param);
   // The gradient factor of the reduction, computed in double and rounded once (rule 3).
   const OpT gscale = static_cast<OpT>(kReduce ? 1.0 / a.divisor : 1.0);
@@ -50,21 +49,12 @@ double loss_block(const ElementwiseLossArgs& a, std::int64_t begin, std::int64_t
     OpT buf[kTile];
     for (int j = 0; j < n; ++j) {
       const std::int64_t i = t0 + j;
-      const OpT xi = math::load(x, i);
-      const OpT yi = math::load(y, i);
-      OpT pwi = OpT(1);
-      if constexpr (kPosWeight) pwi = math::load(pw, i);
-      math::LossGrad<OpT> r = math::elementwise_loss_rule<kKind, kOption>(xi, yi, param, pwi);
-      if constexpr (kWeight) {
-        const OpT wi = math::load(w, i);
-        r.loss = r.loss * wi;
-        r.grad = r.grad * wi;
-      }
-      math::store(g, i, r.grad * gscale);
+      const OpT loss =
+          math::elementwise_loss_at<kKind, kOption, kWeight>(x, y, pw, w, g, i, param, gscale);
       if constexpr (kReduce) {
-        buf[j] = r.loss;
+        buf[j] = loss;
       } else {
-        math::store(l, i, r.loss);
+        math::store(l, i, loss);
       }
     }
     if constexpr (kReduce) {

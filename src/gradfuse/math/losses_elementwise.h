@@ -16,6 +16,7 @@
 
 #include "gradfuse/config.h"
 #include "gradfuse/math/bits.h"
+#include "gradfuse/math/convert.h"
 #include "gradfuse/math/fastmath.h"
 
 namespace gf::math {
@@ -42,7 +43,7 @@ GF_HD GF_INLINE OpT blend(bool c, OpT a, OpT b) {
   if constexpr (std::is_same_v<OpT, float>) {
     return fastmath_detail::select(c, a, b);
   } else {
-    return select_bits<OpT>(MaskBits<OpT>{0} - static_cast<MaskBits<OpT> >(c), a, b);
+    return select_bits<OpT>(MaskBits<OpT>{0} - static_cast<MaskBits<OpT>>(c), a, b);
   }
 #endif
 }
@@ -197,6 +198,26 @@ GF_HD GF_INLINE LossGrad<OpT> elementwise_loss_rule(OpT x, OpT y, OpT param, OpT
   } else {
     return kl_div_rule<kOption>(x, y);  // kOption: log_target
   }
+}
+
+// Element i of a loss pass, the same for the CPU's blocked loop and the CUDA kernel: the rule
+// on input x[i] and target y[i] (with BCE's pos_weight pw[i] when kPosWeight), loss and
+// gradient times weight w[i] when kWeight, and the gradient stored to g[i] scaled by gscale (the
+// reduction's factor, rounded once). Returns the weighted loss, for the caller to sum or store.
+template <ElementwiseLoss kKind, bool kOption, bool kWeight, typename T, typename OpT = OpMath<T>>
+GF_HD GF_INLINE OpT elementwise_loss_at(const T* GF_RESTRICT x, const T* GF_RESTRICT y,
+                                        const T* GF_RESTRICT pw, const T* GF_RESTRICT w,
+                                        T* GF_RESTRICT g, std::int64_t i, OpT param, OpT gscale) {
+  constexpr bool kPosWeight = kKind == ElementwiseLoss::kBceWithLogits && kOption;
+  const OpT pwi = kPosWeight ? load(pw, i) : OpT(1);
+  LossGrad<OpT> r = elementwise_loss_rule<kKind, kOption>(load(x, i), load(y, i), param, pwi);
+  if constexpr (kWeight) {
+    const OpT wi = load(w, i);
+    r.loss = r.loss * wi;
+    r.grad = r.grad * wi;
+  }
+  store(g, i, r.grad * gscale);
+  return r.loss;
 }
 
 }  // namespace gf::math
