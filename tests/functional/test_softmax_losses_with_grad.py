@@ -114,12 +114,58 @@ def test_loss_only() -> None:
     tolerances.assert_close(loss, F.cross_entropy(x, t), tolerances.LOSS[torch.float32], "loss")
 
 
+# Rows of fewer than 16 classes run as tiles of 64 rows, transposed (ce_short_rows in
+# src/cpu/kernels/losses_softmax.cpp). Sizes around the tile; their values against torch are in
+# tests/nn/test_cross_entropy.py (shapes C7, C10x130).
+SHORT_ROWS = [(1, 1), (63, 7), (64, 10), (65, 15), (200, 10)]
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal bit for bit (a NaN equals the same NaN)."""
+    return a.shape == b.shape and torch.equal(
+        a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8)
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("prob", [False, True])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_short_rows_equal_the_strided_layout(
+    dtype: torch.dtype, prob: bool, weighted: bool
+) -> None:
+    """Short rows, transposed into tiles, give bit for bit what the same values laid out as
+    (1, C, N) give (the K-dimensional path, reading the classes strided), in place too."""
+    for n, c in SHORT_ROWS:
+        x = (torch.randn(n, c, dtype=torch.float64) * 3).to(dtype)
+        if prob:
+            t = torch.softmax(torch.randn(n, c, dtype=torch.float64), 1).to(dtype)
+            t_k = t.t().unsqueeze(0).contiguous()
+        else:
+            t = torch.randint(0, c, (n,))
+            t[::5] = -100
+            t_k = t.unsqueeze(0)
+        w = torch.rand(c, dtype=torch.float64).add(0.5).to(dtype) if weighted else None
+        x_k = x.t().unsqueeze(0).contiguous()
+        for reduction in ("none", "mean", "sum"):
+            kw = {"reduction": reduction, "label_smoothing": 0.1}
+            loss, grad = cross_entropy_with_grad(x, t, w, **kw)  # type: ignore[arg-type]
+            loss_k, grad_k = cross_entropy_with_grad(x_k, t_k, w, **kw)  # type: ignore[arg-type]
+            assert _same_bits(grad, grad_k[0].t()), (n, c, reduction)
+            assert _same_bits(loss, loss_k[0] if reduction == "none" else loss_k), (n, c)
+            xi = x.clone()
+            loss_i, grad_i = cross_entropy_with_grad(xi, t, w, out=xi, **kw)  # type: ignore[arg-type]
+            assert grad_i is xi
+            assert _same_bits(xi, grad), (n, c, reduction)
+            assert _same_bits(loss_i, loss), (n, c, reduction)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_deterministic_across_threads_and_runs(dtype: torch.dtype) -> None:
     cases = [
         (torch.randn(300, 4097).to(dtype), torch.randint(0, 4097, (300,)), {}),
         (torch.randn(8, 40, 129).to(dtype), torch.randint(0, 40, (8, 129)), {}),
         (torch.randn(300, 1000).to(dtype), torch.rand(300, 1000).to(dtype), {}),
+        (torch.randn(3000, 10).to(dtype), torch.randint(0, 10, (3000,)), {}),
     ]
     saved = gradfuse.get_num_threads()
     try:

@@ -21,8 +21,10 @@ import tolerances
 from conftest import DTYPES
 
 # (input shape, class dim size): odd class counts, unbatched, K-dimensional, empty batch.
-SHAPES = [(5, 1), (6, 7), (3, 4097), (7,), (2, 7, 3, 5), (3, 4, 1, 2, 3), (0, 7)]
-SHAPE_IDS = ["C1", "C7", "C4097", "unbatched", "kdim2", "kdim3", "empty"]
+# C10x130: rows shorter than 16 classes go 64 at a time through a tiled path; 130 ends in a
+# partial tile.
+SHAPES = [(5, 1), (6, 7), (130, 10), (3, 4097), (7,), (2, 7, 3, 5), (3, 4, 1, 2, 3), (0, 7)]
+SHAPE_IDS = ["C1", "C7", "C10x130", "C4097", "unbatched", "kdim2", "kdim3", "empty"]
 REDUCTIONS = ["none", "mean", "sum"]
 
 

@@ -308,20 +308,32 @@ OpMath<T> ce_prob_row(const T* x, const T* t, T* g, std::int64_t n, const OpMath
   return mass * log_s - wt_shift;
 }
 
-// ---- tiles of positions (inner > 1): row (n, s) is input[n, :, s], stride `inner` -----------
-// Loops run over the classes outside and over kTile contiguous positions inside (vectorized);
-// exp is recomputed in the gradient pass instead of stored (these rows are short in practice).
+// ---- tiles of positions: up to kTile rows side by side, class-major -------------------------
+// Loops run over the classes outside and over the tile's contiguous positions inside
+// (vectorized across rows); exp is recomputed in the gradient pass instead of stored (these rows
+// are short in practice). Serves inner > 1, where row (n, s) is input[n, :, s] with stride
+// `inner`, and short rows (inner == 1, classes < kLanes) once transposed (ce_short_rows).
+
+// Class c of the tile's position i is x[c * S + i] (likewise the probability targets tp and the
+// gradient g); ty[i] is position i's class-index target.
+template <typename T>
+struct Tile {
+  const T* x;
+  const T* tp;
+  const std::int64_t* ty;
+  T* g;
+  std::int64_t S;
+};
 
 template <typename T, bool kGrad, bool kWeighted, bool kSmoothing, bool kProb>
-void ce_tile(const SoftmaxLossArgs& a, std::int64_t n, std::int64_t s0, std::int64_t len,
-             const OpMath<T>* w, const Consts<OpMath<T>>& k, OpMath<T>* row_loss) {
+void ce_tile(const Tile<T>& tile, std::int64_t C, std::int64_t len, const OpMath<T>* w,
+             const Consts<OpMath<T>>& k, OpMath<T>* row_loss) {
   using OpT = OpMath<T>;
-  const std::int64_t C = a.classes, S = a.inner;
-  const T* x = reinterpret_cast<const T*>(a.input) + n * C * S + s0;
-  T* g = kGrad ? reinterpret_cast<T*>(a.grad) + n * C * S + s0 : nullptr;
-  const T* tp = kProb ? reinterpret_cast<const T*>(a.target) + n * C * S + s0 : nullptr;
-  const std::int64_t* ty =
-      kProb ? nullptr : reinterpret_cast<const std::int64_t*>(a.target) + n * S + s0;
+  const T* x = tile.x;
+  T* g = tile.g;
+  const T* tp = tile.tp;
+  const std::int64_t* ty = tile.ty;
+  const std::int64_t S = tile.S;
   OpT m[kTile], sum[kTile], mass[kTile], wshift[kTile], shifted_y[kTile], scale_s[kTile];
   bool live[kTile];
   for (std::int64_t i = 0; i < len; ++i) {
@@ -370,22 +382,30 @@ void ce_tile(const SoftmaxLossArgs& a, std::int64_t n, std::int64_t s0, std::int
   }
   if constexpr (kGrad) {
     const OpT smooth_scaled = k.c_s * k.scale;
-    // Pass over the classes writing every gradient element; x is read before g is written at
-    // the same index, so the opt-in in-place mode (g == x) is safe.
+    math::MaskBits<OpT> live_mask[kTile];
+    for (std::int64_t i = 0; i < len; ++i) live_mask[i] = math::MaskBits<OpT>{0} - live[i];
+    // Pass over the classes writing every gradient element. Each class's gradients are
+    // computed into a local row first and then stored: g may be x (the opt-in in-place mode),
+    // so a loop reading x and writing g would have to stay scalar; the two loops vectorize.
     for (std::int64_t c = 0; c < C; ++c) {
       const OpT wc = kWeighted ? w[c] : OpT(1);
+      OpT gv[kTile];
       for (std::int64_t i = 0; i < len; ++i) {
         const OpT ex = math::vexp(math::load(x, c * S + i) - m[i]);
-        OpT gv;
         if constexpr (kProb) {
           const OpT wt = math::prob_target_weight<kWeighted, kSmoothing>(
               math::load(tp, c * S + i), wc, k.one_minus_eps, k.c_s);
-          gv = math::prob_grad(ex, scale_s[i], wt, k.scale);
+          gv[i] = math::prob_grad(ex, scale_s[i], wt, k.scale);
         } else {
-          gv = live[i] ? math::class_grad<kSmoothing>(ex, scale_s[i], smooth_scaled, wc) : OpT(0);
+          // A select by a mask of OpT's width, not `live ? ... : 0`: g++ may not speculate the
+          // product (trapping math), and neither that branch nor a bool widened to a mask
+          // vectorizes.
+          gv[i] = math::select_bits(live_mask[i],
+                                    math::class_grad<kSmoothing>(ex, scale_s[i], smooth_scaled, wc),
+                                    OpT(0));
         }
-        math::store(g, c * S + i, gv);
       }
+      for (std::int64_t i = 0; i < len; ++i) math::store(g, c * S + i, gv[i]);
     }
     if constexpr (!kProb) {
       for (std::int64_t i = 0; i < len; ++i) {
@@ -397,6 +417,39 @@ void ce_tile(const SoftmaxLossArgs& a, std::int64_t n, std::int64_t s0, std::int
         math::store(g, y * S + i,
                     math::class_grad_target<kSmoothing>(coef, p_y, w_y, k.weight_sum, k.scale));
       }
+    }
+  }
+}
+
+// A row of fewer than kLanes classes leaves row_exp's vector loop empty: its fixed costs (the
+// lane trees, one scalar exp after another) are the whole row. Such rows go kTile at a time
+// through ce_tile instead, transposed into class-major buffers (in cache) so that its loops run
+// across the rows. Every sum over a row's classes is in class order on both paths (row_max and
+// row_exp add a short row in their tail loop into one lane; ce_tile adds class after class), so
+// the results are the row path's bit for bit.
+template <typename T, bool kGrad, bool kWeighted, bool kSmoothing, bool kProb>
+void ce_short_rows(const SoftmaxLossArgs& a, std::int64_t r0, std::int64_t len, const OpMath<T>* w,
+                   const Consts<OpMath<T>>& k, OpMath<T>* row_loss) {
+  const std::int64_t C = a.classes;
+  T xs[kLanes * kTile];
+  T ts[kProb ? kLanes * kTile : 1];
+  T gs[kGrad ? kLanes * kTile : 1];
+  const T* x = reinterpret_cast<const T*>(a.input) + r0 * C;
+  const T* tp = kProb ? reinterpret_cast<const T*>(a.target) + r0 * C : nullptr;
+  for (std::int64_t i = 0; i < len; ++i) {
+    for (std::int64_t c = 0; c < C; ++c) {
+      xs[c * kTile + i] = x[i * C + c];
+      if constexpr (kProb) ts[c * kTile + i] = tp[i * C + c];
+    }
+  }
+  const std::int64_t* ty = kProb ? nullptr : reinterpret_cast<const std::int64_t*>(a.target) + r0;
+  ce_tile<T, kGrad, kWeighted, kSmoothing, kProb>(Tile<T>{xs, ts, ty, gs, kTile}, C, len, w, k,
+                                                  row_loss);
+  if constexpr (kGrad) {
+    // After the tile has read x: the opt-in in-place mode (grad == input) is safe.
+    T* g = reinterpret_cast<T*>(a.grad) + r0 * C;
+    for (std::int64_t i = 0; i < len; ++i) {
+      for (std::int64_t c = 0; c < C; ++c) g[i * C + c] = gs[c * kTile + i];
     }
   }
 }
@@ -473,7 +526,14 @@ void cross_entropy_typed(const SoftmaxLossArgs& a) {
         constexpr bool kProb = decltype(prob_c)::value;
         const T* x = reinterpret_cast<const T*>(a.input);
         T* g = reinterpret_cast<T*>(a.grad);
-        if (S == 1) {
+        if (S == 1 && C < kLanes) {
+          const std::int64_t tiles = (a.outer + kTile - 1) / kTile;
+          for_units(tiles, 4 * C * kTile, [&](std::int64_t u) {
+            const std::int64_t r0 = u * kTile;
+            ce_short_rows<T, kGrad, kWeighted, kSmoothing, kProb>(
+                a, r0, std::min(kTile, a.outer - r0), w, k, row_loss.data() + r0);
+          });
+        } else if (S == 1) {
           for_units(a.outer, 3 * C, [&](std::int64_t r) {
             thread_local RowBuffer<T> buf;
             const T* next = x + (r + 1 < a.outer ? r + 1 : r) * C;
@@ -491,7 +551,12 @@ void cross_entropy_typed(const SoftmaxLossArgs& a) {
           const std::int64_t tiles = (S + kTile - 1) / kTile;
           for_units(a.outer * tiles, 4 * C * kTile, [&](std::int64_t u) {
             const std::int64_t n = u / tiles, s0 = u % tiles * kTile;
-            ce_tile<T, kGrad, kWeighted, kSmoothing, kProb>(a, n, s0, std::min(kTile, S - s0), w, k,
+            const std::int64_t at = n * C * S + s0;  // element (n, 0, s0)
+            const Tile<T> tile{
+                x + at, kProb ? reinterpret_cast<const T*>(a.target) + at : nullptr,
+                kProb ? nullptr : reinterpret_cast<const std::int64_t*>(a.target) + n * S + s0,
+                kGrad ? g + at : nullptr, S};
+            ce_tile<T, kGrad, kWeighted, kSmoothing, kProb>(tile, C, std::min(kTile, S - s0), w, k,
                                                             row_loss.data() + n * S + s0);
           });
         }
