@@ -21,6 +21,10 @@ List arguments may hold ``None`` entries (Adafactor's ``row_vars`` for a bias, t
 and lists (``state_absmax``: one list per state list): the nesting and the ``None`` entries
 travel in the layout, and the eager function gets them back as they were.
 
+A callable argument (ADOPT's ``clip_lambda``, called with each step's count) travels as its index
+in a table of the callables traced so far in this process (dynamo guards on the object itself, so
+another callable recompiles).
+
 State created on the first step (SGD's ``momentum_buffers`` entries that are ``None`` when
 ``momentum != 0``: the lists named in ``traceable(creates=...)``, whose predicate holds) is
 created by the traced code with ``torch.empty_like`` (in the call's ``state_dtype``; for 8-bit
@@ -34,7 +38,9 @@ the new tensors to the state, so the op zeroes them; the next step then starts f
 
 ``max_grad_norm`` and :func:`gradfuse.clip_grad_norm_` reduce the gradients natively too: under
 torch.compile :mod:`gradfuse._clip` calls the ops ``gradfuse::total_norm`` and
-``gradfuse::scale_grads_``, which run the eager functions (the same bits).
+``gradfuse::scale_grads_``, which run the eager functions (the same bits). So does 8-bit state's
+quantization (:func:`gradfuse.optim._quant8.quantize_blockwise`: the fresh zero state of a first
+step, a float checkpoint's state), as ``gradfuse::quantize_blockwise8``.
 
 Losses (hook for the loss functions): they are pure functions with outputs (loss, grad), not
 in-place updates, so they want their own ops: ``torch.library.custom_op("gradfuse::<loss>",
@@ -80,7 +86,8 @@ _ALWAYS_WRITTEN = ("state_absmax",)
     _STR,  # operand n, then n code points
     _WRITTEN,  # operand n, then n entries from `written`
     _READ,  # operand n, then n entries from `read`
-) = range(13)
+    _CALLABLE,  # operand: the callable's index in _CALLABLES (ADOPT's clip_lambda)
+) = range(14)
 # Entry codes of a _WRITTEN / _READ list.
 (
     _E_TENSOR,  # the next tensor of the list's source
@@ -88,6 +95,11 @@ _ALWAYS_WRITTEN = ("state_absmax",)
     _E_FRESH,  # the next of `written`: new state; None for the function, filled in after
     _E_LIST,  # operand m, then m entries: a nested list (state_absmax)
 ) = range(4)
+
+# The callables traced calls have passed (ADOPT's clip_lambda), by the index their layout
+# names: appended while dynamo traces (by :func:`_callable_index`, which dynamo runs rather than
+# traces), kept for the process (a compiled program may run them at any later step).
+_CALLABLES: list[Callable[..., Any]] = []
 
 OP_NAME = "gradfuse::fused_update_"
 _SCHEMA = (
@@ -98,6 +110,8 @@ NORM_OP = "gradfuse::total_norm"
 _NORM_SCHEMA = "(str op, Tensor[] grads, float norm_type) -> Tensor"
 SCALE_OP = "gradfuse::scale_grads_"
 _SCALE_SCHEMA = "(Tensor(a!)[] grads, Tensor clip_coef) -> ()"
+QUANTIZE_OP = "gradfuse::quantize_blockwise8"
+_QUANTIZE_SCHEMA = "(Tensor x, bool signed) -> (Tensor, Tensor)"
 
 
 def is_compiling() -> bool:
@@ -180,6 +194,13 @@ class _Recording:
         elif isinstance(v, torch.Tensor):
             self.tensors.append(v)
             lay.append(_TENSOR)
+        elif callable(v):
+            # A Python callable cannot be an operand of an op: the layout names it by its index
+            # in _CALLABLES instead. id(v) makes dynamo guard on this very object (it guards a
+            # function on its code alone otherwise: a closure with other values would reuse the
+            # program, and the index, of the first).
+            _ = id(v)
+            lay += [_CALLABLE, _callable_index(v)]
         elif isinstance(v, int):
             # Exactly (a float would round a 64-bit stochastic-rounding seed), as two int64
             # halves (a seed may reach 2**64), with no comparison: a seed dynamo traces as a
@@ -212,8 +233,8 @@ class _Recording:
         else:
             raise TypeError(
                 f"{self.name}: argument {p} ({type(v).__name__}) cannot be recorded for "
-                f"torch.compile (expected None, a number, a string, a dtype, a tensor or a list "
-                f"of them)"
+                f"torch.compile (expected None, a number, a string, a dtype, a tensor, a "
+                f"callable or a list of them)"
             )
 
     def entries(
@@ -294,6 +315,23 @@ def _record(name: str, bound: dict[str, Any]) -> None:
     torch.ops.gradfuse.fused_update_(
         name, rec.written, rec.read, rec.floats, rec.ints, rec.tensors, rec.layout
     )
+
+
+def _callable_index(fn: Callable[..., Any]) -> int:
+    """``fn``'s index in :data:`_CALLABLES` (appended if new). Dynamo runs it while it traces
+    (marked below), its result a constant of the program: the op finds ``fn`` there when the
+    program runs."""
+    for i, known in enumerate(_CALLABLES):
+        if known is fn:
+            return i
+    _CALLABLES.append(fn)
+    return len(_CALLABLES) - 1
+
+
+# torch._dynamo.assume_constant_result(_callable_index), spelled as what it does (it sets this
+# attribute, torch/_dynamo/decorators.py): importing torch._dynamo to call it would add ~1.3 s to
+# `import gradfuse.optim`. tests/integrations/test_compile.py checks the attribute is dynamo's.
+_callable_index._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 def _numbers(v: Sequence[Any]) -> bool:
@@ -382,6 +420,14 @@ class _Reader:
             return "".join(chr(self.code()) for _ in range(self.code()))
         if code in (_WRITTEN, _READ):
             return self.entries(self.code(), "written" if code == _WRITTEN else "read")
+        if code == _CALLABLE:
+            index = self.code()
+            if not 0 <= index < len(_CALLABLES):
+                raise ValueError(
+                    f"{OP_NAME}: {self.name} names callable {index}, which this process has not "
+                    f"traced (a program compiled in another process: compile it again here)"
+                )
+            return _CALLABLES[index]
         raise ValueError(f"{OP_NAME}: unknown layout code {code} for {self.name}")
 
     def entries(self, n: int, source: str) -> list[Any]:
@@ -447,9 +493,9 @@ _DEFINED: set[str] = set()  # the ops defined so far
 
 
 def _define_ops() -> None:
-    """Define ``gradfuse::fused_update_``, ``gradfuse::total_norm`` and
-    ``gradfuse::scale_grads_`` (torch imported here). Never called while tracing: dynamo would
-    trace into the definition."""
+    """Define ``gradfuse::fused_update_``, ``gradfuse::total_norm``, ``gradfuse::scale_grads_``
+    and ``gradfuse::quantize_blockwise8`` (torch imported here). Never called while tracing:
+    dynamo would trace into the definition."""
     import torch
 
     # The schemas are spelled out: annotations are strings here (``from __future__``).
@@ -495,10 +541,24 @@ def _define_ops() -> None:
     def _(grads: list[torch.Tensor], clip_coef: torch.Tensor) -> None:
         return None
 
+    @torch.library.custom_op(QUANTIZE_OP, mutates_args=(), schema=_QUANTIZE_SCHEMA)
+    def quantize_blockwise8(x: torch.Tensor, signed: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        from gradfuse.optim import _quant8
+
+        return _quant8.quantize_blockwise(x, signed)  # new tensors: no alias of x
+
+    @quantize_blockwise8.register_fake
+    def _(x: torch.Tensor, signed: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        from gradfuse.optim import _quant8
+
+        # As the eager function allocates them: codes in x's memory order (see _in_memory_order).
+        codes = torch.empty_like(_quant8._in_memory_order(x), dtype=torch.uint8)
+        return codes, x.new_empty(_quant8.blocks(x.numel()), dtype=torch.float32)
+
 
 def register_ops() -> None:
     """Define the custom ops once (called where torch is imported anyway: gradfuse.optim, and
     gradfuse.functional when torch is already loaded), so that tracing never defines them."""
     if OP_NAME not in _DEFINED:
         _define_ops()
-        _DEFINED.update((OP_NAME, NORM_OP, SCALE_OP))
+        _DEFINED.update((OP_NAME, NORM_OP, SCALE_OP, QUANTIZE_OP))

@@ -373,9 +373,12 @@ POLICY_CASES = {
     ),
     # 8-bit codes and their absmax created by the update: nested state_absmax lists
     "SGD8bit": (_ps(lambda ps: go.SGD8bit(ps, lr=0.05, momentum=0.9)), torch.float32, True),
-    # The optimizer quantizes its new float state natively on the first step: a graph break.
-    "AdamW8bit": (_ps(go.AdamW8bit), torch.float32, False),
-    "Muon8bit": (lambda m: go.Muon8bit(go.muon_param_groups(m)), torch.float32, False),
+    # The optimizer quantizes its new zero state on the first step: the op
+    # gradfuse::quantize_blockwise8 (a graph break at the native call before it).
+    "AdamW8bit": (_ps(go.AdamW8bit), torch.float32, True),
+    "Adam8bit-bfloat16": (_ps(go.Adam8bit), torch.bfloat16, True),
+    "Muon8bit": (lambda m: go.Muon8bit(go.muon_param_groups(m)), torch.float32, True),
+    "ADOPT8bit": (_ps(go.ADOPT8bit), torch.float32, True),
 }
 _FAST_POLICY = ("Adafactor", "AdamW-master_weights-float32", "AdamW-stochastic", "AdamW8bit")
 
@@ -463,3 +466,109 @@ def test_amp_skipped_first_step_under_compile() -> None:
                 assert torch.count_nonzero(opts[1].state[p]["momentum_buffer"]) == 0
     for i, (a, b) in enumerate(zip(models[1].parameters(), models[0].parameters(), strict=True)):
         assert torch.equal(a, b), f"param {i}"
+
+
+def test_quantize_op_passes_opcheck() -> None:
+    x = torch.randn(700) * 3.0  # three blocks of 256, the last one short
+    for signed in (True, False):
+        torch.library.opcheck(torch.ops.gradfuse.quantize_blockwise8.default, (x.abs(), signed))
+    codes, absmax = torch.ops.gradfuse.quantize_blockwise8(x, True)
+    want_codes, want_absmax = gradfuse.optim.quantize_blockwise(x, True)
+    assert torch.equal(codes, want_codes)
+    assert torch.equal(absmax, want_absmax)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(_ps(lambda ps: go.ADOPT(ps, lr=1e-2, weight_decay=1e-3)), id="default"),
+        # the clip off; weight decay decoupled
+        pytest.param(
+            _ps(lambda ps: go.ADOPT(ps, clip_lambda=None, weight_decay=1e-2, weight_decouple=True)),
+            id="no-clip",
+        ),
+        pytest.param(
+            _ps(lambda ps: go.ADOPT(ps, lr=1e-2, max_grad_norm=0.01)),
+            id="max_grad_norm",
+            marks=pytest.mark.slow,
+        ),
+    ],
+)
+def test_compiled_adopt_traces_and_equals_eager(make: Any) -> None:
+    # ADOPT's clip_lambda (a Python callable) travels to the op by its index in a table, and
+    # its group count (a host read of the step) is read when the state is: a whole graph.
+    compiled, eager, compiled_model, eager_model = _compiled_and_eager(
+        make, torch.float32, fullgraph=True
+    )
+    _assert_same_bits(compiled, eager, compiled_model, eager_model)
+    # pytorch_optimizer's group["step"], in the checkpoint as in eager
+    ours, theirs = compiled.state_dict(), eager.state_dict()
+    assert [g["step"] for g in ours["param_groups"]] == [3]
+    assert ours["param_groups"] == theirs["param_groups"]
+
+
+def _clip_power(power: float) -> Any:
+    return lambda step: step**power  # one code object for every power: dynamo's usual guard
+
+
+def test_compiled_adopt_follows_a_new_clip_lambda() -> None:
+    # A clip_lambda replaced between steps by a closure of the same code (another power):
+    # the compiled step must call the new one (dynamo guards on the object, and recompiles).
+    first = _model()
+    models = [first, copy.deepcopy(first)]
+    opts = [go.ADOPT(m.parameters(), lr=0.1, clip_lambda=_clip_power(0.25)) for m in models]
+    step = torch.compile(opts[0].step, fullgraph=True)
+    for s in range(5):
+        if s == 3:
+            for opt in opts:
+                opt.clip_lambda = _clip_power(0.01)  # type: ignore[attr-defined]
+        for m in models:
+            _grads(m, s)
+            for p in m.parameters():
+                p.grad.mul_(100.0)  # type: ignore[union-attr]  # gradients the clip bites
+        step()
+        opts[1].step()
+    for i, (a, b) in enumerate(zip(models[0].parameters(), models[1].parameters(), strict=True)):
+        assert torch.equal(a, b), f"param {i}: compiled with a new clip_lambda differs from eager"
+
+
+def test_untraced_callable_is_an_error() -> None:
+    # A layout naming a callable this process never traced (a program compiled elsewhere).
+    c = gradfuse._compile
+    index = len(c._CALLABLES)
+    one = [c._WRITTEN, 1, c._E_TENSOR]
+    # params, grads (read), exp_avgs, exp_avg_sqs, state_steps, lr, beta1, beta2, clip_lambda
+    layout = [*one, c._READ, 1, c._E_TENSOR, *one, *one, *one, c._FLOAT, c._FLOAT, c._FLOAT]
+    layout += [c._CALLABLE, index]
+    layout += [c._ABSENT] * (len(inspect.signature(gradfuse.functional.adopt_).parameters) - 9)
+    written = [torch.zeros(3), torch.zeros(3), torch.zeros(3), torch.zeros(())]
+    with pytest.raises(ValueError, match="has not traced"):
+        torch.ops.gradfuse.fused_update_(
+            "adopt_", written, [torch.ones(3)], [0.1, 0.9, 0.99], [], [], layout
+        )
+    assert torch.count_nonzero(written[3]) == 0  # refused before anything ran
+
+
+def test_callable_index_is_marked_as_dynamo_marks_it() -> None:
+    """_compile marks _callable_index by hand (importing torch._dynamo for its decorator would
+    slow `import gradfuse.optim` by ~1.3 s): the mark must be the one dynamo's decorator sets."""
+
+    def f() -> None:
+        return None
+
+    marked = torch._dynamo.assume_constant_result(f)  # type: ignore[no-untyped-call]
+    attrs = set(vars(marked))
+    assert attrs, "assume_constant_result no longer marks by an attribute"
+    for attr in attrs:
+        assert getattr(gradfuse._compile._callable_index, attr) == getattr(marked, attr), attr
+
+
+def test_importing_gradfuse_does_not_import_dynamo() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, gradfuse, gradfuse.optim, gradfuse.nn; print('torch._dynamo' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stdout + out.stderr

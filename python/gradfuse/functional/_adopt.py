@@ -87,6 +87,7 @@ ADOPT = Spec(
 )
 
 
+@traceable(written=written(ADOPT))
 @_engine.with_options
 def adopt_(
     params: Sequence[Any],

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradfuse import _native
+from gradfuse import _compile, _native
 
 BLOCK = 256
 ABSMAX_SUFFIX = "_absmax"  # state[p][key + ABSMAX_SUFFIX]: the absmax of the 8-bit state[p][key]
@@ -77,6 +77,10 @@ def quantize_blockwise(x: Tensor, signed: bool = True) -> tuple[Tensor, Tensor]:
     tests/optim/test_8bit.py for the one place they differ: values below ~1e-4 of their block's
     absmax)."""
     _check_tensor(x, "quantize_blockwise: x", torch.float32, None)
+    if _compile.is_compiling():  # dynamo cannot trace the native call: one opaque op instead
+        _compile.require_op(_compile.QUANTIZE_OP, "quantize_blockwise")
+        traced: tuple[Tensor, Tensor] = torch.ops.gradfuse.quantize_blockwise8(x.detach(), signed)
+        return traced
     src = _in_memory_order(x.detach())
     codes = torch.empty_like(src, dtype=torch.uint8)  # in x's layout, as the optimizers keep it
     absmax = torch.empty(blocks(src.numel()), dtype=torch.float32, device=x.device)

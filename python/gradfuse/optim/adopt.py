@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 import torch
 from torch.optim.optimizer import ParamsT
 
+from gradfuse._compile import is_compiling
 from gradfuse.functional._adopt import ADOPT as ADOPT_SPEC
 from gradfuse.functional._adopt import adopt_, default_clip_lambda
 from gradfuse.optim._optimizer import FusedOptimizer, take_extensions
@@ -95,6 +96,9 @@ class ADOPT(FusedOptimizer):
                 f"clip_lambda must be a callable of the step or None, got {clip_lambda!r}"
             )
         self.clip_lambda = clip_lambda
+        # id(group) -> (group, its first param's step tensor): a group count not read yet
+        # (steps under torch.compile; see _sync_group_steps).
+        self._group_steps: dict[int, tuple[dict[str, Any], torch.Tensor]] = {}
         self.maximize = maximize
         self.foreach = foreach
         defaults = {
@@ -128,10 +132,29 @@ class ADOPT(FusedOptimizer):
                 if p.grad is not None:
                     step = self.state.get(p, {}).get("step")
                     if step is not None:
-                        group["step"] = int(step)
+                        if is_compiling():
+                            # A host read of a tensor is no part of a traced program (a graph
+                            # break): the tensor is kept, and read by _sync_group_steps.
+                            self._group_steps[id(group)] = (group, step)
+                        else:
+                            self._group_steps.pop(id(group), None)
+                            group["step"] = int(step)
                     break
 
         self._defer(count)
+
+    def _sync_group_steps(self) -> None:
+        """``group["step"]`` of the groups last stepped under torch.compile, from the step
+        tensors kept then (the counts as they are now: the tensors are the params' state)."""
+        pending = self.__dict__.get("_group_steps")
+        if pending:
+            for group, step in pending.values():
+                group["step"] = int(step)
+            pending.clear()
+
+    def state_dict(self) -> dict[str, Any]:
+        self._sync_group_steps()
+        return super().state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's, and pytorch_optimizer's checkpoints: a param state without ``step`` takes
@@ -144,6 +167,7 @@ class ADOPT(FusedOptimizer):
             for k in group["params"]
             if isinstance(saved.get(k), dict) and "step" not in saved[k]
         }
+        self.__dict__.get("_group_steps", {}).clear()  # the counts of the state replaced
         if missing:
             state = {
                 k: ({**s, "step": torch.tensor(missing[k])} if k in missing else s)
@@ -153,6 +177,7 @@ class ADOPT(FusedOptimizer):
         super().load_state_dict(state_dict)
 
     def __getstate__(self) -> dict[str, Any]:
+        self._sync_group_steps()
         state = super().__getstate__()
         state["clip_lambda"] = self.__dict__.get("clip_lambda", default_clip_lambda)
         state["maximize"] = self.__dict__.get("maximize", False)
@@ -164,3 +189,4 @@ class ADOPT(FusedOptimizer):
         self.__dict__.setdefault("clip_lambda", default_clip_lambda)
         self.__dict__.setdefault("maximize", False)
         self.__dict__.setdefault("foreach", None)
+        self.__dict__["_group_steps"] = {}
