@@ -139,23 +139,14 @@ def use_dlpack(enabled: bool) -> bool: ...
 
 # Block-wise 8-bit quantization (cpu/quant8.h): n float32 values <-> uint8 codes and one float32
 # absmax per 256 values, host memory, addresses as ints.
-def quantize_blockwise8(
+def blockwise8(
     values: int,
     codes: int,
     absmax: int,
     n: int,
     absmax_len: int,
     signed: bool,
-    device: int = -1,
-    stream: int = 0,
-) -> None: ...
-def dequantize_blockwise8(
-    values: int,
-    codes: int,
-    absmax: int,
-    n: int,
-    absmax_len: int,
-    signed: bool,
+    quantize: bool,
     device: int = -1,
     stream: int = 0,
 ) -> None: ...

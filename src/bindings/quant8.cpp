@@ -45,26 +45,17 @@ void blockwise8(const char* op, std::uintptr_t values, std::uintptr_t codes, std
 
 void register_quant8(py::module_& m) {
   m.def(
-      "quantize_blockwise8",
+      "blockwise8",
       [](std::uintptr_t values, std::uintptr_t codes, std::uintptr_t absmax, std::int64_t n,
-         std::int64_t absmax_len, bool is_signed, int device, std::uintptr_t stream) {
-        blockwise8("quantize_blockwise8", values, codes, absmax, n, absmax_len, is_signed, true,
-                   device, stream);
+         std::int64_t absmax_len, bool is_signed, bool quantize, int device,
+         std::uintptr_t stream) {
+        blockwise8(quantize ? "quantize_blockwise8" : "dequantize_blockwise8", values, codes,
+                   absmax, n, absmax_len, is_signed, quantize, device, stream);
       },
       py::arg("values"), py::arg("codes"), py::arg("absmax"), py::arg("n"), py::arg("absmax_len"),
-      py::arg("signed"), py::arg("device") = -1, py::arg("stream") = 0,
-      "n float32 values -> uint8 codes and one float32 absmax per 256 values (device -1: host "
-      "memory; else that CUDA device's, on `stream`).");
-  m.def(
-      "dequantize_blockwise8",
-      [](std::uintptr_t values, std::uintptr_t codes, std::uintptr_t absmax, std::int64_t n,
-         std::int64_t absmax_len, bool is_signed, int device, std::uintptr_t stream) {
-        blockwise8("dequantize_blockwise8", values, codes, absmax, n, absmax_len, is_signed, false,
-                   device, stream);
-      },
-      py::arg("values"), py::arg("codes"), py::arg("absmax"), py::arg("n"), py::arg("absmax_len"),
-      py::arg("signed"), py::arg("device") = -1, py::arg("stream") = 0,
-      "uint8 codes and absmax -> n float32 values (device -1: host memory; else that CUDA "
+      py::arg("signed"), py::arg("quantize"), py::arg("device") = -1, py::arg("stream") = 0,
+      "quantize: n float32 values -> uint8 codes and one float32 absmax per 256 values; "
+      "otherwise the codes and absmax -> the n values (device -1: host memory; else that CUDA "
       "device's, on `stream`).");
   m.def(
       "dynamic_map",

@@ -42,9 +42,9 @@ xs, axs, ys = x[:m].clone(), ax[:m].clone(), torch.empty(m)
 cs, ams = torch.empty(m, dtype=torch.uint8), torch.empty(m // 256)
 args = (cs.data_ptr(), ams.data_ptr(), m, m // 256)
 for name, src, signed in (("signed", xs, True), ("unsigned", axs, False)):
-    quantize = partial(core.quantize_blockwise8, src.data_ptr(), *args, signed)
+    quantize = partial(core.blockwise8, src.data_ptr(), *args, signed, True)
     print(f"in cache: quantize ({name})", per_element(quantize, 200, m))
-    dequantize = partial(core.dequantize_blockwise8, ys.data_ptr(), *args, signed)
+    dequantize = partial(core.blockwise8, ys.data_ptr(), *args, signed, False)
     print(f"in cache: dequantize ({name})", per_element(dequantize, 200, m))
 p = torch.randn(n, requires_grad=True)
 p.grad = torch.randn(n) * 0.01

@@ -38,7 +38,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, Unpack
 
-from gradfuse import _buffers, _native
+from gradfuse import _buffers
 from gradfuse._compile import traceable
 from gradfuse._options import check_options, option_names
 from gradfuse.functional import _engine, _muon_sharded, _steps
@@ -465,7 +465,6 @@ def _working_copies(
 
     from gradfuse.optim import _quant8
 
-    core = _native.core()
     bufs = list(momentum_buffers)
     work_grads = list(grads)
     back: list[tuple[Any, Any, Any]] = []  # (buffer, working copy, absmax or None)
@@ -476,7 +475,7 @@ def _working_copies(
             assert state_absmax is not None  # _check_precision
             absmax = state_absmax[0][i]
             work = torch.empty_like(buf, dtype=torch.float32)  # the codes' memory order
-            _quant8._blockwise8(core.dequantize_blockwise8, work, buf, absmax, True)
+            _quant8._blockwise8(False, work, buf, absmax, True)
             back.append((buf, work, absmax))
         elif buf.dtype != torch.float32:  # bfloat16 buffers of float32 params
             work = buf.to(torch.float32, memory_format=torch.preserve_format)
@@ -492,6 +491,6 @@ def _working_copies(
             if absmax is None:
                 buf.copy_(work)
             else:
-                _quant8._blockwise8(core.quantize_blockwise8, work, buf, absmax, True)
+                _quant8._blockwise8(True, work, buf, absmax, True)
 
     return bufs, work_grads, finish

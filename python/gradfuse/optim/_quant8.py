@@ -20,7 +20,6 @@ checkpoint into an 8-bit optimizer is its ``load_state_dict``: the state is quan
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -84,7 +83,7 @@ def quantize_blockwise(x: Tensor, signed: bool = True) -> tuple[Tensor, Tensor]:
     src = _in_memory_order(x.detach())
     codes = torch.empty_like(src, dtype=torch.uint8)  # in x's layout, as the optimizers keep it
     absmax = torch.empty(blocks(src.numel()), dtype=torch.float32, device=x.device)
-    _blockwise8(_native.core().quantize_blockwise8, src, codes, absmax, signed)
+    _blockwise8(True, src, codes, absmax, signed)
     return codes, absmax
 
 
@@ -123,7 +122,7 @@ def dequantize_blockwise(codes: Tensor, absmax: Tensor, signed: bool = True) -> 
     src = _in_memory_order(codes)
     amax = absmax.contiguous()
     out = torch.empty_like(src, dtype=torch.float32)
-    _blockwise8(_native.core().dequantize_blockwise8, out, src, amax, signed)
+    _blockwise8(False, out, src, amax, signed)
     return out
 
 
@@ -137,22 +136,24 @@ def _in_memory_order(x: Tensor) -> Tensor:
 
 
 def _blockwise8(
-    op: Callable[..., None], values: Tensor, codes: Tensor, absmax: Tensor, signed: bool
+    quantize: bool, values: Tensor, codes: Tensor, absmax: Tensor, signed: bool
 ) -> None:
-    """``op`` (the native ``quantize_blockwise8`` or ``dequantize_blockwise8``) over contiguous
-    tensors of one device: float32 ``values``, their uint8 ``codes`` (as many), one float32
-    absmax per 256. CUDA tensors: on the device's current stream."""
+    """The native quantizer (``quantize``: ``values`` -> ``codes`` and ``absmax``) or
+    dequantizer (the other way) over contiguous tensors of one device: float32 ``values``, their
+    uint8 ``codes`` (as many), one float32 absmax per 256. CUDA tensors: on the device's current
+    stream."""
     device, stream = -1, 0
     if codes.device.type == "cuda":
         device = codes.device.index if codes.device.index is not None else 0
         stream = int(torch.cuda.current_stream(device).cuda_stream)
-    op(
+    _native.core().blockwise8(
         values=values.data_ptr(),
         codes=codes.data_ptr(),
         absmax=absmax.data_ptr(),
         n=codes.numel(),
         absmax_len=absmax.numel(),
         signed=bool(signed),
+        quantize=quantize,
         device=device,
         stream=stream,
     )
