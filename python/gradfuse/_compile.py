@@ -36,6 +36,12 @@ a first eager step, and its result is copied into the new tensor. Every other ``
 the new tensors to the state, so the op zeroes them; the next step then starts from zero state
 (for SGD: the same buffer as eager's when ``dampening == 0``).
 
+Complex params (an optimizer's eager step hands its functional their ``torch.view_as_real``
+views): the optimizer records the call with :func:`record_real_views`, the complex tensors as
+they are, and the op takes the views when it runs (its layout starts with ``_REAL_VIEWS``). Such
+a call is the functional op ``gradfuse::fused_update``, whose new values the traced program
+copies back: inductor cannot take an in-place custom op on complex tensors.
+
 ``max_grad_norm`` and :func:`gradfuse.clip_grad_norm_` reduce the gradients natively too: under
 torch.compile :mod:`gradfuse._clip` calls the ops ``gradfuse::total_norm`` and
 ``gradfuse::scale_grads_``, which run the eager functions (the same bits). So does 8-bit state's
@@ -88,6 +94,10 @@ _ALWAYS_WRITTEN = ("state_absmax",)
     _READ,  # operand n, then n entries from `read`
     _CALLABLE,  # operand: the callable's index in _CALLABLES (ADOPT's clip_lambda)
 ) = range(14)
+# A layout's first code, before the codes above, when the call was recorded by
+# record_real_views: the op hands the function the real views of the complex tensors it writes
+# and reads (torch.view_as_real), as an optimizer's eager step does.
+_REAL_VIEWS = 14
 # Entry codes of a _WRITTEN / _READ list.
 (
     _E_TENSOR,  # the next tensor of the list's source
@@ -105,6 +115,15 @@ OP_NAME = "gradfuse::fused_update_"
 _SCHEMA = (
     "(str name, Tensor(a!)[] written, Tensor[] read, float[] floats, SymInt[] ints, "
     "Tensor[] tensors, int[] layout) -> ()"
+)
+# The same update as a functional op (new values of `written` returned, copied back by the traced
+# program): the calls of record_real_views. Inductor never decomposes an in-place custom op whose
+# arguments are complex (it skips nodes with complex inputs, then asserts
+# "auto_functionalized_v2 was not removed"); a functional op is a plain fallback kernel to it.
+FUNCTIONAL_OP = "gradfuse::fused_update"
+_FUNCTIONAL_SCHEMA = (
+    "(str name, Tensor[] written, Tensor[] read, float[] floats, SymInt[] ints, "
+    "Tensor[] tensors, int[] layout) -> Tensor[]"
 )
 NORM_OP = "gradfuse::total_norm"
 _NORM_SCHEMA = "(str op, Tensor[] grads, float norm_type) -> Tensor"
@@ -152,6 +171,22 @@ def traceable(
         return wrapper  # type: ignore[return-value]
 
     return wrap
+
+
+def record_real_views(fn: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+    """Record ``fn`` (a :func:`traceable` functional) under torch.compile with its complex
+    tensors as they are: the op hands ``fn`` their real views (``torch.view_as_real``) when it
+    runs, as an optimizer's eager step does (the functionals take no complex tensors). The
+    traced program must not make the views itself: torch.compile cannot pass views created
+    inside it to an in-place custom op (aot_autograd: "setStorage ... out of bounds"). Nor can
+    inductor take an in-place custom op on complex tensors at all, so the call is the functional
+    op ``gradfuse::fused_update`` (the same update on copies of the written tensors), whose
+    results the traced program copies back. New state (SGD's first momentum buffers) is created
+    complex, like its param."""
+    name = fn.__name__
+    bound = dict(zip(_REGISTRY[name][1], args, strict=False))
+    bound.update(kwargs)
+    _record(name, bound, real_views=True)
 
 
 def require_op(op: str, caller: str) -> None:
@@ -299,22 +334,29 @@ class _Recording:
         return torch.empty(-(-param.numel() // 256), dtype=torch.float32, device=param.device)
 
 
-def _record(name: str, bound: dict[str, Any]) -> None:
-    """Flatten a traced call into the op's typed arguments and call the op."""
+def _record(name: str, bound: dict[str, Any], real_views: bool = False) -> None:
+    """Flatten a traced call into the op's typed arguments and call the op (``real_views``: see
+    :func:`record_real_views`)."""
     import torch
 
     _, params, written_names, creates = _REGISTRY[name]
     rec = _Recording(name, bound)
+    if real_views:
+        rec.layout.append(_REAL_VIEWS)
     for p in params:
         if p not in bound:
             rec.layout.append(_ABSENT)  # left to its default
             continue
         make = creates.get(p)
         rec.value(p, bound[p], p in written_names, make is not None and bool(make(bound)))
-    require_op(OP_NAME, name)
-    torch.ops.gradfuse.fused_update_(
-        name, rec.written, rec.read, rec.floats, rec.ints, rec.tensors, rec.layout
-    )
+    args = (name, rec.written, rec.read, rec.floats, rec.ints, rec.tensors, rec.layout)
+    if real_views:
+        require_op(FUNCTIONAL_OP, name)
+        for t, new in zip(rec.written, torch.ops.gradfuse.fused_update(*args), strict=True):
+            t.copy_(new)
+    else:
+        require_op(OP_NAME, name)
+        torch.ops.gradfuse.fused_update_(*args)
 
 
 def _callable_index(fn: Callable[..., Any]) -> int:
@@ -469,6 +511,9 @@ def _run(
     if name not in _REGISTRY:
         raise KeyError(f"{OP_NAME}: no gradfuse function named {name!r} is registered")
     fn, params, _, _ = _REGISTRY[name]
+    if layout[:1] == [_REAL_VIEWS]:  # recorded by record_real_views
+        layout = layout[1:]
+        written, read = _real_views(written), _real_views(read)
     sources = {"written": written, "read": read, "floats": floats, "ints": ints, "tensors": tensors}
     reader = _Reader(name, sources, layout)
     kwargs: dict[str, Any] = {}
@@ -489,13 +534,21 @@ def _run(
             target.copy_(values[i])
 
 
+def _real_views(tensors: list[Any]) -> list[Any]:
+    """The real view of every complex tensor (written through it: new state, filled in after
+    the call, too), the others as they are."""
+    import torch
+
+    return [torch.view_as_real(t) if t.is_complex() else t for t in tensors]
+
+
 _DEFINED: set[str] = set()  # the ops defined so far
 
 
 def _define_ops() -> None:
-    """Define ``gradfuse::fused_update_``, ``gradfuse::total_norm``, ``gradfuse::scale_grads_``
-    and ``gradfuse::quantize_blockwise8`` (torch imported here). Never called while tracing:
-    dynamo would trace into the definition."""
+    """Define ``gradfuse::fused_update_`` (and its functional form ``gradfuse::fused_update``),
+    ``gradfuse::total_norm``, ``gradfuse::scale_grads_`` and ``gradfuse::quantize_blockwise8``
+    (torch imported here). Never called while tracing: dynamo would trace into the definition."""
     import torch
 
     # The schemas are spelled out: annotations are strings here (``from __future__``).
@@ -516,6 +569,24 @@ def _define_ops() -> None:
         # The op's arguments; in-place on `written`, no outputs: nothing to describe but the
         # mutation (which the schema declares).
         return None
+
+    @torch.library.custom_op(FUNCTIONAL_OP, mutates_args=(), schema=_FUNCTIONAL_SCHEMA)
+    def fused_update(
+        name: str,
+        written: list[torch.Tensor],
+        read: list[torch.Tensor],
+        floats: list[float],
+        ints: list[int],
+        tensors: list[torch.Tensor],
+        layout: list[int],
+    ) -> list[torch.Tensor]:
+        new = [t.clone() for t in written]  # outputs: no alias of an input
+        _run(name, new, read, floats, ints, tensors, layout)
+        return new
+
+    @fused_update.register_fake
+    def _(name: str, written: list[torch.Tensor], *args: Any) -> list[torch.Tensor]:
+        return [torch.empty_like(t) for t in written]
 
     @torch.library.custom_op(NORM_OP, mutates_args=(), schema=_NORM_SCHEMA)
     def total_norm(op: str, grads: list[torch.Tensor], norm_type: float) -> torch.Tensor:
@@ -561,4 +632,4 @@ def register_ops() -> None:
     gradfuse.functional when torch is already loaded), so that tracing never defines them."""
     if OP_NAME not in _DEFINED:
         _define_ops()
-        _DEFINED.update((OP_NAME, NORM_OP, SCALE_OP, QUANTIZE_OP))
+        _DEFINED.update((OP_NAME, FUNCTIONAL_OP, NORM_OP, SCALE_OP, QUANTIZE_OP))

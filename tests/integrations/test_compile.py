@@ -572,3 +572,97 @@ def test_importing_gradfuse_does_not_import_dynamo() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stdout + out.stderr
+
+
+def _complex_model() -> nn.Module:
+    # A complex weight with a float64 param beside it in the same group: the call's real params
+    # and state go through the op as they are, the complex ones as their real views.
+    torch.manual_seed(0)
+    model = nn.Module()
+    model.weight = nn.Parameter(torch.randn(4, 3, dtype=torch.complex64))
+    model.bias = nn.Parameter(torch.randn(3, dtype=torch.float64))
+    return model
+
+
+def _complex_grads(model: nn.Module, step: int) -> None:
+    g = torch.Generator().manual_seed(step)
+    for p in model.parameters():
+        p.grad = torch.randn(p.shape, dtype=p.dtype, generator=g)
+
+
+# Every optimizer's update takes complex params as torch's do (their real views); these failed
+# to compile (the traced program made the views and handed them to the in-place op).
+COMPLEX_CASES = {
+    "SGD": lambda ps: go.SGD(ps, lr=0.05),
+    "SGD-momentum": lambda ps: go.SGD(ps, lr=0.05, momentum=0.9),  # buffers created complex
+    "SGD-nesterov": lambda ps: go.SGD(ps, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
+    "Adam": lambda ps: go.Adam(ps, lr=1e-2),
+    "AdamW": lambda ps: go.AdamW(ps, lr=1e-2, weight_decay=0.01),
+    "AdamW-amsgrad": lambda ps: go.AdamW(ps, lr=1e-2, amsgrad=True),
+    "RMSprop": lambda ps: go.RMSprop(ps, lr=1e-2, momentum=0.5, centered=True),
+    "ADOPT": lambda ps: go.ADOPT(ps, lr=1e-2),
+    # Muon's AdamW group steps through a path of its own (Muon._adamw_step)
+    "Muon-AdamW": lambda ps: go.Muon([{"params": list(ps), "use_muon": False}], lr=1e-2),
+}
+
+
+@pytest.mark.parametrize(
+    ("case", "backend", "fullgraph"),
+    [
+        *((case, "inductor", True) for case in COMPLEX_CASES),
+        ("SGD-momentum", "inductor", False),
+        ("SGD-momentum", "aot_eager", True),
+        ("Adam", "aot_eager", False),
+        ("Adam", "eager", True),
+    ],
+)
+def test_compiled_complex_step_equals_eager(case: str, backend: str, fullgraph: bool) -> None:
+    eager_model = _complex_model()
+    compiled_model = copy.deepcopy(eager_model)
+    eager = COMPLEX_CASES[case](eager_model.parameters())
+    compiled = COMPLEX_CASES[case](compiled_model.parameters())
+
+    def step() -> None:
+        compiled.step()
+
+    compiled_step = torch.compile(step, backend=backend, fullgraph=fullgraph)
+    with warnings.catch_warnings():
+        # inductor: "does not support code generation for complex operators" (the copies back)
+        warnings.filterwarnings("ignore", "Torchinductor does not support", UserWarning)
+        for s in range(3):
+            for m in (eager_model, compiled_model):
+                _complex_grads(m, s)
+            eager.step()
+            compiled_step()
+    assert not torch.equal(compiled_model.weight, _complex_model().weight)  # it stepped
+    _assert_same_bits(compiled, eager, compiled_model, eager_model)
+    for key, value in compiled.state[compiled_model.weight].items():
+        if value.dim() > 0:  # not a step count: complex, as in eager
+            assert value.dtype == torch.complex64, key
+
+
+def test_functional_op_passes_opcheck() -> None:
+    # gradfuse::fused_update: the update of a call with complex tensors (recorded with the
+    # _REAL_VIEWS prefix), on copies of its written tensors, returned.
+    c = gradfuse._compile
+    p = [torch.randn(5, dtype=torch.complex128), torch.randn(3, dtype=torch.float64)]
+    g = [torch.randn(5, dtype=torch.complex128), torch.randn(3, dtype=torch.float64)]
+    rest = len(inspect.signature(gradfuse.functional.sgd_).parameters) - 4
+    tensors2 = [c._E_TENSOR, c._E_TENSOR]
+    layout = [c._REAL_VIEWS, c._WRITTEN, 2, *tensors2, c._READ, 2, *tensors2, c._NONE, c._FLOAT]
+    layout += [c._ABSENT] * rest
+    args = ("sgd_", p, g, [0.1], [], [], layout)
+    torch.library.opcheck(torch.ops.gradfuse.fused_update.default, args)
+    before = [t.clone() for t in p]
+    new = torch.ops.gradfuse.fused_update(*args)
+    for a, b0, gg, out in zip(p, before, g, new, strict=True):
+        assert torch.equal(a, b0)  # its inputs are left as they were
+        assert out.dtype == b0.dtype
+        want = [b0.clone()]
+        gradfuse.functional.sgd_(
+            [torch.view_as_real(want[0]) if b0.is_complex() else want[0]],
+            [torch.view_as_real(gg) if gg.is_complex() else gg],
+            [None],
+            lr=0.1,
+        )
+        assert torch.equal(out, want[0])

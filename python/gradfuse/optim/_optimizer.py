@@ -30,7 +30,7 @@ from torch.optim import optimizer as _torch_optimizer
 from torch.optim.optimizer import Optimizer, ParamsT
 
 from gradfuse import _native
-from gradfuse._compile import is_compiling
+from gradfuse._compile import is_compiling, record_real_views
 from gradfuse._options import show_options
 from gradfuse.functional import _engine
 from gradfuse.functional._engine import Spec, State
@@ -351,6 +351,11 @@ class FusedOptimizer(Optimizer):
             check_capturable(group["capturable"], params, *counters, what=_and_last(names))
             options["capturable"] = capturable_step(group, params)
         view = same_list if plain else real_views_of(params)
+        # Complex params under torch.compile: the op takes the real views when it runs
+        # (_compile.record_real_views); a traced program cannot hand an in-place op views it made.
+        as_real = view is not same_list and is_compiling()
+        if as_real:
+            view = same_list
         created = spec.creates
         for st in spec.state:
             if st.name in lists and st.name != created:
@@ -370,7 +375,9 @@ class FusedOptimizer(Optimizer):
         creates = new_state is not None and any(map(operator.is_, new_state, repeat(None)))
         args = (view(params), view(grads))
         plans: list[Callable[[], None]] = []
-        if is_compiling():  # traced as one custom op, which writes (dynamo cannot trace Planned)
+        if as_real:
+            record_real_views(type(self)._update_fn, *args, **lists, **options, **amp, **lowprec)
+        elif is_compiling():  # traced as one custom op, which writes (dynamo cannot trace Planned)
             type(self)._update_fn(*args, **lists, **options, **amp, **lowprec)
         else:
             with _engine.Planned() as plans:
@@ -395,8 +402,10 @@ class FusedOptimizer(Optimizer):
         state = self.state
         for i, (p, buf) in enumerate(zip(params, new, strict=True)):
             if buf is not None and key not in state[p]:
-                # created by this step (None: an AMP-skipped step), complex as its param
-                state[p][key] = torch.view_as_complex(buf) if p.is_complex() else buf
+                # created by this step (None: an AMP-skipped step), complex as its param (under
+                # torch.compile it was created complex: see record_real_views)
+                as_complex = p.is_complex() and not buf.is_complex()
+                state[p][key] = torch.view_as_complex(buf) if as_complex else buf
                 if absmax is not None and absmax[i] is not None:
                     state[p][key + "_absmax"] = absmax[i]
 

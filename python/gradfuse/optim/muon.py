@@ -10,12 +10,14 @@ from torch import Tensor, nn
 from torch.optim.optimizer import ParamsT
 
 from gradfuse import _buffers
+from gradfuse._compile import is_compiling, record_real_views
 from gradfuse.functional._muon import MUON_PREPARE, muon_
 from gradfuse.functional._updates import adamw_
 from gradfuse.optim._optimizer import FusedOptimizer, OptimizerOptions, group_values
 from gradfuse.optim._torch_compat import (
     check_betas,
     check_lr,
+    real_views,
     real_views_of,
     scalar_state,
     torch_defaults,
@@ -287,18 +289,21 @@ class Muon(FusedOptimizer):
             exp_avg_sqs.append(st["exp_avg_sq"])
         view = real_views_of(params)
         beta1, beta2 = group["betas"]
-        adamw_(
-            view(params),
-            view(grads),
-            view(exp_avgs),
-            view(exp_avg_sqs),
-            state_steps=steps,
-            beta1=beta1,
-            beta2=beta2,
+        lists = (params, grads, exp_avgs, exp_avg_sqs)
+        kwargs = {
+            "state_steps": steps,
+            "beta1": beta1,
+            "beta2": beta2,
             **group_values(group, "lr", "eps", "weight_decay"),
             **amp,
             **precision.kwargs(type(self).__name__, state, params, _ADAMW_STATE),
-        )
+        }
+        if view is real_views and is_compiling():
+            # Complex params under torch.compile: the op takes their real views when it runs,
+            # as FusedOptimizer._update does (see _compile.record_real_views).
+            record_real_views(adamw_, *lists, **kwargs)
+        else:
+            adamw_(*map(view, lists), **kwargs)
 
 
 def muon_param_groups(
