@@ -571,17 +571,11 @@ def _define_ops() -> None:
         return None
 
     @torch.library.custom_op(FUNCTIONAL_OP, mutates_args=(), schema=_FUNCTIONAL_SCHEMA)
-    def fused_update(
-        name: str,
-        written: list[torch.Tensor],
-        read: list[torch.Tensor],
-        floats: list[float],
-        ints: list[int],
-        tensors: list[torch.Tensor],
-        layout: list[int],
-    ) -> list[torch.Tensor]:
-        new = [t.clone() for t in written]  # outputs: no alias of an input
-        _run(name, new, read, floats, ints, tensors, layout)
+    def fused_update(name: str, written: list[torch.Tensor], *operands: Any) -> list[torch.Tensor]:
+        # fused_update_ (the operands after `written` as there) on copies of `written`, which
+        # it returns: outputs may not alias an input.
+        new = [t.clone() for t in written]
+        _run(name, new, *operands)
         return new
 
     @fused_update.register_fake
