@@ -63,6 +63,7 @@ import functools
 import inspect
 import numbers
 import sys
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -108,8 +109,19 @@ _REAL_VIEWS = 14
 
 # The callables traced calls have passed (ADOPT's clip_lambda), by the index their layout
 # names: appended while dynamo traces (by :func:`_callable_index`, which dynamo runs rather than
-# traces), kept for the process (a compiled program may run them at any later step).
-_CALLABLES: list[Callable[..., Any]] = []
+# traces). Held by weak reference where the object allows one: a closure may hold a model, and
+# the table must not keep it alive after its optimizer is gone (a program whose callable died
+# fails dynamo's guard on that object, and the index is never reused).
+_CALLABLES: list[Callable[[], Callable[..., Any] | None]] = []
+
+
+def _held(fn: Callable[..., Any]) -> Callable[[], Callable[..., Any] | None]:
+    """A weak reference to ``fn`` or, for an object that takes none, a strong one."""
+    try:
+        return weakref.ref(fn)
+    except TypeError:
+        return lambda: fn
+
 
 OP_NAME = "gradfuse::fused_update_"
 _SCHEMA = (
@@ -364,9 +376,9 @@ def _callable_index(fn: Callable[..., Any]) -> int:
     (marked below), its result a constant of the program: the op finds ``fn`` there when the
     program runs."""
     for i, known in enumerate(_CALLABLES):
-        if known is fn:
+        if known() is fn:
             return i
-    _CALLABLES.append(fn)
+    _CALLABLES.append(_held(fn))
     return len(_CALLABLES) - 1
 
 
@@ -464,12 +476,14 @@ class _Reader:
             return self.entries(self.code(), "written" if code == _WRITTEN else "read")
         if code == _CALLABLE:
             index = self.code()
-            if not 0 <= index < len(_CALLABLES):
+            fn = _CALLABLES[index]() if 0 <= index < len(_CALLABLES) else None
+            if fn is None:
                 raise ValueError(
                     f"{OP_NAME}: {self.name} names callable {index}, which this process has not "
-                    f"traced (a program compiled in another process: compile it again here)"
+                    f"traced or which no longer exists (a program compiled in another process, "
+                    f"or for an optimizer since deleted: compile it again)"
                 )
-            return _CALLABLES[index]
+            return fn
         raise ValueError(f"{OP_NAME}: unknown layout code {code} for {self.name}")
 
     def entries(self, n: int, source: str) -> list[Any]:

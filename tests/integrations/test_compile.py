@@ -666,3 +666,28 @@ def test_functional_op_passes_opcheck() -> None:
             lr=0.1,
         )
         assert torch.equal(out, want[0])
+
+
+def test_traced_callables_are_not_kept_alive() -> None:
+    # The table of traced callables (ADOPT's clip_lambda) must not keep a closure, and what it
+    # captures, alive once the optimizer is gone.
+    import gc
+    import weakref
+
+    def compiled_step() -> weakref.ref[torch.Tensor]:
+        captured = torch.zeros(8)
+
+        def clip(step: int) -> float:
+            return float(captured.numel()) + step
+
+        model = nn.Linear(3, 2)
+        opt = go.ADOPT(model.parameters(), lr=1e-2, clip_lambda=clip)
+        model(torch.randn(4, 3)).sum().backward()
+        torch.compile(opt.step, fullgraph=True)()
+        assert any(known() is clip for known in gradfuse._compile._CALLABLES)  # it was traced
+        return weakref.ref(captured)
+
+    alive = compiled_step()
+    torch._dynamo.reset()
+    gc.collect()
+    assert alive() is None
