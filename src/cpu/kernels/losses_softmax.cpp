@@ -325,7 +325,11 @@ struct Tile {
   std::int64_t S;
 };
 
-template <typename T, bool kGrad, bool kWeighted, bool kSmoothing, bool kProb>
+// The exps of a tile's sum pass are kept for its gradient pass when its C x kTile of them fit
+// this many values (kKeep; a 16 KB stack buffer in float); a wider tile computes them again.
+constexpr std::int64_t kKeptExps = 4096;
+
+template <typename T, bool kGrad, bool kWeighted, bool kSmoothing, bool kProb, bool kKeep>
 void ce_tile(const Tile<T>& tile, std::int64_t C, std::int64_t len, const OpMath<T>* w,
              const Consts<OpMath<T>>& k, OpMath<T>* row_loss) {
   using OpT = OpMath<T>;
@@ -336,6 +340,8 @@ void ce_tile(const Tile<T>& tile, std::int64_t C, std::int64_t len, const OpMath
   const std::int64_t S = tile.S;
   OpT m[kTile], sum[kTile], mass[kTile], wshift[kTile], shifted_y[kTile], scale_s[kTile];
   bool live[kTile];
+  static_assert(!kKeep || kGrad, "exps are kept for the gradient pass only");
+  OpT kept[kKeep ? kKeptExps : 1];
   for (std::int64_t i = 0; i < len; ++i) {
     m[i] = -OpT(INFINITY);
     sum[i] = mass[i] = wshift[i] = shifted_y[i] = OpT(0);
@@ -351,7 +357,9 @@ void ce_tile(const Tile<T>& tile, std::int64_t C, std::int64_t len, const OpMath
     const OpT wc = kWeighted ? w[c] : OpT(1);
     for (std::int64_t i = 0; i < len; ++i) {
       const OpT d = math::load(x, c * S + i) - m[i];
-      sum[i] = sum[i] + math::vexp(d);
+      const OpT ex = math::vexp(d);
+      if constexpr (kKeep) kept[c * kTile + i] = ex;
+      sum[i] = sum[i] + ex;
       if constexpr (kProb) {
         const OpT wt = math::prob_target_weight<kWeighted, kSmoothing>(math::load(tp, c * S + i),
                                                                        wc, k.one_minus_eps, k.c_s);
@@ -391,7 +399,12 @@ void ce_tile(const Tile<T>& tile, std::int64_t C, std::int64_t len, const OpMath
       const OpT wc = kWeighted ? w[c] : OpT(1);
       OpT gv[kTile];
       for (std::int64_t i = 0; i < len; ++i) {
-        const OpT ex = math::vexp(math::load(x, c * S + i) - m[i]);
+        OpT ex;
+        if constexpr (kKeep) {
+          ex = kept[c * kTile + i];
+        } else {
+          ex = math::vexp(math::load(x, c * S + i) - m[i]);
+        }
         if constexpr (kProb) {
           const OpT wt = math::prob_target_weight<kWeighted, kSmoothing>(
               math::load(tp, c * S + i), wc, k.one_minus_eps, k.c_s);
@@ -443,8 +456,9 @@ void ce_short_rows(const SoftmaxLossArgs& a, std::int64_t r0, std::int64_t len, 
     }
   }
   const std::int64_t* ty = kProb ? nullptr : reinterpret_cast<const std::int64_t*>(a.target) + r0;
-  ce_tile<T, kGrad, kWeighted, kSmoothing, kProb>(Tile<T>{xs, ts, ty, gs, kTile}, C, len, w, k,
-                                                  row_loss);
+  static_assert(kLanes * kTile <= kKeptExps);
+  ce_tile<T, kGrad, kWeighted, kSmoothing, kProb, kGrad>(Tile<T>{xs, ts, ty, gs, kTile}, C, len, w,
+                                                         k, row_loss);
   if constexpr (kGrad) {
     // After the tile has read x: the opt-in in-place mode (grad == input) is safe.
     T* g = reinterpret_cast<T*>(a.grad) + r0 * C;
@@ -556,8 +570,14 @@ void cross_entropy_typed(const SoftmaxLossArgs& a) {
                 x + at, kProb ? reinterpret_cast<const T*>(a.target) + at : nullptr,
                 kProb ? nullptr : reinterpret_cast<const std::int64_t*>(a.target) + n * S + s0,
                 kGrad ? g + at : nullptr, S};
-            ce_tile<T, kGrad, kWeighted, kSmoothing, kProb>(tile, C, std::min(kTile, S - s0), w, k,
-                                                            row_loss.data() + n * S + s0);
+            const std::int64_t len = std::min(kTile, S - s0);
+            if (kGrad && C * kTile <= kKeptExps) {
+              ce_tile<T, kGrad, kWeighted, kSmoothing, kProb, kGrad>(tile, C, len, w, k,
+                                                                     row_loss.data() + n * S + s0);
+            } else {
+              ce_tile<T, kGrad, kWeighted, kSmoothing, kProb, false>(tile, C, len, w, k,
+                                                                     row_loss.data() + n * S + s0);
+            }
           });
         }
       },
