@@ -526,8 +526,12 @@ def _run(
         raise KeyError(f"{OP_NAME}: no gradfuse function named {name!r} is registered")
     fn, params, _, _ = _REGISTRY[name]
     if layout[:1] == [_REAL_VIEWS]:  # recorded by record_real_views
+        # The optimizers' own helper (new state, filled in after the call, is written through
+        # its view too); imported here: gradfuse.optim imports this module.
+        from gradfuse.optim._torch_compat import real_views
+
         layout = layout[1:]
-        written, read = _real_views(written), _real_views(read)
+        written, read = real_views(written), real_views(read)
     sources = {"written": written, "read": read, "floats": floats, "ints": ints, "tensors": tensors}
     reader = _Reader(name, sources, layout)
     kwargs: dict[str, Any] = {}
@@ -546,14 +550,6 @@ def _run(
             target.zero_()
         else:
             target.copy_(values[i])
-
-
-def _real_views(tensors: list[Any]) -> list[Any]:
-    """The real view of every complex tensor (written through it: new state, filled in after
-    the call, too), the others as they are."""
-    import torch
-
-    return [torch.view_as_real(t) if t.is_complex() else t for t in tensors]
 
 
 _DEFINED: set[str] = set()  # the ops defined so far
