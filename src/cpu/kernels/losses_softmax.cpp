@@ -310,9 +310,10 @@ OpMath<T> ce_prob_row(const T* x, const T* t, T* g, std::int64_t n, const OpMath
 
 // ---- tiles of positions: up to kTile rows side by side, class-major -------------------------
 // Loops run over the classes outside and over the tile's contiguous positions inside
-// (vectorized across rows); exp is recomputed in the gradient pass instead of stored (these rows
-// are short in practice). Serves inner > 1, where row (n, s) is input[n, :, s] with stride
-// `inner`, and short rows (inner == 1, classes < kLanes) once transposed (ce_short_rows).
+// (vectorized across rows); the gradient pass reuses the sum pass's exps where they fit
+// kKeptExps and computes them again otherwise. Serves inner > 1, where row (n, s) is input[n, :, s]
+// with stride `inner`, and short rows (inner == 1, classes < kLanes) once transposed
+// (ce_short_rows).
 
 // Class c of the tile's position i is x[c * S + i] (likewise the probability targets tp and the
 // gradient g); ty[i] is position i's class-index target.
